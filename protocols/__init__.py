@@ -1,0 +1,1 @@
+"""Protocols of switchy-p2p: ping, identify, echo, perf, and more."""

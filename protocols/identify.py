@@ -1,0 +1,250 @@
+"""libp2p identify (``/ipfs/id/1.0.0``) and identify push (``/ipfs/id/push/1.0.0``).
+
+On every new connection the node asks the remote who it is; the answer (one
+or more varint-delimited ``Identify`` protobufs, merged, until the stream
+ends) fills the peer store: public key, listen addresses, protocols,
+versions, and our own address as the remote observed it.  When our protocols
+change, we push a fresh record to connected peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+import attrs
+from multiaddr import Multiaddr
+
+from stack.codec import decode_uvarint, pb_bytes, pb_fields
+from stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
+from stack.identity import PeerId, PublicKey
+from stack.node import ConnectionEvent, Node, ProtocolService
+
+if TYPE_CHECKING:
+    from stack.node import Target
+    from stack.stream import MuxedStream
+
+__all__ = [
+    "IDENTIFY_PROTOCOL",
+    "IDENTIFY_PUSH_PROTOCOL",
+    "IdentifyInfo",
+    "IdentifyService",
+    "decode_identify",
+    "encode_identify",
+    "identify",
+]
+
+log = logging.getLogger(__name__)
+
+IDENTIFY_PROTOCOL: Final = "/ipfs/id/1.0.0"
+IDENTIFY_PUSH_PROTOCOL: Final = "/ipfs/id/push/1.0.0"
+#: protocolVersion we announce (the value libp2p implementations use).
+PROTOCOL_VERSION: Final = "ipfs/0.1.0"
+#: Largest identify answer accepted (all messages together).
+MAX_IDENTIFY_SIZE: Final = 64 * 1024
+#: Listen addresses / protocols accepted from one identify answer.
+MAX_IDENTIFY_ADDRS: Final = 128
+MAX_IDENTIFY_PROTOCOLS: Final = 512
+#: Longest multiaddr (bytes) accepted in an identify answer.
+MAX_ADDR_BYTES: Final = 1024
+
+
+@attrs.define
+class IdentifyInfo:
+    """The content of an identify message."""
+
+    protocol_version: str | None = None
+    agent_version: str | None = None
+    public_key: PublicKey | None = None
+    listen_addrs: list[Multiaddr] = attrs.field(factory=list)
+    observed_addr: Multiaddr | None = None
+    protocols: list[str] = attrs.field(factory=list)
+    signed_peer_record: bytes | None = None
+
+
+def encode_identify(info: IdentifyInfo) -> bytes:
+    """Encode ``info`` as an ``Identify`` protobuf (fields in number order)."""
+    out = bytearray()
+    if info.public_key is not None:
+        out += pb_bytes(1, info.public_key.to_protobuf())
+    for addr in info.listen_addrs:
+        out += pb_bytes(2, addr.to_bytes())
+    for proto in info.protocols:
+        out += pb_bytes(3, proto.encode())
+    if info.observed_addr is not None:
+        out += pb_bytes(4, info.observed_addr.to_bytes())
+    if info.protocol_version is not None:
+        out += pb_bytes(5, info.protocol_version.encode())
+    if info.agent_version is not None:
+        out += pb_bytes(6, info.agent_version.encode())
+    if info.signed_peer_record is not None:
+        out += pb_bytes(8, info.signed_peer_record)
+    return bytes(out)
+
+
+def _addr(raw: bytes) -> Multiaddr | None:
+    if len(raw) > MAX_ADDR_BYTES:
+        return None
+    try:
+        return Multiaddr(raw)
+    except Exception:  # the multiaddr package raises several types; skip what we cannot parse
+        return None
+
+
+def decode_identify(data: bytes, into: IdentifyInfo | None = None) -> IdentifyInfo:
+    """Decode one ``Identify`` protobuf, merging into ``into`` when given.
+
+    Unparseable addresses are skipped; malformed protobuf or text raises
+    :class:`SerializationError`.
+    """
+    info = into or IdentifyInfo()
+    try:
+        for field, value in pb_fields(data, max_size=MAX_IDENTIFY_SIZE):
+            if not isinstance(value, bytes):
+                continue
+            if field == 1:
+                info.public_key = PublicKey.from_protobuf(value)
+            elif field == 2:
+                if len(info.listen_addrs) < MAX_IDENTIFY_ADDRS and (a := _addr(value)):
+                    info.listen_addrs.append(a)
+            elif field == 3:
+                if len(info.protocols) < MAX_IDENTIFY_PROTOCOLS:
+                    info.protocols.append(value.decode())
+            elif field == 4:
+                info.observed_addr = _addr(value)
+            elif field == 5:
+                info.protocol_version = value.decode()
+            elif field == 6:
+                info.agent_version = value.decode()
+            elif field == 8:
+                info.signed_peer_record = value
+    except UnicodeDecodeError as exc:
+        raise SerializationError(f"identify text field is not UTF-8: {exc}") from None
+    except InvalidPeerId as exc:
+        raise SerializationError(f"identify public key is malformed: {exc}") from None
+    return info
+
+
+def decode_identify_stream(data: bytes) -> IdentifyInfo:
+    """Decode the whole content of an identify stream: varint-delimited messages, merged."""
+    info = IdentifyInfo()
+    pos = 0
+    while pos < len(data):
+        r = decode_uvarint(data, pos)
+        if r is None:
+            raise SerializationError("identify stream ends inside a length prefix")
+        length, pos = r
+        if length > len(data) - pos:
+            raise SerializationError(
+                f"identify message claims {length} bytes, only {len(data) - pos} present"
+            )
+        decode_identify(data[pos : pos + length], info)
+        pos += length
+    return info
+
+
+class IdentifyService(ProtocolService):
+    """Answers identify, identifies every new connection, and pushes protocol changes."""
+
+    def __init__(self, *, identify_on_connect: bool = True) -> None:
+        self.identify_on_connect = identify_on_connect
+        self.node: Node | None = None
+        self._identified: dict[PeerId, asyncio.Event] = {}
+
+    def attach(self, node: Node) -> None:
+        self.node = node
+        node.handle(IDENTIFY_PROTOCOL, self._handle_identify)
+        node.handle(IDENTIFY_PUSH_PROTOCOL, self._handle_push)
+        if self.identify_on_connect:
+            node.on_connection_event(self._on_event)
+
+    def local_info(self, observed: Multiaddr | None) -> IdentifyInfo:
+        """What we tell others about ourselves."""
+        assert self.node is not None
+        return IdentifyInfo(
+            protocol_version=PROTOCOL_VERSION,
+            agent_version=self.node.agent_version,
+            public_key=self.node.key.public_key,
+            listen_addrs=self.node.listen_addrs,
+            observed_addr=observed,
+            protocols=self.node.protocols,
+        )
+
+    async def _handle_identify(self, stream: MuxedStream) -> None:
+        msg = encode_identify(self.local_info(stream.muxed_conn.remote_addr))
+        await stream.send_message(msg, max_size=MAX_IDENTIFY_SIZE)
+        await stream.close_write()
+
+    async def _handle_push(self, stream: MuxedStream) -> None:
+        data = await stream.read_all(limit=MAX_IDENTIFY_SIZE)
+        info = decode_identify_stream(data)
+        self._apply(stream.remote_peer, info, push=True)
+
+    def _apply(self, peer: PeerId, info: IdentifyInfo, *, push: bool = False) -> None:
+        assert self.node is not None
+        if info.public_key is not None and not peer.matches(info.public_key):
+            raise AuthenticationFailed(f"identify from {peer} carries another peer's public key")
+        store = self.node.peerstore
+        rec = store.get(peer)
+        if info.public_key is not None:
+            rec.public_key = info.public_key
+        if info.listen_addrs:
+            store.add_addrs(peer, info.listen_addrs)
+        if info.protocols or not push:
+            store.set_protocols(peer, info.protocols)
+        if info.agent_version is not None:
+            rec.agent_version = info.agent_version
+        if info.protocol_version is not None:
+            rec.protocol_version = info.protocol_version
+        if info.observed_addr is not None and not push:
+            store.add_observed_addr(info.observed_addr)
+        self._identified.setdefault(peer, asyncio.Event()).set()
+
+    async def _on_event(self, event: ConnectionEvent) -> None:
+        if event.kind != "connected":
+            return
+        assert self.node is not None
+        try:
+            info = await identify(self.node, event.peer)
+            self._apply(event.peer, info)
+        except P2PError as exc:
+            log.debug("identify of %s failed: %s", event.peer, exc)
+
+    async def wait_identified(self, peer: PeerId, timeout: float | None = None) -> None:
+        """Wait until an identify answer from ``peer`` was applied."""
+        event = self._identified.setdefault(peer, asyncio.Event())
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+    async def push(self) -> None:
+        """Send our current record to every connected peer that speaks identify push."""
+        assert self.node is not None
+        node = self.node
+        for peer in node.connected_peers:
+            if IDENTIFY_PUSH_PROTOCOL not in node.peerstore.protocols(peer):
+                continue
+            with contextlib.suppress(P2PError):
+                stream = await node.open_stream(peer, IDENTIFY_PUSH_PROTOCOL)
+                info = self.local_info(None)
+                await stream.send_message(encode_identify(info), max_size=MAX_IDENTIFY_SIZE)
+                await stream.close()
+
+
+async def identify(node: Node, target: Target) -> IdentifyInfo:
+    """Ask ``target`` who it is (does not update the peer store)."""
+    async with asyncio.timeout(node.config.request_timeout):
+        stream = await node.open_stream(target, IDENTIFY_PROTOCOL)
+        try:
+            data = await stream.read_all(limit=MAX_IDENTIFY_SIZE)
+        except BaseException:
+            await stream.reset()
+            raise
+        await stream.close()
+    info = decode_identify_stream(data)
+    if info.public_key is not None and not stream.remote_peer.matches(info.public_key):
+        raise AuthenticationFailed(
+            f"identify from {stream.remote_peer} carries another peer's public key"
+        )
+    return info

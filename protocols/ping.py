@@ -1,0 +1,68 @@
+"""libp2p ping (``/ipfs/ping/1.0.0``): 32 random bytes echoed back, repeated on one stream."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Final
+
+from stack.errors import ProtocolError
+from stack.node import Node, ProtocolService
+
+if TYPE_CHECKING:
+    from stack.node import Target
+    from stack.stream import MuxedStream
+
+__all__ = ["PING_PROTOCOL", "PING_SIZE", "PingService", "ping"]
+
+PING_PROTOCOL: Final = "/ipfs/ping/1.0.0"
+#: Size of one ping payload, fixed by the spec.
+PING_SIZE: Final = 32
+
+
+async def handle_ping(stream: MuxedStream) -> None:
+    """Echo each 32-byte payload until the remote closes its side."""
+    buf = b""
+    while True:
+        chunk = await stream.read(PING_SIZE * 64)
+        if not chunk:
+            return
+        buf += chunk
+        whole = len(buf) - len(buf) % PING_SIZE
+        if whole:
+            await stream.write(buf[:whole])
+            buf = buf[whole:]
+
+
+class PingService(ProtocolService):
+    """Serves ``/ipfs/ping/1.0.0``."""
+
+    def attach(self, node: Node) -> None:
+        node.handle(PING_PROTOCOL, handle_ping)
+
+
+async def ping(node: Node, target: Target, count: int = 1) -> list[float]:
+    """Ping ``target`` ``count`` times on one stream; return the round trips in seconds.
+
+    Each round trip is also recorded in the connection's latency statistics.
+    Raises :class:`ProtocolError` when the echo differs from what was sent.
+    """
+    stream = await node.open_stream(target, PING_PROTOCOL)
+    rtts: list[float] = []
+    entropy = node.entropy or os.urandom
+    try:
+        for _ in range(count):
+            payload = entropy(PING_SIZE)
+            start = time.perf_counter()
+            await stream.write(payload)
+            answer = await stream.read_exactly(PING_SIZE)
+            rtt = time.perf_counter() - start
+            if answer != payload:
+                raise ProtocolError("ping answer does not match the payload sent")
+            rtts.append(rtt)
+            stream.stats.record_latency(rtt)
+    except BaseException:
+        await stream.reset()
+        raise
+    await stream.close()
+    return rtts

@@ -1,0 +1,53 @@
+"""Multiaddr helpers: parsing with clear errors and ``/p2p/<id>`` handling."""
+
+from __future__ import annotations
+
+from multiaddr import Multiaddr
+from multiaddr.exceptions import Error as MultiaddrError
+
+from stack.errors import InvalidConfiguration, InvalidPeerId
+from stack.identity import PeerId
+
+__all__ = ["P2P", "parse_multiaddr", "split_peer", "with_peer"]
+
+#: The multiaddr protocol naming a peer id.
+P2P = "p2p"
+
+
+def parse_multiaddr(addr: str | bytes | Multiaddr) -> Multiaddr:
+    """Parse ``addr`` into a :class:`Multiaddr`; raise InvalidConfiguration naming it if malformed."""
+    if isinstance(addr, Multiaddr):
+        return addr
+    try:
+        return Multiaddr(addr)
+    except (MultiaddrError, ValueError, TypeError) as exc:
+        raise InvalidConfiguration(f"invalid multiaddr {addr!r}: {exc}") from None
+
+
+def split_peer(addr: str | Multiaddr) -> tuple[Multiaddr, PeerId | None]:
+    """Split a trailing ``/p2p/<id>`` off ``addr``.
+
+    ``/ip4/1.2.3.4/tcp/1/p2p/12D3…`` gives ``(/ip4/1.2.3.4/tcp/1, PeerId(12D3…))``;
+    an address without a trailing peer id gives ``(addr, None)``.  Only the
+    last component is split, so relay addresses keep their inner ``/p2p/``.
+    """
+    ma = parse_multiaddr(addr)
+    parts = ma.split()
+    if not parts:
+        return ma, None
+    last = parts[-1]
+    protos = last.protocols()
+    if len(protos) == 1 and protos[0].name == P2P:
+        try:
+            peer = PeerId.from_string(last.value_for_protocol(P2P))
+        except InvalidPeerId as exc:
+            raise InvalidPeerId(f"bad peer id in {ma}: {exc}") from None
+        rest = Multiaddr.join(*parts[:-1]) if len(parts) > 1 else Multiaddr("")
+        return rest, peer
+    return ma, None
+
+
+def with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr:
+    """``addr`` with ``/p2p/<peer>`` appended (replacing a trailing one)."""
+    base, _ = split_peer(addr)
+    return base.encapsulate(Multiaddr(f"/{P2P}/{peer}"))

@@ -1,0 +1,135 @@
+"""Unsigned varints and the few protobuf wire-format pieces libp2p needs.
+
+libp2p uses protobuf for keys, the Noise handshake payload and identify.  Those
+messages are tiny and the peer-id spec requires a deterministic encoding
+(fields in number order, minimal varints), so this module encodes and decodes
+the wire format directly instead of pulling a protobuf runtime into the import
+path.  Decoders never trust a length: every length is checked against the bytes
+present and against an explicit limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from stack.errors import MessageTooLarge, SerializationError
+
+__all__ = [
+    "MAX_VARINT_BYTES",
+    "decode_uvarint",
+    "encode_uvarint",
+    "pb_bytes",
+    "pb_fields",
+    "pb_varint",
+]
+
+#: An unsigned varint in libp2p is at most 9 bytes (63 bits) per the multiformats spec.
+MAX_VARINT_BYTES = 9
+
+_SMALL = [bytes([i]) for i in range(128)]
+
+
+def encode_uvarint(value: int) -> bytes:
+    """Encode a non-negative integer as an unsigned LEB128 varint."""
+    if value < 128:
+        if value < 0:
+            raise SerializationError(f"cannot encode negative varint {value}")
+        return _SMALL[value]
+    if value >= 1 << 63:
+        raise SerializationError(f"varint {value} exceeds 63 bits")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int] | None:
+    """Decode a varint at ``pos``.
+
+    Returns ``(value, new_pos)``, or ``None`` when ``data`` ends before the varint
+    does.  Raises :class:`SerializationError` for a varint longer than
+    :data:`MAX_VARINT_BYTES` or one that is not minimally encoded.
+    """
+    value = 0
+    shift = 0
+    end = len(data)
+    start = pos
+    while pos < end:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            if b == 0 and pos - start > 1:
+                raise SerializationError("varint is not minimally encoded")
+            return value, pos
+        shift += 7
+        if pos - start >= MAX_VARINT_BYTES:
+            raise SerializationError(f"varint longer than {MAX_VARINT_BYTES} bytes")
+    return None
+
+
+# --- protobuf wire format -------------------------------------------------------------
+
+_WT_VARINT = 0
+_WT_I64 = 1
+_WT_LEN = 2
+_WT_I32 = 5
+
+
+def pb_varint(field: int, value: int) -> bytes:
+    """Encode a varint-typed protobuf field (int32/uint64/enum/bool)."""
+    return encode_uvarint(field << 3 | _WT_VARINT) + encode_uvarint(value)
+
+
+def pb_bytes(field: int, value: bytes) -> bytes:
+    """Encode a length-delimited protobuf field (bytes/string/sub-message)."""
+    return encode_uvarint(field << 3 | _WT_LEN) + encode_uvarint(len(value)) + value
+
+
+def pb_fields(data: bytes, *, max_size: int = 1 << 20) -> Iterator[tuple[int, int | bytes]]:
+    """Iterate ``(field_number, value)`` over a protobuf message.
+
+    Varint fields yield ``int``, length-delimited fields yield ``bytes``; fixed
+    32/64-bit fields are yielded as their raw bytes.  Unknown fields are the
+    caller's to ignore.  Raises :class:`SerializationError` on any malformed or
+    truncated field and :class:`MessageTooLarge` when ``data`` exceeds ``max_size``.
+    """
+    if len(data) > max_size:
+        raise MessageTooLarge(f"protobuf message of {len(data)} bytes exceeds {max_size}")
+    pos = 0
+    end = len(data)
+    while pos < end:
+        r = decode_uvarint(data, pos)
+        if r is None:
+            raise SerializationError("truncated protobuf field key")
+        key, pos = r
+        field, wire_type = key >> 3, key & 7
+        if field == 0:
+            raise SerializationError("protobuf field number 0 is invalid")
+        if wire_type == _WT_VARINT:
+            r = decode_uvarint(data, pos)
+            if r is None:
+                raise SerializationError(f"truncated varint in protobuf field {field}")
+            value, pos = r
+            yield field, value
+        elif wire_type == _WT_LEN:
+            r = decode_uvarint(data, pos)
+            if r is None:
+                raise SerializationError(f"truncated length in protobuf field {field}")
+            length, pos = r
+            if length > end - pos:
+                raise SerializationError(
+                    f"protobuf field {field} claims {length} bytes, only {end - pos} present"
+                )
+            yield field, bytes(data[pos : pos + length])
+            pos += length
+        elif wire_type in (_WT_I64, _WT_I32):
+            size = 8 if wire_type == _WT_I64 else 4
+            if size > end - pos:
+                raise SerializationError(f"truncated fixed-width protobuf field {field}")
+            yield field, bytes(data[pos : pos + size])
+            pos += size
+        else:
+            raise SerializationError(f"unsupported protobuf wire type {wire_type} (field {field})")

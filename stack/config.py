@@ -1,0 +1,98 @@
+"""Configuration of a node: timeouts, sizes and limits, with defaults and env overrides."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from stack.errors import InvalidConfiguration
+
+__all__ = ["ENV_PREFIX", "NetworkConfig"]
+
+#: Environment variables read by :meth:`NetworkConfig.from_env` start with this prefix.
+ENV_PREFIX = "SWITCHY_"
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise InvalidConfiguration(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class NetworkConfig:
+    """Settings shared by every layer of a node.
+
+    All durations are in seconds, sizes in bytes.  Instances are immutable;
+    use :func:`attrs.evolve` to derive a changed copy.
+    """
+
+    #: Time allowed for a transport dial (TCP connect, QUIC handshake).
+    dial_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Time allowed for the security handshake and the muxer negotiation of a new connection.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Time allowed for multistream-select negotiation of a protocol on a stream.
+    negotiation_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Default deadline for a request/response exchange (ping, identify, router).
+    request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Time a graceful close waits for in-flight streams before resetting them.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Largest length-prefixed message accepted by ``recv_message`` (1 MiB).
+    max_message_size: int = attrs.field(default=1 * MiB, validator=_positive)
+    #: Most simultaneous connections a node keeps (inbound + outbound).
+    max_connections: int = attrs.field(default=1024, validator=_positive)
+    #: Most simultaneous streams on one connection (both directions together).
+    max_streams_per_connection: int = attrs.field(default=1024, validator=_positive)
+    #: Most inbound streams opened by the remote that are not yet acknowledged.
+    max_ack_backlog: int = attrs.field(default=256, validator=_positive)
+    #: Initial yamux receive window per stream (the spec's 256 KiB).
+    initial_stream_window: int = attrs.field(default=256 * KiB, validator=_positive)
+    #: Largest receive window auto-tuning may grow a stream to.
+    max_stream_window: int = attrs.field(default=16 * MiB, validator=_positive)
+    #: Interval of muxer keep-alive pings; 0 disables them.
+    keepalive_interval: float = attrs.field(default=30.0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_stream_window < self.initial_stream_window:
+            raise InvalidConfiguration(
+                "max_stream_window must be >= initial_stream_window "
+                f"({self.max_stream_window} < {self.initial_stream_window})"
+            )
+        if self.keepalive_interval < 0:
+            raise InvalidConfiguration(
+                f"keepalive_interval must be >= 0, got {self.keepalive_interval!r}"
+            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> NetworkConfig:
+        """Build a config from defaults, ``SWITCHY_<FIELD>`` variables, then ``overrides``.
+
+        ``SWITCHY_MAX_MESSAGE_SIZE=2097152`` sets ``max_message_size``.  A value
+        that does not parse raises :class:`InvalidConfiguration` naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            name = ENV_PREFIX + field.name.upper()
+            raw = env.get(name)
+            if raw is None:
+                continue
+            kind = int if isinstance(field.default, int) else float
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise InvalidConfiguration(
+                    f"{name}={raw!r} is not a valid {kind.__name__}"
+                ) from None
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise InvalidConfiguration(str(exc)) from None

@@ -1,0 +1,101 @@
+"""The one exception hierarchy of switchy-p2p.
+
+Every error the stack raises on purpose is a :class:`P2PError`.  Callers can
+catch the base class, a family (``NetworkError``, ``ProtocolError``) or one
+precise condition.  Each error's message names what was wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConnectionClosed",
+    "ConnectionFailed",
+    "DiscoveryFailed",
+    "InvalidConfiguration",
+    "InvalidPeerId",
+    "MessageTooLarge",
+    "NegotiationFailed",
+    "NetworkError",
+    "NoRoute",
+    "P2PError",
+    "P2PTimeout",
+    "PeerNotFound",
+    "ProtocolError",
+    "ResourceLimitExceeded",
+    "SerializationError",
+    "StreamReset",
+    "UnsupportedAddress",
+]
+
+
+class P2PError(Exception):
+    """Base class of every error raised by the stack."""
+
+
+class NetworkError(P2PError):
+    """A failure of the network or of a connection."""
+
+
+class ConnectionFailed(NetworkError):
+    """A connection could not be established."""
+
+
+class UnsupportedAddress(ConnectionFailed):
+    """No configured transport can dial or listen on this multiaddr."""
+
+
+class NoRoute(NetworkError):
+    """There is no path to the destination (simulator routes, unreachable hosts)."""
+
+
+class ConnectionClosed(NetworkError):
+    """The connection or stream was closed; no more data can pass in that direction."""
+
+
+class StreamReset(ConnectionClosed):
+    """The stream was reset (abruptly aborted) by either side."""
+
+
+class PeerNotFound(P2PError):
+    """A peer is not known (no addresses, no connection)."""
+
+
+class InvalidPeerId(P2PError, ValueError):
+    """A peer id, key or multihash could not be parsed or does not match."""
+
+
+class P2PTimeout(P2PError, TimeoutError):
+    """An operation did not finish within its deadline."""
+
+
+class DiscoveryFailed(P2PError):
+    """A name could not be resolved by any configured discovery backend."""
+
+
+class ProtocolError(P2PError):
+    """The remote side broke a wire protocol (bad frame, bad state, bad field)."""
+
+
+class NegotiationFailed(ProtocolError):
+    """Protocol negotiation (multistream-select) found no common protocol."""
+
+
+class SerializationError(ProtocolError):
+    """Bytes could not be encoded or decoded (varint, protobuf, msgpack)."""
+
+
+class AuthenticationFailed(P2PError):
+    """A handshake failed, a signature was invalid, or the remote is not the expected peer."""
+
+
+class InvalidConfiguration(P2PError, ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+class ResourceLimitExceeded(P2PError):
+    """A configured limit (streams, connections, sizes, buffers) was hit."""
+
+
+class MessageTooLarge(ResourceLimitExceeded, ProtocolError):
+    """A message or frame is larger than the configured maximum."""

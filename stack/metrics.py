@@ -1,0 +1,46 @@
+"""Counters kept per connection and per node."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+__all__ = ["ConnectionStats"]
+
+
+@attrs.define(slots=True)
+class ConnectionStats:
+    """Traffic counters of one connection.
+
+    ``messages_*`` count stream writes and delivered data chunks, ``bytes_*``
+    count stream payload bytes (not framing).  Latency samples come from ping
+    round trips on the connection.
+    """
+
+    opened_at: float = attrs.field(factory=time.monotonic)
+    closed_at: float | None = None
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    latency_samples: int = 0
+    latency_total: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        """Seconds the connection has been (or was) open."""
+        end = self.closed_at if self.closed_at is not None else time.monotonic()
+        return end - self.opened_at
+
+    @property
+    def average_latency(self) -> float | None:
+        """Mean measured round trip in seconds, or ``None`` before any sample."""
+        if not self.latency_samples:
+            return None
+        return self.latency_total / self.latency_samples
+
+    def record_latency(self, rtt: float) -> None:
+        """Add one round-trip measurement (seconds)."""
+        self.latency_samples += 1
+        self.latency_total += rtt

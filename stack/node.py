@@ -1,0 +1,495 @@
+"""The node (host): transports, upgrader, connections, streams and protocol handlers together.
+
+A custom stack is one expression::
+
+    Node(key=KeyPair.generate(),
+         transports=[TcpTransport()],
+         security=[NoiseSecurity()],
+         muxers=[Yamux()],
+         services=[PingService(), IdentifyService()])
+
+and :meth:`Node.default` is the standard preset (TCP, Noise, yamux, ping,
+identify, echo, perf).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import attrs
+from multiaddr import Multiaddr
+
+from stack.addresses import parse_multiaddr, split_peer, with_peer
+from stack.config import NetworkConfig
+from stack.errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    InvalidConfiguration,
+    P2PError,
+    PeerNotFound,
+    ResourceLimitExceeded,
+    UnsupportedAddress,
+)
+from stack.identity import Entropy, KeyPair, PeerId
+from stack.mux import MuxedConnection, StreamMuxer
+from stack.negotiation import handle_protocol, select_protocol
+from stack.peerstore import PeerStore
+from stack.registry import ProtocolRegistry, StreamHandler
+from stack.security import SecurityTransport
+from stack.stream import Connection, MuxedStream
+from stack.transport import Listener, Transport
+from stack.upgrader import Upgrader
+
+__all__ = ["ConnectionEvent", "Node", "ProtocolService"]
+
+log = logging.getLogger(__name__)
+
+#: Default agent version sent by identify.
+AGENT_VERSION = "switchy-p2p/0.1.0"
+
+
+class ProtocolService(abc.ABC):
+    """A protocol plugged into a node: registers its handlers and reacts to events."""
+
+    @abc.abstractmethod
+    def attach(self, node: Node) -> None:
+        """Register handlers on ``node`` (called once, before the node starts)."""
+
+    async def stop(self) -> None:  # noqa: B027
+        """Release resources when the node closes (default: nothing)."""
+
+
+@attrs.frozen
+class ConnectionEvent:
+    """A connection to a peer was opened or closed."""
+
+    kind: Literal["connected", "disconnected"]
+    peer: PeerId
+    connection: MuxedConnection
+
+
+ConnectionCallback = Callable[[ConnectionEvent], Any]
+Target = PeerId | Multiaddr | str
+
+
+class Node:
+    """A peer: listens, dials, multiplexes streams and serves protocols.
+
+    Use as an async context manager (``async with Node(...) as node``) or call
+    :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: KeyPair | None = None,
+        transports: Sequence[Transport] | None = None,
+        security: Sequence[SecurityTransport] | None = None,
+        muxers: Sequence[StreamMuxer] | None = None,
+        services: Iterable[ProtocolService] = (),
+        handlers: dict[str, StreamHandler] | None = None,
+        config: NetworkConfig | None = None,
+        listen: Iterable[str | Multiaddr] = (),
+        entropy: Entropy | None = None,
+        agent_version: str = AGENT_VERSION,
+    ) -> None:
+        self.config = config or NetworkConfig()
+        self.entropy = entropy
+        self.key = key or KeyPair.generate(entropy)
+        self.peer_id = self.key.peer_id
+        self.agent_version = agent_version
+        if transports is None:
+            from transports.tcp import TcpTransport
+
+            transports = [TcpTransport(self.config)]
+        if security is None:
+            from stack.security.noise import NoiseSecurity
+
+            security = [NoiseSecurity(self.config, entropy=entropy)]
+        if muxers is None:
+            from stack.mux.yamux import Yamux
+
+            muxers = [Yamux()]
+        if not transports:
+            raise InvalidConfiguration("a node needs at least one transport")
+        self.transports = list(transports)
+        self.upgrader = Upgrader(self.key, security, muxers, self.config)
+        self.registry: ProtocolRegistry[StreamHandler] = ProtocolRegistry()
+        self.peerstore = PeerStore()
+        self.services = list(services)
+        self._listen_on = [parse_multiaddr(a) for a in listen]
+        self._listeners: list[Listener] = []
+        self._connections: dict[PeerId, list[MuxedConnection]] = {}
+        self._dialing: dict[PeerId, asyncio.Task[MuxedConnection]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._callbacks: list[ConnectionCallback] = []
+        self._subscribers: list[asyncio.Queue[ConnectionEvent | None]] = []
+        self._started = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        for t in self.transports:
+            t.bind(self.key, self.config)
+        for proto, handler in (handlers or {}).items():
+            self.handle(proto, handler)
+        for service in self.services:
+            service.attach(self)
+
+    # --- presets ------------------------------------------------------------------------
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> Node:
+        """TCP + Noise + yamux with ping, identify (and push), echo and perf."""
+        from protocols.echo import EchoService
+        from protocols.identify import IdentifyService
+        from protocols.perf import PerfService
+        from protocols.ping import PingService
+
+        services = [PingService(), IdentifyService(), EchoService(), PerfService()]
+        services.extend(kwargs.pop("services", ()))
+        return cls(services=services, **kwargs)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start listening on the addresses given at construction."""
+        if self._started:
+            return
+        self._started = True
+        if self._listen_on:
+            await self.listen(*self._listen_on)
+
+    async def close(self) -> None:
+        """Close gracefully: stop listening, let in-flight handlers finish, close connections.
+
+        Handlers still running after ``config.close_timeout`` are cancelled and
+        their streams reset.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                await listener.close()
+        self._listeners.clear()
+        for service in self.services:
+            with contextlib.suppress(Exception):
+                await service.stop()
+        for dial in list(self._dialing.values()):
+            dial.cancel()
+        handlers = {t for t in self._tasks if t.get_name().startswith("switchy-handler")}
+        if handlers:
+            await asyncio.wait(handlers, timeout=self.config.close_timeout)
+        conns = [c for cs in self._connections.values() for c in cs]
+        if conns:
+            closing = [asyncio.ensure_future(c.close()) for c in conns]
+            _, pending = await asyncio.wait(closing, timeout=self.config.close_timeout)
+            for p in pending:
+                p.cancel()
+            for c in conns:
+                if not c.is_closed:
+                    with contextlib.suppress(Exception):
+                        await c.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
+        for q in self._subscribers:
+            q.put_nowait(None)
+        self._closed.set()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` has begun."""
+        return self._closing
+
+    # --- listening ----------------------------------------------------------------------
+
+    async def listen(self, *addrs: str | Multiaddr) -> list[Multiaddr]:
+        """Listen on each address with the first transport that accepts it.
+
+        Returns the concrete addresses (port 0 resolved), without ``/p2p``.
+        """
+        result: list[Multiaddr] = []
+        for raw in addrs:
+            addr = parse_multiaddr(raw)
+            transport = next((t for t in self.transports if t.can_listen(addr)), None)
+            if transport is None:
+                raise UnsupportedAddress(
+                    f"no configured transport can listen on {addr} "
+                    f"(transports: {', '.join(t.name for t in self.transports)})"
+                )
+            listener = await transport.listen(addr, self._on_inbound)
+            self._listeners.append(listener)
+            result.extend(listener.addrs)
+        self._started = True
+        return result
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        """Every address we listen on (without ``/p2p``)."""
+        return [a for listener in self._listeners for a in listener.addrs]
+
+    @property
+    def full_addrs(self) -> list[Multiaddr]:
+        """Every listen address with ``/p2p/<our id>`` appended: what others dial."""
+        return [with_peer(a, self.peer_id) for a in self.listen_addrs]
+
+    # --- handlers -----------------------------------------------------------------------
+
+    def handle(self, protocol_id: str, handler: StreamHandler) -> None:
+        """Serve ``protocol_id`` on inbound streams with ``handler(stream)``."""
+        self.registry.register(protocol_id, handler)
+
+    def unhandle(self, protocol_id: str) -> None:
+        """Stop serving ``protocol_id``."""
+        self.registry.unregister(protocol_id)
+
+    @property
+    def protocols(self) -> list[str]:
+        """The application protocol ids this node serves."""
+        return self.registry.protocols()
+
+    # --- events -------------------------------------------------------------------------
+
+    def on_connection_event(self, callback: ConnectionCallback) -> None:
+        """Call ``callback(event)`` on every connect and disconnect (may return an awaitable)."""
+        self._callbacks.append(callback)
+
+    async def events(self) -> AsyncIterator[ConnectionEvent]:
+        """Iterate connection events until the node closes."""
+        q: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
+        self._subscribers.append(q)
+        try:
+            while (event := await q.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.remove(q)
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        for q in self._subscribers:
+            q.put_nowait(event)
+        for cb in self._callbacks:
+            try:
+                result = cb(event)
+                if isinstance(result, Awaitable):
+                    self._spawn(_swallow(result, "connection event callback"), "switchy-event")
+            except Exception:
+                log.exception("connection event callback failed")
+
+    # --- connections --------------------------------------------------------------------
+
+    def connections(self, peer: PeerId | None = None) -> list[MuxedConnection]:
+        """Open connections, to ``peer`` or to everyone."""
+        if peer is not None:
+            return [c for c in self._connections.get(peer, ()) if not c.is_closed]
+        return [c for cs in self._connections.values() for c in cs if not c.is_closed]
+
+    @property
+    def connected_peers(self) -> list[PeerId]:
+        """Peers with at least one open connection."""
+        return [p for p, cs in self._connections.items() if any(not c.is_closed for c in cs)]
+
+    def _best_connection(self, peer: PeerId) -> MuxedConnection | None:
+        best: MuxedConnection | None = None
+        for c in self._connections.get(peer, ()):
+            if c.is_closed:
+                continue
+            if not c.is_limited:
+                return c
+            best = best or c
+        return best
+
+    async def connect(self, target: Target) -> MuxedConnection:
+        """Connect to a peer id (addresses from the peer store) or a multiaddr.
+
+        An open connection to the peer is reused; concurrent calls for one
+        peer share a single dial.
+        """
+        if self._closing:
+            raise ConnectionClosed("the node is closed")
+        peer, addrs = self._resolve(target)
+        if peer is None:
+            return await self._dial_addrs(None, addrs)
+        existing = self._best_connection(peer)
+        if existing is not None:
+            return existing
+        pending = self._dialing.get(peer)
+        if pending is None:
+            pending = asyncio.ensure_future(self._dial_addrs(peer, addrs))
+            self._dialing[peer] = pending
+            pending.add_done_callback(lambda _t, p=peer: self._dialing.pop(p, None))
+        return await asyncio.shield(pending)
+
+    def _resolve(self, target: Target) -> tuple[PeerId | None, list[Multiaddr]]:
+        if isinstance(target, PeerId):
+            addrs = self.peerstore.addrs(target)
+            if not addrs and self._best_connection(target) is None:
+                raise PeerNotFound(f"no known addresses for peer {target}")
+            return target, addrs
+        addr, peer = split_peer(target)
+        if peer is not None:
+            if not str(addr):
+                return self._resolve(peer)
+            self.peerstore.add_addrs(peer, [addr])
+        return peer, [addr]
+
+    def _transport_for(self, addr: Multiaddr) -> Transport:
+        for t in self.transports:
+            if t.can_dial(addr):
+                return t
+        raise UnsupportedAddress(
+            f"no configured transport can dial {addr} "
+            f"(transports: {', '.join(t.name for t in self.transports)})"
+        )
+
+    async def _dial_addrs(self, peer: PeerId | None, addrs: list[Multiaddr]) -> MuxedConnection:
+        errors: list[str] = []
+        last: P2PError | None = None
+        for addr in addrs:
+            try:
+                transport = self._transport_for(addr)
+                raw = await transport.dial(addr, remote_peer=peer)
+                if isinstance(raw, MuxedConnection):
+                    conn = raw
+                else:
+                    conn = await self.upgrader.upgrade_outbound(raw, peer)
+            except P2PError as exc:
+                errors.append(f"{addr}: {exc}")
+                last = exc
+                continue
+            if peer is not None and conn.remote_peer != peer:
+                await conn.abort()
+                errors.append(f"{addr}: remote is {conn.remote_peer}, expected {peer}")
+                continue
+            self._add_connection(conn)
+            return conn
+        if len(errors) == 1 and last is not None:
+            raise last
+        who = str(peer) if peer else "peer"
+        raise ConnectionFailed(f"could not connect to {who}: " + "; ".join(errors))
+
+    async def _on_inbound(self, raw: Connection | MuxedConnection) -> None:
+        if self._closing:
+            await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
+            return
+        if len(self.connections()) >= self.config.max_connections:
+            log.warning(
+                "refusing inbound connection from %s: %s", raw.remote_addr,
+                ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),
+            )
+            await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
+            return
+        try:
+            conn = raw if isinstance(raw, MuxedConnection) else await self.upgrader.upgrade_inbound(raw)
+        except P2PError as exc:
+            log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
+            return
+        self._add_connection(conn)
+
+    def _add_connection(self, conn: MuxedConnection) -> None:
+        peer = conn.remote_peer
+        self._connections.setdefault(peer, []).append(conn)
+        if conn.is_initiator:
+            self.peerstore.add_addrs(peer, [conn.remote_addr])
+        self._spawn(self._accept_loop(conn), f"switchy-accept-{peer.fmt_short()}")
+        self._emit(ConnectionEvent("connected", peer, conn))
+
+    def _remove_connection(self, conn: MuxedConnection) -> None:
+        conns = self._connections.get(conn.remote_peer)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._connections[conn.remote_peer]
+            conn.stats.closed_at = conn.stats.closed_at or asyncio.get_running_loop().time()
+            self._emit(ConnectionEvent("disconnected", conn.remote_peer, conn))
+
+    async def _accept_loop(self, conn: MuxedConnection) -> None:
+        try:
+            while True:
+                stream = await conn.accept_stream()
+                self._spawn(self._serve_stream(stream), "switchy-handler")
+        except ConnectionClosed:
+            pass
+        except P2PError as exc:
+            log.debug("connection to %s ended: %s", conn.remote_peer, exc)
+        finally:
+            self._remove_connection(conn)
+
+    async def _serve_stream(self, stream: MuxedStream) -> None:
+        try:
+            protocol = await handle_protocol(
+                stream, self.registry.__contains__, timeout=self.config.negotiation_timeout
+            )
+        except (P2PError, OSError) as exc:
+            log.debug("stream negotiation with %s failed: %s", stream.remote_peer, exc)
+            await stream.reset()
+            return
+        handler = self.registry.get(protocol)
+        if handler is None:  # unregistered between negotiation and now
+            await stream.reset()
+            return
+        stream.protocol = protocol
+        try:
+            await handler(stream)
+        except asyncio.CancelledError:
+            await stream.reset()
+            raise
+        except Exception as exc:
+            if isinstance(exc, P2PError):
+                log.debug("handler for %s with %s: %s", protocol, stream.remote_peer, exc)
+            else:
+                log.exception("handler for %s failed", protocol)
+            await stream.reset()
+            return
+        with contextlib.suppress(P2PError, OSError):
+            await stream.close()
+
+    # --- streams ------------------------------------------------------------------------
+
+    async def open_stream(self, target: Target, *protocol_ids: str) -> MuxedStream:
+        """Open a stream to ``target`` and negotiate the first of ``protocol_ids`` it supports."""
+        if not protocol_ids:
+            raise InvalidConfiguration("open_stream needs at least one protocol id")
+        conn = await self.connect(target)
+        stream = await conn.open_stream()
+        try:
+            protocol = await select_protocol(
+                stream, protocol_ids, timeout=self.config.negotiation_timeout
+            )
+        except BaseException:
+            await stream.reset()
+            raise
+        stream.protocol = protocol
+        return stream
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __repr__(self) -> str:
+        return f"<Node {self.peer_id.fmt_short()}>"
+
+
+async def _swallow(aw: Awaitable[Any], what: str) -> None:
+    try:
+        await aw
+    except Exception:
+        log.exception("%s failed", what)

@@ -1,0 +1,86 @@
+"""What a node knows about other peers: addresses, protocols, keys, observed addresses."""
+
+from __future__ import annotations
+
+import attrs
+from multiaddr import Multiaddr
+
+from stack.identity import PeerId, PublicKey
+
+__all__ = ["MAX_ADDRS_PER_PEER", "MAX_PROTOCOLS_PER_PEER", "PeerInfo", "PeerStore"]
+
+#: Addresses kept per peer; older ones are dropped first.
+MAX_ADDRS_PER_PEER = 64
+#: Protocol ids kept per peer.
+MAX_PROTOCOLS_PER_PEER = 256
+#: Our own addresses as observed by others, kept at most.
+MAX_OBSERVED_ADDRS = 32
+
+
+@attrs.define
+class PeerInfo:
+    """Everything known about one peer."""
+
+    peer_id: PeerId
+    addrs: list[Multiaddr] = attrs.field(factory=list)
+    protocols: list[str] = attrs.field(factory=list)
+    public_key: PublicKey | None = None
+    agent_version: str | None = None
+    protocol_version: str | None = None
+
+
+class PeerStore:
+    """An in-memory peer store with bounded per-peer lists."""
+
+    def __init__(self) -> None:
+        self._peers: dict[PeerId, PeerInfo] = {}
+        self._observed: list[Multiaddr] = []
+
+    def get(self, peer: PeerId) -> PeerInfo:
+        """The record of ``peer`` (created empty if unknown)."""
+        info = self._peers.get(peer)
+        if info is None:
+            info = self._peers[peer] = PeerInfo(peer)
+        return info
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def peers(self) -> list[PeerId]:
+        """All peers with a record."""
+        return list(self._peers)
+
+    def add_addrs(self, peer: PeerId, addrs: list[Multiaddr]) -> None:
+        """Remember addresses of ``peer`` (most recent first, bounded)."""
+        info = self.get(peer)
+        for addr in addrs:
+            if addr in info.addrs:
+                info.addrs.remove(addr)
+            info.addrs.insert(0, addr)
+        del info.addrs[MAX_ADDRS_PER_PEER:]
+
+    def addrs(self, peer: PeerId) -> list[Multiaddr]:
+        """Known addresses of ``peer`` (empty if none)."""
+        info = self._peers.get(peer)
+        return list(info.addrs) if info else []
+
+    def set_protocols(self, peer: PeerId, protocols: list[str]) -> None:
+        """Replace the protocols ``peer`` says it supports."""
+        self.get(peer).protocols = list(dict.fromkeys(protocols))[:MAX_PROTOCOLS_PER_PEER]
+
+    def protocols(self, peer: PeerId) -> list[str]:
+        """Protocols ``peer`` supports, as last reported."""
+        info = self._peers.get(peer)
+        return list(info.protocols) if info else []
+
+    def add_observed_addr(self, addr: Multiaddr) -> None:
+        """Record one of our own addresses as a peer observed it."""
+        if addr in self._observed:
+            self._observed.remove(addr)
+        self._observed.insert(0, addr)
+        del self._observed[MAX_OBSERVED_ADDRS:]
+
+    @property
+    def observed_addrs(self) -> list[Multiaddr]:
+        """Our addresses as observed by peers, most recent first."""
+        return list(self._observed)

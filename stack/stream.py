@@ -1,0 +1,204 @@
+"""The one byte-stream interface of the stack.
+
+Every layer speaks :class:`Stream`: a raw transport connection, a secured
+connection and a multiplexed stream are all ordered, reliable byte streams
+with the same methods.  Implementations provide :meth:`read`, :meth:`write`,
+:meth:`close_write`, :meth:`reset` and :meth:`close`; the rest (exact reads,
+iteration, length-prefixed messages) is built here once.
+
+Contract (checked by the conformance suite):
+
+* ``read(n)`` waits until at least one byte is available and returns at most
+  ``n`` bytes (``n < 0`` means "whatever is buffered"); it returns ``b""``
+  once the remote closed its write side and everything was read; it raises
+  :class:`~stack.errors.StreamReset` after a reset.  No byte is ever dropped
+  or duplicated.
+* ``write(data)`` returns once the data is accepted by the layer below; it
+  blocks (backpressure) while the remote is not reading.  Writing after
+  ``close_write``/``close``/``reset`` raises :class:`~stack.errors.ConnectionClosed`.
+* ``close_write()`` sends end-of-stream after all written data; reading goes on.
+* ``close()`` closes the write side and stops reading; ``reset()`` aborts both
+  directions at once, discarding buffered data.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
+
+from stack.codec import decode_uvarint, encode_uvarint
+from stack.errors import ConnectionClosed, MessageTooLarge
+
+if TYPE_CHECKING:
+    from multiaddr import Multiaddr
+
+    from stack.identity import PeerId
+    from stack.metrics import ConnectionStats
+    from stack.mux import MuxedConnection
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_READ_SIZE",
+    "Connection",
+    "MuxedStream",
+    "Stream",
+]
+
+#: Chunk size used by iteration when no size is asked for.
+DEFAULT_READ_SIZE: Final = 64 * 1024
+#: Default limit of ``recv_message`` when no limit is passed (1 MiB, as NetworkConfig).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
+
+
+class Stream(abc.ABC):
+    """An ordered, reliable, bidirectional byte stream (see the module docstring)."""
+
+    @abc.abstractmethod
+    async def read(self, max_bytes: int = -1) -> bytes:
+        """Read at most ``max_bytes`` (any amount if negative); ``b""`` at end of stream."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data``, waiting while the peer applies backpressure."""
+
+    @abc.abstractmethod
+    async def close_write(self) -> None:
+        """Half-close: signal end-of-stream to the peer after all written data."""
+
+    @abc.abstractmethod
+    async def reset(self) -> None:
+        """Abort the stream in both directions."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close gracefully: half-close our side and release the stream."""
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes; raise :class:`ConnectionClosed` if the stream ends first."""
+        if n <= 0:
+            return b""
+        first = await self.read(n)
+        if len(first) == n:
+            return first
+        if not first:
+            raise ConnectionClosed(f"stream ended before {n} bytes could be read (got 0)")
+        buf = bytearray(first)
+        while len(buf) < n:
+            chunk = await self.read(n - len(buf))
+            if not chunk:
+                raise ConnectionClosed(
+                    f"stream ended before {n} bytes could be read (got {len(buf)})"
+                )
+            buf += chunk
+        return bytes(buf)
+
+    async def read_all(self, limit: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+        """Read until end of stream; raise :class:`MessageTooLarge` past ``limit`` bytes."""
+        buf = bytearray()
+        while True:
+            chunk = await self.read(DEFAULT_READ_SIZE)
+            if not chunk:
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > limit:
+                raise MessageTooLarge(f"stream carried more than {limit} bytes")
+
+    async def send_message(self, data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        """Write ``data`` prefixed by its length as an unsigned varint."""
+        if len(data) > max_size:
+            raise MessageTooLarge(
+                f"message of {len(data)} bytes exceeds the limit of {max_size} bytes"
+            )
+        await self.write(encode_uvarint(len(data)) + data)
+
+    async def recv_message(self, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+        """Read one varint-length-prefixed message.
+
+        Raises :class:`MessageTooLarge` when the announced length exceeds
+        ``max_size`` (before reading the body), :class:`ConnectionClosed` when
+        the stream ends inside a message, and
+        :class:`~stack.errors.SerializationError` for a malformed prefix.
+        Returns ``b""`` only for a real zero-length message; an end of stream
+        before the first prefix byte raises :class:`ConnectionClosed` too.
+        """
+        prefix = bytearray()
+        while True:
+            b = await self.read(1)
+            if not b:
+                raise ConnectionClosed(
+                    "stream ended before a message" if not prefix else "stream ended in a length"
+                )
+            prefix += b
+            if b[0] < 0x80:
+                break
+            if len(prefix) >= 9:
+                break
+        decoded = decode_uvarint(prefix)
+        assert decoded is not None
+        length = decoded[0]
+        if length > max_size:
+            raise MessageTooLarge(
+                f"message of {length} bytes announced, the limit is {max_size} bytes"
+            )
+        return await self.read_exactly(length)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter_chunks()
+
+    async def _iter_chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self.read(DEFAULT_READ_SIZE)
+            if not chunk:
+                return
+            yield chunk
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            await self.reset()
+
+
+class Connection(Stream):
+    """A point-to-point byte-stream connection as produced by a transport or a security layer.
+
+    Raw transport connections leave ``remote_peer`` ``None``; a security
+    layer's output sets it to the authenticated peer.
+    """
+
+    #: Our multiaddr of this connection (e.g. ``/ip4/127.0.0.1/tcp/4001``).
+    local_addr: Multiaddr
+    #: The remote's multiaddr of this connection.
+    remote_addr: Multiaddr
+    #: The authenticated remote peer (``None`` before security).
+    remote_peer: PeerId | None = None
+    #: Our own peer id on this connection (``None`` before security).
+    local_peer: PeerId | None = None
+    #: True for connections whose use is restricted (e.g. relayed, with limits).
+    is_limited: bool = False
+
+
+class MuxedStream(Stream):
+    """A stream of a multiplexed connection, as handed to protocol handlers."""
+
+    #: The protocol id negotiated on this stream (``None`` until negotiated).
+    protocol: str | None = None
+
+    @property
+    @abc.abstractmethod
+    def remote_peer(self) -> PeerId:
+        """The authenticated peer at the other end."""
+
+    @property
+    @abc.abstractmethod
+    def stats(self) -> ConnectionStats:
+        """Counters of the connection this stream belongs to."""
+
+    @property
+    @abc.abstractmethod
+    def muxed_conn(self) -> MuxedConnection:
+        """The multiplexed connection this stream belongs to."""

@@ -1,0 +1,67 @@
+"""Transport interfaces: what a transport (TCP, QUIC, relay, simulator) must provide.
+
+A transport dials and listens on multiaddrs.  It produces either a raw
+:class:`~stack.stream.Connection`, which the upgrader secures and
+multiplexes, or a ready :class:`~stack.mux.MuxedConnection` for transports
+that bring their own security and streams (QUIC).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from multiaddr import Multiaddr
+
+if TYPE_CHECKING:
+    from stack.config import NetworkConfig
+    from stack.identity import KeyPair, PeerId
+    from stack.mux import MuxedConnection
+    from stack.stream import Connection
+
+__all__ = ["ConnectionHandler", "Listener", "Transport"]
+
+#: Called by a listener for each accepted connection.
+ConnectionHandler = Callable[["Connection | MuxedConnection"], Awaitable[None]]
+
+
+class Listener(abc.ABC):
+    """A bound listening endpoint of a transport."""
+
+    @property
+    @abc.abstractmethod
+    def addrs(self) -> list[Multiaddr]:
+        """The concrete addresses this listener accepts on (port 0 resolved)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop accepting.  Connections already accepted stay open."""
+
+
+class Transport(abc.ABC):
+    """Dials and listens on the multiaddrs it understands."""
+
+    #: A short name for logs and the CLI (``tcp``, ``quic``, ``sim``).
+    name: str = "transport"
+
+    def bind(self, key: KeyPair, config: NetworkConfig) -> None:  # noqa: B027
+        """Called once by the node before use; transports that need the key keep it."""
+
+    @abc.abstractmethod
+    def can_dial(self, addr: Multiaddr) -> bool:
+        """Whether :meth:`dial` understands ``addr`` (a trailing ``/p2p/…`` is allowed)."""
+
+    @abc.abstractmethod
+    def can_listen(self, addr: Multiaddr) -> bool:
+        """Whether :meth:`listen` understands ``addr``."""
+
+    @abc.abstractmethod
+    async def dial(
+        self, addr: Multiaddr, *, remote_peer: PeerId | None = None
+    ) -> Connection | MuxedConnection:
+        """Connect to ``addr``; raise :class:`~stack.errors.ConnectionFailed` on failure."""
+
+    @abc.abstractmethod
+    async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:
+        """Start accepting on ``addr``, calling ``handler`` for each new connection."""

@@ -1,0 +1,96 @@
+"""Turns a raw transport connection into a secured, multiplexed connection.
+
+raw connection → multistream-select a security protocol → handshake →
+multistream-select a muxer → :class:`~stack.mux.MuxedConnection`.
+Transports that bring their own security and streams (QUIC) skip this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from stack.config import NetworkConfig
+from stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, P2PTimeout
+from stack.identity import KeyPair, PeerId
+from stack.mux import MuxedConnection, StreamMuxer
+from stack.negotiation import handle_protocol, select_protocol
+from stack.security import SecurityTransport
+from stack.stream import Connection
+
+__all__ = ["Upgrader"]
+
+
+class Upgrader:
+    """Negotiates and applies a security layer and a muxer, in preference order."""
+
+    def __init__(
+        self,
+        key: KeyPair,
+        security: Sequence[SecurityTransport],
+        muxers: Sequence[StreamMuxer],
+        config: NetworkConfig,
+    ) -> None:
+        if not security:
+            raise InvalidConfiguration("a node needs at least one security transport")
+        if not muxers:
+            raise InvalidConfiguration("a node needs at least one stream muxer")
+        self.key = key
+        self.config = config
+        self._security = {s.protocol_id: s for s in security}
+        self._muxers = {m.protocol_id: m for m in muxers}
+        self._security_ids = [s.protocol_id for s in security]
+        self._muxer_ids = [m.protocol_id for m in muxers]
+
+    @property
+    def security_protocols(self) -> list[str]:
+        """Security protocol ids in preference order."""
+        return list(self._security_ids)
+
+    @property
+    def muxer_protocols(self) -> list[str]:
+        """Muxer protocol ids in preference order."""
+        return list(self._muxer_ids)
+
+    async def upgrade_outbound(
+        self, raw: Connection, remote_peer: PeerId | None
+    ) -> MuxedConnection:
+        """Upgrade a connection we dialed; verify the remote is ``remote_peer`` if given."""
+        return await self._upgrade(raw, remote_peer, initiator=True)
+
+    async def upgrade_inbound(self, raw: Connection) -> MuxedConnection:
+        """Upgrade a connection we accepted."""
+        return await self._upgrade(raw, None, initiator=False)
+
+    async def _upgrade(
+        self, raw: Connection, remote_peer: PeerId | None, *, initiator: bool
+    ) -> MuxedConnection:
+        timeout = self.config.handshake_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if initiator:
+                    sec_id = await select_protocol(raw, self._security_ids, lazy=False)
+                    secure = await self._security[sec_id].secure_outbound(
+                        raw, self.key, remote_peer
+                    )
+                    mux_id = await select_protocol(secure, self._muxer_ids, lazy=False)
+                else:
+                    sec_id = await handle_protocol(raw, self._security.__contains__)
+                    secure = await self._security[sec_id].secure_inbound(raw, self.key)
+                    mux_id = await handle_protocol(secure, self._muxers.__contains__)
+        except TimeoutError:
+            await raw.reset()
+            raise P2PTimeout(
+                f"connection upgrade with {raw.remote_addr} timed out after {timeout}s"
+            ) from None
+        except (P2PError, OSError):
+            await raw.reset()
+            raise
+        if remote_peer is not None and secure.remote_peer != remote_peer:
+            await secure.reset()
+            raise AuthenticationFailed(
+                f"dialed {remote_peer} but the remote authenticated as {secure.remote_peer}"
+            )
+        muxed = self._muxers[mux_id].create(secure, is_initiator=initiator, config=self.config)
+        muxed.security_protocol = sec_id
+        return muxed

@@ -1,0 +1,307 @@
+"""TCP transport over asyncio: ``/ip4|ip6|dns4|dns6|dns/…/tcp/N``.
+
+Connections are asyncio protocols that buffer received chunks without
+copying them and pause the socket when the reader falls behind, so a reader
+that stops reading stops the sender (TCP backpressure end to end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from multiaddr import Multiaddr
+
+from stack.addresses import split_peer
+from stack.config import NetworkConfig
+from stack.errors import ConnectionClosed, ConnectionFailed, P2PTimeout, StreamReset, UnsupportedAddress
+from stack.stream import Connection
+from stack.transport import ConnectionHandler, Listener, Transport
+
+if TYPE_CHECKING:
+    from stack.identity import KeyPair, PeerId
+    from stack.mux import MuxedConnection
+
+__all__ = ["TcpConnection", "TcpListener", "TcpTransport"]
+
+log = logging.getLogger(__name__)
+
+#: Received bytes buffered per connection before the socket is paused.
+READ_HIGH_WATER: Final = 1024 * 1024
+#: Buffered bytes below which a paused socket resumes reading.
+READ_LOW_WATER: Final = 256 * 1024
+#: Bytes queued for sending before ``write`` waits for the socket to drain.
+WRITE_HIGH_WATER: Final = 1024 * 1024
+
+_HOST_PROTOCOLS = {"ip4": socket.AF_INET, "ip6": socket.AF_INET6, "dns4": socket.AF_INET,
+                   "dns6": socket.AF_INET6, "dns": socket.AF_UNSPEC}
+
+
+def _host_port(addr: Multiaddr) -> tuple[str, int, int] | None:
+    """``(host, port, family)`` of a TCP multiaddr (trailing /p2p allowed), else None."""
+    base, _ = split_peer(addr)
+    items = list(base.items())
+    if len(items) != 2:
+        return None
+    (hproto, host), (tproto, port) = items
+    family = _HOST_PROTOCOLS.get(hproto.name)
+    if family is None or tproto.name != "tcp":
+        return None
+    return str(host), int(port), family
+
+
+def _sockaddr_to_multiaddr(sockaddr: tuple[object, ...]) -> Multiaddr:
+    host = str(sockaddr[0])
+    port = int(str(sockaddr[1]))
+    proto = "ip6" if ":" in host else "ip4"
+    return Multiaddr(f"/{proto}/{host}/tcp/{port}")
+
+
+class TcpConnection(Connection, asyncio.Protocol):
+    """A TCP connection implementing the :class:`~stack.stream.Connection` contract."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0  # consumed bytes of _chunks[0]
+        self._buffered = 0
+        self._eof = False
+        self._error: ConnectionClosed | None = None
+        self._write_closed = False
+        self._read_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._lost = False
+        self.connected: asyncio.Future[None] = self._loop.create_future()
+
+    # --- asyncio.Protocol callbacks ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.local_addr = _sockaddr_to_multiaddr(sock.getsockname())
+            self.remote_addr = _sockaddr_to_multiaddr(sock.getpeername())
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > READ_HIGH_WATER and not self._read_paused and self._transport:
+            self._read_paused = True
+            self._transport.pause_reading()
+        w = self._read_waiter
+        if w is not None:
+            self._read_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return True  # keep our write side open (half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._eof = True
+        self._write_closed = True
+        if exc is not None and self._error is None:
+            self._error = StreamReset(f"TCP connection lost: {exc}")
+        self._wake_reader()
+        d = self._drain_waiter
+        if d is not None and not d.done():
+            d.set_result(None)
+        self._drain_waiter = None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        d = self._drain_waiter
+        if d is not None:
+            self._drain_waiter = None
+            if not d.done():
+                d.set_result(None)
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None:
+            self._read_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    # --- Stream API ------------------------------------------------------------------------
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        chunks = self._chunks
+        while not chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            waiter = self._loop.create_future()
+            self._read_waiter = waiter
+            await waiter
+        head = chunks[0]
+        off = self._offset
+        avail = len(head) - off
+        if max_bytes < 0 or max_bytes >= avail:
+            chunks.popleft()
+            self._offset = 0
+            data = head if off == 0 else head[off:]
+        else:
+            data = head[off : off + max_bytes]
+            self._offset = off + max_bytes
+        self._buffered -= len(data)
+        if self._read_paused and self._buffered < READ_LOW_WATER and self._transport:
+            self._read_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._write_closed or self._transport is None:
+            raise self._error or ConnectionClosed("write on a closed TCP connection")
+        self._transport.write(data)
+        if self._write_paused:
+            while self._write_paused and not self._lost:
+                waiter = self._loop.create_future()
+                self._drain_waiter = waiter
+                await waiter
+            if self._lost:
+                raise self._error or ConnectionClosed("TCP connection closed while writing")
+
+    async def close_write(self) -> None:
+        if self._write_closed or self._transport is None:
+            return
+        self._write_closed = True
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    async def reset(self) -> None:
+        self._error = self._error or StreamReset("TCP connection was reset locally")
+        self._write_closed = True
+        self._chunks.clear()
+        self._buffered = 0
+        t = self._transport
+        if t is not None and not self._lost:
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            t.abort()
+        self._wake_reader()
+
+    async def close(self) -> None:
+        self._write_closed = True
+        self._eof = True
+        self._chunks.clear()
+        self._buffered = 0
+        self._wake_reader()
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.close()  # flushes pending writes, then closes
+
+    def __repr__(self) -> str:
+        return f"<TcpConnection {getattr(self, 'local_addr', '?')} -> {getattr(self, 'remote_addr', '?')}>"
+
+
+class TcpListener(Listener):
+    """A listening TCP socket; each accepted connection goes to the handler in its own task."""
+
+    def __init__(self, server: asyncio.Server, handler: ConnectionHandler) -> None:
+        self._server = server
+        self._handler = handler
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._addrs = [_sockaddr_to_multiaddr(s.getsockname()) for s in server.sockets]
+
+    @property
+    def addrs(self) -> list[Multiaddr]:
+        return list(self._addrs)
+
+    def _accepted(self, conn: TcpConnection) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, conn: TcpConnection) -> None:
+        try:
+            await self._handler(conn)
+        except Exception:  # the handler owns errors; never let one kill the listener
+            log.exception("TCP connection handler failed for %r", conn)
+            await conn.reset()
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class TcpTransport(Transport):
+    """Plain TCP.  Dials with ``config.dial_timeout``; IPv4, IPv6 and DNS names."""
+
+    name = "tcp"
+
+    def __init__(self, config: NetworkConfig | None = None) -> None:
+        self.config = config or NetworkConfig()
+
+    def bind(self, key: KeyPair, config: NetworkConfig) -> None:
+        self.config = config
+
+    def can_dial(self, addr: Multiaddr) -> bool:
+        return _host_port(addr) is not None
+
+    def can_listen(self, addr: Multiaddr) -> bool:
+        hp = _host_port(addr)
+        return hp is not None and hp[2] != socket.AF_UNSPEC
+
+    async def dial(
+        self, addr: Multiaddr, *, remote_peer: PeerId | None = None
+    ) -> Connection | MuxedConnection:
+        hp = _host_port(addr)
+        if hp is None:
+            raise UnsupportedAddress(f"TCP cannot dial {addr}")
+        host, port, family = hp
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.dial_timeout):
+                _, proto = await loop.create_connection(TcpConnection, host, port, family=family)
+        except TimeoutError:
+            raise P2PTimeout(
+                f"TCP dial to {addr} timed out after {self.config.dial_timeout}s"
+            ) from None
+        except OSError as exc:
+            raise ConnectionFailed(f"TCP dial to {addr} failed: {exc.strerror or exc}") from None
+        return proto
+
+    async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:
+        hp = _host_port(addr)
+        if hp is None or hp[2] == socket.AF_UNSPEC:
+            raise UnsupportedAddress(f"TCP cannot listen on {addr}")
+        host, port, family = hp
+        loop = asyncio.get_running_loop()
+        listener: TcpListener | None = None
+
+        def factory() -> TcpConnection:
+            conn = TcpConnection()
+            assert listener is not None
+            listener._accepted(conn)
+            return conn
+
+        try:
+            server = await loop.create_server(factory, host, port, family=family, reuse_address=True)
+        except OSError as exc:
+            raise ConnectionFailed(f"cannot listen on {addr}: {exc.strerror or exc}") from None
+        listener = TcpListener(server, handler)
+        return listener
