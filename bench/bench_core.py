@@ -1,0 +1,291 @@
+"""Core stack benchmarks; prints one JSON object.
+
+Figures (all on loopback, this machine):
+- raw asyncio TCP throughput in one loop (the ceiling for the ratio);
+- one-stream throughput over TCP+Noise+yamux, both nodes in one process and across two processes;
+- ping round trip on one stream (median, p99);
+- new connection to first negotiated stream (dial + Noise + yamux + multistream);
+- stream open + negotiate + close per second on one connection;
+- import time of ``stack``; memory per idle connection.
+
+Usage: ``python -m bench.bench_core [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+from multiaddr import Multiaddr
+
+CHUNK = 256 * 1024
+
+
+async def _raw_tcp(total: int) -> float:
+    from transports.tcp import TcpTransport
+
+    t = TcpTransport()
+    accepted: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(conn: Any) -> None:
+        await accepted.put(conn)
+
+    listener = await t.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), handler)
+    client: Any = await t.dial(listener.addrs[0])
+    server = await accepted.get()
+    data = bytes(CHUNK)
+
+    async def send() -> None:
+        for _ in range(total // CHUNK):
+            await client.write(data)
+        await client.close_write()
+
+    start = time.perf_counter()
+    task = asyncio.ensure_future(send())
+    n = 0
+    while chunk := await server.read():
+        n += len(chunk)
+    await task
+    elapsed = time.perf_counter() - start
+    await listener.close()
+    assert n == total
+    return total / elapsed
+
+
+async def _stream_throughput(total: int) -> float:
+    from stack.node import Node
+
+    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+        done = asyncio.get_running_loop().create_future()
+
+        async def sink(stream: Any) -> None:
+            n = 0
+            while chunk := await stream.read():
+                n += len(chunk)
+            done.set_result(n)
+
+        server.handle("/bench/sink/1.0.0", sink)
+        stream = await client.open_stream(server.full_addrs[0], "/bench/sink/1.0.0")
+        data = bytes(CHUNK)
+        start = time.perf_counter()
+        for _ in range(total // CHUNK):
+            await stream.write(data)
+        await stream.close_write()
+        n = await done
+        elapsed = time.perf_counter() - start
+        assert n == total
+        return total / elapsed
+
+
+def _server_process(q: Any) -> None:
+    async def main() -> None:
+        from stack.node import Node
+
+        async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
+            finished = asyncio.Event()
+
+            async def sink(stream: Any) -> None:
+                n = 0
+                while chunk := await stream.read():
+                    n += len(chunk)
+                await stream.write(str(n).encode())
+                await stream.close_write()
+                finished.set()
+
+            server.handle("/bench/sink/1.0.0", sink)
+            q.put(str(server.full_addrs[0]))
+            await finished.wait()
+
+    asyncio.run(main())
+
+
+async def _two_process_throughput(total: int) -> float:
+    from stack.node import Node
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_server_process, args=(q,))
+    proc.start()
+    try:
+        addr = await asyncio.get_running_loop().run_in_executor(None, q.get, True, 30)
+        async with Node.default() as client:
+            stream = await client.open_stream(addr, "/bench/sink/1.0.0")
+            data = bytes(CHUNK)
+            start = time.perf_counter()
+            for _ in range(total // CHUNK):
+                await stream.write(data)
+            await stream.close_write()
+            n = int(await stream.read_all())
+            elapsed = time.perf_counter() - start
+            assert n == total
+            return total / elapsed
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+
+
+async def _ping_rtt(count: int) -> dict[str, float]:
+    from protocols.ping import PING_PROTOCOL
+    from stack.node import Node
+
+    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+        stream = await client.open_stream(server.full_addrs[0], PING_PROTOCOL)
+        payload = os.urandom(32)
+        rtts = []
+        for _ in range(count):
+            start = time.perf_counter()
+            await stream.write(payload)
+            await stream.read_exactly(32)
+            rtts.append(time.perf_counter() - start)
+        await stream.close()
+        rtts.sort()
+        return {"median_us": statistics.median(rtts) * 1e6, "p99_us": rtts[int(len(rtts) * 0.99)] * 1e6}
+
+
+async def _raw_ping_rtt(count: int) -> float:
+    from transports.tcp import TcpTransport
+
+    t = TcpTransport()
+    accepted: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(conn: Any) -> None:
+        await accepted.put(conn)
+
+    listener = await t.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), handler)
+    client: Any = await t.dial(listener.addrs[0])
+    server = await accepted.get()
+
+    async def echo() -> None:
+        while data := await server.read():
+            await server.write(data)
+
+    task = asyncio.ensure_future(echo())
+    rtts = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await client.write(b"x" * 32)
+        await client.read_exactly(32)
+        rtts.append(time.perf_counter() - start)
+    await client.close()
+    task.cancel()
+    await listener.close()
+    return statistics.median(rtts) * 1e6
+
+
+async def _connection_setup(count: int) -> float:
+    from protocols.ping import PING_PROTOCOL
+    from stack.node import Node
+
+    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+        addr = server.full_addrs[0]
+        times = []
+        for _ in range(count):
+            start = time.perf_counter()
+            conn = await client._dial_addrs(server.peer_id, [server.listen_addrs[0]])
+            stream = await conn.open_stream()
+            from stack.negotiation import select_protocol
+
+            await select_protocol(stream, [PING_PROTOCOL])
+            times.append(time.perf_counter() - start)
+            await stream.reset()
+            await conn.close()
+        del addr
+        return statistics.median(times) * 1e3
+
+
+async def _stream_rate(count: int) -> float:
+    from stack.node import Node
+
+    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+
+        async def noop(stream: Any) -> None:
+            await stream.close()
+
+        server.handle("/bench/noop/1.0.0", noop)
+        await client.connect(server.full_addrs[0])
+        start = time.perf_counter()
+        concurrency = 32
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                s = await client.open_stream(server.peer_id, "/bench/noop/1.0.0")
+                await s.close_write()
+                await s.read()  # wait for the remote's close: a full open/negotiate/close
+                await s.close()
+
+        await asyncio.gather(*(worker(count // concurrency) for _ in range(concurrency)))
+        return (count // concurrency * concurrency) / (time.perf_counter() - start)
+
+
+async def _idle_connection_memory(count: int) -> float:
+    from stack.node import Node
+
+    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
+        clients = [Node.default() for _ in range(count)]
+        for c in clients:
+            await c.start()
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for c in clients:
+            await c.connect(server.full_addrs[0])
+        # let identify exchanges finish so only idle state remains
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        for c in clients:
+            await c.close()
+        return (after - before) / count  # both ends of each connection live in this process
+
+
+def _import_time() -> float:
+    best = float("inf")
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", "import time; t=time.perf_counter(); import stack.node; "
+             "print(time.perf_counter()-t)"],
+            capture_output=True, text=True, check=True,
+        )
+        best = min(best, float(out.stdout))
+    return best * 1e3
+
+
+async def _main(quick: bool) -> dict[str, Any]:
+    size = (256 if quick else 1024) * 1024 * 1024
+    res: dict[str, Any] = {"machine_cores": os.cpu_count(), "python": sys.version.split()[0]}
+    res["raw_tcp_MBps"] = await _raw_tcp(size) / 1e6
+    res["stream_1proc_MBps"] = await _stream_throughput(size) / 1e6
+    res["stream_2proc_MBps"] = await _two_process_throughput(size) / 1e6
+    res["stream_vs_raw_ratio"] = res["stream_1proc_MBps"] / res["raw_tcp_MBps"]
+    res["raw_tcp_rtt_median_us"] = await _raw_ping_rtt(2000)
+    res["ping_rtt"] = await _ping_rtt(2000 if quick else 10000)
+    res["new_connection_median_ms"] = await _connection_setup(50 if quick else 300)
+    res["streams_per_s"] = await _stream_rate(3200 if quick else 20000)
+    res["idle_connection_bytes"] = await _idle_connection_memory(50 if quick else 200)
+    res["import_stack_ms"] = _import_time()
+    return res
+
+
+def main() -> None:
+    """Run every benchmark and print the figures as JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_main(args.quick)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
