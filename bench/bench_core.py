@@ -150,7 +150,10 @@ async def _ping_rtt(count: int) -> dict[str, float]:
             rtts.append(time.perf_counter() - start)
         await stream.close()
         rtts.sort()
-        return {"median_us": statistics.median(rtts) * 1e6, "p99_us": rtts[int(len(rtts) * 0.99)] * 1e6}
+        return {
+            "median_us": statistics.median(rtts) * 1e6,
+            "p99_us": rtts[int(len(rtts) * 0.99)] * 1e6,
+        }
 
 
 async def _raw_ping_rtt(count: int) -> float:
@@ -255,9 +258,15 @@ def _import_time() -> float:
     best = float("inf")
     for _ in range(5):
         out = subprocess.run(
-            [sys.executable, "-c", "import time; t=time.perf_counter(); import stack.node; "
-             "print(time.perf_counter()-t)"],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                "import time; t=time.perf_counter(); import stack.node; "
+                "print(time.perf_counter()-t)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         best = min(best, float(out.stdout))
     return best * 1e3

@@ -15,7 +15,7 @@ P2P = "p2p"
 
 
 def parse_multiaddr(addr: str | bytes | Multiaddr) -> Multiaddr:
-    """Parse ``addr`` into a :class:`Multiaddr`; raise InvalidConfiguration naming it if malformed."""
+    """Parse ``addr`` into a :class:`Multiaddr`; InvalidConfiguration names a malformed one."""
     if isinstance(addr, Multiaddr):
         return addr
     try:

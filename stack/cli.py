@@ -10,7 +10,7 @@ import os
 import signal
 import statistics
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from stack.errors import P2PError
 __all__ = ["main"]
 
 #: Where ``switchy id`` keeps the identity when no ``--key`` is given.
-DEFAULT_KEY_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "switchy" / "identity.key"
+DEFAULT_KEY_PATH = (
+    Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "switchy" / "identity.key"
+)
 #: Listen address used by ``switchy listen`` when none is given.
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 
@@ -56,8 +58,16 @@ async def _cmd_id(args: argparse.Namespace) -> int:
     existed = Path(path).exists()
     key = _load_key(path, create=True)
     if args.json:
-        print(json.dumps({"peer_id": str(key.peer_id), "public_key": key.public_bytes.hex(),
-                          "key_file": path, "created": not existed}))
+        print(
+            json.dumps(
+                {
+                    "peer_id": str(key.peer_id),
+                    "public_key": key.public_bytes.hex(),
+                    "key_file": path,
+                    "created": not existed,
+                }
+            )
+        )
     else:
         print(key.peer_id)
         print(f"{'created' if not existed else 'key file'}: {path}", file=sys.stderr)
@@ -106,12 +116,23 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
                 print(f"pong from {conn.remote_peer.fmt_short()}: seq={i} time={rtt * 1e3:.3f} ms")
         ms = [r * 1e3 for r in rtts]
         if args.json:
-            print(json.dumps({"peer_id": str(conn.remote_peer), "count": len(ms), "rtts_ms": ms,
-                              "min_ms": min(ms), "median_ms": statistics.median(ms),
-                              "max_ms": max(ms)}))
+            print(
+                json.dumps(
+                    {
+                        "peer_id": str(conn.remote_peer),
+                        "count": len(ms),
+                        "rtts_ms": ms,
+                        "min_ms": min(ms),
+                        "median_ms": statistics.median(ms),
+                        "max_ms": max(ms),
+                    }
+                )
+            )
         else:
-            print(f"{len(ms)} pings: min {min(ms):.3f} / median {statistics.median(ms):.3f} "
-                  f"/ max {max(ms):.3f} ms")
+            print(
+                f"{len(ms)} pings: min {min(ms):.3f} / median {statistics.median(ms):.3f} "
+                f"/ max {max(ms):.3f} ms"
+            )
     return 0
 
 
@@ -124,9 +145,18 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
     up = r.upload_bytes / r.upload_seconds / 1e6 if r.upload_seconds else 0.0
     down = r.download_bytes / r.download_seconds / 1e6 if r.download_seconds else 0.0
     if args.json:
-        print(json.dumps({"upload_bytes": r.upload_bytes, "download_bytes": r.download_bytes,
-                          "upload_seconds": r.upload_seconds, "download_seconds": r.download_seconds,
-                          "upload_MBps": up, "download_MBps": down}))
+        print(
+            json.dumps(
+                {
+                    "upload_bytes": r.upload_bytes,
+                    "download_bytes": r.download_bytes,
+                    "upload_seconds": r.upload_seconds,
+                    "download_seconds": r.download_seconds,
+                    "upload_MBps": up,
+                    "download_MBps": down,
+                }
+            )
+        )
     else:
         print(f"upload   {r.upload_bytes} bytes in {r.upload_seconds:.3f} s ({up:.1f} MB/s)")
         print(f"download {r.download_bytes} bytes in {r.download_seconds:.3f} s ({down:.1f} MB/s)")
@@ -142,8 +172,10 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
-    p = argparse.ArgumentParser(prog="switchy", description="switchy-p2p: direct, encrypted "
-                                "peer-to-peer connections (libp2p-compatible)")
+    p = argparse.ArgumentParser(
+        prog="switchy",
+        description="switchy-p2p: direct, encrypted peer-to-peer connections (libp2p-compatible)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -181,12 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``switchy`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if getattr(args, "count", 1) < 1:
         print("switchy: error: --count must be at least 1", file=sys.stderr)
         return 2
-    func: Callable[[argparse.Namespace], Awaitable[int]] = args.func
+    func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.func
     try:
         return asyncio.run(func(args))
     except KeyboardInterrupt:

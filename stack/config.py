@@ -69,9 +69,7 @@ class NetworkConfig:
             )
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> NetworkConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> NetworkConfig:
         """Build a config from defaults, ``SWITCHY_<FIELD>`` variables, then ``overrides``.
 
         ``SWITCHY_MAX_MESSAGE_SIZE=2097152`` sets ``max_message_size``.  A value

@@ -45,9 +45,11 @@ async def run_demo(nodes: int = 3) -> None:
         start = time.perf_counter()
         conn = await a.connect(b.full_addrs[0])
         ms = (time.perf_counter() - start) * 1e3
-        _say(f"   {names[0]} -> {names[1]}: connected in {ms:.2f} ms "
-             f"({conn.security_protocol} + {conn.muxer_protocol}), "
-             f"{names[1]} authenticated as {conn.remote_peer.fmt_short()}")
+        _say(
+            f"   {names[0]} -> {names[1]}: connected in {ms:.2f} ms "
+            f"({conn.security_protocol} + {conn.muxer_protocol}), "
+            f"{names[1]} authenticated as {conn.remote_peer.fmt_short()}"
+        )
 
         _say("\n2. Identify")
         info = await identify(a, b.peer_id)
@@ -55,32 +57,43 @@ async def run_demo(nodes: int = 3) -> None:
         _say(f"   {names[1]} sees {names[0]} at {info.observed_addr}")
         idsvc = next(s for s in b.services if isinstance(s, IdentifyService))
         await idsvc.wait_identified(a.peer_id, timeout=5)
-        _say(f"   {names[1]}'s peer store now knows {names[0]} at "
-             f"{', '.join(map(str, b.peerstore.addrs(a.peer_id)))}")
+        _say(
+            f"   {names[1]}'s peer store now knows {names[0]} at "
+            f"{', '.join(map(str, b.peerstore.addrs(a.peer_id)))}"
+        )
 
         _say("\n3. Ping")
         rtts = await ping(a, b.peer_id, count=20)
-        _say(f"   20 pings {names[0]} -> {names[1]}: median {statistics.median(rtts) * 1e6:.0f} us, "
-             f"max {max(rtts) * 1e6:.0f} us")
+        _say(
+            f"   20 pings {names[0]} -> {names[1]}: median {statistics.median(rtts) * 1e6:.0f} us, "
+            f"max {max(rtts) * 1e6:.0f} us"
+        )
 
         _say("\n4. Echo")
         message = f"hello from {names[2 % nodes]}".encode()
         back = await echo(c, a.full_addrs[0], message)
-        _say(f"   {names[2 % nodes]} sent {message.decode()!r} to {names[0]}, got back {back.decode()!r}")
+        _say(
+            f"   {names[2 % nodes]} sent {message.decode()!r} to {names[0]}, "
+            f"got back {back.decode()!r}"
+        )
 
         _say("\n5. Many streams on one connection")
         start = time.perf_counter()
         results = await asyncio.gather(*(ping(a, b.peer_id) for _ in range(200)))
         ms = (time.perf_counter() - start) * 1e3
-        _say(f"   200 concurrent ping streams {names[0]} -> {names[1]} in {ms:.1f} ms, "
-             f"still {len(a.connections(b.peer_id))} connection")
+        _say(
+            f"   200 concurrent ping streams {names[0]} -> {names[1]} in {ms:.1f} ms, "
+            f"still {len(a.connections(b.peer_id))} connection"
+        )
         assert len(results) == 200
 
         _say("\n6. Throughput (libp2p perf)")
         size = 64 * 1024 * 1024
         r = await perf(a, b.peer_id, upload=size, download=size)
-        _say(f"   {names[0]} -> {names[1]}: upload {size / r.upload_seconds / 1e6:.0f} MB/s, "
-             f"download {size / r.download_seconds / 1e6:.0f} MB/s (64 MiB each way, encrypted)")
+        _say(
+            f"   {names[0]} -> {names[1]}: upload {size / r.upload_seconds / 1e6:.0f} MB/s, "
+            f"download {size / r.download_seconds / 1e6:.0f} MB/s (64 MiB each way, encrypted)"
+        )
 
         _say("\n7. Authentication")
         wrong = with_peer(b.listen_addrs[0], c.peer_id if c is not b else a.peer_id)
@@ -95,9 +108,11 @@ async def run_demo(nodes: int = 3) -> None:
             for cn in node.connections():
                 s = cn.stats
                 lat = f"{s.average_latency * 1e6:.0f} us" if s.average_latency else "-"
-                _say(f"   {label[node.peer_id]:<6} <-> {label.get(cn.remote_peer, '?'):<6} "
-                     f"sent {s.bytes_sent:>10} B in {s.messages_sent:>5} writes, "
-                     f"received {s.bytes_received:>10} B, avg ping {lat}, open {s.duration:.2f} s")
+                _say(
+                    f"   {label[node.peer_id]:<6} <-> {label.get(cn.remote_peer, '?'):<6} "
+                    f"sent {s.bytes_sent:>10} B in {s.messages_sent:>5} writes, "
+                    f"received {s.bytes_received:>10} B, avg ping {lat}, open {s.duration:.2f} s"
+                )
     finally:
         _say("\n9. Graceful shutdown")
         for node, name in zip(peers, names, strict=False):

@@ -215,7 +215,7 @@ class KeyPair:
 
     def sign(self, data: bytes) -> bytes:
         """A 64-byte Ed25519 signature of ``data``."""
-        return nacl.bindings.crypto_sign(data, self._signing._signing_key)[:64]  # type: ignore[no-any-return]
+        return nacl.bindings.crypto_sign(data, self._signing._signing_key)[:64]
 
     def to_protobuf(self) -> bytes:
         """The libp2p ``PrivateKey`` protobuf (``Data`` = seed ‖ public key)."""
@@ -413,8 +413,6 @@ def _check_multihash(mh: bytes) -> None:
     else:
         raise InvalidPeerId(f"unsupported multihash code 0x{code:x}")
     if len(mh) - pos != length:
-        raise InvalidPeerId(
-            f"multihash claims {length} digest bytes but has {len(mh) - pos}"
-        )
+        raise InvalidPeerId(f"multihash claims {length} digest bytes but has {len(mh) - pos}")
     if code == _MH_IDENTITY:
         PublicKey.from_protobuf(mh[pos:])

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Literal, TypeAlias
 
 import attrs
 from multiaddr import Multiaddr
@@ -74,7 +75,7 @@ class ConnectionEvent:
 
 
 ConnectionCallback = Callable[[ConnectionEvent], Any]
-Target = PeerId | Multiaddr | str
+Target: TypeAlias = PeerId | Multiaddr | str
 
 
 class Node:
@@ -330,7 +331,7 @@ class Node:
         if pending is None:
             pending = asyncio.ensure_future(self._dial_addrs(peer, addrs))
             self._dialing[peer] = pending
-            pending.add_done_callback(lambda _t, p=peer: self._dialing.pop(p, None))
+            pending.add_done_callback(partial(_forget_dial, self._dialing, peer))
         return await asyncio.shield(pending)
 
     def _resolve(self, target: Target) -> tuple[PeerId | None, list[Multiaddr]]:
@@ -387,13 +388,18 @@ class Node:
             return
         if len(self.connections()) >= self.config.max_connections:
             log.warning(
-                "refusing inbound connection from %s: %s", raw.remote_addr,
+                "refusing inbound connection from %s: %s",
+                raw.remote_addr,
                 ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),
             )
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
         try:
-            conn = raw if isinstance(raw, MuxedConnection) else await self.upgrader.upgrade_inbound(raw)
+            conn = (
+                raw
+                if isinstance(raw, MuxedConnection)
+                else await self.upgrader.upgrade_inbound(raw)
+            )
         except P2PError as exc:
             log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
             return
@@ -486,6 +492,12 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.peer_id.fmt_short()}>"
+
+
+def _forget_dial(
+    dialing: dict[PeerId, asyncio.Task[MuxedConnection]], peer: PeerId, _task: object
+) -> None:
+    dialing.pop(peer, None)
 
 
 async def _swallow(aw: Awaitable[Any], what: str) -> None:

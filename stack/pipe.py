@@ -95,7 +95,9 @@ class MemoryConnection(Connection):
         self._readable.set()
 
 
-def memory_pipe(buffer_size: int = DEFAULT_PIPE_BUFFER) -> tuple[MemoryConnection, MemoryConnection]:
+def memory_pipe(
+    buffer_size: int = DEFAULT_PIPE_BUFFER,
+) -> tuple[MemoryConnection, MemoryConnection]:
     """Two connected :class:`MemoryConnection` ends (must be used inside a running loop)."""
     a_addr = Multiaddr("/ip4/127.0.0.1/tcp/1")
     b_addr = Multiaddr("/ip4/127.0.0.1/tcp/2")

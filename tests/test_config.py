@@ -29,9 +29,13 @@ def test_overrides_win_over_env() -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{"SWITCHY_DIAL_TIMEOUT": "soon"}, {"SWITCHY_MAX_MESSAGE_SIZE": "1.5"},
-     {"SWITCHY_MAX_MESSAGE_SIZE": "0"}, {"SWITCHY_DIAL_TIMEOUT": "-1"},
-     {"SWITCHY_MAX_STREAM_WINDOW": "1"}],
+    [
+        {"SWITCHY_DIAL_TIMEOUT": "soon"},
+        {"SWITCHY_MAX_MESSAGE_SIZE": "1.5"},
+        {"SWITCHY_MAX_MESSAGE_SIZE": "0"},
+        {"SWITCHY_DIAL_TIMEOUT": "-1"},
+        {"SWITCHY_MAX_STREAM_WINDOW": "1"},
+    ],
 )
 def test_bad_values_name_the_problem(env: dict[str, str]) -> None:
     with pytest.raises(InvalidConfiguration):

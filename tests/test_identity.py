@@ -126,8 +126,15 @@ def test_bad_peer_id_strings_rejected(text: str) -> None:
 
 @pytest.mark.parametrize(
     "mh",
-    [b"", b"\x00", b"\x00\x05abc", b"\x12\x20" + b"a" * 31, b"\x13\x20" + b"a" * 32,
-     b"\x00\x04\x08\x01\x12\x00", b"\x00\x03\x08\x09\x10"],
+    [
+        b"",
+        b"\x00",
+        b"\x00\x05abc",
+        b"\x12\x20" + b"a" * 31,
+        b"\x13\x20" + b"a" * 32,
+        b"\x00\x04\x08\x01\x12\x00",
+        b"\x00\x03\x08\x09\x10",
+    ],
 )
 def test_bad_multihashes_rejected(mh: bytes) -> None:
     with pytest.raises(InvalidPeerId):

@@ -141,7 +141,7 @@ def test_dial_refused_and_unsupported() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        with pytest.raises(ConnectionFailed, match="refused|failed"):
+        with pytest.raises(ConnectionFailed, match=r"refused|failed"):
             await t.dial(Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"))
         with pytest.raises(UnsupportedAddress):
             await t.dial(Multiaddr("/ip4/127.0.0.1/udp/1"))

@@ -19,7 +19,13 @@ from multiaddr import Multiaddr
 
 from stack.addresses import split_peer
 from stack.config import NetworkConfig
-from stack.errors import ConnectionClosed, ConnectionFailed, P2PTimeout, StreamReset, UnsupportedAddress
+from stack.errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    P2PTimeout,
+    StreamReset,
+    UnsupportedAddress,
+)
 from stack.stream import Connection
 from stack.transport import ConnectionHandler, Listener, Transport
 
@@ -38,8 +44,13 @@ READ_LOW_WATER: Final = 256 * 1024
 #: Bytes queued for sending before ``write`` waits for the socket to drain.
 WRITE_HIGH_WATER: Final = 1024 * 1024
 
-_HOST_PROTOCOLS = {"ip4": socket.AF_INET, "ip6": socket.AF_INET6, "dns4": socket.AF_INET,
-                   "dns6": socket.AF_INET6, "dns": socket.AF_UNSPEC}
+_HOST_PROTOCOLS = {
+    "ip4": socket.AF_INET,
+    "ip6": socket.AF_INET6,
+    "dns4": socket.AF_INET,
+    "dns6": socket.AF_INET6,
+    "dns": socket.AF_UNSPEC,
+}
 
 
 def _host_port(addr: Multiaddr) -> tuple[str, int, int] | None:
@@ -215,7 +226,8 @@ class TcpConnection(Connection, asyncio.Protocol):
             t.close()  # flushes pending writes, then closes
 
     def __repr__(self) -> str:
-        return f"<TcpConnection {getattr(self, 'local_addr', '?')} -> {getattr(self, 'remote_addr', '?')}>"
+        local = getattr(self, "local_addr", "?")
+        return f"<TcpConnection {local} -> {getattr(self, 'remote_addr', '?')}>"
 
 
 class TcpListener(Listener):
@@ -300,7 +312,9 @@ class TcpTransport(Transport):
             return conn
 
         try:
-            server = await loop.create_server(factory, host, port, family=family, reuse_address=True)
+            server = await loop.create_server(
+                factory, host, port, family=family, reuse_address=True
+            )
         except OSError as exc:
             raise ConnectionFailed(f"cannot listen on {addr}: {exc.strerror or exc}") from None
         listener = TcpListener(server, handler)

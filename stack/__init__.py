@@ -1,0 +1,7 @@
+"""switchy-p2p core: identity, addresses, errors, config, negotiation, security, muxing, Node.
+
+Submodules are imported on demand (``from stack.node import Node``) to keep
+``import stack`` cheap.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,286 @@
+"""Node over real loopback TCP + Noise + yamux: connections, streams, handlers, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+from multiaddr import Multiaddr
+
+from protocols.echo import echo
+from protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
+from protocols.perf import perf
+from protocols.ping import PING_PROTOCOL, ping
+from stack.addresses import with_peer
+from stack.config import NetworkConfig
+from stack.errors import (
+    AuthenticationFailed,
+    ConnectionClosed,
+    MessageTooLarge,
+    NegotiationFailed,
+    P2PError,
+    PeerNotFound,
+    StreamReset,
+    UnsupportedAddress,
+)
+from stack.identity import KeyPair
+from stack.node import ConnectionEvent, Node
+from stack.stream import Connection, MuxedStream
+from transports.tcp import TcpTransport
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro_fn(), 60)
+
+    asyncio.run(bounded())
+
+
+@asynccontextmanager
+async def nodes(n: int = 2, **kwargs: Any) -> AsyncIterator[list[Node]]:
+    made = [Node.default(listen=[LOOPBACK], **kwargs) for _ in range(n)]
+    try:
+        for node in made:
+            await node.start()
+        yield made
+    finally:
+        for node in made:
+            await node.close()
+
+
+def _identify_service(node: Node) -> IdentifyService:
+    return next(s for s in node.services if isinstance(s, IdentifyService))
+
+
+def test_ping_identify_echo_perf() -> None:
+    async def main() -> None:
+        async with nodes() as (a, b):
+            rtts = await ping(a, b.full_addrs[0], count=3)
+            assert len(rtts) == 3 and all(r > 0 for r in rtts)
+            info = await identify(a, b.peer_id)
+            assert info.public_key == b.key.public_key
+            assert set(info.protocols) >= {PING_PROTOCOL, IDENTIFY_PROTOCOL}
+            assert info.listen_addrs == b.listen_addrs
+            assert info.observed_addr == a.connections(b.peer_id)[0].local_addr
+            assert await echo(a, b.peer_id, b"hello" * 1000) == b"hello" * 1000
+            assert await echo(a, b.peer_id, b"") == b""
+            r = await perf(a, b.peer_id, upload=3_000_000, download=2_000_000)
+            assert r.upload_bytes == 3_000_000 and r.download_bytes == 2_000_000
+            # identify ran automatically on connect, both ways
+            await _identify_service(b).wait_identified(a.peer_id, timeout=5)
+            await _identify_service(a).wait_identified(b.peer_id, timeout=5)
+            assert b.peerstore.get(a.peer_id).public_key == a.key.public_key
+            assert PING_PROTOCOL in a.peerstore.protocols(b.peer_id)
+            assert a.peerstore.observed_addrs  # b told a how it sees a
+
+    run(main)
+
+
+def test_connection_reuse_and_shared_dial() -> None:
+    class CountingTcp(TcpTransport):
+        dials = 0
+
+        async def dial(self, addr: Multiaddr, **kw: Any) -> Any:
+            CountingTcp.dials += 1
+            return await super().dial(addr, **kw)
+
+    async def main() -> None:
+        async with nodes(1) as (b,):
+            a = Node.default(transports=[CountingTcp()])
+            async with a:
+                conns = await asyncio.gather(*(a.connect(b.full_addrs[0]) for _ in range(10)))
+                assert all(c is conns[0] for c in conns)
+                assert CountingTcp.dials == 1
+                assert await a.connect(b.peer_id) is conns[0]
+                assert len(a.connections(b.peer_id)) == 1
+
+    run(main)
+
+
+def test_wrong_peer_id_is_refused() -> None:
+    async def main() -> None:
+        async with nodes() as (a, b):
+            impostor = KeyPair.generate().peer_id
+            with pytest.raises(AuthenticationFailed, match=str(impostor)):
+                await a.connect(with_peer(b.listen_addrs[0], impostor))
+            assert a.connections() == []
+
+    run(main)
+
+
+def test_address_errors() -> None:
+    async def main() -> None:
+        async with nodes(1) as (a,):
+            with pytest.raises(UnsupportedAddress, match="no configured transport"):
+                await a.connect("/ip4/127.0.0.1/udp/1/quic-v1")
+            with pytest.raises(PeerNotFound):
+                await a.connect(KeyPair.generate().peer_id)
+            with pytest.raises(UnsupportedAddress):
+                await a.listen("/ip4/127.0.0.1/udp/0/quic-v1")
+
+    run(main)
+
+
+def test_unknown_protocol_fails_negotiation_and_node_keeps_serving() -> None:
+    async def main() -> None:
+        async with nodes() as (a, b):
+            with pytest.raises(NegotiationFailed):
+                s = await a.open_stream(b.full_addrs[0], "/nope/1.0.0")
+                await s.read()  # lazy negotiation reports on first read
+            assert len(await ping(a, b.peer_id)) == 1
+
+    run(main)
+
+
+def test_failing_and_hanging_handlers_do_not_take_the_node_down() -> None:
+    async def main() -> None:
+        async with nodes(config=NetworkConfig(close_timeout=0.5)) as (a, b):
+            hanging = asyncio.Event()
+
+            async def boom(stream: MuxedStream) -> None:
+                raise RuntimeError("handler bug")
+
+            async def hang(stream: MuxedStream) -> None:
+                hanging.set()
+                await asyncio.Event().wait()
+
+            async def garbage(stream: MuxedStream) -> None:
+                await stream.write(b"\xff" * 100)
+
+            b.handle("/boom/1", boom)
+            b.handle("/hang/1", hang)
+            b.handle("/garbage/1", garbage)
+            s = await a.open_stream(b.peer_id, "/boom/1")
+            with pytest.raises(StreamReset):
+                await s.read()
+            s2 = await a.open_stream(b.peer_id, "/hang/1")
+            await s2.write(b"x")
+            await hanging.wait()
+            s3 = await a.open_stream(b.peer_id, "/garbage/1")
+            with pytest.raises(MessageTooLarge):
+                await s3.recv_message(max_size=1000)
+            assert len(await ping(a, b.peer_id)) == 1
+        # leaving the block closed b with a hung handler: close_timeout bounded it
+
+    run(main)
+
+
+def test_message_size_limits() -> None:
+    async def main() -> None:
+        async with nodes() as (a, b):
+            got: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+
+            async def recv(stream: MuxedStream) -> None:
+                try:
+                    await got.put(await stream.recv_message(max_size=1024))
+                except P2PError as exc:
+                    await got.put(exc)
+
+            b.handle("/msg/1", recv)
+            s = await a.open_stream(b.peer_id, "/msg/1")
+            with pytest.raises(MessageTooLarge):
+                await s.send_message(b"x" * 2000, max_size=1024)
+            await s.send_message(b"x" * 1024, max_size=1024)
+            assert await got.get() == b"x" * 1024
+            s = await a.open_stream(b.peer_id, "/msg/1")
+            await s.send_message(b"x" * 4096, max_size=8192)
+            assert isinstance(await got.get(), MessageTooLarge)
+
+    run(main)
+
+
+def test_connection_events_and_stats() -> None:
+    async def main() -> None:
+        async with nodes() as (a, b):
+            events: list[ConnectionEvent] = []
+            gone = asyncio.Event()
+
+            def record(event: ConnectionEvent) -> None:
+                events.append(event)
+                if event.kind == "disconnected":
+                    gone.set()
+
+            b.on_connection_event(record)
+            conn = await a.connect(b.full_addrs[0])
+            await echo(a, b.peer_id, b"z" * 10_000)
+            assert conn.stats.bytes_sent >= 10_000
+            assert conn.stats.bytes_received >= 10_000
+            assert conn.stats.messages_sent >= 1
+            rtts = await ping(a, b.peer_id, count=2)
+            assert conn.stats.average_latency == pytest.approx(sum(rtts) / 2)
+            await conn.close()
+            await conn.wait_closed()
+            await gone.wait()  # reaches b once its reader sees the close
+            assert [e.kind for e in events] == ["connected", "disconnected"]
+            assert events[0].peer == a.peer_id
+            with pytest.raises(ConnectionClosed):
+                await conn.open_stream()
+
+    run(main)
+
+
+def test_graceful_close_finishes_in_flight_work() -> None:
+    async def main() -> None:
+        a = Node.default()
+        b = Node.default(listen=[LOOPBACK])
+        release = asyncio.Event()
+        started = asyncio.Event()
+
+        async def slow(stream: MuxedStream) -> None:
+            started.set()
+            await release.wait()
+            await stream.write(b"done")
+
+        b.handle("/slow/1", slow)
+        async with a, b:
+            s = await a.open_stream(b.full_addrs[0], "/slow/1")
+            await s.write(b"go")
+            await started.wait()
+            closing = asyncio.ensure_future(b.close())
+            await asyncio.sleep(0)
+            assert not closing.done()
+            release.set()
+            assert await s.read_all() == b"done"
+            await closing
+
+    run(main)
+
+
+def test_hostile_raw_clients_do_not_disturb_others() -> None:
+    async def main() -> None:
+        cfg = NetworkConfig(handshake_timeout=0.3)
+        async with nodes(config=cfg) as (a, b):
+            t = TcpTransport()
+            # garbage instead of multistream-select
+            g = await t.dial(b.listen_addrs[0])
+            assert isinstance(g, Connection)
+            await g.write(b"\x13/multistream/1.0.0\n" + b"\xff" * 64)
+            assert await _read_until_closed(g)
+            # a client that connects and never speaks: cut after the handshake timeout
+            silent = await t.dial(b.listen_addrs[0])
+            assert isinstance(silent, Connection)
+            assert await _read_until_closed(silent)
+            # everyone else is still served
+            assert len(await ping(a, b.full_addrs[0])) == 1
+
+    run(main)
+
+
+async def _read_until_closed(conn: Connection) -> bool:
+    try:
+        while await conn.read():
+            pass
+    except P2PError:
+        pass
+    return True
+
+
+def test_node_config_is_immutable_value() -> None:
+    cfg = NetworkConfig()
+    assert attrs.evolve(cfg, dial_timeout=1.0).dial_timeout == 1.0
