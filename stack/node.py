@@ -38,7 +38,7 @@ from stack.errors import (
 )
 from stack.identity import Entropy, KeyPair, PeerId
 from stack.mux import MuxedConnection, StreamMuxer
-from stack.negotiation import handle_protocol, select_protocol
+from stack.negotiation import handle_protocol, select_protocol, select_protocol_lazy
 from stack.peerstore import PeerStore
 from stack.registry import ProtocolRegistry, StreamHandler
 from stack.security import SecurityTransport
@@ -437,7 +437,10 @@ class Node:
     async def _serve_stream(self, stream: MuxedStream) -> None:
         try:
             protocol = await handle_protocol(
-                stream, self.registry.__contains__, timeout=self.config.negotiation_timeout
+                stream,
+                self.registry.__contains__,
+                list_protocols=self.registry.protocols,
+                timeout=self.config.negotiation_timeout,
             )
         except (P2PError, OSError) as exc:
             log.debug("stream negotiation with %s failed: %s", stream.remote_peer, exc)
@@ -472,6 +475,9 @@ class Node:
         conn = await self.connect(target)
         stream = await conn.open_stream()
         try:
+            if len(protocol_ids) == 1:
+                # Optimistic: the proposal travels with the first data; checked on first read.
+                return await select_protocol_lazy(stream, protocol_ids[0])
             protocol = await select_protocol(
                 stream, protocol_ids, timeout=self.config.negotiation_timeout
             )

@@ -69,11 +69,11 @@ class Upgrader:
         try:
             async with asyncio.timeout(timeout):
                 if initiator:
-                    sec_id = await select_protocol(raw, self._security_ids, lazy=False)
+                    sec_id = await select_protocol(raw, self._security_ids)
                     secure = await self._security[sec_id].secure_outbound(
                         raw, self.key, remote_peer
                     )
-                    mux_id = await select_protocol(secure, self._muxer_ids, lazy=False)
+                    mux_id = await select_protocol(secure, self._muxer_ids)
                 else:
                     sec_id = await handle_protocol(raw, self._security.__contains__)
                     secure = await self._security[sec_id].secure_inbound(raw, self.key)
