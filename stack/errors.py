@@ -24,6 +24,7 @@ __all__ = [
     "ProtocolError",
     "ResourceLimitExceeded",
     "SerializationError",
+    "SimulationDeadlock",
     "StreamReset",
     "UnsupportedAddress",
 ]
@@ -99,3 +100,7 @@ class ResourceLimitExceeded(P2PError):
 
 class MessageTooLarge(ResourceLimitExceeded, ProtocolError):
     """A message or frame is larger than the configured maximum."""
+
+
+class SimulationDeadlock(P2PError):
+    """A simulation stalled: nothing ready, no timer, main not finished (names the stuck tasks)."""

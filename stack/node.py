@@ -18,7 +18,7 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal, TypeAlias
 
@@ -285,8 +285,11 @@ class Node:
         for cb in self._callbacks:
             try:
                 result = cb(event)
-                if isinstance(result, Awaitable):
-                    self._spawn(_swallow(result, "connection event callback"), "switchy-event")
+                if isinstance(result, Coroutine):
+                    if self._closing:
+                        result.close()
+                    else:
+                        self._spawn(_swallow(result, "connection event callback"), "switchy-event")
             except Exception:
                 log.exception("connection event callback failed")
 

@@ -1,0 +1,489 @@
+"""yamux (``/yamux/1.0.0``) over a secured connection: the asyncio adapter.
+
+One reader task per connection feeds :class:`~stack.mux.yamux_core.YamuxSession`
+and routes events to streams.  Writers serialise on one lock and coalesce
+queued frames into a single write; frames the reader must send (ACKs, window
+updates, pong) go out from a short-lived flush task so the reader never blocks
+on a congested write.  Receive buffers are bounded by each stream's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Final
+
+from stack.config import NetworkConfig
+from stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
+from stack.identity import PeerId
+from stack.metrics import ConnectionStats
+from stack.mux import MuxedConnection, StreamMuxer
+from stack.mux.yamux_core import (
+    DataReceived,
+    GoAwayReceived,
+    PongReceived,
+    StreamEnded,
+    StreamOpened,
+    WindowUpdated,
+    YamuxSession,
+)
+from stack.mux.yamux_core import StreamReset as StreamResetEvent
+from stack.stream import Connection, MuxedStream
+
+__all__ = ["YAMUX_PROTOCOL", "Yamux", "YamuxConnection", "YamuxStream"]
+
+log = logging.getLogger(__name__)
+
+YAMUX_PROTOCOL: Final = "/yamux/1.0.0"
+#: Bytes asked from the secured connection per read.
+_READ_SIZE: Final = -1
+
+
+class YamuxStream(MuxedStream):
+    """One yamux stream, implementing the :class:`~stack.stream.Stream` contract."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_id",
+        "_offset",
+        "_read_closed",
+        "_read_waiter",
+        "_write_closed",
+        "_write_waiter",
+        "protocol",
+    )
+
+    def __init__(self, conn: YamuxConnection, stream_id: int) -> None:
+        self._conn = conn
+        self._id = stream_id
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0
+        self._eof = False
+        self._error: ConnectionClosed | None = None
+        self._read_closed = False
+        self._write_closed = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self.protocol: str | None = None
+
+    @property
+    def stream_id(self) -> int:
+        """The yamux stream id."""
+        return self._id
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self._conn.remote_peer
+
+    @property
+    def stats(self) -> ConnectionStats:
+        return self._conn.stats
+
+    @property
+    def muxed_conn(self) -> MuxedConnection:
+        return self._conn
+
+    # --- called by the connection ---------------------------------------------------
+
+    def _deliver(self, data: bytes) -> None:
+        if self._read_closed:
+            self._conn._consume(self._id, len(data))
+            return
+        self._chunks.append(data)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None:
+            self._read_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def _wake_writer(self) -> None:
+        w = self._write_waiter
+        if w is not None:
+            self._write_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def _on_fin(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def _on_reset(self, error: ConnectionClosed) -> None:
+        if self._error is None:
+            self._error = error
+        self._chunks.clear()
+        self._write_closed = True
+        self._wake_reader()
+        self._wake_writer()
+
+    # --- Stream API -----------------------------------------------------------------
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        chunks = self._chunks
+        while not chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof or self._read_closed:
+                return b""
+            if self._conn._session.has_output():
+                self._conn._schedule_flush()
+            waiter = asyncio.get_running_loop().create_future()
+            self._read_waiter = waiter
+            await waiter
+        head = chunks[0]
+        off = self._offset
+        avail = len(head) - off
+        if max_bytes < 0 or max_bytes >= avail:
+            chunks.popleft()
+            self._offset = 0
+            data = head if off == 0 else head[off:]
+        else:
+            data = head[off : off + max_bytes]
+            self._offset = off + max_bytes
+        self._conn._consume(self._id, len(data))
+        return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        total = len(data)
+        if self._write_closed:
+            raise self._error or ConnectionClosed(f"yamux stream {self._id} is closed for writing")
+        if not total:
+            return
+        conn = self._conn
+        session = conn._session
+        view = data if total <= 65536 and isinstance(data, bytes) else memoryview(data)
+        pos = 0
+        while pos < total:
+            n = session.send_data(self._id, view[pos:] if pos else view)
+            if n == 0:
+                if self._error is not None:
+                    raise self._error
+                waiter = asyncio.get_running_loop().create_future()
+                self._write_waiter = waiter
+                await conn._flush()
+                await waiter
+                if self._write_closed:
+                    raise self._error or ConnectionClosed(f"yamux stream {self._id} was closed")
+                continue
+            pos += n
+            await conn._flush()
+        stats = conn.stats
+        stats.bytes_sent += total
+        stats.messages_sent += 1
+
+    async def close_write(self) -> None:
+        if self._write_closed:
+            return
+        self._write_closed = True
+        self._conn._session.close_stream(self._id)
+        with contextlib.suppress(P2PError):
+            await self._conn._flush()
+
+    async def reset(self) -> None:
+        if self._error is None:
+            self._error = StreamReset(f"yamux stream {self._id} was reset locally")
+        self._chunks.clear()
+        self._write_closed = True
+        self._read_closed = True
+        self._conn._session.reset_stream(self._id)
+        self._conn._forget(self._id)
+        self._wake_reader()
+        self._wake_writer()
+        with contextlib.suppress(P2PError):
+            await self._conn._flush()
+
+    async def close(self) -> None:
+        self._read_closed = True
+        unread = sum(len(c) for c in self._chunks) - self._offset
+        self._chunks.clear()
+        self._offset = 0
+        if unread > 0:
+            self._conn._consume(self._id, unread)
+        await self.close_write()
+        self._wake_reader()
+        if self._eof or self._error is not None:
+            self._conn._forget(self._id)
+
+    def __repr__(self) -> str:
+        return f"<YamuxStream {self._id} {self.protocol or ''} to {self.remote_peer.fmt_short()}>"
+
+
+class YamuxConnection(MuxedConnection):
+    """A yamux session over a secured :class:`Connection`."""
+
+    def __init__(self, conn: Connection, *, is_initiator: bool, config: NetworkConfig) -> None:
+        if conn.remote_peer is None or conn.local_peer is None:
+            raise ConnectionClosed("yamux needs a secured connection (peer ids unknown)")
+        self._conn = conn
+        self._config = config
+        self._loop = asyncio.get_running_loop()
+        self._session = YamuxSession(
+            is_initiator,
+            max_streams=config.max_streams_per_connection,
+            max_ack_backlog=config.max_ack_backlog,
+            max_window=config.max_stream_window,
+        )
+        self._streams: dict[int, YamuxStream] = {}
+        self._accept_queue: deque[YamuxStream] = deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._ack_waiters: list[asyncio.Future[None]] = []
+        self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self._write_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._close_reason: ConnectionClosed | None = None
+        self._done = asyncio.Event()
+        self.local_peer = conn.local_peer
+        self.remote_peer = conn.remote_peer
+        self.local_addr = conn.local_addr
+        self.remote_addr = conn.remote_addr
+        self.is_initiator = is_initiator
+        self.is_limited = conn.is_limited
+        self.muxer_protocol = YAMUX_PROTOCOL
+        self.stats = ConnectionStats()
+        self._reader = self._loop.create_task(self._read_loop())
+        self._keepalive: asyncio.Task[None] | None = None
+        if config.keepalive_interval > 0:
+            self._keepalive = self._loop.create_task(self._keepalive_loop())
+
+    # --- writing --------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        session = self._session
+        if not session.has_output():
+            return
+        async with self._write_lock:
+            while session.has_output():
+                if self._closed and self._close_reason is not None:
+                    raise self._close_reason
+                try:
+                    await self._conn.write(session.data_to_send())
+                except P2PError as exc:
+                    self._terminate(ConnectionClosed(f"connection lost while writing: {exc}"))
+                    raise self._close_reason or exc from None
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None and not self._closed:
+            self._flush_task = self._loop.create_task(self._background_flush())
+
+    async def _background_flush(self) -> None:
+        try:
+            await self._flush()
+        except P2PError:
+            pass
+        finally:
+            self._flush_task = None
+
+    def _consume(self, stream_id: int, n: int) -> None:
+        session = self._session
+        session.consume(stream_id, n, self._loop.time())
+        stats = self.stats
+        stats.bytes_received += n
+        if session.has_output():
+            self._schedule_flush()
+
+    def _forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    # --- reading --------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        conn = self._conn
+        session = self._session
+        loop = self._loop
+        reason: ConnectionClosed = ConnectionClosed("connection closed by the remote")
+        try:
+            while True:
+                data = await conn.read(_READ_SIZE)
+                if not data:
+                    break
+                events = session.receive_data(data, loop.time())
+                if events:
+                    self._dispatch(events)
+                if session.has_output():
+                    self._schedule_flush()
+        except P2PError as exc:
+            reason = exc if isinstance(exc, ConnectionClosed) else ConnectionClosed(str(exc))
+            if session.has_output():  # a GoAway explaining the protocol error
+                with contextlib.suppress(P2PError, asyncio.TimeoutError):
+                    async with asyncio.timeout(1):
+                        await self._flush()
+        except asyncio.CancelledError:
+            reason = ConnectionClosed("connection closed")
+        finally:
+            self._terminate(reason)
+            with contextlib.suppress(P2PError, OSError):
+                await conn.close()
+            self._done.set()
+
+    def _dispatch(self, events: list[object]) -> None:
+        streams = self._streams
+        for ev in events:
+            if isinstance(ev, DataReceived):
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    self.stats.messages_received += 1
+                    st._deliver(ev.data)
+                else:
+                    self._session.consume(ev.stream_id, len(ev.data), self._loop.time())
+            elif isinstance(ev, WindowUpdated):
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st._wake_writer()
+                for w in self._ack_waiters:
+                    if not w.done():
+                        w.set_result(None)
+                self._ack_waiters.clear()
+            elif isinstance(ev, StreamOpened):
+                st = YamuxStream(self, ev.stream_id)
+                streams[ev.stream_id] = st
+                if len(self._accept_queue) >= self._config.max_ack_backlog:
+                    self._session.reset_stream(ev.stream_id)
+                    streams.pop(ev.stream_id, None)
+                    log.debug("yamux: accept backlog full, refusing stream %d", ev.stream_id)
+                    continue
+                self._accept_queue.append(st)
+                w = self._accept_waiter
+                if w is not None:
+                    self._accept_waiter = None
+                    if not w.done():
+                        w.set_result(None)
+            elif isinstance(ev, StreamEnded):
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st._on_fin()
+            elif isinstance(ev, StreamResetEvent):
+                st = streams.pop(ev.stream_id, None)
+                if st is not None:
+                    st._on_reset(StreamReset(f"yamux stream {ev.stream_id} was reset by the peer"))
+            elif isinstance(ev, PongReceived):
+                entry = self._pings.pop(ev.opaque, None)
+                if entry is not None and not entry[1].done():
+                    entry[1].set_result(self._loop.time() - entry[0])
+            elif isinstance(ev, GoAwayReceived):
+                log.debug("yamux: peer %s sent go-away %d", self.remote_peer, ev.code)
+
+    def _terminate(self, reason: ConnectionClosed) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._close_reason = reason
+        self._session.terminated = True
+        self.stats.closed_at = self.stats.closed_at or self._loop.time()
+        for st in list(self._streams.values()):
+            st._on_reset(StreamReset(f"connection closed: {reason}"))
+        self._streams.clear()
+        w = self._accept_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        for w in self._ack_waiters:
+            if not w.done():
+                w.set_result(None)
+        for _, fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosed(str(reason)))
+        self._pings.clear()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+
+    # --- MuxedConnection API --------------------------------------------------------
+
+    async def open_stream(self) -> MuxedStream:
+        while True:
+            if self._closed:
+                raise ConnectionClosed(f"connection to {self.remote_peer} is closed")
+            try:
+                sid = self._session.open_stream(self._loop.time())
+                break
+            except ResourceLimitExceeded:
+                if self._session.unacked_outbound < self._session.max_ack_backlog:
+                    raise
+                waiter = self._loop.create_future()
+                self._ack_waiters.append(waiter)
+                await waiter
+        st = YamuxStream(self, sid)
+        self._streams[sid] = st
+        return st
+
+    async def accept_stream(self) -> MuxedStream:
+        while not self._accept_queue:
+            if self._closed:
+                raise self._close_reason or ConnectionClosed("connection closed")
+            waiter = self._loop.create_future()
+            self._accept_waiter = waiter
+            await waiter
+        return self._accept_queue.popleft()
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Measure one round trip with a yamux ping (also recorded in ``stats``)."""
+        if self._closed:
+            raise ConnectionClosed("connection closed")
+        opaque = self._session.ping()
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._pings[opaque] = (self._loop.time(), fut)
+        await self._flush()
+        async with asyncio.timeout(timeout):
+            rtt = await fut
+        self._session.rtt = rtt
+        self.stats.record_latency(rtt)
+        return rtt
+
+    async def _keepalive_loop(self) -> None:
+        interval = self._config.keepalive_interval
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                await self.ping(timeout=interval)
+            except (P2PError, TimeoutError):
+                if not self._closed:
+                    log.debug("yamux keep-alive to %s failed; closing", self.remote_peer)
+                    await self.abort()
+                return
+
+    async def close(self) -> None:
+        if self._closed:
+            await self._done.wait()
+            return
+        self._session.go_away()
+        with contextlib.suppress(P2PError):
+            await self._flush()
+        self._terminate(ConnectionClosed("connection closed locally"))
+        with contextlib.suppress(P2PError, OSError):
+            await self._conn.close()
+        self._reader.cancel()
+        await self._done.wait()
+
+    async def abort(self) -> None:
+        self._terminate(ConnectionClosed("connection aborted locally"))
+        with contextlib.suppress(P2PError, OSError):
+            await self._conn.reset()
+        self._reader.cancel()
+        await self._done.wait()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    async def wait_closed(self) -> None:
+        await self._done.wait()
+
+    def __repr__(self) -> str:
+        return f"<YamuxConnection to {self.remote_peer} via {self.remote_addr}>"
+
+
+class Yamux(StreamMuxer):
+    """The yamux stream muxer (``/yamux/1.0.0``)."""
+
+    protocol_id = YAMUX_PROTOCOL
+
+    def create(
+        self, conn: Connection, *, is_initiator: bool, config: NetworkConfig
+    ) -> MuxedConnection:
+        return YamuxConnection(conn, is_initiator=is_initiator, config=config)
