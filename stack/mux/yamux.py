@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 from stack.config import NetworkConfig
@@ -323,7 +324,7 @@ class YamuxConnection(MuxedConnection):
                 await conn.close()
             self._done.set()
 
-    def _dispatch(self, events: list[object]) -> None:
+    def _dispatch(self, events: Sequence[object]) -> None:
         streams = self._streams
         for ev in events:
             if isinstance(ev, DataReceived):
@@ -350,11 +351,11 @@ class YamuxConnection(MuxedConnection):
                     log.debug("yamux: accept backlog full, refusing stream %d", ev.stream_id)
                     continue
                 self._accept_queue.append(st)
-                w = self._accept_waiter
-                if w is not None:
+                accept = self._accept_waiter
+                if accept is not None:
                     self._accept_waiter = None
-                    if not w.done():
-                        w.set_result(None)
+                    if not accept.done():
+                        accept.set_result(None)
             elif isinstance(ev, StreamEnded):
                 st = streams.get(ev.stream_id)
                 if st is not None:

@@ -84,12 +84,14 @@ def _hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
 
 
 def _x25519_public(private: bytes) -> bytes:
-    return nacl.bindings.crypto_scalarmult_base(private)  # type: ignore[no-any-return]
+    pub: bytes = nacl.bindings.crypto_scalarmult_base(private)
+    return pub
 
 
 def _dh(private: bytes, public: bytes) -> bytes:
     try:
-        return nacl.bindings.crypto_scalarmult(private, public)  # type: ignore[no-any-return]
+        shared: bytes = nacl.bindings.crypto_scalarmult(private, public)
+        return shared
     except Exception as exc:  # pynacl refuses low-order points
         raise AuthenticationFailed(f"invalid X25519 public key from peer: {exc}") from None
 
@@ -115,7 +117,9 @@ class CipherState:
         self.n = n + 1
         return _pack_nonce(n)
 
-    def encrypt_with_ad(self, ad: bytes | None, plaintext: bytes | memoryview) -> bytes:
+    def encrypt_with_ad(
+        self, ad: bytes | None, plaintext: bytes | bytearray | memoryview
+    ) -> bytes:
         """Encrypt (or pass through before a key exists)."""
         if self._aead is None:
             return bytes(plaintext)
