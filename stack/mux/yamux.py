@@ -116,10 +116,11 @@ class YamuxStream(MuxedStream):
         self._eof = True
         self._wake_reader()
 
-    def _on_reset(self, error: ConnectionClosed) -> None:
+    def _on_reset(self, error: ConnectionClosed, *, discard: bool = True) -> None:
         if self._error is None:
             self._error = error
-        self._chunks.clear()
+        if discard:
+            self._chunks.clear()
         self._write_closed = True
         self._wake_reader()
         self._wake_writer()
@@ -379,7 +380,7 @@ class YamuxConnection(MuxedConnection):
         self._session.terminated = True
         self.stats.closed_at = self.stats.closed_at or self._loop.time()
         for st in list(self._streams.values()):
-            st._on_reset(StreamReset(f"connection closed: {reason}"))
+            st._on_reset(StreamReset(f"connection closed: {reason}"), discard=False)
         self._streams.clear()
         w = self._accept_waiter
         if w is not None and not w.done():
