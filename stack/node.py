@@ -289,7 +289,8 @@ class Node:
                     if self._closing:
                         result.close()
                     else:
-                        self._spawn(_swallow(result, "connection event callback"), "switchy-event")
+                        task = self._spawn(result, "switchy-event")
+                        task.add_done_callback(_log_failure)
             except Exception:
                 log.exception("connection event callback failed")
 
@@ -509,8 +510,6 @@ def _forget_dial(
     dialing.pop(peer, None)
 
 
-async def _swallow(aw: Awaitable[Any], what: str) -> None:
-    try:
-        await aw
-    except Exception:
-        log.exception("%s failed", what)
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("connection event callback failed", exc_info=exc)
