@@ -1,0 +1,248 @@
+"""A py-libp2p peer for interop tests.  Runs under the interop venv's Python only.
+
+Modes (all TCP + Noise + yamux, Ed25519 identity):
+
+  listen [--seed HEX]                 serve ping, identify (+push), echo, perf; print one
+                                      JSON line {"peer_id", "addrs"}; run until stdin closes
+  ping ADDR [-c N]                    {"ok", "rtts_us"}
+  identify ADDR                       {"ok", "protocol_version", "agent_version", ...}
+  echo ADDR --size N                  {"ok", "echoed", "match"}
+  perf ADDR --upload N --download N   {"ok", "upload_bytes", "download_bytes", "seconds"}
+
+Every mode prints exactly one JSON result line (``"ok": false`` with ``"error"`` on
+failure, exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519
+from libp2p.custom_types import TProtocol
+from libp2p.identity.identify.identify import ID as IDENTIFY_ID
+from libp2p.identity.identify.identify import parse_identify_response
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+PING = TProtocol("/ipfs/ping/1.0.0")
+ECHO = TProtocol("/echo/1.0.0")
+PERF = TProtocol("/perf/1.0.0")
+
+
+def emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def make_host(seed: bytes | None) -> Any:
+    key_pair = create_new_key_pair(seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_ID: noise},
+        muxer_opt=create_yamux_muxer_option(),
+    )
+
+
+async def read_some(stream: Any, n: int) -> bytes:
+    """One read; b"" at end of stream (py-libp2p raises StreamEOF there)."""
+    try:
+        return bytes(await stream.read(n))
+    except EOFError:
+        return b""
+
+
+async def read_all(stream: Any) -> bytes:
+    buf = bytearray()
+    while True:
+        chunk = await read_some(stream, 65536)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+
+
+async def echo_handler(stream: Any) -> None:
+    total = 0
+    try:
+        while True:
+            chunk = await read_some(stream, 65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            await stream.write(chunk)
+    finally:
+        emit({"event": "echo", "bytes": total})
+        await stream.close()
+
+
+async def perf_handler(stream: Any) -> None:
+    header = b""
+    while len(header) < 8:
+        chunk = await read_some(stream, 8 - len(header))
+        if not chunk:
+            await stream.reset()
+            return
+        header += chunk
+    (to_send,) = struct.unpack(">Q", header)
+    received = 0
+    while True:
+        chunk = await read_some(stream, 65536)
+        if not chunk:
+            break
+        received += len(chunk)
+    block = bytes(65536)
+    while to_send > 0:
+        n = min(to_send, len(block))
+        await stream.write(block[:n])
+        to_send -= n
+    emit({"event": "perf", "received": received})
+    await stream.close()
+
+
+async def listen(args: argparse.Namespace) -> int:
+    host = make_host(bytes.fromhex(args.seed) if args.seed else None)
+    host.set_stream_handler(ECHO, echo_handler)
+    host.set_stream_handler(PERF, perf_handler)
+    addr = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
+    async with host.run(listen_addrs=[addr]):
+        addrs = [str(a) for a in host.get_addrs()]
+        emit({"peer_id": host.get_id().to_base58(), "addrs": addrs})
+        # Serve until our parent closes stdin.
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+    return 0
+
+
+async def with_connection(args: argparse.Namespace, body: Any) -> int:
+    host = make_host(None)
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(args.addr))
+        with trio.fail_after(args.timeout):
+            await host.connect(info)
+            result = await body(host, info.peer_id)
+        emit({"ok": True, **result})
+    return 0
+
+
+async def do_ping(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    stream = await host.new_stream(peer, [PING])
+    rtts = []
+    for _ in range(args.count):
+        payload = os.urandom(32)
+        start = time.perf_counter()
+        await stream.write(payload)
+        got = b""
+        while len(got) < 32:
+            chunk = await read_some(stream, 32 - len(got))
+            if not chunk:
+                raise RuntimeError("ping stream closed early")
+            got += chunk
+        if got != payload:
+            raise RuntimeError("ping payload mismatch")
+        rtts.append((time.perf_counter() - start) * 1e6)
+    await stream.close()
+    return {"rtts_us": rtts}
+
+
+async def do_identify(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    stream = await host.new_stream(peer, [IDENTIFY_ID])
+    data = await read_all(stream)
+    msg = parse_identify_response(data)
+    return {
+        "protocol_version": msg.protocol_version,
+        "agent_version": msg.agent_version,
+        "public_key": msg.public_key.hex(),
+        "listen_addrs": [str(multiaddr.Multiaddr(a)) for a in msg.listen_addrs],
+        "observed_addr": str(multiaddr.Multiaddr(msg.observed_addr)) if msg.observed_addr else None,
+        "protocols": list(msg.protocols),
+    }
+
+
+async def do_echo(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    stream = await host.new_stream(peer, [ECHO])
+    data = bytes(i % 251 for i in range(args.size))
+    got = bytearray()
+
+    async def reader() -> None:
+        got.extend(await read_all(stream))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        view = memoryview(data)
+        for off in range(0, len(data), 65536):
+            await stream.write(bytes(view[off : off + 65536]))
+        await stream.close_write() if hasattr(stream, "close_write") else await stream.close()
+    return {"echoed": len(got), "match": bytes(got) == data}
+
+
+async def do_perf(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    stream = await host.new_stream(peer, [PERF])
+    start = time.perf_counter()
+    await stream.write(struct.pack(">Q", args.download))
+    block = bytes(65536)
+    remaining = args.upload
+    while remaining > 0:
+        n = min(remaining, len(block))
+        await stream.write(block[:n])
+        remaining -= n
+    await stream.close_write() if hasattr(stream, "close_write") else await stream.close()
+    got = len(await read_all(stream))
+    return {
+        "upload_bytes": args.upload,
+        "download_bytes": got,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def describe(exc: BaseException) -> str:
+    """The innermost errors of an exception (group), as text."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="mode", required=True)
+    s = sub.add_parser("listen")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--seed")
+    for name in ("ping", "identify", "echo", "perf"):
+        s = sub.add_parser(name)
+        s.add_argument("addr")
+        s.add_argument("--timeout", type=float, default=30)
+        if name == "ping":
+            s.add_argument("-c", "--count", type=int, default=3)
+        if name == "echo":
+            s.add_argument("--size", type=int, default=100_000)
+        if name == "perf":
+            s.add_argument("--upload", type=int, default=1_000_000)
+            s.add_argument("--download", type=int, default=1_000_000)
+    args = p.parse_args()
+    try:
+        if args.mode == "listen":
+            return trio.run(listen, args)
+        body = {"ping": do_ping, "identify": do_identify, "echo": do_echo, "perf": do_perf}[
+            args.mode
+        ]
+        return trio.run(with_connection, args, lambda h, peer: body(h, peer, args))
+    except BaseException as exc:  # report every failure as one JSON line
+        emit({"ok": False, "error": describe(exc)})
+        if os.environ.get("PEER_DEBUG"):
+            import traceback
+
+            traceback.print_exception(exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

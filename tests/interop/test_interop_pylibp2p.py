@@ -1,0 +1,99 @@
+"""Interop with py-libp2p (PyPI ``libp2p``) over TCP + Noise + yamux, both directions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from protocols.echo import echo
+from protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
+from protocols.perf import perf
+from protocols.ping import PING_PROTOCOL, ping
+from stack.identity import KeyPair, PeerId
+from stack.node import Node
+from tests.interop.harness import pylibp2p_listener, run_peer
+
+pytestmark = pytest.mark.interop
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(fn(), 120)
+
+    asyncio.run(bounded())
+
+
+# --- py-libp2p dials us ------------------------------------------------------------------
+
+
+def test_pylibp2p_pings_identifies_echoes_and_perfs_us(interop_python: Path) -> None:
+    async def main() -> None:
+        async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as node:
+            addr = str(node.full_addrs[0])
+            r = await run_peer("ping", addr, "-c", "5")
+            assert len(r["rtts_us"]) == 5
+            r = await run_peer("identify", addr)
+            assert r["protocol_version"] == "ipfs/0.1.0"
+            assert r["agent_version"] == node.agent_version
+            assert bytes.fromhex(r["public_key"]) == node.key.public_key.to_protobuf()
+            assert {PING_PROTOCOL, IDENTIFY_PROTOCOL} <= set(r["protocols"])
+            assert r["listen_addrs"] == [str(a) for a in node.listen_addrs]
+            assert r["observed_addr"].startswith("/ip4/127.0.0.1/tcp/")
+            r = await run_peer("echo", addr, "--size", "1000000")
+            assert r["echoed"] == 1_000_000 and r["match"] is True
+            r = await run_peer("perf", addr, "--upload", "5000000", "--download", "3000000")
+            assert r["download_bytes"] == 3_000_000
+            # py-libp2p identified itself to us as well (identify runs on every connection)
+            assert len(node.peerstore.peers()) >= 1
+
+    run(main)
+
+
+# --- we dial py-libp2p -------------------------------------------------------------------
+
+
+def test_we_ping_identify_echo_and_perf_pylibp2p(interop_python: Path) -> None:
+    async def main() -> None:
+        seed = bytes(range(32))
+        async with pylibp2p_listener(seed) as peer, Node.default() as node:
+            expected = KeyPair.from_seed(seed).peer_id
+            assert PeerId.from_string(peer.peer_id) == expected
+            addr = next(a for a in peer.addrs if "/tcp/" in a)
+            if "/p2p/" not in addr:
+                addr += f"/p2p/{peer.peer_id}"
+            rtts = await ping(node, addr, count=5)
+            assert len(rtts) == 5
+            info = await identify(node, expected)
+            assert info.public_key == KeyPair.from_seed(seed).public_key
+            assert PING_PROTOCOL in info.protocols
+            assert info.observed_addr is not None
+            conn = node.connections(expected)[0]
+            assert info.observed_addr == conn.local_addr
+            assert conn.security_protocol == "/noise" and conn.muxer_protocol == "/yamux/1.0.0"
+            data = bytes(i % 253 for i in range(500_000))
+            assert await echo(node, expected, data) == data
+            result = await perf(node, expected, upload=4_000_000, download=2_000_000)
+            assert result.download_bytes == 2_000_000
+            svc = next(s for s in node.services if isinstance(s, IdentifyService))
+            await svc.wait_identified(expected, timeout=10)
+            assert node.peerstore.get(expected).public_key == info.public_key
+        assert any(e.get("event") == "echo" and e["bytes"] == 500_000 for e in peer.events)
+        assert any(e.get("event") == "perf" and e["received"] == 4_000_000 for e in peer.events)
+
+    run(main)
+
+
+def test_wrong_peer_id_against_pylibp2p_is_refused(interop_python: Path) -> None:
+    async def main() -> None:
+        from stack.errors import AuthenticationFailed
+
+        async with pylibp2p_listener() as peer, Node.default() as node:
+            base = next(a for a in peer.addrs if "/tcp/" in a).split("/p2p/")[0]
+            impostor = KeyPair.generate().peer_id
+            with pytest.raises(AuthenticationFailed):
+                await node.connect(f"{base}/p2p/{impostor}")
+
+    run(main)
