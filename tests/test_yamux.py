@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -26,8 +26,10 @@ from stack.mux.yamux_core import (
     PongReceived,
     StreamEnded,
     StreamOpened,
-    StreamReset as ResetEvent,
     YamuxSession,
+)
+from stack.mux.yamux_core import (
+    StreamReset as ResetEvent,
 )
 from stack.pipe import memory_pipe
 
@@ -55,7 +57,7 @@ def test_open_send_fin_and_ack() -> None:
     assert sid == 1
     assert a.send_data(sid, b"hello") == 5
     a.close_stream(sid)
-    ea, eb = pump(a, b)
+    _, eb = pump(a, b)
     assert eb == [StreamOpened(1), DataReceived(1, b"hello"), StreamEnded(1)]
     assert a.unacked_outbound == 0
     assert b.open_stream() == 2
@@ -163,13 +165,17 @@ def test_any_chunking_gives_same_events(cuts: list[int]) -> None:
         pos += n
         i += 1
 
-    def merged(evs: list[object]) -> list[object]:
+    def merged(evs: Sequence[object]) -> list[object]:
         out: list[object] = []
         for e in evs:
-            if isinstance(e, DataReceived) and out and isinstance(out[-1], DataReceived):
-                if out[-1].stream_id == e.stream_id:
-                    out[-1] = DataReceived(e.stream_id, out[-1].data + e.data)
-                    continue
+            last = out[-1] if out else None
+            if (
+                isinstance(e, DataReceived)
+                and isinstance(last, DataReceived)
+                and last.stream_id == e.stream_id
+            ):
+                out[-1] = DataReceived(e.stream_id, last.data + e.data)
+                continue
             out.append(e)
         return out
 
@@ -262,6 +268,8 @@ def test_streams_both_directions_many_messages() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):
 
+            tasks: set[asyncio.Future[None]] = set()
+
             async def serve(conn: YamuxConnection) -> None:
                 while True:
                     try:
@@ -277,7 +285,7 @@ def test_streams_both_directions_many_messages() -> None:
                             await s.write(chunk)
                         await s.close_write()
 
-                    asyncio.ensure_future(echo())
+                    tasks.add(asyncio.ensure_future(echo()))
 
             servers = [asyncio.ensure_future(serve(ma)), asyncio.ensure_future(serve(mb))]
 
