@@ -175,6 +175,8 @@ class YamuxStream(MuxedStream):
                     raise self._error or ConnectionClosed(f"yamux stream {self._id} was closed")
                 continue
             pos += n
+            if pos < total and session.send_window(self._id):
+                continue  # queue more frames; one flush carries them all
             await conn._flush()
         stats = conn.stats
         stats.bytes_sent += total

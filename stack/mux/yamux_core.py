@@ -57,8 +57,9 @@ GO_AWAY_PROTOCOL_ERROR: Final = 1
 GO_AWAY_INTERNAL_ERROR: Final = 2
 #: The spec's initial per-stream window.
 INITIAL_WINDOW: Final = 256 * 1024
-#: Largest payload we put in one data frame.
-MAX_DATA_FRAME: Final = 256 * 1024
+#: Largest payload we put in one data frame: header plus payload fill exactly one Noise
+#: frame (65535 - 16 byte tag), so a receiver decodes each frame from a single chunk.
+MAX_DATA_FRAME: Final = 65535 - 16 - 12
 #: Shortest interval in which consuming half a window counts as "fast" (seconds).
 MIN_TUNE_INTERVAL: Final = 0.05
 _MAX_STREAM_ID: Final = (1 << 32) - 1

@@ -337,16 +337,41 @@ class NoiseTransport:
         """Received bytes of an incomplete frame."""
         return len(self._pending)
 
-    def decrypt(self, data: bytes | bytearray) -> list[bytes]:
-        """Feed received bytes; return the plaintexts of every completed frame."""
-        if self._pending:
-            self._pending += data
-            buf: bytes | bytearray = self._pending
-        else:
-            buf = data
-        out: list[bytes] = []
-        end = len(buf)
+    def _complete_pending(self, data: bytes | bytearray, out: list[bytes]) -> int:
+        """Finish the partial frame held from earlier chunks; return bytes of ``data`` used."""
+        pend = self._pending
         pos = 0
+        if len(pend) < 2:
+            pos = min(2 - len(pend), len(data))
+            pend += data[:pos]
+            if len(pend) < 2:
+                return pos
+        length = (pend[0] << 8) | pend[1]
+        if length < _TAG:
+            raise ProtocolError(f"Noise frame of {length} bytes is shorter than its tag")
+        take = min(2 + length - len(pend), len(data) - pos)
+        pend += data[pos : pos + take]
+        pos += take
+        if len(pend) == 2 + length:
+            with memoryview(pend) as view:
+                pt = self._recv.decrypt_with_ad(None, view[2:])
+            self._pending = bytearray()
+            if pt:
+                out.append(pt)
+        return pos
+
+    def decrypt(self, data: bytes | bytearray) -> list[bytes]:
+        """Feed received bytes; return the plaintexts of every completed frame.
+
+        Only the bytes of a frame split across chunks are copied; whole frames
+        are decrypted in place.
+        """
+        out: list[bytes] = []
+        pos = self._complete_pending(data, out) if self._pending else 0
+        if self._pending:
+            return out
+        buf = data
+        end = len(buf)
         view = memoryview(buf)
         try:
             while end - pos >= 2:
@@ -362,9 +387,7 @@ class NoiseTransport:
                 pos = stop
         finally:
             view.release()
-        if buf is self._pending:
-            del self._pending[:pos]
-        elif pos < end:
+        if pos < end:
             self._pending = bytearray(buf[pos:])
         return out
 
