@@ -28,7 +28,7 @@ from stack.errors import (
     ProtocolError,
     SerializationError,
 )
-from stack.stream import MuxedStream, Stream
+from stack.stream import Connection, MuxedStream, Stream
 
 if TYPE_CHECKING:
     from stack.identity import PeerId
@@ -48,6 +48,7 @@ __all__ = [
     "encode_line",
     "handle_protocol",
     "list_protocols",
+    "propose_lazily",
     "select_protocol",
     "select_protocol_lazy",
     "validate_protocol_id",
@@ -393,19 +394,13 @@ async def handle_protocol(
         raise P2PTimeout(f"protocol negotiation timed out after {timeout}s") from None
 
 
-class LazyNegotiatedStream(MuxedStream):
-    """A stream whose single proposal was sent optimistically.
+class _LazyBase(Stream):
+    """Delegates to an inner stream; the first read checks an optimistic proposal's answer."""
 
-    Writes go through at once; the first read (or ``close``) first consumes and
-    checks the listener's header and echo, raising :class:`NegotiationFailed`
-    if it refused.
-    """
-
-    def __init__(self, inner: MuxedStream, protocol: str) -> None:
+    def __init__(self, inner: Stream, protocol: str) -> None:
         self._inner = inner
-        self.protocol = protocol
         self._core: DialerNegotiation | None = DialerNegotiation([protocol])
-        self._core.data_to_send()  # already written by select_protocol_lazy
+        self._core.data_to_send()  # already written by the caller
 
     async def _finish(self) -> None:
         core = self._core
@@ -435,22 +430,54 @@ class LazyNegotiatedStream(MuxedStream):
     async def close(self) -> None:
         await self._inner.close()
 
+
+class LazyNegotiatedStream(_LazyBase, MuxedStream):
+    """A muxed stream whose single proposal was sent optimistically.
+
+    Writes go through at once; the first read consumes and checks the
+    listener's header and echo, raising :class:`NegotiationFailed` if it refused.
+    """
+
+    def __init__(self, inner: MuxedStream, protocol: str) -> None:
+        super().__init__(inner, protocol)
+        self._muxed = inner
+        self.protocol = protocol
+
     @property
     def remote_peer(self) -> PeerId:
-        return self._inner.remote_peer
+        return self._muxed.remote_peer
 
     @property
     def stats(self) -> ConnectionStats:
-        return self._inner.stats
+        return self._muxed.stats
 
     @property
     def muxed_conn(self) -> MuxedConnection:
-        return self._inner.muxed_conn
+        return self._muxed.muxed_conn
 
     @property
     def inner(self) -> MuxedStream:
         """The underlying stream."""
-        return self._inner
+        return self._muxed
+
+
+class LazyNegotiatedConnection(_LazyBase, Connection):
+    """A connection on which a security or muxer protocol was proposed optimistically."""
+
+    def __init__(self, inner: Connection, protocol: str) -> None:
+        super().__init__(inner, protocol)
+        self.local_addr = inner.local_addr
+        self.remote_addr = inner.remote_addr
+        self.local_peer = inner.local_peer
+        self.remote_peer = inner.remote_peer
+        self.is_limited = inner.is_limited
+
+
+async def propose_lazily(conn: Connection, protocol: str) -> Connection:
+    """Optimistically select ``protocol`` on a connection (see :func:`select_protocol_lazy`)."""
+    validate_protocol_id(protocol)
+    await conn.write(_HEADER + encode_line(protocol))
+    return LazyNegotiatedConnection(conn, protocol)
 
 
 async def select_protocol_lazy(stream: MuxedStream, protocol: str) -> MuxedStream:

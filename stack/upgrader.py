@@ -14,7 +14,7 @@ from stack.config import NetworkConfig
 from stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, P2PTimeout
 from stack.identity import KeyPair, PeerId
 from stack.mux import MuxedConnection, StreamMuxer
-from stack.negotiation import handle_protocol, select_protocol
+from stack.negotiation import handle_protocol, propose_lazily, select_protocol
 from stack.security import SecurityTransport
 from stack.stream import Connection
 
@@ -69,11 +69,22 @@ class Upgrader:
         try:
             async with asyncio.timeout(timeout):
                 if initiator:
-                    sec_id = await select_protocol(raw, self._security_ids)
+                    # With a single choice, propose optimistically: the proposal travels
+                    # with the first handshake message and the answer is checked lazily.
+                    if len(self._security_ids) == 1:
+                        sec_id = self._security_ids[0]
+                        channel = await propose_lazily(raw, sec_id)
+                    else:
+                        sec_id = await select_protocol(raw, self._security_ids)
+                        channel = raw
                     secure = await self._security[sec_id].secure_outbound(
-                        raw, self.key, remote_peer
+                        channel, self.key, remote_peer
                     )
-                    mux_id = await select_protocol(secure, self._muxer_ids)
+                    if len(self._muxer_ids) == 1:
+                        mux_id = self._muxer_ids[0]
+                        secure = await propose_lazily(secure, mux_id)
+                    else:
+                        mux_id = await select_protocol(secure, self._muxer_ids)
                 else:
                     sec_id = await handle_protocol(raw, self._security.__contains__)
                     secure = await self._security[sec_id].secure_inbound(raw, self.key)

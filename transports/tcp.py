@@ -90,6 +90,10 @@ class TcpConnection(Connection, asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._lost = False
+        self._sockname: tuple[object, ...] = ("0.0.0.0", 0)
+        self._peername: tuple[object, ...] = ("0.0.0.0", 0)
+        self._local_addr: Multiaddr | None = None
+        self._remote_addr: Multiaddr | None = None
         self.connected: asyncio.Future[None] = self._loop.create_future()
 
     # --- asyncio.Protocol callbacks ------------------------------------------------------
@@ -101,8 +105,8 @@ class TcpConnection(Connection, asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.local_addr = _sockaddr_to_multiaddr(sock.getsockname())
-            self.remote_addr = _sockaddr_to_multiaddr(sock.getpeername())
+        self._sockname = transport.get_extra_info("sockname")
+        self._peername = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if not self.connected.done():
             self.connected.set_result(None)
@@ -146,6 +150,19 @@ class TcpConnection(Connection, asyncio.Protocol):
             self._drain_waiter = None
             if not d.done():
                 d.set_result(None)
+
+    # Multiaddrs are built on first use: parsing one costs more than the rest of an accept.
+    @property
+    def local_addr(self) -> Multiaddr:
+        if self._local_addr is None:
+            self._local_addr = _sockaddr_to_multiaddr(self._sockname)
+        return self._local_addr
+
+    @property
+    def remote_addr(self) -> Multiaddr:
+        if self._remote_addr is None:
+            self._remote_addr = _sockaddr_to_multiaddr(self._peername)
+        return self._remote_addr
 
     def _wake_reader(self) -> None:
         w = self._read_waiter
@@ -226,8 +243,7 @@ class TcpConnection(Connection, asyncio.Protocol):
             t.close()  # flushes pending writes, then closes
 
     def __repr__(self) -> str:
-        local = getattr(self, "local_addr", "?")
-        return f"<TcpConnection {local} -> {getattr(self, 'remote_addr', '?')}>"
+        return f"<TcpConnection {self._sockname} -> {self._peername}>"
 
 
 class TcpListener(Listener):

@@ -117,9 +117,7 @@ class CipherState:
         self.n = n + 1
         return _pack_nonce(n)
 
-    def encrypt_with_ad(
-        self, ad: bytes | None, plaintext: bytes | bytearray | memoryview
-    ) -> bytes:
+    def encrypt_with_ad(self, ad: bytes | None, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Encrypt (or pass through before a key exists)."""
         if self._aead is None:
             return bytes(plaintext)
@@ -410,11 +408,13 @@ class NoiseHandshake:
         entropy: Entropy | None = None,
         static: bytes | None = None,
         ephemeral: bytes | None = None,
+        payload: bytes | None = None,
     ) -> None:
         self.initiator = initiator
         self.identity = identity
         self.expected_peer = expected_peer
         self._hs = HandshakeState(initiator, static=static, ephemeral=ephemeral, entropy=entropy)
+        self._payload = payload or encode_payload(identity, self._hs.s_pub)
         self._buf = bytearray()
         self._out = bytearray()
         self.complete = False
@@ -456,12 +456,12 @@ class NoiseHandshake:
         if step == 1:  # responder got message 1; send message 2 with our payload
             if payload:
                 raise ProtocolError("Noise message 1 must carry an empty payload")
-            self._send(hs.write_message(encode_payload(self.identity, hs.s_pub)))
+            self._send(hs.write_message(self._payload))
             return
         assert hs.rs is not None
         self._authenticate(decode_payload(payload, hs.rs))
         if step == 2:  # initiator got message 2; answer with message 3
-            self._send(hs.write_message(encode_payload(self.identity, hs.s_pub)))
+            self._send(hs.write_message(self._payload))
         self.complete = True
 
     def _authenticate(self, key: PublicKey) -> None:
@@ -557,15 +557,35 @@ class NoiseSecurity(SecurityTransport):
     ) -> None:
         self.config = config or NetworkConfig()
         self.entropy = entropy
+        # One static X25519 key per identity, with its signed payload, made on first use:
+        # saves a key generation and a signature per handshake (ephemerals stay fresh).
+        self._statics: dict[PeerId, tuple[bytes, bytes]] = {}
+
+    def _static_for(self, identity: KeyPair) -> tuple[bytes, bytes]:
+        entry = self._statics.get(identity.peer_id)
+        if entry is None:
+            static = (self.entropy or os.urandom)(32)
+            entry = (static, encode_payload(identity, _x25519_public(static)))
+            self._statics[identity.peer_id] = entry
+        return entry
 
     async def secure_outbound(
         self, conn: Connection, local_key: KeyPair, remote_peer: PeerId | None
     ) -> Connection:
-        hs = NoiseHandshake(True, local_key, expected_peer=remote_peer, entropy=self.entropy)
+        static, payload = self._static_for(local_key)
+        hs = NoiseHandshake(
+            True,
+            local_key,
+            expected_peer=remote_peer,
+            entropy=self.entropy,
+            static=static,
+            payload=payload,
+        )
         return await self._run(conn, hs)
 
     async def secure_inbound(self, conn: Connection, local_key: KeyPair) -> Connection:
-        hs = NoiseHandshake(False, local_key, entropy=self.entropy)
+        static, payload = self._static_for(local_key)
+        hs = NoiseHandshake(False, local_key, entropy=self.entropy, static=static, payload=payload)
         return await self._run(conn, hs)
 
     async def _run(self, conn: Connection, hs: NoiseHandshake) -> Connection:
