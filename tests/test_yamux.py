@@ -87,9 +87,13 @@ def test_slow_reader_does_not_grow_window() -> None:
     a, b = pair()
     sid = a.open_stream()
     pump(a, b)
-    a.send_data(sid, b"x" * (INITIAL_WINDOW // 2))
-    pump(a, b)
-    b.consume(sid, INITIAL_WINDOW // 2, now=10.0)  # long after the stream opened
+    half = INITIAL_WINDOW // 2
+    queued = 0
+    while queued < half:
+        queued += a.send_data(sid, b"x" * (half - queued))
+    _, eb = pump(a, b)
+    assert sum(len(e.data) for e in eb if isinstance(e, DataReceived)) == half
+    b.consume(sid, half, now=10.0)  # long after the stream opened
     pump(a, b)
     assert a.send_window(sid) == INITIAL_WINDOW
 
