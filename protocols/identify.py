@@ -159,6 +159,7 @@ class IdentifyService(ProtocolService):
         node.handle(IDENTIFY_PUSH_PROTOCOL, self._handle_push)
         if self.identify_on_connect:
             node.on_connection_event(self._on_event)
+        node.on_protocols_changed(self.push)
 
     def local_info(self, observed: Multiaddr | None) -> IdentifyInfo:
         """What we tell others about ourselves."""

@@ -442,6 +442,7 @@ class LazyNegotiatedStream(_LazyBase, MuxedStream):
         super().__init__(inner, protocol)
         self._muxed = inner
         self.protocol = protocol
+        self.max_message_size = inner.max_message_size
 
     @property
     def remote_peer(self) -> PeerId:

@@ -129,6 +129,7 @@ class Node:
         self._dialing: dict[PeerId, asyncio.Task[MuxedConnection]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._callbacks: list[ConnectionCallback] = []
+        self._protocol_callbacks: list[Callable[[], Any]] = []
         self._subscribers: list[asyncio.Queue[ConnectionEvent | None]] = []
         self._started = False
         self._closing = False
@@ -253,10 +254,24 @@ class Node:
     def handle(self, protocol_id: str, handler: StreamHandler) -> None:
         """Serve ``protocol_id`` on inbound streams with ``handler(stream)``."""
         self.registry.register(protocol_id, handler)
+        self._protocols_changed()
 
     def unhandle(self, protocol_id: str) -> None:
         """Stop serving ``protocol_id``."""
         self.registry.unregister(protocol_id)
+        self._protocols_changed()
+
+    def on_protocols_changed(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` (may return a coroutine) when served protocols change."""
+        self._protocol_callbacks.append(callback)
+
+    def _protocols_changed(self) -> None:
+        if not self._started or self._closing:
+            return
+        for cb in self._protocol_callbacks:
+            result = cb()
+            if isinstance(result, Coroutine):
+                self._spawn(result, "switchy-protocols-changed").add_done_callback(_log_failure)
 
     @property
     def protocols(self) -> list[str]:
@@ -512,4 +527,4 @@ def _forget_dial(
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("connection event callback failed", exc_info=exc)
+        log.error("%s failed", task.get_name(), exc_info=exc)

@@ -54,6 +54,10 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
 class Stream(abc.ABC):
     """An ordered, reliable, bidirectional byte stream (see the module docstring)."""
 
+    #: Default limit of :meth:`send_message`/:meth:`recv_message`; streams of a node
+    #: take it from ``NetworkConfig.max_message_size``.
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
     @abc.abstractmethod
     async def read(self, max_bytes: int = -1) -> bytes:
         """Read at most ``max_bytes`` (any amount if negative); ``b""`` at end of stream."""
@@ -104,15 +108,19 @@ class Stream(abc.ABC):
             if len(buf) > limit:
                 raise MessageTooLarge(f"stream carried more than {limit} bytes")
 
-    async def send_message(self, data: bytes, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
-        """Write ``data`` prefixed by its length as an unsigned varint."""
+    async def send_message(self, data: bytes, *, max_size: int | None = None) -> None:
+        """Write ``data`` prefixed by its length as an unsigned varint.
+
+        Raises :class:`MessageTooLarge` above ``max_size`` (default: :attr:`max_message_size`).
+        """
+        max_size = max_size or self.max_message_size
         if len(data) > max_size:
             raise MessageTooLarge(
                 f"message of {len(data)} bytes exceeds the limit of {max_size} bytes"
             )
         await self.write(encode_uvarint(len(data)) + data)
 
-    async def recv_message(self, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+    async def recv_message(self, *, max_size: int | None = None) -> bytes:
         """Read one varint-length-prefixed message.
 
         Raises :class:`MessageTooLarge` when the announced length exceeds
@@ -121,7 +129,9 @@ class Stream(abc.ABC):
         :class:`~stack.errors.SerializationError` for a malformed prefix.
         Returns ``b""`` only for a real zero-length message; an end of stream
         before the first prefix byte raises :class:`ConnectionClosed` too.
+        ``max_size`` defaults to :attr:`max_message_size`.
         """
+        max_size = max_size or self.max_message_size
         prefix = bytearray()
         while True:
             b = await self.read(1)

@@ -285,3 +285,74 @@ async def _read_until_closed(conn: Connection) -> bool:
 def test_node_config_is_immutable_value() -> None:
     cfg = NetworkConfig()
     assert attrs.evolve(cfg, dial_timeout=1.0).dial_timeout == 1.0
+
+
+def test_identify_push_on_protocol_change() -> None:
+    async def main() -> None:
+        async with nodes() as (a, b):
+            await a.connect(b.full_addrs[0])
+            await _identify_service(a).wait_identified(b.peer_id, timeout=5)
+            await _identify_service(b).wait_identified(a.peer_id, timeout=5)
+            pushed = asyncio.Event()
+            svc = _identify_service(a)
+            original = svc._apply
+
+            def apply(peer: Any, info: Any, *, push: bool = False) -> None:
+                original(peer, info, push=push)
+                if push:
+                    pushed.set()
+
+            svc._apply = apply  # type: ignore[method-assign]
+
+            async def new_handler(stream: MuxedStream) -> None:
+                await stream.close()
+
+            b.handle("/brand-new/1.0.0", new_handler)
+            await asyncio.wait_for(pushed.wait(), 5)
+            assert "/brand-new/1.0.0" in a.peerstore.protocols(b.peer_id)
+
+    run(main)
+
+
+def test_no_tasks_or_connections_leak_after_hostile_and_closed_peers() -> None:
+    async def main() -> None:
+        cfg = NetworkConfig(handshake_timeout=0.3)
+        async with nodes(1, config=cfg) as (b,):
+            baseline = set(b._tasks)
+            all_gone = asyncio.Event()
+
+            def on_event(event: ConnectionEvent) -> None:
+                if event.kind == "disconnected" and not b.connections():
+                    all_gone.set()
+
+            b.on_connection_event(on_event)
+            t = TcpTransport()
+            for _ in range(5):
+                g = await t.dial(b.listen_addrs[0])
+                assert isinstance(g, Connection)
+                await g.write(b"\x13/multistream/1.0.0\n\x07/noise\n" + b"\x00\x05junk!")
+                assert await _read_until_closed(g)
+            for _ in range(5):
+                async with Node.default() as a:
+                    await ping(a, b.full_addrs[0])
+            if b.connections():  # closes propagate through the peers' sockets
+                await asyncio.wait_for(all_gone.wait(), 10)
+            extra = [task for task in b._tasks if task not in baseline]
+            if extra:  # accept loops and handlers of the closed connections are ending
+                await asyncio.wait(extra, timeout=10)
+            assert all(task.done() for task in extra), [task.get_name() for task in extra]
+            assert b.connections() == []
+
+    run(main)
+
+
+def test_message_limit_comes_from_config() -> None:
+    async def main() -> None:
+        async with nodes(config=NetworkConfig(max_message_size=100)) as (a, b):
+            s = await a.open_stream(b.full_addrs[0], PING_PROTOCOL)
+            assert s.max_message_size == 100
+            with pytest.raises(MessageTooLarge):
+                await s.send_message(b"x" * 101)
+            await s.reset()
+
+    run(main)

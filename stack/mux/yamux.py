@@ -56,6 +56,7 @@ class YamuxStream(MuxedStream):
         "_read_waiter",
         "_write_closed",
         "_write_waiter",
+        "max_message_size",
         "protocol",
     )
 
@@ -71,6 +72,7 @@ class YamuxStream(MuxedStream):
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self.protocol: str | None = None
+        self.max_message_size = conn._config.max_message_size
 
     @property
     def stream_id(self) -> int:
