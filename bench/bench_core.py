@@ -186,11 +186,14 @@ async def _raw_ping_rtt(count: int) -> float:
     return statistics.median(rtts) * 1e6
 
 
-async def _connection_setup(count: int) -> float:
-    from protocols.ping import PING_PROTOCOL
+async def _connection_setup(count: int, identify: bool = True) -> float:
+    from protocols.ping import PING_PROTOCOL, PingService
     from stack.node import Node
 
-    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+    def make(**kw: Any) -> Node:
+        return Node.default(**kw) if identify else Node(services=[PingService()], **kw)
+
+    async with make(listen=["/ip4/127.0.0.1/tcp/0"]) as server, make() as client:
         addr = server.full_addrs[0]
         times = []
         for _ in range(count):
@@ -254,6 +257,23 @@ async def _idle_connection_memory(count: int) -> float:
         return (after - before) / count  # both ends of each connection live in this process
 
 
+async def _pylibp2p_figures(size: int) -> dict[str, float]:
+    """py-libp2p talking to py-libp2p (both in the interop venv), for the ratio."""
+    from tests.interop.harness import ensure_interop_venv, pylibp2p_listener, run_peer
+
+    ensure_interop_venv()
+    async with pylibp2p_listener() as peer:
+        addr = next(a for a in peer.addrs if "/tcp/" in a)
+        if "/p2p/" not in addr:
+            addr += f"/p2p/{peer.peer_id}"
+        r = await run_peer("perf", addr, "--upload", str(size), "--download", "0", timeout=600)
+        pings = await run_peer("ping", addr, "-c", "200")
+    return {
+        "pylibp2p_stream_MBps": size / r["seconds"] / 1e6,
+        "pylibp2p_ping_median_us": statistics.median(pings["rtts_us"]),
+    }
+
+
 def _import_time() -> float:
     best = float("inf")
     for _ in range(5):
@@ -272,7 +292,7 @@ def _import_time() -> float:
     return best * 1e3
 
 
-async def _main(quick: bool) -> dict[str, Any]:
+async def _main(quick: bool, with_pylibp2p: bool) -> dict[str, Any]:
     size = (256 if quick else 1024) * 1024 * 1024
     res: dict[str, Any] = {"machine_cores": os.cpu_count(), "python": sys.version.split()[0]}
     res["raw_tcp_MBps"] = await _raw_tcp(size) / 1e6
@@ -282,9 +302,14 @@ async def _main(quick: bool) -> dict[str, Any]:
     res["raw_tcp_rtt_median_us"] = await _raw_ping_rtt(2000)
     res["ping_rtt"] = await _ping_rtt(2000 if quick else 10000)
     res["new_connection_median_ms"] = await _connection_setup(50 if quick else 300)
+    res["new_connection_no_identify_median_ms"] = await _connection_setup(
+        50 if quick else 300, identify=False
+    )
     res["streams_per_s"] = await _stream_rate(3200 if quick else 20000)
     res["idle_connection_bytes"] = await _idle_connection_memory(50 if quick else 200)
     res["import_stack_ms"] = _import_time()
+    if with_pylibp2p:
+        res.update(await _pylibp2p_figures(64 * 1024 * 1024))
     return res
 
 
@@ -292,8 +317,11 @@ def main() -> None:
     """Run every benchmark and print the figures as JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument(
+        "--pylibp2p", action="store_true", help="also measure py-libp2p (interop venv)"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_main(args.quick)), indent=2))
+    print(json.dumps(asyncio.run(_main(args.quick, args.pylibp2p)), indent=2))
 
 
 if __name__ == "__main__":
