@@ -59,6 +59,9 @@ def test_open_send_fin_and_ack() -> None:
     a.close_stream(sid)
     _, eb = pump(a, b)
     assert eb == [StreamOpened(1), DataReceived(1, b"hello"), StreamEnded(1)]
+    assert a.unacked_outbound == 1  # not acknowledged until accepted
+    b.accept_stream(1)
+    pump(a, b)
     assert a.unacked_outbound == 0
     assert b.open_stream() == 2
 
@@ -271,7 +274,6 @@ async def muxed(
 def test_streams_both_directions_many_messages() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):
-
             tasks: set[asyncio.Future[None]] = set()
 
             async def serve(conn: YamuxConnection) -> None:

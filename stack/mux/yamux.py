@@ -243,6 +243,7 @@ class YamuxConnection(MuxedConnection):
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self._write_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
         self._closed = False
         self._close_reason: ConnectionClosed | None = None
         self._done = asyncio.Event()
@@ -276,7 +277,19 @@ class YamuxConnection(MuxedConnection):
                     raise self._close_reason or exc from None
 
     def _schedule_flush(self) -> None:
-        if self._flush_task is None and not self._closed:
+        """Send queued control frames soon without blocking the caller.
+
+        The flush task starts a loop turn later, so tasks woken by the same
+        events (a handler answering a new stream) write first and carry the
+        control frames in the same packet.
+        """
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._start_background_flush)
+
+    def _start_background_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._flush_task is None and self._session.has_output() and not self._closed:
             self._flush_task = self._loop.create_task(self._background_flush())
 
     async def _background_flush(self) -> None:
@@ -425,7 +438,11 @@ class YamuxConnection(MuxedConnection):
             waiter = self._loop.create_future()
             self._accept_waiter = waiter
             await waiter
-        return self._accept_queue.popleft()
+        stream = self._accept_queue.popleft()
+        self._session.accept_stream(stream.stream_id)
+        # The ACK usually leaves with the handler's first answer; flush soon in any case.
+        self._schedule_flush()
+        return stream
 
     async def ping(self, timeout: float | None = None) -> float:
         """Measure one round trip with a yamux ping (also recorded in ``stats``)."""

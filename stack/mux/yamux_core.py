@@ -144,7 +144,7 @@ class _Stream:
 
     def __init__(self, outbound: bool, now: float) -> None:
         self.outbound = outbound
-        self.acked = not outbound
+        self.acked = False
         self.send_window = INITIAL_WINDOW
         self.recv_window = INITIAL_WINDOW
         self.recv_credit = INITIAL_WINDOW
@@ -229,6 +229,17 @@ class YamuxSession:
         self.unacked_outbound += 1
         self._frame(TYPE_WINDOW_UPDATE, FLAG_SYN, sid, 0)
         return sid
+
+    def accept_stream(self, stream_id: int) -> None:
+        """The application accepted inbound ``stream_id``: acknowledge it (ACK).
+
+        Unaccepted streams stay unacknowledged, which is what bounds the
+        opener's backlog.
+        """
+        st = self._streams.get(stream_id)
+        if st is not None and not st.outbound and not st.acked:
+            st.acked = True
+            self._frame(TYPE_WINDOW_UPDATE, FLAG_ACK, stream_id, 0)
 
     def send_window(self, stream_id: int) -> int:
         """Bytes we may send on ``stream_id`` now."""
@@ -383,8 +394,7 @@ class YamuxSession:
             return None
         st = _Stream(False, now)
         self._streams[sid] = st
-        self._frame(TYPE_WINDOW_UPDATE, FLAG_ACK, sid, 0)
-        events.append(StreamOpened(sid))
+        events.append(StreamOpened(sid))  # acknowledged when the application accepts it
         return st
 
     def _flags_common(self, flags: int, sid: int, st: _Stream | None, events: list[Event]) -> bool:
