@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import time
 from typing import TYPE_CHECKING, Final
 
 from stack.errors import ProtocolError
@@ -50,13 +50,14 @@ async def ping(node: Node, target: Target, count: int = 1) -> list[float]:
     stream = await node.open_stream(target, PING_PROTOCOL)
     rtts: list[float] = []
     entropy = node.entropy or os.urandom
+    clock = asyncio.get_running_loop().time  # virtual under the simulator
     try:
         for _ in range(count):
             payload = entropy(PING_SIZE)
-            start = time.perf_counter()
+            start = clock()
             await stream.write(payload)
             answer = await stream.read_exactly(PING_SIZE)
-            rtt = time.perf_counter() - start
+            rtt = clock() - start
             if answer != payload:
                 raise ProtocolError("ping answer does not match the payload sent")
             rtts.append(rtt)

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import attrs
 
 __all__ = ["ConnectionStats"]
+
+
+def _now() -> float:
+    """The running loop's clock (virtual under the simulator), else the monotonic clock."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 @attrs.define(slots=True)
@@ -18,7 +27,7 @@ class ConnectionStats:
     round trips on the connection.
     """
 
-    opened_at: float = attrs.field(factory=time.monotonic)
+    opened_at: float = attrs.field(factory=lambda: _now())
     closed_at: float | None = None
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -30,7 +39,7 @@ class ConnectionStats:
     @property
     def duration(self) -> float:
         """Seconds the connection has been (or was) open."""
-        end = self.closed_at if self.closed_at is not None else time.monotonic()
+        end = self.closed_at if self.closed_at is not None else _now()
         return end - self.opened_at
 
     @property

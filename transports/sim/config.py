@@ -97,7 +97,7 @@ class SimConfig:
                 continue
             kind: type[int] | type[float] = int if field.name == "max_message_size" else float
             try:
-                value = kind(raw.strip())
+                value: Any = kind(raw.strip())
             except ValueError:
                 raise InvalidConfiguration(
                     f"{name}={raw!r} is not a valid {kind.__name__}"

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
+import heapq
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar, TypeVarTuple
 
 from stack.errors import P2PTimeout, SimulationDeadlock, UnsupportedAddress
 
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 #: Most stuck tasks named in a deadlock message (the rest are counted).
 MAX_TASKS_IN_REPORT: Final = 20
@@ -48,27 +51,51 @@ class RealNetworkForbidden(UnsupportedAddress):
 
 
 def describe_task(task: asyncio.Task[Any]) -> str:
-    """``'name' (coroutine at file:line)`` for the innermost frame where ``task`` waits."""
+    """``'name' (outer at file:line -> … -> innermost at file:line)``: where ``task`` waits."""
     coro: Any = task.get_coro()
-    where = getattr(coro, "__qualname__", type(coro).__name__)
-    frame = None
+    steps: list[str] = []
     depth = 0
     while coro is not None and depth < 64:
         depth += 1
-        f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if f is None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
             break
-        frame = f
-        where = getattr(coro, "__qualname__", where)
+        name = getattr(coro, "__qualname__", type(coro).__name__)
+        steps.append(f"{name} at {frame.f_code.co_filename}:{frame.f_lineno}")
         nxt = getattr(coro, "cr_await", None)
         if nxt is None:
             nxt = getattr(coro, "gi_yieldfrom", None)
         if not isinstance(nxt, types.CoroutineType | types.GeneratorType):
             break
         coro = nxt
-    if frame is not None:
-        return f"{task.get_name()!r} ({where} at {frame.f_code.co_filename}:{frame.f_lineno})"
-    return f"{task.get_name()!r} ({where})"
+    if not steps:
+        return f"{task.get_name()!r} ({getattr(task.get_coro(), '__qualname__', '?')})"
+    if len(steps) > 3:
+        steps = [steps[0], "...", *steps[-2:]]
+    return f"{task.get_name()!r} ({' -> '.join(steps)})"
+
+
+class _FifoTimerHandle(asyncio.TimerHandle):
+    """A timer handle ordered by (time, creation order): equal times fire first-in first-out."""
+
+    __slots__ = ("_seq",)
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context | None,
+        seq: int,
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._seq = seq
+
+    def __lt__(self, other: object) -> bool:
+        w = self._when  # type: ignore[attr-defined]
+        ow = other._when  # type: ignore[attr-defined]
+        return bool(w < ow or (w == ow and self._seq < other._seq))  # type: ignore[attr-defined]
 
 
 class _VirtualSelector:
@@ -117,11 +144,30 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
         self.time_limit = time_limit
         self._selector = _VirtualSelector(self)
         self._pending_threads = 0
+        self._timer_seq = 0
         self._thread_wakeup = threading.Event()
         #: The task whose completion the simulation waits for (named first in reports).
         self.main_task: asyncio.Task[Any] | None = None
 
     # --- the clock ------------------------------------------------------------------------
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[*_Ts], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        """Schedule ``callback(*args)`` at virtual time ``when``; equal times run in FIFO order."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()  # type: ignore[attr-defined]
+        seq = self._timer_seq
+        self._timer_seq = seq + 1
+        timer = _FifoTimerHandle(when, callback, args, self, context, seq)
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def time(self) -> float:
         """The virtual time in seconds."""
@@ -190,101 +236,55 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
             "happen on a VirtualTimeLoop (use the simulated network's transports instead)"
         )
 
-    async def create_connection(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("create_connection")
-
-    async def create_server(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("create_server")
-
-    async def create_datagram_endpoint(  # type: ignore[override]
-        self, *args: Any, **kwargs: Any
-    ) -> Any:
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("create_datagram_endpoint")
-
-    async def create_unix_connection(  # type: ignore[override]
-        self, *args: Any, **kwargs: Any
-    ) -> Any:
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("create_unix_connection")
-
-    async def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("create_unix_server")
-
-    async def connect_accepted_socket(  # type: ignore[override]
-        self, *args: Any, **kwargs: Any
-    ) -> Any:
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("connect_accepted_socket")
-
-    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden` (no real DNS in a simulation)."""
-        self._forbidden("getaddrinfo")
-
-    async def getnameinfo(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("getnameinfo")
-
-    async def sock_recv(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_recv")
-
-    async def sock_recv_into(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_recv_into")
-
-    async def sock_recvfrom(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_recvfrom")
-
-    async def sock_recvfrom_into(  # type: ignore[override]
-        self, *args: Any, **kwargs: Any
-    ) -> Any:
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_recvfrom_into")
-
-    async def sock_sendall(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_sendall")
-
-    async def sock_sendto(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_sendto")
-
-    async def sock_connect(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_connect")
-
-    async def sock_accept(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_accept")
-
-    async def sock_sendfile(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sock_sendfile")
-
-    async def sendfile(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("sendfile")
-
-    def add_reader(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("add_reader")
-
-    def add_writer(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("add_writer")
-
-    async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("subprocess_exec")
-
-    async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Forbidden: raises :class:`RealNetworkForbidden`."""
-        self._forbidden("subprocess_shell")
-
     def __repr__(self) -> str:
         return f"<VirtualTimeLoop t={self._time:.6f} running={self.is_running()}>"
+
+
+_FORBIDDEN_COROUTINES: Final = (
+    "create_connection",
+    "create_server",
+    "create_datagram_endpoint",
+    "create_unix_connection",
+    "create_unix_server",
+    "connect_accepted_socket",
+    "getaddrinfo",
+    "getnameinfo",
+    "sock_recv",
+    "sock_recv_into",
+    "sock_recvfrom",
+    "sock_recvfrom_into",
+    "sock_sendall",
+    "sock_sendto",
+    "sock_connect",
+    "sock_accept",
+    "sock_sendfile",
+    "sendfile",
+    "subprocess_exec",
+    "subprocess_shell",
+)
+_FORBIDDEN_FUNCTIONS: Final = ("add_reader", "add_writer", "add_signal_handler")
+
+
+def _forbid(name: str, is_coroutine: bool) -> Callable[..., Any]:
+    if is_coroutine:
+
+        async def forbidden_coroutine(self: VirtualTimeLoop, *args: Any, **kwargs: Any) -> Any:
+            self._forbidden(name)
+
+        method: Callable[..., Any] = forbidden_coroutine
+    else:
+
+        def forbidden_function(self: VirtualTimeLoop, *args: Any, **kwargs: Any) -> Any:
+            self._forbidden(name)
+
+        method = forbidden_function
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = "Forbidden in a simulation: raises :class:`RealNetworkForbidden`."
+    return method
+
+
+for _name in _FORBIDDEN_COROUTINES:
+    setattr(VirtualTimeLoop, _name, _forbid(_name, True))
+for _name in _FORBIDDEN_FUNCTIONS:
+    setattr(VirtualTimeLoop, _name, _forbid(_name, False))
+del _name

@@ -1,0 +1,53 @@
+"""Deterministic network simulator: virtual time, a network graph, faults on demand.
+
+Same seed and scenario → the same run, event for event.  The pieces:
+
+* :class:`Simulation` / :func:`run_simulation` — the run: virtual-time loop,
+  network, name service, trace and the seeded randomness;
+* :class:`VirtualTimeLoop` — an asyncio loop whose clock jumps over idle time;
+* :class:`Network`, :class:`Host`, :class:`Link`, :class:`Partition` — the graph
+  and its faults (loss, jitter, duplication, reordering, bandwidth, link
+  up/down, partitions, crashes, holds);
+* :class:`SimConnection` / :class:`SimListener` — reliable ordered streams;
+  :class:`SimDatagramTransport` — unreliable datagrams;
+* :class:`SimTransport` — the stack transport (``/memory/<host*100000+port>``);
+* :class:`NameService`, :class:`TraceRecorder`, :class:`SimConfig`.
+"""
+
+from __future__ import annotations
+
+from stack.errors import SimulationDeadlock
+from transports.sim.config import SimConfig
+from transports.sim.datagram import SimDatagramTransport
+from transports.sim.loop import RealNetworkForbidden, VirtualTimeLoop
+from transports.sim.names import NameRecord, NameService
+from transports.sim.network import Host, Link, Network, Partition, sim_multiaddr
+from transports.sim.simulation import Simulation, run_simulation
+from transports.sim.stream import SimConnection, SimListener
+from transports.sim.trace import HostCounters, LinkCounters, TraceEvent, TraceRecorder
+from transports.sim.transport import SimTransport, parse_sim_multiaddr
+
+__all__ = [
+    "Host",
+    "HostCounters",
+    "Link",
+    "LinkCounters",
+    "NameRecord",
+    "NameService",
+    "Network",
+    "Partition",
+    "RealNetworkForbidden",
+    "SimConfig",
+    "SimConnection",
+    "SimDatagramTransport",
+    "SimListener",
+    "SimTransport",
+    "Simulation",
+    "SimulationDeadlock",
+    "TraceEvent",
+    "TraceRecorder",
+    "VirtualTimeLoop",
+    "parse_sim_multiaddr",
+    "run_simulation",
+    "sim_multiaddr",
+]

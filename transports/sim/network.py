@@ -1,0 +1,1194 @@
+"""The simulated network: hosts, links, routes, partitions, crashes, holds.
+
+Model
+-----
+* A :class:`Host` has a name, a number (its index, from 1) and ports.  It can
+  crash (its connections are reset, its listeners and datagram sockets are
+  closed, the tasks it spawned are cancelled) and restart (a new incarnation:
+  segments of connections from before the crash are answered with a reset).
+* A :class:`Link` is directed, from one host to another, with a one-way
+  ``latency`` (seconds), ``jitter`` (± seconds, uniform, never below zero),
+  ``loss`` rate, ``duplicate`` and ``reorder`` rates (datagrams only),
+  ``bandwidth`` (bytes/s; packets queue behind each other and wait their
+  transmission time) and an up/down state.  :meth:`Network.add_link` creates
+  both directions unless ``directed=True``.
+* Packets follow the shortest route by total latency (ties: fewer hops, then
+  lower host numbers) over links that are up, through intermediate hosts that
+  are up.  :meth:`Network.find_path` shows the route.
+* A :class:`Partition` separates two groups of hosts, both ways or one way.
+  Packets between the groups are dropped; :meth:`Network.heal` removes it.
+* :meth:`Network.hold` parks the traffic entering a link; :meth:`Network.release`
+  sends it on.  Held stream traffic waits without timing out.
+
+Conditions are checked when a packet is sent: packets already travelling when
+a link goes down or a partition starts still arrive, except at a crashed host.
+
+Randomness (loss, jitter, duplication, reordering) comes from the one
+``random.Random`` the network is given, so a run is a function of its seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+from multiaddr import Multiaddr
+
+from stack.errors import (
+    ConnectionFailed,
+    InvalidConfiguration,
+    MessageTooLarge,
+    NoRoute,
+    P2PTimeout,
+)
+from transports.sim.config import SimConfig
+from transports.sim.trace import HostCounters, LinkCounters, TraceRecorder
+
+if TYPE_CHECKING:
+    from transports.sim.datagram import SimDatagramTransport
+    from transports.sim.stream import SimConnection, SimListener
+
+__all__ = [
+    "DEFAULT_STREAM_WINDOW",
+    "FIRST_EPHEMERAL_PORT",
+    "MAX_PORT",
+    "SIM_PORT_SPAN",
+    "Host",
+    "Link",
+    "Network",
+    "Partition",
+    "sim_multiaddr",
+]
+
+log = logging.getLogger(__name__)
+
+#: A host's sim address is ``/memory/<host number * SIM_PORT_SPAN + port>``.
+SIM_PORT_SPAN: Final = 100_000
+#: Highest port number.
+MAX_PORT: Final = 65_535
+#: Ports picked for port 0 start here.
+FIRST_EPHEMERAL_PORT: Final = 49_152
+#: Bytes a stream endpoint may have sent but the peer not yet read before ``write`` waits.
+DEFAULT_STREAM_WINDOW: Final = 256 * 1024
+#: Largest piece a stream write is cut into (the unit of bandwidth queueing and delivery).
+MAX_SEGMENT: Final = 64 * 1024
+#: Size charged for connection set-up and tear-down packets (SYN, SYN-ACK, RST).
+CONTROL_PACKET_SIZE: Final = 40
+#: Smallest retransmission timeout of a stream segment (like Linux' 200 ms).
+MIN_RTO: Final = 0.2
+#: Retransmission timeout of a connection request (RFC 6298 initial RTO).
+SYN_RTO: Final = 1.0
+#: Largest retransmission timeout after exponential backoff.
+MAX_RTO: Final = 60.0
+#: Retransmissions of one segment after which the path counts as blocked.
+MAX_RETRANSMITS: Final = 15
+#: A datagram is dropped (tail drop) when a link's queue is this many seconds long.
+MAX_QUEUE_DELAY: Final = 1.0
+
+# Reasons a packet cannot get through (values of the trace's ``extra["reason"]``).
+SRC_DOWN: Final = "src_down"
+NO_ROUTE: Final = "no_route"
+PARTITIONED: Final = "partitioned"
+DST_DOWN: Final = "dst_down"
+HELD: Final = "held"
+LOSS: Final = "loss"
+QUEUE_FULL: Final = "queue_full"
+PORT_UNREACHABLE: Final = "port_unreachable"
+
+
+def sim_multiaddr(host_number: int, port: int) -> Multiaddr:
+    """The sim multiaddr ``/memory/<host_number * 100000 + port>``."""
+    if not 0 <= port <= MAX_PORT:
+        raise InvalidConfiguration(f"port must be within [0, {MAX_PORT}], got {port}")
+    if host_number < 0:
+        raise InvalidConfiguration(f"host number must be >= 0, got {host_number}")
+    return Multiaddr(f"/memory/{host_number * SIM_PORT_SPAN + port}")
+
+
+def _check_probability(name: str, value: float) -> float:
+    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+        raise InvalidConfiguration(f"{name} must be within [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_duration(name: str, value: float) -> float:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise InvalidConfiguration(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_bandwidth(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise InvalidConfiguration(f"bandwidth must be > 0 bytes/s or None, got {value!r}")
+    return float(value)
+
+
+class Host:
+    """A machine of the simulated network.  Create with :meth:`Network.add_host`."""
+
+    def __init__(self, network: Network, name: str, number: int) -> None:
+        self.network = network
+        #: The host's unique name (used in traces and the datagram API).
+        self.name = name
+        #: The host's number (from 1), part of its sim multiaddrs.
+        self.number = number
+        #: False while crashed.
+        self.up = True
+        #: Incremented by every crash; connections from older incarnations are dead.
+        self.incarnation = 0
+        #: Traffic counters of this host.
+        self.counters = HostCounters()
+        self._listeners: dict[int, SimListener] = {}
+        self._datagrams: dict[int, SimDatagramTransport] = {}
+        self._conns: dict[int, SimConnection] = {}
+        self._tasks: dict[asyncio.Task[Any], None] = {}
+        self._next_port = FIRST_EPHEMERAL_PORT
+        self._on_crash: list[Callable[[Host], object]] = []
+        self._on_restart: list[Callable[[Host], object]] = []
+
+    def address(self, port: int) -> Multiaddr:
+        """The sim multiaddr of ``port`` on this host."""
+        return sim_multiaddr(self.number, port)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this host: a crash of the host cancels it."""
+        task = self.network.loop.create_task(coro, name=name or f"{self.name}-task")
+        self._tasks[task] = None
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "task %s of host %s failed: %r", task.get_name(), self.name, task.exception()
+            )
+
+    def on_crash(self, callback: Callable[[Host], object]) -> None:
+        """Call ``callback(host)`` whenever this host crashes."""
+        self._on_crash.append(callback)
+
+    def on_restart(self, callback: Callable[[Host], object]) -> None:
+        """Call ``callback(host)`` whenever this host restarts (re-create its services there)."""
+        self._on_restart.append(callback)
+
+    def allocate_port(self) -> int:
+        """A free port number for an outgoing connection or a port-0 listener."""
+        for _ in range(MAX_PORT):
+            port = self._next_port
+            self._next_port = port + 1 if port < MAX_PORT else FIRST_EPHEMERAL_PORT
+            if port not in self._listeners and port not in self._datagrams:
+                return port
+        raise ConnectionFailed(f"host {self.name} has no free port")  # pragma: no cover
+
+    @property
+    def connections(self) -> list[SimConnection]:
+        """Stream connection endpoints currently open on this host."""
+        return list(self._conns.values())
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else "down"
+        return f"<Host {self.name} #{self.number} {state}>"
+
+
+class Link:
+    """A directed link between two hosts.  Create with :meth:`Network.add_link`.
+
+    Its parameters are properties: assigning one (``link.loss = 0.2``) checks
+    the value and takes effect for the next packet, like
+    :meth:`Network.update_link`.
+    """
+
+    __slots__ = (
+        "_bandwidth",
+        "_duplicate",
+        "_held",
+        "_jitter",
+        "_latency",
+        "_loss",
+        "_net",
+        "_parked",
+        "_reorder",
+        "_up",
+        "_waiters",
+        "busy_until",
+        "counters",
+        "dst",
+        "src",
+    )
+
+    def __init__(
+        self,
+        network: Network,
+        src: Host,
+        dst: Host,
+        *,
+        latency: float,
+        jitter: float,
+        loss: float,
+        duplicate: float,
+        reorder: float,
+        bandwidth: float | None,
+        up: bool,
+    ) -> None:
+        self._net = network
+        #: The host packets enter the link at.
+        self.src = src
+        #: The host packets leave the link at.
+        self.dst = dst
+        self._latency = _check_duration("latency", latency)
+        self._jitter = _check_duration("jitter", jitter)
+        self._loss = _check_probability("loss", loss)
+        self._duplicate = _check_probability("duplicate", duplicate)
+        self._reorder = _check_probability("reorder", reorder)
+        self._bandwidth = _check_bandwidth(bandwidth)
+        self._up = bool(up)
+        self._held = False
+        #: Virtual time until which the link is busy transmitting queued packets.
+        self.busy_until = 0.0
+        #: Traffic counters of this link.
+        self.counters = LinkCounters()
+        self._parked: deque[tuple[Host, int, Host, int, bytes]] = deque()
+        self._waiters: dict[SimConnection, None] = {}
+
+    @property
+    def latency(self) -> float:
+        """One-way delay in seconds."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._latency = _check_duration("latency", value)
+        self._net._changed()
+
+    @property
+    def jitter(self) -> float:
+        """Each packet's delay varies uniformly within ±jitter seconds (never below zero)."""
+        return self._jitter
+
+    @jitter.setter
+    def jitter(self, value: float) -> None:
+        self._jitter = _check_duration("jitter", value)
+        self._net._changed()
+
+    @property
+    def loss(self) -> float:
+        """Probability that a packet is lost on this link."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self._loss = _check_probability("loss", value)
+        self._net._changed()
+
+    @property
+    def duplicate(self) -> float:
+        """Probability that a datagram is delivered twice."""
+        return self._duplicate
+
+    @duplicate.setter
+    def duplicate(self, value: float) -> None:
+        self._duplicate = _check_probability("duplicate", value)
+        self._net._changed()
+
+    @property
+    def reorder(self) -> float:
+        """Probability that a datagram is delayed enough to arrive after later ones."""
+        return self._reorder
+
+    @reorder.setter
+    def reorder(self, value: float) -> None:
+        self._reorder = _check_probability("reorder", value)
+        self._net._changed()
+
+    @property
+    def bandwidth(self) -> float | None:
+        """Bytes per second, or None for unlimited."""
+        return self._bandwidth
+
+    @bandwidth.setter
+    def bandwidth(self, value: float | None) -> None:
+        self._bandwidth = _check_bandwidth(value)
+        self._net._changed()
+
+    @property
+    def up(self) -> bool:
+        """Whether the link carries traffic."""
+        return self._up
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        self._up = bool(value)
+        self._net._changed()
+
+    @property
+    def held(self) -> bool:
+        """Whether traffic entering the link is parked (see :meth:`Network.hold`)."""
+        return self._held
+
+    @property
+    def simple(self) -> bool:
+        """True when the link neither varies, loses nor limits (the fast path)."""
+        return not (
+            self._jitter or self._loss or self._bandwidth or self._duplicate or self._reorder
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Link {self.src.name}->{self.dst.name} latency={self._latency}s loss={self._loss} "
+            f"{'up' if self._up else 'down'}{' held' if self._held else ''}>"
+        )
+
+
+@attrs.frozen(eq=False)
+class Partition:
+    """Two groups of hosts that cannot reach each other (``one_way``: only ``a`` → ``b``)."""
+
+    a: frozenset[str]
+    b: frozenset[str]
+    one_way: bool = False
+
+    def blocks(self, src: str, dst: str) -> bool:
+        """Whether a packet from ``src`` to ``dst`` is dropped by this partition."""
+        if src in self.a and dst in self.b:
+            return True
+        return not self.one_way and src in self.b and dst in self.a
+
+
+class _Route:
+    """A cached route: the links from one host to another and their total latency."""
+
+    __slots__ = ("hosts", "latency", "links", "simple")
+
+    def __init__(self, links: tuple[Link, ...], hosts: tuple[str, ...]) -> None:
+        self.links = links
+        self.hosts = hosts
+        self.latency = sum(link._latency for link in links)
+        self.simple = all(link.simple for link in links)
+
+
+class Network:
+    """The graph of hosts and links and the services on it (see the module docstring).
+
+    Usually created by :class:`~transports.sim.Simulation`; needs the
+    simulation's loop, PRNG and trace recorder.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        rng: random.Random,
+        *,
+        config: SimConfig | None = None,
+        trace: TraceRecorder | None = None,
+    ) -> None:
+        self.loop = loop
+        self.rng = rng
+        self.config = config if config is not None else SimConfig()
+        self.trace = trace if trace is not None else TraceRecorder()
+        self._hosts: dict[str, Host] = {}
+        self._by_number: list[Host | None] = [None]
+        self._links: dict[tuple[int, int], Link] = {}
+        self._out: list[list[Link]] = [[]]
+        self._partitions: list[Partition] = []
+        self._held = 0
+        #: Bumped by every change that can change a route.
+        self.version = 0
+        self._routes: dict[tuple[int, int], _Route | None] = {}
+        self._trees: dict[int, list[Link | None]] = {}
+        self._conn_ids = itertools.count(1)
+
+    # --- time -----------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """The current virtual time."""
+        return self.loop.time()
+
+    def _record(
+        self, kind: str, src: str, dst: str = "", size: int = 0, extra: dict[str, Any] | None = None
+    ) -> None:
+        self.trace.record(self.loop.time(), kind, src, dst, size, extra)
+
+    # --- hosts ----------------------------------------------------------------------------
+
+    def add_host(self, name: str) -> Host:
+        """Add a host called ``name`` (unique, non-empty)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidConfiguration(f"a host name must be a non-empty string, got {name!r}")
+        if name in self._hosts:
+            raise InvalidConfiguration(f"host {name!r} already exists")
+        host = Host(self, name, len(self._by_number))
+        self._hosts[name] = host
+        self._by_number.append(host)
+        self._out.append([])
+        return host
+
+    def add_hosts(self, names: Iterable[str]) -> list[Host]:
+        """Add several hosts; return them in order."""
+        return [self.add_host(n) for n in names]
+
+    def host(self, host: str | Host) -> Host:
+        """The host called ``host``; :class:`InvalidConfiguration` if there is none."""
+        if isinstance(host, Host):
+            if host.network is not self:
+                raise InvalidConfiguration(f"host {host.name!r} belongs to another network")
+            return host
+        found = self._hosts.get(host)
+        if found is None:
+            raise InvalidConfiguration(f"unknown host {host!r} ({len(self._hosts)} hosts exist)")
+        return found
+
+    def host_by_number(self, number: int) -> Host | None:
+        """The host with this number, or None."""
+        if 0 < number < len(self._by_number):
+            return self._by_number[number]
+        return None
+
+    @property
+    def hosts(self) -> list[Host]:
+        """All hosts, in creation order."""
+        return list(self._hosts.values())
+
+    # --- links ----------------------------------------------------------------------------
+
+    def add_link(
+        self,
+        a: str | Host,
+        b: str | Host,
+        *,
+        latency: float | None = None,
+        jitter: float = 0.0,
+        loss: float | None = None,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        bandwidth: float | None = None,
+        directed: bool = False,
+        up: bool = True,
+    ) -> Link:
+        """Link ``a`` to ``b`` (and ``b`` to ``a`` unless ``directed``); return the a→b link.
+
+        ``latency`` and ``loss`` default to the config's ``default_latency_ms``
+        and ``default_packet_loss``.  Adding an existing link replaces its
+        parameters.
+        """
+        src, dst = self.host(a), self.host(b)
+        if src is dst:
+            raise InvalidConfiguration(f"a link from host {src.name!r} to itself is not allowed")
+        params: dict[str, Any] = {
+            "latency": _check_duration(
+                "latency", self.config.default_latency if latency is None else latency
+            ),
+            "jitter": _check_duration("jitter", jitter),
+            "loss": _check_probability(
+                "loss", self.config.default_packet_loss if loss is None else loss
+            ),
+            "duplicate": _check_probability("duplicate", duplicate),
+            "reorder": _check_probability("reorder", reorder),
+            "bandwidth": _check_bandwidth(bandwidth),
+            "up": bool(up),
+        }
+        pairs = [(src, dst)] if directed else [(src, dst), (dst, src)]
+        first: Link | None = None
+        for s, d in pairs:
+            existing = self._links.get((s.number, d.number))
+            if existing is not None:
+                for k, v in params.items():
+                    setattr(existing, k, v)
+                link = existing
+            else:
+                link = Link(self, s, d, **params)
+                self._links[(s.number, d.number)] = link
+                self._out[s.number].append(link)
+            first = first or link
+        self._changed()
+        self._record(
+            "link",
+            src.name,
+            dst.name,
+            0,
+            {k: v for k, v in params.items() if v is not None} | {"directed": directed},
+        )
+        assert first is not None
+        return first
+
+    def link(self, a: str | Host, b: str | Host) -> Link:
+        """The link from ``a`` to ``b``; :class:`InvalidConfiguration` if there is none."""
+        src, dst = self.host(a), self.host(b)
+        link = self._links.get((src.number, dst.number))
+        if link is None:
+            raise InvalidConfiguration(f"there is no link from {src.name!r} to {dst.name!r}")
+        return link
+
+    def has_link(self, a: str | Host, b: str | Host) -> bool:
+        """Whether a link from ``a`` to ``b`` exists."""
+        return (self.host(a).number, self.host(b).number) in self._links
+
+    @property
+    def links(self) -> list[Link]:
+        """All directed links, in creation order."""
+        return list(self._links.values())
+
+    def _pair_links(self, a: str | Host, b: str | Host, both: bool) -> list[Link]:
+        links = [self.link(a, b)]
+        if both:
+            links.append(self.link(b, a))
+        return links
+
+    def update_link(
+        self,
+        a: str | Host,
+        b: str | Host,
+        *,
+        both: bool = True,
+        latency: float | None = None,
+        jitter: float | None = None,
+        loss: float | None = None,
+        duplicate: float | None = None,
+        reorder: float | None = None,
+        bandwidth: float | None = None,
+        unlimited_bandwidth: bool = False,
+    ) -> None:
+        """Change some parameters of the a→b link (and b→a when ``both``)."""
+        changes: dict[str, Any] = {}
+        if latency is not None:
+            changes["latency"] = _check_duration("latency", latency)
+        if jitter is not None:
+            changes["jitter"] = _check_duration("jitter", jitter)
+        if loss is not None:
+            changes["loss"] = _check_probability("loss", loss)
+        if duplicate is not None:
+            changes["duplicate"] = _check_probability("duplicate", duplicate)
+        if reorder is not None:
+            changes["reorder"] = _check_probability("reorder", reorder)
+        if bandwidth is not None:
+            changes["bandwidth"] = _check_bandwidth(bandwidth)
+        if unlimited_bandwidth:
+            changes["bandwidth"] = None
+        for link in self._pair_links(a, b, both):
+            for k, v in changes.items():
+                setattr(link, k, v)
+        self._changed()
+        self._record("link", self.host(a).name, self.host(b).name, 0, changes | {"both": both})
+
+    def set_link_up(self, a: str | Host, b: str | Host, up: bool, *, both: bool = True) -> None:
+        """Bring the a→b link (and b→a when ``both``) up or down."""
+        for link in self._pair_links(a, b, both):
+            link.up = up
+        self._changed()
+        self._record("link", self.host(a).name, self.host(b).name, 0, {"up": up, "both": both})
+
+    def link_down(self, a: str | Host, b: str | Host, *, both: bool = True) -> None:
+        """Take the link between ``a`` and ``b`` down (both ways unless ``both=False``)."""
+        self.set_link_up(a, b, False, both=both)
+
+    def link_up(self, a: str | Host, b: str | Host, *, both: bool = True) -> None:
+        """Bring the link between ``a`` and ``b`` back up."""
+        self.set_link_up(a, b, True, both=both)
+
+    def remove_link(self, a: str | Host, b: str | Host, *, both: bool = True) -> None:
+        """Delete the a→b link (and b→a when ``both``)."""
+        for link in self._pair_links(a, b, both):
+            del self._links[(link.src.number, link.dst.number)]
+            self._out[link.src.number].remove(link)
+        self._changed()
+
+    # --- routing --------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._routes.clear()
+        self._trees.clear()
+
+    def _tree(self, src: Host) -> list[Link | None]:
+        """Dijkstra from ``src``: for each host number, the link its shortest route arrives by."""
+        tree = self._trees.get(src.number)
+        if tree is not None:
+            return tree
+        n = len(self._by_number)
+        inf = math.inf
+        dist = [inf] * n
+        hops = [0] * n
+        prev: list[Link | None] = [None] * n
+        done = [False] * n
+        dist[src.number] = 0.0
+        heap: list[tuple[float, int, int]] = [(0.0, 0, src.number)]
+        by_number = self._by_number
+        out = self._out
+        while heap:
+            d, h, u = heapq.heappop(heap)
+            if done[u]:
+                continue
+            done[u] = True
+            host = by_number[u]
+            if u != src.number and host is not None and not host.up:
+                continue  # a crashed host does not forward
+            for link in out[u]:
+                if not link._up:
+                    continue
+                v = link.dst.number
+                if done[v]:
+                    continue
+                nd = d + link._latency
+                nh = h + 1
+                if nd < dist[v] or (nd == dist[v] and nh < hops[v]):
+                    dist[v] = nd
+                    hops[v] = nh
+                    prev[v] = link
+                    heapq.heappush(heap, (nd, nh, v))
+        self._trees[src.number] = prev
+        return prev
+
+    def _route(self, src: Host, dst: Host) -> _Route | None:
+        key = (src.number, dst.number)
+        try:
+            return self._routes[key]
+        except KeyError:
+            pass
+        route: _Route | None
+        if src is dst:
+            route = _Route((), (src.name,))
+        else:
+            prev = self._tree(src)
+            if prev[dst.number] is None:
+                route = None
+            else:
+                links: list[Link] = []
+                v = dst.number
+                while v != src.number:
+                    link = prev[v]
+                    assert link is not None
+                    links.append(link)
+                    v = link.src.number
+                links.reverse()
+                route = _Route(tuple(links), (src.name, *(lk.dst.name for lk in links)))
+        self._routes[key] = route
+        return route
+
+    def find_path(self, a: str | Host, b: str | Host) -> list[str] | None:
+        """Host names along the shortest route from ``a`` to ``b`` (both included), or None."""
+        route = self._route(self.host(a), self.host(b))
+        return None if route is None else list(route.hosts)
+
+    def path_latency(self, a: str | Host, b: str | Host) -> float:
+        """Sum of the link latencies along the route from ``a`` to ``b``; NoRoute if none."""
+        src, dst = self.host(a), self.host(b)
+        route = self._route(src, dst)
+        if route is None:
+            raise NoRoute(f"no route from {src.name} to {dst.name}")
+        return route.latency
+
+    # --- partitions -----------------------------------------------------------------------
+
+    def partition(
+        self,
+        group_a: Iterable[str | Host],
+        group_b: Iterable[str | Host] | None = None,
+        *,
+        one_way: bool = False,
+    ) -> Partition:
+        """Cut ``group_a`` from ``group_b`` (default: every other host).
+
+        With ``one_way=True`` only packets from ``group_a`` to ``group_b`` are
+        dropped.  Returns the partition, for :meth:`heal`.
+        """
+        a = frozenset(self.host(h).name for h in group_a)
+        if group_b is None:
+            b = frozenset(name for name in self._hosts if name not in a)
+        else:
+            b = frozenset(self.host(h).name for h in group_b)
+        if not a or not b:
+            raise InvalidConfiguration("a partition needs two non-empty groups of hosts")
+        if a & b:
+            overlap = ", ".join(sorted(a & b))
+            raise InvalidConfiguration(f"hosts {overlap} are on both sides of the partition")
+        part = Partition(a, b, one_way)
+        self._partitions.append(part)
+        self._record("partition", "", "", 0, {"a": sorted(a), "b": sorted(b), "one_way": one_way})
+        return part
+
+    def heal(self, partition: Partition | None = None) -> None:
+        """Remove ``partition``, or every partition when None."""
+        if partition is None:
+            self._partitions.clear()
+        else:
+            try:
+                self._partitions.remove(partition)
+            except ValueError:
+                raise InvalidConfiguration("this partition is not active") from None
+        self._record("heal", "", "", 0, None)
+
+    @property
+    def partitions(self) -> list[Partition]:
+        """Active partitions."""
+        return list(self._partitions)
+
+    def _partitioned(self, src: str, dst: str) -> bool:
+        return any(p.blocks(src, dst) for p in self._partitions)
+
+    # --- hold / release -------------------------------------------------------------------
+
+    def hold(self, a: str | Host, b: str | Host, *, both: bool = False) -> None:
+        """Park traffic entering the a→b link (and b→a when ``both``) until :meth:`release`."""
+        for link in self._pair_links(a, b, both):
+            if not link._held:
+                link._held = True
+                self._held += 1
+        self._record("hold", self.host(a).name, self.host(b).name, 0, {"both": both})
+
+    def release(self, a: str | Host, b: str | Host, *, both: bool = False) -> None:
+        """Let the traffic parked on the a→b link (and b→a when ``both``) go on."""
+        for link in self._pair_links(a, b, both):
+            if not link._held:
+                continue
+            link._held = False
+            self._held -= 1
+            self._record("release", link.src.name, link.dst.name, len(link._parked))
+            parked = list(link._parked)
+            link._parked.clear()
+            for src, sport, dst, dport, data in parked:
+                self._send_datagram(src, sport, dst, dport, data)
+            waiters = list(link._waiters)
+            link._waiters.clear()
+            for conn in waiters:
+                conn._retry()
+
+    def _held_link(self, route: _Route) -> Link | None:
+        for link in route.links:
+            if link._held:
+                return link
+        return None
+
+    # --- crash / restart ------------------------------------------------------------------
+
+    def crash(self, host: str | Host) -> None:
+        """Crash ``host``: reset its connections, close its sockets, cancel its tasks."""
+        h = self.host(host)
+        if not h.up:
+            return
+        h.up = False
+        h.incarnation += 1
+        self._changed()
+        self._record("crash", h.name)
+        for conn in list(h._conns.values()):
+            conn._host_crashed()
+        h._conns.clear()
+        for listener in list(h._listeners.values()):
+            listener._closed = True
+        h._listeners.clear()
+        for sock in list(h._datagrams.values()):
+            sock._host_crashed()
+        h._datagrams.clear()
+        for task in list(h._tasks):
+            task.cancel()
+        for cb in list(h._on_crash):
+            self._call_back(cb, h, "crash")
+
+    def restart(self, host: str | Host) -> Host:
+        """Bring a crashed ``host`` back (a new incarnation, no listeners, no connections)."""
+        h = self.host(host)
+        if h.up:
+            raise InvalidConfiguration(f"host {h.name!r} is not crashed")
+        h.up = True
+        self._changed()
+        self._record("restart", h.name, "", 0, {"incarnation": h.incarnation})
+        for cb in list(h._on_restart):
+            self._call_back(cb, h, "restart")
+        return h
+
+    def _call_back(self, cb: Callable[[Host], object], host: Host, what: str) -> None:
+        try:
+            result = cb(host)
+        except Exception:
+            log.exception("%s callback of host %s failed", what, host.name)
+            return
+        if isinstance(result, Awaitable):
+            host.spawn(_awaitable_to_coro(result), name=f"{host.name}-{what}")
+
+    # --- packet transit -------------------------------------------------------------------
+
+    def _blocked(self, src: Host, dst: Host, route: _Route | None) -> str | None:
+        """Why a packet from ``src`` to ``dst`` cannot be sent now, or None."""
+        if not src.up:
+            return SRC_DOWN
+        if route is None:
+            return NO_ROUTE
+        if self._partitions and self._partitioned(src.name, dst.name):
+            return PARTITIONED
+        if not dst.up:
+            return DST_DOWN
+        if self._held and self._held_link(route) is not None:
+            return HELD
+        return None
+
+    def _transit_reliable(self, route: _Route, size: int, rto: float) -> float | None:
+        """Arrival time of a reliably sent packet (losses become retransmission delays).
+
+        None when it was lost more than :data:`MAX_RETRANSMITS` times.
+        """
+        t = self.loop.time()
+        if route.simple:
+            for link in route.links:
+                c = link.counters
+                c.packets += 1
+                c.bytes += size
+            return t + route.latency
+        rng = self.rng
+        for link in route.links:
+            c = link.counters
+            c.packets += 1
+            c.bytes += size
+            bw = link._bandwidth
+            if bw:
+                start = link.busy_until if link.busy_until > t else t
+                t = start + size / bw
+                link.busy_until = t
+            lat = link._latency
+            if link._jitter:
+                lat += rng.uniform(-link._jitter, link._jitter)
+                if lat < 0.0:
+                    lat = 0.0
+            t += lat
+            loss = link._loss
+            if loss:
+                tries = 0
+                while rng.random() < loss:
+                    c.drops += 1
+                    tries += 1
+                    if tries > MAX_RETRANSMITS:
+                        return None
+                    self.trace.record(
+                        self.loop.time(),
+                        "retransmit",
+                        link.src.name,
+                        link.dst.name,
+                        size,
+                        {"delay": rto},
+                    )
+                    t += rto
+                    rto = min(rto * 2.0, MAX_RTO)
+        return t
+
+    def _transit_datagram(self, route: _Route, size: int) -> tuple[float, ...] | str:
+        """Arrival times of a datagram's copies (none, one, or two when duplicated) or why not."""
+        t = self.loop.time()
+        if route.simple:
+            for link in route.links:
+                c = link.counters
+                c.packets += 1
+                c.bytes += size
+            return (t + route.latency,)
+        rng = self.rng
+        copies = 1
+        extra = 0.0
+        for link in route.links:
+            c = link.counters
+            c.packets += copies
+            c.bytes += size * copies
+            if link._loss and rng.random() < link._loss:
+                c.drops += 1
+                return LOSS
+            bw = link._bandwidth
+            if bw:
+                start = link.busy_until if link.busy_until > t else t
+                if start - t > MAX_QUEUE_DELAY:
+                    c.drops += 1
+                    return QUEUE_FULL
+                t = start + size * copies / bw
+                link.busy_until = t
+            lat = link._latency
+            if link._jitter:
+                lat += rng.uniform(-link._jitter, link._jitter)
+                if lat < 0.0:
+                    lat = 0.0
+            t += lat
+            if link._reorder and rng.random() < link._reorder:
+                extra += rng.uniform(0.0, link._latency + link._jitter) + 0.001
+            if link._duplicate and copies == 1 and rng.random() < link._duplicate:
+                copies = 2
+        if copies == 1:
+            return (t + extra,)
+        second = t + (rng.uniform(0.0, route.latency) if route.latency else 0.0)
+        return (t + extra, second)
+
+    # --- streams --------------------------------------------------------------------------
+
+    def listen(
+        self,
+        host: str | Host,
+        port: int,
+        handler: Callable[[SimConnection], Awaitable[None]],
+        *,
+        window: int = DEFAULT_STREAM_WINDOW,
+    ) -> SimListener:
+        """Accept stream connections on ``port`` of ``host`` (0: pick a free port).
+
+        Each accepted connection is passed to ``handler`` in its own task of the host.
+        """
+        from transports.sim.stream import SimListener
+
+        h = self.host(host)
+        if not h.up:
+            raise ConnectionFailed(f"cannot listen on host {h.name}: it is down")
+        if not 0 <= port <= MAX_PORT:
+            raise InvalidConfiguration(f"port must be within [0, {MAX_PORT}], got {port}")
+        if port == 0:
+            port = h.allocate_port()
+        if port in h._listeners:
+            raise ConnectionFailed(f"port {port} of host {h.name} is already in use")
+        listener = SimListener(self, h, port, handler, window)
+        h._listeners[port] = listener
+        return listener
+
+    async def connect(
+        self,
+        src: str | Host,
+        dst: str | Host,
+        port: int,
+        *,
+        timeout: float | None = None,
+        window: int = DEFAULT_STREAM_WINDOW,
+    ) -> SimConnection:
+        """Open a stream connection from ``src`` to ``port`` on ``dst``.
+
+        Takes one round trip (more when the request is lost and resent).
+        Raises :class:`NoRoute` at once when no route exists,
+        :class:`ConnectionFailed` when nothing listens on the port (after a
+        round trip), and :class:`P2PTimeout` when the request does not get
+        through (partition, crashed host, held link) within ``timeout``
+        (default and upper bound: the config's connection timeout).
+        """
+
+        s, d = self.host(src), self.host(dst)
+        if not s.up:
+            raise ConnectionFailed(f"cannot connect from host {s.name}: it is down")
+        if not 0 < port <= MAX_PORT:
+            raise InvalidConfiguration(f"port must be within [1, {MAX_PORT}], got {port}")
+        if self._route(s, d) is None:
+            raise NoRoute(f"no route from {s.name} to {d.name}")
+        limit = self.config.connection_timeout
+        if timeout is not None:
+            limit = min(limit, _check_duration("timeout", timeout))
+        loop = self.loop
+        start = loop.time()
+        deadline = start + limit
+        cid = next(self._conn_ids)
+        tag = {"conn": cid, "port": port}
+        self._record("connect", s.name, d.name, CONTROL_PACKET_SIZE, tag)
+        rto = SYN_RTO
+        last_reason = ""
+        while True:
+            sent_at = loop.time()
+            route = self._route(s, d)
+            reason = self._blocked(s, d, route)
+            arrival: float | None = None
+            if reason is None:
+                assert route is not None
+                arrival = self._transit_reliable(route, CONTROL_PACKET_SIZE, SYN_RTO)
+                if arrival is None or arrival > deadline:
+                    reason = LOSS
+                    arrival = None
+            elif reason == NO_ROUTE and sent_at == start:
+                raise NoRoute(f"no route from {s.name} to {d.name}")
+            if arrival is not None:
+                await _sleep_until(loop, arrival)
+                if not s.up:
+                    raise ConnectionFailed(f"host {s.name} crashed while connecting")
+                if not d.up:
+                    reason = DST_DOWN
+                else:
+                    answer = await self._answer_syn(s, d, port, cid, deadline, window)
+                    if isinstance(answer, str):
+                        reason = answer
+                    else:
+                        client, ready_at = answer
+                        try:
+                            await _sleep_until(loop, ready_at)
+                        except BaseException:
+                            await client.reset()
+                            raise
+                        self._record("established", s.name, d.name, 0, tag)
+                        return client
+            assert reason is not None
+            last_reason = reason
+            self._record("drop", s.name, d.name, CONTROL_PACKET_SIZE, tag | {"reason": reason})
+            s.counters.drops += 1
+            retry_at = sent_at + rto
+            if retry_at >= deadline:
+                await _sleep_until(loop, deadline)
+                self._record("timeout", s.name, d.name, 0, tag)
+                raise P2PTimeout(
+                    f"connecting from {s.name} to {d.name}:{port} timed out after "
+                    f"{deadline - start:g}s of virtual time (last attempt: {last_reason})"
+                )
+            await _sleep_until(loop, retry_at)
+            if not s.up:
+                raise ConnectionFailed(f"host {s.name} crashed while connecting")
+            rto = min(rto * 2.0, MAX_RTO)
+
+    async def _answer_syn(
+        self, s: Host, d: Host, port: int, cid: int, deadline: float, window: int
+    ) -> tuple[SimConnection, float] | str:
+        """The connection request reached ``d``: refuse, or accept and answer.
+
+        Returns the dialer's endpoint and the time the answer reaches it, or why
+        the answer cannot get back (the dialer will retry).
+        """
+        from transports.sim.stream import SimConnection
+
+        back = self._route(d, s)
+        reason = self._blocked(d, s, back)
+        if reason is not None:
+            return reason
+        assert back is not None
+        answer = self._transit_reliable(back, CONTROL_PACKET_SIZE, SYN_RTO)
+        if answer is None or answer > deadline:
+            return LOSS
+        listener = d._listeners.get(port)
+        if listener is None or listener._closed:
+            self._record("refuse", d.name, s.name, CONTROL_PACKET_SIZE, {"conn": cid, "port": port})
+            await _sleep_until(self.loop, answer)
+            raise ConnectionFailed(f"connection refused: nothing listens on {d.name}:{port}")
+        sport = s.allocate_port()
+        client = SimConnection(self, cid, s, sport, d, port, window, listener.window)
+        server = client.peer
+        assert server is not None
+        # Data the server sends right away must not overtake its answer.
+        server._last_arrival = answer
+        self._record("accept", d.name, s.name, CONTROL_PACKET_SIZE, {"conn": cid, "port": port})
+        listener._accept(server)
+        return client, answer
+
+    # --- datagrams ------------------------------------------------------------------------
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        host: str | Host,
+        port: int = 0,
+        *,
+        remote_addr: tuple[str, int] | None = None,
+    ) -> tuple[SimDatagramTransport, asyncio.DatagramProtocol]:
+        """Bind a datagram socket on ``host``; the same shape as ``loop.create_datagram_endpoint``.
+
+        Returns ``(transport, protocol)``; ``transport.sendto(data, (host_name,
+        port))`` sends, ``protocol.datagram_received(data, (host_name, port))``
+        receives.  Port 0 picks a free port.
+        """
+        return self.open_datagram(protocol_factory(), host, port, remote_addr=remote_addr)
+
+    def open_datagram(
+        self,
+        protocol: asyncio.DatagramProtocol,
+        host: str | Host,
+        port: int = 0,
+        *,
+        remote_addr: tuple[str, int] | None = None,
+    ) -> tuple[SimDatagramTransport, asyncio.DatagramProtocol]:
+        """Synchronous form of :meth:`create_datagram_endpoint` taking a protocol instance."""
+        from transports.sim.datagram import SimDatagramTransport
+
+        h = self.host(host)
+        if not h.up:
+            raise ConnectionFailed(f"cannot bind on host {h.name}: it is down")
+        if not 0 <= port <= MAX_PORT:
+            raise InvalidConfiguration(f"port must be within [0, {MAX_PORT}], got {port}")
+        if port == 0:
+            port = h.allocate_port()
+        if port in h._datagrams:
+            raise ConnectionFailed(f"datagram port {port} of host {h.name} is already in use")
+        if remote_addr is not None:
+            self._check_addr(remote_addr)
+        transport = SimDatagramTransport(self, h, port, protocol, remote_addr)
+        h._datagrams[port] = transport
+        protocol.connection_made(transport)
+        return transport, protocol
+
+    def _check_addr(self, addr: object) -> tuple[Host, int]:
+        if not (isinstance(addr, tuple) and len(addr) == 2):
+            raise InvalidConfiguration(f"a sim datagram address is (host_name, port), got {addr!r}")
+        name, port = addr
+        host = self._hosts.get(name) if isinstance(name, str) else None
+        if host is None:
+            raise NoRoute(f"unknown host {name!r} in datagram address {addr!r}")
+        if not (isinstance(port, int) and 0 < port <= MAX_PORT):
+            raise InvalidConfiguration(f"bad port in datagram address {addr!r}")
+        return host, port
+
+    def _send_datagram(self, src: Host, sport: int, dst: Host, dport: int, data: bytes) -> None:
+        size = len(data)
+        if size > self.config.max_message_size:
+            raise MessageTooLarge(
+                f"datagram of {size} bytes exceeds the simulator's max_message_size "
+                f"of {self.config.max_message_size}"
+            )
+        route = self._route(src, dst)
+        reason = self._blocked(src, dst, route)
+        tag = {"sport": sport, "dport": dport}
+        if reason is None:
+            assert route is not None
+            self._record("send", src.name, dst.name, size, tag)
+            src.counters.packets_sent += 1
+            src.counters.bytes_sent += size
+            result = self._transit_datagram(route, size)
+            if isinstance(result, str):
+                reason = result
+            else:
+                incarnation = dst.incarnation
+                for i, when in enumerate(result):
+                    if i:
+                        self._record("duplicate", src.name, dst.name, size, tag)
+                    self.loop.call_at(
+                        when, self._deliver_datagram, src, sport, dst, dport, data, incarnation
+                    )
+                return
+        elif reason == HELD:
+            assert route is not None
+            link = self._held_link(route)
+            assert link is not None
+            link._parked.append((src, sport, dst, dport, data))
+            return
+        src.counters.drops += 1
+        self._record("drop", src.name, dst.name, size, tag | {"reason": reason})
+
+    def _deliver_datagram(
+        self, src: Host, sport: int, dst: Host, dport: int, data: bytes, incarnation: int
+    ) -> None:
+        sock = dst._datagrams.get(dport) if dst.up and dst.incarnation == incarnation else None
+        if sock is None or sock._closed:
+            src.counters.drops += 1
+            reason = PORT_UNREACHABLE if dst.up else DST_DOWN
+            self._record(
+                "drop",
+                src.name,
+                dst.name,
+                len(data),
+                {"sport": sport, "dport": dport, "reason": reason},
+            )
+            return
+        self._record("deliver", src.name, dst.name, len(data), {"sport": sport, "dport": dport})
+        dst.counters.packets_received += 1
+        dst.counters.bytes_received += len(data)
+        sock._received(data, (src.name, sport))
+
+    def __repr__(self) -> str:
+        return f"<Network {len(self._hosts)} hosts, {len(self._links)} links>"
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    delay = when - loop.time()
+    await asyncio.sleep(delay if delay > 0 else 0)
+
+
+async def _awaitable_to_coro(aw: Awaitable[Any]) -> Any:
+    return await aw

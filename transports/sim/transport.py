@@ -1,0 +1,149 @@
+"""The simulator as a stack transport: :class:`SimTransport`.
+
+Address form
+------------
+A simulated endpoint is ``/memory/<N>`` with ``N = host_number * 100000 +
+port`` (for example host 7, port 4001 → ``/memory/700004001``), optionally
+followed by ``/p2p/<peer id>``.  ``memory`` is the multiaddr protocol
+registered for in-process transports (code 0x309): no IP, DNS, TCP or UDP
+transport can dial it, so a simulated address can never be mistaken for a
+real one and no real packet can leave the process.  Host number 0 means
+"this transport's own host": ``/memory/0`` listens on a free port,
+``/memory/4001`` on port 4001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from multiaddr import Multiaddr
+
+from stack.addresses import split_peer
+from stack.config import NetworkConfig
+from stack.errors import NoRoute, P2PTimeout, UnsupportedAddress
+from stack.transport import ConnectionHandler, Listener, Transport
+from transports.sim.network import (
+    DEFAULT_STREAM_WINDOW,
+    MAX_PORT,
+    SIM_PORT_SPAN,
+    Host,
+    Network,
+    sim_multiaddr,
+)
+
+if TYPE_CHECKING:
+    from stack.identity import KeyPair, PeerId
+    from stack.mux import MuxedConnection
+    from stack.stream import Connection
+
+__all__ = ["SIM_PROTOCOL", "SimTransport", "parse_sim_multiaddr", "sim_multiaddr"]
+
+#: The multiaddr protocol carrying simulated addresses.
+SIM_PROTOCOL: Final = "memory"
+
+
+def parse_sim_multiaddr(addr: Multiaddr) -> tuple[int, int] | None:
+    """``(host_number, port)`` of a sim multiaddr (trailing ``/p2p`` allowed), else None."""
+    try:
+        base, _ = split_peer(addr)
+    except Exception:
+        return None
+    items = list(base.items())
+    if len(items) != 1:
+        return None
+    proto, value = items[0]
+    if proto.name != SIM_PROTOCOL:
+        return None
+    host, port = divmod(int(value), SIM_PORT_SPAN)
+    if port > MAX_PORT:
+        return None
+    return host, port
+
+
+class SimTransport(Transport):
+    """Stream connections of one simulated host, for a :class:`~stack.node.Node`.
+
+    ``dial`` raises :class:`~stack.errors.NoRoute` when there is no route (or
+    no such host), :class:`~stack.errors.ConnectionFailed` when nothing
+    listens on the port, and :class:`~stack.errors.P2PTimeout` when the
+    request does not get through within the dial timeout (the smaller of the
+    node's ``dial_timeout`` and the simulator's connection timeout).
+    """
+
+    name = "sim"
+
+    def __init__(
+        self,
+        network: Network,
+        host: str | Host,
+        *,
+        config: NetworkConfig | None = None,
+        window: int = DEFAULT_STREAM_WINDOW,
+    ) -> None:
+        self.network = network
+        self.host = network.host(host)
+        self.config = config or NetworkConfig()
+        self.window = window
+
+    def bind(self, key: KeyPair, config: NetworkConfig) -> None:
+        """Adopt the node's config (for the dial timeout)."""
+        self.config = config
+
+    def address(self, port: int) -> Multiaddr:
+        """The sim multiaddr of ``port`` on this transport's host."""
+        return self.host.address(port)
+
+    def can_dial(self, addr: Multiaddr) -> bool:
+        """Whether ``addr`` is a sim address (other transports' addresses are refused)."""
+        return parse_sim_multiaddr(addr) is not None
+
+    def can_listen(self, addr: Multiaddr) -> bool:
+        """Whether ``addr`` is a sim address of this transport's host (or host number 0)."""
+        parsed = parse_sim_multiaddr(addr)
+        return parsed is not None and parsed[0] in (0, self.host.number)
+
+    def _target(self, addr: Multiaddr) -> tuple[Host, int]:
+        parsed = parse_sim_multiaddr(addr)
+        if parsed is None:
+            raise UnsupportedAddress(f"the sim transport cannot dial {addr}")
+        number, port = parsed
+        if number == 0:
+            return self.host, port
+        host = self.network.host_by_number(number)
+        if host is None:
+            raise NoRoute(f"no simulated host number {number} (address {addr})")
+        return host, port
+
+    async def dial(
+        self, addr: Multiaddr, *, remote_peer: PeerId | None = None
+    ) -> Connection | MuxedConnection:
+        """Open a simulated stream connection to ``addr``."""
+        dst, port = self._target(addr)
+        if port == 0:
+            raise UnsupportedAddress(f"cannot dial port 0 ({addr})")
+        timeout = self.config.dial_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.network.connect(
+                    self.host, dst, port, timeout=timeout, window=self.window
+                )
+        except TimeoutError as exc:
+            if isinstance(exc, P2PTimeout):
+                raise
+            raise P2PTimeout(
+                f"sim dial from {self.host.name} to {addr} timed out after {timeout}s"
+            ) from None
+
+    async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:
+        """Listen on a port of this transport's host."""
+        parsed = parse_sim_multiaddr(addr)
+        if parsed is None or parsed[0] not in (0, self.host.number):
+            raise UnsupportedAddress(
+                f"the sim transport of host {self.host.name} cannot listen on {addr} "
+                f"(use {self.address(0)} or {self.host.address(4001)})"
+            )
+        return self.network.listen(self.host, parsed[1], handler, window=self.window)
+
+    def __repr__(self) -> str:
+        return f"<SimTransport {self.host.name}>"
