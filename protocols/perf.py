@@ -23,7 +23,7 @@ __all__ = ["PERF_PROTOCOL", "PerfResult", "PerfService", "perf"]
 
 PERF_PROTOCOL: Final = "/perf/1.0.0"
 #: Bytes written per call when generating traffic.
-PERF_CHUNK: Final = 64 * 1024
+PERF_CHUNK: Final = 1024 * 1024
 #: The largest download a server agrees to send (1 TiB).
 MAX_PERF_DOWNLOAD: Final = 1 << 40
 

@@ -111,7 +111,7 @@ async def run_demo(nodes: int = 3) -> None:
                 _say(
                     f"   {label[node.peer_id]:<6} <-> {label.get(cn.remote_peer, '?'):<6} "
                     f"sent {s.bytes_sent:>10} B in {s.messages_sent:>5} writes, "
-                    f"received {s.bytes_received:>10} B, avg ping {lat}, open {s.duration:.2f} s"
+                    f"received {s.bytes_received:>10} B, mean ping {lat}, open {s.duration:.2f} s"
                 )
     finally:
         _say("\n9. Graceful shutdown")
