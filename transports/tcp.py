@@ -12,12 +12,12 @@ import contextlib
 import logging
 import socket
 import struct
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
 
 from stack.addresses import split_peer
+from stack.buffer import ChunkBuffer
 from stack.config import NetworkConfig
 from stack.errors import (
     ConnectionClosed,
@@ -79,9 +79,7 @@ class TcpConnection(Connection, asyncio.Protocol):
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
-        self._offset = 0  # consumed bytes of _chunks[0]
-        self._buffered = 0
+        self._buf = ChunkBuffer()
         self._eof = False
         self._error: ConnectionClosed | None = None
         self._write_closed = False
@@ -112,9 +110,8 @@ class TcpConnection(Connection, asyncio.Protocol):
             self.connected.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > READ_HIGH_WATER and not self._read_paused and self._transport:
+        self._buf.append(data)
+        if self._buf.size > READ_HIGH_WATER and not self._read_paused and self._transport:
             self._read_paused = True
             self._transport.pause_reading()
         w = self._read_waiter
@@ -174,8 +171,8 @@ class TcpConnection(Connection, asyncio.Protocol):
     # --- Stream API ------------------------------------------------------------------------
 
     async def read(self, max_bytes: int = -1) -> bytes:
-        chunks = self._chunks
-        while not chunks:
+        buf = self._buf
+        while not buf:
             if self._error is not None:
                 raise self._error
             if self._eof:
@@ -183,18 +180,8 @@ class TcpConnection(Connection, asyncio.Protocol):
             waiter = self._loop.create_future()
             self._read_waiter = waiter
             await waiter
-        head = chunks[0]
-        off = self._offset
-        avail = len(head) - off
-        if max_bytes < 0 or max_bytes >= avail:
-            chunks.popleft()
-            self._offset = 0
-            data = head if off == 0 else head[off:]
-        else:
-            data = head[off : off + max_bytes]
-            self._offset = off + max_bytes
-        self._buffered -= len(data)
-        if self._read_paused and self._buffered < READ_LOW_WATER and self._transport:
+        data = buf.take(max_bytes)
+        if self._read_paused and buf.size < READ_LOW_WATER and self._transport:
             self._read_paused = False
             self._transport.resume_reading()
         return data
@@ -221,8 +208,7 @@ class TcpConnection(Connection, asyncio.Protocol):
     async def reset(self) -> None:
         self._error = self._error or StreamReset("TCP connection was reset locally")
         self._write_closed = True
-        self._chunks.clear()
-        self._buffered = 0
+        self._buf.clear()
         t = self._transport
         if t is not None and not self._lost:
             sock = t.get_extra_info("socket")
@@ -235,8 +221,7 @@ class TcpConnection(Connection, asyncio.Protocol):
     async def close(self) -> None:
         self._write_closed = True
         self._eof = True
-        self._chunks.clear()
-        self._buffered = 0
+        self._buf.clear()
         self._wake_reader()
         t = self._transport
         if t is not None and not t.is_closing():

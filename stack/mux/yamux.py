@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
+from stack.buffer import ChunkBuffer
 from stack.config import NetworkConfig
 from stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
 from stack.identity import PeerId
@@ -46,12 +47,11 @@ class YamuxStream(MuxedStream):
     """One yamux stream, implementing the :class:`~stack.stream.Stream` contract."""
 
     __slots__ = (
-        "_chunks",
+        "_buf",
         "_conn",
         "_eof",
         "_error",
         "_id",
-        "_offset",
         "_read_closed",
         "_read_waiter",
         "_write_closed",
@@ -63,8 +63,7 @@ class YamuxStream(MuxedStream):
     def __init__(self, conn: YamuxConnection, stream_id: int) -> None:
         self._conn = conn
         self._id = stream_id
-        self._chunks: deque[bytes] = deque()
-        self._offset = 0
+        self._buf = ChunkBuffer()
         self._eof = False
         self._error: ConnectionClosed | None = None
         self._read_closed = False
@@ -97,7 +96,7 @@ class YamuxStream(MuxedStream):
         if self._read_closed:
             self._conn._consume(self._id, len(data))
             return
-        self._chunks.append(data)
+        self._buf.append(data)
         self._wake_reader()
 
     def _wake_reader(self) -> None:
@@ -122,7 +121,7 @@ class YamuxStream(MuxedStream):
         if self._error is None:
             self._error = error
         if discard:
-            self._chunks.clear()
+            self._buf.clear()
         self._write_closed = True
         self._wake_reader()
         self._wake_writer()
@@ -130,8 +129,8 @@ class YamuxStream(MuxedStream):
     # --- Stream API -----------------------------------------------------------------
 
     async def read(self, max_bytes: int = -1) -> bytes:
-        chunks = self._chunks
-        while not chunks:
+        buf = self._buf
+        while not buf:
             if self._error is not None:
                 raise self._error
             if self._eof or self._read_closed:
@@ -141,16 +140,7 @@ class YamuxStream(MuxedStream):
             waiter = asyncio.get_running_loop().create_future()
             self._read_waiter = waiter
             await waiter
-        head = chunks[0]
-        off = self._offset
-        avail = len(head) - off
-        if max_bytes < 0 or max_bytes >= avail:
-            chunks.popleft()
-            self._offset = 0
-            data = head if off == 0 else head[off:]
-        else:
-            data = head[off : off + max_bytes]
-            self._offset = off + max_bytes
+        data = buf.take(max_bytes)
         self._conn._consume(self._id, len(data))
         return data
 
@@ -195,7 +185,7 @@ class YamuxStream(MuxedStream):
     async def reset(self) -> None:
         if self._error is None:
             self._error = StreamReset(f"yamux stream {self._id} was reset locally")
-        self._chunks.clear()
+        self._buf.clear()
         self._write_closed = True
         self._read_closed = True
         self._conn._session.reset_stream(self._id)
@@ -207,9 +197,7 @@ class YamuxStream(MuxedStream):
 
     async def close(self) -> None:
         self._read_closed = True
-        unread = sum(len(c) for c in self._chunks) - self._offset
-        self._chunks.clear()
-        self._offset = 0
+        unread = self._buf.clear()
         if unread > 0:
             self._conn._consume(self._id, unread)
         await self.close_write()

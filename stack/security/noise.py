@@ -25,13 +25,13 @@ import hashlib
 import hmac
 import os
 import struct
-from collections import deque
 from typing import Final
 
 import nacl.bindings
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from stack.buffer import ChunkBuffer
 from stack.codec import pb_bytes, pb_fields
 from stack.config import NetworkConfig
 from stack.errors import (
@@ -493,8 +493,7 @@ class NoiseConnection(Connection):
     ) -> None:
         self._raw = raw
         self._cipher = transport
-        self._plain: deque[bytes] = deque()
-        self._offset = 0
+        self._plain = ChunkBuffer()
         self._eof = False
         self.local_addr = raw.local_addr
         self.remote_addr = raw.remote_addr
@@ -503,7 +502,8 @@ class NoiseConnection(Connection):
         self.remote_peer = remote
 
     def _feed(self, data: bytes) -> None:
-        self._plain.extend(self._cipher.decrypt(data))
+        for plaintext in self._cipher.decrypt(data):
+            self._plain.append(plaintext)
 
     async def read(self, max_bytes: int = -1) -> bytes:
         plain = self._plain
@@ -517,15 +517,7 @@ class NoiseConnection(Connection):
                     raise ConnectionClosed("connection ended inside a Noise frame (truncated)")
                 return b""
             self._feed(data)
-        head = plain[0]
-        off = self._offset
-        avail = len(head) - off
-        if max_bytes < 0 or max_bytes >= avail:
-            plain.popleft()
-            self._offset = 0
-            return head if off == 0 else head[off:]
-        self._offset = off + max_bytes
-        return head[off : off + max_bytes]
+        return plain.take(max_bytes)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if data:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
 
+from stack.buffer import ChunkBuffer
 from stack.errors import ConnectionClosed, StreamReset
 from stack.stream import Connection
 from stack.transport import Listener
@@ -86,9 +87,7 @@ class SimConnection(Connection):
         self._incarnation = local.incarnation
         self._tag = {"conn": conn_id}
         # receiving
-        self._chunks: deque[bytes] = deque()
-        self._offset = 0
-        self._buffered = 0
+        self._buf = ChunkBuffer()
         self._eof = False
         self._closed = False
         self._error: ConnectionClosed | None = None
@@ -127,8 +126,8 @@ class SimConnection(Connection):
 
     async def read(self, max_bytes: int = -1) -> bytes:
         """Read at most ``max_bytes`` (any amount if negative); ``b""`` at end of stream."""
-        chunks = self._chunks
-        while not chunks:
+        buf = self._buf
+        while not buf:
             if self._error is not None:
                 raise self._error
             if self._eof:
@@ -141,19 +140,8 @@ class SimConnection(Connection):
                 self._read_waiter = None
         if self._error is not None:
             raise self._error
-        head = chunks[0]
-        off = self._offset
-        avail = len(head) - off
-        if max_bytes < 0 or max_bytes >= avail:
-            chunks.popleft()
-            self._offset = 0
-            data = head if off == 0 else head[off:]
-        else:
-            data = head[off : off + max_bytes]
-            self._offset = off + max_bytes
-        n = len(data)
-        self._buffered -= n
-        self.peer._freed(n)
+        data = buf.take(max_bytes)
+        self.peer._freed(len(data))
         return data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -215,10 +203,7 @@ class SimConnection(Connection):
             return
         self._closed = True
         self._eof = True
-        freed = self._buffered
-        self._chunks.clear()
-        self._offset = 0
-        self._buffered = 0
+        freed = self._buf.clear()
         if freed:
             self.peer._freed(freed)
         self._wake_reader()
@@ -466,8 +451,7 @@ class SimConnection(Connection):
                     self._send_rst()
                     self._finish()
                 return
-            self._chunks.append(payload)
-            self._buffered += n
+            self._buf.append(payload)
             self._wake_reader()
         elif kind == _FIN:
             self._eof = True
@@ -493,9 +477,7 @@ class SimConnection(Connection):
         self._stalled.clear()
         self._stall_since = None
         self._cancel_retry()
-        self._chunks.clear()
-        self._offset = 0
-        self._buffered = 0
+        self._buf.clear()
         self._wake_reader()
         self._wake_writer()
 
