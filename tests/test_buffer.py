@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from stack.buffer import ChunkBuffer
 
 
-@given(st.lists(st.binary(max_size=100), max_size=20), st.lists(st.integers(-1, 150), min_size=1))
+@given(st.lists(st.binary(max_size=100), max_size=20), st.lists(st.integers(1, 150) | st.just(-1), min_size=1))
 def test_takes_return_exactly_what_was_appended(chunks: list[bytes], sizes: list[int]) -> None:
     buf = ChunkBuffer()
     for c in chunks:
@@ -19,12 +19,10 @@ def test_takes_return_exactly_what_was_appended(chunks: list[bytes], sizes: list
     while buf:
         n = sizes[i % len(sizes)]
         piece = buf.take(n)
-        assert piece or n == 0
+        assert piece
         assert n < 0 or len(piece) <= n
         out += piece
         i += 1
-        if i > 10_000:
-            break
     assert bytes(out) == b"".join(chunks)
     assert buf.take() == b"" and len(buf) == 0
 
@@ -34,6 +32,7 @@ def test_clear_reports_dropped_bytes() -> None:
     buf.append(b"abc")
     buf.append(b"")
     buf.append(b"de")
+    assert buf.take(0) == b""
     assert buf.take(2) == b"ab"
     assert buf.clear() == 3
     assert not buf
