@@ -123,6 +123,11 @@ class CipherState:
             return bytes(plaintext)
         return self._aead.encrypt(self._next_nonce(), plaintext, ad)
 
+    def encrypt_into(self, plaintext: memoryview, out: memoryview) -> None:
+        """Encrypt ``plaintext`` (no associated data) into ``out`` (``len + 16`` bytes)."""
+        assert self._aead is not None
+        self._aead.encrypt_into(self._next_nonce(), plaintext, None, out)
+
     def decrypt_with_ad(self, ad: bytes | None, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt and authenticate; raise AuthenticationFailed on a bad tag."""
         if self._aead is None:
@@ -316,19 +321,22 @@ class NoiseTransport:
         self._recv = recv
         self._pending = bytearray()
 
-    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Encrypt ``data`` into one or more length-prefixed frames."""
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytearray:
+        """Encrypt ``data`` into one or more length-prefixed frames, in one buffer."""
         n = len(data)
-        if n <= MAX_PLAINTEXT:
-            ct = self._send.encrypt_with_ad(None, data)
-            return len(ct).to_bytes(2, "big") + ct
-        view = memoryview(data)
-        parts = []
-        for off in range(0, n, MAX_PLAINTEXT):
-            ct = self._send.encrypt_with_ad(None, view[off : off + MAX_PLAINTEXT])
-            parts.append(len(ct).to_bytes(2, "big"))
-            parts.append(ct)
-        return b"".join(parts)
+        frames = max(1, -(-n // MAX_PLAINTEXT))
+        out = bytearray(n + frames * (2 + _TAG))
+        src = memoryview(data)
+        with memoryview(out) as dst:
+            pos = 0
+            for off in range(0, max(n, 1), MAX_PLAINTEXT):
+                chunk = src[off : off + MAX_PLAINTEXT]
+                size = len(chunk) + _TAG
+                out[pos] = size >> 8
+                out[pos + 1] = size & 0xFF
+                self._send.encrypt_into(chunk, dst[pos + 2 : pos + 2 + size])
+                pos += 2 + size
+        return out
 
     @property
     def buffered(self) -> int:
