@@ -8,7 +8,10 @@ from hypothesis import strategies as st
 from stack.buffer import ChunkBuffer
 
 
-@given(st.lists(st.binary(max_size=100), max_size=20), st.lists(st.integers(1, 150) | st.just(-1), min_size=1))
+@given(
+    st.lists(st.binary(max_size=100), max_size=20),
+    st.lists(st.integers(1, 150) | st.just(-1), min_size=1),
+)
 def test_takes_return_exactly_what_was_appended(chunks: list[bytes], sizes: list[int]) -> None:
     buf = ChunkBuffer()
     for c in chunks:
