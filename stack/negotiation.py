@@ -1,53 +1,86 @@
-"""multistream-select 1.0: choosing a protocol by id on a connection or stream.
+"""multistream-select 1.0: agreeing on a protocol id at the start of a connection or stream.
 
-Wire format: each message is an unsigned-varint length followed by UTF-8 text
-ending in ``\\n`` (the length counts the newline).  Both sides first send the
-header ``/multistream/1.0.0``; the dialer then proposes protocol ids one by one,
-the listener echoes an id it accepts or answers ``na``; ``ls`` asks the listener
-for its protocols (answered by one message holding length-prefixed lines).
+Wire format (libp2p ``connections/README.md`` "Protocol Negotiation",
+multiformats ``multistream-select``): every message is an unsigned-varint length
+followed by UTF-8 text ending in ``\\n``; the length counts the newline.  The
+dialer sends the header ``/multistream/1.0.0`` and proposes a protocol id; the
+listener sends the header back and then either echoes the id (agreed) or answers
+``na``, after which the dialer may propose the next id.  ``ls`` asks the listener
+for its protocols: the answer is one message whose payload is the ids, each as a
+length-prefixed line, followed by one final ``\\n``.
 
-The sans-IO cores :class:`DialerNegotiation` and :class:`ListenerNegotiation`
-take bytes and return events; :func:`select_protocol`, :func:`select_protocol_lazy`,
-:func:`handle_protocol` and :func:`list_protocols` drive them over a Stream.
+Layout:
+
+* sans-IO cores :class:`DialerNegotiation` and :class:`ListenerNegotiation`:
+  ``receive_data(bytes) -> list[event]``, ``data_to_send() -> bytes`` and
+  ``max_read()``, the most bytes the caller may read next without taking any
+  byte that follows the negotiation (the adapters never over-read, so the
+  application data after the last negotiation message stays in the stream);
+* asyncio adapters over a :class:`~stack.stream.Stream`: :func:`select_protocol`
+  (dialer), :func:`handle_protocol` (listener), :func:`list_protocols`.
+
+Optimistic ("lazy") selection.  With exactly one protocol to propose, the dialer
+writes header and proposal and returns at once; the application writes straight
+away and the listener's header and echo are read by the stream's *first read*,
+which raises :class:`NegotiationFailed` if the listener answered ``na``.  This is
+done in place, without wrapping the stream: the stream object gets instance
+attributes shadowing its read method(s) (``read``, plus ``read_exactly``/
+``read_all``/``recv_message`` if its class overrides them); once the answer is
+checked they are deleted, so every later read is the class's own method with no
+extra call.  Measured against a forwarding wrapper (Node over TCP+Noise+yamux,
+one process): the wrapper put 3 extra coroutine calls on each dialer-side read
+and write (stream, secured connection, raw connection); in place there are none
+after the first read.  Stream classes without an instance ``__dict__`` fall back
+to waiting for the answer.
+
+On failure, the adapters raise and leave the stream open: the caller resets or
+closes it.  Timeouts raise :class:`~stack.errors.P2PTimeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Final
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
 from stack.codec import decode_uvarint, encode_uvarint
 from stack.errors import (
     ConnectionClosed,
+    InvalidConfiguration,
     MessageTooLarge,
     NegotiationFailed,
+    P2PError,
     P2PTimeout,
     ProtocolError,
     SerializationError,
 )
-from stack.stream import Connection, MuxedStream, Stream
+from stack.stream import MuxedStream, Stream
 
 if TYPE_CHECKING:
-    from stack.identity import PeerId
-    from stack.metrics import ConnectionStats
-    from stack.mux import MuxedConnection
+    from stack.stream import Connection
 
 __all__ = [
     "MAX_LINE_LENGTH",
     "MAX_LS_SIZE",
     "MAX_PROPOSALS",
+    "MAX_PROTOCOL_ID_LENGTH",
+    "MULTISTREAM_HEADER",
     "MULTISTREAM_PROTOCOL",
     "DialerNegotiation",
     "ListenerNegotiation",
+    "NegotiationEvent",
     "ProtocolAgreed",
     "ProtocolRejected",
     "ProtocolsListed",
+    "confirm_protocol",
     "encode_line",
     "handle_protocol",
     "list_protocols",
+    "negotiation_pending",
     "propose_lazily",
     "select_protocol",
     "select_protocol_lazy",
@@ -55,82 +88,73 @@ __all__ = [
 ]
 
 MULTISTREAM_PROTOCOL: Final = "/multistream/1.0.0"
-#: Longest negotiation message accepted, newline included (protocol ids are shorter).
+#: Longest negotiation message accepted, newline included (go-multistream's limit too).
 MAX_LINE_LENGTH: Final = 1024
-#: Most proposals a listener answers (``na`` included) before giving up on a peer.
+#: Longest protocol id, in UTF-8 bytes: one message minus its newline.
+MAX_PROTOCOL_ID_LENGTH: Final = MAX_LINE_LENGTH - 1
+#: Most messages a listener answers after the header (proposals and ``ls``) before it
+#: gives up on the dialer.
 MAX_PROPOSALS: Final = 32
-#: Largest ``ls`` answer accepted.
+#: Largest ``ls`` answer accepted (payload bytes).
 MAX_LS_SIZE: Final = 64 * 1024
+
 _NA: Final = "na"
 _LS: Final = "ls"
+#: Smallest possible message: a one-byte length and the newline.
+_MIN_MESSAGE: Final = 2
 
 
-def validate_protocol_id(protocol: str) -> None:
-    """Raise :class:`ProtocolError` unless ``protocol`` can be negotiated."""
-    if not protocol or "\n" in protocol:
-        raise ProtocolError(f"invalid protocol id {protocol!r}: empty or contains a newline")
-    if len(protocol.encode()) + 1 > MAX_LINE_LENGTH:
-        raise ProtocolError(
-            f"protocol id of {len(protocol.encode())} bytes exceeds {MAX_LINE_LENGTH - 1}"
+def validate_protocol_id(protocol: str) -> bytes:
+    """Check that ``protocol`` can be proposed; return its UTF-8 encoding.
+
+    Raises :class:`InvalidConfiguration` for an empty id, one containing a
+    newline, one that is not encodable as UTF-8, one longer than
+    :data:`MAX_PROTOCOL_ID_LENGTH` bytes, or the reserved words ``na``/``ls``.
+    """
+    if not isinstance(protocol, str) or not protocol:
+        raise InvalidConfiguration(f"protocol id must be a non-empty string, not {protocol!r}")
+    if "\n" in protocol:
+        raise InvalidConfiguration(f"protocol id {protocol!r} contains a newline")
+    if protocol in (_NA, _LS):
+        raise InvalidConfiguration(f"{protocol!r} is a multistream-select command, not a protocol")
+    try:
+        raw = protocol.encode()
+    except UnicodeEncodeError:
+        raise InvalidConfiguration(f"protocol id {protocol!r} is not valid UTF-8") from None
+    if len(raw) > MAX_PROTOCOL_ID_LENGTH:
+        raise InvalidConfiguration(
+            f"protocol id of {len(raw)} bytes exceeds the limit of {MAX_PROTOCOL_ID_LENGTH} "
+            f"({protocol[:40]!r}...)"
         )
+    return raw
+
+
+def _frame(raw: bytes) -> bytes:
+    return encode_uvarint(len(raw) + 1) + raw + b"\n"
 
 
 def encode_line(text: str) -> bytes:
-    """One negotiation message: varint length, text, newline."""
-    raw = text.encode() + b"\n"
-    return encode_uvarint(len(raw)) + raw
+    """One negotiation message: varint length, ``text`` as UTF-8, newline."""
+    return _frame(text.encode())
 
 
-_HEADER: Final = encode_line(MULTISTREAM_PROTOCOL)
+#: The header message: ``b"\\x13/multistream/1.0.0\\n"``.
+MULTISTREAM_HEADER: Final = encode_line(MULTISTREAM_PROTOCOL)
+_HEADER_PAYLOAD: Final = MULTISTREAM_PROTOCOL.encode() + b"\n"
 _NA_LINE: Final = encode_line(_NA)
+_NA_PAYLOAD: Final = b"na\n"
 
 
-class _LineReader:
-    """Splits bytes into negotiation messages, never reading past the last complete one."""
-
-    def __init__(self, max_length: int = MAX_LINE_LENGTH) -> None:
-        self._buf = bytearray()
-        self._max = max_length
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def next_raw(self) -> bytes | None:
-        """The next whole message payload (newline included), or None if incomplete."""
-        r = decode_uvarint(self._buf)
-        if r is None:
-            if len(self._buf) >= 9:
-                raise SerializationError("negotiation length prefix is malformed")
-            return None
-        length, pos = r
-        if length > self._max:
-            raise MessageTooLarge(f"negotiation message of {length} bytes exceeds {self._max}")
-        if len(self._buf) - pos < length:
-            return None
-        payload = bytes(self._buf[pos : pos + length])
-        del self._buf[: pos + length]
-        if not payload.endswith(b"\n"):
-            raise ProtocolError(f"negotiation message {payload[:64]!r} does not end in a newline")
-        return payload
-
-    def next_line(self) -> str | None:
-        payload = self.next_raw()
-        if payload is None:
-            return None
-        try:
-            return payload[:-1].decode()
-        except UnicodeDecodeError:
-            raise ProtocolError(f"negotiation message {payload[:64]!r} is not UTF-8") from None
-
-    def leftover(self) -> bytes:
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+# --- events -------------------------------------------------------------------------------
 
 
 @attrs.frozen
 class ProtocolAgreed:
-    """Both sides agreed on ``protocol``; ``leftover`` is data that followed the agreement."""
+    """Both sides agreed on ``protocol``.
+
+    ``leftover`` holds bytes fed after the last negotiation message (application
+    data); it is empty when the caller read no more than :meth:`max_read` allowed.
+    """
 
     protocol: str
     leftover: bytes = b""
@@ -138,355 +162,700 @@ class ProtocolAgreed:
 
 @attrs.frozen
 class ProtocolRejected:
-    """The listener answered ``na`` to ``protocol``."""
+    """``protocol`` was answered with ``na`` (by the listener, or by us as listener)."""
 
     protocol: str
 
 
 @attrs.frozen
 class ProtocolsListed:
-    """The listener's answer to ``ls``."""
+    """The listener's answer to ``ls``: its protocol ids in the order it sent them."""
 
     protocols: list[str]
 
 
+#: Anything ``receive_data`` returns.
 NegotiationEvent = ProtocolAgreed | ProtocolRejected | ProtocolsListed
 
 
-class DialerNegotiation:
-    """Sans-IO dialer: proposes ``protocols`` in order until one is accepted.
+# --- framing ------------------------------------------------------------------------------
 
-    With ``list_only=True`` it asks ``ls`` instead and ends with :class:`ProtocolsListed`.
-    """
 
-    def __init__(self, protocols: Sequence[str], *, list_only: bool = False) -> None:
-        if not protocols and not list_only:
-            raise ProtocolError("no protocols to propose")
-        for p in protocols:
-            validate_protocol_id(p)
-        self._protocols = list(protocols)
-        self._index = 0
-        self._list_only = list_only
-        self._reader = _LineReader(MAX_LS_SIZE if list_only else MAX_LINE_LENGTH)
-        self._header_seen = False
-        self.done = False
-        first = encode_line(_LS) if list_only else encode_line(self._protocols[0])
-        self._out = bytearray(_HEADER + first)
+class _Messages:
+    """Splits received bytes into negotiation messages; knows how many bytes are safe to read."""
+
+    __slots__ = ("_buf", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
 
     @property
-    def proposed(self) -> str | None:
-        """The protocol currently awaiting an answer."""
-        return None if self._list_only or self.done else self._protocols[self._index]
+    def partial(self) -> bool:
+        """True while part of a message is buffered."""
+        return bool(self._buf)
 
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the peer now."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+    def _length(self) -> tuple[int, int] | None:
+        """(length, prefix size) of the buffered message, None while the prefix is partial."""
+        buf = self._buf
+        if buf[0] < 0x80:  # one-byte prefix: every id up to 126 bytes
+            length, pos = buf[0], 1
+        else:
+            try:
+                r = decode_uvarint(buf)
+            except SerializationError as exc:
+                raise SerializationError(f"bad negotiation message length prefix: {exc}") from None
+            if r is None:
+                return None  # decode_uvarint raises once the prefix is too long
+            length, pos = r
+        if length > self._limit:
+            raise MessageTooLarge(
+                f"negotiation message of {length} bytes exceeds the limit of {self._limit} bytes"
+            )
+        if length == 0:
+            raise ProtocolError("empty negotiation message (it must end in a newline)")
+        return length, pos
 
-    def receive_data(self, data: bytes) -> list[NegotiationEvent]:
-        """Feed bytes from the listener; return what they mean."""
-        if self.done:
-            raise ProtocolError("negotiation already finished")
-        self._reader.feed(data)
-        events: list[NegotiationEvent] = []
-        while not self.done:
-            if not self._header_seen:
-                line = self._reader.next_line()
-                if line is None:
-                    break
-                if line != MULTISTREAM_PROTOCOL:
-                    raise NegotiationFailed(f"peer does not speak multistream-select 1.0: {line!r}")
-                self._header_seen = True
-                continue
-            if self._list_only:
-                raw = self._reader.next_raw()
-                if raw is None:
-                    break
-                events.append(ProtocolsListed(_parse_ls(raw)))
-                self.done = True
-                break
-            line = self._reader.next_line()
-            if line is None:
-                break
-            proposed = self._protocols[self._index]
-            if line == proposed:
-                self.done = True
-                events.append(ProtocolAgreed(proposed, self._reader.leftover()))
-            elif line == _NA:
-                events.append(ProtocolRejected(proposed))
-                self._index += 1
-                if self._index >= len(self._protocols):
-                    self.done = True
-                    raise NegotiationFailed(
-                        f"no protocol in common: peer refused {', '.join(self._protocols)}"
-                    )
-                self._out += encode_line(self._protocols[self._index])
-            else:
-                raise ProtocolError(f"peer answered {line!r} to proposal {proposed!r}")
-        return events
+    def check_header_start(self, who: str) -> None:
+        """Fail at once if the buffered bytes cannot be the start of the header.
+
+        The first message must be exactly :data:`MULTISTREAM_HEADER`, so a peer
+        speaking something else (e.g. HTTP) is refused without waiting for a whole
+        message whose length prefix is really a text byte.
+        """
+        start = bytes(self._buf[: len(MULTISTREAM_HEADER)])
+        if not MULTISTREAM_HEADER.startswith(start):
+            raise NegotiationFailed(
+                f"the {who} does not speak {MULTISTREAM_PROTOCOL}: its first bytes were "
+                f"{_show(start)}"
+            )
+
+    def need(self, at_boundary: int) -> int:
+        """Bytes that may be read now: the rest of a started message, or ``at_boundary``."""
+        if not self._buf:
+            return at_boundary
+        r = self._length()
+        if r is None:
+            return 1
+        return r[0] + r[1] - len(self._buf)
+
+    def next_payload(self) -> bytes | None:
+        """The next complete message's payload (newline included), or None."""
+        buf = self._buf
+        if not buf:
+            return None
+        r = self._length()
+        if r is None:
+            return None
+        end = r[0] + r[1]
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[r[1] : end])
+        del buf[:end]
+        if payload[-1] != 0x0A:
+            raise ProtocolError(f"negotiation message {_show(payload)} does not end in a newline")
+        return payload
+
+    def rest(self) -> bytes:
+        """Everything buffered (bytes after the negotiation)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
 
 
-def _parse_ls(raw: bytes) -> list[str]:
-    """Parse an ``ls`` answer: length-prefixed lines, optionally ending in one newline."""
+def _show(payload: bytes) -> str:
+    return repr(payload[:64]) + ("..." if len(payload) > 64 else "")
+
+
+def _text(payload: bytes) -> str:
+    try:
+        return payload[:-1].decode()
+    except UnicodeDecodeError:
+        raise SerializationError(f"negotiation message {_show(payload)} is not UTF-8") from None
+
+
+def _parse_ls(payload: bytes) -> list[str]:
+    """An ``ls`` answer's payload: length-prefixed lines, then one final newline."""
+    if payload == _NA_PAYLOAD:
+        raise NegotiationFailed("the listener does not support ls (answered na)")
     out: list[str] = []
     pos = 0
-    while pos < len(raw) and raw[pos:] != b"\n":
-        r = decode_uvarint(raw, pos)
-        if r is None:
-            raise SerializationError("ls answer ends inside a length prefix")
-        length, pos = r
-        if length > MAX_LINE_LENGTH or length > len(raw) - pos:
-            raise ProtocolError(f"ls answer has an entry of {length} bytes")
-        item = raw[pos : pos + length]
-        pos += length
-        if not item.endswith(b"\n"):
-            raise ProtocolError("ls answer entry does not end in a newline")
+    end = len(payload) - 1  # the final newline
+    body = payload[:end]
+    while pos < end:
         try:
-            out.append(item[:-1].decode())
-        except UnicodeDecodeError:
-            raise ProtocolError("ls answer entry is not UTF-8") from None
+            r = decode_uvarint(body, pos)
+        except SerializationError as exc:
+            raise SerializationError(f"ls answer entry {len(out)}: {exc}") from None
+        if r is None:
+            raise SerializationError(f"ls answer ends inside the length of entry {len(out)}")
+        length, pos = r
+        if length == 0 or length > MAX_LINE_LENGTH or length > end - pos:
+            raise ProtocolError(
+                f"ls answer entry {len(out)} claims {length} bytes, "
+                f"{end - pos} left (limit {MAX_LINE_LENGTH})"
+            )
+        item = payload[pos : pos + length]
+        pos += length
+        if item[-1] != 0x0A:
+            raise ProtocolError(f"ls answer entry {_show(item)} does not end in a newline")
+        text = _text(item)
+        if "\n" in text:
+            raise ProtocolError(f"ls answer entry {_show(item)} contains a newline")
+        out.append(text)
     return out
 
 
-class ListenerNegotiation:
-    """Sans-IO listener: answers proposals with ``supported(protocol_id)`` and ``ls``."""
+# --- sans-IO cores ------------------------------------------------------------------------
+
+
+class DialerNegotiation:
+    """Sans-IO dialer: proposes ``protocols`` in order until the listener accepts one.
+
+    ``data_to_send()`` starts with the header and the first proposal; each ``na``
+    yields :class:`ProtocolRejected` and queues the next proposal; the echo yields
+    :class:`ProtocolAgreed`.  With ``list_only=True`` it sends ``ls`` instead and
+    ends with :class:`ProtocolsListed`.  ``lazy=True`` records that the proposal
+    was sent optimistically (it needs exactly one protocol): the bytes are the
+    same, only the failure message differs.
+
+    Raises :class:`NegotiationFailed` when every proposal was refused or the
+    peer does not speak multistream-select 1.0, :class:`ProtocolError` (or a
+    subclass) for malformed or unexpected answers, :class:`InvalidConfiguration`
+    for protocol ids that cannot be proposed.
+    """
 
     def __init__(
-        self,
-        supported: Callable[[str], bool],
-        list_protocols: Callable[[], Iterable[str]] = lambda: (),
+        self, protocols: Sequence[str], *, lazy: bool = False, list_only: bool = False
     ) -> None:
-        self._supported = supported
-        self._list = list_protocols
-        self._reader = _LineReader()
+        if isinstance(protocols, str):
+            raise InvalidConfiguration("protocols must be a sequence of ids, not one string")
+        if list_only:
+            payloads = [_LS.encode() + b"\n"]
+        else:
+            if not protocols:
+                raise InvalidConfiguration("no protocols to propose")
+            if lazy and len(protocols) != 1:
+                raise InvalidConfiguration(
+                    f"an optimistic proposal needs exactly one protocol, got {len(protocols)}"
+                )
+            payloads = [validate_protocol_id(p) + b"\n" for p in protocols]
+        # An accepting listener echoes the proposal's payload.
+        self._echoes = payloads
+        self._lines = [encode_uvarint(len(p)) + p for p in payloads]
+        self._protocols = list(protocols)
+        self._lazy = lazy
+        self._list_only = list_only
+        self._index = 0
+        self._messages = _Messages(MAX_LS_SIZE if list_only else MAX_LINE_LENGTH)
         self._header_seen = False
-        self._proposals = 0
-        self._out = bytearray()
+        self._error: P2PError | None = None
+        self._out = bytearray(MULTISTREAM_HEADER)
+        self._out += self._lines[0]
+        #: The agreed protocol, once there is one.
+        self.agreed: str | None = None
+        #: True once a protocol was agreed or the list received.
         self.done = False
 
+    @property
+    def proposed(self) -> str | None:
+        """The protocol whose answer is awaited (None for ``ls`` or when finished)."""
+        if self._list_only or self.done:
+            return None
+        return self._protocols[self._index]
+
+    @property
+    def mid_message(self) -> bool:
+        """True while part of a message is buffered (its sender is not waiting for us)."""
+        return self._messages.partial
+
     def data_to_send(self) -> bytes:
-        """Bytes to write to the dialer now."""
+        """Bytes to write to the listener now (empty if none)."""
         out = bytes(self._out)
         self._out.clear()
         return out
 
-    def receive_data(self, data: bytes) -> list[NegotiationEvent]:
-        """Feed bytes from the dialer; returns :class:`ProtocolAgreed` once one is accepted."""
+    def max_read(self) -> int:
+        """Most bytes that may be read next without consuming data after the negotiation.
+
+        0 once finished.  Reading ``read(max_read())`` in a loop never takes a byte
+        of what follows the listener's last negotiation message.
+        """
+        if self.done or self._error is not None:
+            return 0
+        if self._list_only:
+            answer = _MIN_MESSAGE
+        else:
+            answer = min(len(self._lines[self._index]), len(_NA_LINE))
+        if not self._header_seen:
+            return self._messages.need(len(MULTISTREAM_HEADER) + answer)
+        return self._messages.need(answer)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        """Feed bytes from the listener (any chunking); return what they meant."""
+        if self._error is not None:
+            raise self._error
         if self.done:
-            raise ProtocolError("negotiation already finished")
-        self._reader.feed(data)
+            raise ProtocolError("multistream-select negotiation already finished")
+        try:
+            return self._receive(data)
+        except P2PError as exc:
+            self._error = exc
+            raise
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        messages = self._messages
+        messages.feed(data)
+        if not self._header_seen:
+            messages.check_header_start("listener")
         events: list[NegotiationEvent] = []
         while not self.done:
-            line = self._reader.next_line()
-            if line is None:
+            payload = messages.next_payload()
+            if payload is None:
                 break
             if not self._header_seen:
-                if line != MULTISTREAM_PROTOCOL:
-                    raise NegotiationFailed(f"peer does not speak multistream-select 1.0: {line!r}")
+                if payload != _HEADER_PAYLOAD:
+                    raise NegotiationFailed(
+                        f"the listener does not speak {MULTISTREAM_PROTOCOL}: its first "
+                        f"message was {_show(payload)}"
+                    )
                 self._header_seen = True
-                self._out += _HEADER
+            elif self._list_only:
+                self.done = True
+                events.append(ProtocolsListed(_parse_ls(payload)))
+            elif payload == self._echoes[self._index]:
+                self.done = True
+                self.agreed = self._protocols[self._index]
+                events.append(ProtocolAgreed(self.agreed, messages.rest()))
+            elif payload == _NA_PAYLOAD:
+                events.append(self._rejected())
+            else:
+                raise ProtocolError(
+                    f"the listener answered {_show(payload)} to the proposal "
+                    f"{self._protocols[self._index]!r}"
+                )
+        return events
+
+    def _rejected(self) -> ProtocolRejected:
+        event = ProtocolRejected(self._protocols[self._index])
+        self._index += 1
+        if self._index == len(self._protocols):
+            if self._lazy:
+                raise NegotiationFailed(
+                    f"the listener refused the optimistically proposed protocol "
+                    f"{self._protocols[0]!r}"
+                )
+            raise NegotiationFailed(f"no protocol in common: tried {self._protocols}")
+        self._out += self._lines[self._index]
+        return event
+
+
+class ListenerNegotiation:
+    """Sans-IO listener: answers proposals until one is supported.
+
+    ``supported`` decides (a predicate or any container, e.g. a set or a
+    :class:`~stack.registry.ProtocolRegistry`); ``list_protocols`` answers ``ls``
+    (default: the container's items, if it is iterable).  Yields
+    :class:`ProtocolRejected` per ``na`` and finally :class:`ProtocolAgreed`.
+    The listener's header is queued when the dialer's arrives.
+
+    Raises :class:`NegotiationFailed` when the dialer does not speak
+    multistream-select 1.0 or makes more than :data:`MAX_PROPOSALS` proposals,
+    :class:`ProtocolError` (or a subclass) for malformed messages.
+    """
+
+    def __init__(
+        self,
+        supported: Callable[[str], bool] | Container[str],
+        list_protocols: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        self._supported: Callable[[str], bool] = (
+            supported if callable(supported) else supported.__contains__
+        )
+        if list_protocols is None:
+            items: Iterable[str] = supported if isinstance(supported, Iterable) else ()
+            list_protocols = lambda: items  # noqa: E731
+        self._list: Callable[[], Iterable[str]] = list_protocols
+        self._messages = _Messages(MAX_LINE_LENGTH)
+        self._header_seen = False
+        self._proposals = 0
+        self._error: P2PError | None = None
+        self._out = bytearray()
+        #: Protocol ids answered with ``na`` so far (at most :data:`MAX_PROPOSALS`).
+        self.rejected: list[str] = []
+        #: The agreed protocol, once there is one.
+        self.agreed: str | None = None
+        #: True once a protocol was agreed.
+        self.done = False
+
+    @property
+    def mid_message(self) -> bool:
+        """True while part of a message is buffered (its sender is not waiting for us)."""
+        return self._messages.partial
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the dialer now (empty if none)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def max_read(self) -> int:
+        """Most bytes that may be read next without consuming data after the negotiation.
+
+        0 once finished.  Every message from a dialer is negotiation data until one
+        is accepted, so this is the rest of the current message, or at a message
+        boundary the smallest message that must come (plus the header at the start).
+        """
+        if self.done or self._error is not None:
+            return 0
+        if not self._header_seen:
+            return self._messages.need(len(MULTISTREAM_HEADER) + _MIN_MESSAGE)
+        return self._messages.need(_MIN_MESSAGE)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        """Feed bytes from the dialer (any chunking); return what they meant."""
+        if self._error is not None:
+            raise self._error
+        if self.done:
+            raise ProtocolError("multistream-select negotiation already finished")
+        try:
+            return self._receive(data)
+        except P2PError as exc:
+            self._error = exc
+            raise
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        messages = self._messages
+        messages.feed(data)
+        if not self._header_seen:
+            messages.check_header_start("dialer")
+        events: list[NegotiationEvent] = []
+        while not self.done:
+            payload = messages.next_payload()
+            if payload is None:
+                break
+            if not self._header_seen:
+                if payload != _HEADER_PAYLOAD:
+                    raise NegotiationFailed(
+                        f"the dialer does not speak {MULTISTREAM_PROTOCOL}: its first "
+                        f"message was {_show(payload)}"
+                    )
+                self._header_seen = True
+                self._out += MULTISTREAM_HEADER
                 continue
             self._proposals += 1
             if self._proposals > MAX_PROPOSALS:
-                raise NegotiationFailed(f"peer made more than {MAX_PROPOSALS} proposals")
-            if line == _LS:
-                body = b"".join(encode_line(p) for p in self._list()) + b"\n"
-                self._out += encode_uvarint(len(body)) + body
-            elif line and line != _NA and self._supported(line):
-                self._out += encode_line(line)
+                raise NegotiationFailed(
+                    f"the dialer made more than {MAX_PROPOSALS} proposals without agreement"
+                )
+            text = _text(payload)
+            if text == _LS:
+                self._out += self._ls_answer()
+            elif text != _NA and "\n" not in text and self._supported(text):
                 self.done = True
-                events.append(ProtocolAgreed(line, self._reader.leftover()))
+                self.agreed = text
+                self._out += _frame(payload[:-1])
+                events.append(ProtocolAgreed(text, messages.rest()))
             else:
                 self._out += _NA_LINE
+                self.rejected.append(text)
+                events.append(ProtocolRejected(text))
         return events
 
-
-# --- asyncio adapters -------------------------------------------------------------------
-
-
-async def _read_message(stream: Stream, max_length: int = MAX_LINE_LENGTH) -> bytes:
-    """Read exactly one length-prefixed message (never more)."""
-    prefix = bytearray()
-    while True:
-        b = await stream.read(1)
-        if not b:
-            raise ConnectionClosed("stream closed during protocol negotiation")
-        prefix += b
-        if b[0] < 0x80:
-            break
-        if len(prefix) >= 9:
-            raise SerializationError("negotiation length prefix is malformed")
-    decoded = decode_uvarint(prefix)
-    assert decoded is not None
-    if decoded[0] > max_length:
-        raise MessageTooLarge(f"negotiation message of {decoded[0]} bytes exceeds {max_length}")
-    return bytes(prefix) + await stream.read_exactly(decoded[0])
+    def _ls_answer(self) -> bytes:
+        body = bytearray()
+        for p in self._list():
+            body += _frame(p.encode())
+        body += b"\n"
+        return encode_uvarint(len(body)) + body
 
 
-async def _drive_dialer(stream: Stream, core: DialerNegotiation) -> NegotiationEvent:
-    await stream.write(core.data_to_send())
-    limit = MAX_LS_SIZE if core.proposed is None else MAX_LINE_LENGTH
-    while True:
-        events = core.receive_data(await _read_message(stream, limit))
+# --- asyncio adapters ---------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+async def _with_timeout(aw: Awaitable[_T], timeout: float | None, what: str) -> _T:
+    if timeout is None:
+        return await aw
+    try:
+        async with asyncio.timeout(timeout):
+            return await aw
+    except TimeoutError:
+        raise P2PTimeout(f"{what} timed out after {timeout}s") from None
+
+
+def _closed(role: str) -> ConnectionClosed:
+    return ConnectionClosed(f"stream ended during multistream-select negotiation ({role})")
+
+
+async def _run_dialer(stream: Stream, core: DialerNegotiation) -> list[NegotiationEvent]:
+    """Read answers (never past them) and write follow-up proposals until ``core`` is done."""
+    read = stream.read
+    events: list[NegotiationEvent] = []
+    while not core.done:
+        data = await read(core.max_read())
+        if not data:
+            raise _closed("dialer")
+        events = core.receive_data(data)
         out = core.data_to_send()
         if out:
             await stream.write(out)
-        for event in events:
-            if isinstance(event, ProtocolAgreed | ProtocolsListed):
-                return event
+    return events
+
+
+async def _select(stream: Stream, protocols: Sequence[str]) -> str:
+    core = DialerNegotiation(protocols)
+    await stream.write(core.data_to_send())
+    await _run_dialer(stream, core)
+    assert core.agreed is not None
+    return core.agreed
 
 
 async def select_protocol(
-    stream: Stream, protocols: Sequence[str], *, timeout: float | None = None
+    stream: Stream,
+    protocols: Sequence[str],
+    *,
+    lazy: bool = True,
+    timeout: float | None = None,
 ) -> str:
-    """As the dialer, agree on the first of ``protocols`` the listener supports.
+    """As the dialer, agree on the first of ``protocols`` that the listener supports.
 
-    Raises :class:`NegotiationFailed` when none is supported, :class:`P2PTimeout`
-    after ``timeout`` seconds.  The caller closes the stream on failure.
+    With ``lazy`` and a single protocol, the header and proposal are written and
+    the protocol returned at once: the listener's answer is checked by the first
+    read of ``stream`` (which then raises :class:`NegotiationFailed` if refused);
+    ``timeout`` does not apply to that later read.  Otherwise this waits for the
+    answers.  Raises :class:`NegotiationFailed` when no protocol is in common,
+    :class:`P2PTimeout` after ``timeout`` seconds, :class:`InvalidConfiguration`
+    for an unusable protocol id.  The caller closes or resets the stream on failure.
     """
-    core = DialerNegotiation(protocols)
-    try:
-        async with asyncio.timeout(timeout):
-            event = await _drive_dialer(stream, core)
-    except TimeoutError:
-        raise P2PTimeout(f"protocol negotiation timed out after {timeout}s") from None
-    assert isinstance(event, ProtocolAgreed)
-    return event.protocol
+    if isinstance(protocols, str):
+        raise InvalidConfiguration("protocols must be a sequence of ids, not one string")
+    if lazy and len(protocols) == 1 and _supports_lazy(stream):
+        protocol = protocols[0]
+        await _with_timeout(_propose(stream, protocol), timeout, "optimistic multistream-select")
+        return protocol
+    return await _with_timeout(
+        _select(stream, protocols), timeout, f"multistream-select of {list(protocols)}"
+    )
 
 
 async def list_protocols(stream: Stream, *, timeout: float | None = None) -> list[str]:
-    """Ask the listener for its protocols with ``ls``."""
-    core = DialerNegotiation([], list_only=True)
-    try:
-        async with asyncio.timeout(timeout):
-            event = await _drive_dialer(stream, core)
-    except TimeoutError:
-        raise P2PTimeout(f"ls timed out after {timeout}s") from None
-    assert isinstance(event, ProtocolsListed)
-    return event.protocols
+    """Ask the listener for its protocols with ``ls``.
+
+    The stream is left mid-negotiation afterwards; close it.  Raises
+    :class:`NegotiationFailed` if the listener does not support ``ls``.
+    """
+
+    async def run() -> list[str]:
+        core = DialerNegotiation((), list_only=True)
+        await stream.write(core.data_to_send())
+        events = await _run_dialer(stream, core)
+        listed = events[-1]
+        assert isinstance(listed, ProtocolsListed)
+        return listed.protocols
+
+    return await _with_timeout(run(), timeout, "multistream-select ls")
 
 
 async def handle_protocol(
     stream: Stream,
-    supported: Callable[[str], bool],
+    supported: Callable[[str], bool] | Container[str],
     *,
-    list_protocols: Callable[[], Iterable[str]] = lambda: (),
+    list_protocols: Callable[[], Iterable[str]] | None = None,
     timeout: float | None = None,
 ) -> str:
-    """As the listener, answer proposals until one is supported; return it.
+    """As the listener, answer proposals (and ``ls``) until one is supported; return it.
 
-    Reads messages exactly, so data a lazy dialer sent after its proposal stays
-    in the stream for the protocol handler.
+    Reads never go past the dialer's last negotiation message, so data a lazy
+    dialer sent right after its proposal stays in ``stream`` for the handler.
+    The header is written together with the first answer when the dialer sent
+    both messages at once.  Raises :class:`NegotiationFailed` (also when the
+    dialer ends the stream after a refusal), :class:`ProtocolError`,
+    :class:`ConnectionClosed` or :class:`P2PTimeout`; the caller closes or
+    resets the stream on failure.
     """
-    core = ListenerNegotiation(supported, list_protocols)
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                events = core.receive_data(await _read_message(stream))
-                out = core.data_to_send()
-                if out:
-                    await stream.write(out)
-                for event in events:
-                    if isinstance(event, ProtocolAgreed):
-                        return event.protocol
-    except TimeoutError:
-        raise P2PTimeout(f"protocol negotiation timed out after {timeout}s") from None
+    return await _with_timeout(
+        _listen(stream, ListenerNegotiation(supported, list_protocols)),
+        timeout,
+        "multistream-select (listener)",
+    )
 
 
-class _LazyBase(Stream):
-    """Delegates to an inner stream; the first read checks an optimistic proposal's answer."""
-
-    def __init__(self, inner: Stream, protocol: str) -> None:
-        self._inner = inner
-        self._core: DialerNegotiation | None = DialerNegotiation([protocol])
-        self._core.data_to_send()  # already written by the caller
-
-    async def _finish(self) -> None:
-        core = self._core
-        assert core is not None
+async def _listen(stream: Stream, core: ListenerNegotiation) -> str:
+    read = stream.read
+    while True:
         try:
-            while not core.done:
-                core.receive_data(await _read_message(self._inner))
-        except BaseException:
-            await self._inner.reset()
+            data = await read(core.max_read())
+            if not data:
+                raise _closed("listener")
+        except ConnectionClosed as exc:
+            if core.rejected:  # the dialer gave up: that is what happened, say so
+                raise NegotiationFailed(
+                    f"no protocol in common: the dialer ended the stream after we refused "
+                    f"{core.rejected}"
+                ) from exc
             raise
-        self._core = None
-
-    async def read(self, max_bytes: int = -1) -> bytes:
-        if self._core is not None:
-            await self._finish()
-        return await self._inner.read(max_bytes)
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.write(data)
-
-    async def close_write(self) -> None:
-        await self._inner.close_write()
-
-    async def reset(self) -> None:
-        await self._inner.reset()
-
-    async def close(self) -> None:
-        await self._inner.close()
+        core.receive_data(data)
+        if core.done:
+            await stream.write(core.data_to_send())
+            assert core.agreed is not None
+            return core.agreed
+        if not core.mid_message:  # the dialer may be waiting for these answers
+            out = core.data_to_send()
+            if out:
+                await stream.write(out)
 
 
-class LazyNegotiatedStream(_LazyBase, MuxedStream):
-    """A muxed stream whose single proposal was sent optimistically.
+# --- optimistic proposals, checked by the first read ---------------------------------------
 
-    Writes go through at once; the first read consumes and checks the
-    listener's header and echo, raising :class:`NegotiationFailed` if it refused.
+#: Instance attribute holding a stream's unchecked optimistic proposals.
+_PENDING_ATTR: Final = "_multistream_pending"
+#: Reading methods a Stream subclass may override without going through ``read``.
+_READ_METHODS: Final = ("read_exactly", "read_all", "recv_message")
+
+
+class _Pending:
+    """Optimistic proposals of one stream whose answers have not been read yet."""
+
+    __slots__ = ("busy", "cores", "error", "patched")
+
+    def __init__(self) -> None:
+        self.cores: deque[DialerNegotiation] = deque()
+        self.error: BaseException | None = None
+        self.busy: asyncio.Future[None] | None = None
+        self.patched: tuple[str, ...] = ()
+
+    async def settle(self, stream: Stream) -> None:
+        """Read and check every pending answer (once; concurrent callers wait)."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if not self.cores:
+                self._restore(stream)
+                return
+            busy = self.busy
+            if busy is not None:
+                await asyncio.shield(busy)
+                continue
+            mine = self.busy = asyncio.get_running_loop().create_future()
+            try:
+                await self._check_first(stream)
+            except P2PError as exc:
+                self.error = exc
+                raise
+            finally:
+                self.busy = None
+                mine.set_result(None)
+
+    async def _check_first(self, stream: Stream) -> None:
+        core = self.cores[0]
+        cls_read = type(stream).read
+        while not core.done:
+            data = await cls_read(stream, core.max_read())
+            if not data:
+                raise _closed("dialer, optimistic proposal")
+            core.receive_data(data)
+        self.cores.popleft()
+
+    def _restore(self, stream: Stream) -> None:
+        if getattr(stream, _PENDING_ATTR, None) is self:
+            for name in self.patched:
+                delattr(stream, name)
+            delattr(stream, _PENDING_ATTR)
+
+
+def _supports_lazy(stream: Stream) -> bool:
+    """Whether ``stream`` can take instance attributes and weak references."""
+    cls = type(stream)
+    return cls.__dictoffset__ != 0 and cls.__weakrefoffset__ != 0
+
+
+def _patch(stream: Stream, core: DialerNegotiation) -> None:
+    # setattr/delattr rather than vars(): materialising the instance __dict__ would
+    # slow every later attribute access of the stream (CPython inline values).
+    pending = getattr(stream, _PENDING_ATTR, None)
+    if isinstance(pending, _Pending):  # a nested optimistic proposal on the same stream
+        pending.cores.append(core)
+        return
+    pending = _Pending()
+    pending.cores.append(core)
+    ref = weakref.ref(stream)  # no reference cycle through the instance attributes
+    cls = type(stream)
+
+    def alive() -> Stream:
+        s = ref()
+        if s is None:  # pragma: no cover - only via a method saved from a dead stream
+            raise ConnectionClosed("the stream was garbage-collected")
+        return s
+
+    async def read(max_bytes: int = -1) -> bytes:
+        s = alive()
+        await pending.settle(s)
+        return await cls.read(s, max_bytes)
+
+    patched: dict[str, Any] = {"read": read}
+    for name in _READ_METHODS:
+        method = getattr(cls, name)
+        if method is not getattr(Stream, name):
+            patched[name] = _settling(pending, alive, method)
+    pending.patched = tuple(patched)
+    for name, fn in patched.items():
+        setattr(stream, name, fn)
+    setattr(stream, _PENDING_ATTR, pending)
+
+
+def _settling(
+    pending: _Pending, alive: Callable[[], Stream], method: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        s = alive()
+        await pending.settle(s)
+        return await method(s, *args, **kwargs)
+
+    return call
+
+
+async def _propose(stream: Stream, protocol: str) -> None:
+    core = DialerNegotiation([protocol], lazy=True)
+    out = core.data_to_send()
+    _patch(stream, core)
+    await stream.write(out)
+
+
+def negotiation_pending(stream: Stream) -> bool:
+    """True while an optimistic proposal on ``stream`` awaits its (unread) answer."""
+    return isinstance(getattr(stream, _PENDING_ATTR, None), _Pending)
+
+
+async def confirm_protocol(stream: Stream, *, timeout: float | None = None) -> None:
+    """Wait for the answers to optimistic proposals on ``stream`` (no-op if none).
+
+    Raises :class:`NegotiationFailed` if one was refused, :class:`P2PTimeout`
+    after ``timeout`` seconds.
     """
-
-    def __init__(self, inner: MuxedStream, protocol: str) -> None:
-        super().__init__(inner, protocol)
-        self._muxed = inner
-        self.protocol = protocol
-        self.max_message_size = inner.max_message_size
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._muxed.remote_peer
-
-    @property
-    def stats(self) -> ConnectionStats:
-        return self._muxed.stats
-
-    @property
-    def muxed_conn(self) -> MuxedConnection:
-        return self._muxed.muxed_conn
-
-    @property
-    def inner(self) -> MuxedStream:
-        """The underlying stream."""
-        return self._muxed
-
-
-class LazyNegotiatedConnection(_LazyBase, Connection):
-    """A connection on which a security or muxer protocol was proposed optimistically."""
-
-    def __init__(self, inner: Connection, protocol: str) -> None:
-        super().__init__(inner, protocol)
-        self.local_addr = inner.local_addr
-        self.remote_addr = inner.remote_addr
-        self.local_peer = inner.local_peer
-        self.remote_peer = inner.remote_peer
-        self.is_limited = inner.is_limited
+    pending = getattr(stream, _PENDING_ATTR, None)
+    if isinstance(pending, _Pending):
+        await _with_timeout(pending.settle(stream), timeout, "optimistic multistream-select")
 
 
 async def propose_lazily(conn: Connection, protocol: str) -> Connection:
-    """Optimistically select ``protocol`` on a connection (see :func:`select_protocol_lazy`)."""
-    validate_protocol_id(protocol)
-    await conn.write(_HEADER + encode_line(protocol))
-    return LazyNegotiatedConnection(conn, protocol)
+    """Optimistically select ``protocol`` on a connection; return the connection.
+
+    The answer is checked by the connection's first read (see :func:`select_protocol`).
+    """
+    await select_protocol(conn, [protocol], lazy=True)
+    return conn
 
 
 async def select_protocol_lazy(stream: MuxedStream, protocol: str) -> MuxedStream:
-    """Propose ``protocol`` optimistically: write header and proposal, do not wait.
+    """Optimistically select ``protocol`` on a muxed stream; return the stream.
 
-    Returns a stream to use instead of ``stream``; the listener's answer is
-    checked on its first read.
+    Sets ``stream.protocol``; the answer is checked by the stream's first read.
     """
-    validate_protocol_id(protocol)
-    await stream.write(_HEADER + encode_line(protocol))
-    return LazyNegotiatedStream(stream, protocol)
+    await select_protocol(stream, [protocol], lazy=True)
+    stream.protocol = protocol
+    return stream
