@@ -88,9 +88,13 @@ def bench_mesh(nodes: int, peers: int = 5, pings: int = 10, seed: int = 1) -> di
     with sim:
         sim.run(main())
         virtual = sim.now
+        packets = sum(link.counters.packets for link in sim.network.links)
     wall = time.perf_counter() - start
     return {
         "nodes": nodes,
+        "link_packets": packets,
+        "packets_per_wall_s": round(packets / wall),
+        "virtual_per_wall": round(virtual / wall, 3),
         "peers_each": peers,
         "pings_each": pings,
         "ping_sessions_ok": rounds,
@@ -130,6 +134,7 @@ def bench_keepalive(nodes: int = 50, hours: float = 1.0, seed: int = 1) -> dict[
     return {
         "nodes": nodes,
         "virtual_s": round(virtual, 3),
+        "virtual_per_wall": round(virtual / wall, 1),
         "connections_alive_at_end": conns,
         "link_packets": packets,
         "wall_s": round(wall, 3),

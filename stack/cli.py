@@ -1,4 +1,5 @@
-"""The ``switchy`` command line: identities, a listening node, ping, perf and a demo."""
+"""The ``switchy`` command line: identities, a listening node, ping, perf, a demo and
+simulated scenarios."""
 
 from __future__ import annotations
 
@@ -170,6 +171,46 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_seed(text: str) -> int | str:
+    """A simulation seed: an integer when it looks like one, else the text itself."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    """Run one simulated scenario (synchronously: it drives its own virtual-time loop)."""
+    from transports.sim.scenarios import run_scenario
+
+    sink = open(args.trace, "w", encoding="utf-8") if args.trace else None  # noqa: SIM115
+    try:
+        result = run_scenario(args.scenario, seed=args.seed, nodes=args.nodes, trace_sink=sink)
+    finally:
+        if sink is not None:
+            sink.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True))
+    else:
+        print(
+            f"scenario {result.scenario}: {result.nodes} nodes, seed {result.seed!r}, "
+            f"{result.virtual_s:.3f} s virtual in {result.wall_s:.3f} s wall, "
+            f"{result.events} events"
+        )
+        for key, value in result.figures.items():
+            print(f"  {key}: {value}")
+        print(f"  trace digest: {result.digest}")
+        print("ok" if result.ok else "FAILED: " + "; ".join(result.problems))
+    if not result.ok:
+        print(
+            f"switchy: scenario {result.scenario} failed with seed {result.seed!r}; "
+            f"rerun with --seed {result.seed} to reproduce",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -207,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="run several nodes in this process and show them talking")
     s.add_argument("--nodes", type=int, default=3, help="number of nodes (2 or more)")
     s.set_defaults(func=_cmd_demo)
+
+    from transports.sim.scenarios import SCENARIOS
+
+    s = sub.add_parser("sim", help="run a scenario on the deterministic network simulator")
+    s.add_argument("--scenario", choices=sorted(SCENARIOS), default="mesh")
+    s.add_argument("--seed", type=_parse_seed, default=1, help="same seed, same run (default 1)")
+    s.add_argument("--nodes", type=int, default=10, help="number of nodes (default 10)")
+    s.add_argument("--trace", metavar="FILE", help="write the event trace as JSON lines")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_cmd_sim)
     return p
 
 
@@ -220,9 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "count", 1) < 1:
         print("switchy: error: --count must be at least 1", file=sys.stderr)
         return 2
-    func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.func
+    func: Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int] = args.func
     try:
-        return asyncio.run(func(args))
+        result = func(args)
+        return result if isinstance(result, int) else asyncio.run(result)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
