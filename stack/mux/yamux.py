@@ -244,6 +244,8 @@ class YamuxConnection(MuxedConnection):
         self.muxer_protocol = YAMUX_PROTOCOL
         self.stats = ConnectionStats()
         self._reader = self._loop.create_task(self._read_loop())
+        # A reader cancelled before its first step never runs its finally clause.
+        self._reader.add_done_callback(lambda _: self._done.set())
         self._keepalive: asyncio.Task[None] | None = None
         if config.keepalive_interval > 0:
             self._keepalive = self._loop.create_task(self._keepalive_loop())

@@ -1,0 +1,66 @@
+"""The conformance suite: pytest suites that judge any transport, security layer,
+stream muxer or node set-up built for this stack.
+
+Suites (modules of this package, each needing one harness fixture):
+
+* ``test_transport`` — ``transport_harness`` → :class:`TransportHarness`;
+* ``test_security`` — ``security_harness`` → :class:`SecurityHarness`;
+* ``test_muxer`` — ``muxer_harness`` → :class:`MuxerHarness`;
+* ``test_node`` — ``node_harness`` → :class:`NodeHarness` (message integrity,
+  connection lifecycle, the protocol-handler contract, partitions on the simulator).
+
+Using it on your own part: write a module with the fixture(s), e.g.
+``my_fixtures.py``::
+
+    import pytest
+    from stack.conformance import TransportHarness
+
+    class MyHarness(TransportHarness):
+        listen_addr = "/ip4/127.0.0.1/tcp/0"
+        def make(self): return MyTransport()
+        def unreachable_addr(self): return "/ip4/127.0.0.1/tcp/9"
+
+    @pytest.fixture
+    def transport_harness(): return MyHarness()
+
+and run ``pytest --pyargs stack.conformance -p my_fixtures`` (with ``my_fixtures``
+importable).  Suites without a fixture are skipped.  A failure's message starts
+with ``contract '<name>' broken:`` and says what happened.
+
+Harnesses run each test in virtual time on the simulator's event loop unless
+they override :meth:`Harness.run` (real sockets must: see
+:class:`TcpTransportHarness`).  :mod:`stack.conformance.strategies` has the
+hypothesis strategies the suites use.
+"""
+
+from __future__ import annotations
+
+from stack.conformance._util import ContractViolation
+from stack.conformance.harness import (
+    Harness,
+    MuxerHarness,
+    NodeHarness,
+    NoiseHarness,
+    SecurityHarness,
+    SimNodeHarness,
+    SimTransportHarness,
+    TcpNodeHarness,
+    TcpTransportHarness,
+    TransportHarness,
+    YamuxHarness,
+)
+
+__all__ = [
+    "ContractViolation",
+    "Harness",
+    "MuxerHarness",
+    "NodeHarness",
+    "NoiseHarness",
+    "SecurityHarness",
+    "SimNodeHarness",
+    "SimTransportHarness",
+    "TcpNodeHarness",
+    "TcpTransportHarness",
+    "TransportHarness",
+    "YamuxHarness",
+]

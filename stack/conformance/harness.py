@@ -1,0 +1,273 @@
+"""Harnesses: how the conformance suites build the implementation under test.
+
+A third party subclasses one harness per kind of part and returns it from a
+pytest fixture (see :mod:`stack.conformance`):
+
+* :class:`TransportHarness` — ``make()`` returns a fresh :class:`~stack.transport.Transport`;
+* :class:`SecurityHarness` — ``make()`` returns a :class:`~stack.security.SecurityTransport`;
+* :class:`MuxerHarness` — ``make()`` returns a :class:`~stack.mux.StreamMuxer`;
+* :class:`NodeHarness` — ``make_node(**kw)`` returns a :class:`~stack.node.Node` and
+  says how to reach it.
+
+Every harness runs the suite's coroutines through :meth:`Harness.run`.  The
+default uses a fresh :class:`~transports.sim.Simulation` event loop (virtual
+time: the suite's "this must not happen within N seconds" checks cost no wall
+time); harnesses of real-socket transports override it with :func:`asyncio.run`
+(``virtual = False``), where those checks wait :attr:`Harness.patience` real
+seconds, and only when the implementation misbehaves.
+
+The built-in harnesses at the end of this module are the ones the project's
+own tests use, and examples to copy.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stack.config import NetworkConfig
+from stack.identity import KeyPair
+
+if TYPE_CHECKING:
+    from multiaddr import Multiaddr
+
+    from stack.mux import StreamMuxer
+    from stack.node import Node
+    from stack.security import SecurityTransport
+    from stack.transport import Transport
+    from transports.sim import Simulation
+
+__all__ = [
+    "Harness",
+    "MuxerHarness",
+    "NodeHarness",
+    "NoiseHarness",
+    "SecurityHarness",
+    "SimNodeHarness",
+    "SimTransportHarness",
+    "TcpNodeHarness",
+    "TcpTransportHarness",
+    "TransportHarness",
+    "YamuxHarness",
+]
+
+_T = TypeVar("_T")
+
+
+class Harness:
+    """Common part: how coroutines run, and how long "never" is."""
+
+    #: True when :meth:`run` uses virtual time (then waits cost no wall time).
+    virtual: bool = True
+    #: Seconds a check waits for something that must (or must not) happen.
+    patience: float = 10.0
+    #: Seed of the simulation :meth:`run` creates (virtual harnesses).
+    seed: int = 1
+
+    def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``main()`` to completion on a fresh event loop and return its result."""
+        from transports.sim import SimConfig, Simulation
+
+        with Simulation(self.seed, config=SimConfig(default_packet_loss=0.0)) as sim:
+            self.simulation = sim
+            return sim.run(main)
+
+    def config(self) -> NetworkConfig:
+        """The NetworkConfig the suite passes to muxers and transports."""
+        return NetworkConfig(keepalive_interval=0, close_timeout=0.5)
+
+
+class TransportHarness(Harness):
+    """Builds the transport under test."""
+
+    #: Address the suite listens on (port 0 or the transport's equivalent).
+    listen_addr: str = "/ip4/127.0.0.1/tcp/0"
+
+    @abc.abstractmethod
+    def make(self) -> Transport:
+        """A fresh transport, called inside :meth:`run` (one per simulated endpoint)."""
+
+    @abc.abstractmethod
+    def unreachable_addr(self) -> str:
+        """An address :meth:`make`'s transport can dial but where nobody listens."""
+
+    def unsupported_addr(self) -> str:
+        """An address the transport must refuse with UnsupportedAddress."""
+        return "/dns4/example.invalid/udp/1/webrtc-direct"
+
+
+class SecurityHarness(Harness):
+    """Builds the security transport under test; the raw link is a memory pipe."""
+
+    @abc.abstractmethod
+    def make(self) -> SecurityTransport:
+        """A fresh security transport (called inside :meth:`run`)."""
+
+
+class MuxerHarness(Harness):
+    """Builds the stream muxer under test; it runs over a memory pipe."""
+
+    @abc.abstractmethod
+    def make(self) -> StreamMuxer:
+        """A fresh muxer (called inside :meth:`run`)."""
+
+
+class NodeHarness(Harness):
+    """Builds nodes with the parts under test."""
+
+    @abc.abstractmethod
+    def make_node(self, name: str, **kwargs: Any) -> Node:
+        """A node (not started); ``kwargs`` go to :class:`~stack.node.Node`."""
+
+    @abc.abstractmethod
+    def listen_addr(self) -> str:
+        """Where a node made by :meth:`make_node` listens."""
+
+    def partition(self, a: str, b: str) -> Any:
+        """Cut the network between the nodes named ``a`` and ``b``; None when unsupported."""
+        return None
+
+    def heal(self, handle: Any) -> None:
+        """Undo :meth:`partition`."""
+
+
+# --- built-in harnesses ---------------------------------------------------------------------
+
+
+class _RealTime(Harness):
+    virtual = False
+    patience = 5.0
+
+    def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
+        async def wrapped() -> _T:
+            return await main()
+
+        return asyncio.run(wrapped())
+
+
+class TcpTransportHarness(_RealTime, TransportHarness):
+    """The TCP transport on loopback."""
+
+    def make(self) -> Transport:
+        from transports.tcp import TcpTransport
+
+        return TcpTransport(self.config())
+
+    def unreachable_addr(self) -> str:
+        import socket
+
+        with socket.socket() as s:  # a port that was free a moment ago
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"/ip4/127.0.0.1/tcp/{port}"
+
+
+def _star(sim: Simulation, hosts: int) -> None:
+    net = sim.network
+    net.add_host("hub")
+    for i in range(hosts):
+        net.add_host(f"h{i}")
+        net.add_link(f"h{i}", "hub", latency=0.005)
+
+
+class SimTransportHarness(TransportHarness):
+    """The simulator's stream transport: each ``make()`` is a new host on a star."""
+
+    listen_addr = "/memory/4001"
+    hosts = 64
+
+    def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
+        self._next = 0
+
+        async def wrapped() -> _T:
+            _star(self.simulation, self.hosts)
+            return await main()
+
+        return super().run(wrapped)
+
+    def make(self) -> Transport:
+        from transports.sim import SimTransport
+
+        host = f"h{self._next}"
+        self._next += 1
+        return SimTransport(self.simulation.network, host)
+
+    def unreachable_addr(self) -> str:
+        from transports.sim import sim_multiaddr
+
+        return str(sim_multiaddr(self.simulation.network.host(f"h{self.hosts - 1}").number, 9))
+
+
+class NoiseHarness(SecurityHarness):
+    """The Noise security transport."""
+
+    def make(self) -> SecurityTransport:
+        from stack.security.noise import NoiseSecurity
+
+        return NoiseSecurity(self.config())
+
+
+class YamuxHarness(MuxerHarness):
+    """The yamux stream muxer."""
+
+    def make(self) -> StreamMuxer:
+        from stack.mux.yamux import Yamux
+
+        return Yamux()
+
+
+class TcpNodeHarness(_RealTime, NodeHarness):
+    """Default nodes (TCP + Noise + yamux) on loopback."""
+
+    def make_node(self, name: str, **kwargs: Any) -> Node:
+        from stack.node import Node
+
+        kwargs.setdefault("config", self.config())
+        return Node(listen=[self.listen_addr()], **kwargs)
+
+    def listen_addr(self) -> str:
+        return "/ip4/127.0.0.1/tcp/0"
+
+
+class SimNodeHarness(NodeHarness):
+    """Nodes on the simulator; supports partitions."""
+
+    def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
+        async def wrapped() -> _T:
+            _star(self.simulation, 16)
+            return await main()
+
+        return super().run(wrapped)
+
+    def make_node(self, name: str, **kwargs: Any) -> Node:
+        from stack.node import Node
+        from transports.sim import SimTransport
+
+        sim = self.simulation
+        if all(host.name != name for host in sim.network.hosts):
+            sim.network.add_host(name)
+            sim.network.add_link(name, "hub", latency=0.005)
+        kwargs.setdefault("config", self.config())
+        kwargs.setdefault("key", KeyPair.generate(sim.entropy_source(name)))
+        return Node(
+            transports=[SimTransport(sim.network, name)],
+            entropy=sim.entropy_source(f"{name}/node"),
+            listen=[self.listen_addr()],
+            **kwargs,
+        )
+
+    def listen_addr(self) -> str:
+        return "/memory/4001"
+
+    def partition(self, a: str, b: str) -> Any:
+        return self.simulation.network.partition([a])
+
+    def heal(self, handle: Any) -> None:
+        self.simulation.network.heal(handle)
+
+
+def addr_str(addr: Multiaddr | str) -> str:
+    """``str`` of a multiaddr (helper for messages)."""
+    return str(addr)

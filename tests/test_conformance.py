@@ -1,0 +1,92 @@
+"""The conformance suite proves itself: green on every built-in part, red (with the
+right contract named) on each deliberately broken one.  The suite runs the way a
+third party runs it: ``pytest --pyargs stack.conformance -p <fixture module>``."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tests.conformance_broken import BROKEN
+
+pytest_plugins = ["pytester"]
+
+SUITE_SIZES = {"test_transport": 13, "test_security": 5, "test_muxer": 15, "test_node": 6}
+
+
+def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunResult:
+    pytester.makepyfile(my_fixtures=textwrap.dedent(fixtures))
+    pytester.syspathinsert()
+    targets = [f"stack.conformance.{s}" for s in suites] or ["stack.conformance"]
+    return pytester.runpytest_inprocess(
+        "--pyargs", *targets, "-p", "my_fixtures", "-p", "no:cacheprovider", "-q"
+    )
+
+
+BUILTIN_SIM = """
+    import pytest
+    from stack.conformance import NoiseHarness, SimNodeHarness, SimTransportHarness, YamuxHarness
+
+    @pytest.fixture
+    def transport_harness(): return SimTransportHarness()
+    @pytest.fixture
+    def security_harness(): return NoiseHarness()
+    @pytest.fixture
+    def muxer_harness(): return YamuxHarness()
+    @pytest.fixture
+    def node_harness(): return SimNodeHarness()
+"""
+
+BUILTIN_TCP = """
+    import pytest
+    from stack.conformance import TcpNodeHarness, TcpTransportHarness
+
+    @pytest.fixture
+    def transport_harness(): return TcpTransportHarness()
+    @pytest.fixture
+    def node_harness(): return TcpNodeHarness()
+"""
+
+
+def test_builtin_parts_on_the_simulator_pass_every_suite(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, BUILTIN_SIM)
+    result.assert_outcomes(passed=sum(SUITE_SIZES.values()))
+
+
+def test_tcp_transport_and_tcp_nodes_pass(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, BUILTIN_TCP, "test_transport", "test_node")
+    # The partition test needs a harness that can partition: skipped on real TCP.
+    result.assert_outcomes(
+        passed=SUITE_SIZES["test_transport"] + SUITE_SIZES["test_node"] - 1, skipped=1
+    )
+
+
+def test_suites_without_a_fixture_are_skipped_with_its_name(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "import pytest\n", "test_security")
+    result.assert_outcomes(skipped=SUITE_SIZES["test_security"])
+    result = pytester.runpytest_inprocess(
+        "--pyargs", "stack.conformance.test_security", "-p", "my_fixtures", "-rs"
+    )
+    result.stdout.fnmatch_lines(["*no 'security_harness' fixture*SecurityHarness*"])
+
+
+@pytest.mark.parametrize("harness", list(BROKEN), ids=lambda h: h.__name__)
+def test_broken_parts_fail_with_the_contract_named(
+    pytester: pytest.Pytester, harness: type
+) -> None:
+    fixture, suite, contract = BROKEN[harness]
+    result = _run(
+        pytester,
+        f"""
+        import pytest
+        from tests.conformance_broken import {harness.__name__}
+
+        @pytest.fixture
+        def {fixture}(): return {harness.__name__}()
+        """,
+        suite,
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1, result.stdout.str()
+    assert f"contract '{contract}' broken" in result.stdout.str()
