@@ -7,7 +7,9 @@ Suites (modules of this package, each needing one harness fixture):
 * ``test_security`` — ``security_harness`` → :class:`SecurityHarness`;
 * ``test_muxer`` — ``muxer_harness`` → :class:`MuxerHarness`;
 * ``test_node`` — ``node_harness`` → :class:`NodeHarness` (message integrity,
-  connection lifecycle, the protocol-handler contract, partitions on the simulator).
+  connection lifecycle, the protocol-handler contract, partitions on the simulator);
+* ``test_remote`` — ``remote_harness`` → :class:`RemotePeerHarness`: a running peer of
+  any implementation (ours, py-libp2p, …) that speaks ping and echo, dialed by our node.
 
 Using it on your own part: write a module with the fixture(s), e.g.
 ``my_fixtures.py``::
@@ -41,9 +43,11 @@ from stack.conformance.harness import (
     MuxerHarness,
     NodeHarness,
     NoiseHarness,
+    RemotePeerHarness,
     SecurityHarness,
     SimNodeHarness,
     SimTransportHarness,
+    SwitchyRemoteHarness,
     TcpNodeHarness,
     TcpTransportHarness,
     TransportHarness,
@@ -56,9 +60,11 @@ __all__ = [
     "MuxerHarness",
     "NodeHarness",
     "NoiseHarness",
+    "RemotePeerHarness",
     "SecurityHarness",
     "SimNodeHarness",
     "SimTransportHarness",
+    "SwitchyRemoteHarness",
     "TcpNodeHarness",
     "TcpTransportHarness",
     "TransportHarness",

@@ -10,6 +10,7 @@ import pytest
 from stack.conformance.harness import (
     MuxerHarness,
     NodeHarness,
+    RemotePeerHarness,
     SecurityHarness,
     TransportHarness,
 )
@@ -47,3 +48,9 @@ def muxer(request: pytest.FixtureRequest) -> MuxerHarness:
 def nodes(request: pytest.FixtureRequest) -> NodeHarness:
     """The node set-up under test (from your ``node_harness`` fixture)."""
     return _harness(request, "node_harness", NodeHarness)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def remote(request: pytest.FixtureRequest) -> RemotePeerHarness:
+    """The remote peer under test (from your ``remote_harness`` fixture)."""
+    return _harness(request, "remote_harness", RemotePeerHarness)  # type: ignore[return-value]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stack.config import NetworkConfig
@@ -131,6 +132,52 @@ class NodeHarness(Harness):
 
     def heal(self, handle: Any) -> None:
         """Undo :meth:`partition`."""
+
+
+class RemotePeerHarness(Harness):
+    """A running remote peer (any implementation) that speaks ping and ``/echo/1.0.0``.
+
+    The suite dials it from one of our nodes; it checks behaviour both
+    implementations must share (ping, echo integrity, concurrent streams, unknown
+    protocols, reconnecting, a wrong expected peer id).
+    """
+
+    virtual = False
+    patience = 20.0
+
+    def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
+        async def wrapped() -> _T:
+            return await main()
+
+        return asyncio.run(wrapped())
+
+    @abc.abstractmethod
+    def remote(self) -> AbstractAsyncContextManager[str]:
+        """Start the remote peer; yield its full address (with ``/p2p/<id>``); stop it."""
+
+    def make_local(self) -> Node:
+        """Our node that dials the remote (default: TCP + Noise + yamux)."""
+        from stack.node import Node
+
+        return Node.default(config=self.config())
+
+
+class SwitchyRemoteHarness(RemotePeerHarness):
+    """Our own node as the remote peer (the reference the other implementations meet)."""
+
+    @asynccontextmanager
+    async def remote(self) -> AsyncIterator[str]:
+        from protocols.echo import EchoService
+        from protocols.ping import PingService
+        from stack.node import Node
+
+        node = Node(
+            services=[PingService(), EchoService()],
+            config=self.config(),
+            listen=["/ip4/127.0.0.1/tcp/0"],
+        )
+        async with node:
+            yield str(node.full_addrs[0])
 
 
 # --- built-in harnesses ---------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from stack.conformance import RemotePeerHarness
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 VENV = ROOT / ".interop-venv"
@@ -132,3 +134,15 @@ async def pylibp2p_listener(seed: bytes | None = None) -> AsyncIterator[PeerProc
             await proc.wait()
         if "collector" in locals():
             await asyncio.wait_for(collector, 10)
+
+
+class PyLibp2pRemoteHarness(RemotePeerHarness):
+    """The conformance suite's remote peer: a py-libp2p listener (TCP + Noise + yamux)."""
+
+    @asynccontextmanager
+    async def remote(self) -> AsyncIterator[str]:
+        async with pylibp2p_listener() as peer:
+            addr = next(a for a in peer.addrs if "/tcp/" in a)
+            if "/p2p/" not in addr:
+                addr += f"/p2p/{peer.peer_id}"
+            yield addr

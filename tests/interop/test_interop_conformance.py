@@ -1,0 +1,44 @@
+"""The conformance suite's remote-peer contract, run against py-libp2p and against our
+own node: the same behavioural tests pass on both implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REMOTE_TESTS = 9
+
+
+def _run(pytester: pytest.Pytester, harness: str, module: str) -> pytest.RunResult:
+    pytester.makepyfile(
+        remote_fixtures=f"""
+import pytest
+from {module} import {harness}
+
+@pytest.fixture
+def remote_harness():
+    return {harness}()
+"""
+    )
+    pytester.syspathinsert()
+    return pytester.runpytest_inprocess(
+        "--pyargs",
+        "stack.conformance.test_remote",
+        "-p",
+        "remote_fixtures",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+    )
+
+
+def test_remote_contract_against_our_node(pytester: pytest.Pytester) -> None:
+    _run(pytester, "SwitchyRemoteHarness", "stack.conformance").assert_outcomes(passed=REMOTE_TESTS)
+
+
+def test_remote_contract_against_pylibp2p(pytester: pytest.Pytester, interop_python: Path) -> None:
+    result = _run(pytester, "PyLibp2pRemoteHarness", "tests.interop.harness")
+    result.assert_outcomes(passed=REMOTE_TESTS)
