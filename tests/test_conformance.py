@@ -92,3 +92,26 @@ def test_broken_parts_fail_with_the_contract_named(
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 1, result.stdout.str()
     assert f"contract '{contract}' broken" in result.stdout.str()
+
+
+def test_the_documented_third_party_example_runs() -> None:
+    """``examples/conformance``: the README's command, as a user types it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "examples" / "conformance"
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "stack.conformance", "-p", "my_fixtures"],
+        cwd=folder,
+        env=dict(os.environ, PYTHONPATH=str(folder)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    expected = SUITE_SIZES["test_transport"] + SUITE_SIZES["test_security"]
+    expected += SUITE_SIZES["test_muxer"]
+    assert f"{expected} passed" in out.stdout
