@@ -13,7 +13,7 @@ from tests.conformance_broken import BROKEN
 pytest_plugins = ["pytester"]
 
 REMOTE_TESTS = 9
-SUITE_SIZES = {"test_transport": 13, "test_security": 5, "test_muxer": 15, "test_node": 6}
+SUITE_SIZES = {"test_transport": 14, "test_security": 6, "test_muxer": 15, "test_node": 6}
 
 
 def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunResult:

@@ -49,9 +49,9 @@ async def within(h: Harness, aw: Awaitable[_T], contract: str, what: str) -> _T:
 
 
 async def never(h: Harness, aw: Awaitable[Any], contract: str, what: str) -> None:
-    """A contract violation if ``aw`` completes within the patience (it must block)."""
+    """A contract violation if ``aw`` completes within the quiet period (it must block)."""
     task = asyncio.ensure_future(aw)
-    done, _ = await asyncio.wait([task], timeout=h.patience)
+    done, _ = await asyncio.wait([task], timeout=h.quiet_period)
     if done:
         exc = task.exception()
         detail = f"raised {exc!r}" if exc else "completed"

@@ -62,8 +62,11 @@ class Harness:
 
     #: True when :meth:`run` uses virtual time (then waits cost no wall time).
     virtual: bool = True
-    #: Seconds a check waits for something that must (or must not) happen.
+    #: Seconds a check waits for something that must happen.
     patience: float = 10.0
+    #: Seconds a check watches for something that must NOT happen (e.g. a write that
+    #: must block); short for real-time harnesses, where it is spent on every run.
+    quiet_period: float = 10.0
     #: Seed of the simulation :meth:`run` creates (virtual harnesses).
     seed: int = 1
 
@@ -144,6 +147,7 @@ class RemotePeerHarness(Harness):
 
     virtual = False
     patience = 20.0
+    quiet_period = 0.5
 
     def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
         async def wrapped() -> _T:
@@ -186,6 +190,7 @@ class SwitchyRemoteHarness(RemotePeerHarness):
 class _RealTime(Harness):
     virtual = False
     patience = 5.0
+    quiet_period = 0.5
 
     def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
         async def wrapped() -> _T:

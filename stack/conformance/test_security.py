@@ -14,7 +14,14 @@ import random
 from hypothesis import HealthCheck, given, settings
 
 from stack.conformance import strategies
-from stack.conformance._util import chunks_of, read_all_bytes, require, secure_pair, within
+from stack.conformance._util import (
+    chunks_of,
+    never,
+    read_all_bytes,
+    require,
+    secure_pair,
+    within,
+)
 from stack.conformance.harness import SecurityHarness
 from stack.errors import AuthenticationFailed, P2PError
 from stack.identity import KeyPair
@@ -190,5 +197,23 @@ def test_any_chunking_arrives_byte_exact(
             "security.data-integrity",
             f"sent {len(data)} bytes, received {len(got)}",
         )
+
+    security.run(main)
+
+
+def test_writes_block_while_the_peer_does_not_read(security: SecurityHarness) -> None:
+    async def main() -> None:
+        sa, sb, _, _ = await secure_pair(security, raw=memory_pipe(buffer_size=64 * 1024))
+        big = random.Random(4).randbytes(16 * 1024 * 1024)
+        writer = asyncio.ensure_future(sa.write(big))
+        await never(
+            security,
+            asyncio.shield(writer),
+            "security.backpressure",
+            "writing 16 MiB to a peer that reads nothing",
+        )
+        got = await within(security, sb.read_exactly(len(big)), "security.backpressure", "read")
+        await within(security, writer, "security.backpressure", "the writer finishing")
+        require(got == big, "security.data-integrity", "data lost under backpressure")
 
     security.run(main)

@@ -19,6 +19,7 @@ from stack.conformance import strategies
 from stack.conformance._util import (
     TransportPair,
     chunks_of,
+    never,
     read_all_bytes,
     require,
     within,
@@ -323,6 +324,28 @@ def test_both_directions_at_once_do_not_deadlock(transport: TransportHarness) ->
         )
         await asyncio.gather(*tasks)
         require(got_l == one and got_d == two, "transport.data-integrity", "duplex transfer")
+        await pair.close()
+
+    transport.run(main)
+
+
+def test_writes_block_while_the_peer_does_not_read(transport: TransportHarness) -> None:
+    async def main() -> None:
+        pair = TransportPair(transport)
+        d, lst = await pair.open()
+        big = _payload(64 * 1024 * 1024, 3)
+        writer = asyncio.ensure_future(d.write(big))
+        await never(
+            transport,
+            asyncio.shield(writer),
+            "transport.backpressure",
+            "writing 64 MiB to a peer that reads nothing",
+        )
+        got = await within(
+            transport, lst.read_exactly(len(big)), "transport.backpressure", "draining"
+        )
+        await within(transport, writer, "transport.backpressure", "the writer finishing")
+        require(got == big, "transport.data-integrity", "data lost under backpressure")
         await pair.close()
 
     transport.run(main)
