@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from multiaddr import Multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
 
@@ -32,6 +34,16 @@ def split_peer(addr: str | Multiaddr) -> tuple[Multiaddr, PeerId | None]:
     last component is split, so relay addresses keep their inner ``/p2p/``.
     """
     ma = parse_multiaddr(addr)
+    return _split_peer_cached(ma.to_bytes())
+
+
+#: Distinct addresses whose split is remembered (parsing multiaddrs is slow).
+_SPLIT_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=_SPLIT_CACHE_SIZE)
+def _split_peer_cached(packed: bytes) -> tuple[Multiaddr, PeerId | None]:
+    ma = Multiaddr(packed)
     parts = ma.split()
     if not parts:
         return ma, None

@@ -8,6 +8,7 @@ that stops reading stops the sender (TCP backpressure end to end).
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import logging
 import socket
@@ -55,7 +56,12 @@ _HOST_PROTOCOLS = {
 
 def _host_port(addr: Multiaddr) -> tuple[str, int, int] | None:
     """``(host, port, family)`` of a TCP multiaddr (trailing /p2p allowed), else None."""
-    base, _ = split_peer(addr)
+    return _host_port_cached(addr.to_bytes())
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_port_cached(packed: bytes) -> tuple[str, int, int] | None:
+    base, _ = split_peer(Multiaddr(packed))
     items = list(base.items())
     if len(items) != 2:
         return None
