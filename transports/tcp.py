@@ -8,8 +8,8 @@ that stops reading stops the sender (TCP backpressure end to end).
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import logging
 import socket
 import struct
