@@ -506,6 +506,37 @@ class Node:
         stream.protocol = protocol
         return stream
 
+    # --- discovery (protocols/discovery; backends are discovery services) ---------------
+
+    async def discover(
+        self, name: str, *, timeout: float | None = None
+    ) -> tuple[PeerId, list[Multiaddr]]:
+        """Resolve ``name`` to a peer id and its addresses with the discovery services.
+
+        Backends are tried in the order of ``services``, each within ``timeout``
+        (default ``config.discovery_timeout``); raises
+        :class:`~stack.errors.DiscoveryFailed` naming what each one said.
+        """
+        from protocols.discovery.backends import discover
+
+        found = await discover(self, name, timeout=timeout)
+        return found.peer_id, list(found.addrs)
+
+    async def connect_by_name(self, name: str, *, timeout: float | None = None) -> MuxedConnection:
+        """Resolve ``name`` (see :meth:`discover`) and connect to that peer."""
+        from protocols.discovery.backends import connect_by_name
+
+        return await connect_by_name(self, name, timeout=timeout)
+
+    async def register_name(self, name: str) -> list[str]:
+        """Register ``name`` for this node with every discovery service that can.
+
+        Returns the services that did; registrations are renewed until the node closes.
+        """
+        from protocols.discovery.backends import register_name
+
+        return await register_name(self, name)
+
     # --- internals ----------------------------------------------------------------------
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
