@@ -61,6 +61,9 @@ class ProtocolService(abc.ABC):
     def attach(self, node: Node) -> None:
         """Register handlers on ``node`` (called once, before the node starts)."""
 
+    async def start(self) -> None:  # noqa: B027
+        """Begin work when the node starts, after it listens (default: nothing)."""
+
     async def stop(self) -> None:  # noqa: B027
         """Release resources when the node closes (default: nothing)."""
 
@@ -171,6 +174,8 @@ class Node:
         self._started = True
         if self._listen_on:
             await self.listen(*self._listen_on)
+        for service in self.services:
+            await service.start()
 
     async def close(self) -> None:
         """Close gracefully: stop listening, let in-flight handlers finish, close connections.
