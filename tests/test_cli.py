@@ -94,6 +94,7 @@ def test_errors_are_one_line_and_nonzero() -> None:
 def test_demo_runs() -> None:
     r = _run("demo", timeout=120)
     assert r.returncode == 0, r.stderr
+    assert "Find peers by name" in r.stdout and "(signatures checked)" in r.stdout
     for step in (
         "Dial, secure, multiplex",
         "Identify",
