@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import shutil
+import string
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -30,9 +33,19 @@ from protocols.discovery.dns import (
     decode_dns,
     encode_dns,
 )
-from protocols.discovery.mdns import SERVICE_NAME, MdnsCore, _lan_usable, random_peer_name
-from stack.errors import MessageTooLarge, ProtocolError, SerializationError
+from protocols.discovery.mdns import (
+    SERVICE_NAME,
+    MdnsCore,
+    MdnsPeer,
+    MdnsService,
+    _lan_usable,
+    random_peer_name,
+)
+from stack.config import NetworkConfig
+from stack.errors import DiscoveryFailed, MessageTooLarge, ProtocolError, SerializationError
 from stack.identity import KeyPair
+from stack.node import Node
+from transports.sim import SimTransport, Simulation, run_simulation
 
 A = KeyPair.from_seed(b"A" * 32).peer_id
 B = KeyPair.from_seed(b"B" * 32).peer_id
@@ -214,7 +227,7 @@ def test_lan_address_filter_and_peer_names() -> None:
     for bad in ("/ip4/127.0.0.1/tcp/1", "/ip4/0.0.0.0/tcp/1", "/ip6/::1/tcp/1", "/memory/4001"):
         assert not _lan_usable(Multiaddr(bad))
     name = random_peer_name()
-    assert (len(name) == 32 and name.isalnum() and name.islower()) or name.isdigit()
+    assert len(name) == 32 and set(name) <= set(string.ascii_lowercase + string.digits)
 
 
 # --- two peers in two network namespaces ------------------------------------------------
@@ -328,3 +341,67 @@ def test_mdns_between_two_network_namespaces(namespaces: tuple[str, str]) -> Non
     finally:
         serve.communicate(input="", timeout=20)
     assert serve.returncode == 0, serve.stderr
+
+
+class _FakeDatagramTransport:
+    """Stands in for the multicast socket: records what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_mdns_service_adapter_in_virtual_time() -> None:
+    """Answers are rate-limited, resolve re-queries, found peers reach callbacks and the store."""
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_host("a")
+        config = NetworkConfig(discovery_timeout=3)
+        node = Node(transports=[SimTransport(sim.network, "a")], config=config)
+        mdns = MdnsService(peer_name="a" * 32)
+        mdns.attach(node)  # not in services: start() would open a real socket
+        with pytest.raises(DiscoveryFailed, match="not running"):
+            await mdns.resolve("kitchen")
+        fake = _FakeDatagramTransport()
+        mdns.core = MdnsCore(node.peer_id, "a" * 32)
+        mdns._transport = cast(Any, fake)
+        events: list[MdnsPeer] = []
+        mdns.on_peer_found(events.append)
+        remote = MdnsCore(B, "b" * 32)
+        remote.addrs, remote.names = [B_ADDR], ["kitchen"]
+        # Six queries at once: one answer now, one deferred answer a second later.
+        for _ in range(6):
+            mdns._on_datagram(remote.query(), ("192.0.2.2", 5353))
+        assert len(fake.sent) == 1 and decode_dns(fake.sent[0]).is_response
+        await asyncio.sleep(1.0)
+        assert len(fake.sent) == 2
+        mdns._on_datagram(b"\x00garbage", ("192.0.2.2", 5353))  # ignored
+        # resolve() queries every second until someone announces the name.
+        fake.sent.clear()
+        task = asyncio.ensure_future(mdns.resolve("kitchen"))
+        await asyncio.sleep(2.5)
+        assert len(fake.sent) == 3 and not decode_dns(fake.sent[0]).is_response
+        mdns._on_datagram(remote.announcement(), ("192.0.2.2", 5353))
+        found = await task
+        assert (found.peer_id, found.addrs, found.verified) == (B, (B_ADDR,), False)
+        assert [e.peer_id for e in events] == [B]
+        assert node.peerstore.addrs(B) == [B_ADDR]
+        # By peer id too; an unknown name fails after the discovery timeout.
+        assert (await mdns.resolve(str(B))).peer_id == B
+        start = sim.now
+        with pytest.raises(DiscoveryFailed, match="within 3 s"):
+            await mdns.resolve("nobody")
+        assert sim.now - start == pytest.approx(3.0)
+        await mdns.stop()
+        assert fake.closed
+
+    run_simulation(main, seed=1)

@@ -251,6 +251,9 @@ class RegistryBackend(DiscoveryBackend):
             task = asyncio.ensure_future(self._keep_alive(name, registry, granted))
             task.set_name(f"switchy-discovery-refresh-{name}")
             self._registered[key] = task
+        if errors and len(errors) < len(self.registries):
+            for error in errors:
+                log.warning("registering %r: %s", name, error)
         if len(errors) == len(self.registries):
             if len(errors) == 1:
                 raise errors[0]

@@ -72,6 +72,11 @@ RECORD_TTL: Final = 120
 PEER_NAME_LENGTH: Final = 32
 DNSADDR: Final = b"dnsaddr="
 NAME_HINT: Final = b"switchy-name="
+#: Least time between two multicast answers to queries (RFC 6762 asks for one second);
+#: queries within it share one deferred answer.
+MIN_ANSWER_INTERVAL: Final = 1.0
+#: Interval of repeated queries while :meth:`MdnsService.resolve` waits.
+RESOLVE_QUERY_INTERVAL: Final = 1.0
 #: Most TXT strings we put in one answer (keeps it well within one datagram).
 MAX_TXT_STRINGS: Final = 24
 #: Most peers remembered from the network.
@@ -266,6 +271,8 @@ class MdnsService(DiscoveryBackend):
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._callback_tasks: set[asyncio.Future[Any]] = set()
+        self._last_answer = -MIN_ANSWER_INTERVAL
+        self._deferred: asyncio.TimerHandle | None = None
 
     @property
     def label(self) -> str:
@@ -340,9 +347,25 @@ class MdnsService(DiscoveryBackend):
             log.debug("ignoring a malformed mDNS datagram from %s: %s", source, exc)
             return
         if reply is not None:
-            self._send(reply)
+            self._answer(reply)
         for peer in found:
             self._found(peer)
+
+    def _answer(self, reply: bytes) -> None:
+        """Multicast ``reply`` now, or once the answer interval is over (one deferred at most)."""
+        loop = asyncio.get_running_loop()
+        wait = self._last_answer + MIN_ANSWER_INTERVAL - loop.time()
+        if wait <= 0:
+            self._last_answer = loop.time()
+            self._send(reply)
+        elif self._deferred is None:
+
+            def send_later() -> None:
+                self._deferred = None
+                self._last_answer = loop.time()
+                self._send(self._refresh_core().announcement())
+
+            self._deferred = loop.call_later(wait, send_later)
 
     def _found(self, peer: MdnsPeer) -> None:
         if peer.peer_id not in self.peers and len(self.peers) >= MAX_KNOWN_PEERS:
@@ -373,11 +396,13 @@ class MdnsService(DiscoveryBackend):
         if self._transport is None:
             raise DiscoveryFailed("mDNS is not running (the node has not started)")
         node = self._node()
-        self._send(self._refresh_core().query())
         try:
             async with asyncio.timeout(node.config.discovery_timeout):
                 while (peer := self._match(name)) is None:
-                    await self._changed.wait()
+                    self._send(self._refresh_core().query())
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RESOLVE_QUERY_INTERVAL):
+                            await self._changed.wait()
         except TimeoutError:
             raise DiscoveryFailed(
                 f"no peer on the local network announced {name!r} "
@@ -403,6 +428,9 @@ class MdnsService(DiscoveryBackend):
                 await self._task
         for task in list(self._callback_tasks):
             task.cancel()
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
