@@ -137,15 +137,15 @@ def open_envelope(
     """Parse an envelope and verify its signature for ``domain``.
 
     Raises :class:`SerializationError` for malformed bytes (including a
-    repeated field, a missing key or signature, an unparseable key, and a
-    payload type other than ``expected_payload_type`` when one is given),
-    :class:`MessageTooLarge` above :data:`MAX_ENVELOPE_SIZE`, and
+    repeated field, a missing key or signature, an unparseable key, a payload
+    type other than ``expected_payload_type`` when one is given, and more
+    than :data:`MAX_ENVELOPE_SIZE` bytes), and
     :class:`AuthenticationFailed` when the signature does not verify (tampered
     bytes, another signer, or another domain).
     """
     data = bytes(data)
     if len(data) > MAX_ENVELOPE_SIZE:
-        raise MessageTooLarge(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_SIZE}")
+        raise SerializationError(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_SIZE}")
     found: dict[int, bytes] = {}
     for field, value in pb_fields(data, max_size=MAX_ENVELOPE_SIZE):
         if field not in (_F_PUBLIC_KEY, _F_PAYLOAD_TYPE, _F_PAYLOAD, _F_SIGNATURE):
@@ -230,7 +230,7 @@ class PeerRecord:
 
         Addresses this implementation cannot parse (unknown multiaddr
         protocols) are skipped; everything else malformed raises
-        :class:`SerializationError`, too many addresses :class:`MessageTooLarge`.
+        :class:`SerializationError` (too many addresses too).
         """
         peer_raw: bytes | None = None
         seq: int | None = None
@@ -248,7 +248,9 @@ class PeerRecord:
                 if not isinstance(value, bytes):
                     raise SerializationError("peer record address is not a message")
                 if len(addrs) >= MAX_RECORD_ADDRS:
-                    raise MessageTooLarge(f"peer record has more than {MAX_RECORD_ADDRS} addresses")
+                    raise SerializationError(
+                        f"peer record has more than {MAX_RECORD_ADDRS} addresses"
+                    )
                 addr = _decode_address_info(value)
                 if addr is not None:
                     addrs.append(addr)
@@ -262,6 +264,8 @@ class PeerRecord:
 
 
 def _decode_address_info(data: bytes) -> Multiaddr | None:
+    if len(data) > MAX_RECORD_ADDR_BYTES + 16:
+        raise SerializationError(f"peer record AddressInfo of {len(data)} bytes is too long")
     raw: bytes | None = None
     for field, value in pb_fields(data, max_size=MAX_RECORD_ADDR_BYTES + 16):
         if field == 1:
@@ -295,8 +299,8 @@ def open_peer_record(data: bytes) -> PeerRecord:
     """Verify a signed peer record and return the record.
 
     Raises :class:`AuthenticationFailed` for a bad signature or a record whose
-    peer id is not the signing key's, :class:`SerializationError` (or
-    :class:`MessageTooLarge`) for malformed bytes or another payload type.
+    peer id is not the signing key's, :class:`SerializationError` for
+    malformed or oversized bytes or another payload type.
     """
     envelope = open_envelope(data, PEER_RECORD_DOMAIN, PEER_RECORD_PAYLOAD_TYPE)
     record = PeerRecord.decode(envelope.payload)

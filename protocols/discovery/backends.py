@@ -213,6 +213,7 @@ class RegistryBackend(DiscoveryBackend):
 
     @property
     def label(self) -> str:
+        """``registry`` and the registries' addresses."""
         return "registry " + ", ".join(str(r) for r in self.registries)
 
     async def resolve(self, name: str) -> DiscoveredPeer:
@@ -313,6 +314,7 @@ class SimNameBackend(DiscoveryBackend):
 
     @property
     def label(self) -> str:
+        """``simulated name service``."""
         return "simulated name service"
 
     async def resolve(self, name: str) -> DiscoveredPeer:

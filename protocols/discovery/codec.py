@@ -259,6 +259,7 @@ class _FrameReader:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the frames it completes (bodies without their prefix)."""
         self._buf += data
         frames: list[bytes] = []
         while self._buf:
@@ -280,6 +281,7 @@ class _FrameReader:
 
     @property
     def buffered(self) -> int:
+        """Bytes of an incomplete frame held."""
         return len(self._buf)
 
 

@@ -232,9 +232,11 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Hand the datagram to the service."""
         self.on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
+        """Log socket errors (ICMP and the like); the service goes on."""
         log.debug("mDNS socket error: %s", exc)
 
 
@@ -276,6 +278,7 @@ class MdnsService(DiscoveryBackend):
 
     @property
     def label(self) -> str:
+        """``mDNS`` and the interface address, if one was given."""
         return "mDNS" + (f" on {self.interface}" if self.interface else "")
 
     def on_peer_found(self, callback: Callable[[MdnsPeer], Any]) -> None:
