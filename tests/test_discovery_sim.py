@@ -10,7 +10,7 @@ from multiaddr import Multiaddr
 
 from protocols.discovery.backends import DiscoveryBackend, RegistryBackend, SimNameBackend
 from protocols.discovery.claims import seal_name_claim
-from protocols.discovery.client import lookup, register, registry_request
+from protocols.discovery.client import lookup, refresh, register, registry_request
 from protocols.discovery.codec import (
     DISCOVERY_PROTOCOL,
     MAX_FRAME_SIZE,
@@ -124,9 +124,13 @@ def test_expiry_in_virtual_time_and_name_stealing() -> None:
                 with pytest.raises(RequestRefused, match="NAME_TAKEN") as info:
                     await b.register_name("tv")
                 assert info.value.code == "NAME_TAKEN"
+                await asyncio.sleep(30)
+                assert await refresh(a, reg, "tv", 60) == 60  # now expires at 90 s
+                with pytest.raises(RequestRefused, match="NOT_OWNER"):
+                    await refresh(b, reg, "tv", 60)
                 await asyncio.sleep(59)
                 assert (await lookup(b, reg, "tv")).peer_id == a.peer_id
-                await asyncio.sleep(1.5)  # 60.5 s after registering: expired
+                await asyncio.sleep(1.5)  # 60.5 s after the refresh: expired
                 with pytest.raises(DiscoveryFailed, match="not registered"):
                     await lookup(b, reg, "tv")
                 await b.register_name("tv")

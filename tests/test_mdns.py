@@ -194,6 +194,20 @@ def test_two_cores_find_each_other_with_names() -> None:
     assert b.receive(other) == (None, [])
 
 
+@given(
+    st.lists(st.integers(1, 65535), min_size=1, max_size=8, unique=True),
+    st.lists(st.sampled_from(["tv", "radio", "living-room", "küche"]), max_size=3, unique=True),
+)
+def test_any_announcement_is_found_as_sent(ports: list[int], names: list[str]) -> None:
+    a, b = MdnsCore(A, "a" * 32), MdnsCore(B, "b" * 32)
+    b.addrs = [Multiaddr(f"/ip4/192.0.2.2/tcp/{p}") for p in ports]
+    b.names = names
+    reply, _ = b.receive(a.query())
+    assert reply is not None
+    peers = a.receive(reply)[1]
+    assert [(p.peer_id, list(p.addrs), list(p.names)) for p in peers] == [(B, b.addrs, names)]
+
+
 def test_core_skips_bad_txt_entries_and_untrusted_names() -> None:
     core = MdnsCore(A, "a" * 32)
     inst = f"x.{SERVICE_NAME}"
