@@ -76,7 +76,7 @@ class P2PTimeout(P2PError, TimeoutError):
 class DiscoveryFailed(P2PError):
     """A name could not be resolved by any configured discovery backend.
 
-    ``tried`` lists what each backend tried said, in order (may be empty).
+    ``tried`` lists, in order, what each backend that was tried answered (may be empty).
     """
 
     def __init__(self, message: str, *, tried: Sequence[str] = ()) -> None:
