@@ -211,6 +211,74 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_registry(args: argparse.Namespace) -> int:
+    from protocols.discovery.registry import RegistryService
+    from stack.node import Node
+
+    key = _load_key(args.key, create=args.key is not None)
+    async with Node.default(key=key, services=[RegistryService()]) as node:
+        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        print("serving the name registry; Ctrl-C to stop", file=sys.stderr)
+        await _wait_for_signal()
+        print("shutting down", file=sys.stderr)
+    return 0
+
+
+async def _cmd_listen_or_register(args: argparse.Namespace) -> int:
+    """``switchy listen``, registering ``--register NAME`` with ``--registry`` when given."""
+    from protocols.discovery.backends import RegistryBackend
+    from stack.node import Node
+
+    if args.register is None:
+        return await _cmd_listen(args)
+    if not args.registry:
+        print("switchy: error: --register needs --registry MULTIADDR", file=sys.stderr)
+        return 2
+    key = _load_key(args.key, create=args.key is not None)
+    backend = RegistryBackend(args.registry)
+    async with Node.default(key=key, services=[backend]) as node:
+        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        await node.register_name(args.register)
+        print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
+        print(f"serving {', '.join(node.protocols)}; Ctrl-C to stop", file=sys.stderr)
+        await _wait_for_signal()
+        print("shutting down", file=sys.stderr)
+    return 0
+
+
+async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
+    """``switchy ping``: with ``--registry``, a non-multiaddr target is a name to resolve first."""
+    from protocols.discovery.backends import RegistryBackend
+    from stack.addresses import with_peer
+    from stack.node import Node
+
+    if args.addr.startswith("/"):
+        return await _cmd_ping(args)
+    if not args.registry:
+        print(
+            f"switchy: error: invalid multiaddr {args.addr!r} "
+            "(to ping it as a name, give --registry MULTIADDR)",
+            file=sys.stderr,
+        )
+        return 2
+    async with Node.default(services=[RegistryBackend(args.registry)]) as resolver:
+        peer, addrs = await resolver.discover(args.addr)
+    if not addrs:
+        print(f"switchy: error: {args.addr!r} resolved to {peer} with no address", file=sys.stderr)
+        return 1
+    if not args.json:
+        print(f"{args.addr} is {peer}", file=sys.stderr)
+    # The resolved address carries the peer id: the connection authenticates it.
+    args.addr = str(with_peer(addrs[0], peer))
+    return await _cmd_ping(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -228,14 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("listen", help="serve ping, identify, echo and perf")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
-    s.set_defaults(func=_cmd_listen)
+    s.add_argument("--register", metavar="NAME", help="register NAME with --registry")
+    s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
+    s.set_defaults(func=_cmd_listen_or_register)
 
     s = sub.add_parser("ping", help="ping a peer")
-    s.add_argument("addr", metavar="MULTIADDR")
+    s.add_argument("addr", metavar="MULTIADDR|NAME")
     s.add_argument("-c", "--count", type=int, default=5, help="number of pings (default 5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--key", help="key file to use (default: a fresh identity)")
-    s.set_defaults(func=_cmd_ping)
+    s.add_argument("--registry", metavar="MULTIADDR", action="append", help="resolve NAME here")
+    s.set_defaults(func=_cmd_ping_by_name)
+
+    s = sub.add_parser("registry", help="run a name registry (/switchy/discovery/1.0.0)")
+    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
+    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    s.set_defaults(func=_cmd_registry)
 
     s = sub.add_parser("perf", help="measure throughput to a peer (libp2p perf)")
     s.add_argument("addr", metavar="MULTIADDR")

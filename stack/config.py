@@ -40,6 +40,8 @@ class NetworkConfig:
     negotiation_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Default deadline for a request/response exchange (ping, identify, router).
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Time each discovery backend is given to resolve a name (``Node.discover``).
+    discovery_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Time a graceful close waits for in-flight streams before resetting them.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: Largest length-prefixed message accepted by ``recv_message`` (1 MiB).

@@ -19,6 +19,30 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
+async def _find_by_name(peers: list[Node], names: list[str]) -> None:
+    """Demo step: a name registry; every node registers its name; the first finds the last."""
+    from protocols.discovery.claims import seal_name_claim
+    from protocols.discovery.client import lookup, register
+    from protocols.discovery.registry import RegistryService
+
+    _say("\n7b. Find peers by name")
+    async with Node.default(services=[RegistryService()]) as registry:
+        await registry.listen("/ip4/127.0.0.1/tcp/0")
+        where = registry.full_addrs[0]
+        _say(f"   a name registry runs at {where}")
+        for node, name in zip(peers, names, strict=True):
+            claim = seal_name_claim(node.key, name, tuple(node.listen_addrs), 1)
+            await register(node, where, name, 60, claim)
+        _say(f"   {', '.join(names)} registered their names with signed claims")
+        found = await lookup(peers[0], where, names[-1])
+        conn = await peers[0].connect(found.peer_id)
+        _say(
+            f"   {names[0]} looked up {names[-1]!r}: {found.peer_id.fmt_short()} at "
+            f"{found.addrs[0]} (signatures checked), connected to "
+            f"{conn.remote_peer.fmt_short()}"
+        )
+
+
 async def run_demo(nodes: int = 3) -> None:
     """Start ``nodes`` nodes, connect them, and show each part of the stack at work."""
     from protocols.echo import echo
@@ -102,6 +126,8 @@ async def run_demo(nodes: int = 3) -> None:
             _say("   unexpected: dialing with a wrong peer id succeeded")
         except AuthenticationFailed as exc:
             _say(f"   dialing {names[1]}'s address but expecting another id is refused: {exc}")
+
+        await _find_by_name(peers, names)
 
         _say("\n8. Connection statistics")
         for node in peers:

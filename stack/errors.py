@@ -7,6 +7,8 @@ precise condition.  Each error's message names what was wrong.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "AuthenticationFailed",
     "ConnectionClosed",
@@ -22,6 +24,7 @@ __all__ = [
     "P2PTimeout",
     "PeerNotFound",
     "ProtocolError",
+    "RequestRefused",
     "ResourceLimitExceeded",
     "SerializationError",
     "SimulationDeadlock",
@@ -71,7 +74,25 @@ class P2PTimeout(P2PError, TimeoutError):
 
 
 class DiscoveryFailed(P2PError):
-    """A name could not be resolved by any configured discovery backend."""
+    """A name could not be resolved by any configured discovery backend.
+
+    ``tried`` lists, in order, what each backend that was tried answered (may be empty).
+    """
+
+    def __init__(self, message: str, *, tried: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.tried = list(tried)
+
+
+class RequestRefused(P2PError):
+    """A remote service understood a request and refused it (a name taken, a limit reached…).
+
+    ``code`` names the refusal as the service's protocol does (e.g. ``NAME_TAKEN``).
+    """
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ProtocolError(P2PError):

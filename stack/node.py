@@ -61,6 +61,9 @@ class ProtocolService(abc.ABC):
     def attach(self, node: Node) -> None:
         """Register handlers on ``node`` (called once, before the node starts)."""
 
+    async def start(self) -> None:  # noqa: B027
+        """Begin work when the node starts, after it listens (default: nothing)."""
+
     async def stop(self) -> None:  # noqa: B027
         """Release resources when the node closes (default: nothing)."""
 
@@ -171,6 +174,8 @@ class Node:
         self._started = True
         if self._listen_on:
             await self.listen(*self._listen_on)
+        for service in self.services:
+            await service.start()
 
     async def close(self) -> None:
         """Close gracefully: stop listening, let in-flight handlers finish, close connections.
@@ -505,6 +510,37 @@ class Node:
             raise
         stream.protocol = protocol
         return stream
+
+    # --- discovery (protocols/discovery; backends are discovery services) ---------------
+
+    async def discover(
+        self, name: str, *, timeout: float | None = None
+    ) -> tuple[PeerId, list[Multiaddr]]:
+        """Resolve ``name`` to a peer id and its addresses with the discovery services.
+
+        Backends are tried in the order of ``services``, each within ``timeout``
+        (default ``config.discovery_timeout``); raises
+        :class:`~stack.errors.DiscoveryFailed` naming what each one said.
+        """
+        from protocols.discovery.backends import discover
+
+        found = await discover(self, name, timeout=timeout)
+        return found.peer_id, list(found.addrs)
+
+    async def connect_by_name(self, name: str, *, timeout: float | None = None) -> MuxedConnection:
+        """Resolve ``name`` (see :meth:`discover`) and connect to that peer."""
+        from protocols.discovery.backends import connect_by_name
+
+        return await connect_by_name(self, name, timeout=timeout)
+
+    async def register_name(self, name: str) -> list[str]:
+        """Register ``name`` for this node with every discovery service that can.
+
+        Returns the services that did; registrations are renewed until the node closes.
+        """
+        from protocols.discovery.backends import register_name
+
+        return await register_name(self, name)
 
     # --- internals ----------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ def test_errors_are_one_line_and_nonzero() -> None:
 def test_demo_runs() -> None:
     r = _run("demo", timeout=120)
     assert r.returncode == 0, r.stderr
+    assert "Find peers by name" in r.stdout and "(signatures checked)" in r.stdout
     for step in (
         "Dial, secure, multiplex",
         "Identify",
@@ -105,3 +106,49 @@ def test_demo_runs() -> None:
     ):
         assert step in r.stdout
     assert "refused" in r.stdout
+
+
+def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*SWITCHY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_registry_listen_register_and_ping_by_name() -> None:
+    registry, reg_addr = _start("registry", "/ip4/127.0.0.1/tcp/0")
+    try:
+        assert reg_addr.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in reg_addr
+        listener, addr = _start("listen", "--register", "kitchen", "--registry", reg_addr)
+        try:
+            assert listener.stderr is not None
+            assert "registered 'kitchen'" in listener.stderr.readline()
+            r = _run("ping", "kitchen", "--registry", reg_addr, "-c", "2", "--json")
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out["peer_id"] == addr.rsplit("/", 1)[1] and out["count"] == 2
+            # A second peer cannot take the live name.
+            r = _run("listen", "--register", "kitchen", "--registry", reg_addr, timeout=30)
+            assert r.returncode == 1 and "NAME_TAKEN" in r.stderr, r.stderr
+        finally:
+            _stop(listener)
+        r = _run("ping", "kitchen", "--registry", reg_addr)
+        assert r.returncode == 1
+        assert "'kitchen' is not registered" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        _stop(registry)
+
+
+def test_name_options_need_a_registry() -> None:
+    r = _run("ping", "kitchen")
+    assert r.returncode == 2 and "give --registry" in r.stderr
+    r = _run("listen", "--register", "kitchen")
+    assert r.returncode == 2 and "--register needs --registry" in r.stderr

@@ -1,0 +1,43 @@
+"""The registry and the Node discovery API over real loopback TCP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from protocols.discovery.backends import RegistryBackend
+from protocols.discovery.claims import seal_name_claim
+from protocols.discovery.client import register
+from protocols.discovery.registry import RegistryService
+from protocols.ping import ping
+from stack.errors import DiscoveryFailed, RequestRefused
+from stack.node import Node
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+def test_register_connect_by_name_and_refusals_over_tcp() -> None:
+    async def main() -> None:
+        async with Node.default(services=[RegistryService()], listen=[LOOPBACK]) as hub:
+            reg = str(hub.full_addrs[0])
+            async with (
+                Node.default(services=[RegistryBackend([reg])], listen=[LOOPBACK]) as a,
+                Node.default(services=[RegistryBackend([reg])]) as b,
+            ):
+                await a.register_name("printer")
+                conn = await b.connect_by_name("printer")
+                assert conn.remote_peer == a.peer_id
+                assert len(await ping(b, "/p2p/" + str(a.peer_id), count=2)) == 2
+                # B presents A's (valid, signed) claim as its own: refused, A keeps the name.
+                forged = seal_name_claim(a.key, "scanner", tuple(a.listen_addrs), 1)
+                with pytest.raises(RequestRefused, match="BAD_RECORD") as info:
+                    await register(b, reg, "scanner", 60, forged)
+                assert "not by the registering peer" in str(info.value)
+                with pytest.raises(RequestRefused, match="NAME_TAKEN"):
+                    await b.register_name("printer")
+            async with Node.default(services=[RegistryBackend([reg])]) as c:
+                with pytest.raises(DiscoveryFailed, match="'printer' is not registered"):
+                    await c.connect_by_name("printer")
+
+    asyncio.run(asyncio.wait_for(main(), 30))
