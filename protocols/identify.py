@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -88,7 +89,9 @@ def _addr(raw: bytes) -> Multiaddr | None:
     if len(raw) > MAX_ADDR_BYTES:
         return None
     try:
-        return Multiaddr(raw)
+        addr = Multiaddr(raw)
+        str(addr)  # Multiaddr(bytes) parses lazily: force the full parse here
+        return addr
     except Exception:  # the multiaddr package raises several types; skip what we cannot parse
         return None
 
@@ -152,6 +155,8 @@ class IdentifyService(ProtocolService):
         self.identify_on_connect = identify_on_connect
         self.node: Node | None = None
         self._identified: dict[PeerId, asyncio.Event] = {}
+        self._record: tuple[tuple[bytes, ...], bytes] | None = None
+        self._record_seq = 0
 
     def attach(self, node: Node) -> None:
         self.node = node
@@ -171,7 +176,25 @@ class IdentifyService(ProtocolService):
             listen_addrs=self.node.listen_addrs,
             observed_addr=observed,
             protocols=self.node.protocols,
+            signed_peer_record=self.signed_peer_record(),
         )
+
+    def signed_peer_record(self) -> bytes:
+        """Our signed peer record (RFC 0003) for our listen addresses, made once per set.
+
+        ``seq`` is the wall clock in nanoseconds (kept increasing), so a record
+        made after a restart supersedes the older ones, as the RFC asks.
+        """
+        from stack.envelope import PeerRecord, seal_peer_record
+
+        assert self.node is not None
+        addrs = self.node.listen_addrs
+        key = tuple(a.to_bytes() for a in addrs)
+        if self._record is None or self._record[0] != key:
+            self._record_seq = max(self._record_seq + 1, time.time_ns())
+            record = PeerRecord(self.node.peer_id, self._record_seq, tuple(addrs))
+            self._record = (key, seal_peer_record(self.node.key, record))
+        return self._record[1]
 
     async def _handle_identify(self, stream: MuxedStream) -> None:
         msg = encode_identify(self.local_info(stream.muxed_conn.remote_addr))
@@ -201,7 +224,26 @@ class IdentifyService(ProtocolService):
             rec.protocol_version = info.protocol_version
         if info.observed_addr is not None and not push:
             store.add_observed_addr(info.observed_addr)
+        if info.signed_peer_record is not None:
+            self._check_record(peer, info.signed_peer_record)
         self._identified.setdefault(peer, asyncio.Event()).set()
+
+    def _check_record(self, peer: PeerId, data: bytes) -> None:
+        """Keep the remote's signed peer record when it verifies and is its own."""
+        from stack.envelope import open_peer_record
+
+        assert self.node is not None
+        try:
+            record = open_peer_record(data)
+        except P2PError as exc:
+            log.debug("ignoring a bad signed peer record from %s: %s", peer, exc)
+            return
+        if record.peer_id != peer:
+            log.debug("ignoring %s's signed peer record for %s", peer, record.peer_id)
+            return
+        rec = self.node.peerstore.get(peer)
+        if rec.peer_record is None or rec.peer_record.seq < record.seq:
+            rec.peer_record = record
 
     async def _on_event(self, event: ConnectionEvent) -> None:
         if event.kind != "connected":

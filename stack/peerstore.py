@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 from multiaddr import Multiaddr
 
 from stack.identity import PeerId, PublicKey
+
+if TYPE_CHECKING:
+    from stack.envelope import PeerRecord
 
 __all__ = ["MAX_ADDRS_PER_PEER", "MAX_PROTOCOLS_PER_PEER", "PeerInfo", "PeerStore"]
 
@@ -27,6 +32,8 @@ class PeerInfo:
     public_key: PublicKey | None = None
     agent_version: str | None = None
     protocol_version: str | None = None
+    #: The newest signed peer record (RFC 0003) the peer sent us, verified.
+    peer_record: PeerRecord | None = None
 
 
 class PeerStore:

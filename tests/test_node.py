@@ -356,3 +356,38 @@ def test_message_limit_comes_from_config() -> None:
             await s.reset()
 
     run(main)
+
+
+def test_identify_carries_a_signed_peer_record() -> None:
+    from protocols.identify import decode_identify, encode_identify
+    from stack.envelope import open_peer_record
+
+    async def main() -> None:
+        async with (
+            Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as a,
+            Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+        ):
+            svc = next(s for s in b.services if isinstance(s, IdentifyService))
+            await b.connect(a.full_addrs[0])
+            await svc.wait_identified(a.peer_id, timeout=5)
+            rec = b.peerstore.get(a.peer_id).peer_record
+            assert rec is not None
+            assert rec.peer_id == a.peer_id and list(rec.addrs) == a.listen_addrs
+            # The answer carries the same record each time while the addresses stay.
+            info = await identify(b, a.peer_id)
+            assert info.signed_peer_record is not None
+            assert open_peer_record(info.signed_peer_record) == rec
+            # A record signed by another peer, or tampered with, is not kept.
+            a_svc = next(s for s in a.services if isinstance(s, IdentifyService))
+            forged = a_svc.signed_peer_record()  # a's record, presented as c's
+            c = KeyPair.generate().peer_id
+            svc._check_record(c, forged)
+            assert b.peerstore.get(c).peer_record is None
+            tampered = bytearray(forged)
+            tampered[-3] ^= 1
+            svc._check_record(a.peer_id, bytes(tampered))
+            assert b.peerstore.get(a.peer_id).peer_record == rec
+            round_trip = decode_identify(encode_identify(info))
+            assert round_trip.signed_peer_record == info.signed_peer_record
+
+    run(main)

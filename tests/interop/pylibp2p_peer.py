@@ -157,7 +157,18 @@ async def do_identify(host: Any, peer: Any, args: argparse.Namespace) -> dict[st
     stream = await host.new_stream(peer, [IDENTIFY_ID])
     data = await read_all(stream)
     msg = parse_identify_response(data)
+    record: dict[str, Any] | None = None
+    if msg.HasField("signedPeerRecord"):
+        from libp2p.peer.envelope import consume_envelope
+
+        _env, rec = consume_envelope(msg.signedPeerRecord, "libp2p-peer-record")
+        record = {
+            "peer_id": str(rec.peer_id),
+            "seq": rec.seq,
+            "addrs": [str(a) for a in rec.addrs],
+        }
     return {
+        "signed_peer_record": record,
         "protocol_version": msg.protocol_version,
         "agent_version": msg.agent_version,
         "public_key": msg.public_key.hex(),

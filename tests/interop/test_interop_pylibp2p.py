@@ -42,6 +42,9 @@ def test_pylibp2p_pings_identifies_echoes_and_perfs_us(interop_python: Path) -> 
             assert {PING_PROTOCOL, IDENTIFY_PROTOCOL} <= set(r["protocols"])
             assert r["listen_addrs"] == [str(a) for a in node.listen_addrs]
             assert r["observed_addr"].startswith("/ip4/127.0.0.1/tcp/")
+            spr = r["signed_peer_record"]  # verified by py-libp2p's consume_envelope
+            assert spr["peer_id"] == str(node.peer_id)
+            assert spr["addrs"] == [str(a) for a in node.listen_addrs]
             r = await run_peer("echo", addr, "--size", "1000000")
             assert r["echoed"] == 1_000_000 and r["match"] is True
             r = await run_peer("perf", addr, "--upload", "5000000", "--download", "3000000")
@@ -80,6 +83,9 @@ def test_we_ping_identify_echo_and_perf_pylibp2p(interop_python: Path) -> None:
             svc = next(s for s in node.services if isinstance(s, IdentifyService))
             await svc.wait_identified(expected, timeout=10)
             assert node.peerstore.get(expected).public_key == info.public_key
+            # py-libp2p's signed peer record verifies here (and ours there, above).
+            record = node.peerstore.get(expected).peer_record
+            assert record is not None and record.peer_id == expected
         assert any(e.get("event") == "echo" and e["bytes"] == 500_000 for e in peer.events)
         assert any(e.get("event") == "perf" and e["received"] == 4_000_000 for e in peer.events)
 
