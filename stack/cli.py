@@ -1,4 +1,4 @@
-"""The ``switchy`` command line: identities, a listening node, ping, perf and a demo."""
+"""The ``switchy`` command line: identities, a listening node, a relay, ping, perf and a demo."""
 
 from __future__ import annotations
 
@@ -163,6 +163,52 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_relay(args: argparse.Namespace) -> int:
+    from stack.node import Node
+    from transports.relay import RelayConfig, RelayService
+
+    config = RelayConfig(
+        limit_data=args.limit_data,
+        limit_duration=args.limit_duration,
+        max_reservations=args.max_reservations,
+    )
+    key = _load_key(args.key, create=args.key is not None)
+    async with Node.default(key=key, services=[RelayService(config)]) as node:
+        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        limits = f"{config.limit_data or 'unlimited'} bytes, {config.limit_duration or 'no'} s"
+        print(
+            f"relaying (circuit v2, limits per circuit: {limits}); Ctrl-C to stop", file=sys.stderr
+        )
+        await _wait_for_signal()
+        print("shutting down", file=sys.stderr)
+    return 0
+
+
+async def _cmd_listen_relayed(args: argparse.Namespace) -> int:
+    """``switchy listen``; with ``--relay``, also reachable through those relays."""
+    if not args.relay:
+        return await _cmd_listen(args)
+    from stack.node import Node
+    from transports.relay import RelayTransport
+
+    key = _load_key(args.key, create=args.key is not None)
+    async with Node.default(key=key, services=[RelayTransport(args.relay)]) as node:
+        if args.addrs:
+            await node.listen(*args.addrs)
+        for _ in args.relay:  # one reservation per relay; each falls back to the others
+            await node.listen("/p2p-circuit")
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        print(f"serving {', '.join(node.protocols)}; Ctrl-C to stop", file=sys.stderr)
+        await _wait_for_signal()
+        print("shutting down", file=sys.stderr)
+    return 0
+
+
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from stack.demo import run_demo
 
@@ -187,9 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("listen", help="serve ping, identify, echo and perf")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
-    s.set_defaults(func=_cmd_listen)
+    s.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="also listen through this relay (…/p2p/<relay id>; repeat for several relays)",
+    )
+    s.set_defaults(func=_cmd_listen_relayed)
 
-    s = sub.add_parser("ping", help="ping a peer")
+    s = sub.add_parser("relay", help="run a circuit relay (v2) for peers that cannot be reached")
+    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
+    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    s.add_argument(
+        "--limit-data",
+        type=parse_size,
+        default=128 * 1024,
+        help="bytes per direction of a relayed connection, 0: none (default 128KiB)",
+    )
+    s.add_argument(
+        "--limit-duration",
+        type=int,
+        default=120,
+        help="seconds a relayed connection may last, 0: no limit (default 120)",
+    )
+    s.add_argument("--max-reservations", type=int, default=128, help="default 128")
+    s.set_defaults(func=_cmd_relay)
+
+    s = sub.add_parser("ping", help="ping a peer (direct or …/p2p-circuit/p2p/<id> address)")
     s.add_argument("addr", metavar="MULTIADDR")
     s.add_argument("-c", "--count", type=int, default=5, help="number of pings (default 5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")

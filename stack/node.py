@@ -145,14 +145,21 @@ class Node:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Node:
-        """TCP + Noise + yamux with ping, identify (and push), echo and perf."""
+        """TCP + Noise + yamux with ping, identify (and push), echo, perf and the relay client.
+
+        The relay client (:class:`~transports.relay.RelayTransport`) dials and
+        listens on ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it.
+        """
         from protocols.echo import EchoService
         from protocols.identify import IdentifyService
         from protocols.perf import PerfService
         from protocols.ping import PingService
+        from transports.relay import RelayTransport
 
         services = [PingService(), IdentifyService(), EchoService(), PerfService()]
         services.extend(kwargs.pop("services", ()))
+        if not any(isinstance(s, RelayTransport) for s in services):
+            services.append(RelayTransport())
         return cls(services=services, **kwargs)
 
     # --- lifecycle ----------------------------------------------------------------------

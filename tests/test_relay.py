@@ -549,3 +549,53 @@ def test_relay_transport_needs_a_node_and_refuses_other_addresses() -> None:
             )
 
     asyncio.run(main())
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def test_cli_relay_listen_through_it_and_ping_a_circuit_address() -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    switchy = [sys.executable, "-m", "stack.cli"]
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> str:
+        proc = subprocess.Popen(
+            [*switchy, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        return proc.stdout.readline().strip()
+
+    try:
+        relay = start("relay", LOCAL, "--limit-data", "0")
+        assert relay.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/12D3KooW" in relay
+        circuit = start("listen", "--relay", relay)
+        assert circuit.startswith(relay + "/p2p-circuit/p2p/12D3KooW"), circuit
+        r = subprocess.run(
+            [*switchy, "ping", circuit, "-c", "2", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["count"] == 2 and circuit.endswith(out["peer_id"])
+        bad = subprocess.run(
+            [*switchy, "listen", "--relay", "/ip4/127.0.0.1/tcp/1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert bad.returncode == 1 and "must end with /p2p/<relay id>" in bad.stderr
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
