@@ -549,8 +549,12 @@ class RelayTransport(Transport, ProtocolService):
                 candidates.append(r)
                 first.add(peer)
         listener = RelayListener(self, candidates, handler)
-        await listener.start()
-        self._listeners.add(listener)
+        self._listeners.add(listener)  # before reserving: a CONNECT may follow at once
+        try:
+            await listener.start()
+        except BaseException:
+            self._listeners.discard(listener)
+            raise
         return listener
 
     # --- stop protocol (we are the target) ----------------------------------------------
