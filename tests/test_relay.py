@@ -42,8 +42,12 @@ from transports.relay.pb import (
     HopMessage,
     HopType,
     Peer,
+    StopMessage,
+    StopType,
     decode_hop,
+    decode_stop,
     encode_hop,
+    encode_stop,
 )
 from transports.relay.voucher import envelope_available, open_voucher
 from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
@@ -532,6 +536,66 @@ def test_reservations_on_several_relays_and_bare_circuit_listen() -> None:
                 assert await echo(a, circuit_addrs(b)[1], b"y") == b"y"
 
     run_simulation(main, seed=6, config=QUIET)
+
+
+def test_hostile_stop_requests_get_a_status_or_a_reset() -> None:
+    async def main(sim: Simulation) -> None:
+        star(sim, "a", "b")
+        quick = RelayClientConfig(handshake_timeout=3)
+        async with (
+            sim_node(sim, "r", RelayService(UNLIMITED)) as r,
+            sim_node(sim, "b", RelayTransport(config=quick)) as b,
+            sim_node(sim, "a") as a,
+        ):
+            await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+
+            async def stop(payload: bytes) -> StopMessage:
+                stream = await a.open_stream(b.full_addrs[0], STOP_PROTOCOL)
+                await stream.write(payload)
+                return decode_stop(await stream.recv_message(max_size=MAX_MESSAGE_SIZE))
+
+            def frame(m: StopMessage) -> bytes:
+                data = encode_stop(m)
+                return encode_uvarint(len(data)) + data
+
+            assert (await stop(b"\x02\xff\xff")).status == Status.MALFORMED_MESSAGE
+            assert (await stop(encode_uvarint(MAX_MESSAGE_SIZE + 1))).status == (
+                Status.MALFORMED_MESSAGE
+            )
+            assert (await stop(frame(StopMessage(StopType.CONNECT)))).status == (
+                Status.MALFORMED_MESSAGE
+            )
+            status = StopMessage(StopType.STATUS, status=Status.OK)
+            assert (await stop(frame(status))).status == Status.UNEXPECTED_MESSAGE
+            # Silent: reset after the client's handshake timeout.
+            silent = await a.open_stream(b.full_addrs[0], STOP_PROTOCOL)
+            await silent.write(b"")
+            start = sim.now
+            with pytest.raises(StreamReset):
+                await silent.read()
+            assert 3 <= sim.now - start <= 3.1
+            # b still takes relayed connections.
+            assert await echo(a, circuit_addrs(b)[0], b"ok") == b"ok"
+
+    run_simulation(main, seed=7, config=QUIET)
+
+
+def test_a_reserve_flood_from_one_peer_holds_one_slot() -> None:
+    async def main(sim: Simulation) -> None:
+        star(sim, "a", "b")
+        config = RelayConfig(max_pending_per_peer=4)
+        async with sim_node(sim, "r", RelayService(config)) as r, sim_node(sim, "a") as a:
+            await a.connect(r.full_addrs[0])
+            reserve = framed(HopMessage(HopType.RESERVE))
+            replies = await asyncio.gather(*(hop(a, r.peer_id, reserve) for _ in range(40)))
+            statuses = {m.status for m in replies}
+            assert statuses <= {Status.OK, Status.RESOURCE_LIMIT_EXCEEDED}
+            assert statuses == {Status.OK, Status.RESOURCE_LIMIT_EXCEEDED}
+            assert len(service(r).resources.reservations) == 1  # renewals hold one slot
+            async with sim_node(sim, "b") as b:
+                assert (await hop(b, r.full_addrs[0], reserve)).status == Status.OK
+
+    run_simulation(main, seed=8, config=QUIET)
 
 
 def test_relay_transport_needs_a_node_and_refuses_other_addresses() -> None:
