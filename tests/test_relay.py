@@ -588,9 +588,8 @@ def test_a_reserve_flood_from_one_peer_holds_one_slot() -> None:
             await a.connect(r.full_addrs[0])
             reserve = framed(HopMessage(HopType.RESERVE))
             replies = await asyncio.gather(*(hop(a, r.peer_id, reserve) for _ in range(40)))
-            statuses = {m.status for m in replies}
-            assert statuses <= {Status.OK, Status.RESOURCE_LIMIT_EXCEEDED}
-            assert statuses == {Status.OK, Status.RESOURCE_LIMIT_EXCEEDED}
+            # Each request is answered at once (pending ones are bounded: see the silent test).
+            assert {m.status for m in replies} == {Status.OK}
             assert len(service(r).resources.reservations) == 1  # renewals hold one slot
             async with sim_node(sim, "b") as b:
                 assert (await hop(b, r.full_addrs[0], reserve)).status == Status.OK
