@@ -274,6 +274,32 @@ async def test_the_relay_forwards_only_ciphertext() -> None:
         assert up.startswith(b"\x13/multistream/1.0.0\n")  # the raw upgrade, as over TCP
 
 
+def test_relay_over_quic() -> None:
+    quic = pytest.importorskip(
+        "transports.quic", reason="transports.quic (the QUIC transport) is not on this branch"
+    )
+    udp = "/ip4/127.0.0.1/udp/0/quic-v1"
+
+    def quic_node(*services: object) -> Node:
+        return Node.default(transports=[quic.QuicTransport()], services=list(services))
+
+    async def main() -> None:
+        async with (
+            quic_node(RelayService(UNLIMITED)) as r,
+            quic_node(RelayTransport()) as b,
+            quic_node(RelayTransport()) as a,
+        ):
+            await r.listen(udp)
+            assert "/quic-v1/" in str(r.full_addrs[0])
+            (addr,) = await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            conn = await a.connect(f"{addr}/p2p/{b.peer_id}")
+            assert conn.is_limited and conn.remote_peer == b.peer_id
+            assert len(await ping(a, b.peer_id, count=2)) == 2
+            assert await echo(a, b.peer_id, bytes(100_000)) == bytes(100_000)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
 @aio
 async def test_a_direct_connection_replaces_a_relayed_one() -> None:
     async with relay_node(UNLIMITED) as r, client() as a, client(listen=[LOCAL]) as b:
