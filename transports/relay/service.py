@@ -113,7 +113,6 @@ class RelayService(ProtocolService):
         self.node: Node | None = None
         self._bridges: set[asyncio.Task[None]] = set()
         self._unix_offset: float | None = None
-        self._closing = False
 
     def attach(self, node: Node) -> None:
         """Serve the hop protocol on ``node`` and watch disconnects."""
@@ -123,7 +122,6 @@ class RelayService(ProtocolService):
 
     async def stop(self) -> None:
         """Cut every circuit (the node is closing)."""
-        self._closing = True
         for task in list(self._bridges):
             task.cancel()
         if self._bridges:
@@ -153,8 +151,15 @@ class RelayService(ProtocolService):
 
     # --- hop requests ---------------------------------------------------------------------
 
-    async def _reply(self, stream: MuxedStream, status: Status, **fields: object) -> None:
-        msg = HopMessage(HopType.STATUS, status=status, **fields)  # type: ignore[arg-type]
+    async def _reply(
+        self,
+        stream: MuxedStream,
+        status: Status,
+        *,
+        reservation: Reservation | None = None,
+        limit: Limit | None = None,
+    ) -> None:
+        msg = HopMessage(HopType.STATUS, reservation=reservation, limit=limit, status=status)
         await stream.send_message(encode_hop(msg), max_size=MAX_MESSAGE_SIZE)
 
     async def _handle_hop(self, stream: MuxedStream) -> None:

@@ -86,6 +86,8 @@ log = logging.getLogger(__name__)
 #: The multiaddr component marking a relayed hop.
 CIRCUIT: Final = "p2p-circuit"
 _CIRCUIT_MA: Final = Multiaddr("/" + CIRCUIT)
+#: Shortest pause between two reservation attempts on a relay (its expiry is in whole seconds).
+MIN_RENEW_INTERVAL: Final = 1.0
 
 
 def parse_circuit(addr: Multiaddr) -> tuple[Multiaddr, PeerId, PeerId | None] | None:
@@ -327,7 +329,7 @@ class RelayListener(Listener):
             r = self.reservation
             if r is not None:
                 remaining = r.expires - loop.time()
-                renew_in = max(0.0, remaining * cfg.renew_fraction)
+                renew_in = max(MIN_RENEW_INTERVAL, remaining * cfg.renew_fraction)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(renew_in):
                         await self._lost.wait()
