@@ -2,7 +2,8 @@
 
 Modes (all TCP + Noise + yamux, Ed25519 identity):
 
-  listen [--seed HEX]                 serve ping, identify (+push), echo, perf; print one
+  listen [--seed HEX] [--relay]       serve ping, identify (+push), echo, perf (and with
+                                      --relay the circuit relay v2 hop service); print one
                                       JSON line {"peer_id", "addrs"}; run until stdin closes
   ping ADDR [-c N]                    {"ok", "rtts_us"}
   identify ADDR                       {"ok", "protocol_version", "agent_version", ...}
@@ -115,11 +116,28 @@ async def listen(args: argparse.Namespace) -> int:
     host.set_stream_handler(PERF, perf_handler)
     addr = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
     async with host.run(listen_addrs=[addr]):
-        addrs = [str(a) for a in host.get_addrs()]
-        emit({"peer_id": host.get_id().to_base58(), "addrs": addrs})
-        # Serve until our parent closes stdin.
-        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        if args.relay:
+            from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+            from libp2p.relay.circuit_v2.resources import RelayLimits
+            from libp2p.tools.anyio_service import background_trio_service
+
+            limits = RelayLimits(
+                duration=3600, data=1 << 30, max_circuit_conns=8, max_reservations=8
+            )
+            relay = CircuitV2Protocol(host, limits, allow_hop=True)
+            async with background_trio_service(relay):
+                await relay.event_started.wait()
+                await serve(host)
+        else:
+            await serve(host)
     return 0
+
+
+async def serve(host: Any) -> None:
+    addrs = [str(a) for a in host.get_addrs()]
+    emit({"peer_id": host.get_id().to_base58(), "addrs": addrs})
+    # Serve until our parent closes stdin.
+    await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
 
 
 async def with_connection(args: argparse.Namespace, body: Any) -> int:
@@ -216,6 +234,7 @@ def main() -> int:
     s = sub.add_parser("listen")
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--seed")
+    s.add_argument("--relay", action="store_true", help="also run the circuit relay v2 hop service")
     for name in ("ping", "identify", "echo", "perf"):
         s = sub.add_parser(name)
         s.add_argument("addr")
