@@ -1,8 +1,8 @@
 """Circuit relay v2 against py-libp2p 0.8.1, which speaks the spec's protocol ids and messages.
 
-Our relay client (reservation, CONNECT, stop) through a py-libp2p relay; the
+Our relay client (reservation, CONNECT, stop) through a py-libp2p relay (the
 reservation's voucher, a signed envelope made by py-libp2p, carries a Voucher
-payload our codec reads.
+payload our codec reads), and a py-libp2p client through our relay to our node.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from protocols.ping import ping
 from stack.codec import pb_fields
 from stack.identity import PeerId
 from stack.node import Node
-from tests.interop.harness import pylibp2p_listener
-from transports.relay import RelayTransport
+from tests.interop.harness import pylibp2p_listener, run_peer
+from transports.relay import RelayConfig, RelayService, RelayTransport
 from transports.relay.pb import decode_voucher
 from transports.relay.voucher import VOUCHER_PAYLOAD_TYPE
 
@@ -49,5 +49,22 @@ def test_our_peers_connect_through_a_pylibp2p_relay(interop_python: Path) -> Non
             assert len(await ping(a, b.peer_id, count=3)) == 3
             data = bytes(i % 251 for i in range(300_000))
             assert await echo(a, b.peer_id, data) == data
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_pylibp2p_client_connects_through_our_relay(interop_python: Path) -> None:
+    async def main() -> None:
+        relay_service = RelayService(RelayConfig(limit_data=0))
+        async with (
+            Node.default(services=[relay_service], listen=["/ip4/127.0.0.1/tcp/0"]) as r,
+            Node.default() as b,
+        ):
+            (addr,) = await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            result = await run_peer("circuit-ping", f"{addr}/p2p/{b.peer_id}", "-c", "3")
+            assert len(result["rtts_us"]) == 3
+            # Open or already ended, depending on how fast the client's exit is noticed.
+            (circuit,) = [*relay_service.circuits, *relay_service.history]
+            assert circuit.dst == b.peer_id and circuit.forwarded["src"] > 0
 
     asyncio.run(asyncio.wait_for(main(), 120))
