@@ -194,6 +194,7 @@ class RelayedConnection(Connection):
         return StreamReset(self.close_reason)
 
     async def read(self, max_bytes: int = -1) -> bytes:
+        """Read relayed bytes; a reset raises :class:`StreamReset` naming its cause."""
         try:
             data = await self.stream.read(max_bytes)
         except StreamReset as exc:
@@ -202,6 +203,7 @@ class RelayedConnection(Connection):
         return data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write bytes to be relayed; a reset raises :class:`StreamReset` naming its cause."""
         try:
             await self.stream.write(data)
         except StreamReset as exc:
@@ -209,13 +211,16 @@ class RelayedConnection(Connection):
         self.bytes_sent += len(data)
 
     async def close_write(self) -> None:
+        """Half-close: the relay passes the end of stream on."""
         await self.stream.close_write()
 
     async def reset(self) -> None:
+        """Reset the underlying stream: the relay cuts the circuit at both ends."""
         self._mark_closed()
         await self.stream.reset()
 
     async def close(self) -> None:
+        """Close the underlying stream gracefully."""
         self._mark_closed()
         await self.stream.close()
 
@@ -271,6 +276,7 @@ class RelayListener(Listener):
 
     @property
     def addrs(self) -> list[Multiaddr]:
+        """Our circuit addresses through the current relay (none between relays)."""
         r = self.reservation
         return list(r.addrs) if r is not None else []
 
@@ -344,6 +350,7 @@ class RelayListener(Listener):
                 await asyncio.sleep(cfg.retry_interval)
 
     async def close(self) -> None:
+        """Stop renewing; the reservation lapses at its expiry."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -435,9 +442,11 @@ class RelayTransport(Transport, ProtocolService):
     # --- Transport ----------------------------------------------------------------------
 
     def can_dial(self, addr: Multiaddr) -> bool:
+        """Whether ``addr`` is ``…/p2p/<relay>/p2p-circuit[/p2p/<peer>]``."""
         return parse_circuit(addr) is not None
 
     def can_listen(self, addr: Multiaddr) -> bool:
+        """``…/p2p/<relay>/p2p-circuit``, or ``/p2p-circuit`` with configured relays."""
         if addr == _CIRCUIT_MA:
             return bool(self.relays)
         parsed = parse_circuit(addr)
