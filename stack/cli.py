@@ -242,22 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_listen_relayed)
 
+    from transports.relay.config import RelayConfig
+
+    relay_defaults = RelayConfig()
     s = sub.add_parser("relay", help="run a circuit relay (v2) for peers that cannot be reached")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
     s.add_argument(
         "--limit-data",
         type=parse_size,
-        default=128 * 1024,
-        help="bytes per direction of a relayed connection, 0: none (default 128KiB)",
+        default=relay_defaults.limit_data,
+        help="bytes per direction of a relayed connection, 0: none (default %(default)s)",
     )
     s.add_argument(
         "--limit-duration",
         type=int,
-        default=120,
-        help="seconds a relayed connection may last, 0: no limit (default 120)",
+        default=relay_defaults.limit_duration,
+        help="seconds a relayed connection may last, 0: no limit (default %(default)s)",
     )
-    s.add_argument("--max-reservations", type=int, default=128, help="default 128")
+    s.add_argument(
+        "--max-reservations",
+        type=int,
+        default=relay_defaults.max_reservations,
+        help="reservations held at once (default %(default)s)",
+    )
     s.set_defaults(func=_cmd_relay)
 
     s = sub.add_parser("ping", help="ping a peer (direct or …/p2p-circuit/p2p/<id> address)")
