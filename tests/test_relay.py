@@ -445,9 +445,14 @@ def test_duration_limit_and_silent_circuits_in_virtual_time() -> None:
             await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
             opened = sim.now
             conn = await a.connect(circuit_addrs(b)[0])
+            (raw,) = transport(a).connections
+            (raw_b,) = transport(b).connections
             # A circuit that carries nothing is still cut at the duration limit.
             await conn.wait_closed()
             assert 30 <= sim.now - opened <= 30.3
+            for end in (raw, raw_b):
+                await end.wait_closed()
+                assert "duration limit of 30s" in (end.close_reason or ""), end.close_reason
             (circuit,) = service(r).history
             assert circuit.end_status == Status.RESOURCE_LIMIT_EXCEEDED
             assert "duration limit of 30s" in circuit.end_reason

@@ -141,6 +141,7 @@ class RelayedConnection(Connection):
         relay_addr: Multiaddr,
         remote: PeerId,
         limit: Limit | None,
+        opened_at: float | None = None,
     ) -> None:
         self.stream = stream
         #: The relay carrying this connection.
@@ -154,7 +155,9 @@ class RelayedConnection(Connection):
         self.remote_addr = circuit
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.opened_at = asyncio.get_running_loop().time()
+        #: Loop time at which the circuit was requested: not after the relay started it,
+        #: so the duration limit is recognised when the relay applies it.
+        self.opened_at = asyncio.get_running_loop().time() if opened_at is None else opened_at
         #: Why the connection ended abnormally (``None`` while open or after a clean close).
         self.close_reason: str | None = None
         self._closed = asyncio.Event()
@@ -494,6 +497,7 @@ class RelayTransport(Transport, ProtocolService):
         if remote_peer is not None and remote_peer != target:
             raise ConnectionFailed(f"{addr} names {target}, not the expected {remote_peer}")
         conn = await self._relay_conn(relay_addr, relay)
+        requested = asyncio.get_running_loop().time()
         stream, reply = await self._hop(conn, HopMessage(HopType.CONNECT, peer=Peer(target)))
         if reply.status != Status.OK:
             await stream.reset()
@@ -502,7 +506,12 @@ class RelayTransport(Transport, ProtocolService):
                 int(reply.status or 0),
             )
         raw = RelayedConnection(
-            stream, relay=relay, relay_addr=relay_addr, remote=target, limit=reply.limit
+            stream,
+            relay=relay,
+            relay_addr=relay_addr,
+            remote=target,
+            limit=reply.limit,
+            opened_at=requested,
         )
         self._track(raw)
         return raw
@@ -587,6 +596,7 @@ class RelayTransport(Transport, ProtocolService):
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 data = await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+            requested = asyncio.get_running_loop().time()
             msg = decode_stop(data)
         except ProtocolError as exc:
             log.debug("malformed stop message from %s: %s", relay, exc)
@@ -608,7 +618,12 @@ class RelayTransport(Transport, ProtocolService):
         await self._stop_reply(stream, Status.OK)
         relay_addr = stream.muxed_conn.remote_addr.encapsulate(Multiaddr(f"/p2p/{relay}"))
         conn = RelayedConnection(
-            stream, relay=relay, relay_addr=relay_addr, remote=msg.peer.id, limit=msg.limit
+            stream,
+            relay=relay,
+            relay_addr=relay_addr,
+            remote=msg.peer.id,
+            limit=msg.limit,
+            opened_at=requested,
         )
         self._track(conn)
         with contextlib.suppress(ConnectionClosed):
