@@ -1,5 +1,5 @@
-"""The ``switchy`` command line: identities, a listening node, ping, perf, a demo and
-simulated scenarios."""
+"""The ``switchy`` command line: identities, a listening node, a relay, a name registry,
+ping, perf, a demo and simulated scenarios."""
 
 from __future__ import annotations
 
@@ -88,15 +88,36 @@ async def _wait_for_signal() -> None:
 
 
 async def _cmd_listen(args: argparse.Namespace) -> int:
+    """``switchy listen``: serve the default protocols; optionally also through relays
+    (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
     from stack.node import Node
 
+    if args.register is not None and not args.registry:
+        print("switchy: error: --register needs --registry MULTIADDR", file=sys.stderr)
+        return 2
     key = _load_key(args.key, create=args.key is not None)
-    addrs = args.addrs or [DEFAULT_LISTEN]
-    async with Node.default(key=key) as node:
-        await node.listen(*addrs)
+    services: list[Any] = []
+    backend = None
+    if args.relay:
+        from transports.relay import RelayTransport
+
+        services.append(RelayTransport(args.relay))
+    if args.register is not None:
+        from protocols.discovery.backends import RegistryBackend
+
+        backend = RegistryBackend(args.registry)
+        services.append(backend)
+    async with Node.default(key=key, services=services) as node:
+        if args.addrs or not args.relay:
+            await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        for _ in args.relay:  # one reservation per relay; each falls back to the others
+            await node.listen("/p2p-circuit")
         for addr in node.full_addrs:
             print(addr)
         sys.stdout.flush()
+        if backend is not None:
+            await node.register_name(args.register)
+            print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
         print(f"serving {', '.join(node.protocols)}; Ctrl-C to stop", file=sys.stderr)
         await _wait_for_signal()
         print("shutting down", file=sys.stderr)
@@ -164,6 +185,30 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_relay(args: argparse.Namespace) -> int:
+    from stack.node import Node
+    from transports.relay import RelayConfig, RelayService
+
+    config = RelayConfig(
+        limit_data=args.limit_data,
+        limit_duration=args.limit_duration,
+        max_reservations=args.max_reservations,
+    )
+    key = _load_key(args.key, create=args.key is not None)
+    async with Node.default(key=key, services=[RelayService(config)]) as node:
+        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        limits = f"{config.limit_data or 'unlimited'} bytes, {config.limit_duration or 'no'} s"
+        print(
+            f"relaying (circuit v2, limits per circuit: {limits}); Ctrl-C to stop", file=sys.stderr
+        )
+        await _wait_for_signal()
+        print("shutting down", file=sys.stderr)
+    return 0
+
+
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from stack.demo import run_demo
 
@@ -227,31 +272,6 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _cmd_listen_or_register(args: argparse.Namespace) -> int:
-    """``switchy listen``, registering ``--register NAME`` with ``--registry`` when given."""
-    from protocols.discovery.backends import RegistryBackend
-    from stack.node import Node
-
-    if args.register is None:
-        return await _cmd_listen(args)
-    if not args.registry:
-        print("switchy: error: --register needs --registry MULTIADDR", file=sys.stderr)
-        return 2
-    key = _load_key(args.key, create=args.key is not None)
-    backend = RegistryBackend(args.registry)
-    async with Node.default(key=key, services=[backend]) as node:
-        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
-        for addr in node.full_addrs:
-            print(addr)
-        sys.stdout.flush()
-        await node.register_name(args.register)
-        print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
-        print(f"serving {', '.join(node.protocols)}; Ctrl-C to stop", file=sys.stderr)
-        await _wait_for_signal()
-        print("shutting down", file=sys.stderr)
-    return 0
-
-
 async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
     """``switchy ping``: with ``--registry``, a non-multiaddr target is a name to resolve first."""
     from protocols.discovery.backends import RegistryBackend
@@ -298,9 +318,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
     s.add_argument("--register", metavar="NAME", help="register NAME with --registry")
     s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
-    s.set_defaults(func=_cmd_listen_or_register)
+    s.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="also listen through this relay (…/p2p/<relay id>; repeat for several relays)",
+    )
+    s.set_defaults(func=_cmd_listen)
 
-    s = sub.add_parser("ping", help="ping a peer")
+    from transports.relay.config import RelayConfig
+
+    relay_defaults = RelayConfig()
+    s = sub.add_parser("relay", help="run a circuit relay (v2) for peers that cannot be reached")
+    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
+    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    s.add_argument(
+        "--limit-data",
+        type=parse_size,
+        default=relay_defaults.limit_data,
+        help="bytes per direction of a relayed connection, 0: none (default %(default)s)",
+    )
+    s.add_argument(
+        "--limit-duration",
+        type=int,
+        default=relay_defaults.limit_duration,
+        help="seconds a relayed connection may last, 0: no limit (default %(default)s)",
+    )
+    s.add_argument(
+        "--max-reservations",
+        type=int,
+        default=relay_defaults.max_reservations,
+        help="reservations held at once (default %(default)s)",
+    )
+    s.set_defaults(func=_cmd_relay)
+
+    s = sub.add_parser(
+        "ping", help="ping a peer (a multiaddr, a …/p2p-circuit/p2p/<id> address, or a name)"
+    )
     s.add_argument("addr", metavar="MULTIADDR|NAME")
     s.add_argument("-c", "--count", type=int, default=5, help="number of pings (default 5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")

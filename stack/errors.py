@@ -24,6 +24,7 @@ __all__ = [
     "P2PTimeout",
     "PeerNotFound",
     "ProtocolError",
+    "RelayRefused",
     "RequestRefused",
     "ResourceLimitExceeded",
     "SerializationError",
@@ -47,6 +48,15 @@ class ConnectionFailed(NetworkError):
 
 class UnsupportedAddress(ConnectionFailed):
     """No configured transport can dial or listen on this multiaddr."""
+
+
+class RelayRefused(ConnectionFailed):
+    """A circuit relay refused a reservation or a relayed connection (``status`` says why)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        #: The relay's status code (``transports.relay.pb.Status``).
+        self.status = status
 
 
 class NoRoute(NetworkError):

@@ -148,14 +148,21 @@ class Node:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Node:
-        """TCP + Noise + yamux with ping, identify (and push), echo and perf."""
+        """TCP + Noise + yamux with ping, identify (and push), echo, perf and the relay client.
+
+        The relay client (:class:`~transports.relay.RelayTransport`) dials and
+        listens on ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it.
+        """
         from protocols.echo import EchoService
         from protocols.identify import IdentifyService
         from protocols.perf import PerfService
         from protocols.ping import PingService
+        from transports.relay import RelayTransport
 
         services = [PingService(), IdentifyService(), EchoService(), PerfService()]
         services.extend(kwargs.pop("services", ()))
+        if not any(isinstance(s, RelayTransport) for s in services):
+            services.append(RelayTransport())
         return cls(services=services, **kwargs)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -349,8 +356,10 @@ class Node:
         if peer is None:
             return await self._dial_addrs(None, addrs)
         existing = self._best_connection(peer)
-        if existing is not None:
-            return existing
+        if existing is not None and (
+            not existing.is_limited or isinstance(target, PeerId) or not self._direct(addrs)
+        ):
+            return existing  # a limited (relayed) one only until a direct address is dialed
         pending = self._dialing.get(peer)
         if pending is None:
             pending = asyncio.ensure_future(self._dial_addrs(peer, addrs))
@@ -370,6 +379,10 @@ class Node:
                 return self._resolve(peer)
             self.peerstore.add_addrs(peer, [addr])
         return peer, [addr]
+
+    def _direct(self, addrs: list[Multiaddr]) -> bool:
+        """Whether one of ``addrs`` is dialed by a transport of unlimited connections."""
+        return any(not t.limited for a in addrs for t in self.transports if t.can_dial(a))
 
     def _transport_for(self, addr: Multiaddr) -> Transport:
         for t in self.transports:

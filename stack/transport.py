@@ -44,6 +44,9 @@ class Transport(abc.ABC):
 
     #: A short name for logs and the CLI (``tcp``, ``quic``, ``sim``).
     name: str = "transport"
+    #: True when this transport's connections are limited (relayed): a node
+    #: holding only such a connection to a peer still dials a direct address.
+    limited: bool = False
 
     def bind(self, key: KeyPair, config: NetworkConfig) -> None:  # noqa: B027
         """Called once by the node before use; transports that need the key keep it."""

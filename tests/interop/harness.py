@@ -97,11 +97,15 @@ class PeerProcess:
 
 
 @asynccontextmanager
-async def pylibp2p_listener(seed: bytes | None = None) -> AsyncIterator[PeerProcess]:
-    """Start a py-libp2p peer listening on loopback; stop it on exit."""
+async def pylibp2p_listener(
+    seed: bytes | None = None, *, relay: bool = False
+) -> AsyncIterator[PeerProcess]:
+    """Start a py-libp2p peer listening on loopback (a circuit relay with ``relay``)."""
     args = [str(_python()), str(PEER_SCRIPT), "listen"]
     if seed is not None:
         args += ["--seed", seed.hex()]
+    if relay:
+        args.append("--relay")
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,

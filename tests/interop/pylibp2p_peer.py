@@ -2,9 +2,12 @@
 
 Modes (all TCP + Noise + yamux, Ed25519 identity):
 
-  listen [--seed HEX]                 serve ping, identify (+push), echo, perf; print one
+  listen [--seed HEX] [--relay]       serve ping, identify (+push), echo, perf (and with
+                                      --relay the circuit relay v2 hop service); print one
                                       JSON line {"peer_id", "addrs"}; run until stdin closes
   ping ADDR [-c N]                    {"ok", "rtts_us"}
+  circuit-ping ADDR [-c N]            ping through a circuit relay v2
+                                      (ADDR = …/p2p/<relay>/p2p-circuit/p2p/<peer>)
   identify ADDR                       {"ok", "protocol_version", "agent_version", ...}
   echo ADDR --size N                  {"ok", "echoed", "match"}
   perf ADDR --upload N --download N   {"ok", "upload_bytes", "download_bytes", "seconds"}
@@ -115,11 +118,28 @@ async def listen(args: argparse.Namespace) -> int:
     host.set_stream_handler(PERF, perf_handler)
     addr = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{args.port}")
     async with host.run(listen_addrs=[addr]):
-        addrs = [str(a) for a in host.get_addrs()]
-        emit({"peer_id": host.get_id().to_base58(), "addrs": addrs})
-        # Serve until our parent closes stdin.
-        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+        if args.relay:
+            from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+            from libp2p.relay.circuit_v2.resources import RelayLimits
+            from libp2p.tools.anyio_service import background_trio_service
+
+            limits = RelayLimits(
+                duration=3600, data=1 << 30, max_circuit_conns=8, max_reservations=8
+            )
+            relay = CircuitV2Protocol(host, limits, allow_hop=True)
+            async with background_trio_service(relay):
+                await relay.event_started.wait()
+                await serve(host)
+        else:
+            await serve(host)
     return 0
+
+
+async def serve(host: Any) -> None:
+    addrs = [str(a) for a in host.get_addrs()]
+    emit({"peer_id": host.get_id().to_base58(), "addrs": addrs})
+    # Serve until our parent closes stdin.
+    await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
 
 
 async def with_connection(args: argparse.Namespace, body: Any) -> int:
@@ -214,6 +234,28 @@ async def do_perf(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, A
     }
 
 
+async def circuit_ping(args: argparse.Namespace) -> int:
+    from libp2p.relay.circuit_v2.config import RelayConfig
+    from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+    from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+    from libp2p.tools.anyio_service import background_trio_service
+
+    host = make_host(None)
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        client = CircuitV2Protocol(host, allow_hop=False)
+        async with background_trio_service(client):
+            await client.event_started.wait()
+            transport = CircuitV2Transport(host, client, RelayConfig())
+            target = multiaddr.Multiaddr(args.addr)
+            relay_addr, peer = transport.parse_circuit_ma(target)
+            with trio.fail_after(args.timeout):
+                await host.connect(info_from_p2p_addr(relay_addr))
+                await transport.dial(target)
+                result = await do_ping(host, peer, args)
+            emit({"ok": True, **result})
+    return 0
+
+
 def describe(exc: BaseException) -> str:
     """The innermost errors of an exception (group), as text."""
     if isinstance(exc, BaseExceptionGroup):
@@ -227,11 +269,12 @@ def main() -> int:
     s = sub.add_parser("listen")
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--seed")
-    for name in ("ping", "identify", "echo", "perf"):
+    s.add_argument("--relay", action="store_true", help="also run the circuit relay v2 hop service")
+    for name in ("ping", "identify", "echo", "perf", "circuit-ping"):
         s = sub.add_parser(name)
         s.add_argument("addr")
         s.add_argument("--timeout", type=float, default=30)
-        if name == "ping":
+        if name in ("ping", "circuit-ping"):
             s.add_argument("-c", "--count", type=int, default=3)
         if name == "echo":
             s.add_argument("--size", type=int, default=100_000)
@@ -242,6 +285,8 @@ def main() -> int:
     try:
         if args.mode == "listen":
             return trio.run(listen, args)
+        if args.mode == "circuit-ping":
+            return trio.run(circuit_ping, args)
         body = {"ping": do_ping, "identify": do_identify, "echo": do_echo, "perf": do_perf}[
             args.mode
         ]

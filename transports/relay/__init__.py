@@ -1,0 +1,42 @@
+"""Circuit relay v2 (libp2p ``relay/circuit-v2.md``): relay service, client transport, codecs.
+
+* :class:`RelayService` — the hop service a relay node runs (reservations,
+  relayed connections, limits);
+* :class:`RelayTransport` — the client: dial and listen through relays
+  (``…/p2p/<relay>/p2p-circuit[/p2p/<peer>]``) and the stop protocol;
+* :mod:`transports.relay.pb` — the messages (sans-IO codecs);
+* :class:`RelayResources` — the relay's bookkeeping as a pure state machine.
+"""
+
+from __future__ import annotations
+
+from transports.relay.config import RelayClientConfig, RelayConfig
+from transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL, Limit, Status
+from transports.relay.resources import RelayResources
+from transports.relay.service import Circuit, RelayService
+from transports.relay.transport import (
+    CIRCUIT,
+    ActiveReservation,
+    RelayedConnection,
+    RelayListener,
+    RelayTransport,
+    parse_circuit,
+)
+
+__all__ = [
+    "CIRCUIT",
+    "HOP_PROTOCOL",
+    "STOP_PROTOCOL",
+    "ActiveReservation",
+    "Circuit",
+    "Limit",
+    "RelayClientConfig",
+    "RelayConfig",
+    "RelayListener",
+    "RelayResources",
+    "RelayService",
+    "RelayTransport",
+    "RelayedConnection",
+    "Status",
+    "parse_circuit",
+]

@@ -1,0 +1,72 @@
+"""Limits and timings of the relay service and the relay client, with defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from stack.errors import InvalidConfiguration
+
+__all__ = ["RelayClientConfig", "RelayConfig"]
+
+KiB = 1024
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise InvalidConfiguration(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise InvalidConfiguration(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RelayConfig:
+    """What a relay (hop service) grants.  Durations in seconds, sizes in bytes.
+
+    The per-connection defaults (2 minutes, 128 KiB each way) are the ones
+    go-libp2p uses: enough for a hole-punch coordination or a small exchange,
+    not for bulk transfer.  Set a limit to 0 to disable it.
+    """
+
+    #: Life of a reservation; clients renew before it ends.
+    reservation_ttl: float = attrs.field(default=3600.0, validator=_positive)
+    #: Longest life of one relayed connection (0: no limit).
+    limit_duration: int = attrs.field(default=120, validator=_non_negative)
+    #: Bytes a relayed connection may carry in each direction (0: no limit).
+    limit_data: int = attrs.field(default=128 * KiB, validator=_non_negative)
+    #: Reservations held at once, all peers together.
+    max_reservations: int = attrs.field(default=128, validator=_positive)
+    #: Reservations held at once by peers connecting from one IP address.
+    max_reservations_per_ip: int = attrs.field(default=8, validator=_positive)
+    #: Relayed connections open at once, all peers together.
+    max_circuits: int = attrs.field(default=256, validator=_positive)
+    #: Relayed connections open at once from or to one peer.
+    max_circuits_per_peer: int = attrs.field(default=16, validator=_positive)
+    #: Hop requests being read or answered at once from one peer (streams that never send).
+    max_pending_per_peer: int = attrs.field(default=8, validator=_positive)
+    #: Time allowed for reading a request and for the target's stop answer.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Bytes read per forwarding step (and held per direction of a circuit).
+    buffer_size: int = attrs.field(default=64 * KiB, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class RelayClientConfig:
+    """How a relay client keeps its reservations."""
+
+    #: Renew a reservation once this fraction of its lifetime has passed.
+    renew_fraction: float = attrs.field(default=0.75, validator=_positive)
+    #: Pause between rounds of attempts when no configured relay accepts us.
+    retry_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: Time allowed for a relay's answer (reservation, connect) and for a stop request.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.renew_fraction >= 1:
+            raise InvalidConfiguration(
+                f"renew_fraction must be < 1 to renew before expiry, got {self.renew_fraction}"
+            )

@@ -1,0 +1,337 @@
+"""The relay side of circuit relay v2: the hop service (``/libp2p/circuit/relay/0.2.0/hop``).
+
+A node running :class:`RelayService` grants reservations and relays
+connections to peers that hold one.  Decisions come from
+:class:`~transports.relay.resources.RelayResources` (pure); this module reads
+requests, opens the stop stream to the target and forwards bytes between the
+two streams, enforcing the per-connection limits: a circuit that carries more
+than ``limit_data`` bytes in one direction, or lives longer than
+``limit_duration``, is reset at both ends and recorded with
+``RESOURCE_LIMIT_EXCEEDED``.  The relay forwards the end-to-end encrypted
+bytes of the two peers; it never sees their plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Final
+
+import attrs
+from multiaddr import Multiaddr
+
+from stack.errors import P2PError, ProtocolError
+from stack.identity import PeerId
+from stack.negotiation import select_protocol_lazy
+from stack.node import ConnectionEvent, Node, ProtocolService
+from transports.relay.config import RelayConfig
+from transports.relay.pb import (
+    HOP_PROTOCOL,
+    MAX_ADDRS,
+    MAX_MESSAGE_SIZE,
+    STOP_PROTOCOL,
+    HopMessage,
+    HopType,
+    Limit,
+    Peer,
+    Reservation,
+    Status,
+    StopMessage,
+    StopType,
+    decode_hop,
+    decode_stop,
+    encode_hop,
+    encode_stop,
+)
+from transports.relay.resources import RelayResources
+from transports.relay.voucher import seal_voucher
+
+if TYPE_CHECKING:
+    from stack.stream import MuxedStream
+
+__all__ = ["Circuit", "ForwardTap", "RelayService", "ip_key"]
+
+log = logging.getLogger(__name__)
+
+#: Ended circuits kept in :attr:`RelayService.history` (newest last).
+HISTORY_SIZE: Final = 64
+#: The multiaddr protocol of circuit addresses.
+CIRCUIT_PROTOCOL: Final = "p2p-circuit"
+
+
+@attrs.define(eq=False)
+class Circuit:
+    """One relayed connection ``src → dst`` as the relay sees it."""
+
+    src: PeerId
+    dst: PeerId
+    started: float
+    #: Bytes forwarded from src to dst and from dst to src.
+    forwarded: dict[str, int] = attrs.field(factory=lambda: {"src": 0, "dst": 0})
+    #: ``None`` while open; ``OK`` after a clean end; else why it was cut.
+    end_status: Status | None = None
+    end_reason: str = ""
+
+
+#: ``tap(circuit, from_src, chunk)``: sees every chunk the relay forwards (tests, metrics).
+ForwardTap = Callable[[Circuit, bool, bytes], None]
+
+
+class _LimitHit(Exception):
+    pass
+
+
+def ip_key(addr: Multiaddr) -> Hashable:
+    """The "IP" a connection comes from, for per-IP limits (simulated host for ``/memory``)."""
+    items = list(addr.items())
+    if items:
+        proto, value = items[0]
+        if proto.name in ("ip4", "ip6", "dns", "dns4", "dns6"):
+            return f"{proto.name}/{value}"
+        if proto.name == "memory":
+            from transports.sim.network import SIM_PORT_SPAN
+
+            return f"memory/{int(value) // SIM_PORT_SPAN}"
+    return str(addr)
+
+
+class RelayService(ProtocolService):
+    """Serves the hop protocol: reservations and relayed connections, within limits."""
+
+    def __init__(self, config: RelayConfig | None = None, *, tap: ForwardTap | None = None) -> None:
+        self.config = config or RelayConfig()
+        self.resources = RelayResources(self.config)
+        #: Open circuits.
+        self.circuits: set[Circuit] = set()
+        #: Recently ended circuits, oldest first.
+        self.history: deque[Circuit] = deque(maxlen=HISTORY_SIZE)
+        self.tap = tap
+        self.node: Node | None = None
+        self._bridges: set[asyncio.Task[None]] = set()
+        self._unix_offset: float | None = None
+
+    def attach(self, node: Node) -> None:
+        """Serve the hop protocol on ``node`` and watch disconnects."""
+        self.node = node
+        node.handle(HOP_PROTOCOL, self._handle_hop)
+        node.on_connection_event(self._on_event)
+
+    async def stop(self) -> None:
+        """Cut every circuit (the node is closing)."""
+        for task in list(self._bridges):
+            task.cancel()
+        if self._bridges:
+            await asyncio.wait(list(self._bridges))
+
+    @property
+    def limit(self) -> Limit | None:
+        """The per-connection limit announced to clients (``None``: unlimited)."""
+        c = self.config
+        if not c.limit_duration and not c.limit_data:
+            return None
+        return Limit(c.limit_duration, c.limit_data)
+
+    def _on_event(self, event: ConnectionEvent) -> None:
+        assert self.node is not None
+        if event.kind == "disconnected" and not any(
+            not c.is_limited for c in self.node.connections(event.peer)
+        ):
+            # The spec: a reservation is valid only while the peer stays connected.
+            self.resources.drop(event.peer)
+
+    def _unix(self, loop_time: float) -> int:
+        loop = asyncio.get_running_loop()
+        if self._unix_offset is None:
+            self._unix_offset = time.time() - loop.time()
+        return int(loop_time + self._unix_offset)
+
+    # --- hop requests ---------------------------------------------------------------------
+
+    async def _reply(
+        self,
+        stream: MuxedStream,
+        status: Status,
+        *,
+        reservation: Reservation | None = None,
+        limit: Limit | None = None,
+    ) -> None:
+        msg = HopMessage(HopType.STATUS, reservation=reservation, limit=limit, status=status)
+        await stream.send_message(encode_hop(msg), max_size=MAX_MESSAGE_SIZE)
+
+    async def _handle_hop(self, stream: MuxedStream) -> None:
+        peer = stream.remote_peer
+        if not self.resources.begin_request(peer):
+            log.debug("relay: too many pending hop requests from %s", peer)
+            await self._reply(stream, Status.RESOURCE_LIMIT_EXCEEDED)
+            return
+        pending = True
+        try:
+            try:
+                async with asyncio.timeout(self.config.handshake_timeout):
+                    data = await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+                msg = decode_hop(data)
+            except ProtocolError as exc:
+                log.debug("relay: malformed hop message from %s: %s", peer, exc)
+                await self._reply(stream, Status.MALFORMED_MESSAGE)
+                return
+            except TimeoutError:
+                log.debug("relay: %s sent no hop request in time", peer)
+                await stream.reset()
+                return
+            if stream.muxed_conn.is_limited:
+                # The spec: no reservations or circuits over relayed connections.
+                await self._reply(stream, Status.PERMISSION_DENIED)
+                return
+            if msg.type == HopType.RESERVE:
+                await self._reserve(stream, peer)
+            elif msg.type == HopType.CONNECT:
+                if msg.peer is None:
+                    await self._reply(stream, Status.MALFORMED_MESSAGE)
+                    return
+                pending = False
+                self.resources.end_request(peer)
+                await self._connect(stream, peer, msg.peer.id)
+            else:
+                await self._reply(stream, Status.UNEXPECTED_MESSAGE)
+        finally:
+            if pending:
+                self.resources.end_request(peer)
+
+    def _relay_addrs(self) -> tuple[Multiaddr, ...]:
+        assert self.node is not None
+        addrs = [
+            a
+            for a in self.node.full_addrs
+            if all(p.name != CIRCUIT_PROTOCOL for p in a.protocols())
+        ]
+        return tuple(addrs[: MAX_ADDRS // 2])
+
+    async def _reserve(self, stream: MuxedStream, peer: PeerId) -> None:
+        assert self.node is not None
+        now = asyncio.get_running_loop().time()
+        ip = ip_key(stream.muxed_conn.remote_addr)
+        status, expires = self.resources.reserve(peer, ip, now)
+        if status != Status.OK:
+            log.debug("relay: reservation of %s refused: %s", peer, status.name)
+            await self._reply(stream, status)
+            return
+        expire = self._unix(expires)
+        voucher = seal_voucher(self.node.key, peer, expire)
+        reservation = Reservation(expire, self._relay_addrs(), voucher)
+        await self._reply(stream, Status.OK, reservation=reservation, limit=self.limit)
+
+    async def _connect(self, stream: MuxedStream, src: PeerId, dst: PeerId) -> None:
+        assert self.node is not None
+        now = asyncio.get_running_loop().time()
+        targets = [c for c in self.node.connections(dst) if not c.is_limited]
+        if not targets:
+            self.resources.drop(dst)
+        status = self.resources.open_circuit(src, dst, now)
+        if status != Status.OK:
+            log.debug("relay: circuit %s -> %s refused: %s", src, dst, status.name)
+            await self._reply(stream, status)
+            return
+        try:
+            dst_stream = await self._open_stop(targets[0], src)
+            if dst_stream is None:
+                await self._reply(stream, Status.CONNECTION_FAILED)
+                return
+            try:
+                await self._reply(stream, Status.OK, limit=self.limit)
+            except P2PError:
+                await dst_stream.reset()
+                raise
+            circuit = Circuit(src, dst, asyncio.get_running_loop().time())
+            task = asyncio.ensure_future(self._bridge(circuit, stream, dst_stream))
+            self._bridges.add(task)
+            task.add_done_callback(self._bridges.discard)
+            await task
+        finally:
+            self.resources.close_circuit(src, dst)
+
+    async def _open_stop(self, conn: object, src: PeerId) -> MuxedStream | None:
+        from stack.mux import MuxedConnection
+
+        assert isinstance(conn, MuxedConnection)
+        stream: MuxedStream | None = None
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                stream = await select_protocol_lazy(await conn.open_stream(), STOP_PROTOCOL)
+                request = StopMessage(StopType.CONNECT, peer=Peer(src), limit=self.limit)
+                await stream.send_message(encode_stop(request), max_size=MAX_MESSAGE_SIZE)
+                reply = decode_stop(await stream.recv_message(max_size=MAX_MESSAGE_SIZE))
+        except (P2PError, TimeoutError, OSError) as exc:
+            log.debug("relay: stop request to %s failed: %s", conn.remote_peer, exc or "timeout")
+            if stream is not None:
+                await stream.reset()
+            return None
+        if reply.type != StopType.STATUS or reply.status != Status.OK:
+            log.debug("relay: %s declined the circuit: %s", conn.remote_peer, reply.status)
+            await stream.reset()
+            return None
+        return stream
+
+    # --- forwarding -----------------------------------------------------------------------
+
+    async def _pump(
+        self, circuit: Circuit, reader: MuxedStream, writer: MuxedStream, from_src: bool
+    ) -> None:
+        limit = self.config.limit_data
+        size = self.config.buffer_size
+        key = "src" if from_src else "dst"
+        tap = self.tap
+        sent = 0
+        while True:
+            chunk = await reader.read(size if not limit else min(size, limit - sent + 1))
+            if not chunk:
+                await writer.close_write()
+                return
+            if limit and sent + len(chunk) > limit:
+                allowed = limit - sent
+                if allowed:
+                    if tap is not None:
+                        tap(circuit, from_src, chunk[:allowed])
+                    await writer.write(chunk[:allowed])
+                    circuit.forwarded[key] += allowed
+                side = "source" if from_src else "target"
+                raise _LimitHit(f"data limit of {limit} bytes reached from the {side}")
+            if tap is not None:
+                tap(circuit, from_src, chunk)
+            await writer.write(chunk)
+            sent += len(chunk)
+            circuit.forwarded[key] += len(chunk)
+
+    async def _bridge(self, circuit: Circuit, src: MuxedStream, dst: MuxedStream) -> None:
+        self.circuits.add(circuit)
+        pumps = [
+            asyncio.ensure_future(self._pump(circuit, src, dst, True)),
+            asyncio.ensure_future(self._pump(circuit, dst, src, False)),
+        ]
+        duration = self.config.limit_duration or None
+        status, reason = Status.OK, "both sides closed"
+        try:
+            async with asyncio.timeout(duration):
+                await asyncio.gather(*pumps)
+        except TimeoutError:
+            status, reason = Status.RESOURCE_LIMIT_EXCEEDED, f"duration limit of {duration}s"
+        except _LimitHit as exc:
+            status, reason = Status.RESOURCE_LIMIT_EXCEEDED, str(exc)
+        except P2PError as exc:
+            status, reason = Status.CONNECTION_FAILED, f"a side went away: {exc}"
+        except asyncio.CancelledError:
+            status, reason = Status.CONNECTION_FAILED, "the relay is shutting down"
+        finally:
+            for p in pumps:
+                p.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            circuit.end_status, circuit.end_reason = status, reason
+            self.circuits.discard(circuit)
+            self.history.append(circuit)
+            for s in (src, dst):
+                with contextlib.suppress(P2PError, OSError):
+                    await (s.close() if status == Status.OK else s.reset())
+        log.debug("relay: circuit %s -> %s ended: %s", circuit.src, circuit.dst, reason)
