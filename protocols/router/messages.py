@@ -177,7 +177,7 @@ class Response(_BodyMixin):
         return cls(status, h, body)
 
     @classmethod
-    def created(cls, body: bytes | str = b"", **kw: Any) -> Response:
+    def created(cls, body: bytes | str | AsyncIterable[bytes] = b"", **kw: Any) -> Response:
         """A ``201 Created`` response."""
         return cls.ok(body, status=201, **kw)
 
