@@ -182,4 +182,4 @@ def _streamed_response(
             yield chunk
         await close()
 
-    return Response(head.status, head.headers, chunks(), _closer=close)
+    return Response(head.status, head.headers, chunks(), head.length, _closer=close)

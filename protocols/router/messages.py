@@ -153,6 +153,9 @@ class Response(_BodyMixin):
     status: int = 200
     headers: dict[str, str] = attrs.field(factory=dict)
     body: Body = b""
+    #: Size of a streamed body when known in advance (sent as the head's ``length`` and
+    #: checked by the receiver); ``None``: unknown.  Ignored for a bytes body.
+    length: int | None = None
     #: Closes the client-side stream behind a streamed body (set by the client).
     _closer: Any = attrs.field(default=None, alias="_closer", repr=False)
 

@@ -23,7 +23,7 @@ import contextlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 import attrs
@@ -37,7 +37,7 @@ from protocols.router.core import (
     RequestHead,
     encode_response_head,
 )
-from protocols.router.messages import Request, Response
+from protocols.router.messages import CONTENT_TEXT, Request, Response
 from stack.errors import (
     ConnectionClosed,
     InvalidConfiguration,
@@ -511,15 +511,21 @@ def _failure_response(exc: BaseException, *, in_head: bool = False) -> Response:
 
 
 async def _send(stream: MuxedStream, response: Response) -> None:
-    body = response.body
+    original = body = response.body
     try:
-        length = len(body) if isinstance(body, bytes | bytearray) else None
+        if isinstance(body, bytes | bytearray):
+            length: int | None = len(body)
+        else:
+            length = response.length
+            if length == 0:
+                body = b""
+            elif length is not None:
+                body = _exactly(body, length)
         head = encode_response_head(response.status, response.headers, length)
     except (P2PError, TypeError, AttributeError) as exc:
         log.error("cannot encode a response (status %r): %s", response.status, exc)
-        response = Response.error(500, _INTERNAL_ERROR)
         body = _INTERNAL_ERROR.encode()
-        head = encode_response_head(500, response.headers, len(body))
+        head = encode_response_head(500, {"content-type": CONTENT_TEXT}, len(body))
     try:
         await write_message(stream, head, body)
     except P2PError as exc:  # the client went away
@@ -529,9 +535,23 @@ async def _send(stream: MuxedStream, response: Response) -> None:
         log.exception("streaming a response body to %s failed", stream.remote_peer)
         await stream.reset()
     finally:
-        if not isinstance(body, bytes | bytearray) and hasattr(body, "aclose"):
-            with contextlib.suppress(Exception):
-                await body.aclose()
+        for b in (body, original):
+            aclose = getattr(b, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+
+async def _exactly(body: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
+    """Pass ``body`` on, raising if it is not exactly the ``length`` it declared."""
+    sent = 0
+    async for chunk in body:
+        sent += len(chunk)
+        if sent > length:
+            raise ValueError(f"streamed body longer than its declared length {length}")
+        yield chunk
+    if sent != length:
+        raise ValueError(f"streamed body of {sent} bytes, {length} declared")
 
 
 # --- built-in middleware ------------------------------------------------------------------
