@@ -1,0 +1,224 @@
+"""Request router benchmark; prints one JSON object.
+
+Figures (loopback, this machine, server and client in one process and one event loop,
+as both HTTP sides of the comparison):
+
+- small ``GET`` (a 13-byte JSON body): requests/s with 1 and with 64 requests in flight,
+  median and p99 latency at 1 in flight, over TCP+Noise+yamux (one connection, one new
+  yamux stream per request);
+- the same with aiohttp's server and client (HTTP/1.1 keep-alive, a 64-connection pool)
+  when aiohttp is installed (``pip install -e '.[bench]'``);
+- large-body throughput, download and upload, against the raw stream throughput of the
+  same transport (bytes written on one yamux stream, as ``bench_core``).
+
+Usage: ``python -m bench.bench_router [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+CHUNK = 256 * 1024
+SMALL = {"ok": True, "n": 1}
+
+
+async def _measure(
+    one: Callable[[], Awaitable[None]], count: int, inflight: int
+) -> dict[str, float]:
+    """Run ``one()`` ``count`` times with ``inflight`` concurrent workers."""
+    for _ in range(min(200, count)):  # warm-up
+        await one()
+    latencies: list[float] = []
+    per = count // inflight
+
+    async def worker() -> None:
+        clock = time.perf_counter
+        for _ in range(per):
+            t = clock()
+            await one()
+            latencies.append(clock() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(inflight)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "req_per_s": per * inflight / elapsed,
+        "median_us": statistics.median(latencies) * 1e6,
+        "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
+    }
+
+
+async def _router_small(count: int) -> dict[str, Any]:
+    from protocols.router import Request, Response, Router
+    from stack.node import Node
+
+    router = Router()
+
+    @router.get("/small")
+    def small(req: Request) -> Response:
+        return Response.from_json(SMALL)
+
+    async with (
+        Node.default(services=[router], listen=[LOOPBACK]) as server,
+        Node.default() as client,
+    ):
+        await client.connect(server.full_addrs[0])
+        peer = server.peer_id
+
+        async def one() -> None:
+            resp = await client.request(peer, "GET", "/small")
+            assert resp.status == 200
+
+        return {
+            "inflight_1": await _measure(one, count, 1),
+            "inflight_64": await _measure(one, count * 2, 64),
+        }
+
+
+async def _aiohttp_small(count: int) -> dict[str, Any] | None:
+    try:
+        import aiohttp
+        from aiohttp import web
+    except ImportError:
+        return None
+
+    async def small(request: web.Request) -> web.Response:
+        return web.json_response(SMALL)
+
+    app = web.Application()
+    app.router.add_get("/small", small)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/small"
+    try:
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+
+            return {
+                "inflight_1": await _measure(one, count, 1),
+                "inflight_64": await _measure(one, count * 2, 64),
+            }
+    finally:
+        await runner.cleanup()
+
+
+async def _stream_throughput(total: int) -> float:
+    """Bytes/s written on one yamux stream to a sink (the ceiling for bodies)."""
+    from stack.node import Node
+
+    async with Node.default(listen=[LOOPBACK]) as server, Node.default() as client:
+        done = asyncio.get_running_loop().create_future()
+
+        async def sink(stream: Any) -> None:
+            n = 0
+            while chunk := await stream.read(1 << 20):
+                n += len(chunk)
+            done.set_result(n)
+
+        server.handle("/bench/sink/1.0.0", sink)
+        stream = await client.open_stream(server.full_addrs[0], "/bench/sink/1.0.0")
+        data = bytes(CHUNK)
+        start = time.perf_counter()
+        for _ in range(total // CHUNK):
+            await stream.write(data)
+        await stream.close_write()
+        assert await done == total
+        return total / (time.perf_counter() - start)
+
+
+async def _router_bodies(total: int) -> dict[str, float]:
+    """Download and upload ``total`` bytes as one streamed body."""
+    from protocols.router import Request, Response, Router
+    from stack.node import Node
+
+    router = Router()
+    data = bytes(CHUNK)
+
+    async def zeros() -> AsyncIterator[bytes]:
+        for _ in range(total // CHUNK):
+            yield data
+
+    @router.get("/download")
+    def download(req: Request) -> Response:
+        return Response(200, {}, zeros(), total)
+
+    @router.post("/upload", stream=True)
+    async def upload(req: Request) -> dict[str, int]:
+        n = 0
+        async for chunk in req.iter_body():
+            n += len(chunk)
+        return {"n": n}
+
+    async with (
+        Node.default(services=[router], listen=[LOOPBACK]) as server,
+        Node.default() as client,
+    ):
+        await client.connect(server.full_addrs[0])
+        start = time.perf_counter()
+        resp = await client.request(server.peer_id, "GET", "/download", stream=True)
+        n = 0
+        async with resp:
+            async for chunk in resp.iter_body():
+                n += len(chunk)
+        down = time.perf_counter() - start
+        assert n == total
+        start = time.perf_counter()
+        resp = await client.request(server.peer_id, "POST", "/upload", body=zeros())
+        up = time.perf_counter() - start
+        assert resp.json() == {"n": total}
+        return {"download_Bps": total / down, "upload_Bps": total / up}
+
+
+async def _main(quick: bool) -> dict[str, Any]:
+    count = 2000 if quick else 10000
+    size = (128 if quick else 512) * 1024 * 1024
+    res: dict[str, Any] = {"machine_cores": os.cpu_count(), "python": sys.version.split()[0]}
+    res["router_small_get"] = await _router_small(count)
+    aio = await _aiohttp_small(count)
+    res["aiohttp_small_get"] = aio if aio is not None else "aiohttp not installed"
+    if aio is not None:
+        ours, theirs = res["router_small_get"], aio
+        res["ratio_req_per_s_64"] = (
+            ours["inflight_64"]["req_per_s"] / theirs["inflight_64"]["req_per_s"]
+        )
+        res["ratio_req_per_s_1"] = (
+            ours["inflight_1"]["req_per_s"] / theirs["inflight_1"]["req_per_s"]
+        )
+    stream = await _stream_throughput(size)
+    bodies = await _router_bodies(size)
+    res["stream_MBps"] = stream / 1e6
+    res["body_download_MBps"] = bodies["download_Bps"] / 1e6
+    res["body_upload_MBps"] = bodies["upload_Bps"] / 1e6
+    res["download_vs_stream"] = bodies["download_Bps"] / stream
+    res["upload_vs_stream"] = bodies["upload_Bps"] / stream
+    return res
+
+
+def main() -> None:
+    """Run the router benchmarks and print the figures as JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer requests, smaller bodies")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_main(args.quick)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
