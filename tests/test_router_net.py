@@ -236,6 +236,26 @@ def test_client_that_stalls_gets_408_and_others_are_served(kind: str) -> None:
     run_pair(kind, app(), scenario)
 
 
+def test_read_timeout_is_an_idle_timeout() -> None:
+    """A body that keeps coming, slower in total than the read timeout, is not cut off."""
+
+    async def scenario(client: Node, server: Node) -> None:
+        async def paced(pause: float) -> AsyncIterator[bytes]:
+            for _ in range(8):
+                await asyncio.sleep(pause)  # virtual time: pacing the upload, not syncing
+                yield b"x" * 100
+
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ok = await client.request(server.full_addrs[0], "POST", "/count", body=paced(0.15))
+        # 1.2 s in all: six read timeouts, six handler timeouts, and no 408 nor 503
+        assert ok.json() == {"n": 800} and loop.time() - start > 1.0
+        cut = await client.request(server.full_addrs[0], "POST", "/count", body=paced(0.5))
+        assert cut.status == 408
+
+    run_pair("sim", app(), scenario)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_busy_server_answers_503(kind: str) -> None:
     router = Router(max_concurrent=1)

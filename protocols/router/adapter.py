@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 from protocols.router.core import (
     END_FRAME,
@@ -39,11 +39,25 @@ class MessageStream:
     """Reads one message from ``stream`` through a :class:`MessageReader`.
 
     ``read_timeout`` (seconds, ``None`` for none) bounds each wait for the peer's next
-    bytes and raises :class:`P2PTimeout`.  The first error raised is kept in
+    bytes and raises :class:`P2PTimeout`.  It is kept by one loop timer per message
+    (re-armed only when data came in meanwhile), not by a timer per read: most reads
+    find their bytes already buffered.  The first error raised is kept in
     :attr:`failure` so callers can tell "the peer's message was bad" from other errors.
     """
 
-    __slots__ = ("_events", "failure", "read_timeout", "reader", "stream")
+    __slots__ = (
+        "_events",
+        "_expired",
+        "_last_data",
+        "_reader_task",
+        "_timer",
+        "_waiting",
+        "failure",
+        "paused_deadline",
+        "read_timeout",
+        "reader",
+        "stream",
+    )
 
     def __init__(
         self, stream: Stream, reader: MessageReader, read_timeout: float | None = None
@@ -54,6 +68,14 @@ class MessageStream:
         #: The error this message stream raised, if any.
         self.failure: BaseException | None = None
         self._events: deque[Event] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader_task: asyncio.Task[Any] | None = None
+        self._waiting = False
+        self._expired = False
+        self._last_data = 0.0
+        #: A deadline pushed back by the time spent waiting for the peer's bytes (the
+        #: router's handler timeout: a handler is not charged for a slow client).
+        self.paused_deadline: asyncio.Timeout | None = None
 
     async def _next(self) -> Event:
         events = self._events
@@ -64,21 +86,67 @@ class MessageStream:
                 if self.read_timeout is None:
                     data = await self.stream.read(READ_SIZE)
                 else:
-                    async with asyncio.timeout(self.read_timeout):
-                        data = await self.stream.read(READ_SIZE)
-            except TimeoutError:
-                raise self._fail(
-                    P2PTimeout(f"no data from the peer within {self.read_timeout} s")
-                ) from None
+                    data = await self._read_watched(self.read_timeout)
             except P2PError as exc:
+                self.stop_timer()
                 raise self._fail(exc) from None
             try:
                 if not data:
                     self.reader.receive_eof()
                 events.extend(self.reader.receive_data(data))
             except P2PError as exc:
+                self.stop_timer()
                 raise self._fail(exc) from None
+            if self.reader.done:
+                self.stop_timer()
         return events.popleft()
+
+    async def _read_watched(self, timeout: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if self._timer is None:
+            self._last_data = loop.time()
+            self._timer = loop.call_at(self._last_data + timeout, self._check)
+        self._reader_task = task
+        self._waiting = True
+        deadline = self.paused_deadline
+        paused = deadline.when() if deadline is not None else None
+        if paused is not None:
+            assert deadline is not None
+            deadline.reschedule(None)  # the peer's time, not the handler's
+        began = loop.time()
+        try:
+            data = await self.stream.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if self._expired and task is not None and task.uncancel() == 0:
+                self._expired = False
+                raise P2PTimeout(f"no data from the peer within {timeout} s") from None
+            raise
+        finally:
+            self._waiting = False
+            if paused is not None and deadline is self.paused_deadline:
+                assert deadline is not None
+                deadline.reschedule(paused + (loop.time() - began))
+        self._last_data = loop.time()
+        return data
+
+    def _check(self) -> None:
+        """Timer: fire if a read has waited ``read_timeout`` with no data, else re-arm."""
+        assert self.read_timeout is not None
+        loop = asyncio.get_running_loop()
+        deadline = self._last_data + self.read_timeout
+        if self._waiting and loop.time() >= deadline and self._reader_task is not None:
+            self._timer = None
+            self._expired = True
+            self._reader_task.cancel()
+            return
+        self._timer = loop.call_at(max(deadline, loop.time() + self.read_timeout / 8), self._check)
+
+    def stop_timer(self) -> None:
+        """Stop watching for the read timeout (done by itself at the end of the message)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _fail(self, exc: BaseException) -> BaseException:
         if self.failure is None:

@@ -160,6 +160,8 @@ Event: TypeAlias = RequestHead | ResponseHead | BodyData | EndOfMessage
 def _check_str_map(
     value: object, what: str, max_items: int, *, names: bool = False
 ) -> dict[str, str]:
+    if value == {}:
+        return {}
     if not isinstance(value, dict):
         raise SerializationError(f"{what} must be a map, not {type(value).__name__}")
     if len(value) > max_items:
@@ -365,20 +367,18 @@ class MessageReader:
                 if not self._remaining:
                     self._state = _FRAME_LEN
             elif state == _HEAD:
+                if not self._buf and n - pos >= self._remaining:  # the whole head is here
+                    end = pos + self._remaining
+                    self._got_head(data[pos:end], events)
+                    pos = end
+                    continue
                 take = min(self._remaining - len(self._buf), n - pos)
                 self._buf += data[pos : pos + take]
                 pos += take
                 if len(self._buf) == self._remaining:
-                    head = self._parse_head(bytes(self._buf))
+                    raw = bytes(self._buf)
                     self._buf.clear()
-                    self.head = head
-                    events.append(head)
-                    self._declared = head.length
-                    if head.length == 0:
-                        self._state = _DONE
-                        events.append(EndOfMessage())
-                    else:
-                        self._state = _FRAME_LEN
+                    self._got_head(raw, events)
             elif state == _DONE:
                 raise ProtocolError(f"{n - pos} bytes after the end of the {self.kind}")
             else:  # a varint: head length or frame length
@@ -406,6 +406,17 @@ class MessageReader:
                 else:
                     self._start_frame(value)
         return events
+
+    def _got_head(self, raw: bytes, events: list[Event]) -> None:
+        head = self._parse_head(raw)
+        self.head = head
+        events.append(head)
+        self._declared = head.length
+        if head.length == 0:
+            self._state = _DONE
+            events.append(EndOfMessage())
+        else:
+            self._state = _FRAME_LEN
 
     def _start_head(self, length: int) -> None:
         if length == 0:

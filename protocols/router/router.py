@@ -171,8 +171,10 @@ class Router(ProtocolService):
 
     A router is a :class:`~stack.node.ProtocolService`: pass it in ``Node(services=[...])``
     or call :meth:`attach`.  Limits: ``max_body_size`` for bodies read into memory,
-    ``read_timeout`` for each wait on the client (408), ``handler_timeout`` for a handler
-    (503), ``max_concurrent`` requests in progress (503 beyond).
+    ``read_timeout`` for each wait on the client's next bytes (408), ``handler_timeout``
+    for a handler (503; time a streaming handler spends waiting for the request body is
+    not counted: the read timeout bounds that), ``max_concurrent`` requests in progress
+    (503 beyond).
     """
 
     def __init__(
@@ -396,6 +398,8 @@ class Router(ProtocolService):
             except P2PError as exc:
                 return _failure_response(exc)
         timeout = asyncio.timeout(self.handler_timeout)
+        if source is not None and route.stream:
+            source.paused_deadline = timeout
         try:
             async with timeout:
                 if route.middleware:
@@ -420,6 +424,9 @@ class Router(ProtocolService):
                 return Response.error(503, "the handler timed out")
             log.exception("handler of %s %s failed", request.method, route.pattern)
             return Response.error(500, _INTERNAL_ERROR)
+        finally:
+            if source is not None:
+                source.paused_deadline = None  # the body may be read on after the handler
 
     async def handle_stream(self, stream: MuxedStream) -> None:
         """Serve one request on a negotiated ``/switchy/router/1.0.0`` stream."""
@@ -434,6 +441,12 @@ class Router(ProtocolService):
 
     async def _serve(self, stream: MuxedStream) -> None:
         source = MessageStream(stream, MessageReader("request"), self.read_timeout)
+        try:
+            await self._serve_message(stream, source)
+        finally:
+            source.stop_timer()
+
+    async def _serve_message(self, stream: MuxedStream, source: MessageStream) -> None:
         try:
             head = await source.read_head()
         except ConnectionClosed:
