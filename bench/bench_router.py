@@ -1,7 +1,7 @@
 """Request router benchmark; prints one JSON object.
 
-Figures (loopback, this machine, server and client in one process and one event loop,
-as both HTTP sides of the comparison):
+Figures (loopback, this machine; server and client in one process and one event loop,
+then with the server in a process of its own; the same for both sides of the comparison):
 
 - small ``GET`` (a 13-byte JSON body): requests/s with 1 and with 64 requests in flight,
   median and p99 latency at 1 in flight, over TCP+Noise+yamux (one connection, one new
@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -72,7 +74,17 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: (max if k == "req_per_s" else min)(r[k] for r in runs) for k in runs[0]}
 
 
-async def _router_small(count: int) -> dict[str, Any]:
+def _aiohttp_available() -> bool:
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@asynccontextmanager
+async def _router_server() -> AsyncIterator[str]:
+    """A node serving ``GET /small``; yields its address."""
     from protocols.router import Request, Response, Router
     from stack.node import Node
 
@@ -82,32 +94,14 @@ async def _router_small(count: int) -> dict[str, Any]:
     def small(req: Request) -> Response:
         return Response.from_json(SMALL)
 
-    async with (
-        Node.default(services=[router], listen=[LOOPBACK]) as server,
-        Node.default() as client,
-    ):
-        await client.connect(server.full_addrs[0])
-        peer = server.peer_id
-
-        async def one() -> None:
-            resp = await client.request(peer, "GET", "/small")
-            assert resp.status == 200
-
-        return await _rounds(one, count)
+    async with Node.default(services=[router], listen=[LOOPBACK]) as server:
+        yield str(server.full_addrs[0])
 
 
-async def _rounds(one: Callable[[], Awaitable[None]], count: int) -> dict[str, Any]:
-    r1 = [await _measure(one, count, 1) for _ in range(ROUNDS)]
-    r64 = [await _measure(one, count * 2, 64) for _ in range(ROUNDS)]
-    return {"inflight_1": _best(r1), "inflight_64": _best(r64)}
-
-
-async def _aiohttp_small(count: int) -> dict[str, Any] | None:
-    try:
-        import aiohttp
-        from aiohttp import web
-    except ImportError:
-        return None
+@asynccontextmanager
+async def _aiohttp_server() -> AsyncIterator[str]:
+    """An aiohttp server answering ``GET /small``; yields its URL."""
+    from aiohttp import web
 
     async def small(request: web.Request) -> web.Response:
         return web.json_response(SMALL)
@@ -118,20 +112,76 @@ async def _aiohttp_small(count: int) -> dict[str, Any] | None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
-    url = f"http://127.0.0.1:{port}/small"
     try:
-        connector = aiohttp.TCPConnector(limit=64)
-        async with aiohttp.ClientSession(connector=connector) as session:
-
-            async def one() -> None:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    assert resp.status == 200
-
-            return await _rounds(one, count)
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/small"
     finally:
         await runner.cleanup()
+
+
+async def _router_client(addr: str, count: int) -> dict[str, Any]:
+    from stack.node import Node
+
+    async with Node.default() as client:
+        peer = (await client.connect(addr)).remote_peer
+
+        async def one() -> None:
+            resp = await client.request(peer, "GET", "/small")
+            assert resp.status == 200
+
+        return await _rounds(one, count)
+
+
+async def _aiohttp_client(url: str, count: int) -> dict[str, Any]:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            async with session.get(url) as resp:
+                await resp.read()
+                assert resp.status == 200
+
+        return await _rounds(one, count)
+
+
+async def _rounds(one: Callable[[], Awaitable[None]], count: int) -> dict[str, Any]:
+    r1 = [await _measure(one, count, 1) for _ in range(ROUNDS)]
+    r64 = [await _measure(one, count * 2, 64) for _ in range(ROUNDS)]
+    return {"inflight_1": _best(r1), "inflight_64": _best(r64)}
+
+
+_SERVERS = {"router": _router_server, "aiohttp": _aiohttp_server}
+_CLIENTS = {"router": _router_client, "aiohttp": _aiohttp_client}
+
+
+def _server_process(kind: str, q: Any) -> None:
+    async def serve() -> None:
+        async with _SERVERS[kind]() as addr:
+            q.put(addr)
+            await asyncio.Event().wait()  # until the parent terminates this process
+
+    asyncio.run(serve())
+
+
+async def _small_get(kind: str, count: int, processes: int) -> dict[str, Any]:
+    """Small GETs with server and client in one process, or the server in its own."""
+    if processes == 1:
+        async with _SERVERS[kind]() as addr:
+            return await _CLIENTS[kind](addr, count)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_server_process, args=(kind, q))
+    proc.start()
+    try:
+        addr = await asyncio.get_running_loop().run_in_executor(None, q.get, True, 60)
+        result = await _CLIENTS[kind](addr, count)
+        for figures in result.values():  # only the client's CPU is seen from here
+            figures["client_cpu_us_per_req"] = figures.pop("cpu_us_per_req")
+        return result
+    finally:
+        proc.terminate()
+        proc.join(10)
 
 
 async def _stream_throughput(total: int) -> float:
@@ -205,17 +255,18 @@ async def _main(quick: bool) -> dict[str, Any]:
     count = 2000 if quick else 6000
     size = (128 if quick else 256) * 1024 * 1024
     res: dict[str, Any] = {"machine_cores": os.cpu_count(), "python": sys.version.split()[0]}
-    res["router_small_get"] = await _router_small(count)
-    aio = await _aiohttp_small(count)
-    res["aiohttp_small_get"] = aio if aio is not None else "aiohttp not installed"
-    if aio is not None:
-        ours, theirs = res["router_small_get"], aio
-        res["ratio_req_per_s_64"] = (
-            ours["inflight_64"]["req_per_s"] / theirs["inflight_64"]["req_per_s"]
-        )
-        res["ratio_req_per_s_1"] = (
-            ours["inflight_1"]["req_per_s"] / theirs["inflight_1"]["req_per_s"]
-        )
+    for procs, label in ((1, "one_process"), (2, "two_processes")):
+        ours = await _small_get("router", count, procs)
+        section: dict[str, Any] = {"router": ours}
+        if _aiohttp_available():
+            theirs = await _small_get("aiohttp", count, procs)
+            section["aiohttp"] = theirs
+            for n in ("1", "64"):
+                key = f"inflight_{n}"
+                section[f"ratio_req_per_s_{n}"] = ours[key]["req_per_s"] / theirs[key]["req_per_s"]
+        else:
+            section["aiohttp"] = "not installed (pip install -e '.[bench]')"
+        res[f"small_get_{label}"] = section
     stream = max([await _stream_throughput(size) for _ in range(ROUNDS)])
     runs = [await _router_bodies(size) for _ in range(ROUNDS)]
     bodies = {k: max(r[k] for r in runs) for k in runs[0]}
