@@ -24,7 +24,8 @@ from protocols.router.core import (
     encode_body,
     encode_data_frame,
 )
-from stack.errors import MessageTooLarge, P2PError, P2PTimeout, ProtocolError
+from stack.errors import ConnectionClosed, MessageTooLarge, P2PError, P2PTimeout, ProtocolError
+from stack.negotiation import DialerNegotiation, ProtocolAgreed
 from stack.stream import Stream
 
 __all__ = ["READ_SIZE", "SINGLE_WRITE_LIMIT", "MessageStream", "write_message"]
@@ -53,6 +54,7 @@ class MessageStream:
         "_timer",
         "_waiting",
         "failure",
+        "negotiation",
         "paused_deadline",
         "read_timeout",
         "reader",
@@ -60,9 +62,16 @@ class MessageStream:
     )
 
     def __init__(
-        self, stream: Stream, reader: MessageReader, read_timeout: float | None = None
+        self,
+        stream: Stream,
+        reader: MessageReader,
+        read_timeout: float | None = None,
+        negotiation: DialerNegotiation | None = None,
     ) -> None:
         self.stream = stream
+        #: An optimistic multistream-select proposal whose answer precedes the message
+        #: (checked here, by the first reads); ``None`` once agreed.
+        self.negotiation = negotiation
         self.reader = reader
         self.read_timeout = read_timeout
         #: The error this message stream raised, if any.
@@ -91,6 +100,10 @@ class MessageStream:
                 self.stop_timer()
                 raise self._fail(exc) from None
             try:
+                if self.negotiation is not None:
+                    data = self._negotiate(data)
+                    if not data:
+                        continue
                 if not data:
                     self.reader.receive_eof()
                 events.extend(self.reader.receive_data(data))
@@ -148,6 +161,18 @@ class MessageStream:
             self._timer.cancel()
             self._timer = None
 
+    def _negotiate(self, data: bytes) -> bytes:
+        """Feed the listener's answer; return what follows it (``b""``: keep reading)."""
+        negotiation = self.negotiation
+        assert negotiation is not None
+        if not data:
+            raise ConnectionClosed("the stream ended before the protocol was agreed")
+        for event in negotiation.receive_data(data):  # NegotiationFailed on "na"
+            if isinstance(event, ProtocolAgreed):
+                self.negotiation = None
+                return event.leftover
+        return b""
+
     def _fail(self, exc: BaseException) -> BaseException:
         if self.failure is None:
             self.failure = exc
@@ -194,14 +219,19 @@ class MessageStream:
         return bytes(buf)
 
 
-async def write_message(stream: Stream, head: bytes, body: bytes | AsyncIterable[bytes]) -> None:
+async def write_message(
+    stream: Stream, head: bytes, body: bytes | AsyncIterable[bytes], prefix: bytes = b""
+) -> None:
     """Write an encoded ``head`` and its ``body``.
 
     ``head`` must declare ``len(body)`` for a bytes body and an unknown length (nil) for a
     streamed one.  A small bytes body shares one write with its head; larger ones and
     streams go out in frames of at most :data:`SEND_FRAME_SIZE`, each write waiting for
-    the peer's window (backpressure).
+    the peer's window (backpressure).  ``prefix`` (e.g. a protocol proposal) goes out in
+    the same write as the head.
     """
+    if prefix:
+        head = prefix + head
     if isinstance(body, bytes | bytearray | memoryview):
         n = len(body)
         if n == 0:

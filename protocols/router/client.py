@@ -18,7 +18,7 @@ from protocols.router.core import (
 )
 from protocols.router.messages import Response
 from stack.errors import ConnectionClosed, NegotiationFailed, P2PError, P2PTimeout
-from stack.negotiation import negotiation_pending, select_protocol
+from stack.negotiation import DialerNegotiation, select_protocol
 
 if TYPE_CHECKING:
     from stack.node import Node, Target
@@ -77,17 +77,23 @@ async def request(
     head = encode_request_head(method, path, q, hdrs, length)
     deadline = node.config.request_timeout if timeout is None else timeout
     s: MuxedStream | None = None
+    source: MessageStream | None = None
     upload: asyncio.Task[None] | None = None
     done = False
     try:
         async with asyncio.timeout(deadline):
-            s = await node.open_stream(target, ROUTER_PROTOCOL)
+            s = await (await node.connect(target)).open_stream()
+            # The optimistic proposal, the head (and a small body) leave in one write; the
+            # answer is checked by the first reads (see MessageStream).
+            negotiation = DialerNegotiation([ROUTER_PROTOCOL], lazy=True)
+            proposal = negotiation.data_to_send()
+            s.protocol = ROUTER_PROTOCOL
+            source = MessageStream(s, MessageReader("response"), negotiation=negotiation)
             if isinstance(body, bytes | bytearray) and len(body) <= SINGLE_WRITE_LIMIT:
-                await write_message(s, head, body)
+                await write_message(s, head, body, proposal)
                 await s.close_write()
             else:
-                upload = asyncio.ensure_future(_upload(s, head, body))
-            source = MessageStream(s, MessageReader("response", max_body_size=None))
+                upload = asyncio.ensure_future(_upload(s, proposal + head, body))
             rhead = await source.read_head()
             assert isinstance(rhead, ResponseHead)
             if not stream:
@@ -99,7 +105,12 @@ async def request(
     except TimeoutError:
         raise P2PTimeout(f"{method} {path} got no response within {deadline} s") from None
     except P2PError as exc:
-        if s is not None and isinstance(exc, ConnectionClosed) and negotiation_pending(s):
+        if (
+            s is not None
+            and isinstance(exc, ConnectionClosed)
+            and source is not None
+            and source.negotiation is not None
+        ):
             await _probe(node, s, exc)
         if upload is not None and upload.done() and not upload.cancelled():
             failed = upload.exception()
