@@ -11,9 +11,11 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.ping import PingService
-from protocols.router import ROUTER_PROTOCOL, Request, Response, Router
+from protocols.router import ROUTER_PROTOCOL, Next, Request, Response, Router
 from protocols.router.core import (
     MessageReader,
     ResponseHead,
@@ -395,3 +397,68 @@ def test_stream_handler_sees_a_streamed_request_body() -> None:
 
     run_pair("tcp", router, scenario)
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forbidden_and_rate_limited_over_the_wire(kind: str) -> None:
+    from protocols.router import RateLimit, allow_peers
+
+    allowed: list[Any] = []
+    router = Router()
+
+    async def only(req: Request, call_next: Next) -> Response:
+        return await allow_peers(allowed)(req, call_next)
+
+    router.use(only)
+    router.use(RateLimit(rate=0.01, burst=2))
+    router.get("/x")(lambda req: "x")
+
+    async def scenario(client: Node, server: Node) -> None:
+        addr = server.full_addrs[0]
+        denied = await client.request(addr, "GET", "/x")
+        assert (denied.status, denied.text()) == (403, "peer not allowed")
+        allowed.append(client.peer_id)
+        statuses = [(await client.request(addr, "GET", "/x")).status for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        limited = await client.request(addr, "GET", "/x")
+        assert limited.headers["retry-after"] == "100"
+
+    run_pair(kind, router, scenario)
+
+
+segments = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="/?\x00"),
+    min_size=1,
+    max_size=30,
+)
+header_maps = st.dictionaries(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=30),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=50),
+    max_size=10,
+)
+
+
+@settings(max_examples=25)
+@given(
+    st.lists(st.tuples(segments, header_maps, st.binary(max_size=5000)), min_size=1, max_size=12)
+)
+def test_arbitrary_paths_headers_and_bodies_over_the_wire(
+    cases: list[tuple[str, dict[str, str], bytes]],
+) -> None:
+    router = Router()
+
+    @router.put("/echo/{segment}")
+    def echo(req: Request) -> Response:
+        return Response.from_msgpack([req.params["segment"], req.headers, req.body])
+
+    async def scenario(client: Node, server: Node) -> None:
+        got = await asyncio.gather(
+            *(
+                client.request(server.full_addrs[0], "PUT", "/echo/" + seg, headers=h, body=b)
+                for seg, h, b in cases
+            )
+        )
+        for (seg, h, b), resp in zip(cases, got, strict=True):
+            assert resp.msgpack() == [seg, h, b]
+
+    run_pair("sim", router, scenario)
