@@ -147,6 +147,7 @@ async def _probe(node: Node, s: MuxedStream, exc: ConnectionClosed) -> None:
 
 
 async def _upload(s: MuxedStream, head: bytes, body: bytes | AsyncIterable[bytes]) -> None:
+    """Send the request (in its own task, so the response can be read meanwhile)."""
     try:
         await write_message(s, head, body)
     except Exception:
@@ -156,10 +157,12 @@ async def _upload(s: MuxedStream, head: bytes, body: bytes | AsyncIterable[bytes
 
 
 async def _abort(s: MuxedStream, upload: asyncio.Task[None] | None) -> None:
-    if upload is not None and not upload.done():
-        upload.cancel()
+    """Give up the exchange: stop sending, reset the stream."""
+    if upload is not None:
+        if not upload.done():
+            upload.cancel()
         with contextlib.suppress(BaseException):
-            await upload
+            await upload  # (also retrieves its exception, if it failed)
     await s.reset()
 
 

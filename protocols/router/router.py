@@ -10,6 +10,9 @@
 
     node = Node.default(services=[router])      # serves /switchy/router/1.0.0
 
+Handlers may be plain functions or coroutines; plain ones run on the event loop, so they
+must be quick (use a coroutine and ``asyncio.to_thread`` for blocking work).
+
 Matching is exact and case-sensitive on ``/``-separated segments; ``{name}`` matches one
 non-empty segment.  At each segment a literal beats a parameter.  Two routes conflict when
 they have the same method and the same shape (literals equal, parameters anywhere at the
