@@ -191,3 +191,23 @@ def test_request_status_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> No
     with thread_server(router) as addr:
         assert main(["request", addr, "GET", "/x"]) == 1
     assert capsys.readouterr().err.strip() == "429 Too Many Requests: slow down"
+
+
+def test_progress_display(capsys: pytest.CaptureFixture[str]) -> None:
+    from stack.cli import _Progress
+
+    quiet = _Progress(100, enabled=False)
+    quiet.update(50)
+    quiet.finish()
+    assert capsys.readouterr().err == ""
+    shown = _Progress(200, enabled=True)
+    shown.update(100)
+    shown.update(100)
+    shown.finish()
+    err = capsys.readouterr().err
+    assert err.startswith("\r[" + "#" * 30 + "] 100.0% 200/200 B")
+    assert err.endswith("MB/s\n")
+    unknown = _Progress(None, enabled=True)
+    unknown.update(5)
+    unknown.finish()
+    assert capsys.readouterr().err.startswith("\r5 B ")
