@@ -462,3 +462,32 @@ def test_arbitrary_paths_headers_and_bodies_over_the_wire(
             assert resp.msgpack() == [seg, h, b]
 
     run_pair("sim", router, scenario)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_memory_for_buffered_bodies_is_bounded_across_requests(kind: str) -> None:
+    router = Router(max_body_size=2000, max_buffered=3000)
+    gate: dict[str, asyncio.Event] = {}
+
+    @router.post("/hold")
+    async def hold(req: Request) -> Response:
+        gate["in"].set()
+        await gate["release"].wait()
+        return Response.ok(f"{len(await req.read())}")
+
+    async def scenario(client: Node, server: Node) -> None:
+        gate["in"], gate["release"] = asyncio.Event(), asyncio.Event()
+        addr = server.full_addrs[0]
+        first = asyncio.ensure_future(client.request(addr, "POST", "/hold", body=bytes(2000)))
+        await gate["in"].wait()
+        assert router.buffered == 2000
+        refused = await client.request(addr, "POST", "/hold", body=bytes(1500))
+        assert refused.status == 503 and "server busy" in refused.text()
+        assert router.buffered == 2000
+        gate["release"].set()
+        assert (await first).text() == "2000"
+        again = await client.request(addr, "POST", "/hold", body=bytes(1500))
+        assert again.text() == "1500"
+        assert router.buffered == 0
+
+    run_pair(kind, router, scenario)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Final
 
 from protocols.router.core import (
@@ -53,6 +53,7 @@ class MessageStream:
         "_reader_task",
         "_timer",
         "_waiting",
+        "charged",
         "failure",
         "negotiation",
         "paused_deadline",
@@ -85,6 +86,8 @@ class MessageStream:
         #: A deadline pushed back by the time spent waiting for the peer's bytes (the
         #: router's handler timeout: a handler is not charged for a slow client).
         self.paused_deadline: asyncio.Timeout | None = None
+        #: Body bytes accounted to a memory budget (kept by the router).
+        self.charged = 0
 
     async def _next(self) -> Event:
         events = self._events
@@ -200,23 +203,30 @@ class MessageStream:
             assert isinstance(event, BodyData)
             yield event.data
 
-    async def read_body(self, limit: int | None) -> bytes:
-        """The whole body in memory; the limit is checked before bytes are buffered."""
+    async def read_body(
+        self, limit: int | None, charge: Callable[[int], None] | None = None
+    ) -> bytes:
+        """The whole body in memory; the limit is checked before bytes are buffered.
+
+        ``charge(n)`` is called before each chunk is kept (it may raise to refuse it).
+        """
         self.set_max_body_size(limit)
-        event = await self._next()
-        if isinstance(event, EndOfMessage):
-            return b""
-        assert isinstance(event, BodyData)
-        first = event.data
-        event = await self._next()
-        if isinstance(event, EndOfMessage):
-            return first
-        buf = bytearray(first)
-        while not isinstance(event, EndOfMessage):
-            assert isinstance(event, BodyData)
-            buf += event.data
+        buf = bytearray()
+        while True:
             event = await self._next()
-        return bytes(buf)
+            if isinstance(event, EndOfMessage):
+                return bytes(buf)
+            assert isinstance(event, BodyData)
+            if charge is not None:
+                try:
+                    charge(len(event.data))
+                except P2PError as exc:
+                    raise self._fail(exc) from None
+            events = self._events
+            if not buf and events and isinstance(events[0], EndOfMessage):
+                events.popleft()  # a body that came in one piece: no copy
+                return event.data
+            buf += event.data
 
 
 async def write_message(

@@ -48,6 +48,7 @@ from stack.errors import (
     P2PError,
     P2PTimeout,
     ProtocolError,
+    ResourceLimitExceeded,
 )
 from stack.node import Node, ProtocolService
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
+    "DEFAULT_MAX_BUFFERED",
     "DEFAULT_MAX_CONCURRENT",
     "DEFAULT_READ_TIMEOUT",
     "Handler",
@@ -78,6 +80,8 @@ DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_HANDLER_TIMEOUT = 30.0
 #: Requests served at once by one router; more are answered 503 at once.
 DEFAULT_MAX_CONCURRENT = 1024
+#: Bytes of request bodies a router holds in memory at once, all requests together.
+DEFAULT_MAX_BUFFERED = 256 * 1024 * 1024
 
 #: What a handler may return: a Response, or bytes/str (200), dict/list (200 JSON), None (204).
 HandlerResult: TypeAlias = Response | bytes | str | dict[str, Any] | list[Any] | None
@@ -187,10 +191,16 @@ class Router(ProtocolService):
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,
         handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
     ) -> None:
-        if max_body_size < 0 or max_concurrent < 1:
-            raise InvalidConfiguration("max_body_size must be >= 0 and max_concurrent >= 1")
+        if max_body_size < 0 or max_concurrent < 1 or max_buffered < 0:
+            raise InvalidConfiguration(
+                "max_body_size and max_buffered must be >= 0, max_concurrent >= 1"
+            )
         self.max_body_size = max_body_size
+        self.max_buffered = max_buffered
+        #: Bytes of request bodies held right now (buffered routes).
+        self.buffered = 0
         self.read_timeout = read_timeout
         self.handler_timeout = handler_timeout
         self.max_concurrent = max_concurrent
@@ -380,6 +390,17 @@ class Router(ProtocolService):
             self._entry = entry
         return await entry(request)
 
+    def _charger(self, source: MessageStream) -> Callable[[int], None]:
+        def charge(n: int) -> None:
+            if self.buffered + n > self.max_buffered:
+                raise ResourceLimitExceeded(
+                    f"request bodies in memory would exceed {self.max_buffered} bytes"
+                )
+            self.buffered += n
+            source.charged += n
+
+        return charge
+
     async def _endpoint(self, request: Request) -> Response:
         found = self.match(request.method, request.path)
         if isinstance(found, Response):
@@ -396,7 +417,7 @@ class Router(ProtocolService):
                 else:
                     limit = route.max_body_size
                     request.body = await source.read_body(
-                        self.max_body_size if limit is None else limit
+                        self.max_body_size if limit is None else limit, self._charger(source)
                     )
             except P2PError as exc:
                 return _failure_response(exc)
@@ -448,6 +469,7 @@ class Router(ProtocolService):
             await self._serve_message(stream, source)
         finally:
             source.stop_timer()
+            self.buffered -= source.charged
 
     async def _serve_message(self, stream: MuxedStream, source: MessageStream) -> None:
         try:
@@ -521,6 +543,8 @@ def _failure_response(exc: BaseException, *, in_head: bool = False) -> Response:
         return Response.error(408, f"request not received in time: {exc}")
     if isinstance(exc, MessageTooLarge) and not in_head:
         return Response.error(413, str(exc))
+    if isinstance(exc, ResourceLimitExceeded) and not isinstance(exc, MessageTooLarge):
+        return Response.error(503, f"server busy: {exc}")
     if isinstance(exc, ProtocolError):
         return Response.error(400, f"malformed request: {exc}")
     return Response.error(400, f"bad request: {exc}")
