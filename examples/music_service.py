@@ -49,7 +49,7 @@ class MusicService:
         router.get("/playing")(self.now_playing)
 
     def _track(self, raw: object) -> int | None:
-        if isinstance(raw, str) and raw.isdigit():
+        if isinstance(raw, str) and raw.isascii() and raw.isdigit():
             raw = int(raw)
         if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(self.tracks):
             return raw

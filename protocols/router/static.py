@@ -30,7 +30,9 @@ FILE_CHUNK_SIZE: Final = 256 * 1024
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|2e|00)", re.IGNORECASE)
 
 
-async def _file_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
+async def _file_chunks(path: str | os.PathLike[str], size: int) -> AsyncIterator[bytes]:
+    # Opened on the first chunk: a response that is never sent holds no file open.
+    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
     try:
         left = size
         while left > 0:
@@ -46,15 +48,11 @@ async def _file_chunks(fd: int, size: int) -> AsyncIterator[bytes]:
 def file_response(path: str | os.PathLike[str], content_type: str = CONTENT_OCTETS) -> Response:
     """A 200 response streaming the file at ``path`` (its size declared up front).
 
-    Raises :class:`OSError` when the file cannot be opened.
+    Raises :class:`OSError` when the file cannot be found; the file is opened when the
+    body is first read.
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-    except BaseException:
-        os.close(fd)
-        raise
-    return Response(200, {"content-type": content_type}, _file_chunks(fd, size), size)
+    size = os.stat(path).st_size
+    return Response(200, {"content-type": content_type}, _file_chunks(path, size), size)
 
 
 class StaticFiles:
