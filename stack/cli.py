@@ -1,5 +1,5 @@
 """The ``switchy`` command line: identities, a listening node, a relay, a name registry,
-ping, perf, a demo and simulated scenarios."""
+ping, perf, requests to a router, a static file server, a demo and simulated scenarios."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import signal
 import statistics
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,113 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
     return await _cmd_ping(args)
 
 
+async def _cmd_serve(args: argparse.Namespace) -> int:
+    from protocols.router import Router
+    from protocols.router.static import StaticFiles
+    from stack.node import Node
+
+    router = Router().with_service(StaticFiles(args.static))
+    key = _load_key(args.key, create=args.key is not None)
+    async with Node.default(key=key, services=[router]) as node:
+        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        print(f"serving {args.static} at GET /files and /files/{{name}}", file=sys.stderr)
+        await _wait_for_signal()
+        print("shutting down", file=sys.stderr)
+    return 0
+
+
+class _Progress:
+    """A one-line progress display on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.done = 0
+        self._start = self._last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._last >= 0.1:
+            self._last = now
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        rate = self.done / max(now - self._start, 1e-9) / 1e6
+        if self.total:
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"[{bar:<30}] {frac:6.1%} {self.done}/{self.total} B {rate:.1f} MB/s"
+        else:
+            text = f"{self.done} B {rate:.1f} MB/s"
+        print(f"\r{text}", end="", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._show(time.monotonic())
+            print(file=sys.stderr)
+
+
+async def _file_body(path: str) -> Any:
+    with open(path, "rb") as f:  # noqa: ASYNC230 - chunks are read in a thread
+        while chunk := await asyncio.to_thread(f.read, 256 * 1024):
+            yield chunk
+
+
+async def _cmd_request(args: argparse.Namespace) -> int:
+    from stack.node import Node
+
+    headers: dict[str, str] = {}
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            print(f"switchy: error: --header needs NAME:VALUE, got {h!r}", file=sys.stderr)
+            return 2
+        headers[name.strip()] = value.strip()
+    body: Any = None
+    if args.data is not None:
+        if args.data.startswith("@"):
+            path = args.data[1:]
+            if not os.path.isfile(path):
+                print(f"switchy: error: no file {path}", file=sys.stderr)
+                return 2
+            body = _file_body(path)
+        else:
+            body = args.data.encode()
+    async with Node.default(key=_load_key(args.key, create=False)) as node:
+        resp = await node.request(
+            args.addr,
+            args.method.upper(),
+            args.path,
+            headers=headers,
+            body=body,
+            timeout=args.timeout,
+            stream=True,
+        )
+        async with resp:
+            if not resp.is_success:
+                detail = (await resp.read(limit=4096)).decode(errors="replace").strip()
+                print(resp.status_line + (f": {detail}" if detail else ""), file=sys.stderr)
+                return 1
+            # one local write per chunk; this loop serves nothing else meanwhile
+            out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
+            progress = _Progress(resp.length, sys.stderr.isatty())
+            try:
+                async for chunk in resp.iter_body():
+                    out.write(chunk)
+                    progress.update(len(chunk))
+            finally:
+                if args.output:
+                    out.close()
+                else:
+                    out.flush()
+            progress.finish()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -375,6 +483,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--key", help="key file to use (default: a fresh identity)")
     s.set_defaults(func=_cmd_perf)
+
+    s = sub.add_parser("serve", help="serve a folder's files over the request router")
+    s.add_argument("--static", required=True, metavar="DIR", help="folder to serve")
+    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
+    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("request", help="send a request to a peer's router")
+    s.add_argument("addr", metavar="MULTIADDR")
+    s.add_argument("method", metavar="METHOD", help="GET, POST, PUT, DELETE or PATCH")
+    s.add_argument("path", metavar="PATH", help="e.g. /files/song.ogg or /tracks?limit=5")
+    s.add_argument("--header", action="append", default=[], metavar="K:V", help="repeatable")
+    s.add_argument("--data", metavar="@FILE|TEXT", help="request body: text, or @file")
+    s.add_argument("--output", metavar="FILE", help="write the body here (default stdout)")
+    s.add_argument("--timeout", type=float, default=None, help="seconds to wait for the answer")
+    s.add_argument("--key", help="key file to use (default: a fresh identity)")
+    s.set_defaults(func=_cmd_request)
 
     s = sub.add_parser("demo", help="run several nodes in this process and show them talking")
     s.add_argument("--nodes", type=int, default=3, help="number of nodes (2 or more)")

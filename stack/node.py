@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import attrs
 from multiaddr import Multiaddr
@@ -45,6 +45,9 @@ from stack.security import SecurityTransport
 from stack.stream import Connection, MuxedStream
 from stack.transport import Listener, Transport
 from stack.upgrader import Upgrader
+
+if TYPE_CHECKING:
+    from protocols.router.messages import Response
 
 __all__ = ["ConnectionEvent", "Node", "ProtocolService"]
 
@@ -554,6 +557,12 @@ class Node:
         from protocols.discovery.backends import register_name
 
         return await register_name(self, name)
+
+    async def request(self, target: Target, method: str, path: str, **kwargs: Any) -> Response:
+        """Send a request to a peer's router; see :func:`protocols.router.request`."""
+        from protocols.router.client import request
+
+        return await request(self, target, method, path, **kwargs)
 
     # --- internals ----------------------------------------------------------------------
 

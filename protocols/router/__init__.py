@@ -1,0 +1,43 @@
+"""Request router (``/switchy/router/1.0.0``): REST-like requests between peers.
+
+Server: :class:`Router` (routes, decorators, services, sub-routers, middleware), served
+on a node as a protocol service.  Client: :func:`request` (also ``Node.request``).
+Wire format: ``specs/router.md``; sans-IO core: :mod:`protocols.router.core`.
+"""
+
+from protocols.router.client import request
+from protocols.router.core import (
+    DEFAULT_MAX_BODY_SIZE,
+    METHODS,
+    ROUTER_PROTOCOL,
+    STATUS_REASONS,
+)
+from protocols.router.messages import Request, Response
+from protocols.router.router import (
+    Handler,
+    Middleware,
+    Next,
+    RateLimit,
+    Route,
+    Router,
+    Service,
+    allow_peers,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "METHODS",
+    "ROUTER_PROTOCOL",
+    "STATUS_REASONS",
+    "Handler",
+    "Middleware",
+    "Next",
+    "RateLimit",
+    "Request",
+    "Response",
+    "Route",
+    "Router",
+    "Service",
+    "allow_peers",
+    "request",
+]
