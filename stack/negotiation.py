@@ -701,7 +701,9 @@ async def _listen(stream: Stream, core: ListenerNegotiation) -> str:
             raise
         core.receive_data(data)
         if core.done:
-            await stream.write(core.data_to_send())
+            # The answer may travel with the handler's first write (yamux holds it for one
+            # loop turn at most, and flushes it before the stream waits to read).
+            await stream.write_soon(core.data_to_send())
             assert core.agreed is not None
             return core.agreed
         if not core.mid_message:  # the dialer may be waiting for these answers

@@ -19,6 +19,8 @@ Contract (checked by the conformance suite):
 * ``close_write()`` sends end-of-stream after all written data; reading goes on.
 * ``close()`` closes the write side and stops reading; ``reset()`` aborts both
   directions at once, discarding buffered data.
+* ``write_last(data)`` is ``write`` + ``close_write``; ``write_soon(data)`` is a
+  ``write`` the layer may hold for one event-loop turn to coalesce it with the next.
 """
 
 from __future__ import annotations
@@ -77,6 +79,25 @@ class Stream(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close gracefully: half-close our side and release the stream."""
+
+    async def write_last(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``, then close the write side (``write`` + ``close_write``).
+
+        A layer may send both at once (yamux: the data frames and the FIN in one
+        write to the connection below).
+        """
+        if data:
+            await self.write(data)
+        await self.close_write()
+
+    async def write_soon(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``, letting the layer hold it for a moment to send it with what follows.
+
+        The data leaves no later than the next event-loop turn, or before this
+        stream waits to read; used for answers (e.g. multistream-select's) that
+        the application's first write can carry.  Default: :meth:`write`.
+        """
+        await self.write(data)
 
     async def read_exactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes; raise :class:`ConnectionClosed` if the stream ends first."""

@@ -230,7 +230,12 @@ class MessageStream:
 
 
 async def write_message(
-    stream: Stream, head: bytes, body: bytes | AsyncIterable[bytes], prefix: bytes = b""
+    stream: Stream,
+    head: bytes,
+    body: bytes | AsyncIterable[bytes],
+    prefix: bytes = b"",
+    *,
+    last: bool = False,
 ) -> None:
     """Write an encoded ``head`` and its ``body``.
 
@@ -238,22 +243,24 @@ async def write_message(
     streamed one.  A small bytes body shares one write with its head; larger ones and
     streams go out in frames of at most :data:`SEND_FRAME_SIZE`, each write waiting for
     the peer's window (backpressure).  ``prefix`` (e.g. a protocol proposal) goes out in
-    the same write as the head.
+    the same write as the head.  With ``last``, the stream's write side is closed with
+    the final write (:meth:`~stack.stream.Stream.write_last`: one frame burst on yamux).
     """
+    final = stream.write_last if last else stream.write
     if prefix:
         head = prefix + head
     if isinstance(body, bytes | bytearray | memoryview):
         n = len(body)
         if n == 0:
-            await stream.write(head)
+            await final(head)
         elif n <= SINGLE_WRITE_LIMIT:
-            await stream.write(head + encode_body(bytes(body)))
+            await final(head + encode_body(bytes(body)))
         else:
             await stream.write(head)
             view = memoryview(body)
             for i in range(0, n, SEND_FRAME_SIZE):
                 await stream.write(encode_data_frame(view[i : i + SEND_FRAME_SIZE]))
-            await stream.write(END_FRAME)
+            await final(END_FRAME)
         return
     await stream.write(head)
     async for chunk in body:
@@ -266,4 +273,4 @@ async def write_message(
         view = memoryview(chunk)
         for i in range(0, n, SEND_FRAME_SIZE):
             await stream.write(encode_data_frame(view[i : i + SEND_FRAME_SIZE]))
-    await stream.write(END_FRAME)
+    await final(END_FRAME)

@@ -90,8 +90,7 @@ async def request(
             s.protocol = ROUTER_PROTOCOL
             source = MessageStream(s, MessageReader("response"), negotiation=negotiation)
             if isinstance(body, bytes | bytearray) and len(body) <= SINGLE_WRITE_LIMIT:
-                await write_message(s, head, body, proposal)
-                await s.close_write()
+                await write_message(s, head, body, proposal, last=True)
             else:
                 upload = asyncio.ensure_future(_upload(s, proposal + head, body))
             rhead = await source.read_head()
@@ -149,11 +148,10 @@ async def _probe(node: Node, s: MuxedStream, exc: ConnectionClosed) -> None:
 async def _upload(s: MuxedStream, head: bytes, body: bytes | AsyncIterable[bytes]) -> None:
     """Send the request (in its own task, so the response can be read meanwhile)."""
     try:
-        await write_message(s, head, body)
+        await write_message(s, head, body, last=True)
     except Exception:
         await s.reset()  # the server must not take a truncated body for a whole one
         raise
-    await s.close_write()
 
 
 async def _abort(s: MuxedStream, upload: asyncio.Task[None] | None) -> None:

@@ -567,7 +567,7 @@ async def _send(stream: MuxedStream, response: Response) -> None:
         body = _INTERNAL_ERROR.encode()
         head = encode_response_head(500, {"content-type": CONTENT_TEXT}, len(body))
     try:
-        await write_message(stream, head, body)
+        await write_message(stream, head, body, last=True)
     except P2PError as exc:  # the client went away
         log.debug("response to %s not delivered: %s", stream.remote_peer, exc)
         await stream.reset()

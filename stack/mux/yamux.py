@@ -145,6 +145,31 @@ class YamuxStream(MuxedStream):
         return data
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await self._send(data, last=False)
+
+    async def write_last(self, data: bytes | bytearray | memoryview) -> None:
+        """Data frames and the FIN leave in one write to the connection below."""
+        if not data:
+            await self.close_write()
+            return
+        await self._send(data, last=True)
+
+    async def write_soon(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` and flush on the next loop turn (or with the next write)."""
+        session = self._conn._session
+        if self._write_closed or not data or len(data) > session.send_window(self._id):
+            await self.write(data)
+            return
+        view = memoryview(data) if len(data) > 65536 else bytes(data)
+        pos = 0
+        while pos < len(view):  # the window holds it all: only frame size splits it
+            pos += session.send_data(self._id, view[pos:] if pos else view)
+        stats = self._conn.stats
+        stats.bytes_sent += len(view)
+        stats.messages_sent += 1
+        self._conn._schedule_flush()
+
+    async def _send(self, data: bytes | bytearray | memoryview, *, last: bool) -> None:
         total = len(data)
         if self._write_closed:
             raise self._error or ConnectionClosed(f"yamux stream {self._id} is closed for writing")
@@ -169,6 +194,9 @@ class YamuxStream(MuxedStream):
             pos += n
             if pos < total and session.send_window(self._id):
                 continue  # queue more frames; one flush carries them all
+            if pos == total and last:
+                self._write_closed = True
+                session.close_stream(self._id)
             await conn._flush()
         stats = conn.stats
         stats.bytes_sent += total
