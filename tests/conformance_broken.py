@@ -7,12 +7,14 @@ contract the suite must report broken.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from multiaddr import Multiaddr
 
+from protocols.router import Request, Response, Route, Router, Service
 from stack.config import NetworkConfig
-from stack.conformance import MuxerHarness, SecurityHarness, SimTransportHarness
+from stack.conformance import MuxerHarness, RouterHarness, SecurityHarness, SimTransportHarness
 from stack.errors import AuthenticationFailed, ConnectionClosed
 from stack.identity import KeyPair, PeerId, PublicKey
 from stack.metrics import ConnectionStats
@@ -278,3 +280,45 @@ BROKEN: dict[type, tuple[str, str, str]] = {
     NoBackpressureHarness: ("muxer_harness", "test_muxer", "muxer.flow-control"),
     ResetIsCloseHarness: ("muxer_harness", "test_muxer", "muxer.reset"),
 }
+
+
+class _CrashingItems:
+    """A service whose handler trusts its path parameter (int() of any text)."""
+
+    def register_routes(self, router: Router) -> None:
+        @router.get("/items/{item_id}")
+        async def item(request: Request) -> Response:
+            return Response.from_json({"id": int(request.params["item_id"])})
+
+
+class CrashingServiceHarness(RouterHarness):
+    """A service that answers 500 to a non-numeric id."""
+
+    def services(self) -> list[Service]:
+        return [_CrashingItems()]
+
+    def good_requests(self) -> list[tuple[str, str, bytes]]:
+        return [("GET", "/items/7", b"")]
+
+
+class _LaxRouter(Router):
+    """Accepts a route even when another of the same method and shape exists."""
+
+    def _add(self, routes: Sequence[Route]) -> None:
+        for r in routes:
+            self._insert(r)
+
+
+class NoConflictCheckHarness(RouterHarness):
+    """A router that never detects conflicting registrations."""
+
+    def make_router(self) -> Router:
+        return _LaxRouter()
+
+
+BROKEN.update(
+    {
+        CrashingServiceHarness: ("router_harness", "test_router", "router.robustness"),
+        NoConflictCheckHarness: ("router_harness", "test_router", "router.conflicts"),
+    }
+)

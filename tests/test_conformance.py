@@ -13,7 +13,13 @@ from tests.conformance_broken import BROKEN
 pytest_plugins = ["pytester"]
 
 REMOTE_TESTS = 9
-SUITE_SIZES = {"test_transport": 14, "test_security": 6, "test_muxer": 15, "test_node": 6}
+SUITE_SIZES = {
+    "test_transport": 14,
+    "test_security": 6,
+    "test_muxer": 15,
+    "test_node": 6,
+    "test_router": 5,
+}
 
 
 def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunResult:
@@ -27,7 +33,9 @@ def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunRe
 
 BUILTIN_SIM = """
     import pytest
-    from stack.conformance import NoiseHarness, SimNodeHarness, SimTransportHarness, YamuxHarness
+    from stack.conformance import (
+        NoiseHarness, SimNodeHarness, SimTransportHarness, StaticFilesHarness, YamuxHarness,
+    )
 
     @pytest.fixture
     def transport_harness(): return SimTransportHarness()
@@ -37,6 +45,8 @@ BUILTIN_SIM = """
     def muxer_harness(): return YamuxHarness()
     @pytest.fixture
     def node_harness(): return SimNodeHarness()
+    @pytest.fixture
+    def router_harness(): return StaticFilesHarness()
 """
 
 BUILTIN_TCP = """

@@ -130,6 +130,18 @@ def test_threads_work_and_freeze_virtual_time() -> None:
     assert run_simulation(main, seed=1, config=QUIET) == 499500
 
 
+def test_virtual_time_stands_still_for_threads_even_with_timers_pending() -> None:
+    async def main(sim: Simulation) -> float:
+        timer = asyncio.ensure_future(asyncio.sleep(10))  # a timer waiting in the queue
+        start = sim.now
+        await asyncio.to_thread(time.sleep, 0.05)  # real work in a thread
+        elapsed = sim.now - start
+        timer.cancel()
+        return elapsed
+
+    assert run_simulation(main, seed=1, config=QUIET) == 0.0
+
+
 def test_run_can_be_called_several_times_and_state_carries_over() -> None:
     with Simulation(1, config=QUIET) as sim:
         ev = asyncio.Event()

@@ -8,6 +8,9 @@ Suites (modules of this package, each needing one harness fixture):
 * ``test_muxer`` — ``muxer_harness`` → :class:`MuxerHarness`;
 * ``test_node`` — ``node_harness`` → :class:`NodeHarness` (message integrity,
   connection lifecycle, the protocol-handler contract, partitions on the simulator);
+* ``test_router`` — ``router_harness`` → :class:`RouterHarness`: your router services
+  (good requests answer 2xx, hostile ones never crash or hang a handler) and the
+  routing contract itself (a stateful model test of registration and matching);
 * ``test_remote`` — ``remote_harness`` → :class:`RemotePeerHarness`: a running peer of
   any implementation (ours, py-libp2p, …) that speaks ping and echo, dialed by our node.
 
@@ -44,9 +47,11 @@ from stack.conformance.harness import (
     NodeHarness,
     NoiseHarness,
     RemotePeerHarness,
+    RouterHarness,
     SecurityHarness,
     SimNodeHarness,
     SimTransportHarness,
+    StaticFilesHarness,
     SwitchyRemoteHarness,
     TcpNodeHarness,
     TcpTransportHarness,
@@ -61,9 +66,11 @@ __all__ = [
     "NodeHarness",
     "NoiseHarness",
     "RemotePeerHarness",
+    "RouterHarness",
     "SecurityHarness",
     "SimNodeHarness",
     "SimTransportHarness",
+    "StaticFilesHarness",
     "SwitchyRemoteHarness",
     "TcpNodeHarness",
     "TcpTransportHarness",

@@ -11,6 +11,7 @@ from stack.conformance.harness import (
     MuxerHarness,
     NodeHarness,
     RemotePeerHarness,
+    RouterHarness,
     SecurityHarness,
     TransportHarness,
 )
@@ -54,3 +55,9 @@ def nodes(request: pytest.FixtureRequest) -> NodeHarness:
 def remote(request: pytest.FixtureRequest) -> RemotePeerHarness:
     """The remote peer under test (from your ``remote_harness`` fixture)."""
     return _harness(request, "remote_harness", RemotePeerHarness)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def router_part(request: pytest.FixtureRequest) -> RouterHarness:
+    """The router services under test (from your ``router_harness`` fixture)."""
+    return _harness(request, "router_harness", RouterHarness)  # type: ignore[return-value]

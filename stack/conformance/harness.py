@@ -34,6 +34,7 @@ from stack.identity import KeyPair
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
+    from protocols.router import Router, Service
     from stack.mux import StreamMuxer
     from stack.node import Node
     from stack.security import SecurityTransport
@@ -184,6 +185,29 @@ class SwitchyRemoteHarness(RemotePeerHarness):
             yield str(node.full_addrs[0])
 
 
+class RouterHarness(Harness):
+    """The router part under test: services (route handlers) and optionally the Router.
+
+    The suite mounts :meth:`services` on :meth:`make_router`'s router, serves it on a
+    simulated node and sends requests: :meth:`good_requests` must answer 2xx; random
+    hostile requests must never crash a handler (no 500) nor hang.
+    """
+
+    def make_router(self) -> Router:
+        """A fresh, empty router (default: :class:`protocols.router.Router`)."""
+        from protocols.router import Router
+
+        return Router()
+
+    def services(self) -> list[Service]:
+        """The services under test (fresh instances each call)."""
+        return []
+
+    def good_requests(self) -> list[tuple[str, str, bytes]]:
+        """(method, path, body) requests the services must answer with a 2xx status."""
+        return []
+
+
 # --- built-in harnesses ---------------------------------------------------------------------
 
 
@@ -318,6 +342,27 @@ class SimNodeHarness(NodeHarness):
 
     def heal(self, handle: Any) -> None:
         self.simulation.network.heal(handle)
+
+
+class StaticFilesHarness(RouterHarness):
+    """The built-in static file service on a temporary folder with two files."""
+
+    def __init__(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        self._dir = tempfile.TemporaryDirectory(prefix="switchy-conformance-")
+        root = Path(self._dir.name)
+        (root / "a.txt").write_bytes(b"alpha")
+        (root / "b.bin").write_bytes(bytes(range(256)) * 100)
+
+    def services(self) -> list[Service]:
+        from protocols.router.static import StaticFiles
+
+        return [StaticFiles(self._dir.name)]
+
+    def good_requests(self) -> list[tuple[str, str, bytes]]:
+        return [("GET", "/files", b""), ("GET", "/files/a.txt", b""), ("GET", "/files/b.bin", b"")]
 
 
 def addr_str(addr: Multiaddr | str) -> str:

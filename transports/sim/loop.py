@@ -108,14 +108,18 @@ class _VirtualSelector:
 
     def select(self, timeout: float | None) -> list[Any]:
         loop = self._loop
+        if timeout == 0:
+            return []
+        if loop._pending_threads:
+            # Virtual time stands still while threads work: wait for one to finish
+            # before jumping to the next timer.
+            loop._thread_wakeup.wait()
+            loop._thread_wakeup.clear()
+            return []
         if timeout is None:
-            # No callback is ready and no timer is scheduled.
-            if loop._pending_threads:
-                loop._thread_wakeup.wait()
-                loop._thread_wakeup.clear()
-                return []
+            # No callback is ready, no timer is scheduled and no thread is working.
             loop._deadlocked()
-        elif timeout > 0:
+        else:
             # Jump to the earliest timer (exactly, to keep times reproducible).
             when = loop._scheduled[0]._when  # type: ignore[attr-defined]
             limit = loop.time_limit
