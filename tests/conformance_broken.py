@@ -10,11 +10,20 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 from multiaddr import Multiaddr
 
+from protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend, RegistryBackend
 from protocols.router import Request, Response, Route, Router, Service
 from stack.config import NetworkConfig
-from stack.conformance import MuxerHarness, RouterHarness, SecurityHarness, SimTransportHarness
+from stack.conformance import (
+    MuxerHarness,
+    RegistryDiscoveryHarness,
+    RouterHarness,
+    SecurityHarness,
+    SimNameDiscoveryHarness,
+    SimTransportHarness,
+)
 from stack.errors import AuthenticationFailed, ConnectionClosed
 from stack.identity import KeyPair, PeerId, PublicKey
 from stack.metrics import ConnectionStats
@@ -320,5 +329,49 @@ BROKEN.update(
     {
         CrashingServiceHarness: ("router_harness", "test_router", "router.robustness"),
         NoConflictCheckHarness: ("router_harness", "test_router", "router.conflicts"),
+    }
+)
+
+
+class _LyingRegistryBackend(RegistryBackend):
+    """Resolves every name to a peer that never registered it."""
+
+    async def resolve(self, name: str) -> DiscoveredPeer:
+        found = await super().resolve(name)
+        return attrs.evolve(found, peer_id=KeyPair.generate().peer_id)
+
+
+class _ForgetfulRegistryBackend(RegistryBackend):
+    """Says it registered, but never tells the registry."""
+
+    async def register(self, name: str) -> None:
+        return None
+
+
+class LyingDiscoveryHarness(RegistryDiscoveryHarness):
+    """A backend that redirects names to other peers."""
+
+    def make_backend(self) -> DiscoveryBackend:
+        return _LyingRegistryBackend([self._registry.full_addrs[0]])
+
+
+class ForgetfulDiscoveryHarness(RegistryDiscoveryHarness):
+    """A backend whose registrations go nowhere."""
+
+    def make_backend(self) -> DiscoveryBackend:
+        return _ForgetfulRegistryBackend([self._registry.full_addrs[0]])
+
+
+class UnownedNamesHarness(SimNameDiscoveryHarness):
+    """The simulator's name service claiming to own names (it does not)."""
+
+    owns_names = True
+
+
+BROKEN.update(
+    {
+        LyingDiscoveryHarness: ("discovery_harness", "test_discovery", "discovery.resolve"),
+        ForgetfulDiscoveryHarness: ("discovery_harness", "test_discovery", "discovery.register"),
+        UnownedNamesHarness: ("discovery_harness", "test_discovery", "discovery.owner"),
     }
 )

@@ -19,6 +19,7 @@ SUITE_SIZES = {
     "test_muxer": 15,
     "test_node": 6,
     "test_router": 5,
+    "test_discovery": 5,
 }
 
 
@@ -34,7 +35,8 @@ def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunRe
 BUILTIN_SIM = """
     import pytest
     from stack.conformance import (
-        NoiseHarness, SimNodeHarness, SimTransportHarness, StaticFilesHarness, YamuxHarness,
+        NoiseHarness, RegistryDiscoveryHarness, SimNodeHarness, SimTransportHarness,
+        StaticFilesHarness, YamuxHarness,
     )
 
     @pytest.fixture
@@ -47,6 +49,8 @@ BUILTIN_SIM = """
     def node_harness(): return SimNodeHarness()
     @pytest.fixture
     def router_harness(): return StaticFilesHarness()
+    @pytest.fixture
+    def discovery_harness(): return RegistryDiscoveryHarness()
 """
 
 BUILTIN_TCP = """
@@ -64,6 +68,22 @@ def test_builtin_parts_on_the_simulator_pass_every_suite(pytester: pytest.Pytest
     result = _run(pytester, BUILTIN_SIM)
     # test_remote needs a running remote peer: see tests/interop/test_interop_conformance.py.
     result.assert_outcomes(passed=sum(SUITE_SIZES.values()), skipped=REMOTE_TESTS)
+
+
+def test_the_simulated_name_service_passes_what_it_promises(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+        import pytest
+        from stack.conformance import SimNameDiscoveryHarness
+
+        @pytest.fixture
+        def discovery_harness(): return SimNameDiscoveryHarness()
+        """,
+        "test_discovery",
+    )
+    # It does not own names: the take-over test is skipped, not failed.
+    result.assert_outcomes(passed=SUITE_SIZES["test_discovery"] - 1, skipped=1)
 
 
 def test_tcp_transport_and_tcp_nodes_pass(pytester: pytest.Pytester) -> None:

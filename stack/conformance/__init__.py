@@ -11,6 +11,9 @@ Suites (modules of this package, each needing one harness fixture):
 * ``test_router`` — ``router_harness`` → :class:`RouterHarness`: your router services
   (good requests answer 2xx, hostile ones never crash or hang a handler) and the
   routing contract itself (a stateful model test of registration and matching);
+* ``test_discovery`` — ``discovery_harness`` → :class:`DiscoveryHarness`: register,
+  resolve, connect by name, unknown names, names of any shape, many names at once,
+  and (where names are owned) no take-over of a live name;
 * ``test_remote`` — ``remote_harness`` → :class:`RemotePeerHarness`: a running peer of
   any implementation (ours, py-libp2p, …) that speaks ping and echo, dialed by our node.
 
@@ -42,13 +45,16 @@ from __future__ import annotations
 
 from stack.conformance._util import ContractViolation
 from stack.conformance.harness import (
+    DiscoveryHarness,
     Harness,
     MuxerHarness,
     NodeHarness,
     NoiseHarness,
+    RegistryDiscoveryHarness,
     RemotePeerHarness,
     RouterHarness,
     SecurityHarness,
+    SimNameDiscoveryHarness,
     SimNodeHarness,
     SimTransportHarness,
     StaticFilesHarness,
@@ -61,13 +67,16 @@ from stack.conformance.harness import (
 
 __all__ = [
     "ContractViolation",
+    "DiscoveryHarness",
     "Harness",
     "MuxerHarness",
     "NodeHarness",
     "NoiseHarness",
+    "RegistryDiscoveryHarness",
     "RemotePeerHarness",
     "RouterHarness",
     "SecurityHarness",
+    "SimNameDiscoveryHarness",
     "SimNodeHarness",
     "SimTransportHarness",
     "StaticFilesHarness",

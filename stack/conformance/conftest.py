@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from stack.conformance.harness import (
+    DiscoveryHarness,
     MuxerHarness,
     NodeHarness,
     RemotePeerHarness,
@@ -61,3 +62,9 @@ def remote(request: pytest.FixtureRequest) -> RemotePeerHarness:
 def router_part(request: pytest.FixtureRequest) -> RouterHarness:
     """The router services under test (from your ``router_harness`` fixture)."""
     return _harness(request, "router_harness", RouterHarness)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def discovery(request: pytest.FixtureRequest) -> DiscoveryHarness:
+    """The discovery backend under test (from your ``discovery_harness`` fixture)."""
+    return _harness(request, "discovery_harness", DiscoveryHarness)  # type: ignore[return-value]

@@ -34,6 +34,7 @@ from stack.identity import KeyPair
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
+    from protocols.discovery.backends import DiscoveryBackend
     from protocols.router import Router, Service
     from stack.mux import StreamMuxer
     from stack.node import Node
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from transports.sim import Simulation
 
 __all__ = [
+    "DiscoveryHarness",
     "Harness",
     "MuxerHarness",
     "NodeHarness",
@@ -208,6 +210,27 @@ class RouterHarness(Harness):
         return []
 
 
+class DiscoveryHarness(Harness):
+    """The discovery backend under test, on simulated nodes (virtual time).
+
+    :meth:`setup` starts what the backend needs (e.g. a registry node, made with
+    ``nodes.make_node``); :meth:`make_backend` gives each node its own backend.
+    """
+
+    #: A live name belongs to its registrant: another peer cannot take it over.
+    owns_names: bool = True
+
+    async def setup(self, nodes: SimNodeHarness) -> None:
+        """Start shared infrastructure inside the run (default: nothing)."""
+
+    @abc.abstractmethod
+    def make_backend(self) -> DiscoveryBackend:
+        """A fresh backend for one node (called after :meth:`setup`)."""
+
+    async def teardown(self) -> None:
+        """Stop what :meth:`setup` started."""
+
+
 # --- built-in harnesses ---------------------------------------------------------------------
 
 
@@ -363,6 +386,35 @@ class StaticFilesHarness(RouterHarness):
 
     def good_requests(self) -> list[tuple[str, str, bytes]]:
         return [("GET", "/files", b""), ("GET", "/files/a.txt", b""), ("GET", "/files/b.bin", b"")]
+
+
+class RegistryDiscoveryHarness(DiscoveryHarness):
+    """The name-registry backend, with one registry node on the simulated network."""
+
+    async def setup(self, nodes: SimNodeHarness) -> None:
+        from protocols.discovery.registry import RegistryService
+
+        self._registry = nodes.make_node("registry", services=[RegistryService()])
+        await self._registry.start()
+
+    def make_backend(self) -> DiscoveryBackend:
+        from protocols.discovery.backends import RegistryBackend
+
+        return RegistryBackend([self._registry.full_addrs[0]])
+
+    async def teardown(self) -> None:
+        await self._registry.close()
+
+
+class SimNameDiscoveryHarness(DiscoveryHarness):
+    """The simulator's name service (names are not owned)."""
+
+    owns_names = False
+
+    def make_backend(self) -> DiscoveryBackend:
+        from protocols.discovery.backends import SimNameBackend
+
+        return SimNameBackend(self.simulation.names)
 
 
 def addr_str(addr: Multiaddr | str) -> str:
