@@ -86,6 +86,21 @@ def test_the_simulated_name_service_passes_what_it_promises(pytester: pytest.Pyt
     result.assert_outcomes(passed=SUITE_SIZES["test_discovery"] - 1, skipped=1)
 
 
+def test_nodes_behind_a_relay_pass_the_node_suite(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+        import pytest
+        from stack.conformance import RelayNodeHarness
+
+        @pytest.fixture
+        def node_harness(): return RelayNodeHarness()
+        """,
+        "test_node",
+    )
+    result.assert_outcomes(passed=SUITE_SIZES["test_node"])
+
+
 def test_tcp_transport_and_tcp_nodes_pass(pytester: pytest.Pytester) -> None:
     result = _run(pytester, BUILTIN_TCP, "test_transport", "test_node")
     # The partition test needs a harness that can partition: skipped on real TCP.

@@ -124,6 +124,9 @@ class MuxerHarness(Harness):
 class NodeHarness(Harness):
     """Builds nodes with the parts under test."""
 
+    #: Connections between the nodes go through a relay (and must say so: ``is_limited``).
+    relayed: bool = False
+
     @abc.abstractmethod
     def make_node(self, name: str, **kwargs: Any) -> Node:
         """A node (not started); ``kwargs`` go to :class:`~stack.node.Node`."""
@@ -386,6 +389,59 @@ class StaticFilesHarness(RouterHarness):
 
     def good_requests(self) -> list[tuple[str, str, bytes]]:
         return [("GET", "/files", b""), ("GET", "/files/a.txt", b""), ("GET", "/files/b.bin", b"")]
+
+
+class RelayNodeHarness(SimNodeHarness):
+    """Nodes reachable only through a circuit relay (v2) on the simulated network.
+
+    Each node listens on ``…/p2p/<relay>/p2p-circuit`` and nowhere else, so every
+    connection the node suite makes is relayed (Noise + yamux end to end).
+    """
+
+    relayed = True
+
+    def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
+        async def with_relay() -> _T:
+            from stack.node import Node
+            from transports.relay import RelayConfig, RelayService
+            from transports.sim import SimTransport
+
+            sim = self.simulation
+            sim.network.add_host("relay")
+            sim.network.add_link("relay", "hub", latency=0.005)
+            relay = Node(
+                transports=[SimTransport(sim.network, "relay")],
+                services=[RelayService(RelayConfig(limit_data=0, limit_duration=0))],
+                key=KeyPair.generate(sim.entropy_source("relay")),
+                entropy=sim.entropy_source("relay/node"),
+                listen=[self.listen_addr()],
+                config=self.config(),
+            )
+            async with relay:
+                self._relay_addr = relay.full_addrs[0]
+                return await main()
+
+        return super().run(with_relay)
+
+    def make_node(self, name: str, **kwargs: Any) -> Node:
+        from stack.node import Node
+        from transports.relay import RelayTransport
+        from transports.sim import SimTransport
+
+        sim = self.simulation
+        if all(host.name != name for host in sim.network.hosts):
+            sim.network.add_host(name)
+            sim.network.add_link(name, "hub", latency=0.005)
+        kwargs.setdefault("config", self.config())
+        kwargs.setdefault("key", KeyPair.generate(sim.entropy_source(name)))
+        services = [RelayTransport([self._relay_addr]), *kwargs.pop("services", [])]
+        return Node(
+            transports=[SimTransport(sim.network, name)],
+            services=services,
+            entropy=sim.entropy_source(f"{name}/node"),
+            listen=[f"{self._relay_addr}/p2p-circuit"],
+            **kwargs,
+        )
 
 
 class RegistryDiscoveryHarness(DiscoveryHarness):

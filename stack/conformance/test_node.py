@@ -79,6 +79,12 @@ def test_message_integrity(nodes: NodeHarness) -> None:
                     "node.message-integrity",
                     f"echoed {size} bytes, got back {len(got)}",
                 )
+            limited = [c.is_limited for c in a.connections(b.peer_id)]
+            require(
+                limited and all(x == nodes.relayed for x in limited),
+                "node.relayed",
+                f"connections is_limited={limited}, expected {nodes.relayed} for this set-up",
+            )
 
     nodes.run(main)
 
