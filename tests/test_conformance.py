@@ -16,7 +16,7 @@ REMOTE_TESTS = 9
 SUITE_SIZES = {
     "test_transport": 14,
     "test_security": 6,
-    "test_muxer": 15,
+    "test_muxer": 19,
     "test_node": 6,
     "test_router": 5,
     "test_discovery": 5,
