@@ -95,11 +95,15 @@ class PeerProcess:
 
 
 @asynccontextmanager
-async def pylibp2p_listener(seed: bytes | None = None) -> AsyncIterator[PeerProcess]:
-    """Start a py-libp2p peer listening on loopback; stop it on exit."""
+async def pylibp2p_listener(
+    seed: bytes | None = None, *, quic: bool = False
+) -> AsyncIterator[PeerProcess]:
+    """Start a py-libp2p peer listening on loopback (TCP, or QUIC-v1); stop it on exit."""
     args = [str(_python()), str(PEER_SCRIPT), "listen"]
     if seed is not None:
         args += ["--seed", seed.hex()]
+    if quic:
+        args.append("--quic")
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,

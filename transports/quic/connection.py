@@ -8,6 +8,7 @@ and maps its events onto streams:
 * a stream's FIN is ``close_write`` / end of stream (after every byte);
 * ``reset`` sends RESET_STREAM and STOP_SENDING; a peer's RESET_STREAM makes
   reads raise :class:`StreamReset`, a peer's STOP_SENDING makes writes raise it;
+  ``close`` sends FIN, and STOP_SENDING only if data still arrives afterwards;
 * reads grant flow-control credit as the application consumes data, and
   writes wait while more than :data:`WRITE_HIGH_WATER` bytes are unsent, so
   a peer that stops reading stops the writer (backpressure end to end);
@@ -91,6 +92,7 @@ class QuicStream(MuxedStream):
         "_id",
         "_read_closed",
         "_read_waiter",
+        "_stop_sent",
         "_write_closed",
         "_write_error",
         "_write_waiter",
@@ -107,6 +109,7 @@ class QuicStream(MuxedStream):
         self._error: ConnectionClosed | None = None
         self._write_error: ConnectionClosed | None = None
         self._read_closed = False
+        self._stop_sent = False
         self._write_closed = False
         self._written = 0
         self._read_waiter: asyncio.Future[None] | None = None
@@ -136,6 +139,13 @@ class QuicStream(MuxedStream):
     def _deliver(self, data: bytes) -> None:
         if self._read_closed or self._error is not None:
             self._conn._credit(self._id, len(data))
+            if self._read_closed and not self._stop_sent and self._error is None:
+                # Data after close(): now ask the peer to stop sending.  (Not at close()
+                # itself: some peers take STOP_SENDING as a reset of the whole stream.)
+                self._stop_sent = True
+                with contextlib.suppress(ValueError, RuntimeError, AssertionError):
+                    self._conn._quic.stop_stream(self._id, STREAM_RESET_CODE)
+                self._conn._schedule_transmit()
             return
         self._buf.append(data)
         self._wake_reader()
@@ -191,7 +201,9 @@ class QuicStream(MuxedStream):
         return 0 if sent is None else self._written - sent
 
     def _maybe_forget(self) -> None:
-        read_done = self._read_closed or self._eof or self._error is not None
+        # After close() the stream stays known until the peer ends its side, so that data
+        # it still sends is credited and answered with STOP_SENDING.
+        read_done = self._eof or self._error is not None
         if read_done and self._write_closed:
             self._conn._forget(self._id)
 
@@ -285,10 +297,6 @@ class QuicStream(MuxedStream):
             dropped = self._buf.clear()
             if dropped:
                 self._conn._credit(self._id, dropped)
-            if not self._eof and self._error is None:
-                # We will not read any more: ask the peer to stop sending.
-                with contextlib.suppress(ValueError, RuntimeError, AssertionError):
-                    self._conn._quic.stop_stream(self._id, STREAM_RESET_CODE)
             self._wake_reader()
         await self.close_write()
         self._maybe_forget()

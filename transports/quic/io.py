@@ -112,7 +112,15 @@ class UdpNetwork(DatagramNetwork):
         return transport
 
     def dial_address(self, remote: SockAddr) -> SockAddr:
-        return ("::", 0) if ":" in str(remote[0]) else ("0.0.0.0", 0)
+        host = str(remote[0])
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if ":" in host:
+            return ("::1" if loopback else "::", 0)
+        # A loopback peer is reached from 127.0.0.1: our local address is then exact.
+        return ("127.0.0.1" if loopback else "0.0.0.0", 0)
 
     def can_reach(self, local: SockAddr, remote: SockAddr) -> bool:
         lhost, rhost = str(local[0]), str(remote[0])
