@@ -1,13 +1,18 @@
 """QUIC benchmarks against a bare aioquic client/server pair, in one run; prints one JSON object.
 
 Figures (loopback, both ends in one event loop, the same aioquic settings on both sides):
-- one-stream throughput: bare aioquic (stream data pushed straight into QuicConnection)
-  vs our QUIC transport stream vs a node stream (multistream-negotiated) over QUIC;
-- connection setup: bare aioquic handshake vs our dial (libp2p TLS both ways, peer id
-  checked) vs a node connect;
-- ping round trip over QUIC (the libp2p ping protocol on one stream, and a QUIC PING).
+- one-stream throughput: bare aioquic (stream data pushed straight into QuicConnection, no
+  flow control by the reader, no stream API) vs our QUIC transport stream vs a node stream
+  (multistream-negotiated, as protocols use it);
+- connection setup: bare aioquic handshake (server certificate only) vs our dial (libp2p TLS
+  both ways, both certificates checked, peer id derived) vs a node connect;
+- ping round trip over QUIC (the libp2p ping protocol on one stream).
 
-Usage: ``python -m bench.bench_quic [--quick]``.
+Each figure is the median over ``--rounds`` interleaved rounds.  Throughput and setup are
+reported in wall-clock time and in CPU time of this process: both ends run here, so the CPU
+figures are not disturbed by other load on a shared machine; the ratios use them.
+
+Usage: ``python -m bench.bench_quic [--quick] [--rounds N]``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import ssl
 import statistics
 import time
+from collections import defaultdict
 from typing import Any
 
 from aioquic.asyncio.client import connect
@@ -32,6 +38,17 @@ from transports.quic.tls import make_certificate
 
 CHUNK = 256 * 1024
 LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
+
+
+class _Timer:
+    """Wall and CPU seconds of one measurement."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 # --- bare aioquic -------------------------------------------------------------------------------
@@ -52,17 +69,14 @@ class _Sink(QuicConnectionProtocol):
                 self.done.set_result(self.received)
 
 
-def _bare_configs() -> tuple[QuicConfiguration, QuicConfiguration]:
+async def _bare(total: int, handshakes: int, out: dict[str, list[float]]) -> None:
     cert = make_certificate(KeyPair.generate())
-    server = QuicConfiguration(is_client=False, alpn_protocols=["bench"])
-    server.certificate = cert.certificate
-    server.private_key = cert.private_key
-    client = QuicConfiguration(is_client=True, alpn_protocols=["bench"], verify_mode=ssl.CERT_NONE)
-    return server, client
-
-
-async def _bare(total: int, handshakes: int) -> tuple[float, list[float]]:
-    server_cfg, client_cfg = _bare_configs()
+    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["bench"])
+    server_cfg.certificate = cert.certificate
+    server_cfg.private_key = cert.private_key
+    client_cfg = QuicConfiguration(
+        is_client=True, alpn_protocols=["bench"], verify_mode=ssl.CERT_NONE
+    )
     sinks: list[_Sink] = []
 
     def factory(*args: Any, **kwargs: Any) -> _Sink:
@@ -73,31 +87,33 @@ async def _bare(total: int, handshakes: int) -> tuple[float, list[float]]:
     server = await serve("127.0.0.1", 0, configuration=server_cfg, create_protocol=factory)
     assert server._transport is not None
     port = server._transport.get_extra_info("sockname")[1]
-    setups = []
     for _ in range(handshakes):
-        start = time.perf_counter()
-        async with connect("127.0.0.1", port, configuration=client_cfg) as client:
-            setups.append(time.perf_counter() - start)
+        t = _Timer()
+        async with connect("127.0.0.1", port, configuration=client_cfg):
+            wall, cpu = t.stop()
+        out["bare_handshake"].append(wall)
+        out["bare_handshake_cpu"].append(cpu)
     async with connect("127.0.0.1", port, configuration=client_cfg) as client:
         quic = client._quic
         sid = quic.get_next_available_stream_id()
         data = bytes(CHUNK)
-        start = time.perf_counter()
+        t = _Timer()
         for i in range(total // CHUNK):
             quic.send_stream_data(sid, data, end_stream=i == total // CHUNK - 1)
             client.transmit()
             await asyncio.sleep(0)
         n = await sinks[-1].done
-        elapsed = time.perf_counter() - start
+        wall, cpu = t.stop()
         assert n == total
     server.close()
-    return total / elapsed, setups
+    out["bare_wall"].append(total / wall)
+    out["bare_cpu"].append(total / cpu)
 
 
 # --- ours ---------------------------------------------------------------------------------------
 
 
-async def _ours_transport(total: int, handshakes: int) -> tuple[float, list[float], list[float]]:
+async def _transport(total: int, handshakes: int, out: dict[str, list[float]]) -> None:
     from transports.quic import QuicTransport
 
     kb = KeyPair.generate()
@@ -109,18 +125,19 @@ async def _ours_transport(total: int, handshakes: int) -> tuple[float, list[floa
 
     listener = await tb.listen(Multiaddr(LISTEN), handler)
     addr = listener.addrs[0]
-    setups = []
     for _ in range(handshakes):
-        start = time.perf_counter()
+        t = _Timer()
         conn: Any = await ta.dial(addr, remote_peer=kb.peer_id)
-        setups.append(time.perf_counter() - start)
+        wall, cpu = t.stop()
+        out["transport_dial"].append(wall)
+        out["transport_dial_cpu"].append(cpu)
         await conn.close()
         await (await accepted.get()).wait_closed()
     conn = await ta.dial(addr, remote_peer=kb.peer_id)
     server = await accepted.get()
     stream = await conn.open_stream()
     data = bytes(CHUNK)
-    start = time.perf_counter()
+    t = _Timer()
     await stream.write(data)
     inbound = await server.accept_stream()
 
@@ -134,25 +151,26 @@ async def _ours_transport(total: int, handshakes: int) -> tuple[float, list[floa
     while chunk := await inbound.read():
         n += len(chunk)
     await task
-    elapsed = time.perf_counter() - start
+    wall, cpu = t.stop()
     assert n == total
-    rtts = [await conn.ping() for _ in range(50)]
+    out["transport_wall"].append(total / wall)
+    out["transport_cpu"].append(total / cpu)
     await conn.close()
     await listener.close()
-    return total / elapsed, setups, rtts
 
 
-async def _ours_node(total: int, handshakes: int) -> dict[str, Any]:
+async def _node(total: int, handshakes: int, out: dict[str, list[float]]) -> None:
     from protocols.ping import ping
     from stack.node import Node
 
     async with Node.default(listen=[LISTEN]) as server, Node.default() as client:
-        setups = []
         for _ in range(handshakes):
             async with Node.default() as fresh:
-                start = time.perf_counter()
+                t = _Timer()
                 await fresh.connect(server.full_addrs[0])
-                setups.append(time.perf_counter() - start)
+                wall, cpu = t.stop()
+                out["node_connect"].append(wall)
+                out["node_connect_cpu"].append(cpu)
         done = asyncio.get_running_loop().create_future()
 
         async def sink(stream: Any) -> None:
@@ -164,44 +182,58 @@ async def _ours_node(total: int, handshakes: int) -> dict[str, Any]:
         server.handle("/bench/sink/1.0.0", sink)
         stream = await client.open_stream(server.full_addrs[0], "/bench/sink/1.0.0")
         data = bytes(CHUNK)
-        start = time.perf_counter()
+        t = _Timer()
         for _ in range(total // CHUNK):
             await stream.write(data)
         await stream.close_write()
         n = await done
-        elapsed = time.perf_counter() - start
+        wall, cpu = t.stop()
         assert n == total
-        rtts = await ping(client, server.peer_id, count=200)
-        return {"throughput": total / elapsed, "setups": setups, "ping": rtts}
+        out["node_wall"].append(total / wall)
+        out["node_cpu"].append(total / cpu)
+        out["ping"].extend(await ping(client, server.peer_id, count=100))
 
 
-def _ms(values: list[float]) -> float:
-    return round(statistics.median(values) * 1e3, 3)
+def _med(values: list[float], scale: float = 1.0) -> float:
+    return round(statistics.median(values) * scale, 3)
 
 
-async def run(total: int, handshakes: int) -> dict[str, Any]:
-    bare_tp, bare_setup = await _bare(total, handshakes)
-    ours_tp, ours_setup, quic_rtts = await _ours_transport(total, handshakes)
-    node = await _ours_node(total, handshakes)
+def _ratio(ours: list[float], bare: list[float]) -> float:
+    return round(statistics.median(ours) / statistics.median(bare), 3)
+
+
+async def run(total: int, handshakes: int, rounds: int) -> dict[str, Any]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        await _bare(total, handshakes, out)
+        await _transport(total, handshakes, out)
+        await _node(total, handshakes, out)
+    mb = 1e-6
+    ms = 1e3
+    ping = sorted(out["ping"])
     return {
-        "bytes": total,
-        "bare_aioquic_MBps": round(bare_tp / 1e6, 2),
-        "transport_stream_MBps": round(ours_tp / 1e6, 2),
-        "node_stream_MBps": round(node["throughput"] / 1e6, 2),
-        "node_vs_bare_throughput": round(node["throughput"] / bare_tp, 3),
-        "transport_vs_bare_throughput": round(ours_tp / bare_tp, 3),
-        "bare_aioquic_handshake_ms": _ms(bare_setup),
-        "transport_dial_ms": _ms(ours_setup),
-        "node_connect_ms": _ms(node["setups"]),
-        "dial_vs_bare_handshake": round(
-            statistics.median(ours_setup) / statistics.median(bare_setup), 3
+        "bytes_per_transfer": total,
+        "rounds": rounds,
+        "bare_aioquic_MBps": _med(out["bare_wall"], mb),
+        "transport_stream_MBps": _med(out["transport_wall"], mb),
+        "node_stream_MBps": _med(out["node_wall"], mb),
+        "bare_aioquic_MB_per_cpu_s": _med(out["bare_cpu"], mb),
+        "transport_stream_MB_per_cpu_s": _med(out["transport_cpu"], mb),
+        "node_stream_MB_per_cpu_s": _med(out["node_cpu"], mb),
+        "transport_vs_bare_throughput": _ratio(out["transport_cpu"], out["bare_cpu"]),
+        "node_vs_bare_throughput": _ratio(out["node_cpu"], out["bare_cpu"]),
+        "bare_aioquic_handshake_ms": _med(out["bare_handshake"], ms),
+        "transport_dial_ms": _med(out["transport_dial"], ms),
+        "node_connect_ms": _med(out["node_connect"], ms),
+        "bare_aioquic_handshake_cpu_ms": _med(out["bare_handshake_cpu"], ms),
+        "transport_dial_cpu_ms": _med(out["transport_dial_cpu"], ms),
+        "node_connect_cpu_ms": _med(out["node_connect_cpu"], ms),
+        "dial_vs_bare_handshake": _ratio(out["transport_dial_cpu"], out["bare_handshake_cpu"]),
+        "node_connect_vs_bare_handshake": _ratio(
+            out["node_connect_cpu"], out["bare_handshake_cpu"]
         ),
-        "node_connect_vs_bare_handshake": round(
-            statistics.median(node["setups"]) / statistics.median(bare_setup), 3
-        ),
-        "ping_rtt_median_ms": _ms(node["ping"]),
-        "ping_rtt_p99_ms": round(sorted(node["ping"])[int(len(node["ping"]) * 0.99)] * 1e3, 3),
-        "quic_ping_rtt_median_ms": _ms(quic_rtts),
+        "ping_rtt_median_ms": _med(ping, ms),
+        "ping_rtt_p99_ms": round(ping[int(len(ping) * 0.99)] * ms, 3),
     }
 
 
@@ -209,10 +241,12 @@ def main() -> None:
     """Run the benchmarks and print one JSON object."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller transfers, fewer handshakes")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
     args = p.parse_args()
-    total = 16 * 1024 * 1024 if args.quick else 64 * 1024 * 1024
-    handshakes = 10 if args.quick else 30
-    print(json.dumps(asyncio.run(run(total, handshakes))))
+    total = 8 * 1024 * 1024 if args.quick else 32 * 1024 * 1024
+    handshakes = 10 if args.quick else 20
+    rounds = args.rounds or (2 if args.quick else 5)
+    print(json.dumps(asyncio.run(run(total, handshakes, rounds))))
 
 
 if __name__ == "__main__":

@@ -208,3 +208,16 @@ def test_der_refuses_non_minimal_and_indefinite_lengths() -> None:
         der_read(b"\x30\x80\x00\x00")
     with pytest.raises(SerializationError, match="claims 5 bytes"):
         der_read(b"\x04\x05abc")
+
+
+def test_verification_cache_still_checks_the_validity_period() -> None:
+    key = KeyPair.generate()
+    cert = make_certificate(key)
+    assert verify_certificate_chain([cert.der]) == key.peer_id
+    assert verify_certificate_chain([cert.certificate]) == key.peer_id  # remembered
+    later = cert.certificate.not_valid_after_utc + datetime.timedelta(seconds=1)
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        verify_certificate_chain([cert.der], now=later)
+    # a different certificate with the same extension is checked in full, not remembered
+    with pytest.raises(AuthenticationFailed, match="signature does not verify"):
+        verify_certificate_chain([build(key, sign_spki=b"x")])

@@ -389,7 +389,7 @@ class QuicConnection(MuxedConnection):
             return
         self._quic.receive_datagram(data, addr, self._loop.time())
         self._process_events()
-        self._schedule_transmit()
+        self._transmit()  # acknowledgements and whatever the peer's ACKs allow, right away
 
     def _schedule_transmit(self) -> None:
         if not self._transmit_scheduled and not self._terminated:

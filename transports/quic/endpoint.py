@@ -118,6 +118,16 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     # --- asyncio.DatagramProtocol ----------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) > CONNECTION_ID_LENGTH and not data[0] & 0x80:
+            # Short header (an established connection): the connection id follows byte 0.
+            conn = self._by_cid.get(data[1 : 1 + CONNECTION_ID_LENGTH])
+            if conn is not None:
+                try:
+                    conn._datagram_received(data, self.network.normalize(addr))
+                except Exception:  # a core bug must not take the socket down
+                    log.exception("QUIC: error handling a datagram for %r", conn)
+                    self._drop(conn)
+                return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
         except Exception:

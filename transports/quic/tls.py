@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Final, Literal
 
@@ -46,6 +47,7 @@ __all__ = [
     "LIBP2P_EXTENSION_OID",
     "MAX_CERTIFICATE_SIZE",
     "SIGNATURE_PREFIX",
+    "VERIFIED_CACHE_SIZE",
     "CertificateKeyType",
     "Libp2pCertificate",
     "decode_signed_key",
@@ -66,6 +68,8 @@ CERTIFICATE_VALIDITY: Final = datetime.timedelta(days=365)
 CLOCK_SKEW: Final = datetime.timedelta(hours=1)
 #: Largest peer certificate (DER) we parse.
 MAX_CERTIFICATE_SIZE: Final = 16 * 1024
+#: Verified peer certificates remembered (see ``_verified``).
+VERIFIED_CACHE_SIZE: Final = 1024
 #: Largest SignedKey extension value we parse (an RSA-4096 key and signature fit).
 MAX_SIGNED_KEY_SIZE: Final = 4096
 
@@ -199,6 +203,12 @@ def _check_self_signature(cert: x509.Certificate) -> None:
         raise AuthenticationFailed(f"certificate self-signature cannot be checked: {exc}") from None
 
 
+#: Certificates already verified: DER -> (peer id, not before, not after).  Peers reuse
+#: one certificate for many connections; the signatures of identical bytes verify the same
+#: way every time, only the validity period depends on the moment.
+_verified: OrderedDict[bytes, tuple[PeerId, datetime.datetime, datetime.datetime]] = OrderedDict()
+
+
 def verify_certificate_chain(
     chain: Sequence[x509.Certificate | bytes], *, now: datetime.datetime | None = None
 ) -> PeerId:
@@ -206,6 +216,28 @@ def verify_certificate_chain(
 
     Raises :class:`AuthenticationFailed` naming the first problem found.
     """
+    if len(chain) == 1:
+        item = chain[0]
+        der = item if isinstance(item, bytes) else item.public_bytes(Encoding.DER)
+        hit = _verified.get(der)
+        if hit is not None:
+            peer, start, end = hit
+            moment = now or datetime.datetime.now(datetime.UTC)
+            if start <= moment <= end:
+                _verified.move_to_end(der)
+                return peer
+        peer = _verify_chain(chain, now=now)
+        cert = item if isinstance(item, x509.Certificate) else x509.load_der_x509_certificate(der)
+        _verified[der] = (peer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        if len(_verified) > VERIFIED_CACHE_SIZE:
+            _verified.popitem(last=False)
+        return peer
+    return _verify_chain(chain, now=now)
+
+
+def _verify_chain(
+    chain: Sequence[x509.Certificate | bytes], *, now: datetime.datetime | None = None
+) -> PeerId:
     if len(chain) != 1:
         raise AuthenticationFailed(f"peer must present exactly one certificate, got {len(chain)}")
     item = chain[0]

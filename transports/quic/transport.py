@@ -96,8 +96,9 @@ class QuicTransport(Transport):
 
     def bind(self, key: KeyPair, config: NetworkConfig) -> None:
         self._key = key
-        self._cert = None
         self.config = config
+        # Made now, with the node, rather than in its first dial.
+        self._cert = make_certificate(key, key_type=self._cert_key_type)
 
     @property
     def identity(self) -> KeyPair:
