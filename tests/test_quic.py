@@ -20,6 +20,7 @@ from stack.errors import (
     AuthenticationFailed,
     ConnectionClosed,
     FeatureNotSupported,
+    InvalidConfiguration,
     MessageTooLarge,
     P2PTimeout,
     ResourceLimitExceeded,
@@ -617,5 +618,59 @@ def test_a_stalled_handshake_times_out_on_both_sides() -> None:
         sock.close()
         silent.close()
         await s.close()
+
+    run(main)
+
+
+def test_a_flood_of_new_handshakes_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transports.quic.endpoint as endpoint_module
+
+    monkeypatch.setattr(endpoint_module, "MAX_PENDING_HANDSHAKES", 2)
+
+    async def main() -> None:
+        s = await setup()
+        port = int(s.addr.value_for_protocol("udp"))
+        loop = asyncio.get_running_loop()
+        sock = udp_socket()
+        for _ in range(5):  # five silent clients: each sends a first flight only
+            quic = Libp2pQuicConnection(
+                configuration=make_configuration(
+                    make_certificate(KeyPair.generate()), is_client=True
+                ),
+                max_inbound_streams=4,
+            )
+            quic.connect(("127.0.0.1", port), loop.time())
+            for data, _ in quic.datagrams_to_send(loop.time()):
+                sock.sendto(data, ("127.0.0.1", port))
+        await s.client.ping()  # the flood was handled before this round trip
+        ep = s.server_t.endpoints[0]
+        assert len(ep._handshakes) == 2
+        assert ep.counters.refused_handshakes == 3
+        # established connections are not disturbed
+        a, b = await stream_pair(s)
+        await a.write(b"fine")
+        assert await b.read_exactly(4) == b"fine"
+        sock.close()
+        await s.close()
+
+    run(main)
+
+
+def test_larger_packets_where_the_path_allows() -> None:
+    async def main() -> None:
+        s = await setup(
+            client_kw={"max_datagram_size": 8000}, server_kw={"max_datagram_size": 8000}
+        )
+        a, b = await stream_pair(s)
+        payload = os.urandom(500_000)
+        reader = asyncio.ensure_future(b.read_all(limit=1 << 24))
+        await a.write(payload)
+        await a.close_write()
+        assert await reader == payload
+        assert s.client.max_datagram_size > 7000  # datagrams grow with the packets
+        await s.close()
+
+    with pytest.raises(InvalidConfiguration, match="max_datagram_size must be within"):
+        QuicTransport(max_datagram_size=100)
 
     run(main)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 from typing import TYPE_CHECKING, Final
 
-from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from multiaddr import Multiaddr
 
 from stack.addresses import split_peer
@@ -38,8 +38,16 @@ if TYPE_CHECKING:
     from stack.mux import MuxedConnection
     from stack.stream import Connection
 
-__all__ = ["CERTIFICATE_RENEWAL", "QuicConnection", "QuicListener", "QuicTransport"]
+__all__ = [
+    "CERTIFICATE_RENEWAL",
+    "MAX_UDP_PAYLOAD",
+    "QuicConnection",
+    "QuicListener",
+    "QuicTransport",
+]
 
+#: Largest UDP payload (IPv4: 65535 - 20 - 8).
+MAX_UDP_PAYLOAD: Final = 65507
 #: A certificate with less validity left than this is replaced by a new one.
 CERTIFICATE_RENEWAL: Final = datetime.timedelta(days=1)
 
@@ -65,7 +73,8 @@ class QuicTransport(Transport):
     ``network`` chooses the datagram service (real UDP by default; see
     :mod:`transports.quic.sim`).  ``key`` is only needed outside a node (a
     node binds its own key).  ``datagrams=False`` stops announcing RFC 9221
-    datagram support.
+    datagram support.  ``max_datagram_size`` (UDP payload, default 1200) may be raised
+    where the path MTU allows: per-packet work bounds throughput.
     """
 
     name = "quic"
@@ -81,6 +90,7 @@ class QuicTransport(Transport):
         stream_window: int = DEFAULT_STREAM_WINDOW,
         connection_window: int = DEFAULT_CONNECTION_WINDOW,
         idle_timeout: float = IDLE_TIMEOUT,
+        max_datagram_size: int = SMALLEST_MAX_DATAGRAM_SIZE,
     ) -> None:
         self.config = config or NetworkConfig()
         self.network = network or UdpNetwork()
@@ -91,6 +101,12 @@ class QuicTransport(Transport):
         self._stream_window = stream_window
         self._connection_window = connection_window
         self._idle_timeout = idle_timeout
+        if not SMALLEST_MAX_DATAGRAM_SIZE <= max_datagram_size <= MAX_UDP_PAYLOAD:
+            raise InvalidConfiguration(
+                f"max_datagram_size must be within [{SMALLEST_MAX_DATAGRAM_SIZE}, "
+                f"{MAX_UDP_PAYLOAD}], got {max_datagram_size}"
+            )
+        self._max_datagram_size = max_datagram_size
         self._endpoints: list[QuicEndpoint] = []
         self._listening: list[QuicEndpoint] = []
 
@@ -127,6 +143,7 @@ class QuicTransport(Transport):
             connection_window=self._connection_window,
             datagrams=self._datagrams,
             idle_timeout=self._idle_timeout,
+            max_datagram_size=self._max_datagram_size,
         )
 
     # --- Transport ----------------------------------------------------------------------------
