@@ -210,3 +210,30 @@ def test_datagram_support_is_announced() -> None:
     assert [e.data for e in p.events["server"] if isinstance(e, events.DatagramFrameReceived)] == [
         b"hello"
     ]
+
+
+def test_resets_give_their_connection_credit_back() -> None:
+    p = Pair()
+    p.handshaken()
+    assert p.server is not None
+    # Far more streams than the connection window holds, each reset after a partial send.
+    for _ in range(40):
+        sid = p.client.get_next_available_stream_id()
+        p.client.send_stream_data(sid, bytes(30_000))
+        p.pump(20)
+        p.client.reset_stream(sid, 0)
+        p.pump(20)
+        for ev in p.events["server"]:
+            if isinstance(ev, events.StreamReset) and ev.stream_id == sid:
+                p.server.settle(sid)
+        p.pump(20)
+        p.server.send_stream_data(sid, b"", end_stream=True)  # finish our side too
+        p.pump(20)
+    # 40 x 30 kB > 4 windows of 64 kB: without settling the connection would be stuck
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, bytes(100_000), end_stream=True)
+    for _ in range(20):
+        p.pump(50)
+        got = p.received("server", sid)
+        p.server.consume(sid, len(got) - p.server._consumed.get(sid, 0))
+    assert len(p.received("server", sid)) == 100_000

@@ -452,6 +452,8 @@ class QuicConnection(MuxedConnection):
                             f"(code {ev.error_code})"
                         )
                     )
+                if quic.settle(ev.stream_id):
+                    self._schedule_transmit()
             elif isinstance(ev, events.StopSendingReceived):
                 st = self._streams.get(ev.stream_id)
                 if st is not None:

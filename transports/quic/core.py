@@ -177,9 +177,27 @@ class Libp2pQuicConnection(QuicConnection):
             granted = True
         return granted
 
-    def forget_stream(self, stream_id: int) -> None:
-        """Drop the consumption counter of a stream the application is done with."""
+    def settle(self, stream_id: int) -> bool:
+        """The peer reset ``stream_id``: give back the connection credit of bytes never read.
+
+        A reset's final size counts against the connection window even for bytes that
+        never arrived or were never delivered; without this, every reset would shrink
+        the window for good.  True if new credit is to be sent.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        unread = stream.receiver.highest_offset - self._consumed.get(stream_id, 0)
+        granted = self.consume(stream_id, unread) if unread > 0 else False
         self._consumed.pop(stream_id, None)
+        return granted
+
+    def forget_stream(self, stream_id: int) -> None:
+        """The application is done with ``stream_id``; prune counters of finished streams."""
+        consumed = self._consumed
+        if len(consumed) > 2 * len(self._streams) + 64:
+            for sid in [sid for sid in consumed if sid not in self._streams]:
+                del consumed[sid]
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         # aioquic doubles a stream's window whenever half of it has arrived; hide the
