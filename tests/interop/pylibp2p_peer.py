@@ -68,6 +68,12 @@ async def read_some(stream: Any, n: int) -> bytes:
     try:
         return bytes(await stream.read(n))
     except EOFError:
+        # py-libp2p 0.8.1 QUIC race: a read that finds the buffer empty, then waits for the
+        # state lock while the last data and the FIN arrive, reports end-of-stream with
+        # those bytes still buffered.  Take them before calling it the end.
+        quic_stream = getattr(stream, "muxed_stream", None)
+        if getattr(quic_stream, "_receive_buffer", None):
+            return bytes(await stream.read(n))
         return b""
     except StreamReset:
         # py-libp2p 0.8.1 QUIC: once a stream is closed in both directions (our FIN sent,

@@ -356,7 +356,7 @@ class QuicConnection(MuxedConnection):
         self.security_protocol = QUIC_SECURITY
         self.muxer_protocol = QUIC_MUXER
         self.stats = ConnectionStats()
-        #: Peer-dropped datagrams since the queue was full.
+        #: Received datagrams dropped because the receive queue was full.
         self.datagrams_dropped = 0
         self._local_addr: Multiaddr | None = None
         self._remote_addr: Multiaddr | None = None
