@@ -429,6 +429,9 @@ def test_garbage_datagrams_are_dropped_and_the_socket_serves_on() -> None:
         junk = [b"", b"\x00", os.urandom(50), b"\xc0" + os.urandom(1300), os.urandom(1500)]
         junk.append(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(1300))  # QUIC v1 Initial, garbage
         junk.append(b"\xc0\x0a\x0b\x0c\x0d\x08" + os.urandom(1300))  # unknown version
+        # garbage addressed to the live connection's id: fails decryption, is dropped
+        (cid,) = [c for c, conn in s.server_t.endpoints[0]._by_cid.items() if conn is s.server][:1]
+        junk += [b"\x40" + cid + os.urandom(n) for n in (0, 1, 20, 1200)]
         for j in junk:
             sock.sendto(j, ("127.0.0.1", port))
         await s.client.ping()  # a round trip on the same socket: the junk was handled before
@@ -674,3 +677,38 @@ def test_larger_packets_where_the_path_allows() -> None:
         QuicTransport(max_datagram_size=100)
 
     run(main)
+
+
+def test_udp_network_addresses() -> None:
+    from transports.quic.io import UdpNetwork
+
+    net = UdpNetwork()
+    assert net.parse(Multiaddr("/ip4/10.1.2.3/udp/7/quic-v1")) == ("10.1.2.3", 7)
+    assert net.parse(Multiaddr("/ip6/::1/udp/7/quic-v1")) == ("::1", 7)
+    assert net.parse(Multiaddr("/ip4/10.1.2.3/udp/7")) is None
+    assert net.parse(Multiaddr("/ip4/10.1.2.3/tcp/7/quic-v1")) is None
+    assert str(net.to_multiaddr(("::1", 9))) == "/ip6/::1/udp/9/quic-v1"
+    # dialing sockets: loopback peers from loopback, others from the wildcard address
+    assert net.dial_address(("127.0.0.1", 1)) == ("127.0.0.1", 0)
+    assert net.dial_address(("10.0.0.1", 1)) == ("0.0.0.0", 0)
+    assert net.dial_address(("::1", 1)) == ("::1", 0)
+    # which listening socket may carry a dial
+    assert net.can_reach(("0.0.0.0", 5), ("10.0.0.1", 1))
+    assert net.can_reach(("127.0.0.1", 5), ("127.0.0.1", 1))
+    assert not net.can_reach(("127.0.0.1", 5), ("10.0.0.1", 1))
+    assert not net.can_reach(("0.0.0.0", 5), ("::1", 1))
+    assert net.normalize(("::1", 5, 0, 0)) == ("::1", 5)
+
+
+def test_sim_network_addresses() -> None:
+    from transports.quic.sim import SimDatagramNetwork
+    from transports.sim import Simulation
+
+    with Simulation(seed=1) as sim:
+        sim.network.add_hosts(["a", "b"])
+        net = SimDatagramNetwork(sim.network, "a")
+        assert net.parse(Multiaddr("/memory/4001/quic-v1")) == ("a", 4001)
+        assert net.parse(Multiaddr("/memory/204001/quic-v1")) == ("b", 4001)
+        assert net.parse(Multiaddr("/memory/904001/quic-v1")) is None  # no host 9
+        assert net.parse(Multiaddr("/memory/4001")) is None  # a sim stream address
+        assert str(net.to_multiaddr(("b", 7))) == "/memory/200007/quic-v1"
