@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from aioquic._buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.packet import (
     QuicErrorCode,
     QuicPacketType,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 #: Inbound handshakes in progress per socket; further new connections are dropped.
 MAX_PENDING_HANDSHAKES: Final = 256
 #: A client's first datagram must be at least this large (RFC 9000 section 14.1).
-MIN_INITIAL_SIZE: Final = 1200
+MIN_INITIAL_SIZE: Final = SMALLEST_MAX_DATAGRAM_SIZE
 
 
 @attrs.define
@@ -118,6 +119,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     # --- asyncio.DatagramProtocol ----------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Route a datagram to its connection, start an inbound one, or drop it (counted)."""
         if len(data) > CONNECTION_ID_LENGTH and not data[0] & 0x80:
             # Short header (an established connection): the connection id follows byte 0.
             conn = self._by_cid.get(data[1 : 1 + CONNECTION_ID_LENGTH])
@@ -172,9 +174,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._accept_initial(header.destination_cid, data, addr)
 
     def error_received(self, exc: Exception) -> None:
+        """A socket error (ICMP): QUIC's timers deal with unreachable peers; only logged."""
         log.debug("QUIC socket %s: %s", self._local, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The socket went away (closed, or the simulated host crashed): end every connection."""
         if not self._closed:
             self._close_all(ConnectionClosed(f"QUIC socket {self._local} lost: {exc}"))
 
