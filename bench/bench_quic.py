@@ -6,13 +6,14 @@ Figures (loopback, both ends in one event loop, the same aioquic settings on bot
   (multistream-negotiated, as protocols use it);
 - connection setup: bare aioquic handshake (server certificate only) vs our dial (libp2p TLS
   both ways, both certificates checked, peer id derived) vs a node connect;
-- ping round trip over QUIC (the libp2p ping protocol on one stream).
+- ping round trip over QUIC (the libp2p ping protocol on one stream);
+- with ``--two-process``: bare aioquic vs a node stream with the server in another process.
 
 Each figure is the median over ``--rounds`` interleaved rounds.  Throughput and setup are
 reported in wall-clock time and in CPU time of this process: both ends run here, so the CPU
 figures are not disturbed by other load on a shared machine; the ratios use them.
 
-Usage: ``python -m bench.bench_quic [--quick] [--rounds N]``.
+Usage: ``python -m bench.bench_quic [--quick] [--rounds N] [--two-process]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import ssl
 import statistics
 import time
@@ -194,6 +196,96 @@ async def _node(total: int, handshakes: int, out: dict[str, list[float]]) -> Non
         out["ping"].extend(await ping(client, server.peer_id, count=100))
 
 
+# --- two processes (wall clock only) -------------------------------------------------------------
+
+
+class _ReplySink(_Sink):
+    """A bare aioquic sink that answers the byte count at FIN."""
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        super().quic_event_received(event)
+        if isinstance(event, StreamDataReceived) and event.end_stream:
+            self._quic.send_stream_data(event.stream_id, str(self.received).encode(), True)
+            self.transmit()
+
+
+def _bare_server_process(q: Any) -> None:
+    async def main() -> None:
+        cert = make_certificate(KeyPair.generate())
+        cfg = QuicConfiguration(is_client=False, alpn_protocols=["bench"])
+        cfg.certificate = cert.certificate
+        cfg.private_key = cert.private_key
+        server = await serve("127.0.0.1", 0, configuration=cfg, create_protocol=_ReplySink)
+        assert server._transport is not None
+        q.put(server._transport.get_extra_info("sockname")[1])
+        await asyncio.sleep(120)
+
+    asyncio.run(main())
+
+
+def _node_server_process(q: Any) -> None:
+    async def main() -> None:
+        from stack.node import Node
+
+        async with Node.default(listen=[LISTEN]) as server:
+            finished = asyncio.Event()
+
+            async def sink(stream: Any) -> None:
+                n = 0
+                while chunk := await stream.read():
+                    n += len(chunk)
+                await stream.write(str(n).encode())
+                await stream.close_write()
+                finished.set()
+
+            server.handle("/bench/sink/1.0.0", sink)
+            q.put(str(server.full_addrs[0]))
+            await finished.wait()
+
+    asyncio.run(main())
+
+
+async def _two_process(total: int, out: dict[str, list[float]]) -> None:
+    from stack.node import Node
+
+    ctx = mp.get_context("spawn")
+    loop = asyncio.get_running_loop()
+    for kind, target in (("bare", _bare_server_process), ("node", _node_server_process)):
+        q = ctx.Queue()
+        proc = ctx.Process(target=target, args=(q,), daemon=True)
+        proc.start()
+        try:
+            where = await loop.run_in_executor(None, q.get, True, 60)
+            data = bytes(CHUNK)
+            if kind == "bare":
+                cfg = QuicConfiguration(
+                    is_client=True, alpn_protocols=["bench"], verify_mode=ssl.CERT_NONE
+                )
+                async with connect("127.0.0.1", where, configuration=cfg) as client:
+                    reader, writer = await client.create_stream()
+                    t = _Timer()
+                    for _ in range(total // CHUNK):
+                        writer.write(data)
+                        await writer.drain()
+                    writer.write_eof()
+                    n = int(await reader.read())
+                    wall, _ = t.stop()
+            else:
+                async with Node.default() as node:
+                    stream = await node.open_stream(where, "/bench/sink/1.0.0")
+                    t = _Timer()
+                    for _ in range(total // CHUNK):
+                        await stream.write(data)
+                    await stream.close_write()
+                    n = int(await stream.read_all())
+                    wall, _ = t.stop()
+            assert n == total
+            out[f"{kind}_two_process"].append(total / wall)
+        finally:
+            proc.kill()
+            proc.join(10)
+
+
 def _med(values: list[float], scale: float = 1.0) -> float:
     return round(statistics.median(values) * scale, 3)
 
@@ -202,12 +294,14 @@ def _ratio(ours: list[float], bare: list[float]) -> float:
     return round(statistics.median(ours) / statistics.median(bare), 3)
 
 
-async def run(total: int, handshakes: int, rounds: int) -> dict[str, Any]:
+async def run(total: int, handshakes: int, rounds: int, two_process: bool) -> dict[str, Any]:
     out: dict[str, list[float]] = defaultdict(list)
     for _ in range(rounds):
         await _bare(total, handshakes, out)
         await _transport(total, handshakes, out)
         await _node(total, handshakes, out)
+        if two_process:
+            await _two_process(total, out)
     mb = 1e-6
     ms = 1e3
     ping = sorted(out["ping"])
@@ -234,7 +328,14 @@ async def run(total: int, handshakes: int, rounds: int) -> dict[str, Any]:
         ),
         "ping_rtt_median_ms": _med(ping, ms),
         "ping_rtt_p99_ms": round(ping[int(len(ping) * 0.99)] * ms, 3),
-    }
+    } | (
+        {
+            "two_process_bare_aioquic_MBps": _med(out["bare_two_process"], mb),
+            "two_process_node_stream_MBps": _med(out["node_two_process"], mb),
+        }
+        if two_process
+        else {}
+    )
 
 
 def main() -> None:
@@ -242,11 +343,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller transfers, fewer handshakes")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    p.add_argument(
+        "--two-process", action="store_true", help="also server and client in two processes"
+    )
     args = p.parse_args()
     total = 8 * 1024 * 1024 if args.quick else 32 * 1024 * 1024
     handshakes = 10 if args.quick else 20
     rounds = args.rounds or (2 if args.quick else 5)
-    print(json.dumps(asyncio.run(run(total, handshakes, rounds))))
+    print(json.dumps(asyncio.run(run(total, handshakes, rounds, args.two_process))))
 
 
 if __name__ == "__main__":

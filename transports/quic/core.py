@@ -54,9 +54,9 @@ BAD_CERTIFICATE_ERROR: Final = QuicErrorCode.CRYPTO_ERROR + 42
 #: Length of the connection ids we issue (the socket demultiplexes on them).
 CONNECTION_ID_LENGTH: Final = 8
 #: Receive window per stream: bytes the peer may send beyond what the application read.
-DEFAULT_STREAM_WINDOW: Final = 1024 * 1024
+DEFAULT_STREAM_WINDOW: Final = 4 * 1024 * 1024
 #: Receive window of the whole connection.
-DEFAULT_CONNECTION_WINDOW: Final = 8 * 1024 * 1024
+DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 #: Largest DATAGRAM frame we accept (announced in the transport parameters, RFC 9221).
 MAX_DATAGRAM_FRAME_SIZE: Final = 65536
 #: A connection with no packet received for this long is closed (keep-alives prevent it).
