@@ -384,12 +384,14 @@ class QuicConnection(MuxedConnection):
 
     # --- driving the core -------------------------------------------------------------------
 
-    def _datagram_received(self, data: bytes, addr: SockAddr) -> None:
+    def _datagram_received(self, data: bytes, addr: SockAddr, *, transmit: bool = True) -> None:
+        """Feed one datagram; ``transmit=False`` leaves sending to the end of the burst."""
         if self._terminated:
             return
         self._quic.receive_datagram(data, addr, self._loop.time())
         self._process_events()
-        self._transmit()  # acknowledgements and whatever the peer's ACKs allow, right away
+        if transmit:
+            self._transmit()
 
     def _schedule_transmit(self) -> None:
         if not self._transmit_scheduled and not self._terminated:

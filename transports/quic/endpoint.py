@@ -29,7 +29,7 @@ from aioquic.quic.packet import (
 from stack.errors import ConnectionClosed, P2PError, P2PTimeout
 from transports.quic.connection import QuicConnection
 from transports.quic.core import CONNECTION_ID_LENGTH, QUIC_V1, Libp2pQuicConnection
-from transports.quic.io import DatagramNetwork, SockAddr
+from transports.quic.io import BatchProtocol, DatagramNetwork, SockAddr
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
@@ -58,7 +58,7 @@ class EndpointCounters:
     version_negotiations: int = 0
 
 
-class QuicEndpoint(asyncio.DatagramProtocol):
+class QuicEndpoint(BatchProtocol):
     """A socket and the QUIC connections on it (see the module docstring)."""
 
     def __init__(self, owner: QuicTransport, network: DatagramNetwork) -> None:
@@ -74,6 +74,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self._handshakes: dict[QuicConnection, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Sockets that read in bursts: connections send once per burst (batch_received).
+        self._batches = False
+        self._touched: set[QuicConnection] = set()
         self.counters = EndpointCounters()
 
     @classmethod
@@ -84,6 +87,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         endpoint = cls(owner, network)
         sock = await network.bind(endpoint, local)
         endpoint._socket = sock
+        endpoint._batches = bool(sock.get_extra_info("batches"))
         endpoint._local = network.normalize(sock.get_extra_info("sockname"))
         return endpoint
 
@@ -124,11 +128,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             # Short header (an established connection): the connection id follows byte 0.
             conn = self._by_cid.get(data[1 : 1 + CONNECTION_ID_LENGTH])
             if conn is not None:
-                try:
-                    conn._datagram_received(data, self.network.normalize(addr))
-                except Exception:  # a core bug must not take the socket down
-                    log.exception("QUIC: error handling a datagram for %r", conn)
-                    self._drop(conn)
+                self._feed(conn, data, self.network.normalize(addr))
                 return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
@@ -138,11 +138,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         conn = self._by_cid.get(header.destination_cid)
         addr = self.network.normalize(addr)
         if conn is not None:
-            try:
-                conn._datagram_received(data, addr)
-            except Exception:  # a core bug must not take the socket down
-                log.exception("QUIC: error handling a datagram for %r", conn)
-                self._drop(conn)
+            self._feed(conn, data, addr)
             return
         if header.version is None or header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
             self.counters.unknown_connection += 1
@@ -172,6 +168,27 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self.counters.refused_handshakes += 1
             return
         self._accept_initial(header.destination_cid, data, addr)
+
+    def _feed(self, conn: QuicConnection, data: bytes, addr: SockAddr) -> None:
+        try:
+            conn._datagram_received(data, addr, transmit=not self._batches)
+        except Exception:  # a core bug must not take the socket down
+            log.exception("QUIC: error handling a datagram for %r", conn)
+            self._drop(conn)
+            return
+        if self._batches:
+            self._touched.add(conn)
+
+    def batch_received(self) -> None:
+        """The socket delivered a burst: each connection that received some sends once."""
+        touched = self._touched
+        while touched:
+            conn = touched.pop()
+            try:
+                conn._transmit()
+            except Exception:
+                log.exception("QUIC: error sending for %r", conn)
+                self._drop(conn)
 
     def error_received(self, exc: Exception) -> None:
         """A socket error (ICMP): QUIC's timers deal with unreachable peers; only logged."""
