@@ -712,3 +712,42 @@ def test_sim_network_addresses() -> None:
         assert net.parse(Multiaddr("/memory/904001/quic-v1")) is None  # no host 9
         assert net.parse(Multiaddr("/memory/4001")) is None  # a sim stream address
         assert str(net.to_multiaddr(("b", 7))) == "/memory/200007/quic-v1"
+
+
+def test_udp_socket_reads_bursts_and_reports_them() -> None:
+    from transports.quic.io import MAX_RECV_BATCH, BatchProtocol, UdpNetwork
+
+    class Recorder(BatchProtocol):
+        def __init__(self) -> None:
+            self.got: list[bytes] = []
+            self.batches: list[int] = []
+            self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+            self.burst: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.got.append(data)
+
+        def batch_received(self) -> None:
+            self.batches.append(len(self.got))
+            if len(self.got) >= 3 * MAX_RECV_BATCH and not self.burst.done():
+                self.burst.set_result(None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> None:
+        rec = Recorder()
+        sock = await UdpNetwork().bind(rec, ("127.0.0.1", 0))
+        addr = sock.get_extra_info("sockname")
+        assert sock.get_extra_info("batches") is True
+        for i in range(3 * MAX_RECV_BATCH):  # all queued before the loop reads any
+            sock.sendto(i.to_bytes(2, "big"), addr)
+        await rec.burst
+        assert rec.got == [i.to_bytes(2, "big") for i in range(3 * MAX_RECV_BATCH)]
+        assert rec.batches[:3] == [MAX_RECV_BATCH, 2 * MAX_RECV_BATCH, 3 * MAX_RECV_BATCH]
+        sock.close()
+        assert await rec.lost is None
+        assert sock.is_closing()
+        sock.sendto(b"after close", addr)  # ignored, no error
+
+    run(main)
