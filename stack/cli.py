@@ -422,7 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_id)
 
     s = sub.add_parser("listen", help="serve ping, identify, echo and perf")
-    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
+    s.add_argument(
+        "addrs",
+        nargs="*",
+        metavar="MULTIADDR",
+        help=f"TCP (/ip4/…/tcp/N) or QUIC (/ip4/…/udp/N/quic-v1); default {DEFAULT_LISTEN}",
+    )
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
     s.add_argument("--register", metavar="NAME", help="register NAME with --registry")
     s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")

@@ -14,6 +14,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionFailed",
     "DiscoveryFailed",
+    "FeatureNotSupported",
     "InvalidConfiguration",
     "InvalidPeerId",
     "MessageTooLarge",
@@ -69,6 +70,10 @@ class ConnectionClosed(NetworkError):
 
 class StreamReset(ConnectionClosed):
     """The stream was reset (abruptly aborted) by either side."""
+
+
+class FeatureNotSupported(P2PError):
+    """The remote or the local configuration does not support a requested feature."""
 
 
 class PeerNotFound(P2PError):

@@ -8,8 +8,12 @@ A custom stack is one expression::
          muxers=[Yamux()],
          services=[PingService(), IdentifyService()])
 
-and :meth:`Node.default` is the standard preset (TCP, Noise, yamux, ping,
-identify, echo, perf).
+and :meth:`Node.default` is the standard preset (QUIC and TCP, Noise, yamux,
+ping, identify, echo, perf).  Transports that bring their own security and
+streams (QUIC) hand over ready multiplexed connections and skip the upgrader.
+When a peer has addresses of several transports, they are dialed in the order
+of ``transports``: QUIC first by default; list ``TcpTransport`` first to
+prefer TCP.
 """
 
 from __future__ import annotations
@@ -111,9 +115,10 @@ class Node:
         self.peer_id = self.key.peer_id
         self.agent_version = agent_version
         if transports is None:
+            from transports.quic import QuicTransport
             from transports.tcp import TcpTransport
 
-            transports = [TcpTransport(self.config)]
+            transports = [QuicTransport(self.config), TcpTransport(self.config)]
         if security is None:
             from stack.security.noise import NoiseSecurity
 
@@ -151,7 +156,8 @@ class Node:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Node:
-        """TCP + Noise + yamux with ping, identify (and push), echo, perf and the relay client.
+        """QUIC + TCP (Noise, yamux) with ping, identify (and push), echo, perf and the relay
+        client.
 
         The relay client (:class:`~transports.relay.RelayTransport`) dials and
         listens on ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it.
@@ -396,10 +402,16 @@ class Node:
             f"(transports: {', '.join(t.name for t in self.transports)})"
         )
 
+    def _dial_rank(self, addr: Multiaddr) -> int:
+        """Addresses are tried in the order of ``transports`` (QUIC before TCP by default)."""
+        return next(
+            (i for i, t in enumerate(self.transports) if t.can_dial(addr)), len(self.transports)
+        )
+
     async def _dial_addrs(self, peer: PeerId | None, addrs: list[Multiaddr]) -> MuxedConnection:
         errors: list[str] = []
         last: P2PError | None = None
-        for addr in addrs:
+        for addr in sorted(addrs, key=self._dial_rank):
             try:
                 transport = self._transport_for(addr)
                 raw = await transport.dial(addr, remote_peer=peer)

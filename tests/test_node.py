@@ -119,11 +119,11 @@ def test_address_errors() -> None:
     async def main() -> None:
         async with nodes(1) as (a,):
             with pytest.raises(UnsupportedAddress, match="no configured transport"):
-                await a.connect("/ip4/127.0.0.1/udp/1/quic-v1")
+                await a.connect("/ip4/127.0.0.1/udp/1/quic")  # QUIC draft-29
             with pytest.raises(PeerNotFound):
                 await a.connect(KeyPair.generate().peer_id)
             with pytest.raises(UnsupportedAddress):
-                await a.listen("/ip4/127.0.0.1/udp/0/quic-v1")
+                await a.listen("/ip4/127.0.0.1/udp/0/webrtc-direct")
 
     run(main)
 

@@ -98,14 +98,17 @@ class PeerProcess:
 
 @asynccontextmanager
 async def pylibp2p_listener(
-    seed: bytes | None = None, *, relay: bool = False
+    seed: bytes | None = None, *, relay: bool = False, quic: bool = False
 ) -> AsyncIterator[PeerProcess]:
-    """Start a py-libp2p peer listening on loopback (a circuit relay with ``relay``)."""
+    """Start a py-libp2p peer listening on loopback (TCP, or QUIC-v1 with ``quic``; also a
+    circuit relay with ``relay``); stop it on exit."""
     args = [str(_python()), str(PEER_SCRIPT), "listen"]
     if seed is not None:
         args += ["--seed", seed.hex()]
     if relay:
         args.append("--relay")
+    if quic:
+        args.append("--quic")
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,

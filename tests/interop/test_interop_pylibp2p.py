@@ -1,4 +1,4 @@
-"""Interop with py-libp2p (PyPI ``libp2p``) over TCP + Noise + yamux, both directions."""
+"""Interop with py-libp2p (PyPI ``libp2p``), both directions: TCP + Noise + yamux, and QUIC-v1."""
 
 from __future__ import annotations
 
@@ -100,6 +100,85 @@ def test_wrong_peer_id_against_pylibp2p_is_refused(interop_python: Path) -> None
             base = next(a for a in peer.addrs if "/tcp/" in a).split("/p2p/")[0]
             impostor = KeyPair.generate().peer_id
             with pytest.raises(AuthenticationFailed):
+                await node.connect(f"{base}/p2p/{impostor}")
+
+    run(main)
+
+
+# --- QUIC-v1 (libp2p TLS, native streams) ---------------------------------------------------
+
+QUIC_LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
+
+
+def test_pylibp2p_pings_identifies_echoes_and_perfs_us_over_quic(interop_python: Path) -> None:
+    async def main() -> None:
+        async with Node.default(listen=[QUIC_LISTEN]) as node:
+            addr = str(node.full_addrs[0])
+            assert "/udp/" in addr and "/quic-v1/" in addr
+            r = await run_peer("ping", addr, "--quic", "-c", "5")
+            assert len(r["rtts_us"]) == 5
+            r = await run_peer("identify", addr, "--quic")
+            assert r["agent_version"] == node.agent_version
+            assert bytes.fromhex(r["public_key"]) == node.key.public_key.to_protobuf()
+            assert {PING_PROTOCOL, IDENTIFY_PROTOCOL} <= set(r["protocols"])
+            assert r["listen_addrs"] == [str(a) for a in node.listen_addrs]
+            assert r["observed_addr"].startswith("/ip4/127.0.0.1/udp/")
+            assert r["observed_addr"].endswith("/quic-v1")
+            r = await run_peer("echo", addr, "--quic", "--size", "1000000")
+            assert r["echoed"] == 1_000_000 and r["match"] is True
+            r = await run_peer(
+                "perf", addr, "--quic", "--upload", "3000000", "--download", "3000000"
+            )
+            assert r["download_bytes"] == 3_000_000
+            # the py-libp2p clients connected over QUIC
+            assert len(node.peerstore.peers()) >= 1
+
+    run(main)
+
+
+def test_we_ping_identify_echo_and_perf_pylibp2p_over_quic(interop_python: Path) -> None:
+    async def main() -> None:
+        from transports.quic import QuicConnection
+
+        seed = bytes(range(32))
+        async with pylibp2p_listener(seed, quic=True) as peer, Node.default() as node:
+            expected = KeyPair.from_seed(seed).peer_id
+            assert PeerId.from_string(peer.peer_id) == expected
+            addr = next(a for a in peer.addrs if "/quic-v1" in a)
+            if "/p2p/" not in addr:
+                addr += f"/p2p/{peer.peer_id}"
+            rtts = await ping(node, addr, count=5)
+            assert len(rtts) == 5
+            conn = node.connections(expected)[0]
+            assert isinstance(conn, QuicConnection)
+            info = await identify(node, expected)
+            assert info.public_key == KeyPair.from_seed(seed).public_key
+            assert PING_PROTOCOL in info.protocols
+            # py-libp2p 0.8.1 reports a /tcp/ observed address on QUIC connections (its bug);
+            # the IP and port it saw are still ours.
+            assert info.observed_addr is not None
+            assert info.observed_addr.value_for_protocol("ip4") == "127.0.0.1"
+            assert info.observed_addr.value_for_protocol(
+                "tcp"
+            ) == conn.local_addr.value_for_protocol("udp")
+            data = bytes(i % 253 for i in range(500_000))
+            assert await echo(node, expected, data) == data
+            result = await perf(node, expected, upload=3_000_000, download=3_000_000)
+            assert result.download_bytes == 3_000_000
+        assert any(e.get("event") == "echo" and e["bytes"] == 500_000 for e in peer.events)
+        assert any(e.get("event") == "perf" and e["received"] == 3_000_000 for e in peer.events)
+
+    run(main)
+
+
+def test_wrong_peer_id_against_pylibp2p_over_quic_is_refused(interop_python: Path) -> None:
+    async def main() -> None:
+        from stack.errors import AuthenticationFailed
+
+        async with pylibp2p_listener(quic=True) as peer, Node.default() as node:
+            base = next(a for a in peer.addrs if "/quic-v1" in a).split("/p2p/")[0]
+            impostor = KeyPair.generate().peer_id
+            with pytest.raises(AuthenticationFailed, match="expected"):
                 await node.connect(f"{base}/p2p/{impostor}")
 
     run(main)

@@ -1,0 +1,394 @@
+"""One datagram socket carrying many QUIC connections, inbound and outbound.
+
+A :class:`QuicEndpoint` owns one socket (real UDP or simulated).  Incoming
+datagrams are routed by destination connection id to their connection; an
+Initial packet with an unknown id starts a new inbound connection if the
+endpoint listens.  Dials from the same endpoint share the socket, so the
+port a node listens on is also the port it dials from (hole punching needs
+that).  Garbage, packets for unknown connections and floods of new
+handshakes are dropped and counted without disturbing anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+from aioquic._buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+
+from stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from transports.quic.connection import QuicConnection
+from transports.quic.core import CONNECTION_ID_LENGTH, QUIC_V1, Libp2pQuicConnection
+from transports.quic.io import BatchProtocol, DatagramNetwork, SockAddr
+
+if TYPE_CHECKING:
+    from multiaddr import Multiaddr
+
+    from stack.identity import PeerId
+    from stack.transport import ConnectionHandler
+    from transports.quic.transport import QuicTransport
+
+__all__ = ["MAX_PENDING_HANDSHAKES", "MIN_INITIAL_SIZE", "EndpointCounters", "QuicEndpoint"]
+
+log = logging.getLogger(__name__)
+
+#: Inbound handshakes in progress per socket; further new connections are dropped.
+MAX_PENDING_HANDSHAKES: Final = 256
+#: A client's first datagram must be at least this large (RFC 9000 section 14.1).
+MIN_INITIAL_SIZE: Final = SMALLEST_MAX_DATAGRAM_SIZE
+
+
+@attrs.define
+class EndpointCounters:
+    """What an endpoint received that did not belong to any connection."""
+
+    garbage: int = 0
+    unknown_connection: int = 0
+    refused_handshakes: int = 0
+    version_negotiations: int = 0
+
+
+class QuicEndpoint(BatchProtocol):
+    """A socket and the QUIC connections on it (see the module docstring)."""
+
+    def __init__(self, owner: QuicTransport, network: DatagramNetwork) -> None:
+        self._owner = owner
+        self.network = network
+        self._socket: asyncio.DatagramTransport | None = None
+        self._local: SockAddr = ("", 0)
+        self._local_multiaddr: Multiaddr | None = None
+        self._handler: ConnectionHandler | None = None
+        self._by_cid: dict[bytes, QuicConnection] = {}
+        self._cids: dict[QuicConnection, set[bytes]] = {}
+        self._live: set[QuicConnection] = set()
+        self._handshakes: dict[QuicConnection, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        # Sockets that read in bursts: connections send once per burst (batch_received).
+        self._batches = False
+        self._touched: set[QuicConnection] = set()
+        self.counters = EndpointCounters()
+
+    @classmethod
+    async def open(
+        cls, owner: QuicTransport, network: DatagramNetwork, local: SockAddr
+    ) -> QuicEndpoint:
+        """Bind a socket on ``local`` (port 0: any free port)."""
+        endpoint = cls(owner, network)
+        sock = await network.bind(endpoint, local)
+        endpoint._socket = sock
+        endpoint._batches = bool(sock.get_extra_info("batches"))
+        endpoint._local = network.normalize(sock.get_extra_info("sockname"))
+        return endpoint
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    @property
+    def local_address(self) -> SockAddr:
+        """The socket's bound address."""
+        return self._local
+
+    @property
+    def local_multiaddr(self) -> Multiaddr:
+        """The socket's ``…/quic-v1`` multiaddr."""
+        if self._local_multiaddr is None:
+            self._local_multiaddr = self.network.to_multiaddr(self._local)
+        return self._local_multiaddr
+
+    @property
+    def is_listening(self) -> bool:
+        """Whether new inbound connections are accepted."""
+        return self._handler is not None and not self._closed
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the socket is closed."""
+        return self._closed
+
+    @property
+    def connections(self) -> list[QuicConnection]:
+        """Open connections on this socket."""
+        return [c for c in self._live if not c.is_closed]
+
+    # --- asyncio.DatagramProtocol ----------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Route a datagram to its connection, start an inbound one, or drop it (counted)."""
+        if len(data) > CONNECTION_ID_LENGTH and not data[0] & 0x80:
+            # Short header (an established connection): the connection id follows byte 0.
+            conn = self._by_cid.get(data[1 : 1 + CONNECTION_ID_LENGTH])
+            if conn is not None:
+                self._feed(conn, data, self.network.normalize(addr))
+                return
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+        except Exception:
+            self.counters.garbage += 1
+            return
+        conn = self._by_cid.get(header.destination_cid)
+        addr = self.network.normalize(addr)
+        if conn is not None:
+            self._feed(conn, data, addr)
+            return
+        if header.version is None or header.packet_type == QuicPacketType.VERSION_NEGOTIATION:
+            self.counters.unknown_connection += 1
+            return
+        if header.version != QUIC_V1:
+            if self.is_listening and len(data) >= MIN_INITIAL_SIZE:
+                self.counters.version_negotiations += 1
+                self.send(
+                    encode_quic_version_negotiation(
+                        source_cid=header.destination_cid,
+                        destination_cid=header.source_cid,
+                        supported_versions=[QUIC_V1],
+                    ),
+                    addr,
+                )
+            else:
+                self.counters.unknown_connection += 1
+            return
+        if (
+            not self.is_listening
+            or header.packet_type != QuicPacketType.INITIAL
+            or len(data) < MIN_INITIAL_SIZE
+        ):
+            self.counters.unknown_connection += 1
+            return
+        if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+            self.counters.refused_handshakes += 1
+            return
+        self._accept_initial(header.destination_cid, data, addr)
+
+    def _feed(self, conn: QuicConnection, data: bytes, addr: SockAddr) -> None:
+        try:
+            conn._datagram_received(data, addr, transmit=not self._batches)
+        except Exception:  # a core bug must not take the socket down
+            log.exception("QUIC: error handling a datagram for %r", conn)
+            self._drop(conn)
+            return
+        if self._batches:
+            self._touched.add(conn)
+
+    def batch_received(self) -> None:
+        """The socket delivered a burst: each connection that received some sends once."""
+        touched = self._touched
+        while touched:
+            conn = touched.pop()
+            try:
+                conn._transmit()
+            except Exception:
+                log.exception("QUIC: error sending for %r", conn)
+                self._drop(conn)
+
+    def error_received(self, exc: Exception) -> None:
+        """A socket error (ICMP): QUIC's timers deal with unreachable peers; only logged."""
+        log.debug("QUIC socket %s: %s", self._local, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket went away (closed, or the simulated host crashed): end every connection."""
+        if not self._closed:
+            self._close_all(ConnectionClosed(f"QUIC socket {self._local} lost: {exc}"))
+
+    # --- connections -----------------------------------------------------------------------------
+
+    def send(self, data: bytes, addr: SockAddr) -> None:
+        """Send one datagram; failures are logged (QUIC recovers or times out)."""
+        sock = self._socket
+        if sock is None or self._closed:
+            return
+        try:
+            sock.sendto(data, addr)
+        except (OSError, P2PError) as exc:
+            log.debug("QUIC socket %s: sendto %s failed: %s", self._local, addr, exc)
+
+    def _new_connection(
+        self,
+        quic: Libp2pQuicConnection,
+        remote: SockAddr,
+        *,
+        is_initiator: bool,
+        expected: PeerId | None,
+    ) -> QuicConnection:
+        owner = self._owner
+        conn = QuicConnection(
+            self,
+            quic,
+            remote=remote,
+            is_initiator=is_initiator,
+            local_peer=owner.identity.peer_id,
+            expected_peer=expected,
+            config=owner.config,
+        )
+        self._cids[conn] = set()
+        self._live.add(conn)
+        return conn
+
+    def _accept_initial(self, odcid: bytes, data: bytes, addr: SockAddr) -> None:
+        owner = self._owner
+        quic = Libp2pQuicConnection(
+            configuration=owner.quic_configuration(is_client=False),
+            max_inbound_streams=owner.config.max_streams_per_connection,
+            original_destination_connection_id=odcid,
+        )
+        conn = self._new_connection(quic, addr, is_initiator=False, expected=None)
+        self._register(odcid, conn)
+        self._register(quic.host_cid, conn)
+        timeout = owner.config.handshake_timeout
+        loop = asyncio.get_running_loop()
+        self._handshakes[conn] = loop.call_later(timeout, self._handshake_timed_out, conn)
+        conn._datagram_received(data, addr)
+
+    def _handshake_timed_out(self, conn: QuicConnection) -> None:
+        self._handshakes.pop(conn, None)
+        if conn.established.done():
+            return
+        log.debug("QUIC: inbound handshake from %s stalled; dropping it", conn._remote_sockaddr)
+        conn._fail(
+            P2PTimeout(
+                f"QUIC handshake from {conn._remote_sockaddr} did not complete within "
+                f"{self._owner.config.handshake_timeout}s"
+            )
+        )
+        conn._close_core(QuicErrorCode.CONNECTION_REFUSED, "handshake timed out")
+        self._drop(conn)
+
+    async def connect(self, remote: SockAddr, expected: PeerId | None) -> QuicConnection:
+        """Dial ``remote`` from this socket; return the authenticated connection."""
+        if self._closed:
+            raise ConnectionClosed(f"QUIC socket {self._local} is closed")
+        owner = self._owner
+        quic = Libp2pQuicConnection(
+            configuration=owner.quic_configuration(is_client=True),
+            max_inbound_streams=owner.config.max_streams_per_connection,
+        )
+        conn = self._new_connection(quic, remote, is_initiator=True, expected=expected)
+        self._register(quic.host_cid, conn)
+        loop = asyncio.get_running_loop()
+        quic.connect(remote, loop.time())
+        conn._transmit()
+        timeout = owner.config.dial_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(conn.established)
+        except TimeoutError:
+            conn._close_core(QuicErrorCode.CONNECTION_REFUSED, "handshake timed out")
+            self._drop(conn)
+            raise P2PTimeout(
+                f"QUIC handshake with {self.network.to_multiaddr(remote)} did not complete "
+                f"within {timeout}s"
+            ) from None
+        except BaseException:
+            if not conn.established.done() or conn.established.exception() is not None:
+                conn._close_core(QuicErrorCode.NO_ERROR, "dial abandoned")
+                self._drop(conn)
+            raise
+        return conn
+
+    def _register(self, cid: bytes, conn: QuicConnection) -> None:
+        cids = self._cids.get(conn)
+        if cids is None:
+            return
+        self._by_cid[cid] = conn
+        cids.add(cid)
+
+    def _unregister(self, cid: bytes, conn: QuicConnection) -> None:
+        if self._by_cid.get(cid) is conn:
+            del self._by_cid[cid]
+        cids = self._cids.get(conn)
+        if cids is not None:
+            cids.discard(cid)
+
+    def _established(self, conn: QuicConnection) -> None:
+        """Called by a connection once its peer is authenticated."""
+        timer = self._handshakes.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if not conn.is_initiator:
+            handler = self._handler
+            if handler is None:
+                conn._close_core(QuicErrorCode.CONNECTION_REFUSED, "not listening")
+                conn._terminate(ConnectionClosed("listener closed"), release=True)
+                return
+            task = asyncio.get_running_loop().create_task(self._run_handler(handler, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, handler: ConnectionHandler, conn: QuicConnection) -> None:
+        try:
+            await handler(conn)
+        except Exception:  # the handler owns errors; never let one kill the socket
+            log.exception("QUIC connection handler failed for %r", conn)
+            await conn.abort()
+
+    def _connection_closed(self, conn: QuicConnection) -> None:
+        """Called when a connection's local state ended (it may still drain)."""
+        timer = self._handshakes.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        self._live.discard(conn)
+        self._close_if_idle()
+
+    def _release(self, conn: QuicConnection) -> None:
+        """Called when a connection is completely gone: forget its connection ids."""
+        for cid in self._cids.pop(conn, ()):
+            if self._by_cid.get(cid) is conn:
+                del self._by_cid[cid]
+        self._live.discard(conn)
+        self._close_if_idle()
+
+    def _drop(self, conn: QuicConnection) -> None:
+        conn._terminate(ConnectionClosed("QUIC connection dropped"), release=True)
+
+    # --- listening and closing --------------------------------------------------------------------
+
+    def listen(self, handler: ConnectionHandler) -> None:
+        """Accept inbound connections, handing each authenticated one to ``handler``."""
+        self._handler = handler
+
+    def stop_listening(self) -> None:
+        """Stop accepting; the socket stays open while connections use it."""
+        self._handler = None
+        for conn in [c for c in self._handshakes if not c.is_initiator]:
+            self._drop(conn)
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self._closed and self._handler is None and not self._live:
+            self._owner._endpoint_closed(self)
+            self._close_all(None)
+
+    def _close_all(self, reason: ConnectionClosed | None) -> None:
+        self._closed = True
+        for conn in list(self._cids):
+            conn._terminate(reason or ConnectionClosed("QUIC socket closed"), release=True)
+        for timer in self._handshakes.values():
+            timer.cancel()
+        self._handshakes.clear()
+        self._by_cid.clear()
+        self._cids.clear()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.close()
+
+    def close(self) -> None:
+        """Close the socket now, ending every connection on it."""
+        if not self._closed:
+            self._handler = None
+            for conn in list(self._live):
+                conn._close_core(QuicErrorCode.NO_ERROR, "endpoint closed")
+            self._owner._endpoint_closed(self)
+            self._close_all(None)
+
+    def __repr__(self) -> str:
+        return f"<QuicEndpoint {self._local} {len(self._live)} connections>"
