@@ -751,3 +751,29 @@ def test_udp_socket_reads_bursts_and_reports_them() -> None:
         sock.sendto(b"after close", addr)  # ignored, no error
 
     run(main)
+
+
+def test_streams_beyond_the_accept_backlog_are_refused() -> None:
+    async def main() -> None:
+        s = await setup(server_kw={"config": NetworkConfig(max_ack_backlog=4)})
+        streams = []
+        for i in range(10):  # the server's application accepts none of them (yet)
+            st = await s.client.open_stream()
+            await st.write(bytes([i]))
+            streams.append(st)
+        await s.client.ping()
+        await s.client.ping()
+        refused = 0
+        for st in streams[4:]:
+            with pytest.raises(StreamReset, match="reset by the peer"):
+                await st.read()
+            refused += 1
+        assert refused == 6
+        # the first four wait in the backlog, intact, and the connection is fine
+        for i in range(4):
+            inbound = await s.server.accept_stream()
+            assert await inbound.read_exactly(1) == bytes([i])
+        assert not s.client.is_closed
+        await s.close()
+
+    run(main)
