@@ -8,6 +8,9 @@ import textwrap
 
 import pytest
 
+# pytester's in-process runs drop the modules a run imported; cryptography's x509 classes
+# must not be imported twice (its compiled core keeps the first ones), so import them here.
+import transports.quic  # noqa: F401
 from tests.conformance_broken import BROKEN
 
 pytest_plugins = ["pytester"]
@@ -84,6 +87,38 @@ def test_the_simulated_name_service_passes_what_it_promises(pytester: pytest.Pyt
     )
     # It does not own names: the take-over test is skipped, not failed.
     result.assert_outcomes(passed=SUITE_SIZES["test_discovery"] - 1, skipped=1)
+
+
+def test_quic_passes_the_transport_suite_on_udp_and_on_the_simulator(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run(
+        pytester,
+        """
+        import pytest
+        from stack.conformance import QuicTransportHarness, SimQuicNodeHarness
+
+        @pytest.fixture
+        def transport_harness(): return QuicTransportHarness()
+        @pytest.fixture
+        def node_harness(): return SimQuicNodeHarness()
+        """,
+        "test_transport",
+        "test_node",
+    )
+    result.assert_outcomes(passed=SUITE_SIZES["test_transport"] + SUITE_SIZES["test_node"])
+    result = _run(
+        pytester,
+        """
+        import pytest
+        from stack.conformance import SimQuicTransportHarness
+
+        @pytest.fixture
+        def transport_harness(): return SimQuicTransportHarness()
+        """,
+        "test_transport",
+    )
+    result.assert_outcomes(passed=SUITE_SIZES["test_transport"])
 
 
 def test_nodes_behind_a_relay_pass_the_node_suite(pytester: pytest.Pytester) -> None:

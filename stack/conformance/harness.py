@@ -48,6 +48,7 @@ __all__ = [
     "MuxerHarness",
     "NodeHarness",
     "NoiseHarness",
+    "QuicTransportHarness",
     "SecurityHarness",
     "SimNodeHarness",
     "SimTransportHarness",
@@ -91,6 +92,8 @@ class TransportHarness(Harness):
 
     #: Address the suite listens on (port 0 or the transport's equivalent).
     listen_addr: str = "/ip4/127.0.0.1/tcp/0"
+    #: Bytes written to a peer that reads nothing: more than the transport may buffer.
+    backpressure_bytes: int = 64 * 1024 * 1024
 
     @abc.abstractmethod
     def make(self) -> Transport:
@@ -302,6 +305,50 @@ class SimTransportHarness(TransportHarness):
         return str(sim_multiaddr(self.simulation.network.host(f"h{self.hosts - 1}").number, 9))
 
 
+class QuicTransportHarness(_RealTime, TransportHarness):
+    """The QUIC transport on loopback UDP (its connections bring their own streams)."""
+
+    listen_addr = "/ip4/127.0.0.1/udp/0/quic-v1"
+    backpressure_bytes = 12 * 1024 * 1024  # above the 4 MiB stream window
+
+    def make(self) -> Transport:
+        from transports.quic import QuicTransport
+
+        return QuicTransport(self.config())
+
+    def unreachable_addr(self) -> str:
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"/ip4/127.0.0.1/udp/{port}/quic-v1"
+
+    def config(self) -> NetworkConfig:
+        # Nobody answers at the unreachable address: give up on it soon.
+        return NetworkConfig(keepalive_interval=0, close_timeout=0.5, dial_timeout=1.0)
+
+
+class SimQuicTransportHarness(SimTransportHarness):
+    """The QUIC transport over the simulator's datagrams (virtual time)."""
+
+    listen_addr = "/memory/4001/quic-v1"
+    backpressure_bytes = 12 * 1024 * 1024
+
+    def make(self) -> Transport:
+        from transports.quic.sim import sim_quic_transport
+
+        host = f"h{self._next}"
+        self._next += 1
+        return sim_quic_transport(self.simulation.network, host, self.config())
+
+    def unreachable_addr(self) -> str:
+        return super().unreachable_addr() + "/quic-v1"
+
+    def config(self) -> NetworkConfig:
+        return NetworkConfig(keepalive_interval=0, close_timeout=0.5, dial_timeout=2.0)
+
+
 class NoiseHarness(SecurityHarness):
     """The Noise security transport."""
 
@@ -345,7 +392,6 @@ class SimNodeHarness(NodeHarness):
 
     def make_node(self, name: str, **kwargs: Any) -> Node:
         from stack.node import Node
-        from transports.sim import SimTransport
 
         sim = self.simulation
         if all(host.name != name for host in sim.network.hosts):
@@ -354,11 +400,17 @@ class SimNodeHarness(NodeHarness):
         kwargs.setdefault("config", self.config())
         kwargs.setdefault("key", KeyPair.generate(sim.entropy_source(name)))
         return Node(
-            transports=[SimTransport(sim.network, name)],
+            transports=[self.transport_for(name)],
             entropy=sim.entropy_source(f"{name}/node"),
             listen=[self.listen_addr()],
             **kwargs,
         )
+
+    def transport_for(self, host: str) -> Transport:
+        """The transport of the node on simulated ``host`` (simulated TCP-like streams)."""
+        from transports.sim import SimTransport
+
+        return SimTransport(self.simulation.network, host)
 
     def listen_addr(self) -> str:
         return "/memory/4001"
@@ -389,6 +441,18 @@ class StaticFilesHarness(RouterHarness):
 
     def good_requests(self) -> list[tuple[str, str, bytes]]:
         return [("GET", "/files", b""), ("GET", "/files/a.txt", b""), ("GET", "/files/b.bin", b"")]
+
+
+class SimQuicNodeHarness(SimNodeHarness):
+    """Nodes on the simulator connected by QUIC over simulated datagrams."""
+
+    def transport_for(self, host: str) -> Transport:
+        from transports.quic.sim import sim_quic_transport
+
+        return sim_quic_transport(self.simulation.network, host, self.config())
+
+    def listen_addr(self) -> str:
+        return "/memory/4001/quic-v1"
 
 
 class RelayNodeHarness(SimNodeHarness):

@@ -333,13 +333,13 @@ def test_writes_block_while_the_peer_does_not_read(transport: TransportHarness) 
     async def main() -> None:
         pair = TransportPair(transport)
         d, lst = await pair.open()
-        big = _payload(64 * 1024 * 1024, 3)
+        big = _payload(transport.backpressure_bytes, 3)
         writer = asyncio.ensure_future(d.write(big))
         await never(
             transport,
             asyncio.shield(writer),
             "transport.backpressure",
-            "writing 64 MiB to a peer that reads nothing",
+            f"writing {len(big)} bytes to a peer that reads nothing",
         )
         got = await within(
             transport, lst.read_exactly(len(big)), "transport.backpressure", "draining"
