@@ -384,7 +384,7 @@ class Node:
             return target, addrs
         addr, peer = split_peer(target)
         if peer is not None:
-            if not str(addr):
+            if not addr.to_bytes():  # a bare /p2p/<id> (str() of a multiaddr is slow)
                 return self._resolve(peer)
             self.peerstore.add_addrs(peer, [addr])
         return peer, [addr]

@@ -34,22 +34,27 @@ from stack.node import Node
 from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+LOOPBACK_QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
 QUIET = SimConfig(default_packet_loss=0.0)
-KINDS = ["tcp", "sim"]
+KINDS = ["tcp", "quic", "sim"]
 Scenario = Callable[[Node, Node], Awaitable[None]]
 
 
 def run_pair(kind: str, router: Router, scenario: Scenario, server_services: bool = True) -> None:
     """Run ``scenario(client, server)`` with ``router`` served by the server node."""
     services: list[Any] = [router] if server_services else [PingService()]
-    if kind == "tcp":
+    if kind in ("tcp", "quic"):
 
         async def tcp_main() -> None:
             async with (
-                Node.default(services=services, listen=[LOOPBACK]) as server,
+                Node.default(
+                    services=services, listen=[LOOPBACK if kind == "tcp" else LOOPBACK_QUIC]
+                ) as server,
                 Node.default() as client,
             ):
                 await asyncio.wait_for(scenario(client, server), 30)
+                conns = client.connections(server.peer_id)
+                assert all(("/quic-v1" in str(c.remote_addr)) == (kind == "quic") for c in conns)
 
         asyncio.run(tcp_main())
         return
@@ -491,3 +496,31 @@ def test_memory_for_buffered_bodies_is_bounded_across_requests(kind: str) -> Non
         assert router.buffered == 0
 
     run_pair(kind, router, scenario)
+
+
+def test_a_request_over_a_relay_knows_it_is_relayed() -> None:
+    from transports.relay import RelayConfig, RelayService
+
+    router = Router()
+
+    @router.get("/where")
+    def where(req: Request) -> Response:
+        return Response.from_json({"relayed": req.relayed, "peer": str(req.remote_peer)})
+
+    async def main() -> None:
+        relay_cfg = RelayConfig(limit_data=0, limit_duration=0)
+        async with (
+            Node.default(services=[RelayService(relay_cfg)], listen=[LOOPBACK]) as relay,
+            Node.default(services=[router]) as server,
+            Node.default() as client,
+        ):
+            (circuit,) = await server.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            resp = await client.request(f"{circuit}/p2p/{server.peer_id}", "GET", "/where")
+            assert resp.status == 200
+            assert resp.json() == {"relayed": True, "peer": str(client.peer_id)}
+            direct = await server.listen(LOOPBACK)
+            async with Node.default() as other:
+                resp = await other.request(f"{direct[0]}/p2p/{server.peer_id}", "GET", "/where")
+                assert resp.json() == {"relayed": False, "peer": str(other.peer_id)}
+
+    asyncio.run(asyncio.wait_for(main(), 30))
