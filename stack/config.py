@@ -24,6 +24,11 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise InvalidConfiguration(f"{attribute.name} must be > 0, got {value!r}")
 
 
+def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise InvalidConfiguration(f"{attribute.name} must be >= 0, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class NetworkConfig:
     """Settings shared by every layer of a node.
@@ -34,6 +39,10 @@ class NetworkConfig:
 
     #: Time allowed for a transport dial (TCP connect, QUIC handshake).
     dial_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Delay before dialing a peer's next address while earlier attempts are still running
+    #: (staggered parallel dials, as in RFC 8305: a blackholed QUIC address does not
+    #: hold up TCP for the whole dial timeout).  0 dials every address at once.
+    dial_stagger: float = attrs.field(default=0.25, validator=_not_negative)
     #: Time allowed for the security handshake and the muxer negotiation of a new connection.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: Time allowed for multistream-select negotiation of a protocol on a stream.

@@ -409,30 +409,74 @@ class Node:
         )
 
     async def _dial_addrs(self, peer: PeerId | None, addrs: list[Multiaddr]) -> MuxedConnection:
+        """Dial ``addrs`` in rank order, staggered: the next address starts when the ones
+        before it failed or ``config.dial_stagger`` passed; the first connection wins and
+        the other attempts are cancelled (or closed, if they also got through)."""
+        ordered = sorted(addrs, key=self._dial_rank)
         errors: list[str] = []
         last: P2PError | None = None
-        for addr in sorted(addrs, key=self._dial_rank):
-            try:
-                transport = self._transport_for(addr)
-                raw = await transport.dial(addr, remote_peer=peer)
-                if isinstance(raw, MuxedConnection):
-                    conn = raw
-                else:
-                    conn = await self.upgrader.upgrade_outbound(raw, peer)
-            except P2PError as exc:
-                errors.append(f"{addr}: {exc}")
-                last = exc
-                continue
-            if peer is not None and conn.remote_peer != peer:
-                await conn.abort()
-                errors.append(f"{addr}: remote is {conn.remote_peer}, expected {peer}")
-                continue
-            self._add_connection(conn)
-            return conn
+        running: dict[asyncio.Task[MuxedConnection], Multiaddr] = {}
+        winner: MuxedConnection | None = None
+        stagger = self.config.dial_stagger
+        i = 0
+        try:
+            while winner is None and (i < len(ordered) or running):
+                if i < len(ordered):
+                    addr = ordered[i]
+                    i += 1
+                    running[asyncio.ensure_future(self._dial_one(addr, peer))] = addr
+                    if i < len(ordered) and stagger == 0:
+                        continue
+                done, _ = await asyncio.wait(
+                    running,
+                    timeout=stagger if i < len(ordered) else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    addr = running.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        if winner is None:
+                            winner = task.result()
+                        else:  # two got through in the same turn: keep the first
+                            await task.result().abort()
+                    elif isinstance(exc, P2PError):
+                        errors.append(f"{addr}: {exc}")
+                        last = exc
+                    else:
+                        raise exc
+        finally:
+            for task in running:
+                task.cancel()
+            for task in running:
+                with contextlib.suppress(BaseException):
+                    late = await task
+                    await late.abort()
+        if winner is not None:
+            self._add_connection(winner)
+            return winner
         if len(errors) == 1 and last is not None:
             raise last
         who = str(peer) if peer else "peer"
         raise ConnectionFailed(f"could not connect to {who}: " + "; ".join(errors))
+
+    async def _dial_one(self, addr: Multiaddr, peer: PeerId | None) -> MuxedConnection:
+        """One dial attempt: transport, upgrade, and the expected peer check."""
+        transport = self._transport_for(addr)
+        raw = await transport.dial(addr, remote_peer=peer)
+        if isinstance(raw, MuxedConnection):
+            conn = raw
+        else:
+            try:
+                conn = await self.upgrader.upgrade_outbound(raw, peer)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await raw.reset()
+                raise
+        if peer is not None and conn.remote_peer != peer:
+            await conn.abort()
+            raise ConnectionFailed(f"remote is {conn.remote_peer}, expected {peer}")
+        return conn
 
     async def _on_inbound(self, raw: Connection | MuxedConnection) -> None:
         if self._closing:

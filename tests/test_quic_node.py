@@ -135,3 +135,61 @@ def test_inbound_over_the_connection_limit_is_refused() -> None:
             assert len(s.connections()) == 1
 
     run(main)
+
+
+def test_a_blackholed_quic_address_does_not_hold_up_tcp() -> None:
+    """Staggered dials (RFC 8305 style), in virtual time: QUIC first, TCP after the stagger."""
+    from transports.quic.sim import sim_quic_transport
+    from transports.sim import SimConfig, SimTransport, Simulation, sim_multiaddr
+
+    async def main(sim: Simulation) -> None:
+        net = sim.network
+        net.add_hosts(["a", "b"])
+        net.add_link("a", "b", latency=0.01)
+        config = NetworkConfig(keepalive_interval=0, dial_timeout=10.0, dial_stagger=0.25)
+
+        def node(host: str, listen: list[str]) -> Node:
+            return Node(
+                transports=[sim_quic_transport(net, host, config), SimTransport(net, host)],
+                config=config,
+                entropy=sim.entropy_source(host),
+                listen=listen,
+            )
+
+        async with node("b", ["/memory/4001"]) as b, node("a", []) as a:
+            blackhole = sim_multiaddr(net.host("b").number, 9).encapsulate(Multiaddr("/quic-v1"))
+            a.peerstore.add_addrs(b.peer_id, [b.listen_addrs[0], blackhole])
+            start = sim.now
+            conn = await a.connect(b.peer_id)
+            took = sim.now - start
+            assert "/quic-v1" not in str(conn.remote_addr)
+            # The stagger, then a TCP-like connect and its handshakes: far below dial_timeout.
+            assert 0.25 <= took < 1.0
+            assert len(a.connections(b.peer_id)) == 1
+
+            # With both addresses working, the first (QUIC) wins within the stagger and no
+            # second connection is made.
+            (quic_addr,) = await b.listen("/memory/4002/quic-v1")
+            await conn.close()
+            a.peerstore.add_addrs(b.peer_id, [quic_addr])
+            start = sim.now
+            conn = await a.connect(b.peer_id)
+            assert "/quic-v1" in str(conn.remote_addr)
+            assert sim.now - start < 0.25
+            assert a.connections(b.peer_id) == [conn]  # only the QUIC connection is kept
+
+    with Simulation(1, config=SimConfig(default_packet_loss=0.0)) as sim:
+        sim.run(main(sim))
+
+
+def test_dial_stagger_zero_dials_every_address_at_once() -> None:
+    async def main() -> None:
+        config = NetworkConfig(keepalive_interval=0, dial_stagger=0)
+        async with started(Node.default(listen=[QUIC, TCP]), Node.default(config=config)) as (b, a):
+            a.peerstore.add_addrs(b.peer_id, b.listen_addrs)
+            await a.connect(b.peer_id)
+            assert await ping(a, b.peer_id, 2)
+            # Whichever won, the node keeps exactly one connection to b.
+            assert len(a.connections(b.peer_id)) == 1
+
+    run(main)
