@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from stack.buffer import ChunkBuffer
+from stack.stream import MuxedStream
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
     from stack.config import NetworkConfig
+    from stack.errors import ConnectionClosed
     from stack.identity import PeerId
     from stack.metrics import ConnectionStats
-    from stack.stream import Connection, MuxedStream
+    from stack.stream import Connection
 
-__all__ = ["MuxedConnection", "StreamMuxer"]
+__all__ = ["BufferedMuxedStream", "MuxedConnection", "StreamMuxer"]
 
 
 class MuxedConnection(abc.ABC):
@@ -73,3 +78,96 @@ class StreamMuxer(abc.ABC):
         Must be called from a running event loop; the connection begins
         reading at once.
         """
+
+
+C = TypeVar("C", bound=MuxedConnection)
+
+
+class BufferedMuxedStream(MuxedStream, Generic[C]):
+    """The part every muxer's stream shares (yamux, QUIC): the receive buffer, end-of-stream
+    and error state, the reader/writer waiters, and :meth:`read`.
+
+    The connection feeds it (``_buf.append`` + :meth:`_wake_reader`); subclasses give
+    :meth:`_consumed` (flow-control credit for bytes the application took) and may
+    override :meth:`_before_read_wait` (e.g. flush queued frames before sleeping).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_conn",
+        "_eof",
+        "_error",
+        "_id",
+        "_read_closed",
+        "_read_waiter",
+        "_write_closed",
+        "_write_waiter",
+        "max_message_size",
+        "protocol",
+    )
+
+    def __init__(self, conn: C, stream_id: int, max_message_size: int) -> None:
+        self._conn = conn
+        self._id = stream_id
+        self._buf = ChunkBuffer()
+        self._eof = False
+        self._error: ConnectionClosed | None = None
+        self._read_closed = False
+        self._write_closed = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self.protocol: str | None = None
+        self.max_message_size = max_message_size
+
+    @property
+    def stream_id(self) -> int:
+        """The muxer's id of this stream."""
+        return self._id
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self._conn.remote_peer
+
+    @property
+    def stats(self) -> ConnectionStats:
+        return self._conn.stats
+
+    @property
+    def muxed_conn(self) -> MuxedConnection:
+        return self._conn
+
+    def _wake_reader(self) -> None:
+        w = self._read_waiter
+        if w is not None:
+            self._read_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def _wake_writer(self) -> None:
+        w = self._write_waiter
+        if w is not None:
+            self._write_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    @abc.abstractmethod
+    def _consumed(self, n: int) -> None:
+        """The application took ``n`` bytes: give the peer that much credit."""
+
+    def _before_read_wait(self) -> None:
+        """Called before :meth:`read` sleeps for data (default: nothing)."""
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        buf = self._buf
+        while not buf:
+            if self._error is not None:
+                raise self._error
+            if self._eof or self._read_closed:
+                return b""
+            self._before_read_wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._read_waiter = waiter
+            await waiter
+        data = buf.take(max_bytes)
+        self._consumed(len(data))
+        return data

@@ -16,12 +16,10 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
-from stack.buffer import ChunkBuffer
 from stack.config import NetworkConfig
 from stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
-from stack.identity import PeerId
 from stack.metrics import ConnectionStats
-from stack.mux import MuxedConnection, StreamMuxer
+from stack.mux import BufferedMuxedStream, MuxedConnection, StreamMuxer
 from stack.mux.yamux_core import (
     DataReceived,
     GoAwayReceived,
@@ -43,52 +41,13 @@ YAMUX_PROTOCOL: Final = "/yamux/1.0.0"
 _READ_SIZE: Final = -1
 
 
-class YamuxStream(MuxedStream):
+class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
     """One yamux stream, implementing the :class:`~stack.stream.Stream` contract."""
 
-    __slots__ = (
-        "_buf",
-        "_conn",
-        "_eof",
-        "_error",
-        "_id",
-        "_read_closed",
-        "_read_waiter",
-        "_write_closed",
-        "_write_waiter",
-        "max_message_size",
-        "protocol",
-    )
+    __slots__ = ()
 
     def __init__(self, conn: YamuxConnection, stream_id: int) -> None:
-        self._conn = conn
-        self._id = stream_id
-        self._buf = ChunkBuffer()
-        self._eof = False
-        self._error: ConnectionClosed | None = None
-        self._read_closed = False
-        self._write_closed = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._write_waiter: asyncio.Future[None] | None = None
-        self.protocol: str | None = None
-        self.max_message_size = conn._config.max_message_size
-
-    @property
-    def stream_id(self) -> int:
-        """The yamux stream id."""
-        return self._id
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._conn.remote_peer
-
-    @property
-    def stats(self) -> ConnectionStats:
-        return self._conn.stats
-
-    @property
-    def muxed_conn(self) -> MuxedConnection:
-        return self._conn
+        super().__init__(conn, stream_id, conn._config.max_message_size)
 
     # --- called by the connection ---------------------------------------------------
 
@@ -98,20 +57,6 @@ class YamuxStream(MuxedStream):
             return
         self._buf.append(data)
         self._wake_reader()
-
-    def _wake_reader(self) -> None:
-        w = self._read_waiter
-        if w is not None:
-            self._read_waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    def _wake_writer(self) -> None:
-        w = self._write_waiter
-        if w is not None:
-            self._write_waiter = None
-            if not w.done():
-                w.set_result(None)
 
     def _on_fin(self) -> None:
         self._eof = True
@@ -128,21 +73,12 @@ class YamuxStream(MuxedStream):
 
     # --- Stream API -----------------------------------------------------------------
 
-    async def read(self, max_bytes: int = -1) -> bytes:
-        buf = self._buf
-        while not buf:
-            if self._error is not None:
-                raise self._error
-            if self._eof or self._read_closed:
-                return b""
-            if self._conn._session.has_output():
-                self._conn._schedule_flush()
-            waiter = asyncio.get_running_loop().create_future()
-            self._read_waiter = waiter
-            await waiter
-        data = buf.take(max_bytes)
-        self._conn._consume(self._id, len(data))
-        return data
+    def _consumed(self, n: int) -> None:
+        self._conn._consume(self._id, n)
+
+    def _before_read_wait(self) -> None:
+        if self._conn._session.has_output():  # window updates, FINs: let them go out
+            self._conn._schedule_flush()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         await self._send(data, last=False)

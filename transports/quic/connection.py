@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Final
 from aioquic.quic import events
 from aioquic.quic.packet import QuicErrorCode
 
-from stack.buffer import ChunkBuffer
 from stack.config import NetworkConfig
 from stack.errors import (
     AuthenticationFailed,
@@ -43,7 +42,7 @@ from stack.errors import (
 )
 from stack.identity import PeerId
 from stack.metrics import ConnectionStats
-from stack.mux import MuxedConnection
+from stack.mux import BufferedMuxedStream, MuxedConnection
 from stack.stream import MuxedStream
 from transports.quic.core import BAD_CERTIFICATE_ERROR, STREAM_RESET_CODE, Libp2pQuicConnection
 from transports.quic.io import SockAddr
@@ -81,58 +80,16 @@ QUIC_SECURITY: Final = "/tls/1.0.0"
 QUIC_MUXER: Final = "quic-v1"
 
 
-class QuicStream(MuxedStream):
+class QuicStream(BufferedMuxedStream["QuicConnection"]):
     """A native QUIC bidirectional stream, with the :class:`~stack.stream.Stream` contract."""
 
-    __slots__ = (
-        "_buf",
-        "_conn",
-        "_eof",
-        "_error",
-        "_id",
-        "_read_closed",
-        "_read_waiter",
-        "_stop_sent",
-        "_write_closed",
-        "_write_error",
-        "_write_waiter",
-        "_written",
-        "max_message_size",
-        "protocol",
-    )
+    __slots__ = ("_stop_sent", "_write_error", "_written")
 
     def __init__(self, conn: QuicConnection, stream_id: int) -> None:
-        self._conn = conn
-        self._id = stream_id
-        self._buf = ChunkBuffer()
-        self._eof = False
-        self._error: ConnectionClosed | None = None
+        super().__init__(conn, stream_id, conn._config.max_message_size)
         self._write_error: ConnectionClosed | None = None
-        self._read_closed = False
         self._stop_sent = False
-        self._write_closed = False
         self._written = 0
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._write_waiter: asyncio.Future[None] | None = None
-        self.protocol: str | None = None
-        self.max_message_size = conn._config.max_message_size
-
-    @property
-    def stream_id(self) -> int:
-        """The QUIC stream id."""
-        return self._id
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._conn.remote_peer
-
-    @property
-    def stats(self) -> ConnectionStats:
-        return self._conn.stats
-
-    @property
-    def muxed_conn(self) -> MuxedConnection:
-        return self._conn
 
     # --- called by the connection -------------------------------------------------------
 
@@ -182,20 +139,6 @@ class QuicStream(MuxedStream):
         self._wake_reader()
         self._wake_writer()
 
-    def _wake_reader(self) -> None:
-        w = self._read_waiter
-        if w is not None:
-            self._read_waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    def _wake_writer(self) -> None:
-        w = self._write_waiter
-        if w is not None:
-            self._write_waiter = None
-            if not w.done():
-                w.set_result(None)
-
     def _backlog(self) -> int:
         sent = self._conn._quic.sent_offset(self._id)
         return 0 if sent is None else self._written - sent
@@ -209,19 +152,8 @@ class QuicStream(MuxedStream):
 
     # --- Stream API ------------------------------------------------------------------------
 
-    async def read(self, max_bytes: int = -1) -> bytes:
-        buf = self._buf
-        while not buf:
-            if self._error is not None:
-                raise self._error
-            if self._eof or self._read_closed:
-                return b""
-            waiter = asyncio.get_running_loop().create_future()
-            self._read_waiter = waiter
-            await waiter
-        data = buf.take(max_bytes)
-        self._conn._credit(self._id, len(data))
-        return data
+    def _consumed(self, n: int) -> None:
+        self._conn._credit(self._id, n)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         total = len(data)
