@@ -42,8 +42,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 import attrs
 
@@ -312,7 +312,77 @@ def _parse_ls(payload: bytes) -> list[str]:
 # --- sans-IO cores ------------------------------------------------------------------------
 
 
-class DialerNegotiation:
+class _Core:
+    """What both cores share: message framing, the header check, sticky errors, output."""
+
+    #: Who sends us bytes ("listener" for the dialer's core, "dialer" for the listener's).
+    _peer: ClassVar[str]
+
+    def __init__(self, limit: int) -> None:
+        self._messages = _Messages(limit)
+        self._header_seen = False
+        self._error: P2PError | None = None
+        self._out = bytearray()
+        #: The agreed protocol, once there is one.
+        self.agreed: str | None = None
+        #: True once the negotiation finished.
+        self.done = False
+
+    @property
+    def mid_message(self) -> bool:
+        """True while part of a message is buffered (its sender is not waiting for us)."""
+        return self._messages.partial
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the peer now (empty if none)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        """Feed bytes from the peer (any chunking); return what they meant."""
+        if self._error is not None:
+            raise self._error
+        if self.done:
+            raise ProtocolError("multistream-select negotiation already finished")
+        try:
+            events: list[NegotiationEvent] = []
+            for payload in self._payloads(data):
+                self._on_message(payload, events)
+            return events
+        except P2PError as exc:
+            self._error = exc
+            raise
+
+    def _payloads(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
+        """The complete messages after the header, while the negotiation goes on."""
+        messages = self._messages
+        messages.feed(data)
+        if not self._header_seen:
+            messages.check_header_start(self._peer)
+        while not self.done:
+            payload = messages.next_payload()
+            if payload is None:
+                return
+            if self._header_seen:
+                yield payload
+                continue
+            if payload != _HEADER_PAYLOAD:
+                raise NegotiationFailed(
+                    f"the {self._peer} does not speak {MULTISTREAM_PROTOCOL}: its first "
+                    f"message was {_show(payload)}"
+                )
+            self._header_seen = True
+            self._on_header()
+
+    def _on_header(self) -> None:
+        """The peer's header arrived (default: nothing)."""
+
+    def _on_message(self, payload: bytes, events: list[NegotiationEvent]) -> None:
+        raise NotImplementedError
+
+
+class DialerNegotiation(_Core):
     """Sans-IO dialer: proposes ``protocols`` in order until the listener accepts one.
 
     ``data_to_send()`` starts with the header and the first proposal; each ``na``
@@ -350,15 +420,9 @@ class DialerNegotiation:
         self._lazy = lazy
         self._list_only = list_only
         self._index = 0
-        self._messages = _Messages(MAX_LS_SIZE if list_only else MAX_LINE_LENGTH)
-        self._header_seen = False
-        self._error: P2PError | None = None
-        self._out = bytearray(MULTISTREAM_HEADER)
+        super().__init__(MAX_LS_SIZE if list_only else MAX_LINE_LENGTH)
+        self._out += MULTISTREAM_HEADER
         self._out += self._lines[0]
-        #: The agreed protocol, once there is one.
-        self.agreed: str | None = None
-        #: True once a protocol was agreed or the list received.
-        self.done = False
 
     @property
     def proposed(self) -> str | None:
@@ -366,17 +430,6 @@ class DialerNegotiation:
         if self._list_only or self.done:
             return None
         return self._protocols[self._index]
-
-    @property
-    def mid_message(self) -> bool:
-        """True while part of a message is buffered (its sender is not waiting for us)."""
-        return self._messages.partial
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the listener now (empty if none)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
 
     def max_read(self) -> int:
         """Most bytes that may be read next without consuming data after the negotiation.
@@ -394,50 +447,23 @@ class DialerNegotiation:
             return self._messages.need(len(MULTISTREAM_HEADER) + answer)
         return self._messages.need(answer)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
-        """Feed bytes from the listener (any chunking); return what they meant."""
-        if self._error is not None:
-            raise self._error
-        if self.done:
-            raise ProtocolError("multistream-select negotiation already finished")
-        try:
-            return self._receive(data)
-        except P2PError as exc:
-            self._error = exc
-            raise
+    _peer = "listener"
 
-    def _receive(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
-        messages = self._messages
-        messages.feed(data)
-        if not self._header_seen:
-            messages.check_header_start("listener")
-        events: list[NegotiationEvent] = []
-        while not self.done:
-            payload = messages.next_payload()
-            if payload is None:
-                break
-            if not self._header_seen:
-                if payload != _HEADER_PAYLOAD:
-                    raise NegotiationFailed(
-                        f"the listener does not speak {MULTISTREAM_PROTOCOL}: its first "
-                        f"message was {_show(payload)}"
-                    )
-                self._header_seen = True
-            elif self._list_only:
-                self.done = True
-                events.append(ProtocolsListed(_parse_ls(payload)))
-            elif payload == self._echoes[self._index]:
-                self.done = True
-                self.agreed = self._protocols[self._index]
-                events.append(ProtocolAgreed(self.agreed, messages.rest()))
-            elif payload == _NA_PAYLOAD:
-                events.append(self._rejected())
-            else:
-                raise ProtocolError(
-                    f"the listener answered {_show(payload)} to the proposal "
-                    f"{self._protocols[self._index]!r}"
-                )
-        return events
+    def _on_message(self, payload: bytes, events: list[NegotiationEvent]) -> None:
+        if self._list_only:
+            self.done = True
+            events.append(ProtocolsListed(_parse_ls(payload)))
+        elif payload == self._echoes[self._index]:
+            self.done = True
+            self.agreed = self._protocols[self._index]
+            events.append(ProtocolAgreed(self.agreed, self._messages.rest()))
+        elif payload == _NA_PAYLOAD:
+            events.append(self._rejected())
+        else:
+            raise ProtocolError(
+                f"the listener answered {_show(payload)} to the proposal "
+                f"{self._protocols[self._index]!r}"
+            )
 
     def _rejected(self) -> ProtocolRejected:
         event = ProtocolRejected(self._protocols[self._index])
@@ -453,7 +479,7 @@ class DialerNegotiation:
         return event
 
 
-class ListenerNegotiation:
+class ListenerNegotiation(_Core):
     """Sans-IO listener: answers proposals until one is supported.
 
     ``supported`` decides (a predicate or any container, e.g. a set or a
@@ -479,28 +505,10 @@ class ListenerNegotiation:
             items: Iterable[str] = supported if isinstance(supported, Iterable) else ()
             list_protocols = lambda: items  # noqa: E731
         self._list: Callable[[], Iterable[str]] = list_protocols
-        self._messages = _Messages(MAX_LINE_LENGTH)
-        self._header_seen = False
+        super().__init__(MAX_LINE_LENGTH)
         self._proposals = 0
-        self._error: P2PError | None = None
-        self._out = bytearray()
         #: Protocol ids answered with ``na`` so far (at most :data:`MAX_PROPOSALS`).
         self.rejected: list[str] = []
-        #: The agreed protocol, once there is one.
-        self.agreed: str | None = None
-        #: True once a protocol was agreed.
-        self.done = False
-
-    @property
-    def mid_message(self) -> bool:
-        """True while part of a message is buffered (its sender is not waiting for us)."""
-        return self._messages.partial
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the dialer now (empty if none)."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
 
     def max_read(self) -> int:
         """Most bytes that may be read next without consuming data after the negotiation.
@@ -515,55 +523,29 @@ class ListenerNegotiation:
             return self._messages.need(len(MULTISTREAM_HEADER) + _MIN_MESSAGE)
         return self._messages.need(_MIN_MESSAGE)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
-        """Feed bytes from the dialer (any chunking); return what they meant."""
-        if self._error is not None:
-            raise self._error
-        if self.done:
-            raise ProtocolError("multistream-select negotiation already finished")
-        try:
-            return self._receive(data)
-        except P2PError as exc:
-            self._error = exc
-            raise
+    _peer = "dialer"
 
-    def _receive(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
-        messages = self._messages
-        messages.feed(data)
-        if not self._header_seen:
-            messages.check_header_start("dialer")
-        events: list[NegotiationEvent] = []
-        while not self.done:
-            payload = messages.next_payload()
-            if payload is None:
-                break
-            if not self._header_seen:
-                if payload != _HEADER_PAYLOAD:
-                    raise NegotiationFailed(
-                        f"the dialer does not speak {MULTISTREAM_PROTOCOL}: its first "
-                        f"message was {_show(payload)}"
-                    )
-                self._header_seen = True
-                self._out += MULTISTREAM_HEADER
-                continue
-            self._proposals += 1
-            if self._proposals > MAX_PROPOSALS:
-                raise NegotiationFailed(
-                    f"the dialer made more than {MAX_PROPOSALS} proposals without agreement"
-                )
-            text = _text(payload)
-            if text == _LS:
-                self._out += self._ls_answer()
-            elif text != _NA and "\n" not in text and self._supported(text):
-                self.done = True
-                self.agreed = text
-                self._out += _frame(payload[:-1])
-                events.append(ProtocolAgreed(text, messages.rest()))
-            else:
-                self._out += _NA_LINE
-                self.rejected.append(text)
-                events.append(ProtocolRejected(text))
-        return events
+    def _on_header(self) -> None:
+        self._out += MULTISTREAM_HEADER
+
+    def _on_message(self, payload: bytes, events: list[NegotiationEvent]) -> None:
+        self._proposals += 1
+        if self._proposals > MAX_PROPOSALS:
+            raise NegotiationFailed(
+                f"the dialer made more than {MAX_PROPOSALS} proposals without agreement"
+            )
+        text = _text(payload)
+        if text == _LS:
+            self._out += self._ls_answer()
+        elif text != _NA and "\n" not in text and self._supported(text):
+            self.done = True
+            self.agreed = text
+            self._out += _frame(payload[:-1])
+            events.append(ProtocolAgreed(text, self._messages.rest()))
+        else:
+            self._out += _NA_LINE
+            self.rejected.append(text)
+            events.append(ProtocolRejected(text))
 
     def _ls_answer(self) -> bytes:
         body = bytearray()
