@@ -28,7 +28,13 @@ from typing import Any
 
 from multiaddr import Multiaddr
 
-CHUNK = 256 * 1024
+from bench.common import (
+    CHUNK,
+    SINK_PROTOCOL,
+    ping_round_trips,
+    sink_server_process,
+    stream_throughput,
+)
 
 
 async def _raw_tcp(total: int) -> float:
@@ -62,64 +68,17 @@ async def _raw_tcp(total: int) -> float:
     return total / elapsed
 
 
-async def _stream_throughput(total: int) -> float:
-    from stack.node import Node
-
-    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
-        done = asyncio.get_running_loop().create_future()
-
-        async def sink(stream: Any) -> None:
-            n = 0
-            while chunk := await stream.read():
-                n += len(chunk)
-            done.set_result(n)
-
-        server.handle("/bench/sink/1.0.0", sink)
-        stream = await client.open_stream(server.full_addrs[0], "/bench/sink/1.0.0")
-        data = bytes(CHUNK)
-        start = time.perf_counter()
-        for _ in range(total // CHUNK):
-            await stream.write(data)
-        await stream.close_write()
-        n = await done
-        elapsed = time.perf_counter() - start
-        assert n == total
-        return total / elapsed
-
-
-def _server_process(q: Any) -> None:
-    async def main() -> None:
-        from stack.node import Node
-
-        async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
-            finished = asyncio.Event()
-
-            async def sink(stream: Any) -> None:
-                n = 0
-                while chunk := await stream.read():
-                    n += len(chunk)
-                await stream.write(str(n).encode())
-                await stream.close_write()
-                finished.set()
-
-            server.handle("/bench/sink/1.0.0", sink)
-            q.put(str(server.full_addrs[0]))
-            await finished.wait()
-
-    asyncio.run(main())
-
-
 async def _two_process_throughput(total: int) -> float:
     from stack.node import Node
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    proc = ctx.Process(target=_server_process, args=(q,))
+    proc = ctx.Process(target=sink_server_process, args=(q, "/ip4/127.0.0.1/tcp/0"))
     proc.start()
     try:
         addr = await asyncio.get_running_loop().run_in_executor(None, q.get, True, 30)
         async with Node.default() as client:
-            stream = await client.open_stream(addr, "/bench/sink/1.0.0")
+            stream = await client.open_stream(addr, SINK_PROTOCOL)
             data = bytes(CHUNK)
             start = time.perf_counter()
             for _ in range(total // CHUNK):
@@ -141,15 +100,8 @@ async def _ping_rtt(count: int) -> dict[str, float]:
 
     async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
         stream = await client.open_stream(server.full_addrs[0], PING_PROTOCOL)
-        payload = os.urandom(32)
-        rtts = []
-        for _ in range(count):
-            start = time.perf_counter()
-            await stream.write(payload)
-            await stream.read_exactly(32)
-            rtts.append(time.perf_counter() - start)
+        rtts = await ping_round_trips(stream, count)
         await stream.close()
-        rtts.sort()
         return {
             "median_us": statistics.median(rtts) * 1e6,
             "p99_us": rtts[int(len(rtts) * 0.99)] * 1e6,
@@ -296,7 +248,7 @@ async def _main(quick: bool, with_pylibp2p: bool) -> dict[str, Any]:
     size = (256 if quick else 1024) * 1024 * 1024
     res: dict[str, Any] = {"machine_cores": os.cpu_count(), "python": sys.version.split()[0]}
     res["raw_tcp_MBps"] = await _raw_tcp(size) / 1e6
-    res["stream_1proc_MBps"] = await _stream_throughput(size) / 1e6
+    res["stream_1proc_MBps"] = await stream_throughput(size) / 1e6
     res["stream_2proc_MBps"] = await _two_process_throughput(size) / 1e6
     res["stream_vs_raw_ratio"] = res["stream_1proc_MBps"] / res["raw_tcp_MBps"]
     res["raw_tcp_rtt_median_us"] = await _raw_ping_rtt(2000)

@@ -35,10 +35,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 from multiaddr import Multiaddr
 
+from bench.common import CHUNK, SINK_PROTOCOL, sink_handler, sink_server_process
 from stack.identity import KeyPair
 from transports.quic.tls import make_certificate
 
-CHUNK = 256 * 1024
 LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
 
 
@@ -173,16 +173,9 @@ async def _node(total: int, handshakes: int, out: dict[str, list[float]]) -> Non
                 wall, cpu = t.stop()
                 out["node_connect"].append(wall)
                 out["node_connect_cpu"].append(cpu)
-        done = asyncio.get_running_loop().create_future()
-
-        async def sink(stream: Any) -> None:
-            n = 0
-            while chunk := await stream.read():
-                n += len(chunk)
-            done.set_result(n)
-
-        server.handle("/bench/sink/1.0.0", sink)
-        stream = await client.open_stream(server.full_addrs[0], "/bench/sink/1.0.0")
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
+        stream = await client.open_stream(server.full_addrs[0], SINK_PROTOCOL)
         data = bytes(CHUNK)
         t = _Timer()
         for _ in range(total // CHUNK):
@@ -223,36 +216,15 @@ def _bare_server_process(q: Any) -> None:
     asyncio.run(main())
 
 
-def _node_server_process(q: Any) -> None:
-    async def main() -> None:
-        from stack.node import Node
-
-        async with Node.default(listen=[LISTEN]) as server:
-            finished = asyncio.Event()
-
-            async def sink(stream: Any) -> None:
-                n = 0
-                while chunk := await stream.read():
-                    n += len(chunk)
-                await stream.write(str(n).encode())
-                await stream.close_write()
-                finished.set()
-
-            server.handle("/bench/sink/1.0.0", sink)
-            q.put(str(server.full_addrs[0]))
-            await finished.wait()
-
-    asyncio.run(main())
-
-
 async def _two_process(total: int, out: dict[str, list[float]]) -> None:
     from stack.node import Node
 
     ctx = mp.get_context("spawn")
     loop = asyncio.get_running_loop()
-    for kind, target in (("bare", _bare_server_process), ("node", _node_server_process)):
+    for kind, target in (("bare", _bare_server_process), ("node", sink_server_process)):
         q = ctx.Queue()
-        proc = ctx.Process(target=target, args=(q,), daemon=True)
+        args = (q,) if kind == "bare" else (q, LISTEN)
+        proc = ctx.Process(target=target, args=args, daemon=True)
         proc.start()
         try:
             where = await loop.run_in_executor(None, q.get, True, 60)
@@ -272,7 +244,7 @@ async def _two_process(total: int, out: dict[str, list[float]]) -> None:
                     wall, _ = t.stop()
             else:
                 async with Node.default() as node:
-                    stream = await node.open_stream(where, "/bench/sink/1.0.0")
+                    stream = await node.open_stream(where, SINK_PROTOCOL)
                     t = _Timer()
                     for _ in range(total // CHUNK):
                         await stream.write(data)

@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any
 
-CHUNK = 256 * 1024
-SINK = "/bench/sink/1.0.0"
+from bench.common import CHUNK, SINK_PROTOCOL, ping_round_trips, sink_handler
+
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 
 
@@ -53,15 +53,7 @@ def _server_process(relay_addr: str, q: Any, stop: Any) -> None:
         from stack.node import Node
 
         async with Node.default(listen=[LOCAL]) as server:
-
-            async def sink(stream: Any) -> None:
-                n = 0
-                while chunk := await stream.read():
-                    n += len(chunk)
-                await stream.write(str(n).encode())
-                await stream.close_write()
-
-            server.handle(SINK, sink)
+            server.handle(SINK_PROTOCOL, sink_handler())
             direct = str(server.full_addrs[0])
             (circuit,) = await server.listen(f"{relay_addr}/p2p-circuit")
             q.put((direct, f"{circuit}/p2p/{server.peer_id}"))
@@ -78,20 +70,12 @@ async def _measure(addr: str, total: int, pings: int) -> dict[str, float]:
         start = time.perf_counter()
         conn = await client.connect(addr)
         stream = await client.open_stream(conn.remote_peer, PING_PROTOCOL)
-        payload = os.urandom(32)
-        await stream.write(payload)
-        await stream.read_exactly(32)
+        await ping_round_trips(stream, 1)
         setup = time.perf_counter() - start
-        rtts = []
-        for _ in range(pings):
-            t0 = time.perf_counter()
-            await stream.write(payload)
-            await stream.read_exactly(32)
-            rtts.append(time.perf_counter() - t0)
+        rtts = await ping_round_trips(stream, pings)
         await stream.close()
-        rtts.sort()
 
-        sink = await client.open_stream(conn.remote_peer, SINK)
+        sink = await client.open_stream(conn.remote_peer, SINK_PROTOCOL)
         data = bytes(CHUNK)
         t0 = time.perf_counter()
         for _ in range(total // CHUNK):

@@ -28,8 +28,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from bench.common import CHUNK, stream_throughput
+
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
-CHUNK = 256 * 1024
 SMALL = {"ok": True, "n": 1}
 #: Each figure is the best of this many runs.
 ROUNDS = 3
@@ -184,30 +185,6 @@ async def _small_get(kind: str, count: int, processes: int) -> dict[str, Any]:
         proc.join(10)
 
 
-async def _stream_throughput(total: int) -> float:
-    """Bytes/s written on one yamux stream to a sink (the ceiling for bodies)."""
-    from stack.node import Node
-
-    async with Node.default(listen=[LOOPBACK]) as server, Node.default() as client:
-        done = asyncio.get_running_loop().create_future()
-
-        async def sink(stream: Any) -> None:
-            n = 0
-            while chunk := await stream.read(1 << 20):
-                n += len(chunk)
-            done.set_result(n)
-
-        server.handle("/bench/sink/1.0.0", sink)
-        stream = await client.open_stream(server.full_addrs[0], "/bench/sink/1.0.0")
-        data = bytes(CHUNK)
-        start = time.perf_counter()
-        for _ in range(total // CHUNK):
-            await stream.write(data)
-        await stream.close_write()
-        assert await done == total
-        return total / (time.perf_counter() - start)
-
-
 async def _router_bodies(total: int) -> dict[str, float]:
     """Download and upload ``total`` bytes as one streamed body."""
     from protocols.router import Request, Response, Router
@@ -267,7 +244,7 @@ async def _main(quick: bool) -> dict[str, Any]:
         else:
             section["aiohttp"] = "not installed (pip install -e '.[bench]')"
         res[f"small_get_{label}"] = section
-    stream = max([await _stream_throughput(size) for _ in range(ROUNDS)])
+    stream = max([await stream_throughput(size) for _ in range(ROUNDS)])
     runs = [await _router_bodies(size) for _ in range(ROUNDS)]
     bodies = {k: max(r[k] for r in runs) for k in runs[0]}
     res["stream_MBps"] = stream / 1e6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -229,12 +230,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     """Run one simulated scenario (synchronously: it drives its own virtual-time loop)."""
     from transports.sim.scenarios import run_scenario
 
-    sink = open(args.trace, "w", encoding="utf-8") if args.trace else None  # noqa: SIM115
-    try:
+    with contextlib.ExitStack() as files:
+        sink = files.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
         result = run_scenario(args.scenario, seed=args.seed, nodes=args.nodes, trace_sink=sink)
-    finally:
-        if sink is not None:
-            sink.close()
     if args.json:
         print(json.dumps(result.to_dict(), sort_keys=True))
     else:

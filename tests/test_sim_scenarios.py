@@ -105,7 +105,7 @@ def test_cli_is_deterministic_across_processes_and_hash_seeds(tmp_path: Path) ->
 def test_cli_failure_prints_the_seed_and_exits_non_zero() -> None:
     failed = _cli(["--nodes", "4", "--seed", "9"], "0", SIMULATOR_DEFAULT_PACKET_LOSS="1.0")
     assert failed.returncode == 1
-    assert "FAILED: 12 ping sessions failed" in failed.stdout
+    assert "FAILED: ping_sessions_failed is 12, expected 0" in failed.stdout
     assert "rerun with --seed 9" in failed.stderr
 
 

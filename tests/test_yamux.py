@@ -335,6 +335,51 @@ def test_reset_and_half_close() -> None:
     asyncio.run(main())
 
 
+def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+
+            def count_writes_below(conn: YamuxConnection) -> list[int]:
+                sizes: list[int] = []
+                inner_write = conn._conn.write
+
+                async def counting_write(data: bytes | bytearray | memoryview) -> None:
+                    sizes.append(len(data))
+                    await inner_write(data)
+
+                conn._conn.write = counting_write  # type: ignore[method-assign]
+                return sizes
+
+            below, below_b = count_writes_below(ma), count_writes_below(mb)
+            s = await ma.open_stream()
+            await s.write(b"x")
+            r = await mb.accept_stream()
+            assert await r.read_exactly(1) == b"x"
+            below.clear()
+            await s.write_last(b"request")  # data frame and FIN: one write below
+            assert len(below) == 1
+            assert await r.read_all() == b"request"  # then end of stream
+            with pytest.raises(ConnectionClosed):
+                await s.write(b"after write_last")
+            with pytest.raises(ConnectionClosed):
+                await s.write_soon(b"after write_last")
+            # write_soon holds the bytes for the next write, or flushes them by itself.
+            below_b.clear()
+            await r.write_soon(b"answer ")
+            await r.write_last(b"and end")
+            assert len(below_b) == 1  # the held bytes went out with the last write
+            assert await s.read_all() == b"answer and end"
+            s2 = await ma.open_stream()
+            await s2.write_soon(b"alone")
+            r2 = await mb.accept_stream()
+            assert await r2.read_exactly(5) == b"alone"  # no other write needed
+            # write_last with no data is close_write.
+            await s2.write_last(b"")
+            assert await r2.read() == b""
+
+    asyncio.run(main())
+
+
 def test_clogged_reader_stops_writer_with_bounded_memory() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):

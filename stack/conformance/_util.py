@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import itertools
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from multiaddr import Multiaddr
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from stack.stream import Connection, Stream
     from stack.transport import Listener, Transport
 
-__all__ = ["ContractViolation", "never", "require", "within"]
+__all__ = ["ContractViolation", "never", "require", "transfer", "within"]
 
 _T = TypeVar("_T")
 
@@ -208,6 +209,39 @@ async def read_all_bytes(s: Stream, h: Harness, contract: str) -> bytes:
         return bytes(out)
 
     return await within(h, go(), contract, "reading until end of stream")
+
+
+async def transfer(
+    h: Harness, sender: Stream, chunks: Iterable[bytes], reader: Stream, contract: str
+) -> bytes:
+    """Write ``chunks`` on ``sender`` and close its write side while reading ``reader`` to
+    its end (at the same time, so backpressure cannot deadlock); return what was read.
+
+    ``reader`` may be ``sender`` itself (an echo).  Both sides must finish within the
+    patience, else ``contract`` is reported broken.
+    """
+
+    async def send() -> None:
+        for chunk in chunks:
+            if chunk:
+                await sender.write(chunk)
+        await sender.close_write()
+
+    writer = asyncio.ensure_future(send())
+    try:
+        got = await read_all_bytes(reader, h, contract)
+    except BaseException:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        raise
+    await within(h, writer, contract, "the writer finishing")
+    return got
+
+
+def split_sizes(data: bytes, sizes: Iterable[int]) -> list[bytes]:
+    """``data`` cut into consecutive pieces of ``sizes`` bytes."""
+    offsets = [0, *itertools.accumulate(sizes)]
+    return [data[a:b] for a, b in itertools.pairwise(offsets)]
 
 
 def chunks_of(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -5,10 +5,13 @@ A suite whose harness fixture is missing is skipped with the fixture's name.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from stack.conformance.harness import (
     DiscoveryHarness,
+    Harness,
     MuxerHarness,
     NodeHarness,
     RemotePeerHarness,
@@ -18,53 +21,38 @@ from stack.conformance.harness import (
 )
 
 
-def _harness(request: pytest.FixtureRequest, name: str, kind: type) -> object:
-    try:
-        harness = request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"no {name!r} fixture: give one returning a {kind.__name__} to run this suite")
-    if not isinstance(harness, kind):
-        raise TypeError(f"fixture {name!r} must return a {kind.__name__}, got {harness!r}")
-    return harness
+def _harness_fixture(fixture: str, kind: type, name: str, what: str) -> Any:
+    """A fixture ``name`` returning the ``kind`` harness of the user's ``fixture``."""
+
+    def lookup(request: pytest.FixtureRequest) -> Harness:
+        try:
+            harness = request.getfixturevalue(fixture)
+        except pytest.FixtureLookupError:
+            pytest.skip(
+                f"no {fixture!r} fixture: give one returning a {kind.__name__} to run this suite"
+            )
+        if not isinstance(harness, kind) or not isinstance(harness, Harness):
+            raise TypeError(f"fixture {fixture!r} must return a {kind.__name__}, got {harness!r}")
+        return harness
+
+    lookup.__doc__ = f"{what} (from your ``{fixture}`` fixture)."
+    return pytest.fixture(name=name)(lookup)
 
 
-@pytest.fixture
-def transport(request: pytest.FixtureRequest) -> TransportHarness:
-    """The transport under test (from your ``transport_harness`` fixture)."""
-    return _harness(request, "transport_harness", TransportHarness)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def security(request: pytest.FixtureRequest) -> SecurityHarness:
-    """The security transport under test (from your ``security_harness`` fixture)."""
-    return _harness(request, "security_harness", SecurityHarness)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def muxer(request: pytest.FixtureRequest) -> MuxerHarness:
-    """The stream muxer under test (from your ``muxer_harness`` fixture)."""
-    return _harness(request, "muxer_harness", MuxerHarness)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def nodes(request: pytest.FixtureRequest) -> NodeHarness:
-    """The node set-up under test (from your ``node_harness`` fixture)."""
-    return _harness(request, "node_harness", NodeHarness)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def remote(request: pytest.FixtureRequest) -> RemotePeerHarness:
-    """The remote peer under test (from your ``remote_harness`` fixture)."""
-    return _harness(request, "remote_harness", RemotePeerHarness)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def router_part(request: pytest.FixtureRequest) -> RouterHarness:
-    """The router services under test (from your ``router_harness`` fixture)."""
-    return _harness(request, "router_harness", RouterHarness)  # type: ignore[return-value]
-
-
-@pytest.fixture
-def discovery(request: pytest.FixtureRequest) -> DiscoveryHarness:
-    """The discovery backend under test (from your ``discovery_harness`` fixture)."""
-    return _harness(request, "discovery_harness", DiscoveryHarness)  # type: ignore[return-value]
+transport = _harness_fixture(
+    "transport_harness", TransportHarness, "transport", "The transport under test"
+)
+security = _harness_fixture(
+    "security_harness", SecurityHarness, "security", "The security transport under test"
+)
+muxer = _harness_fixture("muxer_harness", MuxerHarness, "muxer", "The stream muxer under test")
+nodes = _harness_fixture("node_harness", NodeHarness, "nodes", "The node set-up under test")
+remote = _harness_fixture(
+    "remote_harness", RemotePeerHarness, "remote", "The remote peer under test"
+)
+router_part = _harness_fixture(
+    "router_harness", RouterHarness, "router_part", "The router services under test"
+)
+discovery = _harness_fixture(
+    "discovery_harness", DiscoveryHarness, "discovery", "The discovery backend under test"
+)

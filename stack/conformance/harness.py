@@ -13,7 +13,7 @@ Every harness runs the suite's coroutines through :meth:`Harness.run`.  The
 default uses a fresh :class:`~transports.sim.Simulation` event loop (virtual
 time: the suite's "this must not happen within N seconds" checks cost no wall
 time); harnesses of real-socket transports override it with :func:`asyncio.run`
-(``virtual = False``), where those checks wait :attr:`Harness.patience` real
+where those checks wait :attr:`Harness.patience` real
 seconds, and only when the implementation misbehaves.
 
 The built-in harnesses at the end of this module are the ones the project's
@@ -32,8 +32,6 @@ from stack.config import NetworkConfig
 from stack.identity import KeyPair
 
 if TYPE_CHECKING:
-    from multiaddr import Multiaddr
-
     from protocols.discovery.backends import DiscoveryBackend
     from protocols.router import Router, Service
     from stack.mux import StreamMuxer
@@ -64,8 +62,6 @@ _T = TypeVar("_T")
 class Harness:
     """Common part: how coroutines run, and how long "never" is."""
 
-    #: True when :meth:`run` uses virtual time (then waits cost no wall time).
-    virtual: bool = True
     #: Seconds a check waits for something that must happen.
     patience: float = 10.0
     #: Seconds a check watches for something that must NOT happen (e.g. a write that
@@ -154,7 +150,6 @@ class RemotePeerHarness(Harness):
     protocols, reconnecting, a wrong expected peer id).
     """
 
-    virtual = False
     patience = 20.0
     quiet_period = 0.5
 
@@ -241,7 +236,6 @@ class DiscoveryHarness(Harness):
 
 
 class _RealTime(Harness):
-    virtual = False
     patience = 5.0
     quiet_period = 0.5
 
@@ -383,6 +377,14 @@ class TcpNodeHarness(_RealTime, NodeHarness):
 class SimNodeHarness(NodeHarness):
     """Nodes on the simulator; supports partitions."""
 
+    @classmethod
+    def inside(cls, simulation: Simulation) -> SimNodeHarness:
+        """A node factory for a simulation another harness is already running."""
+        nodes = cls()
+        nodes.simulation = simulation
+        simulation.network.add_host("hub")
+        return nodes
+
     def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
         async def wrapped() -> _T:
             _star(self.simulation, 16)
@@ -399,10 +401,10 @@ class SimNodeHarness(NodeHarness):
             sim.network.add_link(name, "hub", latency=0.005)
         kwargs.setdefault("config", self.config())
         kwargs.setdefault("key", KeyPair.generate(sim.entropy_source(name)))
+        kwargs.setdefault("listen", [self.listen_addr()])
         return Node(
             transports=[self.transport_for(name)],
             entropy=sim.entropy_source(f"{name}/node"),
-            listen=[self.listen_addr()],
             **kwargs,
         )
 
@@ -466,21 +468,10 @@ class RelayNodeHarness(SimNodeHarness):
 
     def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
         async def with_relay() -> _T:
-            from stack.node import Node
             from transports.relay import RelayConfig, RelayService
-            from transports.sim import SimTransport
 
-            sim = self.simulation
-            sim.network.add_host("relay")
-            sim.network.add_link("relay", "hub", latency=0.005)
-            relay = Node(
-                transports=[SimTransport(sim.network, "relay")],
-                services=[RelayService(RelayConfig(limit_data=0, limit_duration=0))],
-                key=KeyPair.generate(sim.entropy_source("relay")),
-                entropy=sim.entropy_source("relay/node"),
-                listen=[self.listen_addr()],
-                config=self.config(),
-            )
+            unlimited = RelayConfig(limit_data=0, limit_duration=0)
+            relay = SimNodeHarness.make_node(self, "relay", services=[RelayService(unlimited)])
             async with relay:
                 self._relay_addr = relay.full_addrs[0]
                 return await main()
@@ -488,24 +479,11 @@ class RelayNodeHarness(SimNodeHarness):
         return super().run(with_relay)
 
     def make_node(self, name: str, **kwargs: Any) -> Node:
-        from stack.node import Node
         from transports.relay import RelayTransport
-        from transports.sim import SimTransport
 
-        sim = self.simulation
-        if all(host.name != name for host in sim.network.hosts):
-            sim.network.add_host(name)
-            sim.network.add_link(name, "hub", latency=0.005)
-        kwargs.setdefault("config", self.config())
-        kwargs.setdefault("key", KeyPair.generate(sim.entropy_source(name)))
-        services = [RelayTransport([self._relay_addr]), *kwargs.pop("services", [])]
-        return Node(
-            transports=[SimTransport(sim.network, name)],
-            services=services,
-            entropy=sim.entropy_source(f"{name}/node"),
-            listen=[f"{self._relay_addr}/p2p-circuit"],
-            **kwargs,
-        )
+        kwargs["services"] = [RelayTransport([self._relay_addr]), *kwargs.get("services", [])]
+        kwargs.setdefault("listen", [f"{self._relay_addr}/p2p-circuit"])
+        return super().make_node(name, **kwargs)
 
 
 class RegistryDiscoveryHarness(DiscoveryHarness):
@@ -535,8 +513,3 @@ class SimNameDiscoveryHarness(DiscoveryHarness):
         from protocols.discovery.backends import SimNameBackend
 
         return SimNameBackend(self.simulation.names)
-
-
-def addr_str(addr: Multiaddr | str) -> str:
-    """``str`` of a multiaddr (helper for messages)."""
-    return str(addr)

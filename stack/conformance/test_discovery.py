@@ -30,9 +30,7 @@ def _with_nodes(
     """Run ``body(make)``, where ``make(name)`` starts a node with a fresh backend."""
 
     async def main() -> None:
-        nodes = SimNodeHarness()
-        nodes.simulation = h.simulation
-        h.simulation.network.add_host("hub")
+        nodes = SimNodeHarness.inside(h.simulation)
         await h.setup(nodes)
         started: list[Any] = []
 

@@ -17,7 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stack.conformance._util import muxed_pair, never, read_all_bytes, require, within
+from stack.conformance._util import (
+    muxed_pair,
+    never,
+    read_all_bytes,
+    require,
+    transfer,
+    within,
+)
 from stack.conformance.harness import MuxerHarness
 from stack.errors import ConnectionClosed, P2PError, StreamReset
 from stack.mux import MuxedConnection
@@ -389,14 +396,7 @@ def test_large_transfer_on_one_stream(muxer: MuxerHarness) -> None:
         a, b = muxed_pair(muxer)
         out, inbound = await _open(muxer, a, b)
         data = random.Random(5).randbytes(8 * 1024 * 1024)
-
-        async def send() -> None:
-            await out.write(data)
-            await out.close_write()
-
-        sender = asyncio.ensure_future(send())
-        got = await read_all_bytes(inbound, muxer, "muxer.large-transfer")
-        await sender
+        got = await transfer(muxer, out, [data], inbound, "muxer.large-transfer")
         require(got == data, "muxer.data-integrity", f"sent 8 MiB, received {len(got)} bytes")
         await a.close()
         await b.close()

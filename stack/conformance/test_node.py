@@ -15,7 +15,7 @@ import random
 import pytest
 from multiaddr import Multiaddr
 
-from stack.conformance._util import read_all_bytes, require, within
+from stack.conformance._util import require, transfer, within
 from stack.conformance.harness import NodeHarness
 from stack.errors import ConnectionClosed, P2PError
 from stack.node import Node
@@ -54,15 +54,7 @@ def _handlers() -> dict[str, StreamHandler]:
 
 async def _echo_roundtrip(h: NodeHarness, node: Node, target: Multiaddr, data: bytes) -> bytes:
     stream = await within(h, node.open_stream(target, ECHO), "node.open-stream", "opening")
-
-    async def send() -> None:
-        await stream.write(data)
-        await stream.close_write()
-
-    sender = asyncio.ensure_future(send())
-    got = await read_all_bytes(stream, h, "node.echo")
-    await sender
-    return got
+    return await transfer(h, stream, [data], stream, "node.echo")
 
 
 def test_message_integrity(nodes: NodeHarness) -> None:

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from stack.conformance._util import read_all_bytes, require, within
+from stack.conformance._util import require, transfer, within
 from stack.conformance.harness import RemotePeerHarness
 from stack.errors import AuthenticationFailed, NegotiationFailed
 from stack.identity import KeyPair
@@ -25,15 +25,7 @@ ECHO = "/echo/1.0.0"
 
 async def _echo(h: RemotePeerHarness, node: Node, addr: str, data: bytes) -> bytes:
     stream = await within(h, node.open_stream(addr, ECHO), "remote.echo", "opening echo")
-
-    async def send() -> None:
-        if data:
-            await stream.write(data)
-        await stream.close_write()
-
-    sender = asyncio.ensure_future(send())
-    got = await read_all_bytes(stream, h, "remote.echo")
-    await sender
+    got = await transfer(h, stream, [data], stream, "remote.echo")
     await stream.close()
     return got
 

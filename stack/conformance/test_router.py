@@ -38,9 +38,7 @@ def _serve(
         router: Router = h.make_router()
         for service in h.services():
             router.register_service(service)
-        nodes = SimNodeHarness()
-        nodes.simulation = h.simulation
-        h.simulation.network.add_host("hub")
+        nodes = SimNodeHarness.inside(h.simulation)
         async with (
             nodes.make_node("server", services=[router]) as server,
             nodes.make_node("client") as client,

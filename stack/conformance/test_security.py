@@ -17,9 +17,10 @@ from stack.conformance import strategies
 from stack.conformance._util import (
     chunks_of,
     never,
-    read_all_bytes,
     require,
     secure_pair,
+    split_sizes,
+    transfer,
     within,
 )
 from stack.conformance.harness import SecurityHarness
@@ -157,16 +158,10 @@ def test_many_chunks_echo_byte_exact_with_backpressure(security: SecurityHarness
                 await sb.write(chunk)
             await sb.close_write()
 
-        async def send() -> None:
-            pos = 0
-            for n in sizes:
-                await sa.write(data[pos : pos + n])
-                pos += n
-            await sa.close_write()
-
-        tasks = [asyncio.ensure_future(echo()), asyncio.ensure_future(send())]
-        got = await read_all_bytes(sa, security, "security.half-close")
-        await within(security, asyncio.gather(*tasks), "security.backpressure", "the echo")
+        echoer = asyncio.ensure_future(echo())
+        chunks = split_sizes(data, sizes)
+        got = await transfer(security, sa, chunks, sa, "security.backpressure")
+        await within(security, echoer, "security.backpressure", "the echo")
         require(
             got == data,
             "security.data-integrity",
@@ -183,15 +178,7 @@ def test_any_chunking_arrives_byte_exact(
 ) -> None:
     async def main() -> None:
         sa, sb, _, _ = await secure_pair(security)
-
-        async def send() -> None:
-            for chunk in chunks_of(data, cuts):
-                await sa.write(chunk)
-            await sa.close_write()
-
-        sender = asyncio.ensure_future(send())
-        got = await read_all_bytes(sb, security, "security.half-close")
-        await sender
+        got = await transfer(security, sa, chunks_of(data, cuts), sb, "security.half-close")
         require(
             got == data,
             "security.data-integrity",

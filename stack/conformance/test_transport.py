@@ -22,6 +22,8 @@ from stack.conformance._util import (
     never,
     read_all_bytes,
     require,
+    split_sizes,
+    transfer,
     within,
 )
 from stack.conformance.harness import TransportHarness
@@ -75,17 +77,8 @@ def test_writes_arrive_byte_exact(
         pair = TransportPair(transport)
         d, lst = await pair.open()
         data = _payload(sum(sizes), seed=len(sizes))
-
-        async def send() -> None:
-            pos = 0
-            for n in sizes:
-                await d.write(data[pos : pos + n])
-                pos += n
-            await d.close_write()
-
-        sender = asyncio.ensure_future(send())
-        got = await read_all_bytes(lst, transport, "transport.half-close")
-        await within(transport, sender, "transport.backpressure", "the writer finishing")
+        chunks = split_sizes(data, sizes)
+        got = await transfer(transport, d, chunks, lst, "transport.half-close")
         require(
             got == data,
             "transport.data-integrity",
@@ -269,15 +262,7 @@ def test_any_chunking_arrives_byte_exact(
     async def main() -> None:
         pair = TransportPair(transport)
         d, lst = await pair.open()
-
-        async def send() -> None:
-            for chunk in chunks_of(data, cuts):
-                await d.write(chunk)
-            await d.close_write()
-
-        sender = asyncio.ensure_future(send())
-        got = await read_all_bytes(lst, transport, "transport.half-close")
-        await sender
+        got = await transfer(transport, d, chunks_of(data, cuts), lst, "transport.half-close")
         require(
             got == data,
             "transport.data-integrity",
@@ -306,23 +291,15 @@ def test_both_directions_at_once_do_not_deadlock(transport: TransportHarness) ->
         pair = TransportPair(transport)
         d, lst = await pair.open()
         one, two = _payload(2_000_000, 1), _payload(2_000_000, 2)
-
-        async def send(s: object, data: bytes) -> None:
-            assert hasattr(s, "write") and hasattr(s, "close_write")
-            await s.write(data)
-            await s.close_write()
-
-        tasks = [asyncio.ensure_future(send(d, one)), asyncio.ensure_future(send(lst, two))]
         got_l, got_d = await within(
             transport,
             asyncio.gather(
-                read_all_bytes(lst, transport, "transport.duplex"),
-                read_all_bytes(d, transport, "transport.duplex"),
+                transfer(transport, d, [one], lst, "transport.duplex"),
+                transfer(transport, lst, [two], d, "transport.duplex"),
             ),
             "transport.duplex",
             "2 MB each way at the same time",
         )
-        await asyncio.gather(*tasks)
         require(got_l == one and got_d == two, "transport.data-integrity", "duplex transfer")
         await pair.close()
 

@@ -1,0 +1,92 @@
+"""Pieces the benchmarks share: the byte sink protocol, a sink server process, ping timing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+__all__ = [
+    "CHUNK",
+    "SINK_PROTOCOL",
+    "ping_round_trips",
+    "sink_handler",
+    "sink_server_process",
+    "stream_throughput",
+]
+
+#: Size of each write in throughput measurements.
+CHUNK: Final = 256 * 1024
+#: The benchmarks' sink: reads everything, then (optionally) answers the byte count.
+SINK_PROTOCOL: Final = "/bench/sink/1.0.0"
+
+
+def sink_handler(
+    on_done: Callable[[int], object] | None = None, *, answer: bool = True
+) -> Callable[[Any], Awaitable[None]]:
+    """A handler counting the bytes of a stream until its end; with ``answer`` it writes
+    the count back and half-closes; ``on_done(count)`` is called last."""
+
+    async def sink(stream: Any) -> None:
+        n = 0
+        while chunk := await stream.read():
+            n += len(chunk)
+        if answer:
+            await stream.write(str(n).encode())
+            await stream.close_write()
+        if on_done is not None:
+            on_done(n)
+
+    return sink
+
+
+def sink_server_process(q: Any, listen: str) -> None:
+    """Process target: a default node serving one sink stream on ``listen``.
+
+    Puts its full address on ``q``; exits once the stream has been answered.
+    """
+
+    async def main() -> None:
+        from stack.node import Node
+
+        async with Node.default(listen=[listen]) as server:
+            finished = asyncio.Event()
+            server.handle(SINK_PROTOCOL, sink_handler(lambda _n: finished.set()))
+            q.put(str(server.full_addrs[0]))
+            await finished.wait()
+
+    asyncio.run(main())
+
+
+async def ping_round_trips(stream: Any, count: int, size: int = 32) -> list[float]:
+    """``count`` round trips of ``size`` random bytes on a ping stream, sorted, in seconds."""
+    payload = os.urandom(size)
+    rtts = []
+    for _ in range(count):
+        start = time.perf_counter()
+        await stream.write(payload)
+        await stream.read_exactly(size)
+        rtts.append(time.perf_counter() - start)
+    rtts.sort()
+    return rtts
+
+
+async def stream_throughput(total: int) -> float:
+    """Bytes/s written in CHUNK writes on one stream of a default node pair (one process)."""
+    from stack.node import Node
+
+    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
+        stream = await client.open_stream(server.full_addrs[0], SINK_PROTOCOL)
+        data = bytes(CHUNK)
+        start = time.perf_counter()
+        for _ in range(total // CHUNK):
+            await stream.write(data)
+        await stream.close_write()
+        n = await done
+        elapsed = time.perf_counter() - start
+        assert n == total
+        return total / elapsed
