@@ -34,6 +34,16 @@ class ChunkBuffer:
             self._chunks.append(data)
             self.size += len(data)
 
+    def push_front(self, data: bytes) -> None:
+        """Put ``data`` back in front of everything buffered (an undone read)."""
+        if not data:
+            return
+        if self._offset:
+            self._chunks[0] = self._chunks[0][self._offset :]
+            self._offset = 0
+        self._chunks.appendleft(data)
+        self.size += len(data)
+
     def take(self, max_bytes: int = -1) -> bytes:
         """Remove and return up to ``max_bytes`` from the front; ``b""`` when empty."""
         if not self._chunks:

@@ -50,6 +50,23 @@ class MemoryConnection(Connection):
             self.peer._writable.set()
         return chunk
 
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        peer = self.peer
+        if (
+            self._write_closed
+            or self._reset
+            or peer is None
+            or peer._reset
+            or peer._eof
+            or peer._buffered >= peer._buffer_size
+        ):
+            return False
+        if data:
+            peer._chunks.append(bytes(data))
+            peer._buffered += len(data)
+            peer._readable.set()
+        return True
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._write_closed or self._reset:
             raise ConnectionClosed("write on a closed memory connection")
@@ -59,14 +76,11 @@ class MemoryConnection(Connection):
             raise ConnectionClosed("the peer of this memory connection is gone")
         if not data:
             return
-        while peer._buffered >= peer._buffer_size:
+        while not self.try_write_nowait(data):
             self._writable.clear()
             await self._writable.wait()
-            if self._write_closed or self._reset or peer._reset:
+            if self._write_closed or self._reset or peer._reset or peer._eof:
                 raise ConnectionClosed("memory connection closed while writing")
-        peer._chunks.append(bytes(data))
-        peer._buffered += len(data)
-        peer._readable.set()
 
     async def close_write(self) -> None:
         if self._write_closed:

@@ -21,11 +21,25 @@ Contract (checked by the conformance suite):
   directions at once, discarding buffered data.
 * ``write_last(data)`` is ``write`` + ``close_write``; ``write_soon(data)`` is a
   ``write`` the layer may hold for one event-loop turn to coalesce it with the next.
+
+Cancellation (checked by the conformance suite's ``cancellation`` contract): any
+call may be cancelled at any ``await`` and the stream stays consistent.
+
+* A cancelled ``write(data)`` has committed either none of ``data`` or all of it;
+  what it committed is delivered in order, as if the write had completed.  A write
+  waits for its turn (and for room) *before* it commits; once committed, the layer
+  sends the data from its own (connection-level) code, never from the writer's
+  task, so no cancellation can leave part of a frame on a connection below.
+* A cancelled ``read`` takes nothing; a cancelled ``read_exactly`` or
+  ``recv_message`` puts the bytes it had already taken back (on every built-in
+  stream: see :meth:`Stream._unread`), so the next read sees them again.
+* :meth:`try_write_nowait` lets a layer above commit without waiting at all.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
@@ -90,6 +104,24 @@ class Stream(abc.ABC):
             await self.write(data)
         await self.close_write()
 
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Commit all of ``data`` now if that needs no waiting; return whether it did.
+
+        ``False`` means nothing was committed (the stream is busy, backpressured or
+        closed: call :meth:`write`).  Layers that frame data (Noise, yamux) use it to
+        write through without a task switch.  Default: ``False``.
+        """
+        return False
+
+    def _unread(self, data: bytes) -> bool:
+        """Put ``data`` back at the front of the receive buffer; return whether it could.
+
+        Used by :meth:`read_exactly`/:meth:`recv_message` when cancelled half-way, so
+        no byte is lost.  Streams with a :class:`~switchy.stack.buffer.ChunkBuffer`
+        implement it; the default (``False``) loses those bytes.
+        """
+        return False
+
     async def write_soon(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data``, letting the layer hold it for a moment to send it with what follows.
 
@@ -109,13 +141,17 @@ class Stream(abc.ABC):
         if not first:
             raise ConnectionClosed(f"stream ended before {n} bytes could be read (got 0)")
         buf = bytearray(first)
-        while len(buf) < n:
-            chunk = await self.read(n - len(buf))
-            if not chunk:
-                raise ConnectionClosed(
-                    f"stream ended before {n} bytes could be read (got {len(buf)})"
-                )
-            buf += chunk
+        try:
+            while len(buf) < n:
+                chunk = await self.read(n - len(buf))
+                if not chunk:
+                    raise ConnectionClosed(
+                        f"stream ended before {n} bytes could be read (got {len(buf)})"
+                    )
+                buf += chunk
+        except asyncio.CancelledError:
+            self._unread(bytes(buf))
+            raise
         return bytes(buf)
 
     async def read_all(self, limit: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
@@ -154,25 +190,32 @@ class Stream(abc.ABC):
         """
         max_size = max_size or self.max_message_size
         prefix = bytearray()
-        while True:
-            b = await self.read(1)
-            if not b:
-                raise ConnectionClosed(
-                    "stream ended before a message" if not prefix else "stream ended in a length"
+        try:
+            while True:
+                b = await self.read(1)
+                if not b:
+                    raise ConnectionClosed(
+                        "stream ended before a message"
+                        if not prefix
+                        else "stream ended in a length"
+                    )
+                prefix += b
+                if b[0] < 0x80:
+                    break
+                if len(prefix) >= 9:
+                    break
+            decoded = decode_uvarint(prefix)
+            assert decoded is not None
+            length = decoded[0]
+            if length > max_size:
+                raise MessageTooLarge(
+                    f"message of {length} bytes announced, the limit is {max_size} bytes"
                 )
-            prefix += b
-            if b[0] < 0x80:
-                break
-            if len(prefix) >= 9:
-                break
-        decoded = decode_uvarint(prefix)
-        assert decoded is not None
-        length = decoded[0]
-        if length > max_size:
-            raise MessageTooLarge(
-                f"message of {length} bytes announced, the limit is {max_size} bytes"
-            )
-        return await self.read_exactly(length)
+            return await self.read_exactly(length)
+        except asyncio.CancelledError:
+            if prefix:
+                self._unread(bytes(prefix))  # read_exactly put back its part already
+            raise
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iter_chunks()

@@ -17,10 +17,10 @@ pytest_plugins = ["pytester"]
 
 REMOTE_TESTS = 9
 SUITE_SIZES = {
-    "test_transport": 14,
-    "test_security": 6,
-    "test_muxer": 19,
-    "test_node": 6,
+    "test_transport": 18,
+    "test_security": 9,
+    "test_muxer": 21,
+    "test_node": 8,
     "test_router": 5,
     "test_discovery": 5,
 }

@@ -342,12 +342,20 @@ def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
             def count_writes_below(conn: YamuxConnection) -> list[int]:
                 sizes: list[int] = []
                 inner_write = conn._conn.write
+                inner_nowait = conn._conn.try_write_nowait
 
                 async def counting_write(data: bytes | bytearray | memoryview) -> None:
                     sizes.append(len(data))
                     await inner_write(data)
 
+                def counting_nowait(data: bytes | bytearray | memoryview) -> bool:
+                    taken = inner_nowait(data)
+                    if taken:
+                        sizes.append(len(data))
+                    return taken
+
                 conn._conn.write = counting_write  # type: ignore[method-assign]
+                conn._conn.try_write_nowait = counting_nowait  # type: ignore[method-assign]
                 return sizes
 
             below, below_b = count_writes_below(ma), count_writes_below(mb)

@@ -192,6 +192,16 @@ class TcpConnection(Connection, asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if self._write_closed or self._transport is None or self._write_paused or self._lost:
+            return False
+        self._transport.write(data)
+        return True
+
+    def _unread(self, data: bytes) -> bool:
+        self._buf.push_front(data)
+        return True
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._write_closed or self._transport is None:
             raise self._error or ConnectionClosed("write on a closed TCP connection")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from multiaddr import Multiaddr
 
+from switchy.stack.codec import encode_uvarint
 from switchy.stack.identity import KeyPair
 from switchy.stack.mux import MuxedConnection
 from switchy.stack.pipe import memory_pipe
@@ -23,7 +25,17 @@ if TYPE_CHECKING:
     from switchy.stack.stream import Connection, Stream
     from switchy.stack.transport import Listener, Transport
 
-__all__ = ["ContractViolation", "never", "require", "transfer", "within"]
+__all__ = [
+    "CANCEL_WRITE_SIZES",
+    "ContractViolation",
+    "cancelled_reads_lose_nothing",
+    "cancelled_writes_arrive_whole",
+    "check_whole_writes",
+    "never",
+    "require",
+    "transfer",
+    "within",
+]
 
 _T = TypeVar("_T")
 
@@ -255,3 +267,125 @@ def chunks_of(data: bytes, cuts: list[int]) -> list[bytes]:
         prev = p
     out.append(data[prev:])
     return out
+
+
+# --- cancellation ----------------------------------------------------------------------------
+
+#: Sizes of the writes the cancellation contract makes: small, about one frame, several
+#: frames, and over a megabyte (the size of the write that once corrupted a connection).
+#: At least 16 bytes each, so random contents cannot be mistaken for one another.
+CANCEL_WRITE_SIZES = (16, 1500, 65_536, 300_000, 1_115_264)
+
+
+async def _cancel_at_random(aw: Awaitable[_T], rng: random.Random) -> tuple[bool, _T | None]:
+    """Run ``aw``; cancel it at a random point (or let it finish); (was it cancelled, result)."""
+    task = asyncio.ensure_future(aw)
+    plan = rng.random()
+    if plan < 0.35:
+        pass  # let it finish
+    elif plan < 0.8:
+        for _ in range(rng.randrange(0, 8)):  # a few loop turns: inside its first awaits
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        task.cancel()
+    else:
+        await asyncio.wait([task], timeout=rng.choice([0.0005, 0.002, 0.01]))
+        task.cancel()
+    try:
+        return False, await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # we ourselves are being cancelled
+        return True, None
+
+
+def check_whole_writes(
+    received: bytes, writes: list[bytes], cancelled: list[bool], contract: str
+) -> None:
+    """``received`` must be the writes in order, each whole; a cancelled one may be missing."""
+    pos = 0
+    for i, (data, was_cancelled) in enumerate(zip(writes, cancelled, strict=True)):
+        if received.startswith(data, pos):
+            pos += len(data)
+        else:
+            require(
+                was_cancelled,
+                contract,
+                f"write {i} ({len(data)} bytes) completed, but what arrived at offset {pos} "
+                f"is not its bytes (a lost, partial or reordered write)",
+            )
+    require(
+        pos == len(received),
+        contract,
+        f"{len(received) - pos} bytes at offset {pos} belong to no whole write "
+        f"(a cancelled write left part of itself; {sum(cancelled)} of {len(writes)} "
+        f"writes were cancelled)",
+    )
+
+
+async def cancelled_writes_arrive_whole(
+    h: Harness, writer: Stream, reader: Stream, contract: str, *, seed: int, writes: int = 12
+) -> None:
+    """The cancellation contract on one stream.
+
+    Writes of :data:`CANCEL_WRITE_SIZES` are cancelled at random points while the reading
+    side's reads are cancelled at random too; every completed write must arrive whole and
+    in order, every cancelled one whole or not at all, and a cancelled read takes nothing.
+    ``reader`` may be ``writer`` itself (an echo).
+    """
+    rng = random.Random(seed)
+    chunks = [rng.randbytes(rng.choice(CANCEL_WRITE_SIZES)) for _ in range(writes)]
+    cancelled: list[bool] = []
+
+    async def read_side() -> bytes:
+        read_rng = random.Random(seed + 1)
+        out = bytearray()
+        while True:
+            n = read_rng.choice([1, 100, 65_536, 1 << 20])
+            was_cancelled, chunk = await _cancel_at_random(reader.read(n), read_rng)
+            if was_cancelled:
+                continue
+            if not chunk:
+                return bytes(out)
+            out += chunk
+
+    async def write_side() -> None:
+        for chunk in chunks:
+            was_cancelled, _ = await _cancel_at_random(writer.write(chunk), rng)
+            cancelled.append(was_cancelled)
+        await writer.close_write()
+
+    reading = asyncio.ensure_future(read_side())
+    try:
+        await within(h, write_side(), contract, "writing with cancellations")
+        received = await within(h, reading, contract, "reading to the end of stream")
+    finally:
+        reading.cancel()
+    check_whole_writes(received, chunks, cancelled, contract)
+
+
+async def cancelled_reads_lose_nothing(
+    h: Harness, writer: Stream, reader: Stream, contract: str
+) -> None:
+    """A ``recv_message``/``read_exactly`` cancelled half-way puts back what it had taken."""
+    message = random.Random(9).randbytes(40_000)
+    framed = encode_uvarint(len(message)) + message
+    await writer.write(framed[:20_000])
+    # The reader takes the first half and waits for the rest: cancel it there.
+    waiting = asyncio.ensure_future(reader.recv_message(max_size=1 << 20))
+    await asyncio.wait([waiting], timeout=h.quiet_period)
+    require(not waiting.done(), contract, "recv_message returned with half a message")
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await writer.write(framed[20_000:])
+    got = await within(h, reader.recv_message(max_size=1 << 20), contract, "recv_message again")
+    require(got == message, contract, f"a cancelled recv_message lost bytes ({len(got)} back)")
+    exact = asyncio.ensure_future(reader.read_exactly(100))
+    await writer.write(b"x" * 60)
+    await asyncio.wait([exact], timeout=h.quiet_period)
+    exact.cancel()
+    await asyncio.gather(exact, return_exceptions=True)
+    await writer.write(b"y" * 40)
+    again = await within(h, reader.read_exactly(100), contract, "read_exactly again")
+    require(again == b"x" * 60 + b"y" * 40, contract, "a cancelled read_exactly lost bytes")

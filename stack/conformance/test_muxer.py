@@ -1,7 +1,8 @@
 """Stream-muxer contract: open and accept from both sides, half-close, reset, a grid
 of streams x messages, flow control with a clogged reader (without blocking other
-streams), closing and aborting the session with open streams, and a stateful
-property test over random operation sequences.
+streams), closing and aborting the session with open streams, a stateful
+property test over random operation sequences, and writers and readers cancelled at
+random on many streams at once.
 
 Needs a ``muxer_harness`` fixture returning a
 :class:`~switchy.stack.conformance.harness.MuxerHarness`.
@@ -18,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from switchy.stack.conformance._util import (
+    cancelled_reads_lose_nothing,
+    cancelled_writes_arrive_whole,
     muxed_pair,
     never,
     read_all_bytes,
@@ -398,6 +401,29 @@ def test_large_transfer_on_one_stream(muxer: MuxerHarness) -> None:
         data = random.Random(5).randbytes(8 * 1024 * 1024)
         got = await transfer(muxer, out, [data], inbound, "muxer.large-transfer")
         require(got == data, "muxer.data-integrity", f"sent 8 MiB, received {len(got)} bytes")
+        await a.close()
+        await b.close()
+
+    muxer.run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cancelled_writers_and_readers_on_many_streams(muxer: MuxerHarness, seed: int) -> None:
+    """Random cancellations on 8 streams at once never corrupt a stream or the session."""
+
+    async def main() -> None:
+        a, b = muxed_pair(muxer)
+        pairs = [await _open(muxer, a, b) for _ in range(8)]
+        await asyncio.gather(
+            *(
+                cancelled_writes_arrive_whole(
+                    muxer, out, inbound, "muxer.cancellation", seed=seed * 100 + i, writes=6
+                )
+                for i, (out, inbound) in enumerate(pairs)
+            )
+        )
+        out, inbound = await _open(muxer, b, a)  # the session still works, both ways
+        await cancelled_reads_lose_nothing(muxer, out, inbound, "muxer.cancellation")
         await a.close()
         await b.close()
 

@@ -15,7 +15,12 @@ import random
 import pytest
 from multiaddr import Multiaddr
 
-from switchy.stack.conformance._util import require, transfer, within
+from switchy.stack.conformance._util import (
+    cancelled_writes_arrive_whole,
+    require,
+    transfer,
+    within,
+)
 from switchy.stack.conformance.harness import NodeHarness
 from switchy.stack.errors import ConnectionClosed, P2PError
 from switchy.stack.node import Node
@@ -168,5 +173,41 @@ def test_partition_and_heal(nodes: NodeHarness) -> None:
             nodes.heal(handle)
             got = await _echo_roundtrip(nodes, a, b.full_addrs[0], b"after")
             require(got == b"after", "node.partition", "echo after healing failed")
+
+    nodes.run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cancelled_writers_on_many_echo_streams(nodes: NodeHarness, seed: int) -> None:
+    """Senders cancelled at random points on 16 streams of one connection: every echo holds
+    only whole writes, and the connection (not a new one) still carries a stream after."""
+
+    async def main() -> None:
+        async with (
+            nodes.make_node("a") as a,
+            nodes.make_node("b", handlers=_handlers()) as b,
+        ):
+            target = b.full_addrs[0]
+            conn = await within(nodes, a.connect(target), "node.connect", "connecting")
+            streams = [
+                await within(nodes, a.open_stream(target, ECHO), "node.open-stream", "opening")
+                for _ in range(16)
+            ]
+            await asyncio.gather(
+                *(
+                    cancelled_writes_arrive_whole(
+                        nodes, s, s, "node.cancellation", seed=seed * 100 + i, writes=5
+                    )
+                    for i, s in enumerate(streams)
+                )
+            )
+            require(
+                not conn.is_closed and conn in a.connections(b.peer_id),
+                "node.cancellation",
+                "cancelled writers broke the connection they wrote on",
+            )
+            data = random.Random(seed).randbytes(100_000)
+            got = await _echo_roundtrip(nodes, a, target, data)
+            require(got == data, "node.cancellation", "the connection is corrupt after cancels")
 
     nodes.run(main)

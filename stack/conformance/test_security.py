@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from switchy.stack.conformance import strategies
 from switchy.stack.conformance._util import (
+    cancelled_reads_lose_nothing,
+    cancelled_writes_arrive_whole,
     chunks_of,
     never,
     require,
@@ -202,5 +205,21 @@ def test_writes_block_while_the_peer_does_not_read(security: SecurityHarness) ->
         got = await within(security, sb.read_exactly(len(big)), "security.backpressure", "read")
         await within(security, writer, "security.backpressure", "the writer finishing")
         require(got == big, "security.data-integrity", "data lost under backpressure")
+
+    security.run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cancelled_writes_and_reads_keep_the_channel_whole(
+    security: SecurityHarness, seed: int
+) -> None:
+    async def main() -> None:
+        # A small pipe buffer: writers wait below the security layer (where a cancelled
+        # write could cut a frame).
+        sa, sb, _, _ = await secure_pair(security, raw=memory_pipe(buffer_size=16 * 1024))
+        await cancelled_writes_arrive_whole(
+            security, sa, sb, "security.cancellation", seed=seed
+        )
+        await cancelled_reads_lose_nothing(security, sb, sa, "security.cancellation")
 
     security.run(main)

@@ -1,6 +1,6 @@
 """Transport contract: listen, dial, accept, addresses, close, dial errors, aborts,
 small/large/many writes, half-close both ways, concurrent dials, listener close
-with live connections, arbitrary chunking.
+with live connections, arbitrary chunking, cancelled writes and reads.
 
 Needs a ``transport_harness`` fixture returning a
 :class:`~switchy.stack.conformance.harness.TransportHarness`.
@@ -18,6 +18,8 @@ from multiaddr import Multiaddr
 from switchy.stack.conformance import strategies
 from switchy.stack.conformance._util import (
     TransportPair,
+    cancelled_reads_lose_nothing,
+    cancelled_writes_arrive_whole,
     chunks_of,
     never,
     read_all_bytes,
@@ -323,6 +325,31 @@ def test_writes_block_while_the_peer_does_not_read(transport: TransportHarness) 
         )
         await within(transport, writer, "transport.backpressure", "the writer finishing")
         require(got == big, "transport.data-integrity", "data lost under backpressure")
+        await pair.close()
+
+    transport.run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cancelled_writes_and_reads_keep_the_stream_whole(
+    transport: TransportHarness, seed: int
+) -> None:
+    async def main() -> None:
+        pair = TransportPair(transport)
+        d, lst = await pair.open()
+        await cancelled_writes_arrive_whole(
+            transport, d, lst, "transport.cancellation", seed=seed
+        )
+        await pair.close()
+
+    transport.run(main)
+
+
+def test_cancelled_reads_lose_nothing(transport: TransportHarness) -> None:
+    async def main() -> None:
+        pair = TransportPair(transport)
+        d, lst = await pair.open()
+        await cancelled_reads_lose_nothing(transport, d, lst, "transport.cancellation")
         await pair.close()
 
     transport.run(main)

@@ -157,6 +157,12 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
     def _before_read_wait(self) -> None:
         """Called before :meth:`read` sleeps for data (default: nothing)."""
 
+    def _unread(self, data: bytes) -> bool:
+        # The credit for these bytes was given when they were read: the buffer may exceed
+        # the window by one undone read, which the next read takes first.
+        self._buf.push_front(data)
+        return True
+
     async def read(self, max_bytes: int = -1) -> bytes:
         buf = self._buf
         while not buf:

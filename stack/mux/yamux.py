@@ -32,24 +32,38 @@ from switchy.stack.mux.yamux_core import (
 from switchy.stack.mux.yamux_core import StreamReset as StreamResetEvent
 from switchy.stack.stream import Connection, MuxedStream
 
-__all__ = ["YAMUX_PROTOCOL", "Yamux", "YamuxConnection", "YamuxStream"]
+__all__ = ["OUTPUT_HIGH_WATER", "YAMUX_PROTOCOL", "Yamux", "YamuxConnection", "YamuxStream"]
 
 log = logging.getLogger(__name__)
 
 YAMUX_PROTOCOL: Final = "/yamux/1.0.0"
 #: Bytes asked from the secured connection per read.
 _READ_SIZE: Final = -1
+#: Frames queued for the connection below beyond which streams stop framing more data
+#: (window updates and other control frames are always queued).
+OUTPUT_HIGH_WATER: Final = 256 * 1024
+#: How long a protocol error's GoAway may take to leave before the connection closes.
+_GO_AWAY_TIMEOUT: Final = 1.0
 
 
 class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
     """One yamux stream, implementing the :class:`~switchy.stack.stream.Stream` contract."""
 
-    __slots__ = ()
+    __slots__ = ("_pending", "_pending_fin")
 
     def __init__(self, conn: YamuxConnection, stream_id: int) -> None:
         super().__init__(conn, stream_id, conn._config.max_message_size)
+        #: Committed bytes not yet framed (at most one write's worth).
+        self._pending: memoryview | None = None
+        #: Send the FIN once ``_pending`` is all framed.
+        self._pending_fin = False
 
     # --- called by the connection ---------------------------------------------------
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending = None
+            self._conn._blocked.pop(self._id, None)
 
     def _deliver(self, data: bytes) -> None:
         if self._read_closed:
@@ -67,6 +81,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
             self._error = error
         if discard:
             self._buf.clear()
+        self._drop_pending()
         self._write_closed = True
         self._wake_reader()
         self._wake_writer()
@@ -81,83 +96,100 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
             self._conn._schedule_flush()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self._send(data, last=False)
+        await self._send(data, last=False, soon=False)
 
     async def write_last(self, data: bytes | bytearray | memoryview) -> None:
         """Data frames and the FIN leave in one write to the connection below."""
         if not data:
             await self.close_write()
             return
-        await self._send(data, last=True)
+        await self._send(data, last=True, soon=False)
 
     async def write_soon(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` and flush on the next loop turn (or with the next write)."""
-        session = self._conn._session
-        if self._write_closed or not data or len(data) > session.send_window(self._id):
-            await self.write(data)
-            return
-        view = memoryview(data) if len(data) > 65536 else bytes(data)
-        pos = 0
-        while pos < len(view):  # the window holds it all: only frame size splits it
-            pos += session.send_data(self._id, view[pos:] if pos else view)
-        stats = self._conn.stats
-        stats.bytes_sent += len(view)
-        stats.messages_sent += 1
-        self._conn._schedule_flush()
+        """Commit ``data`` and send it on the next loop turn (or with the next write)."""
+        await self._send(data, last=False, soon=True)
 
-    async def _send(self, data: bytes | bytearray | memoryview, *, last: bool) -> None:
-        total = len(data)
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        conn = self._conn
+        if (
+            self._write_closed
+            or self._pending is not None
+            or len(data) > conn._session.send_window(self._id)
+            or conn._session.output_size >= OUTPUT_HIGH_WATER
+        ):
+            return False
+        if data:
+            self._commit(data, last=False)
+            conn._kick()
+        return True
+
+    def _commit(self, data: bytes | bytearray | memoryview, *, last: bool) -> None:
+        """Take all of ``data`` (the caller checked it is our turn) and frame what fits."""
+        # A mutable buffer could change after a cancelled write returns: keep a copy.
+        self._pending = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if last:
+            self._write_closed = True
+            self._pending_fin = True
+        stats = self._conn.stats
+        stats.bytes_sent += len(data)
+        stats.messages_sent += 1
+        self._conn._pump(self)
+
+    async def _send(self, data: bytes | bytearray | memoryview, *, last: bool, soon: bool) -> None:
         if self._write_closed:
             raise self._error or ConnectionClosed(f"yamux stream {self._id} is closed for writing")
-        if not total:
+        if not data:
             return
+        # Our turn comes once an earlier (perhaps cancelled) write is all framed; nothing
+        # of ``data`` is committed until then, so a cancellation here sends none of it.
+        while self._pending is not None:
+            await self._wait_writer()
+            if self._write_closed:
+                raise self._error or ConnectionClosed(f"yamux stream {self._id} was closed")
+        self._commit(data, last=last)
         conn = self._conn
-        session = conn._session
-        view = data if total <= 65536 and isinstance(data, bytes) else memoryview(data)
-        pos = 0
-        while pos < total:
-            n = session.send_data(self._id, view[pos:] if pos else view)
-            if n == 0:
-                if self._error is not None:
-                    raise self._error
-                waiter = asyncio.get_running_loop().create_future()
-                self._write_waiter = waiter
-                await conn._flush()
-                await waiter
-                if self._write_closed:
-                    raise self._error or ConnectionClosed(f"yamux stream {self._id} was closed")
-                continue
-            pos += n
-            if pos < total and session.send_window(self._id):
-                continue  # queue more frames; one flush carries them all
-            if pos == total and last:
-                self._write_closed = True
-                session.close_stream(self._id)
-            await conn._flush()
-        stats = conn.stats
-        stats.bytes_sent += total
-        stats.messages_sent += 1
+        if soon:
+            conn._schedule_flush()
+        else:
+            conn._kick()
+        # Committed: the connection frames the rest as window and output room allow, and
+        # its writer sends it.  A cancellation from here on still sends all of ``data``.
+        while self._pending is not None:
+            await self._wait_writer()
+
+    async def _wait_writer(self) -> None:
+        """Wait for the pending write to be framed (or the stream to fail)."""
+        waiter = self._write_waiter
+        if waiter is None or waiter.done():
+            waiter = self._write_waiter = asyncio.get_running_loop().create_future()
+        # Shielded: concurrent writers share the future, and one's cancellation must not
+        # cancel it for the others.
+        await asyncio.shield(waiter)
+        if self._error is not None:
+            raise self._error
 
     async def close_write(self) -> None:
         if self._write_closed:
             return
         self._write_closed = True
+        if self._pending is not None:  # the FIN follows the data still being framed
+            self._pending_fin = True
+            return
         self._conn._session.close_stream(self._id)
-        with contextlib.suppress(P2PError):
-            await self._conn._flush()
+        self._conn._kick()
 
     async def reset(self) -> None:
         if self._error is None:
             self._error = StreamReset(f"yamux stream {self._id} was reset locally")
         self._buf.clear()
+        self._drop_pending()
         self._write_closed = True
         self._read_closed = True
         self._conn._session.reset_stream(self._id)
         self._conn._forget(self._id)
         self._wake_reader()
         self._wake_writer()
-        with contextlib.suppress(P2PError):
-            await self._conn._flush()
+        self._conn._kick()
 
     async def close(self) -> None:
         self._read_closed = True
@@ -166,7 +198,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
             self._conn._consume(self._id, unread)
         await self.close_write()
         self._wake_reader()
-        if self._eof or self._error is not None:
+        if (self._eof or self._error is not None) and self._pending is None:
             self._conn._forget(self._id)
 
     def __repr__(self) -> str:
@@ -193,8 +225,10 @@ class YamuxConnection(MuxedConnection):
         self._accept_waiter: asyncio.Future[None] | None = None
         self._ack_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
-        self._write_lock = asyncio.Lock()
-        self._flush_task: asyncio.Task[None] | None = None
+        # Streams whose committed data waits for room in the output (not for window).
+        self._blocked: dict[int, YamuxStream] = {}
+        # The connection's writer, while the connection below applies backpressure.
+        self._writer: asyncio.Task[None] | None = None
         self._flush_scheduled = False
         self._closed = False
         self._close_reason: ConnectionClosed | None = None
@@ -215,44 +249,109 @@ class YamuxConnection(MuxedConnection):
             self._keepalive = self._loop.create_task(self._keepalive_loop())
 
     # --- writing --------------------------------------------------------------------
+    #
+    # Streams commit whole writes and frame them into the session (``_pump``) as window
+    # and output room allow; the frames go below either at once (``_kick``: the layer
+    # below takes them without waiting) or from the connection's own writer task.  No
+    # application task ever waits inside a write to the connection below, so no
+    # cancellation can cut a batch of frames.
 
-    async def _flush(self) -> None:
-        session = self._session
-        if not session.has_output():
+    def _pump(self, st: YamuxStream) -> None:
+        """Frame as much of ``st``'s pending write as window and output room allow."""
+        view = st._pending
+        if view is None:
             return
-        async with self._write_lock:
-            while session.has_output():
-                if self._closed and self._close_reason is not None:
-                    raise self._close_reason
-                try:
-                    await self._conn.write(session.data_to_send())
-                except P2PError as exc:
-                    self._terminate(ConnectionClosed(f"connection lost while writing: {exc}"))
-                    raise self._close_reason or exc from None
+        session = self._session
+        sid = st._id
+        try:
+            while session.output_size < OUTPUT_HIGH_WATER:
+                n = session.send_data(sid, view)
+                if n == 0:
+                    break
+                if n == len(view):
+                    view = None
+                    break
+                view = view[n:]
+        except ConnectionClosed as exc:  # the session forgot the stream (reset, shut down)
+            st._on_reset(exc)
+            return
+        st._pending = view
+        if view is None:
+            self._blocked.pop(sid, None)
+            if st._pending_fin:
+                session.close_stream(sid)
+                if st._read_closed and (st._eof or st._error is not None):
+                    self._forget(sid)
+            st._wake_writer()
+        elif session.send_window(sid) > 0:
+            self._blocked[sid] = st  # waits for output room; a window update pumps it too
+
+    def _repump(self) -> None:
+        """Give streams waiting for output room their turn, round robin."""
+        blocked = self._blocked
+        session = self._session
+        for sid in list(blocked):
+            if session.output_size >= OUTPUT_HIGH_WATER:
+                return
+            st = blocked.pop(sid, None)
+            if st is not None:
+                self._pump(st)  # re-queued at the end if still blocked
+
+    def _kick(self) -> None:
+        """Send queued frames: synchronously if the layer below takes them, else via the writer."""
+        if self._writer is not None or self._closed:
+            return
+        session = self._session
+        conn = self._conn
+        while session.has_output():
+            data = session.data_to_send()
+            if not conn.try_write_nowait(data):
+                writer = self._writer = self._loop.create_task(self._write_loop(data))
+                writer.add_done_callback(self._writer_done)  # also when cancelled unstarted
+                return
+            self._repump()
+
+    async def _write_loop(self, data: bytes) -> None:
+        session = self._session
+        try:
+            while True:
+                await self._conn.write(data)
+                self._repump()
+                if not session.has_output():
+                    self._writer = None  # now, not in the done callback a turn later
+                    return
+                data = session.data_to_send()
+        except P2PError as exc:
+            self._terminate(ConnectionClosed(f"connection lost while writing: {exc}"))
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        if self._writer is task:
+            self._writer = None
+            self._kick()  # frames queued while it was ending
+
+    async def _drain(self) -> None:
+        """Send everything queued; wait until it went below (never cancels the writer)."""
+        self._kick()
+        writer = self._writer
+        if writer is not None:
+            await asyncio.shield(writer)
+        if self._close_reason is not None:
+            raise self._close_reason
 
     def _schedule_flush(self) -> None:
         """Send queued control frames soon without blocking the caller.
 
-        The flush task starts a loop turn later, so tasks woken by the same
-        events (a handler answering a new stream) write first and carry the
-        control frames in the same packet.
+        The flush runs a loop turn later, so tasks woken by the same events (a
+        handler answering a new stream) write first and carry the control frames in
+        the same packet.
         """
         if not self._flush_scheduled and not self._closed:
             self._flush_scheduled = True
-            self._loop.call_soon(self._start_background_flush)
+            self._loop.call_soon(self._scheduled_flush)
 
-    def _start_background_flush(self) -> None:
+    def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
-        if self._flush_task is None and self._session.has_output() and not self._closed:
-            self._flush_task = self._loop.create_task(self._background_flush())
-
-    async def _background_flush(self) -> None:
-        try:
-            await self._flush()
-        except P2PError:
-            pass
-        finally:
-            self._flush_task = None
+        self._kick()
 
     def _consume(self, stream_id: int, n: int) -> None:
         session = self._session
@@ -286,8 +385,8 @@ class YamuxConnection(MuxedConnection):
             reason = exc if isinstance(exc, ConnectionClosed) else ConnectionClosed(str(exc))
             if session.has_output():  # a GoAway explaining the protocol error
                 with contextlib.suppress(P2PError, asyncio.TimeoutError):
-                    async with asyncio.timeout(1):
-                        await self._flush()
+                    async with asyncio.timeout(_GO_AWAY_TIMEOUT):
+                        await self._drain()
         except asyncio.CancelledError:
             reason = ConnectionClosed("connection closed")
         finally:
@@ -308,8 +407,9 @@ class YamuxConnection(MuxedConnection):
                     self._session.consume(ev.stream_id, len(ev.data), self._loop.time())
             elif isinstance(ev, WindowUpdated):
                 st = streams.get(ev.stream_id)
-                if st is not None:
-                    st._wake_writer()
+                if st is not None and st._pending is not None:
+                    self._pump(st)
+                    self._schedule_flush()
                 for w in self._ack_waiters:
                     if not w.done():
                         w.set_result(None)
@@ -405,7 +505,7 @@ class YamuxConnection(MuxedConnection):
         opaque = self._session.ping()
         fut: asyncio.Future[float] = self._loop.create_future()
         self._pings[opaque] = (self._loop.time(), fut)
-        await self._flush()
+        self._kick()
         async with asyncio.timeout(timeout):
             rtt = await fut
         self._session.rtt = rtt
@@ -430,7 +530,7 @@ class YamuxConnection(MuxedConnection):
             return
         self._session.go_away()
         with contextlib.suppress(P2PError):
-            await self._flush()
+            await self._drain()
         self._terminate(ConnectionClosed("connection closed locally"))
         with contextlib.suppress(P2PError, OSError):
             await self._conn.close()
@@ -439,6 +539,8 @@ class YamuxConnection(MuxedConnection):
 
     async def abort(self) -> None:
         self._terminate(ConnectionClosed("connection aborted locally"))
+        if self._writer is not None:
+            self._writer.cancel()
         with contextlib.suppress(P2PError, OSError):
             await self._conn.reset()
         self._reader.cancel()

@@ -196,6 +196,11 @@ class YamuxSession:
         """Whether :meth:`data_to_send` has anything."""
         return bool(self._out)
 
+    @property
+    def output_size(self) -> int:
+        """Bytes of queued frames (headers and data) not yet taken by :meth:`data_to_send`."""
+        return self._out_size
+
     def data_to_send(self) -> bytes:
         """All queued frames, in order."""
         out = self._out

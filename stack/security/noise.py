@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Coroutine, Iterable
+from typing import Any, Final
 
 from switchy.stack.buffer import ChunkBuffer
 from switchy.stack.config import NetworkConfig
@@ -43,6 +43,7 @@ from switchy.stack.security.noise_core import (
 from switchy.stack.stream import Connection
 
 __all__ = [
+    "CLOSE_FLUSH_TIMEOUT",
     "MAX_FRAME",
     "MAX_PLAINTEXT",
     "MAX_WRITE_BATCH",
@@ -67,6 +68,9 @@ __all__ = [
 #: Plaintext encrypted into one buffer per underlying write (64 full frames, ~4 MiB);
 #: larger writes go out in several underlying writes to bound the extra memory.
 MAX_WRITE_BATCH: Final = 64 * MAX_PLAINTEXT
+#: How long ``close()`` lets committed writes drain into a raw connection that is slow
+#: to take them before it gives up on them.
+CLOSE_FLUSH_TIMEOUT: Final = 5.0
 
 
 class NoiseConnection(Connection):
@@ -75,8 +79,11 @@ class NoiseConnection(Connection):
     ``read`` decrypts whole frames from whatever the raw connection delivers
     and keeps leftover plaintext; ``write`` frames and encrypts into one buffer
     and writes it with one underlying call (per :data:`MAX_WRITE_BATCH`).
-    Writers are serialised so frames reach the wire in nonce order.
-    A frame that fails authentication resets the raw connection.
+    A write is committed whole before anything is encrypted: the raw connection
+    takes the frames at once when it can (:meth:`try_write_nowait`), or the
+    connection's own writer task sends them, so frames reach the wire complete and
+    in nonce order whatever task is cancelled.  A frame that fails authentication
+    resets the raw connection.
     """
 
     def __init__(
@@ -87,7 +94,11 @@ class NoiseConnection(Connection):
         self._plain = ChunkBuffer()
         self._eof = False
         self._error: P2PError | None = None
-        self._write_lock = asyncio.Lock()
+        # Sends a committed write the raw connection could not take at once.
+        self._writer: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._write_error: P2PError | None = None
+        self._write_closed = False
         self.local_addr = raw.local_addr
         self.remote_addr = raw.remote_addr
         self.is_limited = raw.is_limited
@@ -137,34 +148,115 @@ class NoiseConnection(Connection):
                 raise
         return plain.take(max_bytes)
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt and write all of ``data``."""
-        n = len(data)
-        if not n:
+    def _unread(self, data: bytes) -> bool:
+        self._plain.push_front(data)
+        return True
+
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if self._writer is not None or self._write_error is not None or self._write_closed:
+            return False
+        if data:
+            self._commit(data)
+        return True
+
+    def _commit(self, data: bytes | bytearray | memoryview) -> None:
+        """Take all of ``data`` (no write in progress): encrypt and send, or hand to the writer."""
+        if len(data) <= MAX_WRITE_BATCH:
+            ciphertext = self._cipher.encrypt(data)
+            if not self._raw.try_write_nowait(ciphertext):
+                self._start_writer(self._write_out(ciphertext, None))
             return
-        async with self._write_lock:
-            if n <= MAX_WRITE_BATCH:
-                await self._raw.write(self._cipher.encrypt(data))
-                return
-            with memoryview(data) as view:
-                for off in range(0, n, MAX_WRITE_BATCH):
-                    await self._raw.write(self._cipher.encrypt(view[off : off + MAX_WRITE_BATCH]))
+        # Large: encrypted batch by batch as the raw connection takes them (bounded memory).
+        plain = memoryview(data if isinstance(data, bytes) else bytes(data))
+        self._start_writer(self._write_out(None, plain))
+
+    def _start_writer(self, coro: Coroutine[Any, Any, None]) -> None:
+        writer = self._writer = asyncio.get_running_loop().create_task(coro)
+        # A callback, not a finally clause: a task cancelled before its first step
+        # never runs its body.
+        writer.add_done_callback(self._writer_done)
+
+    async def _write_out(
+        self, ciphertext: bytes | bytearray | None, plain: memoryview | None
+    ) -> None:
+        try:
+            if ciphertext is not None:
+                await self._raw.write(ciphertext)
+            if plain is not None:
+                encrypt = self._cipher.encrypt
+                for off in range(0, len(plain), MAX_WRITE_BATCH):
+                    await self._raw.write(encrypt(plain[off : off + MAX_WRITE_BATCH]))
+        except P2PError as exc:
+            self._write_error = exc
+        self._writer_done(None)  # idle now, not in the done callback a turn later
+
+    def _writer_done(self, task: asyncio.Task[None] | None) -> None:
+        if task is not None and self._writer is not task:
+            return  # already handled when the writer ended
+        self._writer = None
+        if self._write_error is None and task is not None and (
+            task.cancelled() or task.exception() is not None
+        ):
+            self._write_error = ConnectionClosed(
+                f"Noise connection to {self.remote_peer} stopped while writing"
+            )
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
+
+    async def _wait_idle(self) -> None:
+        """Wait until the writer sent what it holds (shielded: waiters share the future)."""
+        while self._writer is not None:
+            idle = self._idle
+            if idle is None:
+                idle = self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(idle)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and write all of ``data`` (see the class docstring for cancellation)."""
+        if not data:
+            return
+        await self._wait_idle()  # our turn; nothing of ``data`` is committed before it
+        if self._write_error is not None:
+            raise self._write_error
+        if self._write_closed:
+            raise ConnectionClosed(f"Noise connection to {self.remote_peer} is closed for writing")
+        self._commit(data)
+        await self._wait_idle()  # committed: a cancellation here still sends all of it
+        if self._write_error is not None:
+            raise self._write_error
 
     async def close_write(self) -> None:
-        """Half-close after every pending write went out (frames are self-delimiting)."""
-        async with self._write_lock:
-            await self._raw.close_write()
+        """Half-close after every committed write went out (frames are self-delimiting)."""
+        self._write_closed = True
+        await self._wait_idle()
+        await self._raw.close_write()
 
     async def reset(self) -> None:
         """Abort both directions (resets the raw connection)."""
         self._plain.clear()
+        self._write_closed = True
+        if self._writer is not None:
+            self._writer.cancel()
         await self._raw.reset()
 
     async def close(self) -> None:
-        """Close the raw connection and stop reading."""
+        """Send what was committed, then close the raw connection and stop reading."""
         self._plain.clear()
         self._eof = True
-        await self._raw.close()
+        self._write_closed = True
+        try:
+            if self._writer is not None:
+                # Bounded: a peer that stopped reading must not hold the close forever.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_FLUSH_TIMEOUT):
+                        await self._wait_idle()
+                if self._writer is not None:
+                    self._writer.cancel()
+        finally:
+            await self._raw.close()
 
     def __repr__(self) -> str:
         return f"<NoiseConnection {self.remote_peer} via {self._raw!r}>"

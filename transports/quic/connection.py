@@ -87,13 +87,17 @@ QUIC_MUXER: Final = "quic-v1"
 class QuicStream(BufferedMuxedStream["QuicConnection"]):
     """A native QUIC bidirectional stream (the :class:`~switchy.stack.stream.Stream` contract)."""
 
-    __slots__ = ("_stop_sent", "_write_error", "_written")
+    __slots__ = ("_pending", "_pending_fin", "_stop_sent", "_write_error", "_written")
 
     def __init__(self, conn: QuicConnection, stream_id: int) -> None:
         super().__init__(conn, stream_id, conn._config.max_message_size)
         self._write_error: ConnectionClosed | None = None
         self._stop_sent = False
         self._written = 0
+        #: Committed bytes not yet handed to aioquic (at most one write's worth).
+        self._pending: memoryview | None = None
+        #: Send the FIN once ``_pending`` is all handed over.
+        self._pending_fin = False
 
     # --- called by the connection -------------------------------------------------------
 
@@ -126,20 +130,27 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         self._wake_reader()
         self._maybe_forget()
 
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending = None
+            self._conn._blocked_writers.discard(self)
+
     def _on_stop_sending(self, error: ConnectionClosed) -> None:
         """The peer stopped reading: writes fail (aioquic answers with RESET_STREAM)."""
-        if not self._write_closed:
+        if not self._write_closed or self._pending is not None:
             self._write_closed = True
-            self._write_error = error
+            self._write_error = self._write_error or error
+        self._drop_pending()
         self._wake_writer()
         self._maybe_forget()
 
     def _on_connection_closed(self, error: ConnectionClosed) -> None:
         if self._error is None and not self._eof:
             self._error = error
-        if not self._write_closed:
+        if not self._write_closed or self._pending is not None:
             self._write_closed = True
-            self._write_error = error
+            self._write_error = self._write_error or error
+        self._drop_pending()
         self._wake_reader()
         self._wake_writer()
 
@@ -151,7 +162,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         # After close() the stream stays known until the peer ends its side, so that data
         # it still sends is credited and answered with STOP_SENDING.
         read_done = self._eof or self._error is not None
-        if read_done and self._write_closed:
+        if read_done and self._write_closed and self._pending is None:
             self._conn._forget(self._id)
 
     # --- Stream API ------------------------------------------------------------------------
@@ -159,51 +170,94 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
     def _consumed(self, n: int) -> None:
         self._conn._credit(self._id, n)
 
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if self._write_closed or self._pending is not None:
+            return False
+        if len(data) > WRITE_CHUNK or self._backlog() >= WRITE_HIGH_WATER:
+            return False
+        if data:
+            self._commit(data)
+        return True
+
+    def _commit(self, data: bytes | bytearray | memoryview) -> None:
+        """Take all of ``data`` (our turn) and hand aioquic what the backlog allows."""
+        # A mutable buffer could change after a cancelled write returns: keep a copy.
+        self._pending = memoryview(data if isinstance(data, bytes) else bytes(data))
+        stats = self._conn.stats
+        stats.bytes_sent += len(data)
+        stats.messages_sent += 1
+        self._pump()
+
+    def _pump(self) -> None:
+        """Move pending bytes into aioquic in chunks while the unsent backlog allows."""
+        view = self._pending
+        conn = self._conn
+        while view is not None and self._backlog() < WRITE_HIGH_WATER:
+            n = min(len(view), WRITE_CHUNK)
+            try:
+                conn._quic.send_stream_data(self._id, view[:n])  # type: ignore[arg-type]
+            except (ValueError, RuntimeError, AssertionError) as exc:
+                self._pending = None
+                self._write_closed = True
+                self._write_error = StreamReset(f"QUIC stream {self._id} cannot send: {exc}")
+                self._wake_writer()
+                return
+            self._written += n
+            view = view[n:] if n < len(view) else None
+        self._pending = view
+        if view is None:
+            conn._blocked_writers.discard(self)
+            if self._pending_fin:
+                self._send_fin()
+            self._wake_writer()
+        else:
+            conn._blocked_writers.add(self)
+        conn._schedule_transmit()
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        total = len(data)
+        if not self._write_closed and not data:
+            return
+        # Our turn comes once an earlier (perhaps cancelled) write is all handed to aioquic;
+        # nothing of ``data`` is committed before, so a cancellation there sends none of it.
+        while self._pending is not None and not self._write_closed:
+            await self._wait_writer()
         if self._write_closed:
             raise self._write_error or ConnectionClosed(
                 f"QUIC stream {self._id} is closed for writing"
             )
-        if not total:
-            return
-        conn = self._conn
-        quic = conn._quic
-        view = data if total <= WRITE_CHUNK and isinstance(data, bytes) else memoryview(data)
-        pos = 0
-        while pos < total:
-            while self._backlog() >= WRITE_HIGH_WATER:
-                waiter = asyncio.get_running_loop().create_future()
-                self._write_waiter = waiter
-                conn._blocked_writers.add(self)
-                await waiter
-                if self._write_closed:
-                    raise self._write_error or ConnectionClosed(
-                        f"QUIC stream {self._id} was closed while writing"
-                    )
-            n = min(total - pos, WRITE_CHUNK)
-            chunk = view if n == total else view[pos : pos + n]
-            try:
-                quic.send_stream_data(self._id, chunk)  # type: ignore[arg-type]
-            except (ValueError, RuntimeError, AssertionError) as exc:
-                self._write_closed = True
-                self._write_error = StreamReset(f"QUIC stream {self._id} cannot send: {exc}")
-                raise self._write_error from None
-            self._written += n
-            pos += n
-            conn._schedule_transmit()
-        stats = conn.stats
-        stats.bytes_sent += total
-        stats.messages_sent += 1
+        target = self._written + len(data)
+        self._commit(data)
+        # Committed: the connection moves the rest as the backlog drains; a cancellation
+        # from here on still sends all of ``data``.
+        while self._pending is not None:
+            await self._wait_writer()
+        if self._written < target:  # dropped by a reset, STOP_SENDING or the connection's end
+            raise self._write_error or ConnectionClosed(
+                f"QUIC stream {self._id} was closed while writing"
+            )
+
+    async def _wait_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is None or waiter.done():
+            waiter = self._write_waiter = asyncio.get_running_loop().create_future()
+        # Shielded: concurrent writers share the future; one's cancellation must not
+        # cancel it for the others.
+        await asyncio.shield(waiter)
+
+    def _send_fin(self) -> None:
+        with contextlib.suppress(ValueError, RuntimeError, AssertionError):
+            self._conn._quic.send_stream_data(self._id, b"", end_stream=True)
+        self._conn._schedule_transmit()
+        self._maybe_forget()
 
     async def close_write(self) -> None:
         if self._write_closed:
             return
         self._write_closed = True
-        with contextlib.suppress(ValueError, RuntimeError, AssertionError):
-            self._conn._quic.send_stream_data(self._id, b"", end_stream=True)
-        self._conn._schedule_transmit()
-        self._maybe_forget()
+        if self._pending is not None:  # the FIN follows the data still being handed over
+            self._pending_fin = True
+            return
+        self._send_fin()
 
     async def reset(self) -> None:
         if self._error is None:
@@ -213,9 +267,10 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         if dropped:
             conn._credit(self._id, dropped)
         quic = conn._quic
-        if not self._write_closed:
+        if not self._write_closed or self._pending is not None:
             self._write_closed = True
             self._write_error = self._error
+            self._drop_pending()
             with contextlib.suppress(ValueError, RuntimeError, AssertionError):
                 quic.reset_stream(self._id, STREAM_RESET_CODE)
         if not self._read_closed and not self._eof:
@@ -345,9 +400,11 @@ class QuicConnection(MuxedConnection):
         self._set_timer()
         if self._blocked_writers:
             for st in list(self._blocked_writers):
-                if st._write_closed or st._backlog() < WRITE_HIGH_WATER:
+                if st._pending is None:
                     self._blocked_writers.discard(st)
                     st._wake_writer()
+                elif st._backlog() < WRITE_HIGH_WATER:
+                    st._pump()
         if self._flush_waiter is not None and self._all_sent_acknowledged():
             w, self._flush_waiter = self._flush_waiter, None
             if not w.done():

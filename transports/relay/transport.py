@@ -213,6 +213,18 @@ class RelayedConnection(Connection):
             raise self._explain(exc) from None
         self.bytes_sent += len(data)
 
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if self.stream.try_write_nowait(data):
+            self.bytes_sent += len(data)
+            return True
+        return False
+
+    def _unread(self, data: bytes) -> bool:
+        if self.stream._unread(data):
+            self.bytes_received -= len(data)
+            return True
+        return False
+
     async def close_write(self) -> None:
         """Half-close: the relay passes the end of stream on."""
         await self.stream.close_write()

@@ -97,6 +97,9 @@ class SimConnection(Connection):
         self._outstanding = 0
         self._write_closed = False
         self._write_waiter: asyncio.Future[None] | None = None
+        #: Committed bytes not yet sent (at most one write's worth), and a FIN to follow.
+        self._pending: memoryview | None = None
+        self._pending_fin = False
         self._inflight: deque[tuple[float, int, bytes | str]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._last_arrival = 0.0
@@ -144,44 +147,79 @@ class SimConnection(Connection):
         self.peer._freed(len(data))
         return data
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of ``data``, waiting while the peer has a window's worth unread."""
-        if self._error is not None:
-            raise self._error
-        if self._write_closed:
-            raise ConnectionClosed(f"write after close on sim connection {self.conn_id}")
-        total = len(data)
-        if not total:
-            return
-        if total <= MAX_SEGMENT and self._outstanding < self._window:
-            payload = data if type(data) is bytes else bytes(data)
-            self._outstanding += total
-            self._send(_DATA, payload)
-            return
-        view = memoryview(data).cast("B")
-        off = 0
-        while off < total:
-            while self._outstanding >= self._window:
-                waiter = self._loop.create_future()
-                self._write_waiter = waiter
-                try:
-                    await waiter
-                finally:
-                    self._write_waiter = None
-                if self._error is not None:
-                    raise self._error
-                if self._write_closed:
-                    raise ConnectionClosed(f"sim connection {self.conn_id} closed while writing")
-            n = min(total - off, MAX_SEGMENT)
+    def _unread(self, data: bytes) -> bool:
+        self._buf.push_front(data)
+        return True
+
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if self._error is not None or self._write_closed or self._pending is not None:
+            return False
+        if self._outstanding + len(data) > self._window:
+            return False
+        if data:
+            self._commit(data)
+        return True
+
+    def _commit(self, data: bytes | bytearray | memoryview) -> None:
+        """Take all of ``data`` (our turn) and send the segments the window allows."""
+        self._pending = memoryview(data).cast("B")
+        self._pump()
+
+    def _pump(self) -> None:
+        view = self._pending
+        while view is not None and self._outstanding < self._window:
+            n = min(len(view), MAX_SEGMENT)
             self._outstanding += n
-            self._send(_DATA, bytes(view[off : off + n]))
-            off += n
+            self._send(_DATA, bytes(view[:n]))
+            view = view[n:] if n < len(view) else None
+        self._pending = view
+        if view is None:
+            if self._pending_fin:
+                self._pending_fin = False
+                self._send_fin()
+            self._wake_writer()
+
+    async def _wait_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is None or waiter.done():
+            waiter = self._write_waiter = self._loop.create_future()
+        # Shielded: concurrent writers share the future; one's cancellation must not
+        # cancel it for the others.
+        await asyncio.shield(waiter)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``, waiting while the peer has a window's worth unread.
+
+        The write waits for its turn before it commits anything; once committed, the
+        connection sends the rest as the window opens, even if the writer is cancelled.
+        """
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._write_closed:
+                raise ConnectionClosed(f"write after close on sim connection {self.conn_id}")
+            if self._pending is None:
+                break
+            await self._wait_writer()
+        if not data:
+            return
+        self._commit(data)
+        while self._pending is not None:
+            await self._wait_writer()
+            if self._error is not None:
+                raise self._error
 
     async def close_write(self) -> None:
         """Send end-of-stream after everything written so far."""
         if self._write_closed or self._error is not None:
             return
         self._write_closed = True
+        if self._pending is not None:  # the FIN follows the data still waiting for window
+            self._pending_fin = True
+            return
+        self._send_fin()
+
+    def _send_fin(self) -> None:
         self._net._record("fin", self.local_host.name, self.remote_host.name, 0, self._tag)
         self._send(_FIN, b"")
         self._wake_writer()
@@ -467,13 +505,18 @@ class SimConnection(Connection):
         """The peer consumed ``n`` of our bytes: open the window."""
         self._outstanding -= n
         if self._outstanding < self._window:
-            self._wake_writer()
+            if self._pending is not None:
+                self._pump()
+            else:
+                self._wake_writer()
 
     # --- state changes ------------------------------------------------------------------
 
     def _fail(self, error: ConnectionClosed) -> None:
         self._error = error
         self._write_closed = True
+        self._pending = None
+        self._pending_fin = False
         self._stalled.clear()
         self._stall_since = None
         self._cancel_retry()
