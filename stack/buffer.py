@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
-__all__ = ["ChunkBuffer"]
+__all__ = ["ChunkBuffer", "shared_waiter"]
 
 
 class ChunkBuffer:
@@ -68,3 +69,14 @@ class ChunkBuffer:
         self._offset = 0
         self.size = 0
         return dropped
+
+
+def shared_waiter(current: asyncio.Future[None] | None) -> asyncio.Future[None]:
+    """``current`` while it is pending, else a new future: one wake-up for many waiters.
+
+    Each waiter awaits it through :func:`asyncio.shield`, so that one waiter's
+    cancellation does not cancel the future for the others.
+    """
+    if current is None or current.done():
+        return asyncio.get_running_loop().create_future()
+    return current

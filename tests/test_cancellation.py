@@ -116,3 +116,29 @@ def test_cancelled_senders_on_tcp() -> None:
             assert not conn.is_closed and a.connections(b.peer_id) == [conn]
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_concurrent_writers_on_one_stream_survive_one_being_cancelled() -> None:
+    """Writers waiting for their turn share one wake-up; cancelling one wakes the others."""
+    from tests.test_yamux import muxed
+
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+            s = await ma.open_stream()
+            await s.write(b"!")
+            r = await mb.accept_stream()
+            assert await r.read_exactly(1) == b"!"
+            big = [bytes([i]) * 700_000 for i in range(3)]  # beyond the 256 KiB window
+            writers = [asyncio.ensure_future(s.write(b)) for b in big]
+            for _ in range(3):
+                await asyncio.sleep(0)
+            writers[1].cancel()  # waiting for its turn: commits nothing
+            received = bytearray()
+            while len(received) < 2 * 700_000:
+                received += await r.read(1 << 20)
+            await asyncio.gather(*writers, return_exceptions=True)
+            assert writers[0].result() is None and writers[2].result() is None
+            assert writers[1].cancelled()
+            assert bytes(received) == big[0] + big[2]
+
+    asyncio.run(asyncio.wait_for(main(), 30))

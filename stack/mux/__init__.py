@@ -6,7 +6,7 @@ import abc
 import asyncio
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.buffer import ChunkBuffer, shared_waiter
 from switchy.stack.stream import MuxedStream
 
 if TYPE_CHECKING:
@@ -142,6 +142,11 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
             self._read_waiter = None
             if not w.done():
                 w.set_result(None)
+
+    async def _wait_writer(self) -> None:
+        """Wait for the next wake-up of writers (shared by concurrent writers)."""
+        waiter = self._write_waiter = shared_waiter(self._write_waiter)
+        await asyncio.shield(waiter)
 
     def _wake_writer(self) -> None:
         w = self._write_waiter

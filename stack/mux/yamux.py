@@ -159,12 +159,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
 
     async def _wait_writer(self) -> None:
         """Wait for the pending write to be framed (or the stream to fail)."""
-        waiter = self._write_waiter
-        if waiter is None or waiter.done():
-            waiter = self._write_waiter = asyncio.get_running_loop().create_future()
-        # Shielded: concurrent writers share the future, and one's cancellation must not
-        # cancel it for the others.
-        await asyncio.shield(waiter)
+        await super()._wait_writer()
         if self._error is not None:
             raise self._error
 

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Coroutine, Iterable
 from typing import Any, Final
 
-from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.buffer import ChunkBuffer, shared_waiter
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
 from switchy.stack.identity import Entropy, KeyPair, PeerId, PublicKey
@@ -209,9 +209,7 @@ class NoiseConnection(Connection):
     async def _wait_idle(self) -> None:
         """Wait until the writer sent what it holds (shielded: waiters share the future)."""
         while self._writer is not None:
-            idle = self._idle
-            if idle is None:
-                idle = self._idle = asyncio.get_running_loop().create_future()
+            idle = self._idle = shared_waiter(self._idle)
             await asyncio.shield(idle)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:

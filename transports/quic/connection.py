@@ -236,14 +236,6 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
                 f"QUIC stream {self._id} was closed while writing"
             )
 
-    async def _wait_writer(self) -> None:
-        waiter = self._write_waiter
-        if waiter is None or waiter.done():
-            waiter = self._write_waiter = asyncio.get_running_loop().create_future()
-        # Shielded: concurrent writers share the future; one's cancellation must not
-        # cancel it for the others.
-        await asyncio.shield(waiter)
-
     def _send_fin(self) -> None:
         with contextlib.suppress(ValueError, RuntimeError, AssertionError):
             self._conn._quic.send_stream_data(self._id, b"", end_stream=True)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
 
-from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.buffer import ChunkBuffer, shared_waiter
 from switchy.stack.errors import ConnectionClosed, StreamReset
 from switchy.stack.stream import Connection
 from switchy.stack.transport import Listener
@@ -180,11 +180,7 @@ class SimConnection(Connection):
             self._wake_writer()
 
     async def _wait_writer(self) -> None:
-        waiter = self._write_waiter
-        if waiter is None or waiter.done():
-            waiter = self._write_waiter = self._loop.create_future()
-        # Shielded: concurrent writers share the future; one's cancellation must not
-        # cancel it for the others.
+        waiter = self._write_waiter = shared_waiter(self._write_waiter)
         await asyncio.shield(waiter)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
