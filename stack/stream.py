@@ -21,16 +21,19 @@ Contract (checked by the conformance suite):
   directions at once, discarding buffered data.
 * ``write_last(data)`` is ``write`` + ``close_write``; ``write_soon(data)`` is a
   ``write`` the layer may hold for one event-loop turn to coalesce it with the next.
+* ``finish()`` ends a one-shot exchange (we wrote, expect nothing more): half-close,
+  wait (at most :data:`FINISH_TIMEOUT`) for the remote's end of stream, then close.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
 from stack.codec import decode_uvarint, encode_uvarint
-from stack.errors import ConnectionClosed, MessageTooLarge
+from stack.errors import ConnectionClosed, MessageTooLarge, P2PError
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_READ_SIZE",
+    "FINISH_DRAIN_LIMIT",
+    "FINISH_TIMEOUT",
     "Connection",
     "MuxedStream",
     "Stream",
@@ -51,6 +56,10 @@ __all__ = [
 DEFAULT_READ_SIZE: Final = 64 * 1024
 #: Default limit of ``recv_message`` when no limit is passed (1 MiB, as NetworkConfig).
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
+#: Longest :meth:`Stream.finish` waits for the remote's end of stream (seconds).
+FINISH_TIMEOUT: Final = 5.0
+#: Most bytes :meth:`Stream.finish` reads (and discards) while it waits.
+FINISH_DRAIN_LIMIT: Final = 64 * 1024
 
 
 class Stream(abc.ABC):
@@ -98,6 +107,36 @@ class Stream(abc.ABC):
         the application's first write can carry.  Default: :meth:`write`.
         """
         await self.write(data)
+
+    async def finish(self, timeout: float = FINISH_TIMEOUT) -> None:
+        """End a one-shot exchange: half-close, wait for the remote's end of stream, close.
+
+        For a stream on which we wrote everything and expect nothing back (an
+        identify push).  Closing at once stops reading while the remote may still be
+        answering (its multistream-select answer to an optimistic proposal comes
+        after our data): a QUIC stream answers such late bytes with STOP_SENDING,
+        which peers such as js-libp2p take as a failed exchange.  So this waits, at
+        most ``timeout`` seconds and :data:`FINISH_DRAIN_LIMIT` bytes (discarded),
+        for the remote to end its side, then closes.  A remote that is slower than
+        that only gets the plain :meth:`close`.  Errors reading (the remote reset the
+        stream, or refused an optimistic proposal: :class:`NegotiationFailed`) reset
+        the stream and propagate.
+        """
+        await self.close_write()
+        drained = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while drained <= FINISH_DRAIN_LIMIT:
+                    chunk = await self.read(DEFAULT_READ_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except TimeoutError:
+            pass
+        except P2PError:
+            await self.reset()
+            raise
+        await self.close()
 
     async def read_exactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes; raise :class:`ConnectionClosed` if the stream ends first."""

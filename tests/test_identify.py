@@ -1,0 +1,162 @@
+"""Identify edge cases met with other implementations: push delivery, observed addresses.
+
+In virtual time on the simulator, over QUIC and over TCP-like streams (Noise + yamux).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from multiaddr import Multiaddr
+
+from protocols.identify import (
+    IDENTIFY_PUSH_PROTOCOL,
+    MAX_IDENTIFY_SIZE,
+    IdentifyInfo,
+    IdentifyService,
+    decode_identify_stream,
+)
+from stack.addresses import with_peer
+from stack.errors import P2PError
+from stack.identity import KeyPair
+from stack.node import Node
+from stack.stream import MuxedStream
+from transports.quic.sim import sim_quic_transport
+from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+
+QUIET = SimConfig(default_packet_loss=0.0)
+LATENCY = 0.02
+
+
+def quic_node(sim: Simulation, host: str, service: IdentifyService) -> Node:
+    return Node(
+        transports=[sim_quic_transport(sim.network, host)],
+        services=[service],
+        entropy=sim.entropy_source(host),
+        listen=["/memory/4001/quic-v1"],
+    )
+
+
+def tcp_node(sim: Simulation, host: str, service: IdentifyService) -> Node:
+    return Node(
+        transports=[SimTransport(sim.network, host)],
+        services=[service],
+        entropy=sim.entropy_source(host),
+        listen=["/memory/0"],
+    )
+
+
+MAKERS: dict[str, Callable[[Simulation, str, IdentifyService], Node]] = {
+    "quic": quic_node,
+    "tcp": tcp_node,
+}
+
+
+class ClosingFirstPeer(IdentifyService):
+    """Receives a push as js-libp2p does: it reads the push to its end, then closes its own
+    side, and applies the push only if that close succeeds, i.e. the pusher did not stop
+    reading (STOP_SENDING) or reset the stream meanwhile.
+
+    The round trip (a connection-level ping) before closing lets a STOP_SENDING that the
+    pusher sent on receiving our multistream answer arrive first, as it does before
+    js-libp2p's close completes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcome: asyncio.Future[str] | None = None
+
+    async def _handle_push(self, stream: MuxedStream) -> None:
+        assert self.outcome is not None
+        data = await stream.read_all(limit=MAX_IDENTIFY_SIZE)
+        conn = stream.muxed_conn
+        await conn.ping()  # type: ignore[attr-defined]
+        try:
+            await stream.write_last(b"\n")  # closing flushes our side: fails if stopped
+        except P2PError as exc:
+            self.outcome.set_result(f"close failed: {exc}")
+            raise
+        self._apply(stream.remote_peer, decode_identify_stream(data), push=True)
+        self.outcome.set_result("applied")
+
+
+@pytest.mark.parametrize("kind", ["quic", "tcp"])
+def test_identify_push_reaches_a_peer_that_applies_it_after_its_own_close(kind: str) -> None:
+    make = MAKERS[kind]
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_hosts(["a", "b"])
+        sim.network.add_link("a", "b", latency=LATENCY)
+        pusher = IdentifyService()
+        receiver = ClosingFirstPeer()
+        receiver.outcome = asyncio.get_running_loop().create_future()
+        async with make(sim, "a", pusher) as a, make(sim, "b", receiver) as b:
+            await a.connect(b.full_addrs[0])
+            await pusher.wait_identified(b.peer_id, timeout=5)
+            assert IDENTIFY_PUSH_PROTOCOL in a.peerstore.protocols(b.peer_id)
+
+            async def new_handler(stream: MuxedStream) -> None:
+                await stream.close()
+
+            a.registry.register("/brand-new/1.0.0", new_handler)
+            start = sim.now
+            await pusher.push()
+            # push() waited for b's end of stream (b closes one ping round trip after the
+            # push arrived) and no longer than that.
+            assert sim.now - start <= 5 * 2 * LATENCY + 1e-6
+            assert await asyncio.wait_for(receiver.outcome, 5) == "applied"
+            assert "/brand-new/1.0.0" in b.peerstore.protocols(a.peer_id)
+
+    run_simulation(main, seed=3, config=QUIET)
+
+
+class ObservedAs(IdentifyService):
+    """Sends ``suffix(observed)`` as the observed address instead of the real one."""
+
+    def __init__(self, suffix: Callable[[Multiaddr, MuxedStream], Multiaddr]) -> None:
+        super().__init__(identify_on_connect=False)
+        self._suffix = suffix
+        self._stream: MuxedStream | None = None
+
+    async def _handle_identify(self, stream: MuxedStream) -> None:
+        self._stream = stream
+        await super()._handle_identify(stream)
+
+    def local_info(self, observed: Multiaddr | None) -> IdentifyInfo:
+        info = super().local_info(observed)
+        if observed is not None and self._stream is not None:
+            info.observed_addr = self._suffix(observed, self._stream)
+        return info
+
+
+def test_observed_address_with_our_peer_id_is_stored_without_it() -> None:
+    other = KeyPair.generate().peer_id
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_hosts(["a", "b", "c", "d"])
+        for h in "bcd":
+            sim.network.add_link("a", h, latency=LATENCY)
+        ours = ObservedAs(lambda addr, s: with_peer(addr, s.remote_peer))
+        theirs = ObservedAs(lambda addr, s: with_peer(addr, other))
+        bare = ObservedAs(lambda addr, s: Multiaddr(f"/p2p/{s.remote_peer}"))
+        asker = IdentifyService()
+        async with (
+            tcp_node(sim, "a", asker) as a,
+            tcp_node(sim, "b", ours) as b,
+            tcp_node(sim, "c", theirs) as c,
+            tcp_node(sim, "d", bare) as d,
+        ):
+            conn = await a.connect(b.full_addrs[0])
+            await asker.wait_identified(b.peer_id, timeout=5)
+            # js-libp2p appends /p2p/<our id>: stored as the transport address alone.
+            assert a.peerstore.observed_addrs == [conn.local_addr]
+            assert "/p2p/" not in str(a.peerstore.observed_addrs[0])
+            # An observed address naming someone else, or no transport address, is ignored.
+            for node in (c, d):
+                await a.connect(node.full_addrs[0])
+                await asker.wait_identified(node.peer_id, timeout=5)
+            assert a.peerstore.observed_addrs == [conn.local_addr]
+
+    run_simulation(main, seed=4, config=QUIET)
