@@ -272,3 +272,13 @@ class MuxedStream(Stream):
     @abc.abstractmethod
     def muxed_conn(self) -> MuxedConnection:
         """The multiplexed connection this stream belongs to."""
+
+    def limit_buffering(self, size: int) -> None:
+        """From now on, hold about ``size`` bytes at most for this stream in each direction.
+
+        For streams whose data is forwarded (a relay's circuit): the receive window
+        (what the peer may send before we read) and the unsent write backlog shrink
+        to about ``size``, so the backpressure of the slower side reaches the sender
+        instead of a queue building up here.  Muxers apply what their protocol
+        allows (yamux keeps its 256 KiB minimum window); the default does nothing.
+        """

@@ -64,7 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Unsent bytes a stream may queue in aioquic before ``write`` waits.
+#: Unsent bytes a stream may queue in aioquic before ``write`` waits (less for a stream
+#: given :meth:`QuicStream.limit_buffering`).
 WRITE_HIGH_WATER: Final = 512 * 1024
 #: ``write`` hands aioquic at most this much at a time.
 WRITE_CHUNK: Final = 256 * 1024
@@ -83,13 +84,15 @@ QUIC_MUXER: Final = "quic-v1"
 class QuicStream(BufferedMuxedStream["QuicConnection"]):
     """A native QUIC bidirectional stream, with the :class:`~stack.stream.Stream` contract."""
 
-    __slots__ = ("_stop_sent", "_write_error", "_written")
+    __slots__ = ("_high_water", "_limited", "_stop_sent", "_write_error", "_written")
 
     def __init__(self, conn: QuicConnection, stream_id: int) -> None:
         super().__init__(conn, stream_id, conn._config.max_message_size)
         self._write_error: ConnectionClosed | None = None
         self._stop_sent = False
         self._written = 0
+        self._high_water = WRITE_HIGH_WATER
+        self._limited = False
 
     # --- called by the connection -------------------------------------------------------
 
@@ -140,8 +143,10 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         self._wake_writer()
 
     def _backlog(self) -> int:
-        sent = self._conn._quic.sent_offset(self._id)
-        return 0 if sent is None else self._written - sent
+        """Bytes written but not sent yet (after ``limit_buffering``: not acknowledged yet)."""
+        quic = self._conn._quic
+        done = quic.acked_offset(self._id) if self._limited else quic.sent_offset(self._id)
+        return 0 if done is None else self._written - done
 
     def _maybe_forget(self) -> None:
         # After close() the stream stays known until the peer ends its side, so that data
@@ -154,6 +159,16 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
 
     def _consumed(self, n: int) -> None:
         self._conn._credit(self._id, n)
+
+    def limit_buffering(self, size: int) -> None:
+        """Receive window, and written bytes not yet acknowledged: at most ``size`` each.
+
+        Counting what is in flight too (not only what is unsent) keeps the queue this
+        stream builds in the network, behind a slow link, within ``size`` as well.
+        """
+        self._conn._quic.limit_stream_window(self._id, size)
+        self._high_water = max(1, min(size, WRITE_HIGH_WATER))
+        self._limited = True
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         total = len(data)
@@ -168,7 +183,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         view = data if total <= WRITE_CHUNK and isinstance(data, bytes) else memoryview(data)
         pos = 0
         while pos < total:
-            while self._backlog() >= WRITE_HIGH_WATER:
+            while self._backlog() >= self._high_water:
                 waiter = asyncio.get_running_loop().create_future()
                 self._write_waiter = waiter
                 conn._blocked_writers.add(self)
@@ -341,7 +356,7 @@ class QuicConnection(MuxedConnection):
         self._set_timer()
         if self._blocked_writers:
             for st in list(self._blocked_writers):
-                if st._write_closed or st._backlog() < WRITE_HIGH_WATER:
+                if st._write_closed or st._backlog() < st._high_water:
                     self._blocked_writers.discard(st)
                     st._wake_writer()
         if self._flush_waiter is not None and self._all_sent_acknowledged():
