@@ -160,3 +160,51 @@ def test_observed_address_with_our_peer_id_is_stored_without_it() -> None:
             assert a.peerstore.observed_addrs == [conn.local_addr]
 
     run_simulation(main, seed=4, config=QUIET)
+
+
+@pytest.mark.parametrize("kind", ["quic", "tcp"])
+def test_finish_waits_for_the_remote_end_within_its_bound(kind: str) -> None:
+    """Stream.finish (the push's close): returns at the remote's end of stream, or after
+    FINISH_TIMEOUT if the remote never ends its side; a reset meanwhile propagates."""
+    from stack.errors import StreamReset
+    from stack.stream import FINISH_TIMEOUT
+
+    make = MAKERS[kind]
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_hosts(["a", "b"])
+        sim.network.add_link("a", "b", latency=LATENCY)
+        release = asyncio.Event()
+        async with make(sim, "a", IdentifyService()) as a, make(sim, "b", IdentifyService()) as b:
+
+            async def answers_then_ends(stream: MuxedStream) -> None:
+                assert await stream.read_all() == b"data"
+                await stream.write(b"late answer")  # drained by finish(), not refused
+
+            async def never_ends(stream: MuxedStream) -> None:
+                await stream.read_all()
+                await release.wait()
+
+            async def resets(stream: MuxedStream) -> None:
+                await stream.read_all()
+                await stream.reset()
+
+            for name, handler in [("ends", answers_then_ends), ("never", never_ends)]:
+                b.registry.register(f"/{name}/1.0.0", handler)
+            b.registry.register("/resets/1.0.0", resets)
+            for name, bound in [("ends", 4 * LATENCY), ("never", FINISH_TIMEOUT + 1)]:
+                stream = await a.open_stream(b.full_addrs[0], f"/{name}/1.0.0")
+                await stream.write(b"data")
+                start = sim.now
+                await stream.finish()
+                took = sim.now - start
+                assert took <= bound + 1e-6, (name, took)
+                if name == "never":
+                    assert took >= FINISH_TIMEOUT
+            release.set()
+            stream = await a.open_stream(b.peer_id, "/resets/1.0.0")
+            await stream.write(b"data")
+            with pytest.raises(StreamReset):
+                await stream.finish()
+
+    run_simulation(main, seed=8, config=QUIET)
