@@ -21,37 +21,12 @@ from protocols.identify import (
 from stack.addresses import with_peer
 from stack.errors import P2PError
 from stack.identity import KeyPair
-from stack.node import Node
 from stack.stream import MuxedStream
-from transports.quic.sim import sim_quic_transport
-from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+from tests.sim_nodes import KINDS, sim_node
+from transports.sim import SimConfig, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 LATENCY = 0.02
-
-
-def quic_node(sim: Simulation, host: str, service: IdentifyService) -> Node:
-    return Node(
-        transports=[sim_quic_transport(sim.network, host)],
-        services=[service],
-        entropy=sim.entropy_source(host),
-        listen=["/memory/4001/quic-v1"],
-    )
-
-
-def tcp_node(sim: Simulation, host: str, service: IdentifyService) -> Node:
-    return Node(
-        transports=[SimTransport(sim.network, host)],
-        services=[service],
-        entropy=sim.entropy_source(host),
-        listen=["/memory/0"],
-    )
-
-
-MAKERS: dict[str, Callable[[Simulation, str, IdentifyService], Node]] = {
-    "quic": quic_node,
-    "tcp": tcp_node,
-}
 
 
 class ClosingFirstPeer(IdentifyService):
@@ -82,17 +57,15 @@ class ClosingFirstPeer(IdentifyService):
         self.outcome.set_result("applied")
 
 
-@pytest.mark.parametrize("kind", ["quic", "tcp"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_identify_push_reaches_a_peer_that_applies_it_after_its_own_close(kind: str) -> None:
-    make = MAKERS[kind]
-
     async def main(sim: Simulation) -> None:
         sim.network.add_hosts(["a", "b"])
         sim.network.add_link("a", "b", latency=LATENCY)
         pusher = IdentifyService()
         receiver = ClosingFirstPeer()
         receiver.outcome = asyncio.get_running_loop().create_future()
-        async with make(sim, "a", pusher) as a, make(sim, "b", receiver) as b:
+        async with sim_node(sim, "a", kind, pusher) as a, sim_node(sim, "b", kind, receiver) as b:
             await a.connect(b.full_addrs[0])
             await pusher.wait_identified(b.peer_id, timeout=5)
             assert IDENTIFY_PUSH_PROTOCOL in a.peerstore.protocols(b.peer_id)
@@ -143,10 +116,10 @@ def test_observed_address_with_our_peer_id_is_stored_without_it() -> None:
         bare = ObservedAs(lambda addr, s: Multiaddr(f"/p2p/{s.remote_peer}"))
         asker = IdentifyService()
         async with (
-            tcp_node(sim, "a", asker) as a,
-            tcp_node(sim, "b", ours) as b,
-            tcp_node(sim, "c", theirs) as c,
-            tcp_node(sim, "d", bare) as d,
+            sim_node(sim, "a", "tcp", asker) as a,
+            sim_node(sim, "b", "tcp", ours) as b,
+            sim_node(sim, "c", "tcp", theirs) as c,
+            sim_node(sim, "d", "tcp", bare) as d,
         ):
             conn = await a.connect(b.full_addrs[0])
             await asker.wait_identified(b.peer_id, timeout=5)
@@ -162,20 +135,21 @@ def test_observed_address_with_our_peer_id_is_stored_without_it() -> None:
     run_simulation(main, seed=4, config=QUIET)
 
 
-@pytest.mark.parametrize("kind", ["quic", "tcp"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_finish_waits_for_the_remote_end_within_its_bound(kind: str) -> None:
     """Stream.finish (the push's close): returns at the remote's end of stream, or after
     FINISH_TIMEOUT if the remote never ends its side; a reset meanwhile propagates."""
     from stack.errors import StreamReset
     from stack.stream import FINISH_TIMEOUT
 
-    make = MAKERS[kind]
-
     async def main(sim: Simulation) -> None:
         sim.network.add_hosts(["a", "b"])
         sim.network.add_link("a", "b", latency=LATENCY)
         release = asyncio.Event()
-        async with make(sim, "a", IdentifyService()) as a, make(sim, "b", IdentifyService()) as b:
+        async with (
+            sim_node(sim, "a", kind, IdentifyService()) as a,
+            sim_node(sim, "b", kind, IdentifyService()) as b,
+        ):
 
             async def answers_then_ends(stream: MuxedStream) -> None:
                 assert await stream.read_all() == b"data"

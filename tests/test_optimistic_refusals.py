@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from collections.abc import Callable
 
 import pytest
 
@@ -25,8 +24,8 @@ from stack.mux import MuxedConnection, StreamMuxer
 from stack.mux.yamux import Yamux
 from stack.node import Node
 from stack.stream import Connection
-from transports.quic.sim import sim_quic_transport
-from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+from tests.sim_nodes import KINDS, sim_node
+from transports.sim import SimConfig, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 LATENCY = 0.01
@@ -44,29 +43,6 @@ class FakeMplex(StreamMuxer):
         return Yamux().create(conn, is_initiator=is_initiator, config=config)
 
 
-def tcp_node(sim: Simulation, host: str, **kw: object) -> Node:
-    return Node(
-        transports=[SimTransport(sim.network, host)],
-        services=[PingService()],
-        entropy=sim.entropy_source(host),
-        listen=["/memory/0"],
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def quic_node(sim: Simulation, host: str, **kw: object) -> Node:
-    return Node(
-        transports=[sim_quic_transport(sim.network, host)],
-        services=[PingService()],
-        entropy=sim.entropy_source(host),
-        listen=["/memory/4001/quic-v1"],
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-MAKERS: dict[str, Callable[..., Node]] = {"tcp": tcp_node, "quic": quic_node}
-
-
 def two_hosts(sim: Simulation) -> None:
     sim.network.add_hosts(["a", "b", "c"])
     sim.network.add_link("a", "b", latency=LATENCY)
@@ -77,9 +53,9 @@ def test_connect_fails_naming_the_muxer_when_the_listener_refuses_it() -> None:
     async def main(sim: Simulation) -> None:
         two_hosts(sim)
         async with (
-            tcp_node(sim, "b", muxers=[FakeMplex()]) as b,
-            tcp_node(sim, "a") as a,  # yamux only: proposed optimistically
-            tcp_node(sim, "c", muxers=[FakeMplex()]) as c,
+            sim_node(sim, "b", "tcp", PingService(), muxers=[FakeMplex()]) as b,
+            sim_node(sim, "a", "tcp", PingService()) as a,  # yamux only: proposed optimistically
+            sim_node(sim, "c", "tcp", PingService(), muxers=[FakeMplex()]) as c,
         ):
             with pytest.raises(NegotiationFailed, match=r"stream muxer '/yamux/1\.0\.0'"):
                 await a.connect(b.full_addrs[0])
@@ -96,13 +72,14 @@ def test_connect_fails_naming_the_muxer_when_the_listener_refuses_it() -> None:
     run_simulation(main, seed=5, config=QUIET)
 
 
-@pytest.mark.parametrize("kind", ["tcp", "quic"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_bulk_write_after_a_refused_proposal_raises_negotiation_failed(kind: str) -> None:
-    make = MAKERS[kind]
-
     async def main(sim: Simulation) -> None:
         two_hosts(sim)
-        async with make(sim, "b") as b, make(sim, "a") as a:  # b serves ping, not perf
+        async with (
+            sim_node(sim, "b", kind, PingService()) as b,
+            sim_node(sim, "a", kind, PingService()) as a,
+        ):  # b serves ping, not perf
             stream = await a.open_stream(b.full_addrs[0], "/bulk/1.0.0")
             with pytest.raises(NegotiationFailed, match=r"'/bulk/1\.0\.0'"):
                 await stream.write(bytes(BULK))
