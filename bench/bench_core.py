@@ -38,7 +38,7 @@ from bench.common import (
 
 
 async def _raw_tcp(total: int) -> float:
-    from transports.tcp import TcpTransport
+    from switchy.transports.tcp import TcpTransport
 
     t = TcpTransport()
     accepted: asyncio.Queue[Any] = asyncio.Queue()
@@ -69,7 +69,7 @@ async def _raw_tcp(total: int) -> float:
 
 
 async def _two_process_throughput(total: int) -> float:
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -95,8 +95,8 @@ async def _two_process_throughput(total: int) -> float:
 
 
 async def _ping_rtt(count: int) -> dict[str, float]:
-    from protocols.ping import PING_PROTOCOL
-    from stack.node import Node
+    from switchy.protocols.ping import PING_PROTOCOL
+    from switchy.stack.node import Node
 
     async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
         stream = await client.open_stream(server.full_addrs[0], PING_PROTOCOL)
@@ -109,7 +109,7 @@ async def _ping_rtt(count: int) -> dict[str, float]:
 
 
 async def _raw_ping_rtt(count: int) -> float:
-    from transports.tcp import TcpTransport
+    from switchy.transports.tcp import TcpTransport
 
     t = TcpTransport()
     accepted: asyncio.Queue[Any] = asyncio.Queue()
@@ -139,8 +139,8 @@ async def _raw_ping_rtt(count: int) -> float:
 
 
 async def _connection_setup(count: int, identify: bool = True) -> float:
-    from protocols.ping import PING_PROTOCOL, PingService
-    from stack.node import Node
+    from switchy.protocols.ping import PING_PROTOCOL, PingService
+    from switchy.stack.node import Node
 
     def make(**kw: Any) -> Node:
         return Node.default(**kw) if identify else Node(services=[PingService()], **kw)
@@ -152,7 +152,7 @@ async def _connection_setup(count: int, identify: bool = True) -> float:
             start = time.perf_counter()
             conn = await client._dial_addrs(server.peer_id, [server.listen_addrs[0]])
             stream = await conn.open_stream()
-            from stack.negotiation import select_protocol
+            from switchy.stack.negotiation import select_protocol
 
             await select_protocol(stream, [PING_PROTOCOL])
             times.append(time.perf_counter() - start)
@@ -163,7 +163,7 @@ async def _connection_setup(count: int, identify: bool = True) -> float:
 
 
 async def _stream_rate(count: int) -> float:
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
 
@@ -187,7 +187,7 @@ async def _stream_rate(count: int) -> float:
 
 
 async def _idle_connection_memory(count: int) -> float:
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
         clients = [Node.default() for _ in range(count)]
@@ -233,7 +233,7 @@ def _import_time() -> float:
             [
                 sys.executable,
                 "-c",
-                "import time; t=time.perf_counter(); import stack.node; "
+                "import time; t=time.perf_counter(); import switchy.stack.node; "
                 "print(time.perf_counter()-t)",
             ],
             capture_output=True,

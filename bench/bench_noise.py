@@ -15,8 +15,8 @@ import json
 import time
 from typing import Any
 
-from stack.identity import KeyPair
-from stack.security.noise_core import NoiseCredentials, NoiseHandshake, NoiseTransport
+from switchy.stack.identity import KeyPair
+from switchy.stack.security.noise_core import NoiseCredentials, NoiseHandshake, NoiseTransport
 
 READ_CHUNK = 256 * 1024
 

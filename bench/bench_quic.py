@@ -36,8 +36,8 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived
 from multiaddr import Multiaddr
 
 from bench.common import CHUNK, SINK_PROTOCOL, sink_handler, sink_server_process
-from stack.identity import KeyPair
-from transports.quic.tls import make_certificate
+from switchy.stack.identity import KeyPair
+from switchy.transports.quic.tls import make_certificate
 
 LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
 
@@ -116,7 +116,7 @@ async def _bare(total: int, handshakes: int, out: dict[str, list[float]]) -> Non
 
 
 async def _transport(total: int, handshakes: int, out: dict[str, list[float]]) -> None:
-    from transports.quic import QuicTransport
+    from switchy.transports.quic import QuicTransport
 
     kb = KeyPair.generate()
     ta, tb = QuicTransport(key=KeyPair.generate()), QuicTransport(key=kb)
@@ -162,8 +162,8 @@ async def _transport(total: int, handshakes: int, out: dict[str, list[float]]) -
 
 
 async def _node(total: int, handshakes: int, out: dict[str, list[float]]) -> None:
-    from protocols.ping import ping
-    from stack.node import Node
+    from switchy.protocols.ping import ping
+    from switchy.stack.node import Node
 
     async with Node.default(listen=[LISTEN]) as server, Node.default() as client:
         for _ in range(handshakes):
@@ -217,7 +217,7 @@ def _bare_server_process(q: Any) -> None:
 
 
 async def _two_process(total: int, out: dict[str, list[float]]) -> None:
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     ctx = mp.get_context("spawn")
     loop = asyncio.get_running_loop()

@@ -37,8 +37,8 @@ LOCAL = "/ip4/127.0.0.1/tcp/0"
 
 def _relay_process(q: Any, stop: Any) -> None:
     async def main() -> None:
-        from stack.node import Node
-        from transports.relay import RelayConfig, RelayService
+        from switchy.stack.node import Node
+        from switchy.transports.relay import RelayConfig, RelayService
 
         config = RelayConfig(limit_data=0, limit_duration=0)
         async with Node.default(services=[RelayService(config)], listen=[LOCAL]) as relay:
@@ -50,7 +50,7 @@ def _relay_process(q: Any, stop: Any) -> None:
 
 def _server_process(relay_addr: str, q: Any, stop: Any) -> None:
     async def main() -> None:
-        from stack.node import Node
+        from switchy.stack.node import Node
 
         async with Node.default(listen=[LOCAL]) as server:
             server.handle(SINK_PROTOCOL, sink_handler())
@@ -63,8 +63,8 @@ def _server_process(relay_addr: str, q: Any, stop: Any) -> None:
 
 
 async def _measure(addr: str, total: int, pings: int) -> dict[str, float]:
-    from protocols.ping import PING_PROTOCOL
-    from stack.node import Node
+    from switchy.protocols.ping import PING_PROTOCOL
+    from switchy.stack.node import Node
 
     async with Node.default() as client:
         start = time.perf_counter()

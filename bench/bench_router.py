@@ -86,8 +86,8 @@ def _aiohttp_available() -> bool:
 @asynccontextmanager
 async def _router_server() -> AsyncIterator[str]:
     """A node serving ``GET /small``; yields its address."""
-    from protocols.router import Request, Response, Router
-    from stack.node import Node
+    from switchy.protocols.router import Request, Response, Router
+    from switchy.stack.node import Node
 
     router = Router()
 
@@ -120,7 +120,7 @@ async def _aiohttp_server() -> AsyncIterator[str]:
 
 
 async def _router_client(addr: str, count: int) -> dict[str, Any]:
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     async with Node.default() as client:
         peer = (await client.connect(addr)).remote_peer
@@ -187,8 +187,8 @@ async def _small_get(kind: str, count: int, processes: int) -> dict[str, Any]:
 
 async def _router_bodies(total: int) -> dict[str, float]:
     """Download and upload ``total`` bytes as one streamed body."""
-    from protocols.router import Request, Response, Router
-    from stack.node import Node
+    from switchy.protocols.router import Request, Response, Router
+    from switchy.stack.node import Node
 
     router = Router()
     data = bytes(CHUNK)

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stack.config import NetworkConfig
-from transports.sim import SimConfig, SimTransport, Simulation
+from switchy.stack.config import NetworkConfig
+from switchy.transports.sim import SimConfig, SimTransport, Simulation
 
 HUB = "hub"
 
@@ -41,8 +41,8 @@ def _star(sim: Simulation, n: int, *, latency: float = 0.005, loss: float = 0.0)
 
 
 def _node(sim: Simulation, host: str, config: NetworkConfig) -> Any:
-    from protocols.ping import PingService
-    from stack.node import Node
+    from switchy.protocols.ping import PingService
+    from switchy.stack.node import Node
 
     return Node(
         transports=[SimTransport(sim.network, host)],
@@ -55,7 +55,7 @@ def _node(sim: Simulation, host: str, config: NetworkConfig) -> Any:
 
 def bench_mesh(nodes: int, peers: int = 5, pings: int = 10, seed: int = 1) -> dict[str, Any]:
     """N nodes each dialing ``peers`` random others and pinging each ``pings`` times."""
-    from protocols.ping import ping
+    from switchy.protocols.ping import ping
 
     config = NetworkConfig(keepalive_interval=0)
     sim = Simulation(seed, config=SimConfig(default_packet_loss=0.0), trace=False)

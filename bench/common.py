@@ -49,7 +49,7 @@ def sink_server_process(q: Any, listen: str) -> None:
     """
 
     async def main() -> None:
-        from stack.node import Node
+        from switchy.stack.node import Node
 
         async with Node.default(listen=[listen]) as server:
             finished = asyncio.Event()
@@ -75,7 +75,7 @@ async def ping_round_trips(stream: Any, count: int, size: int = 32) -> list[floa
 
 async def stream_throughput(total: int) -> float:
     """Bytes/s written in CHUNK writes on one stream of a default node pair (one process)."""
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -24,10 +24,10 @@ from typing import Any
 
 import msgpack
 
-from protocols.router import Request, Response, Router
-from protocols.router.static import file_response
-from stack.errors import SerializationError
-from stack.node import Node
+from switchy.protocols.router import Request, Response, Router
+from switchy.protocols.router.static import file_response
+from switchy.stack.errors import SerializationError
+from switchy.stack.node import Node
 
 AUDIO_TYPES = {".ogg": "audio/ogg", ".mp3": "audio/mpeg", ".wav": "audio/wav"}
 

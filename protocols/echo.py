@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from stack.node import Node, ProtocolService
+from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.node import Target
-    from stack.stream import MuxedStream
+    from switchy.stack.node import Target
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["ECHO_PROTOCOL", "EchoService", "echo"]
 

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.addresses import split_peer
-from stack.codec import decode_uvarint, pb_bytes, pb_fields
-from stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
-from stack.identity import PeerId, PublicKey
-from stack.node import ConnectionEvent, Node, ProtocolService
+from switchy.stack.addresses import split_peer
+from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields
+from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
+from switchy.stack.identity import PeerId, PublicKey
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.node import Target
-    from stack.stream import MuxedStream
+    from switchy.stack.node import Target
+    from switchy.stack.stream import MuxedStream
 
 __all__ = [
     "IDENTIFY_PROTOCOL",
@@ -186,7 +186,7 @@ class IdentifyService(ProtocolService):
         ``seq`` is the wall clock in nanoseconds (kept increasing), so a record
         made after a restart supersedes the older ones, as the RFC asks.
         """
-        from stack.envelope import PeerRecord, seal_peer_record
+        from switchy.stack.envelope import PeerRecord, seal_peer_record
 
         assert self.node is not None
         addrs = self.node.listen_addrs
@@ -250,7 +250,7 @@ class IdentifyService(ProtocolService):
 
     def _check_record(self, peer: PeerId, data: bytes) -> None:
         """Keep the remote's signed peer record when it verifies and is its own."""
-        from stack.envelope import open_peer_record
+        from switchy.stack.envelope import open_peer_record
 
         assert self.node is not None
         try:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from stack.errors import ProtocolError
-from stack.node import Node, ProtocolService
+from switchy.stack.errors import ProtocolError
+from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.node import Target
-    from stack.stream import MuxedStream
+    from switchy.stack.node import Target
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["PERF_PROTOCOL", "PerfResult", "PerfService", "perf"]
 

@@ -6,12 +6,12 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Final
 
-from stack.errors import ProtocolError
-from stack.node import Node, ProtocolService
+from switchy.stack.errors import ProtocolError
+from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.node import Target
-    from stack.stream import MuxedStream
+    from switchy.stack.node import Target
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["PING_PROTOCOL", "PING_SIZE", "PingService", "ping"]
 

@@ -1,6 +1,6 @@
 """switchy-p2p core: identity, addresses, errors, config, negotiation, security, muxing, Node.
 
-Submodules are imported on demand (``from stack.node import Node``) to keep
+Submodules are imported on demand (``from switchy.stack.node import Node``) to keep
 ``import stack`` cheap.
 """
 

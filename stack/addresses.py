@@ -7,8 +7,8 @@ import functools
 from multiaddr import Multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
 
-from stack.errors import InvalidConfiguration, InvalidPeerId
-from stack.identity import PeerId
+from switchy.stack.errors import InvalidConfiguration, InvalidPeerId
+from switchy.stack.identity import PeerId
 
 __all__ = ["P2P", "parse_multiaddr", "split_peer", "with_peer"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from stack.errors import P2PError
+from switchy.stack.errors import P2PError
 
 __all__ = ["main"]
 
@@ -48,7 +48,7 @@ def parse_size(text: str) -> int:
 
 
 def _load_key(path: str | None, *, create: bool) -> Any:
-    from stack.identity import KeyPair, load_or_create_key
+    from switchy.stack.identity import KeyPair, load_or_create_key
 
     if path is None:
         return KeyPair.generate() if not create else load_or_create_key(DEFAULT_KEY_PATH)
@@ -92,7 +92,7 @@ async def _wait_for_signal() -> None:
 async def _cmd_listen(args: argparse.Namespace) -> int:
     """``switchy listen``: serve the default protocols; optionally also through relays
     (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     if args.register is not None and not args.registry:
         print("switchy: error: --register needs --registry MULTIADDR", file=sys.stderr)
@@ -101,11 +101,11 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
     services: list[Any] = []
     backend = None
     if args.relay:
-        from transports.relay import RelayTransport
+        from switchy.transports.relay import RelayTransport
 
         services.append(RelayTransport(args.relay))
     if args.register is not None:
-        from protocols.discovery.backends import RegistryBackend
+        from switchy.protocols.discovery.backends import RegistryBackend
 
         backend = RegistryBackend(args.registry)
         services.append(backend)
@@ -127,8 +127,8 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
 
 async def _cmd_ping(args: argparse.Namespace) -> int:
-    from protocols.ping import ping
-    from stack.node import Node
+    from switchy.protocols.ping import ping
+    from switchy.stack.node import Node
 
     async with Node.default(key=_load_key(args.key, create=False)) as node:
         conn = await node.connect(args.addr)
@@ -161,8 +161,8 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 async def _cmd_perf(args: argparse.Namespace) -> int:
-    from protocols.perf import perf
-    from stack.node import Node
+    from switchy.protocols.perf import perf
+    from switchy.stack.node import Node
 
     async with Node.default(key=_load_key(args.key, create=False)) as node:
         r = await perf(node, args.addr, args.upload, args.download)
@@ -188,8 +188,8 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 async def _cmd_relay(args: argparse.Namespace) -> int:
-    from stack.node import Node
-    from transports.relay import RelayConfig, RelayService
+    from switchy.stack.node import Node
+    from switchy.transports.relay import RelayConfig, RelayService
 
     config = RelayConfig(
         limit_data=args.limit_data,
@@ -212,7 +212,7 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
-    from stack.demo import run_demo
+    from switchy.stack.demo import run_demo
 
     await run_demo(nodes=args.nodes)
     return 0
@@ -228,7 +228,7 @@ def _parse_seed(text: str) -> int | str:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     """Run one simulated scenario (synchronously: it drives its own virtual-time loop)."""
-    from transports.sim.scenarios import run_scenario
+    from switchy.transports.sim.scenarios import run_scenario
 
     with contextlib.ExitStack() as files:
         sink = files.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
@@ -256,8 +256,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
-    from protocols.discovery.registry import RegistryService
-    from stack.node import Node
+    from switchy.protocols.discovery.registry import RegistryService
+    from switchy.stack.node import Node
 
     key = _load_key(args.key, create=args.key is not None)
     async with Node.default(key=key, services=[RegistryService()]) as node:
@@ -273,9 +273,9 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
 
 async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
     """``switchy ping``: with ``--registry``, a non-multiaddr target is a name to resolve first."""
-    from protocols.discovery.backends import RegistryBackend
-    from stack.addresses import with_peer
-    from stack.node import Node
+    from switchy.protocols.discovery.backends import RegistryBackend
+    from switchy.stack.addresses import with_peer
+    from switchy.stack.node import Node
 
     if args.addr.startswith("/"):
         return await _cmd_ping(args)
@@ -299,9 +299,9 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
-    from protocols.router import Router
-    from protocols.router.static import StaticFiles
-    from stack.node import Node
+    from switchy.protocols.router import Router
+    from switchy.protocols.router.static import StaticFiles
+    from switchy.stack.node import Node
 
     router = Router().with_service(StaticFiles(args.static))
     key = _load_key(args.key, create=args.key is not None)
@@ -355,7 +355,7 @@ async def _file_body(path: str) -> Any:
 
 
 async def _cmd_request(args: argparse.Namespace) -> int:
-    from stack.node import Node
+    from switchy.stack.node import Node
 
     headers: dict[str, str] = {}
     for h in args.header:
@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_listen)
 
-    from transports.relay.config import RelayConfig
+    from switchy.transports.relay.config import RelayConfig
 
     relay_defaults = RelayConfig()
     s = sub.add_parser("relay", help="run a circuit relay (v2) for peers that cannot be reached")
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=int, default=3, help="number of nodes (2 or more)")
     s.set_defaults(func=_cmd_demo)
 
-    from transports.sim.scenarios import SCENARIOS
+    from switchy.transports.sim.scenarios import SCENARIOS
 
     s = sub.add_parser("sim", help="run a scenario on the deterministic network simulator")
     s.add_argument("--scenario", choices=sorted(SCENARIOS), default="mesh")

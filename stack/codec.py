@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from stack.errors import MessageTooLarge, SerializationError
+from switchy.stack.errors import MessageTooLarge, SerializationError
 
 __all__ = [
     "MAX_VARINT_BYTES",

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from stack.errors import InvalidConfiguration
+from switchy.stack.errors import InvalidConfiguration
 
 __all__ = ["ENV_PREFIX", "NetworkConfig"]
 

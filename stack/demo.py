@@ -6,9 +6,9 @@ import asyncio
 import statistics
 import time
 
-from stack.addresses import with_peer
-from stack.errors import AuthenticationFailed
-from stack.node import Node
+from switchy.stack.addresses import with_peer
+from switchy.stack.errors import AuthenticationFailed
+from switchy.stack.node import Node
 
 __all__ = ["run_demo"]
 
@@ -21,9 +21,9 @@ def _say(text: str = "") -> None:
 
 async def _find_by_name(peers: list[Node], names: list[str]) -> None:
     """Demo step: a name registry; every node registers its name; the first finds the last."""
-    from protocols.discovery.claims import seal_name_claim
-    from protocols.discovery.client import lookup, register
-    from protocols.discovery.registry import RegistryService
+    from switchy.protocols.discovery.claims import seal_name_claim
+    from switchy.protocols.discovery.client import lookup, register
+    from switchy.protocols.discovery.registry import RegistryService
 
     _say("\n7b. Find peers by name")
     async with Node.default(services=[RegistryService()]) as registry:
@@ -45,10 +45,10 @@ async def _find_by_name(peers: list[Node], names: list[str]) -> None:
 
 async def run_demo(nodes: int = 3) -> None:
     """Start ``nodes`` nodes, connect them, and show each part of the stack at work."""
-    from protocols.echo import echo
-    from protocols.identify import IdentifyService, identify
-    from protocols.perf import perf
-    from protocols.ping import ping
+    from switchy.protocols.echo import echo
+    from switchy.protocols.identify import IdentifyService, identify
+    from switchy.protocols.perf import perf
+    from switchy.protocols.ping import ping
 
     nodes = max(2, min(nodes, len(_NAMES)))
     names = _NAMES[:nodes]

@@ -32,9 +32,9 @@ from typing import Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.codec import encode_uvarint, pb_bytes, pb_fields, pb_varint
-from stack.errors import AuthenticationFailed, InvalidPeerId, MessageTooLarge, SerializationError
-from stack.identity import KeyPair, PeerId, PublicKey
+from switchy.stack.codec import encode_uvarint, pb_bytes, pb_fields, pb_varint
+from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, MessageTooLarge, SerializationError
+from switchy.stack.identity import KeyPair, PeerId, PublicKey
 
 __all__ = [
     "MAX_ENVELOPE_SIZE",

@@ -56,7 +56,7 @@ class RelayRefused(ConnectionFailed):
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
-        #: The relay's status code (``transports.relay.pb.Status``).
+        #: The relay's status code (``switchy.transports.relay.pb.Status``).
         self.status = status
 
 

@@ -26,8 +26,8 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
-from stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
-from stack.errors import AuthenticationFailed, InvalidPeerId, SerializationError
+from switchy.stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
+from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, SerializationError
 
 __all__ = [
     "KEY_TYPE_ECDSA",

@@ -16,7 +16,7 @@ Layout:
   ``max_read()``, the most bytes the caller may read next without taking any
   byte that follows the negotiation (the adapters never over-read, so the
   application data after the last negotiation message stays in the stream);
-* asyncio adapters over a :class:`~stack.stream.Stream`: :func:`select_protocol`
+* asyncio adapters over a :class:`~switchy.stack.stream.Stream`: :func:`select_protocol`
   (dialer), :func:`handle_protocol` (listener), :func:`list_protocols`.
 
 Optimistic ("lazy") selection.  With exactly one protocol to propose, the dialer
@@ -34,7 +34,7 @@ after the first read.  Stream classes without an instance ``__dict__`` fall back
 to waiting for the answer.
 
 On failure, the adapters raise and leave the stream open: the caller resets or
-closes it.  Timeouts raise :class:`~stack.errors.P2PTimeout`.
+closes it.  Timeouts raise :class:`~switchy.stack.errors.P2PTimeout`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 import attrs
 
-from stack.codec import decode_uvarint, encode_uvarint
-from stack.errors import (
+from switchy.stack.codec import decode_uvarint, encode_uvarint
+from switchy.stack.errors import (
     ConnectionClosed,
     InvalidConfiguration,
     MessageTooLarge,
@@ -59,10 +59,10 @@ from stack.errors import (
     ProtocolError,
     SerializationError,
 )
-from stack.stream import MuxedStream, Stream
+from switchy.stack.stream import MuxedStream, Stream
 
 if TYPE_CHECKING:
-    from stack.stream import Connection
+    from switchy.stack.stream import Connection
 
 __all__ = [
     "MAX_LINE_LENGTH",
@@ -486,7 +486,7 @@ class ListenerNegotiation(_Core):
     """Sans-IO listener: answers proposals until one is supported.
 
     ``supported`` decides (a predicate or any container, e.g. a set or a
-    :class:`~stack.registry.ProtocolRegistry`); ``list_protocols`` answers ``ls``
+    :class:`~switchy.stack.registry.ProtocolRegistry`); ``list_protocols`` answers ``ls``
     (default: the container's items, if it is iterable).  Yields
     :class:`ProtocolRejected` per ``na`` and finally :class:`ProtocolAgreed`.
     The listener's header is queued when the dialer's arrives.

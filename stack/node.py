@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import attrs
 from multiaddr import Multiaddr
 
-from stack.addresses import parse_multiaddr, split_peer, with_peer
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     ConnectionClosed,
     ConnectionFailed,
     InvalidConfiguration,
@@ -40,18 +40,18 @@ from stack.errors import (
     ResourceLimitExceeded,
     UnsupportedAddress,
 )
-from stack.identity import Entropy, KeyPair, PeerId
-from stack.mux import MuxedConnection, StreamMuxer
-from stack.negotiation import handle_protocol, select_protocol, select_protocol_lazy
-from stack.peerstore import PeerStore
-from stack.registry import ProtocolRegistry, StreamHandler
-from stack.security import SecurityTransport
-from stack.stream import Connection, MuxedStream
-from stack.transport import Listener, Transport
-from stack.upgrader import Upgrader
+from switchy.stack.identity import Entropy, KeyPair, PeerId
+from switchy.stack.mux import MuxedConnection, StreamMuxer
+from switchy.stack.negotiation import handle_protocol, select_protocol, select_protocol_lazy
+from switchy.stack.peerstore import PeerStore
+from switchy.stack.registry import ProtocolRegistry, StreamHandler
+from switchy.stack.security import SecurityTransport
+from switchy.stack.stream import Connection, MuxedStream
+from switchy.stack.transport import Listener, Transport
+from switchy.stack.upgrader import Upgrader
 
 if TYPE_CHECKING:
-    from protocols.router.messages import Response
+    from switchy.protocols.router.messages import Response
 
 __all__ = ["ConnectionEvent", "Node", "ProtocolService"]
 
@@ -115,16 +115,16 @@ class Node:
         self.peer_id = self.key.peer_id
         self.agent_version = agent_version
         if transports is None:
-            from transports.quic import QuicTransport
-            from transports.tcp import TcpTransport
+            from switchy.transports.quic import QuicTransport
+            from switchy.transports.tcp import TcpTransport
 
             transports = [QuicTransport(self.config), TcpTransport(self.config)]
         if security is None:
-            from stack.security.noise import NoiseSecurity
+            from switchy.stack.security.noise import NoiseSecurity
 
             security = [NoiseSecurity(self.config, entropy=entropy)]
         if muxers is None:
-            from stack.mux.yamux import Yamux
+            from switchy.stack.mux.yamux import Yamux
 
             muxers = [Yamux()]
         if not transports:
@@ -159,14 +159,14 @@ class Node:
         """QUIC + TCP (Noise, yamux) with ping, identify (and push), echo, perf and the relay
         client.
 
-        The relay client (:class:`~transports.relay.RelayTransport`) dials and
+        The relay client (:class:`~switchy.transports.relay.RelayTransport`) dials and
         listens on ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it.
         """
-        from protocols.echo import EchoService
-        from protocols.identify import IdentifyService
-        from protocols.perf import PerfService
-        from protocols.ping import PingService
-        from transports.relay import RelayTransport
+        from switchy.protocols.echo import EchoService
+        from switchy.protocols.identify import IdentifyService
+        from switchy.protocols.perf import PerfService
+        from switchy.protocols.ping import PingService
+        from switchy.transports.relay import RelayTransport
 
         services = [PingService(), IdentifyService(), EchoService(), PerfService()]
         services.extend(kwargs.pop("services", ()))
@@ -592,16 +592,16 @@ class Node:
 
         Backends are tried in the order of ``services``, each within ``timeout``
         (default ``config.discovery_timeout``); raises
-        :class:`~stack.errors.DiscoveryFailed` naming what each one said.
+        :class:`~switchy.stack.errors.DiscoveryFailed` naming what each one said.
         """
-        from protocols.discovery.backends import discover
+        from switchy.protocols.discovery.backends import discover
 
         found = await discover(self, name, timeout=timeout)
         return found.peer_id, list(found.addrs)
 
     async def connect_by_name(self, name: str, *, timeout: float | None = None) -> MuxedConnection:
         """Resolve ``name`` (see :meth:`discover`) and connect to that peer."""
-        from protocols.discovery.backends import connect_by_name
+        from switchy.protocols.discovery.backends import connect_by_name
 
         return await connect_by_name(self, name, timeout=timeout)
 
@@ -610,13 +610,13 @@ class Node:
 
         Returns the services that did; registrations are renewed until the node closes.
         """
-        from protocols.discovery.backends import register_name
+        from switchy.protocols.discovery.backends import register_name
 
         return await register_name(self, name)
 
     async def request(self, target: Target, method: str, path: str, **kwargs: Any) -> Response:
-        """Send a request to a peer's router; see :func:`protocols.router.request`."""
-        from protocols.router.client import request
+        """Send a request to a peer's router; see :func:`switchy.protocols.router.request`."""
+        from switchy.protocols.router.client import request
 
         return await request(self, target, method, path, **kwargs)
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import attrs
 from multiaddr import Multiaddr
 
-from stack.identity import PeerId, PublicKey
+from switchy.stack.identity import PeerId, PublicKey
 
 if TYPE_CHECKING:
-    from stack.envelope import PeerRecord
+    from switchy.stack.envelope import PeerRecord
 
 __all__ = ["MAX_ADDRS_PER_PEER", "MAX_PROTOCOLS_PER_PEER", "PeerInfo", "PeerStore"]
 

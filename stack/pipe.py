@@ -7,8 +7,8 @@ from collections import deque
 
 from multiaddr import Multiaddr
 
-from stack.errors import ConnectionClosed, StreamReset
-from stack.stream import Connection
+from switchy.stack.errors import ConnectionClosed, StreamReset
+from switchy.stack.stream import Connection
 
 __all__ = ["MemoryConnection", "memory_pipe"]
 

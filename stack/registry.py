@@ -13,11 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
-from stack.errors import InvalidConfiguration
-from stack.negotiation import MAX_PROTOCOL_ID_LENGTH, validate_protocol_id
+from switchy.stack.errors import InvalidConfiguration
+from switchy.stack.negotiation import MAX_PROTOCOL_ID_LENGTH, validate_protocol_id
 
 if TYPE_CHECKING:
-    from stack.stream import MuxedStream
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["MAX_PROTOCOL_ID_LENGTH", "ProtocolRegistry", "StreamHandler", "validate_registered_id"]
 

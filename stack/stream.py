@@ -11,11 +11,11 @@ Contract (checked by the conformance suite):
 * ``read(n)`` waits until at least one byte is available and returns at most
   ``n`` bytes (``n < 0`` means "whatever is buffered"); it returns ``b""``
   once the remote closed its write side and everything was read; it raises
-  :class:`~stack.errors.StreamReset` after a reset.  No byte is ever dropped
+  :class:`~switchy.stack.errors.StreamReset` after a reset.  No byte is ever dropped
   or duplicated.
 * ``write(data)`` returns once the data is accepted by the layer below; it
   blocks (backpressure) while the remote is not reading.  Writing after
-  ``close_write``/``close``/``reset`` raises :class:`~stack.errors.ConnectionClosed`.
+  ``close_write``/``close``/``reset`` raises :class:`~switchy.stack.errors.ConnectionClosed`.
 * ``close_write()`` sends end-of-stream after all written data; reading goes on.
 * ``close()`` closes the write side and stops reading; ``reset()`` aborts both
   directions at once, discarding buffered data.
@@ -32,15 +32,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
-from stack.codec import decode_uvarint, encode_uvarint
-from stack.errors import ConnectionClosed, MessageTooLarge, P2PError
+from switchy.stack.codec import decode_uvarint, encode_uvarint
+from switchy.stack.errors import ConnectionClosed, MessageTooLarge, P2PError
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
-    from stack.identity import PeerId
-    from stack.metrics import ConnectionStats
-    from stack.mux import MuxedConnection
+    from switchy.stack.identity import PeerId
+    from switchy.stack.metrics import ConnectionStats
+    from switchy.stack.mux import MuxedConnection
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -186,7 +186,7 @@ class Stream(abc.ABC):
         Raises :class:`MessageTooLarge` when the announced length exceeds
         ``max_size`` (before reading the body), :class:`ConnectionClosed` when
         the stream ends inside a message, and
-        :class:`~stack.errors.SerializationError` for a malformed prefix.
+        :class:`~switchy.stack.errors.SerializationError` for a malformed prefix.
         Returns ``b""`` only for a real zero-length message; an end of stream
         before the first prefix byte raises :class:`ConnectionClosed` too.
         ``max_size`` defaults to :attr:`max_message_size`.

@@ -1,8 +1,8 @@
 """Transport interfaces: what a transport (TCP, QUIC, relay, simulator) must provide.
 
 A transport dials and listens on multiaddrs.  It produces either a raw
-:class:`~stack.stream.Connection`, which the upgrader secures and
-multiplexes, or a ready :class:`~stack.mux.MuxedConnection` for transports
+:class:`~switchy.stack.stream.Connection`, which the upgrader secures and
+multiplexes, or a ready :class:`~switchy.stack.mux.MuxedConnection` for transports
 that bring their own security and streams (QUIC).
 """
 
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from multiaddr import Multiaddr
 
 if TYPE_CHECKING:
-    from stack.config import NetworkConfig
-    from stack.identity import KeyPair, PeerId
-    from stack.mux import MuxedConnection
-    from stack.stream import Connection
+    from switchy.stack.config import NetworkConfig
+    from switchy.stack.identity import KeyPair, PeerId
+    from switchy.stack.mux import MuxedConnection
+    from switchy.stack.stream import Connection
 
 __all__ = ["ConnectionHandler", "Listener", "Transport"]
 
@@ -63,7 +63,7 @@ class Transport(abc.ABC):
     async def dial(
         self, addr: Multiaddr, *, remote_peer: PeerId | None = None
     ) -> Connection | MuxedConnection:
-        """Connect to ``addr``; raise :class:`~stack.errors.ConnectionFailed` on failure."""
+        """Connect to ``addr``; raise :class:`~switchy.stack.errors.ConnectionFailed` on failure."""
 
     @abc.abstractmethod
     async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:

@@ -1,7 +1,7 @@
 """Turns a raw transport connection into a secured, multiplexed connection.
 
 raw connection → multistream-select a security protocol → handshake →
-multistream-select a muxer → :class:`~stack.mux.MuxedConnection`.
+multistream-select a muxer → :class:`~switchy.stack.mux.MuxedConnection`.
 Transports that bring their own security and streams (QUIC) skip this.
 """
 
@@ -10,19 +10,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     AuthenticationFailed,
     InvalidConfiguration,
     NegotiationFailed,
     P2PError,
     P2PTimeout,
 )
-from stack.identity import KeyPair, PeerId
-from stack.mux import MuxedConnection, StreamMuxer
-from stack.negotiation import confirm_protocol, handle_protocol, propose_lazily, select_protocol
-from stack.security import SecurityTransport
-from stack.stream import Connection
+from switchy.stack.identity import KeyPair, PeerId
+from switchy.stack.mux import MuxedConnection, StreamMuxer
+from switchy.stack.negotiation import confirm_protocol, handle_protocol, propose_lazily, select_protocol
+from switchy.stack.security import SecurityTransport
+from switchy.stack.stream import Connection
 
 __all__ = ["Upgrader"]
 

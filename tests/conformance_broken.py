@@ -13,10 +13,10 @@ from typing import Any
 import attrs
 from multiaddr import Multiaddr
 
-from protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend, RegistryBackend
-from protocols.router import Request, Response, Route, Router, Service
-from stack.config import NetworkConfig
-from stack.conformance import (
+from switchy.protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend, RegistryBackend
+from switchy.protocols.router import Request, Response, Route, Router, Service
+from switchy.stack.config import NetworkConfig
+from switchy.stack.conformance import (
     MuxerHarness,
     RegistryDiscoveryHarness,
     RouterHarness,
@@ -24,15 +24,15 @@ from stack.conformance import (
     SimNameDiscoveryHarness,
     SimTransportHarness,
 )
-from stack.errors import AuthenticationFailed, ConnectionClosed
-from stack.identity import KeyPair, PeerId, PublicKey
-from stack.metrics import ConnectionStats
-from stack.mux import MuxedConnection, StreamMuxer
-from stack.mux.yamux import Yamux
-from stack.security import SecurityTransport
-from stack.security.noise import NoiseConnection, NoiseSecurity
-from stack.stream import Connection, MuxedStream
-from stack.transport import ConnectionHandler, Listener, Transport
+from switchy.stack.errors import AuthenticationFailed, ConnectionClosed
+from switchy.stack.identity import KeyPair, PeerId, PublicKey
+from switchy.stack.metrics import ConnectionStats
+from switchy.stack.mux import MuxedConnection, StreamMuxer
+from switchy.stack.mux.yamux import Yamux
+from switchy.stack.security import SecurityTransport
+from switchy.stack.security.noise import NoiseConnection, NoiseSecurity
+from switchy.stack.stream import Connection, MuxedStream
+from switchy.stack.transport import ConnectionHandler, Listener, Transport
 
 
 class _Forward(Connection):

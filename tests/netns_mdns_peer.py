@@ -11,10 +11,10 @@ import asyncio
 import json
 import sys
 
-from protocols.discovery.mdns import MdnsPeer, MdnsService
-from protocols.ping import ping
-from stack.config import NetworkConfig
-from stack.node import Node
+from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
+from switchy.protocols.ping import ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.node import Node
 
 
 async def main(mode: str, addr: str, name: str) -> None:

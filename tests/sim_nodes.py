@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from stack.node import Node, ProtocolService
-from transports.quic.sim import sim_quic_transport
-from transports.sim import SimTransport, Simulation
+from switchy.stack.node import Node, ProtocolService
+from switchy.transports.quic.sim import sim_quic_transport
+from switchy.transports.sim import SimTransport, Simulation
 
 #: The transports :func:`sim_node` builds nodes on: QUIC, or streams + Noise + yamux.
 KINDS: Final = ("quic", "tcp")

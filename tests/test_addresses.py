@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from multiaddr import Multiaddr
 
-from stack.addresses import parse_multiaddr, split_peer, with_peer
-from stack.errors import InvalidConfiguration, InvalidPeerId
-from stack.identity import KeyPair
+from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
+from switchy.stack.errors import InvalidConfiguration, InvalidPeerId
+from switchy.stack.identity import KeyPair
 
 PID = KeyPair.from_seed(bytes(32)).peer_id
 

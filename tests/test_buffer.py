@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stack.buffer import ChunkBuffer
+from switchy.stack.buffer import ChunkBuffer
 
 
 @given(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stack.cli import parse_size
+from switchy.stack.cli import parse_size
 
-SWITCHY = [sys.executable, "-m", "stack.cli"]
+SWITCHY = [sys.executable, "-m", "switchy.stack.cli"]
 
 
 def _run(

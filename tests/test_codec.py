@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
-from stack.errors import MessageTooLarge, SerializationError
+from switchy.stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
+from switchy.stack.errors import MessageTooLarge, SerializationError
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from stack.config import NetworkConfig
-from stack.errors import InvalidConfiguration
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import InvalidConfiguration
 
 
 def test_defaults() -> None:

@@ -1,6 +1,6 @@
 """The conformance suite proves itself: green on every built-in part, red (with the
 right contract named) on each deliberately broken one.  The suite runs the way a
-third party runs it: ``pytest --pyargs stack.conformance -p <fixture module>``."""
+third party runs it: ``pytest --pyargs switchy.stack.conformance -p <fixture module>``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 # pytester's in-process runs drop the modules a run imported; cryptography's x509 classes
 # must not be imported twice (its compiled core keeps the first ones), so import them here.
-import transports.quic  # noqa: F401
+import switchy.transports.quic  # noqa: F401
 from tests.conformance_broken import BROKEN
 
 pytest_plugins = ["pytester"]
@@ -29,7 +29,7 @@ SUITE_SIZES = {
 def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunResult:
     pytester.makepyfile(my_fixtures=textwrap.dedent(fixtures))
     pytester.syspathinsert()
-    targets = [f"stack.conformance.{s}" for s in suites] or ["stack.conformance"]
+    targets = [f"switchy.stack.conformance.{s}" for s in suites] or ["switchy.stack.conformance"]
     return pytester.runpytest_inprocess(
         "--pyargs", *targets, "-p", "my_fixtures", "-p", "no:cacheprovider", "-q"
     )
@@ -37,7 +37,7 @@ def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunRe
 
 BUILTIN_SIM = """
     import pytest
-    from stack.conformance import (
+    from switchy.stack.conformance import (
         NoiseHarness, RegistryDiscoveryHarness, SimNodeHarness, SimTransportHarness,
         StaticFilesHarness, YamuxHarness,
     )
@@ -58,7 +58,7 @@ BUILTIN_SIM = """
 
 BUILTIN_TCP = """
     import pytest
-    from stack.conformance import TcpNodeHarness, TcpTransportHarness
+    from switchy.stack.conformance import TcpNodeHarness, TcpTransportHarness
 
     @pytest.fixture
     def transport_harness(): return TcpTransportHarness()
@@ -78,7 +78,7 @@ def test_the_simulated_name_service_passes_what_it_promises(pytester: pytest.Pyt
         pytester,
         """
         import pytest
-        from stack.conformance import SimNameDiscoveryHarness
+        from switchy.stack.conformance import SimNameDiscoveryHarness
 
         @pytest.fixture
         def discovery_harness(): return SimNameDiscoveryHarness()
@@ -96,7 +96,7 @@ def test_quic_passes_the_transport_suite_on_udp_and_on_the_simulator(
         pytester,
         """
         import pytest
-        from stack.conformance import QuicTransportHarness, SimQuicNodeHarness
+        from switchy.stack.conformance import QuicTransportHarness, SimQuicNodeHarness
 
         @pytest.fixture
         def transport_harness(): return QuicTransportHarness()
@@ -111,7 +111,7 @@ def test_quic_passes_the_transport_suite_on_udp_and_on_the_simulator(
         pytester,
         """
         import pytest
-        from stack.conformance import SimQuicTransportHarness
+        from switchy.stack.conformance import SimQuicTransportHarness
 
         @pytest.fixture
         def transport_harness(): return SimQuicTransportHarness()
@@ -126,7 +126,7 @@ def test_nodes_behind_a_relay_pass_the_node_suite(pytester: pytest.Pytester) -> 
         pytester,
         """
         import pytest
-        from stack.conformance import RelayNodeHarness
+        from switchy.stack.conformance import RelayNodeHarness
 
         @pytest.fixture
         def node_harness(): return RelayNodeHarness()
@@ -148,7 +148,7 @@ def test_suites_without_a_fixture_are_skipped_with_its_name(pytester: pytest.Pyt
     result = _run(pytester, "import pytest\n", "test_security")
     result.assert_outcomes(skipped=SUITE_SIZES["test_security"])
     result = pytester.runpytest_inprocess(
-        "--pyargs", "stack.conformance.test_security", "-p", "my_fixtures", "-rs"
+        "--pyargs", "switchy.stack.conformance.test_security", "-p", "my_fixtures", "-rs"
     )
     result.stdout.fnmatch_lines(["*no 'security_harness' fixture*SecurityHarness*"])
 
@@ -183,7 +183,7 @@ def test_the_documented_third_party_example_runs() -> None:
 
     folder = Path(__file__).resolve().parent.parent / "examples" / "conformance"
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "--pyargs", "stack.conformance", "-p", "my_fixtures"],
+        [sys.executable, "-m", "pytest", "--pyargs", "switchy.stack.conformance", "-p", "my_fixtures"],
         cwd=folder,
         env=dict(os.environ, PYTHONPATH=str(folder)),
         capture_output=True,

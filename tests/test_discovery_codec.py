@@ -10,13 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from protocols.discovery.claims import (
+from switchy.protocols.discovery.claims import (
     NAME_CLAIM_DOMAIN,
     NAME_CLAIM_PAYLOAD_TYPE,
     open_name_claim,
     seal_name_claim,
 )
-from protocols.discovery.codec import (
+from switchy.protocols.discovery.codec import (
     MAX_CLAIM_SIZE,
     MAX_FRAME_SIZE,
     MAX_NAME_LENGTH,
@@ -36,10 +36,10 @@ from protocols.discovery.codec import (
     encode_message,
     validate_name,
 )
-from stack.codec import encode_uvarint
-from stack.envelope import PeerRecord, seal_envelope, seal_peer_record
-from stack.errors import AuthenticationFailed, MessageTooLarge, ProtocolError, SerializationError
-from stack.identity import KeyPair
+from switchy.stack.codec import encode_uvarint
+from switchy.stack.envelope import PeerRecord, seal_envelope, seal_peer_record
+from switchy.stack.errors import AuthenticationFailed, MessageTooLarge, ProtocolError, SerializationError
+from switchy.stack.identity import KeyPair
 
 KEY = KeyPair.from_seed(b"k" * 32)
 OTHER = KeyPair.from_seed(b"o" * 32)

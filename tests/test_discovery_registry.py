@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from protocols.discovery.claims import open_name_claim, seal_name_claim
-from protocols.discovery.codec import Lookup, Refresh, Register, Status, Unregister
-from protocols.discovery.registry import NameRegistry, RegistryLimits
-from stack.errors import InvalidConfiguration
-from stack.identity import KeyPair
+from switchy.protocols.discovery.claims import open_name_claim, seal_name_claim
+from switchy.protocols.discovery.codec import Lookup, Refresh, Register, Status, Unregister
+from switchy.protocols.discovery.registry import NameRegistry, RegistryLimits
+from switchy.stack.errors import InvalidConfiguration
+from switchy.stack.identity import KeyPair
 
 KEYS = [KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(3)]
 A, B, C = KEYS

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
-from protocols.discovery.backends import DiscoveryBackend, RegistryBackend, SimNameBackend
-from protocols.discovery.claims import seal_name_claim
-from protocols.discovery.client import lookup, refresh, register, registry_request
-from protocols.discovery.codec import (
+from switchy.protocols.discovery.backends import DiscoveryBackend, RegistryBackend, SimNameBackend
+from switchy.protocols.discovery.claims import seal_name_claim
+from switchy.protocols.discovery.client import lookup, refresh, register, registry_request
+from switchy.protocols.discovery.codec import (
     DISCOVERY_PROTOCOL,
     MAX_FRAME_SIZE,
     MAX_PIPELINED_REQUESTS,
@@ -22,20 +22,20 @@ from protocols.discovery.codec import (
     decode_message,
     encode_frame,
 )
-from protocols.discovery.registry import RegistryLimits, RegistryService
-from protocols.ping import PingService, ping
-from stack.codec import encode_uvarint
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.protocols.discovery.registry import RegistryLimits, RegistryService
+from switchy.protocols.ping import PingService, ping
+from switchy.stack.codec import encode_uvarint
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     AuthenticationFailed,
     DiscoveryFailed,
     InvalidConfiguration,
     ProtocolError,
     RequestRefused,
 )
-from stack.node import Node
-from stack.stream import MuxedStream
-from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+from switchy.stack.node import Node
+from switchy.stack.stream import MuxedStream
+from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0, default_latency_ms=5)
 

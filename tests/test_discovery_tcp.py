@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from protocols.discovery.backends import RegistryBackend
-from protocols.discovery.claims import seal_name_claim
-from protocols.discovery.client import register
-from protocols.discovery.registry import RegistryService
-from protocols.ping import ping
-from stack.errors import DiscoveryFailed, RequestRefused
-from stack.node import Node
+from switchy.protocols.discovery.backends import RegistryBackend
+from switchy.protocols.discovery.claims import seal_name_claim
+from switchy.protocols.discovery.client import register
+from switchy.protocols.discovery.registry import RegistryService
+from switchy.protocols.ping import ping
+from switchy.stack.errors import DiscoveryFailed, RequestRefused
+from switchy.stack.node import Node
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 

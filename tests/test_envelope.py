@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from stack.codec import encode_uvarint, pb_bytes, pb_varint
-from stack.envelope import (
+from switchy.stack.codec import encode_uvarint, pb_bytes, pb_varint
+from switchy.stack.envelope import (
     MAX_ENVELOPE_SIZE,
     MAX_RECORD_ADDRS,
     MAX_SEQ,
@@ -23,13 +23,13 @@ from stack.envelope import (
     seal_envelope,
     seal_peer_record,
 )
-from stack.errors import (
+from switchy.stack.errors import (
     AuthenticationFailed,
     InvalidPeerId,
     MessageTooLarge,
     SerializationError,
 )
-from stack.identity import KeyPair, PeerId
+from switchy.stack.identity import KeyPair, PeerId
 
 VECTOR = json.loads(
     (Path(__file__).parent / "vectors" / "signed_peer_record_pylibp2p.json").read_text()

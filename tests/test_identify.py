@@ -11,19 +11,19 @@ from collections.abc import Callable
 import pytest
 from multiaddr import Multiaddr
 
-from protocols.identify import (
+from switchy.protocols.identify import (
     IDENTIFY_PUSH_PROTOCOL,
     MAX_IDENTIFY_SIZE,
     IdentifyInfo,
     IdentifyService,
     decode_identify_stream,
 )
-from stack.addresses import with_peer
-from stack.errors import P2PError
-from stack.identity import KeyPair
-from stack.stream import MuxedStream
+from switchy.stack.addresses import with_peer
+from switchy.stack.errors import P2PError
+from switchy.stack.identity import KeyPair
+from switchy.stack.stream import MuxedStream
 from tests.sim_nodes import KINDS, sim_node
-from transports.sim import SimConfig, Simulation, run_simulation
+from switchy.transports.sim import SimConfig, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 LATENCY = 0.02
@@ -139,8 +139,8 @@ def test_observed_address_with_our_peer_id_is_stored_without_it() -> None:
 def test_finish_waits_for_the_remote_end_within_its_bound(kind: str) -> None:
     """Stream.finish (the push's close): returns at the remote's end of stream, or after
     FINISH_TIMEOUT if the remote never ends its side; a reset meanwhile propagates."""
-    from stack.errors import StreamReset
-    from stack.stream import FINISH_TIMEOUT
+    from switchy.stack.errors import StreamReset
+    from switchy.stack.stream import FINISH_TIMEOUT
 
     async def main(sim: Simulation) -> None:
         sim.network.add_hosts(["a", "b"])

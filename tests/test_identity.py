@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stack.errors import AuthenticationFailed, InvalidPeerId
-from stack.identity import (
+from switchy.stack.errors import AuthenticationFailed, InvalidPeerId
+from switchy.stack.identity import (
     KEY_TYPE_ECDSA,
     KEY_TYPE_ED25519,
     KEY_TYPE_SECP256K1,

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from protocols.discovery.dns import (
+from switchy.protocols.discovery.dns import (
     CLASS_IN,
     TYPE_A,
     TYPE_AAAA,
@@ -33,7 +33,7 @@ from protocols.discovery.dns import (
     decode_dns,
     encode_dns,
 )
-from protocols.discovery.mdns import (
+from switchy.protocols.discovery.mdns import (
     SERVICE_NAME,
     MdnsCore,
     MdnsPeer,
@@ -41,11 +41,11 @@ from protocols.discovery.mdns import (
     _lan_usable,
     random_peer_name,
 )
-from stack.config import NetworkConfig
-from stack.errors import DiscoveryFailed, MessageTooLarge, ProtocolError, SerializationError
-from stack.identity import KeyPair
-from stack.node import Node
-from transports.sim import SimTransport, Simulation, run_simulation
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import DiscoveryFailed, MessageTooLarge, ProtocolError, SerializationError
+from switchy.stack.identity import KeyPair
+from switchy.stack.node import Node
+from switchy.transports.sim import SimTransport, Simulation, run_simulation
 
 A = KeyPair.from_seed(b"A" * 32).peer_id
 B = KeyPair.from_seed(b"B" * 32).peer_id

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import stack.negotiation as negotiation
-from stack.errors import (
+import switchy.stack.negotiation as negotiation
+from switchy.stack.errors import (
     ConnectionClosed,
     InvalidConfiguration,
     MessageTooLarge,
@@ -22,7 +22,7 @@ from stack.errors import (
     ProtocolError,
     SerializationError,
 )
-from stack.negotiation import (
+from switchy.stack.negotiation import (
     MAX_LINE_LENGTH,
     MAX_PROPOSALS,
     MAX_PROTOCOL_ID_LENGTH,
@@ -43,9 +43,9 @@ from stack.negotiation import (
     select_protocol_lazy,
     validate_protocol_id,
 )
-from stack.pipe import MemoryConnection, memory_pipe
-from stack.registry import ProtocolRegistry
-from stack.stream import Connection
+from switchy.stack.pipe import MemoryConnection, memory_pipe
+from switchy.stack.registry import ProtocolRegistry
+from switchy.stack.stream import Connection
 
 HEADER = b"\x13/multistream/1.0.0\n"
 NA = b"\x03na\n"
@@ -708,7 +708,7 @@ def test_lazy_helpers_return_the_same_object() -> None:
 def test_over_real_tcp() -> None:
     from multiaddr import Multiaddr
 
-    from transports.tcp import TcpTransport
+    from switchy.transports.tcp import TcpTransport
 
     async def main() -> None:
         transport = TcpTransport()
@@ -734,7 +734,7 @@ def test_over_real_tcp() -> None:
 
 
 def test_lazy_stream_through_nodes() -> None:
-    from stack.stream import MuxedStream
+    from switchy.stack.stream import MuxedStream
     from tests.test_node import nodes
 
     async def main() -> None:

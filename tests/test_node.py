@@ -11,13 +11,13 @@ import attrs
 import pytest
 from multiaddr import Multiaddr
 
-from protocols.echo import echo
-from protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
-from protocols.perf import perf
-from protocols.ping import PING_PROTOCOL, ping
-from stack.addresses import with_peer
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.protocols.echo import echo
+from switchy.protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
+from switchy.protocols.perf import perf
+from switchy.protocols.ping import PING_PROTOCOL, ping
+from switchy.stack.addresses import with_peer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     AuthenticationFailed,
     ConnectionClosed,
     MessageTooLarge,
@@ -28,10 +28,10 @@ from stack.errors import (
     StreamReset,
     UnsupportedAddress,
 )
-from stack.identity import KeyPair
-from stack.node import ConnectionEvent, Node
-from stack.stream import Connection, MuxedStream
-from transports.tcp import TcpTransport
+from switchy.stack.identity import KeyPair
+from switchy.stack.node import ConnectionEvent, Node
+from switchy.stack.stream import Connection, MuxedStream
+from switchy.transports.tcp import TcpTransport
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
@@ -359,8 +359,8 @@ def test_message_limit_comes_from_config() -> None:
 
 
 def test_identify_carries_a_signed_peer_record() -> None:
-    from protocols.identify import decode_identify, encode_identify
-    from stack.envelope import open_peer_record
+    from switchy.protocols.identify import decode_identify, encode_identify
+    from switchy.stack.envelope import open_peer_record
 
     async def main() -> None:
         async with (

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stack.codec import pb_bytes, pb_fields, pb_varint
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.codec import pb_bytes, pb_fields, pb_varint
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     AuthenticationFailed,
     ConnectionClosed,
     InvalidConfiguration,
@@ -30,7 +30,7 @@ from stack.errors import (
     SerializationError,
     StreamReset,
 )
-from stack.identity import (
+from switchy.stack.identity import (
     KEY_TYPE_ECDSA,
     KEY_TYPE_RSA,
     KEY_TYPE_SECP256K1,
@@ -38,8 +38,8 @@ from stack.identity import (
     PeerId,
     PublicKey,
 )
-from stack.pipe import MemoryConnection, memory_pipe
-from stack.security.noise import (
+from switchy.stack.pipe import MemoryConnection, memory_pipe
+from switchy.stack.security.noise import (
     MAX_FRAME,
     MAX_PLAINTEXT,
     MAX_WRITE_BATCH,
@@ -57,7 +57,7 @@ from stack.security.noise import (
     encode_payload,
     x25519_public_key,
 )
-from stack.security.noise_core import MAX_NONCE, MAX_STREAM_MUXERS, SymmetricState
+from switchy.stack.security.noise_core import MAX_NONCE, MAX_STREAM_MUXERS, SymmetricState
 
 # The Noise_XX_25519_ChaChaPoly_SHA256 entry of haskell-cryptography/cacophony's
 # vectors/cacophony.txt (see the "source" key of the file).

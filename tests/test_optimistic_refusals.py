@@ -16,16 +16,16 @@ import sys
 
 import pytest
 
-from protocols.perf import PERF_PROTOCOL, perf
-from protocols.ping import PingService, ping
-from stack.config import NetworkConfig
-from stack.errors import NegotiationFailed
-from stack.mux import MuxedConnection, StreamMuxer
-from stack.mux.yamux import Yamux
-from stack.node import Node
-from stack.stream import Connection
+from switchy.protocols.perf import PERF_PROTOCOL, perf
+from switchy.protocols.ping import PingService, ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import NegotiationFailed
+from switchy.stack.mux import MuxedConnection, StreamMuxer
+from switchy.stack.mux.yamux import Yamux
+from switchy.stack.node import Node
+from switchy.stack.stream import Connection
 from tests.sim_nodes import KINDS, sim_node
-from transports.sim import SimConfig, Simulation, run_simulation
+from switchy.transports.sim import SimConfig, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 LATENCY = 0.01
@@ -100,7 +100,7 @@ def test_switchy_perf_against_a_peer_without_perf_names_the_refusal(listen: str)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "stack.cli",
+                "switchy.stack.cli",
                 "perf",
                 str(b.full_addrs[0]),
                 "--upload",

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stack.errors import ConnectionClosed, StreamReset
-from stack.pipe import memory_pipe
+from switchy.stack.errors import ConnectionClosed, StreamReset
+from switchy.stack.pipe import memory_pipe
 
 
 def test_round_trip_half_close_and_reset() -> None:

@@ -15,8 +15,8 @@ from aioquic.asyncio.client import connect as aioquic_connect
 from aioquic.quic.configuration import QuicConfiguration
 from multiaddr import Multiaddr
 
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     AuthenticationFailed,
     ConnectionClosed,
     FeatureNotSupported,
@@ -27,11 +27,11 @@ from stack.errors import (
     StreamReset,
     UnsupportedAddress,
 )
-from stack.identity import KeyPair
-from transports.quic import QuicConnection, QuicStream, QuicTransport
-from transports.quic.connection import WRITE_HIGH_WATER
-from transports.quic.core import DEFAULT_STREAM_WINDOW, Libp2pQuicConnection, make_configuration
-from transports.quic.tls import Libp2pCertificate, make_certificate
+from switchy.stack.identity import KeyPair
+from switchy.transports.quic import QuicConnection, QuicStream, QuicTransport
+from switchy.transports.quic.connection import WRITE_HIGH_WATER
+from switchy.transports.quic.core import DEFAULT_STREAM_WINDOW, Libp2pQuicConnection, make_configuration
+from switchy.transports.quic.tls import Libp2pCertificate, make_certificate
 
 LOOPBACK = Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1")
 
@@ -509,7 +509,7 @@ def badly_signed_certificate(key: KeyPair) -> Libp2pCertificate:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    from transports.quic.tls import LIBP2P_EXTENSION_OID
+    from switchy.transports.quic.tls import LIBP2P_EXTENSION_OID
 
     ext = good.certificate.extensions.get_extension_for_oid(LIBP2P_EXTENSION_OID)
     now = datetime.datetime.now(datetime.UTC)
@@ -626,7 +626,7 @@ def test_a_stalled_handshake_times_out_on_both_sides() -> None:
 
 
 def test_a_flood_of_new_handshakes_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    import transports.quic.endpoint as endpoint_module
+    import switchy.transports.quic.endpoint as endpoint_module
 
     monkeypatch.setattr(endpoint_module, "MAX_PENDING_HANDSHAKES", 2)
 
@@ -680,7 +680,7 @@ def test_larger_packets_where_the_path_allows() -> None:
 
 
 def test_udp_network_addresses() -> None:
-    from transports.quic.io import UdpNetwork
+    from switchy.transports.quic.io import UdpNetwork
 
     net = UdpNetwork()
     assert net.parse(Multiaddr("/ip4/10.1.2.3/udp/7/quic-v1")) == ("10.1.2.3", 7)
@@ -701,8 +701,8 @@ def test_udp_network_addresses() -> None:
 
 
 def test_sim_network_addresses() -> None:
-    from transports.quic.sim import SimDatagramNetwork
-    from transports.sim import Simulation
+    from switchy.transports.quic.sim import SimDatagramNetwork
+    from switchy.transports.sim import Simulation
 
     with Simulation(seed=1) as sim:
         sim.network.add_hosts(["a", "b"])
@@ -715,7 +715,7 @@ def test_sim_network_addresses() -> None:
 
 
 def test_udp_socket_reads_bursts_and_reports_them() -> None:
-    from transports.quic.io import MAX_RECV_BATCH, BatchProtocol, UdpNetwork
+    from switchy.transports.quic.io import MAX_RECV_BATCH, BatchProtocol, UdpNetwork
 
     class Recorder(BatchProtocol):
         def __init__(self) -> None:

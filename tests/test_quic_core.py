@@ -8,10 +8,10 @@ from aioquic.quic.packet import QuicErrorCode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stack.errors import AuthenticationFailed
-from stack.identity import KeyPair
-from transports.quic.core import BAD_CERTIFICATE_ERROR, Libp2pQuicConnection, make_configuration
-from transports.quic.tls import ALPN, make_certificate
+from switchy.stack.errors import AuthenticationFailed
+from switchy.stack.identity import KeyPair
+from switchy.transports.quic.core import BAD_CERTIFICATE_ERROR, Libp2pQuicConnection, make_configuration
+from switchy.transports.quic.tls import ALPN, make_certificate
 
 A, B = ("10.0.0.1", 1000), ("10.0.0.2", 2000)
 KA, KB = KeyPair.from_seed(b"a" * 32), KeyPair.from_seed(b"b" * 32)

@@ -11,14 +11,14 @@ from contextlib import asynccontextmanager
 import pytest
 from multiaddr import Multiaddr
 
-from protocols.echo import echo
-from protocols.identify import IdentifyService, identify
-from protocols.perf import perf
-from protocols.ping import ping
-from stack.config import NetworkConfig
-from stack.node import Node
-from transports.quic import QuicConnection, QuicTransport
-from transports.tcp import TcpTransport
+from switchy.protocols.echo import echo
+from switchy.protocols.identify import IdentifyService, identify
+from switchy.protocols.perf import perf
+from switchy.protocols.ping import ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.node import Node
+from switchy.transports.quic import QuicConnection, QuicTransport
+from switchy.transports.tcp import TcpTransport
 
 QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
 TCP = "/ip4/127.0.0.1/tcp/0"
@@ -142,8 +142,8 @@ def test_inbound_over_the_connection_limit_is_refused() -> None:
 def test_a_blackholed_quic_address_does_not_hold_up_tcp(stagger: float) -> None:
     """Staggered dials (RFC 8305 style), in virtual time: QUIC first, TCP after the stagger
     (at once with a stagger of 0)."""
-    from transports.quic.sim import sim_quic_transport
-    from transports.sim import SimConfig, SimTransport, Simulation, sim_multiaddr
+    from switchy.transports.quic.sim import sim_quic_transport
+    from switchy.transports.sim import SimConfig, SimTransport, Simulation, sim_multiaddr
 
     async def main(sim: Simulation) -> None:
         net = sim.network

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from protocols.echo import EchoService, echo
-from protocols.identify import IdentifyService, identify
-from protocols.ping import PingService, ping
-from stack.node import Node
-from transports.quic import QuicConnection
-from transports.quic.sim import sim_quic_transport
-from transports.sim import SimConfig, Simulation, run_simulation
+from switchy.protocols.echo import EchoService, echo
+from switchy.protocols.identify import IdentifyService, identify
+from switchy.protocols.ping import PingService, ping
+from switchy.stack.node import Node
+from switchy.transports.quic import QuicConnection
+from switchy.transports.quic.sim import sim_quic_transport
+from switchy.transports.sim import SimConfig, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 LISTEN = "/memory/4001/quic-v1"

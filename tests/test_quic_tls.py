@@ -16,11 +16,11 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stack.codec import pb_bytes, pb_varint
-from stack.errors import AuthenticationFailed, SerializationError
-from stack.identity import KeyPair, PeerId
-from transports.quic.der import TAG_SEQUENCE, der_children, der_encode, der_read
-from transports.quic.tls import (
+from switchy.stack.codec import pb_bytes, pb_varint
+from switchy.stack.errors import AuthenticationFailed, SerializationError
+from switchy.stack.identity import KeyPair, PeerId
+from switchy.transports.quic.der import TAG_SEQUENCE, der_children, der_encode, der_read
+from switchy.transports.quic.tls import (
     LIBP2P_EXTENSION_OID,
     SIGNATURE_PREFIX,
     decode_signed_key,

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
-from protocols.echo import ECHO_PROTOCOL, echo
-from protocols.perf import perf
-from protocols.ping import ping
-from stack.codec import encode_uvarint
-from stack.config import NetworkConfig
-from stack.errors import ConnectionFailed, RelayRefused, StreamReset, UnsupportedAddress
-from stack.identity import PeerId
-from stack.node import Node
-from stack.stream import MuxedStream
-from transports.relay import (
+from switchy.protocols.echo import ECHO_PROTOCOL, echo
+from switchy.protocols.perf import perf
+from switchy.protocols.ping import ping
+from switchy.stack.codec import encode_uvarint
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionFailed, RelayRefused, StreamReset, UnsupportedAddress
+from switchy.stack.identity import PeerId
+from switchy.stack.node import Node
+from switchy.stack.stream import MuxedStream
+from switchy.transports.relay import (
     HOP_PROTOCOL,
     STOP_PROTOCOL,
     Circuit,
@@ -37,7 +37,7 @@ from transports.relay import (
     Status,
     parse_circuit,
 )
-from transports.relay.pb import (
+from switchy.transports.relay.pb import (
     MAX_MESSAGE_SIZE,
     HopMessage,
     HopType,
@@ -49,8 +49,8 @@ from transports.relay.pb import (
     encode_hop,
     encode_stop,
 )
-from transports.relay.voucher import open_voucher
-from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+from switchy.transports.relay.voucher import open_voucher
+from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 QUIET = SimConfig(default_packet_loss=0.0)
@@ -130,7 +130,7 @@ def test_parse_circuit_addresses() -> None:
 
 
 def test_relay_transport_configuration_errors() -> None:
-    from stack.errors import InvalidConfiguration
+    from switchy.stack.errors import InvalidConfiguration
 
     with pytest.raises(InvalidConfiguration, match="must end with /p2p"):
         RelayTransport(["/ip4/1.2.3.4/tcp/1"])
@@ -272,7 +272,7 @@ async def test_the_relay_forwards_only_ciphertext() -> None:
 
 def test_relay_over_quic() -> None:
     quic = pytest.importorskip(
-        "transports.quic", reason="transports.quic (the QUIC transport) is not on this branch"
+        "switchy.transports.quic", reason="switchy.transports.quic (the QUIC transport) is not on this branch"
     )
     udp = "/ip4/127.0.0.1/udp/0/quic-v1"
 
@@ -630,7 +630,7 @@ def test_relay_transport_needs_a_node_and_refuses_other_addresses() -> None:
         with pytest.raises(UnsupportedAddress):
             await t.dial(Multiaddr("/ip4/127.0.0.1/tcp/1"))
         assert not t.can_listen(Multiaddr("/p2p-circuit"))  # no configured relays
-        from stack.errors import InvalidConfiguration
+        from switchy.stack.errors import InvalidConfiguration
 
         with pytest.raises(InvalidConfiguration, match="services"):
             await t.listen(
@@ -650,7 +650,7 @@ def test_cli_relay_listen_through_it_and_ping_a_circuit_address() -> None:
     import subprocess
     import sys
 
-    switchy = [sys.executable, "-m", "stack.cli"]
+    switchy = [sys.executable, "-m", "switchy.stack.cli"]
     procs: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> str:
@@ -700,10 +700,10 @@ def test_quic_legs_relay_queues_little_and_an_echo_does_not_wait_behind_bulk() -
     With the circuit streams limited, the relay holds at most about two circuit windows
     per direction and the backpressure of the slow leg reaches the sender.
     """
-    from stack.mux.yamux_core import INITIAL_WINDOW
-    from transports.quic.connection import QuicConnection
-    from transports.quic.sim import sim_quic_transport
-    from transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL
+    from switchy.stack.mux.yamux_core import INITIAL_WINDOW
+    from switchy.transports.quic.connection import QuicConnection
+    from switchy.transports.quic.sim import sim_quic_transport
+    from switchy.transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL
 
     slow = 1_000_000  # bytes/s of the relay -> b leg
     streams, each = 8, 1024 * 1024

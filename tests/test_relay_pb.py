@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from stack.codec import encode_uvarint, pb_bytes, pb_varint
-from stack.errors import MessageTooLarge, SerializationError
-from stack.identity import KeyPair, PeerId
-from transports.relay.pb import (
+from switchy.stack.codec import encode_uvarint, pb_bytes, pb_varint
+from switchy.stack.errors import MessageTooLarge, SerializationError
+from switchy.stack.identity import KeyPair, PeerId
+from switchy.transports.relay.pb import (
     MAX_ADDRS,
     MAX_MESSAGE_SIZE,
     MAX_UINT32,

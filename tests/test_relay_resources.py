@@ -7,11 +7,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from stack.errors import InvalidConfiguration
-from stack.identity import PeerId
-from transports.relay.config import RelayClientConfig, RelayConfig
-from transports.relay.pb import Status
-from transports.relay.resources import RelayResources
+from switchy.stack.errors import InvalidConfiguration
+from switchy.stack.identity import PeerId
+from switchy.transports.relay.config import RelayClientConfig, RelayConfig
+from switchy.transports.relay.pb import Status
+from switchy.transports.relay.resources import RelayResources
 
 PEERS = [PeerId(b"\x12\x20" + bytes([i]) * 32) for i in range(8)]
 IPS = ["ip4/10.0.0.1", "ip4/10.0.0.2", "ip4/10.0.0.3"]

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from stack.envelope import open_envelope, seal_envelope
-from stack.errors import AuthenticationFailed, SerializationError
-from stack.identity import KeyPair
-from transports.relay.pb import Voucher, decode_voucher, encode_voucher
-from transports.relay.voucher import (
+from switchy.stack.envelope import open_envelope, seal_envelope
+from switchy.stack.errors import AuthenticationFailed, SerializationError
+from switchy.stack.identity import KeyPair
+from switchy.transports.relay.pb import Voucher, decode_voucher, encode_voucher
+from switchy.transports.relay.voucher import (
     VOUCHER_DOMAIN,
     VOUCHER_PAYLOAD_TYPE,
     open_voucher,
@@ -55,8 +55,8 @@ def test_voucher_from_another_signer_or_naming_another_relay_is_refused() -> Non
 
 
 def test_relay_reservation_carries_a_voucher_the_client_checks() -> None:
-    from stack.node import Node
-    from transports.relay import RelayService, RelayTransport
+    from switchy.stack.node import Node
+    from switchy.transports.relay import RelayService, RelayTransport
 
     async def main() -> None:
         async with (

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.router import RateLimit, Request, Response, Router, allow_peers
-from protocols.router.messages import CONTENT_JSON, CONTENT_MSGPACK, CONTENT_TEXT
-from protocols.router.router import Next
-from stack.errors import InvalidConfiguration, ProtocolError, SerializationError
-from stack.identity import KeyPair
+from switchy.protocols.router import RateLimit, Request, Response, Router, allow_peers
+from switchy.protocols.router.messages import CONTENT_JSON, CONTENT_MSGPACK, CONTENT_TEXT
+from switchy.protocols.router.router import Next
+from switchy.stack.errors import InvalidConfiguration, ProtocolError, SerializationError
+from switchy.stack.identity import KeyPair
 
 
 def call(router: Router, method: str, path: str, **kw: object) -> Response:

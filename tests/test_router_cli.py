@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from protocols.router import Request, Response, Router
-from protocols.router.static import StaticFiles
-from stack.cli import main
-from stack.errors import InvalidConfiguration
-from stack.node import Node
+from switchy.protocols.router import Request, Response, Router
+from switchy.protocols.router.static import StaticFiles
+from switchy.stack.cli import main
+from switchy.stack.errors import InvalidConfiguration
+from switchy.stack.node import Node
 
-SWITCHY = [sys.executable, "-m", "stack.cli"]
+SWITCHY = [sys.executable, "-m", "switchy.stack.cli"]
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_request_status_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_progress_display(capsys: pytest.CaptureFixture[str]) -> None:
-    from stack.cli import _Progress
+    from switchy.stack.cli import _Progress
 
     quiet = _Progress(100, enabled=False)
     quiet.update(50)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.router.core import (
+from switchy.protocols.router.core import (
     END_FRAME,
     MAX_FRAME_SIZE,
     MAX_HEAD_SIZE,
@@ -29,8 +29,8 @@ from protocols.router.core import (
     encode_response_head,
     reason_phrase,
 )
-from stack.codec import encode_uvarint
-from stack.errors import ConnectionClosed, MessageTooLarge, ProtocolError, SerializationError
+from switchy.stack.codec import encode_uvarint
+from switchy.stack.errors import ConnectionClosed, MessageTooLarge, ProtocolError, SerializationError
 
 
 def feed(reader: MessageReader, data: bytes, cuts: list[int] | None = None) -> list[Event]:

@@ -14,24 +14,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.ping import PingService
-from protocols.router import ROUTER_PROTOCOL, Next, Request, Response, Router
-from protocols.router.core import (
+from switchy.protocols.ping import PingService
+from switchy.protocols.router import ROUTER_PROTOCOL, Next, Request, Response, Router
+from switchy.protocols.router.core import (
     MessageReader,
     ResponseHead,
     encode_data_frame,
     encode_request_head,
 )
-from stack.codec import encode_uvarint
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.codec import encode_uvarint
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     ConnectionClosed,
     MessageTooLarge,
     NegotiationFailed,
     P2PTimeout,
 )
-from stack.node import Node
-from transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+from switchy.stack.node import Node
+from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 LOOPBACK_QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
@@ -406,7 +406,7 @@ def test_stream_handler_sees_a_streamed_request_body() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_forbidden_and_rate_limited_over_the_wire(kind: str) -> None:
-    from protocols.router import RateLimit, allow_peers
+    from switchy.protocols.router import RateLimit, allow_peers
 
     allowed: list[Any] = []
     router = Router()
@@ -499,7 +499,7 @@ def test_memory_for_buffered_bodies_is_bounded_across_requests(kind: str) -> Non
 
 
 def test_a_request_over_a_relay_knows_it_is_relayed() -> None:
-    from transports.relay import RelayConfig, RelayService
+    from switchy.transports.relay import RelayConfig, RelayService
 
     router = Router()
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from stack.errors import ConnectionClosed, InvalidConfiguration, MessageTooLarge, NoRoute
-from transports.sim import SimConfig, SimDatagramTransport, Simulation, run_simulation
+from switchy.stack.errors import ConnectionClosed, InvalidConfiguration, MessageTooLarge, NoRoute
+from switchy.transports.sim import SimConfig, SimDatagramTransport, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 
@@ -133,7 +133,7 @@ def test_bad_input_and_closing() -> None:
             ta.sendto(b"x")
         with pytest.raises(MessageTooLarge, match="max_message_size of 100"):
             ta.sendto(bytes(101), ("b", 6000))
-        from stack.errors import ConnectionFailed
+        from switchy.stack.errors import ConnectionFailed
 
         with pytest.raises(ConnectionFailed, match="already in use"):
             sim.network.open_datagram(Collector(), "a", 5000)

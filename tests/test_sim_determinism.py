@@ -10,16 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transports.sim import SimConfig, SimConnection, SimTransport, Simulation
+from switchy.transports.sim import SimConfig, SimConnection, SimTransport, Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 async def scenario(sim: Simulation) -> None:
     """Random graph, lossy jittery links, streams, datagrams, faults and two libp2p nodes."""
-    from protocols.ping import PingService, ping
-    from stack.config import NetworkConfig
-    from stack.node import Node
+    from switchy.protocols.ping import PingService, ping
+    from switchy.stack.config import NetworkConfig
+    from switchy.stack.node import Node
 
     net = sim.network
     rnd = sim.random
@@ -131,8 +131,8 @@ def test_different_seeds_give_different_traces() -> None:
 
 FAILING = """
 import asyncio
-from transports.sim import Simulation, SimConfig
-from transports.sim.simulation import run_simulation
+from switchy.transports.sim import Simulation, SimConfig
+from switchy.transports.sim.simulation import run_simulation
 import sys
 
 async def main(sim):

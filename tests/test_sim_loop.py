@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from stack.errors import P2PTimeout, SimulationDeadlock
-from transports.sim import (
+from switchy.stack.errors import P2PTimeout, SimulationDeadlock
+from switchy.transports.sim import (
     RealNetworkForbidden,
     SimConfig,
     Simulation,
@@ -110,8 +110,8 @@ def test_real_network_is_forbidden() -> None:
 def test_tcp_transport_dial_fails_cleanly_inside_a_simulation() -> None:
     from multiaddr import Multiaddr
 
-    from stack.errors import ConnectionFailed
-    from transports.tcp import TcpTransport
+    from switchy.stack.errors import ConnectionFailed
+    from switchy.transports.tcp import TcpTransport
 
     async def main(sim: Simulation) -> None:
         with pytest.raises(ConnectionFailed, match="not available inside a simulation"):

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stack.errors import DiscoveryFailed, InvalidConfiguration, NoRoute
-from stack.identity import KeyPair
-from transports.sim import Network, SimConfig, Simulation, TraceRecorder, run_simulation
+from switchy.stack.errors import DiscoveryFailed, InvalidConfiguration, NoRoute
+from switchy.stack.identity import KeyPair
+from switchy.transports.sim import Network, SimConfig, Simulation, TraceRecorder, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 

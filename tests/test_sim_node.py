@@ -8,11 +8,11 @@ import time
 import pytest
 from multiaddr import Multiaddr
 
-from protocols.ping import PingService, ping
-from stack.config import NetworkConfig
-from stack.errors import ConnectionFailed, NoRoute, P2PTimeout, UnsupportedAddress
-from stack.node import Node
-from transports.sim import (
+from switchy.protocols.ping import PingService, ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionFailed, NoRoute, P2PTimeout, UnsupportedAddress
+from switchy.stack.node import Node
+from switchy.transports.sim import (
     SimConfig,
     SimTransport,
     Simulation,
@@ -108,7 +108,7 @@ def test_sim_transport_dial_errors() -> None:
 
 def test_sim_addresses_are_never_real_addresses() -> None:
     async def main(sim: Simulation) -> None:
-        from transports.tcp import TcpTransport
+        from switchy.transports.tcp import TcpTransport
 
         host = sim.network.add_host("a")
         other = sim.network.add_host("b")

@@ -1,4 +1,4 @@
-"""The ready-made scenarios (transports.sim.scenarios) and ``switchy sim``."""
+"""The ready-made scenarios (switchy.transports.sim.scenarios) and ``switchy sim``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from stack.cli import main
-from stack.errors import InvalidConfiguration
-from transports.sim.scenarios import MAX_SCENARIO_NODES, SCENARIOS, run_scenario
+from switchy.stack.cli import main
+from switchy.stack.errors import InvalidConfiguration
+from switchy.transports.sim.scenarios import MAX_SCENARIO_NODES, SCENARIOS, run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_bad_arguments() -> None:
 
 def _cli(args: list[str], hashseed: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "stack.cli", "sim", *args],
+        [sys.executable, "-m", "switchy.stack.cli", "sim", *args],
         cwd=ROOT,
         env=dict(os.environ, PYTHONHASHSEED=hashseed, **env),
         capture_output=True,

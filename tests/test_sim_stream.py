@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stack.errors import ConnectionClosed, ConnectionFailed, NoRoute, P2PTimeout, StreamReset
-from transports.sim import SimConfig, SimConnection, Simulation, run_simulation
+from switchy.stack.errors import ConnectionClosed, ConnectionFailed, NoRoute, P2PTimeout, StreamReset
+from switchy.transports.sim import SimConfig, SimConnection, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 T = TypeVar("T")
@@ -459,7 +459,7 @@ def test_listen_errors() -> None:
         net.crash("h0")
         with pytest.raises(ConnectionFailed, match="it is down"):
             net.listen("h0", 80, lambda c: c.close())
-        from stack.errors import InvalidConfiguration
+        from switchy.stack.errors import InvalidConfiguration
 
         with pytest.raises(InvalidConfiguration, match="port must be"):
             net.listen("h1", 70000, lambda c: c.close())

@@ -8,9 +8,9 @@ import socket
 import pytest
 from multiaddr import Multiaddr
 
-from stack.errors import ConnectionClosed, ConnectionFailed, StreamReset, UnsupportedAddress
-from stack.stream import Connection
-from transports.tcp import READ_HIGH_WATER, TcpTransport
+from switchy.stack.errors import ConnectionClosed, ConnectionFailed, StreamReset, UnsupportedAddress
+from switchy.stack.stream import Connection
+from switchy.transports.tcp import READ_HIGH_WATER, TcpTransport
 
 
 async def _pair(addr: str = "/ip4/127.0.0.1/tcp/0") -> tuple[Connection, Connection, object]:

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from stack.config import NetworkConfig
-from stack.errors import ConnectionClosed, P2PError, ProtocolError, StreamReset
-from stack.identity import KeyPair
-from stack.mux.yamux import Yamux, YamuxConnection
-from stack.mux.yamux_core import (
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionClosed, P2PError, ProtocolError, StreamReset
+from switchy.stack.identity import KeyPair
+from switchy.stack.mux.yamux import Yamux, YamuxConnection
+from switchy.stack.mux.yamux_core import (
     FLAG_SYN,
     HEADER,
     INITIAL_WINDOW,
@@ -28,10 +28,10 @@ from stack.mux.yamux_core import (
     StreamOpened,
     YamuxSession,
 )
-from stack.mux.yamux_core import (
+from switchy.stack.mux.yamux_core import (
     StreamReset as ResetEvent,
 )
-from stack.pipe import memory_pipe
+from switchy.stack.pipe import memory_pipe
 
 
 def frame(type_: int, flags: int, sid: int, length: int, body: bytes = b"") -> bytes:
@@ -254,7 +254,7 @@ TestSessionPair.settings = settings(max_examples=50, stateful_step_count=30, dea
 async def muxed(
     cfg: NetworkConfig | None = None,
 ) -> AsyncIterator[tuple[YamuxConnection, YamuxConnection]]:
-    from stack.security.noise import NoiseSecurity
+    from switchy.stack.security.noise import NoiseSecurity
 
     cfg = cfg or NetworkConfig(keepalive_interval=0)
     a, b = memory_pipe()
@@ -284,7 +284,7 @@ def test_streams_both_directions_many_messages() -> None:
                         return
 
                     async def echo(s: object = s) -> None:
-                        from stack.stream import MuxedStream
+                        from switchy.stack.stream import MuxedStream
 
                         assert isinstance(s, MuxedStream)
                         async for chunk in s:
@@ -424,7 +424,7 @@ def test_large_transfer_integrity_and_window_growth() -> None:
 
 
 async def _send_all(s: object, data: bytes) -> None:
-    from stack.stream import MuxedStream
+    from switchy.stack.stream import MuxedStream
 
     assert isinstance(s, MuxedStream)
     view = memoryview(data)

@@ -17,22 +17,22 @@ from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
 
-from stack.addresses import split_peer
-from stack.buffer import ChunkBuffer
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.addresses import split_peer
+from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     ConnectionClosed,
     ConnectionFailed,
     P2PTimeout,
     StreamReset,
     UnsupportedAddress,
 )
-from stack.stream import Connection
-from stack.transport import ConnectionHandler, Listener, Transport
+from switchy.stack.stream import Connection
+from switchy.stack.transport import ConnectionHandler, Listener, Transport
 
 if TYPE_CHECKING:
-    from stack.identity import KeyPair, PeerId
-    from stack.mux import MuxedConnection
+    from switchy.stack.identity import KeyPair, PeerId
+    from switchy.stack.mux import MuxedConnection
 
 __all__ = ["TcpConnection", "TcpListener", "TcpTransport"]
 
@@ -80,7 +80,7 @@ def _sockaddr_to_multiaddr(sockaddr: tuple[object, ...]) -> Multiaddr:
 
 
 class TcpConnection(Connection, asyncio.Protocol):
-    """A TCP connection implementing the :class:`~stack.stream.Connection` contract."""
+    """A TCP connection implementing the :class:`~switchy.stack.stream.Connection` contract."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()

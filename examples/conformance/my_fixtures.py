@@ -4,7 +4,7 @@ This module plays the third party.  It wraps the TCP transport in a transport of
 "its own" (one that counts bytes) and gives the suite a harness for it, plus the
 built-in Noise and yamux harnesses.  Run from this folder::
 
-    pytest --pyargs stack.conformance -p my_fixtures
+    pytest --pyargs switchy.stack.conformance -p my_fixtures
 
 (``my_fixtures`` must be importable: run from this folder, or put it on PYTHONPATH.)
 """
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
-from stack.conformance import NoiseHarness, TcpTransportHarness, YamuxHarness
-from stack.identity import PeerId
-from stack.transport import ConnectionHandler, Listener, Transport
-from transports.tcp import TcpTransport
+from switchy.stack.conformance import NoiseHarness, TcpTransportHarness, YamuxHarness
+from switchy.stack.identity import PeerId
+from switchy.stack.transport import ConnectionHandler, Listener, Transport
+from switchy.transports.tcp import TcpTransport
 
 
 class CountingTcpTransport(TcpTransport):

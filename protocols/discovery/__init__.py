@@ -1,16 +1,16 @@
 """Discovery: find peers by name (registry, simulator name service) and on the local network (mDNS).
 
-* :mod:`protocols.discovery.codec` — the ``/switchy/discovery/1.0.0`` wire format (sans-IO);
-* :mod:`protocols.discovery.claims` — signed name claims;
-* :mod:`protocols.discovery.registry` — the registry (:class:`RegistryService`);
-* :mod:`protocols.discovery.client` — register, refresh, unregister, look up.
+* :mod:`switchy.protocols.discovery.codec` — the ``/switchy/discovery/1.0.0`` wire format (sans-IO);
+* :mod:`switchy.protocols.discovery.claims` — signed name claims;
+* :mod:`switchy.protocols.discovery.registry` — the registry (:class:`RegistryService`);
+* :mod:`switchy.protocols.discovery.client` — register, refresh, unregister, look up.
 """
 
 from __future__ import annotations
 
-from protocols.discovery.claims import NameClaim, open_name_claim, seal_name_claim
-from protocols.discovery.codec import DISCOVERY_PROTOCOL, Status
-from protocols.discovery.registry import NameRegistry, RegistryLimits, RegistryService
+from switchy.protocols.discovery.claims import NameClaim, open_name_claim, seal_name_claim
+from switchy.protocols.discovery.codec import DISCOVERY_PROTOCOL, Status
+from switchy.protocols.discovery.registry import NameRegistry, RegistryLimits, RegistryService
 
 __all__ = [
     "DISCOVERY_PROTOCOL",

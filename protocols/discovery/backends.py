@@ -1,16 +1,16 @@
 """Discovery backends and the node-level operations built on them.
 
-A backend is a :class:`~stack.node.ProtocolService` that can resolve a name
+A backend is a :class:`~switchy.stack.node.ProtocolService` that can resolve a name
 (and maybe register one).  A node's backends are the discovery services in
 its ``services``, in order; :func:`discover` tries them one after the other,
-each within a timeout, and :class:`~stack.errors.DiscoveryFailed` lists what
+each within a timeout, and :class:`~switchy.stack.errors.DiscoveryFailed` lists what
 each one said.
 
 * :class:`RegistryBackend` — registries speaking ``/switchy/discovery/1.0.0``;
   verified claims; registrations are kept alive until the node closes.
-* :class:`SimNameBackend` — the simulator's :class:`~transports.sim.NameService`
+* :class:`SimNameBackend` — the simulator's :class:`~switchy.transports.sim.NameService`
   (lookups take the simulated discovery delay; nothing is signed).
-* :class:`~protocols.discovery.mdns.MdnsService` — the local network (mDNS).
+* :class:`~switchy.protocols.discovery.mdns.MdnsService` — the local network (mDNS).
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from multiaddr import Multiaddr
 
-from protocols.discovery.claims import seal_name_claim
-from protocols.discovery.client import lookup, register, unregister
-from protocols.discovery.codec import validate_name
-from stack.addresses import parse_multiaddr, split_peer
-from stack.errors import (
+from switchy.protocols.discovery.claims import seal_name_claim
+from switchy.protocols.discovery.client import lookup, register, unregister
+from switchy.protocols.discovery.codec import validate_name
+from switchy.stack.addresses import parse_multiaddr, split_peer
+from switchy.stack.errors import (
     DiscoveryFailed,
     InvalidConfiguration,
     P2PError,
     SerializationError,
 )
-from stack.node import Node, ProtocolService
+from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.identity import PeerId
-    from stack.mux import MuxedConnection
-    from transports.sim.names import NameService
+    from switchy.stack.identity import PeerId
+    from switchy.stack.mux import MuxedConnection
+    from switchy.transports.sim.names import NameService
 
 __all__ = [
     "DEFAULT_REGISTRATION_TTL",
@@ -103,7 +103,7 @@ class DiscoveryBackend(ProtocolService):
 
     @abc.abstractmethod
     async def resolve(self, name: str) -> DiscoveredPeer:
-        """Resolve ``name``; raise :class:`~stack.errors.DiscoveryFailed` when it is unknown."""
+        """Resolve ``name``; raise :class:`~switchy.stack.errors.DiscoveryFailed` when it is unknown."""
 
     async def register(self, name: str) -> None:
         """Make ``name`` resolve to this node (only where :attr:`can_register`)."""
@@ -119,7 +119,7 @@ async def discover(node: Node, name: str, *, timeout: float | None = None) -> Di
     """Resolve ``name`` with each backend in turn, each within ``timeout``.
 
     ``timeout`` defaults to ``node.config.discovery_timeout``.  Raises
-    :class:`~stack.errors.DiscoveryFailed` listing what every backend said.
+    :class:`~switchy.stack.errors.DiscoveryFailed` listing what every backend said.
     """
     try:
         validate_name(name)
@@ -159,7 +159,7 @@ async def register_name(node: Node, name: str) -> list[str]:
 
     A backend that fails is logged if another succeeded.  When all fail, the
     only backend's error is raised as it is, several are summed up in a
-    :class:`~stack.errors.DiscoveryFailed`.  :class:`InvalidConfiguration`
+    :class:`~switchy.stack.errors.DiscoveryFailed`.  :class:`InvalidConfiguration`
     when no backend can register names.
     """
     validate_name(name)

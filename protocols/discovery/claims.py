@@ -17,17 +17,17 @@ import attrs
 import msgpack
 from multiaddr import Multiaddr
 
-from protocols.discovery.codec import MAX_CLAIM_SIZE, validate_name
-from stack.envelope import (
+from switchy.protocols.discovery.codec import MAX_CLAIM_SIZE, validate_name
+from switchy.stack.envelope import (
     PeerRecord,
     SignedEnvelope,
     open_envelope,
     open_peer_record,
     seal_envelope,
 )
-from stack.envelope import seal_peer_record as _seal_record
-from stack.errors import AuthenticationFailed, MessageTooLarge, SerializationError
-from stack.identity import KeyPair, PeerId
+from switchy.stack.envelope import seal_peer_record as _seal_record
+from switchy.stack.errors import AuthenticationFailed, MessageTooLarge, SerializationError
+from switchy.stack.identity import KeyPair, PeerId
 
 __all__ = [
     "NAME_CLAIM_DOMAIN",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from protocols.discovery.claims import NameClaim, open_name_claim
-from protocols.discovery.codec import (
+from switchy.protocols.discovery.claims import NameClaim, open_name_claim
+from switchy.protocols.discovery.codec import (
     DISCOVERY_PROTOCOL,
     MAX_FRAME_SIZE,
     ClientCore,
@@ -23,20 +23,20 @@ from protocols.discovery.codec import (
     Status,
     Unregister,
 )
-from stack.addresses import split_peer
-from stack.errors import (
+from switchy.stack.addresses import split_peer
+from switchy.stack.errors import (
     AuthenticationFailed,
     ConnectionClosed,
     DiscoveryFailed,
     ProtocolError,
     RequestRefused,
 )
-from stack.identity import PeerId
-from stack.negotiation import select_protocol_lazy
+from switchy.stack.identity import PeerId
+from switchy.stack.negotiation import select_protocol_lazy
 
 if TYPE_CHECKING:
-    from stack.node import Node, Target
-    from stack.stream import MuxedStream
+    from switchy.stack.node import Node, Target
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["lookup", "refresh", "register", "registry_request", "unregister"]
 
@@ -45,7 +45,7 @@ async def registry_request(node: Node, registry: Target, request: Request) -> Re
     """Send one request to ``registry`` on a new stream; its response.
 
     Bounded by the node's ``request_timeout``.  Raises
-    :class:`~stack.errors.ProtocolError` when the registry breaks the protocol.
+    :class:`~switchy.stack.errors.ProtocolError` when the registry breaks the protocol.
     """
     async with asyncio.timeout(node.config.request_timeout):
         stream = await _open_stream(node, registry)
@@ -92,7 +92,7 @@ def _refused(registry: Target, request: Request, response: Response) -> RequestR
 async def register(node: Node, registry: Target, name: str, ttl: int, claim: bytes) -> int:
     """Register ``name`` with a signed claim for ``ttl`` seconds; the TTL granted.
 
-    Raises :class:`~stack.errors.RequestRefused` (``code`` is the status name:
+    Raises :class:`~switchy.stack.errors.RequestRefused` (``code`` is the status name:
     ``NAME_TAKEN``, ``LIMIT_EXCEEDED``, ``BAD_RECORD`` …) when the registry refuses.
     """
     request = Register(name, ttl, claim)
@@ -122,10 +122,10 @@ async def unregister(node: Node, registry: Target, name: str) -> None:
 async def lookup(node: Node, registry: Target, name: str) -> NameClaim:
     """Who holds ``name`` at ``registry``: a verified claim.
 
-    Raises :class:`~stack.errors.DiscoveryFailed` when the name is not
-    registered, :class:`~stack.errors.AuthenticationFailed` when the registry
+    Raises :class:`~switchy.stack.errors.DiscoveryFailed` when the name is not
+    registered, :class:`~switchy.stack.errors.AuthenticationFailed` when the registry
     answers with a claim that does not verify or is for another name, and
-    :class:`~stack.errors.ProtocolError` for any other answer.
+    :class:`~switchy.stack.errors.ProtocolError` for any other answer.
     """
     response = await registry_request(node, registry, Lookup(name))
     if response.status == Status.NOT_FOUND:

@@ -15,8 +15,8 @@ from typing import Any, Final, TypeAlias
 import attrs
 import msgpack
 
-from stack.codec import decode_uvarint, encode_uvarint
-from stack.errors import MessageTooLarge, ProtocolError, SerializationError
+from switchy.stack.codec import decode_uvarint, encode_uvarint
+from switchy.stack.errors import MessageTooLarge, ProtocolError, SerializationError
 
 __all__ = [
     "DISCOVERY_PROTOCOL",

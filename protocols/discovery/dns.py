@@ -15,7 +15,7 @@ from typing import Final
 
 import attrs
 
-from stack.errors import MessageTooLarge, SerializationError
+from switchy.stack.errors import MessageTooLarge, SerializationError
 
 __all__ = [
     "CLASS_IN",

@@ -31,9 +31,9 @@ from typing import Any, Final
 import attrs
 from multiaddr import Multiaddr
 
-from protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend
-from protocols.discovery.codec import validate_name
-from protocols.discovery.dns import (
+from switchy.protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend
+from switchy.protocols.discovery.codec import validate_name
+from switchy.protocols.discovery.dns import (
     CLASS_FLAG,
     CLASS_IN,
     FLAG_AUTHORITATIVE,
@@ -47,9 +47,9 @@ from protocols.discovery.dns import (
     decode_dns,
     encode_dns,
 )
-from stack.addresses import split_peer, with_peer
-from stack.errors import DiscoveryFailed, P2PError
-from stack.identity import Entropy, PeerId
+from switchy.stack.addresses import split_peer, with_peer
+from switchy.stack.errors import DiscoveryFailed, P2PError
+from switchy.stack.identity import Entropy, PeerId
 
 __all__ = [
     "MDNS_GROUP",
@@ -149,7 +149,7 @@ class MdnsCore:
     def receive(self, datagram: bytes) -> tuple[bytes | None, list[MdnsPeer]]:
         """Handle one datagram: ``(reply to multicast or None, peers found)``.
 
-        Malformed datagrams raise :class:`~stack.errors.SerializationError`.
+        Malformed datagrams raise :class:`~switchy.stack.errors.SerializationError`.
         """
         msg = decode_dns(datagram)
         if not msg.is_response:

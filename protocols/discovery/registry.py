@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from protocols.discovery.claims import open_name_claim
-from protocols.discovery.codec import (
+from switchy.protocols.discovery.claims import open_name_claim
+from switchy.protocols.discovery.codec import (
     DISCOVERY_PROTOCOL,
     MAX_FRAME_SIZE,
     MAX_TTL,
@@ -29,12 +29,12 @@ from protocols.discovery.codec import (
     Status,
     Unregister,
 )
-from stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, ProtocolError
-from stack.node import Node, ProtocolService
+from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, ProtocolError
+from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.identity import PeerId
-    from stack.stream import MuxedStream
+    from switchy.stack.identity import PeerId
+    from switchy.stack.stream import MuxedStream
 
 __all__ = [
     "DEFAULT_MAX_NAMES_PER_PEER",

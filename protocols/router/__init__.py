@@ -2,18 +2,18 @@
 
 Server: :class:`Router` (routes, decorators, services, sub-routers, middleware), served
 on a node as a protocol service.  Client: :func:`request` (also ``Node.request``).
-Wire format: ``specs/router.md``; sans-IO core: :mod:`protocols.router.core`.
+Wire format: ``specs/router.md``; sans-IO core: :mod:`switchy.protocols.router.core`.
 """
 
-from protocols.router.client import request
-from protocols.router.core import (
+from switchy.protocols.router.client import request
+from switchy.protocols.router.core import (
     DEFAULT_MAX_BODY_SIZE,
     METHODS,
     ROUTER_PROTOCOL,
     STATUS_REASONS,
 )
-from protocols.router.messages import Request, Response
-from protocols.router.router import (
+from switchy.protocols.router.messages import Request, Response
+from switchy.protocols.router.router import (
     Handler,
     Middleware,
     Next,

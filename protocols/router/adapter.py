@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, Final
 
-from protocols.router.core import (
+from switchy.protocols.router.core import (
     END_FRAME,
     SEND_FRAME_SIZE,
     BodyData,
@@ -24,9 +24,9 @@ from protocols.router.core import (
     encode_body,
     encode_data_frame,
 )
-from stack.errors import ConnectionClosed, MessageTooLarge, P2PError, P2PTimeout, ProtocolError
-from stack.negotiation import DialerNegotiation, ProtocolAgreed
-from stack.stream import Stream
+from switchy.stack.errors import ConnectionClosed, MessageTooLarge, P2PError, P2PTimeout, ProtocolError
+from switchy.stack.negotiation import DialerNegotiation, ProtocolAgreed
+from switchy.stack.stream import Stream
 
 __all__ = ["READ_SIZE", "SINGLE_WRITE_LIMIT", "MessageStream", "write_message"]
 
@@ -244,7 +244,7 @@ async def write_message(
     streams go out in frames of at most :data:`SEND_FRAME_SIZE`, each write waiting for
     the peer's window (backpressure).  ``prefix`` (e.g. a protocol proposal) goes out in
     the same write as the head.  With ``last``, the stream's write side is closed with
-    the final write (:meth:`~stack.stream.Stream.write_last`: one frame burst on yamux).
+    the final write (:meth:`~switchy.stack.stream.Stream.write_last`: one frame burst on yamux).
     """
     final = stream.write_last if last else stream.write
     if prefix:

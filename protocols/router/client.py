@@ -8,21 +8,21 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from protocols.router.adapter import SINGLE_WRITE_LIMIT, MessageStream, write_message
-from protocols.router.core import (
+from switchy.protocols.router.adapter import SINGLE_WRITE_LIMIT, MessageStream, write_message
+from switchy.protocols.router.core import (
     DEFAULT_MAX_BODY_SIZE,
     ROUTER_PROTOCOL,
     MessageReader,
     ResponseHead,
     encode_request_head,
 )
-from protocols.router.messages import Response
-from stack.errors import ConnectionClosed, P2PError, P2PTimeout
-from stack.negotiation import DialerNegotiation, explain_failure
+from switchy.protocols.router.messages import Response
+from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.stack.negotiation import DialerNegotiation, explain_failure
 
 if TYPE_CHECKING:
-    from stack.node import Node, Target
-    from stack.stream import MuxedStream
+    from switchy.stack.node import Node, Target
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["request"]
 

@@ -13,8 +13,8 @@ Wire format (``specs/router.md``)::
 It never buffers body bytes: a data chunk is handed on as soon as it arrives, so what a
 reader holds is bounded by what the caller feeds it.  Every length is checked before the
 bytes it announces are taken, against explicit limits (named constants below).  Errors
-raise :class:`~stack.errors.SerializationError` / :class:`~stack.errors.ProtocolError`
-(malformed) or :class:`~stack.errors.MessageTooLarge` (a limit), each naming what was wrong.
+raise :class:`~switchy.stack.errors.SerializationError` / :class:`~switchy.stack.errors.ProtocolError`
+(malformed) or :class:`~switchy.stack.errors.MessageTooLarge` (a limit), each naming what was wrong.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any, Final, Literal, TypeAlias
 import attrs
 import msgpack
 
-from stack.codec import MAX_VARINT_BYTES, decode_uvarint, encode_uvarint
-from stack.errors import ConnectionClosed, MessageTooLarge, ProtocolError, SerializationError
+from switchy.stack.codec import MAX_VARINT_BYTES, decode_uvarint, encode_uvarint
+from switchy.stack.errors import ConnectionClosed, MessageTooLarge, ProtocolError, SerializationError
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",

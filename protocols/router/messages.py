@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 import msgpack
 
-from protocols.router.core import DEFAULT_MAX_BODY_SIZE, reason_phrase
-from stack.errors import MessageTooLarge, ProtocolError, SerializationError
+from switchy.protocols.router.core import DEFAULT_MAX_BODY_SIZE, reason_phrase
+from switchy.stack.errors import MessageTooLarge, ProtocolError, SerializationError
 
 if TYPE_CHECKING:
-    from stack.identity import PeerId
+    from switchy.stack.identity import PeerId
 
 __all__ = [
     "CONTENT_JSON",

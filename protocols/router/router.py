@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, runtime_che
 
 import attrs
 
-from protocols.router.adapter import MessageStream, write_message
-from protocols.router.core import (
+from switchy.protocols.router.adapter import MessageStream, write_message
+from switchy.protocols.router.core import (
     DEFAULT_MAX_BODY_SIZE,
     METHODS,
     ROUTER_PROTOCOL,
@@ -40,8 +40,8 @@ from protocols.router.core import (
     RequestHead,
     encode_response_head,
 )
-from protocols.router.messages import CONTENT_TEXT, Request, Response
-from stack.errors import (
+from switchy.protocols.router.messages import CONTENT_TEXT, Request, Response
+from switchy.stack.errors import (
     ConnectionClosed,
     InvalidConfiguration,
     MessageTooLarge,
@@ -50,11 +50,11 @@ from stack.errors import (
     ProtocolError,
     ResourceLimitExceeded,
 )
-from stack.node import Node, ProtocolService
+from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
-    from stack.identity import PeerId
-    from stack.stream import MuxedStream
+    from switchy.stack.identity import PeerId
+    from switchy.stack.stream import MuxedStream
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
@@ -176,7 +176,7 @@ def _coerce(result: object) -> Response:
 class Router(ProtocolService):
     """Routes requests of ``/switchy/router/1.0.0`` to handlers.
 
-    A router is a :class:`~stack.node.ProtocolService`: pass it in ``Node(services=[...])``
+    A router is a :class:`~switchy.stack.node.ProtocolService`: pass it in ``Node(services=[...])``
     or call :meth:`attach`.  Limits: ``max_body_size`` for bodies read into memory,
     ``read_timeout`` for each wait on the client's next bytes (408), ``handler_timeout``
     for a handler (503; time a streaming handler spends waiting for the request body is

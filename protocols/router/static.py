@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from protocols.router.messages import CONTENT_OCTETS, Request, Response
-from stack.errors import InvalidConfiguration
+from switchy.protocols.router.messages import CONTENT_OCTETS, Request, Response
+from switchy.stack.errors import InvalidConfiguration
 
 if TYPE_CHECKING:
-    from protocols.router.router import Router
+    from switchy.protocols.router.router import Router
 
 __all__ = ["FILE_CHUNK_SIZE", "StaticFiles", "file_response"]
 

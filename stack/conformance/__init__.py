@@ -21,7 +21,7 @@ Using it on your own part: write a module with the fixture(s), e.g.
 ``my_fixtures.py``::
 
     import pytest
-    from stack.conformance import TransportHarness
+    from switchy.stack.conformance import TransportHarness
 
     class MyHarness(TransportHarness):
         listen_addr = "/ip4/127.0.0.1/tcp/0"
@@ -31,20 +31,20 @@ Using it on your own part: write a module with the fixture(s), e.g.
     @pytest.fixture
     def transport_harness(): return MyHarness()
 
-and run ``pytest --pyargs stack.conformance -p my_fixtures`` (with ``my_fixtures``
+and run ``pytest --pyargs switchy.stack.conformance -p my_fixtures`` (with ``my_fixtures``
 importable).  Suites without a fixture are skipped.  A failure's message starts
 with ``contract '<name>' broken:`` and says what happened.
 
 Harnesses run each test in virtual time on the simulator's event loop unless
 they override :meth:`Harness.run` (real sockets must: see
-:class:`TcpTransportHarness`).  :mod:`stack.conformance.strategies` has the
+:class:`TcpTransportHarness`).  :mod:`switchy.stack.conformance.strategies` has the
 hypothesis strategies the suites use.
 """
 
 from __future__ import annotations
 
-from stack.conformance._util import ContractViolation
-from stack.conformance.harness import (
+from switchy.stack.conformance._util import ContractViolation
+from switchy.stack.conformance.harness import (
     DiscoveryHarness,
     Harness,
     MuxerHarness,

@@ -9,19 +9,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from multiaddr import Multiaddr
 
-from stack.identity import KeyPair
-from stack.mux import MuxedConnection
-from stack.pipe import memory_pipe
+from switchy.stack.identity import KeyPair
+from switchy.stack.mux import MuxedConnection
+from switchy.stack.pipe import memory_pipe
 
 if TYPE_CHECKING:
-    from stack.conformance.harness import (
+    from switchy.stack.conformance.harness import (
         Harness,
         MuxerHarness,
         SecurityHarness,
         TransportHarness,
     )
-    from stack.stream import Connection, Stream
-    from stack.transport import Listener, Transport
+    from switchy.stack.stream import Connection, Stream
+    from switchy.stack.transport import Listener, Transport
 
 __all__ = ["ContractViolation", "never", "require", "transfer", "within"]
 

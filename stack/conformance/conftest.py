@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stack.conformance.harness import (
+from switchy.stack.conformance.harness import (
     DiscoveryHarness,
     Harness,
     MuxerHarness,

@@ -1,16 +1,16 @@
 """Harnesses: how the conformance suites build the implementation under test.
 
 A third party subclasses one harness per kind of part and returns it from a
-pytest fixture (see :mod:`stack.conformance`):
+pytest fixture (see :mod:`switchy.stack.conformance`):
 
-* :class:`TransportHarness` — ``make()`` returns a fresh :class:`~stack.transport.Transport`;
-* :class:`SecurityHarness` — ``make()`` returns a :class:`~stack.security.SecurityTransport`;
-* :class:`MuxerHarness` — ``make()`` returns a :class:`~stack.mux.StreamMuxer`;
-* :class:`NodeHarness` — ``make_node(**kw)`` returns a :class:`~stack.node.Node` and
+* :class:`TransportHarness` — ``make()`` returns a fresh :class:`~switchy.stack.transport.Transport`;
+* :class:`SecurityHarness` — ``make()`` returns a :class:`~switchy.stack.security.SecurityTransport`;
+* :class:`MuxerHarness` — ``make()`` returns a :class:`~switchy.stack.mux.StreamMuxer`;
+* :class:`NodeHarness` — ``make_node(**kw)`` returns a :class:`~switchy.stack.node.Node` and
   says how to reach it.
 
 Every harness runs the suite's coroutines through :meth:`Harness.run`.  The
-default uses a fresh :class:`~transports.sim.Simulation` event loop (virtual
+default uses a fresh :class:`~switchy.transports.sim.Simulation` event loop (virtual
 time: the suite's "this must not happen within N seconds" checks cost no wall
 time); harnesses of real-socket transports override it with :func:`asyncio.run`
 where those checks wait :attr:`Harness.patience` real
@@ -28,17 +28,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stack.config import NetworkConfig
-from stack.identity import KeyPair
+from switchy.stack.config import NetworkConfig
+from switchy.stack.identity import KeyPair
 
 if TYPE_CHECKING:
-    from protocols.discovery.backends import DiscoveryBackend
-    from protocols.router import Router, Service
-    from stack.mux import StreamMuxer
-    from stack.node import Node
-    from stack.security import SecurityTransport
-    from stack.transport import Transport
-    from transports.sim import Simulation
+    from switchy.protocols.discovery.backends import DiscoveryBackend
+    from switchy.protocols.router import Router, Service
+    from switchy.stack.mux import StreamMuxer
+    from switchy.stack.node import Node
+    from switchy.stack.security import SecurityTransport
+    from switchy.stack.transport import Transport
+    from switchy.transports.sim import Simulation
 
 __all__ = [
     "DiscoveryHarness",
@@ -72,7 +72,7 @@ class Harness:
 
     def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``main()`` to completion on a fresh event loop and return its result."""
-        from transports.sim import SimConfig, Simulation
+        from switchy.transports.sim import SimConfig, Simulation
 
         with Simulation(self.seed, config=SimConfig(default_packet_loss=0.0)) as sim:
             self.simulation = sim
@@ -128,7 +128,7 @@ class NodeHarness(Harness):
 
     @abc.abstractmethod
     def make_node(self, name: str, **kwargs: Any) -> Node:
-        """A node (not started); ``kwargs`` go to :class:`~stack.node.Node`."""
+        """A node (not started); ``kwargs`` go to :class:`~switchy.stack.node.Node`."""
 
     @abc.abstractmethod
     def listen_addr(self) -> str:
@@ -165,7 +165,7 @@ class RemotePeerHarness(Harness):
 
     def make_local(self) -> Node:
         """Our node that dials the remote (default: TCP + Noise + yamux)."""
-        from stack.node import Node
+        from switchy.stack.node import Node
 
         return Node.default(config=self.config())
 
@@ -175,9 +175,9 @@ class SwitchyRemoteHarness(RemotePeerHarness):
 
     @asynccontextmanager
     async def remote(self) -> AsyncIterator[str]:
-        from protocols.echo import EchoService
-        from protocols.ping import PingService
-        from stack.node import Node
+        from switchy.protocols.echo import EchoService
+        from switchy.protocols.ping import PingService
+        from switchy.stack.node import Node
 
         node = Node(
             services=[PingService(), EchoService()],
@@ -197,8 +197,8 @@ class RouterHarness(Harness):
     """
 
     def make_router(self) -> Router:
-        """A fresh, empty router (default: :class:`protocols.router.Router`)."""
-        from protocols.router import Router
+        """A fresh, empty router (default: :class:`switchy.protocols.router.Router`)."""
+        from switchy.protocols.router import Router
 
         return Router()
 
@@ -250,7 +250,7 @@ class TcpTransportHarness(_RealTime, TransportHarness):
     """The TCP transport on loopback."""
 
     def make(self) -> Transport:
-        from transports.tcp import TcpTransport
+        from switchy.transports.tcp import TcpTransport
 
         return TcpTransport(self.config())
 
@@ -287,14 +287,14 @@ class SimTransportHarness(TransportHarness):
         return super().run(wrapped)
 
     def make(self) -> Transport:
-        from transports.sim import SimTransport
+        from switchy.transports.sim import SimTransport
 
         host = f"h{self._next}"
         self._next += 1
         return SimTransport(self.simulation.network, host)
 
     def unreachable_addr(self) -> str:
-        from transports.sim import sim_multiaddr
+        from switchy.transports.sim import sim_multiaddr
 
         return str(sim_multiaddr(self.simulation.network.host(f"h{self.hosts - 1}").number, 9))
 
@@ -306,7 +306,7 @@ class QuicTransportHarness(_RealTime, TransportHarness):
     backpressure_bytes = 12 * 1024 * 1024  # above the 4 MiB stream window
 
     def make(self) -> Transport:
-        from transports.quic import QuicTransport
+        from switchy.transports.quic import QuicTransport
 
         return QuicTransport(self.config())
 
@@ -330,7 +330,7 @@ class SimQuicTransportHarness(SimTransportHarness):
     backpressure_bytes = 12 * 1024 * 1024
 
     def make(self) -> Transport:
-        from transports.quic.sim import sim_quic_transport
+        from switchy.transports.quic.sim import sim_quic_transport
 
         host = f"h{self._next}"
         self._next += 1
@@ -347,7 +347,7 @@ class NoiseHarness(SecurityHarness):
     """The Noise security transport."""
 
     def make(self) -> SecurityTransport:
-        from stack.security.noise import NoiseSecurity
+        from switchy.stack.security.noise import NoiseSecurity
 
         return NoiseSecurity(self.config())
 
@@ -356,7 +356,7 @@ class YamuxHarness(MuxerHarness):
     """The yamux stream muxer."""
 
     def make(self) -> StreamMuxer:
-        from stack.mux.yamux import Yamux
+        from switchy.stack.mux.yamux import Yamux
 
         return Yamux()
 
@@ -365,7 +365,7 @@ class TcpNodeHarness(_RealTime, NodeHarness):
     """Default nodes (TCP + Noise + yamux) on loopback."""
 
     def make_node(self, name: str, **kwargs: Any) -> Node:
-        from stack.node import Node
+        from switchy.stack.node import Node
 
         kwargs.setdefault("config", self.config())
         return Node(listen=[self.listen_addr()], **kwargs)
@@ -393,7 +393,7 @@ class SimNodeHarness(NodeHarness):
         return super().run(wrapped)
 
     def make_node(self, name: str, **kwargs: Any) -> Node:
-        from stack.node import Node
+        from switchy.stack.node import Node
 
         sim = self.simulation
         if all(host.name != name for host in sim.network.hosts):
@@ -410,7 +410,7 @@ class SimNodeHarness(NodeHarness):
 
     def transport_for(self, host: str) -> Transport:
         """The transport of the node on simulated ``host`` (simulated TCP-like streams)."""
-        from transports.sim import SimTransport
+        from switchy.transports.sim import SimTransport
 
         return SimTransport(self.simulation.network, host)
 
@@ -437,7 +437,7 @@ class StaticFilesHarness(RouterHarness):
         (root / "b.bin").write_bytes(bytes(range(256)) * 100)
 
     def services(self) -> list[Service]:
-        from protocols.router.static import StaticFiles
+        from switchy.protocols.router.static import StaticFiles
 
         return [StaticFiles(self._dir.name)]
 
@@ -449,7 +449,7 @@ class SimQuicNodeHarness(SimNodeHarness):
     """Nodes on the simulator connected by QUIC over simulated datagrams."""
 
     def transport_for(self, host: str) -> Transport:
-        from transports.quic.sim import sim_quic_transport
+        from switchy.transports.quic.sim import sim_quic_transport
 
         return sim_quic_transport(self.simulation.network, host, self.config())
 
@@ -468,7 +468,7 @@ class RelayNodeHarness(SimNodeHarness):
 
     def run(self, main: Callable[[], Awaitable[_T]]) -> _T:
         async def with_relay() -> _T:
-            from transports.relay import RelayConfig, RelayService
+            from switchy.transports.relay import RelayConfig, RelayService
 
             unlimited = RelayConfig(limit_data=0, limit_duration=0)
             relay = SimNodeHarness.make_node(self, "relay", services=[RelayService(unlimited)])
@@ -479,7 +479,7 @@ class RelayNodeHarness(SimNodeHarness):
         return super().run(with_relay)
 
     def make_node(self, name: str, **kwargs: Any) -> Node:
-        from transports.relay import RelayTransport
+        from switchy.transports.relay import RelayTransport
 
         kwargs["services"] = [RelayTransport([self._relay_addr]), *kwargs.get("services", [])]
         kwargs.setdefault("listen", [f"{self._relay_addr}/p2p-circuit"])
@@ -490,13 +490,13 @@ class RegistryDiscoveryHarness(DiscoveryHarness):
     """The name-registry backend, with one registry node on the simulated network."""
 
     async def setup(self, nodes: SimNodeHarness) -> None:
-        from protocols.discovery.registry import RegistryService
+        from switchy.protocols.discovery.registry import RegistryService
 
         self._registry = nodes.make_node("registry", services=[RegistryService()])
         await self._registry.start()
 
     def make_backend(self) -> DiscoveryBackend:
-        from protocols.discovery.backends import RegistryBackend
+        from switchy.protocols.discovery.backends import RegistryBackend
 
         return RegistryBackend([self._registry.full_addrs[0]])
 
@@ -510,6 +510,6 @@ class SimNameDiscoveryHarness(DiscoveryHarness):
     owns_names = False
 
     def make_backend(self) -> DiscoveryBackend:
-        from protocols.discovery.backends import SimNameBackend
+        from switchy.protocols.discovery.backends import SimNameBackend
 
         return SimNameBackend(self.simulation.names)

@@ -2,7 +2,7 @@
 
 Use them in your own property tests too::
 
-    from stack.conformance import strategies
+    from switchy.stack.conformance import strategies
     @given(strategies.messages(), strategies.chunkings())
     def test_mine(data, cuts): ...
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from stack.negotiation import MAX_PROTOCOL_ID_LENGTH
+from switchy.stack.negotiation import MAX_PROTOCOL_ID_LENGTH
 
 __all__ = ["chunkings", "messages", "node_names", "paths", "protocol_ids"]
 

@@ -5,7 +5,7 @@ resolve correctly, and — where the backend owns names — another peer cannot 
 live name over.
 
 Needs a ``discovery_harness`` fixture returning a
-:class:`~stack.conformance.harness.DiscoveryHarness`.
+:class:`~switchy.stack.conformance.harness.DiscoveryHarness`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from stack.conformance import strategies
-from stack.conformance._util import require, within
-from stack.conformance.harness import DiscoveryHarness, SimNodeHarness
-from stack.errors import DiscoveryFailed, P2PError
+from switchy.stack.conformance import strategies
+from switchy.stack.conformance._util import require, within
+from switchy.stack.conformance.harness import DiscoveryHarness, SimNodeHarness
+from switchy.stack.errors import DiscoveryFailed, P2PError
 
 
 def _with_nodes(

@@ -4,7 +4,7 @@ streams), closing and aborting the session with open streams, and a stateful
 property test over random operation sequences.
 
 Needs a ``muxer_harness`` fixture returning a
-:class:`~stack.conformance.harness.MuxerHarness`.
+:class:`~switchy.stack.conformance.harness.MuxerHarness`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stack.conformance._util import (
+from switchy.stack.conformance._util import (
     muxed_pair,
     never,
     read_all_bytes,
@@ -25,10 +25,10 @@ from stack.conformance._util import (
     transfer,
     within,
 )
-from stack.conformance.harness import MuxerHarness
-from stack.errors import ConnectionClosed, P2PError, StreamReset
-from stack.mux import MuxedConnection
-from stack.stream import MuxedStream
+from switchy.stack.conformance.harness import MuxerHarness
+from switchy.stack.errors import ConnectionClosed, P2PError, StreamReset
+from switchy.stack.mux import MuxedConnection
+from switchy.stack.stream import MuxedStream
 
 
 async def _open(

@@ -4,7 +4,7 @@ handler that raises, hangs or writes garbage does not take the node down), and
 partition/heal where the harness can make partitions (the simulator).
 
 Needs a ``node_harness`` fixture returning a
-:class:`~stack.conformance.harness.NodeHarness`.
+:class:`~switchy.stack.conformance.harness.NodeHarness`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import random
 import pytest
 from multiaddr import Multiaddr
 
-from stack.conformance._util import require, transfer, within
-from stack.conformance.harness import NodeHarness
-from stack.errors import ConnectionClosed, P2PError
-from stack.node import Node
-from stack.registry import StreamHandler
-from stack.stream import MuxedStream
+from switchy.stack.conformance._util import require, transfer, within
+from switchy.stack.conformance.harness import NodeHarness
+from switchy.stack.errors import ConnectionClosed, P2PError
+from switchy.stack.node import Node
+from switchy.stack.registry import StreamHandler
+from switchy.stack.stream import MuxedStream
 
 ECHO = "/conformance/echo/1.0.0"
 RAISES = "/conformance/raises/1.0.0"

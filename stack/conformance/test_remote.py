@@ -4,7 +4,7 @@ streams on one connection, an unknown protocol refused without harm, reconnectin
 after a close, and a wrong expected peer id refused.
 
 Needs a ``remote_harness`` fixture returning a
-:class:`~stack.conformance.harness.RemotePeerHarness`.
+:class:`~switchy.stack.conformance.harness.RemotePeerHarness`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import random
 
 import pytest
 
-from stack.conformance._util import require, transfer, within
-from stack.conformance.harness import RemotePeerHarness
-from stack.errors import AuthenticationFailed, NegotiationFailed
-from stack.identity import KeyPair
-from stack.node import Node
+from switchy.stack.conformance._util import require, transfer, within
+from switchy.stack.conformance.harness import RemotePeerHarness
+from switchy.stack.errors import AuthenticationFailed, NegotiationFailed
+from switchy.stack.identity import KeyPair
+from switchy.stack.node import Node
 
 ECHO = "/echo/1.0.0"
 
@@ -31,7 +31,7 @@ async def _echo(h: RemotePeerHarness, node: Node, addr: str, data: bytes) -> byt
 
 
 def test_ping(remote: RemotePeerHarness) -> None:
-    from protocols.ping import ping
+    from switchy.protocols.ping import ping
 
     async def main() -> None:
         async with remote.remote() as addr, remote.make_local() as node:

@@ -5,7 +5,7 @@ and a stateful model test of route registration and matching (404/405, static
 segments before parameters, conflicts detected at registration time).
 
 Needs a ``router_harness`` fixture returning a
-:class:`~stack.conformance.harness.RouterHarness`.
+:class:`~switchy.stack.conformance.harness.RouterHarness`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from stack.conformance import strategies
-from stack.conformance._util import require, within
-from stack.conformance.harness import RouterHarness
-from stack.errors import InvalidConfiguration, P2PError
+from switchy.stack.conformance import strategies
+from switchy.stack.conformance._util import require, within
+from switchy.stack.conformance.harness import RouterHarness
+from switchy.stack.errors import InvalidConfiguration, P2PError
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 
@@ -32,8 +32,8 @@ def _serve(
     """A coroutine function running ``body(client, server_addr)`` with the router served."""
 
     async def main() -> None:
-        from protocols.router import Router
-        from stack.conformance.harness import SimNodeHarness
+        from switchy.protocols.router import Router
+        from switchy.stack.conformance.harness import SimNodeHarness
 
         router: Router = h.make_router()
         for service in h.services():
@@ -223,7 +223,7 @@ class RouterModel(RuleBasedStateMachine):
         segs=st.lists(st.sampled_from(_PATH_SEGMENTS), min_size=1, max_size=3),
     )
     def lookup(self, method: str, segs: list[str]) -> None:
-        from protocols.router import Response
+        from switchy.protocols.router import Response
 
         path = "/" + "/".join(segs)
         candidates = [

@@ -3,7 +3,7 @@ expected peer rejected, tampered ciphertext detected, byte-exact transfer of man
 chunks with backpressure, half-close, arbitrary chunking.
 
 Needs a ``security_harness`` fixture returning a
-:class:`~stack.conformance.harness.SecurityHarness`.
+:class:`~switchy.stack.conformance.harness.SecurityHarness`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 
-from stack.conformance import strategies
-from stack.conformance._util import (
+from switchy.stack.conformance import strategies
+from switchy.stack.conformance._util import (
     chunks_of,
     never,
     require,
@@ -23,11 +23,11 @@ from stack.conformance._util import (
     transfer,
     within,
 )
-from stack.conformance.harness import SecurityHarness
-from stack.errors import AuthenticationFailed, P2PError
-from stack.identity import KeyPair
-from stack.pipe import MemoryConnection, memory_pipe
-from stack.stream import Connection
+from switchy.stack.conformance.harness import SecurityHarness
+from switchy.stack.errors import AuthenticationFailed, P2PError
+from switchy.stack.identity import KeyPair
+from switchy.stack.pipe import MemoryConnection, memory_pipe
+from switchy.stack.stream import Connection
 
 
 def test_handshake_authenticates_both_peers(security: SecurityHarness) -> None:

@@ -3,7 +3,7 @@ small/large/many writes, half-close both ways, concurrent dials, listener close
 with live connections, arbitrary chunking.
 
 Needs a ``transport_harness`` fixture returning a
-:class:`~stack.conformance.harness.TransportHarness`.
+:class:`~switchy.stack.conformance.harness.TransportHarness`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from multiaddr import Multiaddr
 
-from stack.conformance import strategies
-from stack.conformance._util import (
+from switchy.stack.conformance import strategies
+from switchy.stack.conformance._util import (
     TransportPair,
     chunks_of,
     never,
@@ -26,9 +26,9 @@ from stack.conformance._util import (
     transfer,
     within,
 )
-from stack.conformance.harness import TransportHarness
-from stack.errors import ConnectionClosed, P2PError, UnsupportedAddress
-from stack.mux import MuxedConnection
+from switchy.stack.conformance.harness import TransportHarness
+from switchy.stack.errors import ConnectionClosed, P2PError, UnsupportedAddress
+from switchy.stack.mux import MuxedConnection
 
 
 def _payload(n: int, seed: int = 0) -> bytes:

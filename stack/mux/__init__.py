@@ -1,4 +1,4 @@
-"""Stream multiplexer interface; yamux lives in :mod:`stack.mux.yamux`."""
+"""Stream multiplexer interface; yamux lives in :mod:`switchy.stack.mux.yamux`."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import abc
 import asyncio
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from stack.buffer import ChunkBuffer
-from stack.stream import MuxedStream
+from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.stream import MuxedStream
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
-    from stack.config import NetworkConfig
-    from stack.errors import ConnectionClosed
-    from stack.identity import PeerId
-    from stack.metrics import ConnectionStats
-    from stack.stream import Connection
+    from switchy.stack.config import NetworkConfig
+    from switchy.stack.errors import ConnectionClosed
+    from switchy.stack.identity import PeerId
+    from switchy.stack.metrics import ConnectionStats
+    from switchy.stack.stream import Connection
 
 __all__ = ["BufferedMuxedStream", "MuxedConnection", "StreamMuxer"]
 

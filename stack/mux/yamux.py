@@ -1,6 +1,6 @@
 """yamux (``/yamux/1.0.0``) over a secured connection: the asyncio adapter.
 
-One reader task per connection feeds :class:`~stack.mux.yamux_core.YamuxSession`
+One reader task per connection feeds :class:`~switchy.stack.mux.yamux_core.YamuxSession`
 and routes events to streams.  Writers serialise on one lock and coalesce
 queued frames into a single write; frames the reader must send (ACKs, window
 updates, pong) go out from a short-lived flush task so the reader never blocks
@@ -16,11 +16,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
-from stack.config import NetworkConfig
-from stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
-from stack.metrics import ConnectionStats
-from stack.mux import BufferedMuxedStream, MuxedConnection, StreamMuxer
-from stack.mux.yamux_core import (
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
+from switchy.stack.metrics import ConnectionStats
+from switchy.stack.mux import BufferedMuxedStream, MuxedConnection, StreamMuxer
+from switchy.stack.mux.yamux_core import (
     DataReceived,
     GoAwayReceived,
     PongReceived,
@@ -29,8 +29,8 @@ from stack.mux.yamux_core import (
     WindowUpdated,
     YamuxSession,
 )
-from stack.mux.yamux_core import StreamReset as StreamResetEvent
-from stack.stream import Connection, MuxedStream
+from switchy.stack.mux.yamux_core import StreamReset as StreamResetEvent
+from switchy.stack.stream import Connection, MuxedStream
 
 __all__ = ["YAMUX_PROTOCOL", "Yamux", "YamuxConnection", "YamuxStream"]
 
@@ -42,7 +42,7 @@ _READ_SIZE: Final = -1
 
 
 class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
-    """One yamux stream, implementing the :class:`~stack.stream.Stream` contract."""
+    """One yamux stream, implementing the :class:`~switchy.stack.stream.Stream` contract."""
 
     __slots__ = ()
 

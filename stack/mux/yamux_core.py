@@ -19,7 +19,7 @@ from typing import Final
 
 import attrs
 
-from stack.errors import ConnectionClosed, ProtocolError, ResourceLimitExceeded
+from switchy.stack.errors import ConnectionClosed, ProtocolError, ResourceLimitExceeded
 
 __all__ = [
     "FLAG_ACK",

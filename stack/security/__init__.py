@@ -1,4 +1,4 @@
-"""Security layer interface; the Noise implementation lives in :mod:`stack.security.noise`."""
+"""Security layer interface; the Noise implementation lives in :mod:`switchy.stack.security.noise`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import abc
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from stack.identity import KeyPair, PeerId
-    from stack.stream import Connection
+    from switchy.stack.identity import KeyPair, PeerId
+    from switchy.stack.stream import Connection
 
 __all__ = ["SecurityTransport"]
 
@@ -29,7 +29,7 @@ class SecurityTransport(abc.ABC):
         """Handshake as the initiator.
 
         When ``remote_peer`` is given and the remote authenticates as another
-        peer, raise :class:`~stack.errors.AuthenticationFailed` (and close ``conn``).
+        peer, raise :class:`~switchy.stack.errors.AuthenticationFailed` (and close ``conn``).
         """
 
     @abc.abstractmethod

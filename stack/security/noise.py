@@ -1,8 +1,8 @@
-"""libp2p Noise (``/noise``): the asyncio adapter over :mod:`stack.security.noise_core`.
+"""libp2p Noise (``/noise``): the asyncio adapter over :mod:`switchy.stack.security.noise_core`.
 
-:class:`NoiseSecurity` is the :class:`~stack.security.SecurityTransport`; its
+:class:`NoiseSecurity` is the :class:`~switchy.stack.security.SecurityTransport`; its
 ``secure_outbound``/``secure_inbound`` drive a
-:class:`~stack.security.noise_core.NoiseHandshake` over a raw connection
+:class:`~switchy.stack.security.noise_core.NoiseHandshake` over a raw connection
 within ``NetworkConfig.handshake_timeout`` and return a :class:`NoiseConnection`.
 Any failure (bad bytes, bad signature, unexpected peer, timeout, cancellation)
 resets the raw connection before the error propagates.
@@ -17,12 +17,12 @@ import contextlib
 from collections.abc import Iterable
 from typing import Final
 
-from stack.buffer import ChunkBuffer
-from stack.config import NetworkConfig
-from stack.errors import ConnectionClosed, P2PError, P2PTimeout
-from stack.identity import Entropy, KeyPair, PeerId, PublicKey
-from stack.security import SecurityTransport
-from stack.security.noise_core import (
+from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.stack.identity import Entropy, KeyPair, PeerId, PublicKey
+from switchy.stack.security import SecurityTransport
+from switchy.stack.security.noise_core import (
     MAX_FRAME,
     MAX_PLAINTEXT,
     NOISE_PROTOCOL,
@@ -40,7 +40,7 @@ from stack.security.noise_core import (
     encode_payload,
     x25519_public_key,
 )
-from stack.stream import Connection
+from switchy.stack.stream import Connection
 
 __all__ = [
     "MAX_FRAME",

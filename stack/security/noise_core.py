@@ -22,10 +22,10 @@ Layers, bottom up:
   frames and decrypts frames from any chunking of the received bytes.
 
 Error policy: a frame that cannot be parsed raises
-:class:`~stack.errors.ProtocolError` (or its subclass
-:class:`~stack.errors.SerializationError` for a malformed protobuf); a failed
+:class:`~switchy.stack.errors.ProtocolError` (or its subclass
+:class:`~switchy.stack.errors.SerializationError` for a malformed protobuf); a failed
 AEAD tag, a bad identity signature, a bad key or an unexpected peer raises
-:class:`~stack.errors.AuthenticationFailed`.  After any failure the object
+:class:`~switchy.stack.errors.AuthenticationFailed`.  After any failure the object
 refuses further input.
 """
 
@@ -44,15 +44,15 @@ import nacl.exceptions
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from stack.codec import pb_bytes, pb_fields
-from stack.errors import (
+from switchy.stack.codec import pb_bytes, pb_fields
+from switchy.stack.errors import (
     AuthenticationFailed,
     InvalidConfiguration,
     InvalidPeerId,
     ProtocolError,
     SerializationError,
 )
-from stack.identity import Entropy, KeyPair, PeerId, PublicKey
+from switchy.stack.identity import Entropy, KeyPair, PeerId, PublicKey
 
 __all__ = [
     "DH_SIZE",

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from stack.conformance import RemotePeerHarness
+from switchy.stack.conformance import RemotePeerHarness
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

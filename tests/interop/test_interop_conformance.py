@@ -26,7 +26,7 @@ def remote_harness():
     pytester.syspathinsert()
     return pytester.runpytest_inprocess(
         "--pyargs",
-        "stack.conformance.test_remote",
+        "switchy.stack.conformance.test_remote",
         "-p",
         "remote_fixtures",
         "-p",
@@ -36,7 +36,7 @@ def remote_harness():
 
 
 def test_remote_contract_against_our_node(pytester: pytest.Pytester) -> None:
-    _run(pytester, "SwitchyRemoteHarness", "stack.conformance").assert_outcomes(passed=REMOTE_TESTS)
+    _run(pytester, "SwitchyRemoteHarness", "switchy.stack.conformance").assert_outcomes(passed=REMOTE_TESTS)
 
 
 def test_remote_contract_against_pylibp2p(pytester: pytest.Pytester, interop_python: Path) -> None:

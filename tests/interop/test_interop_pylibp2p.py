@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from protocols.echo import echo
-from protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
-from protocols.perf import perf
-from protocols.ping import PING_PROTOCOL, ping
-from stack.identity import KeyPair, PeerId
-from stack.node import Node
+from switchy.protocols.echo import echo
+from switchy.protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
+from switchy.protocols.perf import perf
+from switchy.protocols.ping import PING_PROTOCOL, ping
+from switchy.stack.identity import KeyPair, PeerId
+from switchy.stack.node import Node
 from tests.interop.harness import pylibp2p_listener, run_peer
 
 pytestmark = pytest.mark.interop
@@ -94,7 +94,7 @@ def test_we_ping_identify_echo_and_perf_pylibp2p(interop_python: Path) -> None:
 
 def test_wrong_peer_id_against_pylibp2p_is_refused(interop_python: Path) -> None:
     async def main() -> None:
-        from stack.errors import AuthenticationFailed
+        from switchy.stack.errors import AuthenticationFailed
 
         async with pylibp2p_listener() as peer, Node.default() as node:
             base = next(a for a in peer.addrs if "/tcp/" in a).split("/p2p/")[0]
@@ -138,7 +138,7 @@ def test_pylibp2p_pings_identifies_echoes_and_perfs_us_over_quic(interop_python:
 
 def test_we_ping_identify_echo_and_perf_pylibp2p_over_quic(interop_python: Path) -> None:
     async def main() -> None:
-        from transports.quic import QuicConnection
+        from switchy.transports.quic import QuicConnection
 
         seed = bytes(range(32))
         async with pylibp2p_listener(seed, quic=True) as peer, Node.default() as node:
@@ -173,7 +173,7 @@ def test_we_ping_identify_echo_and_perf_pylibp2p_over_quic(interop_python: Path)
 
 def test_wrong_peer_id_against_pylibp2p_over_quic_is_refused(interop_python: Path) -> None:
     async def main() -> None:
-        from stack.errors import AuthenticationFailed
+        from switchy.stack.errors import AuthenticationFailed
 
         async with pylibp2p_listener(quic=True) as peer, Node.default() as node:
             base = next(a for a in peer.addrs if "/quic-v1" in a).split("/p2p/")[0]

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from protocols.echo import echo
-from protocols.ping import ping
-from stack.codec import pb_fields
-from stack.identity import PeerId
-from stack.node import Node
+from switchy.protocols.echo import echo
+from switchy.protocols.ping import ping
+from switchy.stack.codec import pb_fields
+from switchy.stack.identity import PeerId
+from switchy.stack.node import Node
 from tests.interop.harness import pylibp2p_listener, run_peer
-from transports.relay import RelayConfig, RelayService, RelayTransport
-from transports.relay.pb import decode_voucher
-from transports.relay.voucher import VOUCHER_PAYLOAD_TYPE
+from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
+from switchy.transports.relay.pb import decode_voucher
+from switchy.transports.relay.voucher import VOUCHER_PAYLOAD_TYPE
 
 pytestmark = pytest.mark.interop
 

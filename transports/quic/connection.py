@@ -1,8 +1,8 @@
 """The asyncio adapter of one QUIC connection: a :class:`MuxedConnection` of native QUIC streams.
 
-The protocol is all in :class:`~transports.quic.core.Libp2pQuicConnection`
+The protocol is all in :class:`~switchy.transports.quic.core.Libp2pQuicConnection`
 (sans-IO); this module feeds it datagrams and timer ticks, sends what it
-produces through the socket's :class:`~transports.quic.endpoint.QuicEndpoint`,
+produces through the socket's :class:`~switchy.transports.quic.endpoint.QuicEndpoint`,
 and maps its events onto streams:
 
 * a stream's FIN is ``close_write`` / end of stream (after every byte);
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Final
 from aioquic.quic import events
 from aioquic.quic.packet import QuicErrorCode
 
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     AuthenticationFailed,
     ConnectionClosed,
     ConnectionFailed,
@@ -40,17 +40,17 @@ from stack.errors import (
     ResourceLimitExceeded,
     StreamReset,
 )
-from stack.identity import PeerId
-from stack.metrics import ConnectionStats
-from stack.mux import BufferedMuxedStream, MuxedConnection
-from stack.stream import MuxedStream
-from transports.quic.core import BAD_CERTIFICATE_ERROR, STREAM_RESET_CODE, Libp2pQuicConnection
-from transports.quic.io import SockAddr
+from switchy.stack.identity import PeerId
+from switchy.stack.metrics import ConnectionStats
+from switchy.stack.mux import BufferedMuxedStream, MuxedConnection
+from switchy.stack.stream import MuxedStream
+from switchy.transports.quic.core import BAD_CERTIFICATE_ERROR, STREAM_RESET_CODE, Libp2pQuicConnection
+from switchy.transports.quic.io import SockAddr
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
-    from transports.quic.endpoint import QuicEndpoint
+    from switchy.transports.quic.endpoint import QuicEndpoint
 
 __all__ = [
     "MAX_QUEUED_DATAGRAMS",
@@ -82,7 +82,7 @@ QUIC_MUXER: Final = "quic-v1"
 
 
 class QuicStream(BufferedMuxedStream["QuicConnection"]):
-    """A native QUIC bidirectional stream, with the :class:`~stack.stream.Stream` contract."""
+    """A native QUIC bidirectional stream, with the :class:`~switchy.stack.stream.Stream` contract."""
 
     __slots__ = ("_high_water", "_limited", "_stop_sent", "_write_error", "_written")
 

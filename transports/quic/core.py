@@ -32,9 +32,9 @@ from aioquic.quic.connection import END_STATES, QuicConnection
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicErrorCode, QuicProtocolVersion
 
-from stack.errors import AuthenticationFailed
-from stack.identity import PeerId
-from transports.quic.tls import ALPN, Libp2pCertificate, verify_certificate_chain
+from switchy.stack.errors import AuthenticationFailed
+from switchy.stack.identity import PeerId
+from switchy.transports.quic.tls import ALPN, Libp2pCertificate, verify_certificate_chain
 
 __all__ = [
     "BAD_CERTIFICATE_ERROR",

@@ -13,7 +13,7 @@ from typing import Final
 
 import attrs
 
-from stack.errors import SerializationError
+from switchy.stack.errors import SerializationError
 
 __all__ = [
     "MAX_DER_SIZE",

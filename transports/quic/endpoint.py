@@ -26,17 +26,17 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
-from stack.errors import ConnectionClosed, P2PError, P2PTimeout
-from transports.quic.connection import QuicConnection
-from transports.quic.core import CONNECTION_ID_LENGTH, QUIC_V1, Libp2pQuicConnection
-from transports.quic.io import BatchProtocol, DatagramNetwork, SockAddr
+from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.transports.quic.connection import QuicConnection
+from switchy.transports.quic.core import CONNECTION_ID_LENGTH, QUIC_V1, Libp2pQuicConnection
+from switchy.transports.quic.io import BatchProtocol, DatagramNetwork, SockAddr
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
-    from stack.identity import PeerId
-    from stack.transport import ConnectionHandler
-    from transports.quic.transport import QuicTransport
+    from switchy.stack.identity import PeerId
+    from switchy.stack.transport import ConnectionHandler
+    from switchy.transports.quic.transport import QuicTransport
 
 __all__ = ["MAX_PENDING_HANDSHAKES", "MIN_INITIAL_SIZE", "EndpointCounters", "QuicEndpoint"]
 

@@ -3,7 +3,7 @@
 A :class:`DatagramNetwork` maps ``…/quic-v1`` multiaddrs to socket addresses
 and binds sockets shaped like ``loop.create_datagram_endpoint`` (an
 :class:`asyncio.DatagramTransport` feeding an :class:`asyncio.DatagramProtocol`).
-:class:`UdpNetwork` is the real one; :mod:`transports.quic.sim` plugs in the
+:class:`UdpNetwork` is the real one; :mod:`switchy.transports.quic.sim` plugs in the
 simulator's datagram service, so the same QUIC code runs in virtual time.
 """
 
@@ -18,8 +18,8 @@ from typing import Any, Final
 
 from multiaddr import Multiaddr
 
-from stack.addresses import split_peer
-from stack.errors import ConnectionFailed
+from switchy.stack.addresses import split_peer
+from switchy.stack.errors import ConnectionFailed
 
 __all__ = [
     "MAX_RECV_BATCH",

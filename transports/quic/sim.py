@@ -13,11 +13,11 @@ from typing import Any
 
 from multiaddr import Multiaddr
 
-from stack.config import NetworkConfig
-from stack.errors import ConnectionFailed, InvalidConfiguration, NoRoute
-from transports.quic.io import QUIC_V1_PROTOCOL, DatagramNetwork, SockAddr, _quic_parts
-from transports.quic.transport import QuicTransport
-from transports.sim.network import SIM_PORT_SPAN, Host, Network, sim_multiaddr
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionFailed, InvalidConfiguration, NoRoute
+from switchy.transports.quic.io import QUIC_V1_PROTOCOL, DatagramNetwork, SockAddr, _quic_parts
+from switchy.transports.quic.transport import QuicTransport
+from switchy.transports.sim.network import SIM_PORT_SPAN, Host, Network, sim_multiaddr
 
 __all__ = ["SimDatagramNetwork", "sim_quic_transport"]
 

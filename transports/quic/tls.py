@@ -11,7 +11,7 @@ the certificate's DER ``SubjectPublicKeyInfo`` with the identity key.
 :func:`verify_certificate_chain` checks everything the spec requires (one
 certificate, validity period, self-signature, the extension, its signature,
 no unknown critical extension, no deprecated unique ids) and raises
-:class:`~stack.errors.AuthenticationFailed` naming what was wrong.
+:class:`~switchy.stack.errors.AuthenticationFailed` naming what was wrong.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from stack.errors import AuthenticationFailed, InvalidPeerId, SerializationError
-from stack.identity import KeyPair, PeerId, PublicKey
-from transports.quic.der import (
+from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, SerializationError
+from switchy.stack.identity import KeyPair, PeerId, PublicKey
+from switchy.transports.quic.der import (
     TAG_OCTET_STRING,
     TAG_SEQUENCE,
     der_children,

@@ -2,7 +2,7 @@
 
 QUIC brings its own security (TLS 1.3 with libp2p certificates) and
 multiplexing, so :meth:`QuicTransport.dial` and the listener hand the node a
-ready :class:`~stack.mux.MuxedConnection` and the upgrader is skipped.
+ready :class:`~switchy.stack.mux.MuxedConnection` and the upgrader is skipped.
 
 One socket per listen address serves both directions: dials go out from a
 listening socket that can reach the destination (same address family,
@@ -18,25 +18,25 @@ from typing import TYPE_CHECKING, Final
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from multiaddr import Multiaddr
 
-from stack.addresses import split_peer
-from stack.config import NetworkConfig
-from stack.errors import InvalidConfiguration, UnsupportedAddress
-from stack.transport import ConnectionHandler, Listener, Transport
-from transports.quic.connection import QuicConnection
-from transports.quic.core import (
+from switchy.stack.addresses import split_peer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import InvalidConfiguration, UnsupportedAddress
+from switchy.stack.transport import ConnectionHandler, Listener, Transport
+from switchy.transports.quic.connection import QuicConnection
+from switchy.transports.quic.core import (
     DEFAULT_CONNECTION_WINDOW,
     DEFAULT_STREAM_WINDOW,
     IDLE_TIMEOUT,
     make_configuration,
 )
-from transports.quic.endpoint import QuicEndpoint
-from transports.quic.io import DatagramNetwork, SockAddr, UdpNetwork
-from transports.quic.tls import CertificateKeyType, Libp2pCertificate, make_certificate
+from switchy.transports.quic.endpoint import QuicEndpoint
+from switchy.transports.quic.io import DatagramNetwork, SockAddr, UdpNetwork
+from switchy.transports.quic.tls import CertificateKeyType, Libp2pCertificate, make_certificate
 
 if TYPE_CHECKING:
-    from stack.identity import KeyPair, PeerId
-    from stack.mux import MuxedConnection
-    from stack.stream import Connection
+    from switchy.stack.identity import KeyPair, PeerId
+    from switchy.stack.mux import MuxedConnection
+    from switchy.stack.stream import Connection
 
 __all__ = [
     "CERTIFICATE_RENEWAL",
@@ -71,7 +71,7 @@ class QuicTransport(Transport):
     """QUIC v1 with libp2p TLS (see the module docstring).
 
     ``network`` chooses the datagram service (real UDP by default; see
-    :mod:`transports.quic.sim`).  ``key`` is only needed outside a node (a
+    :mod:`switchy.transports.quic.sim`).  ``key`` is only needed outside a node (a
     node binds its own key).  ``datagrams=False`` stops announcing RFC 9221
     datagram support.  ``max_datagram_size`` (UDP payload, default 1200) may be raised
     where the path MTU allows: per-packet work bounds throughput.

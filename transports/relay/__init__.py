@@ -4,17 +4,17 @@
   relayed connections, limits);
 * :class:`RelayTransport` — the client: dial and listen through relays
   (``…/p2p/<relay>/p2p-circuit[/p2p/<peer>]``) and the stop protocol;
-* :mod:`transports.relay.pb` — the messages (sans-IO codecs);
+* :mod:`switchy.transports.relay.pb` — the messages (sans-IO codecs);
 * :class:`RelayResources` — the relay's bookkeeping as a pure state machine.
 """
 
 from __future__ import annotations
 
-from transports.relay.config import RelayClientConfig, RelayConfig
-from transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL, Limit, Status
-from transports.relay.resources import RelayResources
-from transports.relay.service import Circuit, RelayService
-from transports.relay.transport import (
+from switchy.transports.relay.config import RelayClientConfig, RelayConfig
+from switchy.transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL, Limit, Status
+from switchy.transports.relay.resources import RelayResources
+from switchy.transports.relay.service import Circuit, RelayService
+from switchy.transports.relay.transport import (
     CIRCUIT,
     ActiveReservation,
     RelayedConnection,

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from stack.errors import InvalidConfiguration
+from switchy.stack.errors import InvalidConfiguration
 
 __all__ = ["RelayClientConfig", "RelayConfig"]
 

@@ -1,9 +1,9 @@
 """Sans-IO codecs of circuit relay v2 messages (libp2p specs, ``relay/circuit-v2.md``).
 
-The messages are protobufs, written by hand on :mod:`stack.codec`:
+The messages are protobufs, written by hand on :mod:`switchy.stack.codec`:
 fields in number order, minimal varints, ``type`` always present.  Each
 message travels on its stream prefixed by its length as an unsigned varint
-(:meth:`stack.stream.Stream.send_message` / ``recv_message`` with
+(:meth:`switchy.stack.stream.Stream.send_message` / ``recv_message`` with
 :data:`MAX_MESSAGE_SIZE`); :func:`encode_frame` / :func:`decode_frame` are the
 same framing for byte buffers.
 
@@ -23,9 +23,9 @@ from typing import Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
-from stack.errors import InvalidPeerId, MessageTooLarge, SerializationError
-from stack.identity import PeerId
+from switchy.stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
+from switchy.stack.errors import InvalidPeerId, MessageTooLarge, SerializationError
+from switchy.stack.identity import PeerId
 
 __all__ = [
     "HOP_PROTOCOL",

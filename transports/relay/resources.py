@@ -1,9 +1,9 @@
 """The relay's bookkeeping as a pure state machine: reservations, circuits, limits.
 
 Every decision of the hop service (accept a reservation, accept a circuit)
-is made here from the :class:`~transports.relay.config.RelayConfig` and the
+is made here from the :class:`~switchy.transports.relay.config.RelayConfig` and the
 current state, with the time passed in, so it is tested without sockets or
-clocks.  Peers are keyed by :class:`~stack.identity.PeerId`; the "IP" of a
+clocks.  Peers are keyed by :class:`~switchy.stack.identity.PeerId`; the "IP" of a
 peer is any hashable key the adapter derives from the connection's address.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Hashable
 
 import attrs
 
-from stack.identity import PeerId
-from transports.relay.config import RelayConfig
-from transports.relay.pb import Status
+from switchy.stack.identity import PeerId
+from switchy.transports.relay.config import RelayConfig
+from switchy.transports.relay.pb import Status
 
 __all__ = ["RelayResources", "ReservationSlot"]
 

@@ -2,7 +2,7 @@
 
 A node running :class:`RelayService` grants reservations and relays
 connections to peers that hold one.  Decisions come from
-:class:`~transports.relay.resources.RelayResources` (pure); this module reads
+:class:`~switchy.transports.relay.resources.RelayResources` (pure); this module reads
 requests, opens the stop stream to the target and forwards bytes between the
 two streams, enforcing the per-connection limits: a circuit that carries more
 than ``limit_data`` bytes in one direction, or lives longer than
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.errors import P2PError, ProtocolError
-from stack.identity import PeerId
-from stack.negotiation import select_protocol_lazy
-from stack.node import ConnectionEvent, Node, ProtocolService
-from transports.relay.config import RelayConfig
-from transports.relay.pb import (
+from switchy.stack.errors import P2PError, ProtocolError
+from switchy.stack.identity import PeerId
+from switchy.stack.negotiation import select_protocol_lazy
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
+from switchy.transports.relay.config import RelayConfig
+from switchy.transports.relay.pb import (
     HOP_PROTOCOL,
     MAX_ADDRS,
     MAX_MESSAGE_SIZE,
@@ -47,11 +47,11 @@ from transports.relay.pb import (
     encode_hop,
     encode_stop,
 )
-from transports.relay.resources import RelayResources
-from transports.relay.voucher import seal_voucher
+from switchy.transports.relay.resources import RelayResources
+from switchy.transports.relay.voucher import seal_voucher
 
 if TYPE_CHECKING:
-    from stack.stream import MuxedStream
+    from switchy.stack.stream import MuxedStream
 
 __all__ = ["Circuit", "ForwardTap", "RelayService", "ip_key"]
 
@@ -93,7 +93,7 @@ def ip_key(addr: Multiaddr) -> Hashable:
         if proto.name in ("ip4", "ip6", "dns", "dns4", "dns6"):
             return f"{proto.name}/{value}"
         if proto.name == "memory":
-            from transports.sim.network import SIM_PORT_SPAN
+            from switchy.transports.sim.network import SIM_PORT_SPAN
 
             return f"memory/{int(value) // SIM_PORT_SPAN}"
     return str(addr)
@@ -254,7 +254,7 @@ class RelayService(ProtocolService):
             self.resources.close_circuit(src, dst)
 
     async def _open_stop(self, conn: object, src: PeerId) -> MuxedStream | None:
-        from stack.mux import MuxedConnection
+        from switchy.stack.mux import MuxedConnection
 
         assert isinstance(conn, MuxedConnection)
         stream: MuxedStream | None = None

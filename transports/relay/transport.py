@@ -1,7 +1,7 @@
 """The client side of circuit relay v2: the relay transport and the stop protocol.
 
-:class:`RelayTransport` is a :class:`~stack.transport.Transport` and a
-:class:`~stack.node.ProtocolService`: put it in a node's ``services`` (it adds
+:class:`RelayTransport` is a :class:`~switchy.stack.transport.Transport` and a
+:class:`~switchy.stack.node.ProtocolService`: put it in a node's ``services`` (it adds
 itself to the node's transports) and the node can
 
 * dial ``/…/p2p/<relay>/p2p-circuit/p2p/<target>``: a hop ``CONNECT`` through
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.addresses import parse_multiaddr, split_peer
-from stack.config import NetworkConfig
-from stack.errors import (
+from switchy.stack.addresses import parse_multiaddr, split_peer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import (
     ConnectionClosed,
     ConnectionFailed,
     InvalidConfiguration,
@@ -43,13 +43,13 @@ from stack.errors import (
     StreamReset,
     UnsupportedAddress,
 )
-from stack.identity import KeyPair, PeerId
-from stack.negotiation import select_protocol_lazy
-from stack.node import ConnectionEvent, Node, ProtocolService
-from stack.stream import Connection
-from stack.transport import ConnectionHandler, Listener, Transport
-from transports.relay.config import CIRCUIT_WINDOW, RelayClientConfig
-from transports.relay.pb import (
+from switchy.stack.identity import KeyPair, PeerId
+from switchy.stack.negotiation import select_protocol_lazy
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
+from switchy.stack.stream import Connection
+from switchy.stack.transport import ConnectionHandler, Listener, Transport
+from switchy.transports.relay.config import CIRCUIT_WINDOW, RelayClientConfig
+from switchy.transports.relay.pb import (
     HOP_PROTOCOL,
     MAX_MESSAGE_SIZE,
     STOP_PROTOCOL,
@@ -66,11 +66,11 @@ from transports.relay.pb import (
     encode_stop,
     status_name,
 )
-from transports.relay.voucher import open_voucher
+from switchy.transports.relay.voucher import open_voucher
 
 if TYPE_CHECKING:
-    from stack.mux import MuxedConnection
-    from stack.stream import MuxedStream
+    from switchy.stack.mux import MuxedConnection
+    from switchy.stack.stream import MuxedStream
 
 __all__ = [
     "CIRCUIT",

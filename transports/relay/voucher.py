@@ -1,16 +1,16 @@
-"""Reservation vouchers: a :class:`~transports.relay.pb.Voucher` in a signed envelope
-(:mod:`stack.envelope`, domain ``libp2p-relay-rsvp``, payload type 0x0302)."""
+"""Reservation vouchers: a :class:`~switchy.transports.relay.pb.Voucher` in a signed envelope
+(:mod:`switchy.stack.envelope`, domain ``libp2p-relay-rsvp``, payload type 0x0302)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from stack.envelope import open_envelope, seal_envelope
-from stack.errors import AuthenticationFailed
-from transports.relay.pb import Voucher, decode_voucher, encode_voucher
+from switchy.stack.envelope import open_envelope, seal_envelope
+from switchy.stack.errors import AuthenticationFailed
+from switchy.transports.relay.pb import Voucher, decode_voucher, encode_voucher
 
 if TYPE_CHECKING:
-    from stack.identity import KeyPair, PeerId
+    from switchy.stack.identity import KeyPair, PeerId
 
 __all__ = ["VOUCHER_DOMAIN", "VOUCHER_PAYLOAD_TYPE", "open_voucher", "seal_voucher"]
 
@@ -30,7 +30,7 @@ def open_voucher(data: bytes, relay: PeerId) -> Voucher:
     """Check a voucher's signature and content; it must be signed by ``relay``.
 
     Raises :class:`AuthenticationFailed` for a bad signature, another signer
-    or a payload naming another relay; :class:`~stack.errors.SerializationError`
+    or a payload naming another relay; :class:`~switchy.stack.errors.SerializationError`
     for malformed bytes.
     """
     env = open_envelope(data, VOUCHER_DOMAIN, expected_payload_type=VOUCHER_PAYLOAD_TYPE)

@@ -16,16 +16,16 @@ Same seed and scenario → the same run, event for event.  The pieces:
 
 from __future__ import annotations
 
-from stack.errors import SimulationDeadlock
-from transports.sim.config import SimConfig
-from transports.sim.datagram import SimDatagramTransport
-from transports.sim.loop import RealNetworkForbidden, VirtualTimeLoop
-from transports.sim.names import NameRecord, NameService
-from transports.sim.network import Host, Link, Network, Partition, sim_multiaddr
-from transports.sim.simulation import Simulation, run_simulation
-from transports.sim.stream import SimConnection, SimListener
-from transports.sim.trace import HostCounters, LinkCounters, TraceEvent, TraceRecorder
-from transports.sim.transport import SimTransport, parse_sim_multiaddr
+from switchy.stack.errors import SimulationDeadlock
+from switchy.transports.sim.config import SimConfig
+from switchy.transports.sim.datagram import SimDatagramTransport
+from switchy.transports.sim.loop import RealNetworkForbidden, VirtualTimeLoop
+from switchy.transports.sim.names import NameRecord, NameService
+from switchy.transports.sim.network import Host, Link, Network, Partition, sim_multiaddr
+from switchy.transports.sim.simulation import Simulation, run_simulation
+from switchy.transports.sim.stream import SimConnection, SimListener
+from switchy.transports.sim.trace import HostCounters, LinkCounters, TraceEvent, TraceRecorder
+from switchy.transports.sim.transport import SimTransport, parse_sim_multiaddr
 
 __all__ = [
     "Host",

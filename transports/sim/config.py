@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import attrs
 
-from stack.errors import InvalidConfiguration
+from switchy.stack.errors import InvalidConfiguration
 
 __all__ = ["ENV_PREFIX", "SimConfig"]
 
@@ -86,7 +86,7 @@ class SimConfig:
         """Defaults, then ``SIMULATOR_<FIELD>`` variables, then ``overrides``.
 
         A variable that does not parse, or whose value is out of range, raises
-        :class:`~stack.errors.InvalidConfiguration` naming the variable.
+        :class:`~switchy.stack.errors.InvalidConfiguration` naming the variable.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -4,11 +4,11 @@
 the receiving side is any :class:`asyncio.DatagramProtocol`, so code written
 for ``loop.create_datagram_endpoint`` (a QUIC transport, for instance) runs
 over the simulator when it is handed
-:meth:`Network.create_datagram_endpoint <transports.sim.network.Network.create_datagram_endpoint>`
+:meth:`Network.create_datagram_endpoint <switchy.transports.sim.network.Network.create_datagram_endpoint>`
 instead.  Addresses are ``(host_name, port)`` tuples.
 
 Loss, duplication, reordering, jitter and bandwidth queueing (with tail drop
-once a link's queue is :data:`~transports.sim.network.MAX_QUEUE_DELAY`
+once a link's queue is :data:`~switchy.transports.sim.network.MAX_QUEUE_DELAY`
 seconds long) are all visible to the receiver.
 """
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from stack.errors import ConnectionClosed, InvalidConfiguration
+from switchy.stack.errors import ConnectionClosed, InvalidConfiguration
 
 if TYPE_CHECKING:
-    from transports.sim.network import Host, Network
+    from switchy.transports.sim.network import Host, Network
 
 __all__ = ["SimDatagramTransport"]
 
@@ -52,9 +52,9 @@ class SimDatagramTransport(asyncio.DatagramTransport):
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         """Send one datagram to ``addr`` (``(host_name, port)``; default: the connected peer).
 
-        Raises :class:`~stack.errors.ConnectionClosed` on a closed socket,
-        :class:`~stack.errors.NoRoute` for an unknown host and
-        :class:`~stack.errors.MessageTooLarge` above the config's
+        Raises :class:`~switchy.stack.errors.ConnectionClosed` on a closed socket,
+        :class:`~switchy.stack.errors.NoRoute` for an unknown host and
+        :class:`~switchy.stack.errors.MessageTooLarge` above the config's
         ``max_message_size``.  Network conditions never raise: lost
         datagrams are just lost.
         """

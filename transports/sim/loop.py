@@ -16,7 +16,7 @@ nothing can leak onto the real network during a simulation.
 
 When nothing is ready, no timer is scheduled, no thread is working for the
 loop and the main task has not finished, nothing can ever happen again: the
-loop raises :class:`~stack.errors.SimulationDeadlock` naming the stuck tasks
+loop raises :class:`~switchy.stack.errors.SimulationDeadlock` naming the stuck tasks
 and where each one waits.
 """
 
@@ -31,7 +31,7 @@ import types
 from collections.abc import Callable
 from typing import Any, Final, NoReturn, TypeVar, TypeVarTuple
 
-from stack.errors import P2PTimeout, SimulationDeadlock, UnsupportedAddress
+from switchy.stack.errors import P2PTimeout, SimulationDeadlock, UnsupportedAddress
 
 __all__ = [
     "RealNetworkForbidden",
@@ -138,7 +138,7 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     """An asyncio loop on a virtual clock that jumps over idle time (see the module docstring).
 
     ``time_limit`` (virtual seconds) makes the loop raise
-    :class:`~stack.errors.P2PTimeout` instead of running past that time, a
+    :class:`~switchy.stack.errors.P2PTimeout` instead of running past that time, a
     guard against simulations that never finish because timers keep firing.
     """
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 import attrs
 from multiaddr import Multiaddr
 
-from stack.errors import DiscoveryFailed, InvalidConfiguration
-from stack.identity import PeerId
-from transports.sim.network import Network
+from switchy.stack.errors import DiscoveryFailed, InvalidConfiguration
+from switchy.stack.identity import PeerId
+from switchy.transports.sim.network import Network
 
 __all__ = ["NameRecord", "NameService"]
 

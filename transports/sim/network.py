@@ -42,19 +42,19 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.errors import (
+from switchy.stack.errors import (
     ConnectionFailed,
     InvalidConfiguration,
     MessageTooLarge,
     NoRoute,
     P2PTimeout,
 )
-from transports.sim.config import SimConfig
-from transports.sim.trace import HostCounters, LinkCounters, TraceRecorder
+from switchy.transports.sim.config import SimConfig
+from switchy.transports.sim.trace import HostCounters, LinkCounters, TraceRecorder
 
 if TYPE_CHECKING:
-    from transports.sim.datagram import SimDatagramTransport
-    from transports.sim.stream import SimConnection, SimListener
+    from switchy.transports.sim.datagram import SimDatagramTransport
+    from switchy.transports.sim.stream import SimConnection, SimListener
 
 __all__ = [
     "DEFAULT_STREAM_WINDOW",
@@ -380,7 +380,7 @@ class _Route:
 class Network:
     """The graph of hosts and links and the services on it (see the module docstring).
 
-    Usually created by :class:`~transports.sim.Simulation`; needs the
+    Usually created by :class:`~switchy.transports.sim.Simulation`; needs the
     simulation's loop, PRNG and trace recorder.
     """
 
@@ -935,7 +935,7 @@ class Network:
 
         Each accepted connection is passed to ``handler`` in its own task of the host.
         """
-        from transports.sim.stream import SimListener
+        from switchy.transports.sim.stream import SimListener
 
         h = self.host(host)
         if not h.up:
@@ -1044,7 +1044,7 @@ class Network:
         Returns the dialer's endpoint and the time the answer reaches it, or why
         the answer cannot get back (the dialer will retry).
         """
-        from transports.sim.stream import SimConnection
+        from switchy.transports.sim.stream import SimConnection
 
         back = self._route(d, s)
         reason = self._blocked(d, s, back)
@@ -1096,7 +1096,7 @@ class Network:
         remote_addr: tuple[str, int] | None = None,
     ) -> tuple[SimDatagramTransport, asyncio.DatagramProtocol]:
         """Synchronous form of :meth:`create_datagram_endpoint` taking a protocol instance."""
-        from transports.sim.datagram import SimDatagramTransport
+        from switchy.transports.sim.datagram import SimDatagramTransport
 
         h = self.host(host)
         if not h.up:

@@ -1,7 +1,7 @@
 """Ready-made simulation scenarios: the whole stack (Node, Noise, yamux, ping, echo) on a
 virtual network, run by ``switchy sim`` and by the tests.
 
-Each scenario is a function of a :class:`~transports.sim.Simulation` and a node
+Each scenario is a function of a :class:`~switchy.transports.sim.Simulation` and a node
 count; it builds its network from the simulation's seeded randomness, runs, and
 returns figures (all in virtual time, so they are the same for the same seed on
 every machine).  :func:`run_scenario` wraps one in a simulation and returns a
@@ -37,11 +37,11 @@ from typing import IO, Any, Final
 import attrs
 from multiaddr import Multiaddr
 
-from stack.config import NetworkConfig
-from stack.errors import InvalidConfiguration, P2PError
-from transports.sim.config import SimConfig
-from transports.sim.simulation import Seed, Simulation
-from transports.sim.transport import SimTransport
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import InvalidConfiguration, P2PError
+from switchy.transports.sim.config import SimConfig
+from switchy.transports.sim.simulation import Seed, Simulation
+from switchy.transports.sim.transport import SimTransport
 
 __all__ = [
     "MAX_SCENARIO_NODES",
@@ -96,9 +96,9 @@ class ScenarioResult:
 
 
 def _make_node(sim: Simulation, host: str, config: NetworkConfig) -> Any:
-    from protocols.echo import EchoService
-    from protocols.ping import PingService
-    from stack.node import Node
+    from switchy.protocols.echo import EchoService
+    from switchy.protocols.ping import PingService
+    from switchy.stack.node import Node
 
     return Node(
         transports=[SimTransport(sim.network, host)],
@@ -120,7 +120,7 @@ def _random_tree(sim: Simulation, names: list[str], **link: Any) -> None:
 
 async def _ping_once(node: Any, addr: Multiaddr) -> float | None:
     """One ping round trip in seconds, or None when it fails or times out."""
-    from protocols.ping import ping
+    from switchy.protocols.ping import ping
 
     try:
         async with asyncio.timeout(_PING_TIMEOUT):
@@ -147,7 +147,7 @@ async def _close(nodes: list[Any]) -> None:
 
 async def scenario_mesh(sim: Simulation, n: int) -> tuple[Figures, Expectations]:
     """See the module docstring."""
-    from protocols.ping import ping
+    from switchy.protocols.ping import ping
 
     names = [f"n{i}" for i in range(n)]
     loss = sim.config.default_packet_loss
@@ -246,7 +246,7 @@ async def scenario_partition(sim: Simulation, n: int) -> tuple[Figures, Expectat
 
 async def scenario_lossy(sim: Simulation, n: int) -> tuple[Figures, Expectations]:
     """See the module docstring."""
-    from protocols.echo import echo
+    from switchy.protocols.echo import echo
 
     net = sim.network
     pairs = max(1, n // 2)

@@ -31,12 +31,12 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import IO, Any, TypeVar
 
-from stack.identity import Entropy
-from transports.sim.config import SimConfig
-from transports.sim.loop import VirtualTimeLoop
-from transports.sim.names import NameService
-from transports.sim.network import Network
-from transports.sim.trace import TraceRecorder
+from switchy.stack.identity import Entropy
+from switchy.transports.sim.config import SimConfig
+from switchy.transports.sim.loop import VirtualTimeLoop
+from switchy.transports.sim.names import NameService
+from switchy.transports.sim.network import Network
+from switchy.transports.sim.trace import TraceRecorder
 
 __all__ = ["Simulation", "run_simulation"]
 
@@ -49,7 +49,7 @@ class Simulation:
     """One deterministic run of a simulated network (see the module docstring).
 
     ``time_limit`` (virtual seconds) stops a run whose timers never run out
-    with :class:`~stack.errors.P2PTimeout`.  ``trace=False`` keeps no event
+    with :class:`~switchy.stack.errors.P2PTimeout`.  ``trace=False`` keeps no event
     list (counters still count); ``trace_sink`` streams events as JSON lines.
     """
 

@@ -1,8 +1,8 @@
 """Reliable, ordered byte streams over the simulated network (the TCP-like service).
 
 A :class:`SimConnection` is one endpoint of a connection and implements
-:class:`~stack.stream.Connection` exactly.  Writes are cut into segments of
-at most :data:`~transports.sim.network.MAX_SEGMENT` bytes that travel the
+:class:`~switchy.stack.stream.Connection` exactly.  Writes are cut into segments of
+at most :data:`~switchy.transports.sim.network.MAX_SEGMENT` bytes that travel the
 route to the peer:
 
 * latency and jitter delay a segment, but segments are delivered in order
@@ -13,7 +13,7 @@ route to the peer:
 * when the route is blocked (partition, link down, crashed host) segments
   wait and are retried with backoff; a connection stalled for longer than
   the config's connection timeout breaks, and both endpoints see
-  :class:`~stack.errors.StreamReset`;
+  :class:`~switchy.stack.errors.StreamReset`;
 * segments parked by a held link wait for the release without timing out;
 * ``write`` waits while more than the window (default 256 KiB) is sent but
   not yet read by the peer (window updates are instantaneous);
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
 
-from stack.buffer import ChunkBuffer
-from stack.errors import ConnectionClosed, StreamReset
-from stack.stream import Connection
-from stack.transport import Listener
-from transports.sim.network import (
+from switchy.stack.buffer import ChunkBuffer
+from switchy.stack.errors import ConnectionClosed, StreamReset
+from switchy.stack.stream import Connection
+from switchy.stack.transport import Listener
+from switchy.transports.sim.network import (
     CONTROL_PACKET_SIZE,
     HELD,
     LOSS,
@@ -45,7 +45,7 @@ from transports.sim.network import (
 )
 
 if TYPE_CHECKING:
-    from transports.sim.network import Host, Link, Network, _Route
+    from switchy.transports.sim.network import Host, Link, Network, _Route
 
 __all__ = ["SimConnection", "SimListener"]
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
 
-from stack.addresses import split_peer
-from stack.config import NetworkConfig
-from stack.errors import NoRoute, P2PTimeout, UnsupportedAddress
-from stack.transport import ConnectionHandler, Listener, Transport
-from transports.sim.network import (
+from switchy.stack.addresses import split_peer
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import NoRoute, P2PTimeout, UnsupportedAddress
+from switchy.stack.transport import ConnectionHandler, Listener, Transport
+from switchy.transports.sim.network import (
     DEFAULT_STREAM_WINDOW,
     MAX_PORT,
     SIM_PORT_SPAN,
@@ -33,9 +33,9 @@ from transports.sim.network import (
 )
 
 if TYPE_CHECKING:
-    from stack.identity import KeyPair, PeerId
-    from stack.mux import MuxedConnection
-    from stack.stream import Connection
+    from switchy.stack.identity import KeyPair, PeerId
+    from switchy.stack.mux import MuxedConnection
+    from switchy.stack.stream import Connection
 
 __all__ = ["SIM_PROTOCOL", "SimTransport", "parse_sim_multiaddr", "sim_multiaddr"]
 
@@ -62,11 +62,11 @@ def parse_sim_multiaddr(addr: Multiaddr) -> tuple[int, int] | None:
 
 
 class SimTransport(Transport):
-    """Stream connections of one simulated host, for a :class:`~stack.node.Node`.
+    """Stream connections of one simulated host, for a :class:`~switchy.stack.node.Node`.
 
-    ``dial`` raises :class:`~stack.errors.NoRoute` when there is no route (or
-    no such host), :class:`~stack.errors.ConnectionFailed` when nothing
-    listens on the port, and :class:`~stack.errors.P2PTimeout` when the
+    ``dial`` raises :class:`~switchy.stack.errors.NoRoute` when there is no route (or
+    no such host), :class:`~switchy.stack.errors.ConnectionFailed` when nothing
+    listens on the port, and :class:`~switchy.stack.errors.P2PTimeout` when the
     request does not get through within the dial timeout (the smaller of the
     node's ``dial_timeout`` and the simulator's connection timeout).
     """
