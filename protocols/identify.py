@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from multiaddr import Multiaddr
 
+from switchy.stack.addresses import split_peer
 from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields
 from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
 from switchy.stack.identity import PeerId, PublicKey
@@ -223,10 +224,29 @@ class IdentifyService(ProtocolService):
         if info.protocol_version is not None:
             rec.protocol_version = info.protocol_version
         if info.observed_addr is not None and not push:
-            store.add_observed_addr(info.observed_addr)
+            observed = self._own_observed(peer, info.observed_addr)
+            if observed is not None:
+                store.add_observed_addr(observed)
         if info.signed_peer_record is not None:
             self._check_record(peer, info.signed_peer_record)
         self._identified.setdefault(peer, asyncio.Event()).set()
+
+    def _own_observed(self, peer: PeerId, addr: Multiaddr) -> Multiaddr | None:
+        """``addr`` as one of our addresses: a trailing ``/p2p/<our id>`` (as js-libp2p
+        sends it) is stripped; one naming another peer, or a bare ``/p2p``, is ignored."""
+        assert self.node is not None
+        try:
+            base, named = split_peer(addr)
+        except InvalidPeerId as exc:
+            log.debug("ignoring %s's observed address %s: %s", peer, addr, exc)
+            return None
+        if named is not None and named != self.node.peer_id:
+            log.debug("ignoring %s's observed address %s: it names another peer", peer, addr)
+            return None
+        if not base.to_bytes():
+            log.debug("ignoring %s's observed address %s: no transport address", peer, addr)
+            return None
+        return base
 
     def _check_record(self, peer: PeerId, data: bytes) -> None:
         """Keep the remote's signed peer record when it verifies and is its own."""
@@ -262,17 +282,32 @@ class IdentifyService(ProtocolService):
             await event.wait()
 
     async def push(self) -> None:
-        """Send our current record to every connected peer that speaks identify push."""
+        """Send our current record to every connected peer that speaks identify push.
+
+        Returns once every push was delivered, refused or timed out (``Stream.finish``).
+        """
         assert self.node is not None
         node = self.node
-        for peer in node.connected_peers:
-            if IDENTIFY_PUSH_PROTOCOL not in node.peerstore.protocols(peer):
-                continue
-            with contextlib.suppress(P2PError):
-                stream = await node.open_stream(peer, IDENTIFY_PUSH_PROTOCOL)
-                info = self.local_info(None)
-                await stream.send_message(encode_identify(info), max_size=MAX_IDENTIFY_SIZE)
-                await stream.close()
+        peers = [
+            p for p in node.connected_peers if IDENTIFY_PUSH_PROTOCOL in node.peerstore.protocols(p)
+        ]
+        if peers:
+            message = encode_identify(self.local_info(None))
+            await asyncio.gather(*(self._push_to(peer, message) for peer in peers))
+
+    async def _push_to(self, peer: PeerId, message: bytes) -> None:
+        assert self.node is not None
+        with contextlib.suppress(P2PError):
+            stream = await self.node.open_stream(peer, IDENTIFY_PUSH_PROTOCOL)
+            try:
+                await stream.send_message(message, max_size=MAX_IDENTIFY_SIZE)
+            except BaseException:
+                await stream.reset()
+                raise
+            # Half-close and wait for the peer's end: the multistream answer arrives
+            # after our data, and a plain close() would answer it with STOP_SENDING on
+            # QUIC (js-libp2p then drops the push).
+            await stream.finish()
 
 
 async def identify(node: Node, target: Target) -> IdentifyInfo:

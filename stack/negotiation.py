@@ -40,6 +40,7 @@ closes it.  Timeouts raise :class:`~switchy.stack.errors.P2PTimeout`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Sequence
@@ -70,6 +71,7 @@ __all__ = [
     "MAX_PROTOCOL_ID_LENGTH",
     "MULTISTREAM_HEADER",
     "MULTISTREAM_PROTOCOL",
+    "REFUSAL_CHECK_TIMEOUT",
     "DialerNegotiation",
     "ListenerNegotiation",
     "NegotiationEvent",
@@ -78,6 +80,7 @@ __all__ = [
     "ProtocolsListed",
     "confirm_protocol",
     "encode_line",
+    "explain_failure",
     "handle_protocol",
     "list_protocols",
     "negotiation_pending",
@@ -426,8 +429,8 @@ class DialerNegotiation(_Core):
 
     @property
     def proposed(self) -> str | None:
-        """The protocol whose answer is awaited (None for ``ls`` or when finished)."""
-        if self._list_only or self.done:
+        """The protocol whose answer is awaited (None for ``ls``, when finished or all refused)."""
+        if self._list_only or self.done or self._index >= len(self._protocols):
             return None
         return self._protocols[self._index]
 
@@ -700,6 +703,11 @@ async def _listen(stream: Stream, core: ListenerNegotiation) -> str:
 _PENDING_ATTR: Final = "_multistream_pending"
 #: Reading methods a Stream subclass may override without going through ``read``.
 _READ_METHODS: Final = ("read_exactly", "read_all", "recv_message")
+#: Writing methods a Stream subclass may override without going through ``write``.
+_WRITE_METHODS: Final = ("write_last", "write_soon")
+#: Longest wait, after a write or read failed on a stream with an unconfirmed optimistic
+#: proposal, for the listener's answer and then for the answer on a probe stream.
+REFUSAL_CHECK_TIMEOUT: Final = 5.0
 
 
 class _Pending:
@@ -729,8 +737,11 @@ class _Pending:
             try:
                 await self._check_first(stream)
             except P2PError as exc:
-                self.error = exc
-                raise
+                # The answer is lost (a reset discarded it): ask again on a fresh stream.
+                error = self.error = await explain_failure(stream, self.cores[0].proposed, exc)
+                if error is exc:
+                    raise
+                raise error from exc
             finally:
                 self.busy = None
                 mine.set_result(None)
@@ -781,11 +792,15 @@ def _patch(stream: Stream, core: DialerNegotiation) -> None:
         await pending.settle(s)
         return await cls.read(s, max_bytes)
 
-    patched: dict[str, Any] = {"read": read}
+    patched: dict[str, Any] = {"read": read, "write": _explaining(pending, alive, cls.write)}
     for name in _READ_METHODS:
         method = getattr(cls, name)
         if method is not getattr(Stream, name):
             patched[name] = _settling(pending, alive, method)
+    for name in _WRITE_METHODS:
+        method = getattr(cls, name)
+        if method is not getattr(Stream, name):
+            patched[name] = _explaining(pending, alive, method)
     pending.patched = tuple(patched)
     for name, fn in patched.items():
         setattr(stream, name, fn)
@@ -801,6 +816,72 @@ def _settling(
         return await method(s, *args, **kwargs)
 
     return call
+
+
+def _explaining(
+    pending: _Pending, alive: Callable[[], Stream], method: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    """``method`` (a write), which on failure looks for the listener's refusal first.
+
+    A refused optimistic proposal often shows as a failed write: the listener answered
+    ``na`` and then reset the stream (or stopped reading: QUIC STOP_SENDING) when the
+    data that followed the proposal arrived.  Its ``na`` is then in the receive buffer,
+    unread; the refusal is what the caller must learn, not the reset.
+    """
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        s = alive()
+        try:
+            return await method(s, *args, **kwargs)
+        except P2PError as exc:
+            if pending.cores and pending.error is None and not isinstance(exc, NegotiationFailed):
+                try:
+                    async with asyncio.timeout(REFUSAL_CHECK_TIMEOUT):
+                        await pending.settle(s)
+                except NegotiationFailed as refused:
+                    raise refused from exc
+                except (P2PError, TimeoutError):
+                    pass
+            raise
+
+    return call
+
+
+async def explain_failure(stream: Stream, protocol: str | None, exc: P2PError) -> P2PError:
+    """Why a stream with an optimistic proposal of ``protocol``, unanswered, failed with ``exc``.
+
+    A listener that refuses the protocol may reset the stream right after its ``na``
+    (it cannot parse the data that followed the proposal), and a reset may discard
+    the ``na`` (yamux drops unread data, QUIC never sends data still queued).  For a
+    muxed stream, proposing again on a fresh stream, without data, tells a refusal
+    apart from any other end: that costs a round trip only on this failure path.
+    Returns :class:`NegotiationFailed` naming ``protocol`` if it is refused, else ``exc``
+    (also when ``exc`` is not an end of stream or ``stream`` is not a muxed stream).
+    """
+    if (
+        isinstance(exc, NegotiationFailed)
+        or not isinstance(exc, ConnectionClosed)
+        or protocol is None
+        or not isinstance(stream, MuxedStream)
+    ):
+        return exc
+    try:
+        probe = await stream.muxed_conn.open_stream()
+    except P2PError:
+        return exc
+    try:
+        await select_protocol(probe, [protocol], lazy=False, timeout=REFUSAL_CHECK_TIMEOUT)
+    except NegotiationFailed:
+        return NegotiationFailed(
+            f"the listener refused the optimistically proposed protocol {protocol!r} "
+            f"(the stream failed first: {exc}; a second proposal was refused)"
+        )
+    except P2PError:
+        return exc
+    finally:
+        with contextlib.suppress(P2PError, OSError):
+            await probe.reset()
+    return exc
 
 
 async def _propose(stream: Stream, protocol: str) -> None:

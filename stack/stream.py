@@ -34,6 +34,8 @@ call may be cancelled at any ``await`` and the stream stays consistent.
   ``recv_message`` puts the bytes it had already taken back (on every built-in
   stream: see :meth:`Stream._unread`), so the next read sees them again.
 * :meth:`try_write_nowait` lets a layer above commit without waiting at all.
+* ``finish()`` ends a one-shot exchange (we wrote, expect nothing more): half-close,
+  wait (at most :data:`FINISH_TIMEOUT`) for the remote's end of stream, then close.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
 from switchy.stack.codec import decode_uvarint, encode_uvarint
-from switchy.stack.errors import ConnectionClosed, MessageTooLarge
+from switchy.stack.errors import ConnectionClosed, MessageTooLarge, P2PError
 
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_READ_SIZE",
+    "FINISH_DRAIN_LIMIT",
+    "FINISH_TIMEOUT",
     "Connection",
     "MuxedStream",
     "Stream",
@@ -65,6 +69,10 @@ __all__ = [
 DEFAULT_READ_SIZE: Final = 64 * 1024
 #: Default limit of ``recv_message`` when no limit is passed (1 MiB, as NetworkConfig).
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1024 * 1024
+#: Longest :meth:`Stream.finish` waits for the remote's end of stream (seconds).
+FINISH_TIMEOUT: Final = 5.0
+#: Most bytes :meth:`Stream.finish` reads (and discards) while it waits.
+FINISH_DRAIN_LIMIT: Final = 64 * 1024
 
 
 class Stream(abc.ABC):
@@ -130,6 +138,36 @@ class Stream(abc.ABC):
         the application's first write can carry.  Default: :meth:`write`.
         """
         await self.write(data)
+
+    async def finish(self, timeout: float = FINISH_TIMEOUT) -> None:
+        """End a one-shot exchange: half-close, wait for the remote's end of stream, close.
+
+        For a stream on which we wrote everything and expect nothing back (an
+        identify push).  Closing at once stops reading while the remote may still be
+        answering (its multistream-select answer to an optimistic proposal comes
+        after our data): a QUIC stream answers such late bytes with STOP_SENDING,
+        which peers such as js-libp2p take as a failed exchange.  So this waits, at
+        most ``timeout`` seconds and :data:`FINISH_DRAIN_LIMIT` bytes (discarded),
+        for the remote to end its side, then closes.  A remote that is slower than
+        that only gets the plain :meth:`close`.  Errors reading (the remote reset the
+        stream, or refused an optimistic proposal: :class:`NegotiationFailed`) reset
+        the stream and propagate.
+        """
+        await self.close_write()
+        drained = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while drained <= FINISH_DRAIN_LIMIT:
+                    chunk = await self.read(DEFAULT_READ_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except TimeoutError:
+            pass
+        except P2PError:
+            await self.reset()
+            raise
+        await self.close()
 
     async def read_exactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes; raise :class:`ConnectionClosed` if the stream ends first."""
@@ -276,3 +314,13 @@ class MuxedStream(Stream):
     @abc.abstractmethod
     def muxed_conn(self) -> MuxedConnection:
         """The multiplexed connection this stream belongs to."""
+
+    def limit_buffering(self, size: int) -> None:
+        """From now on, hold about ``size`` bytes at most for this stream in each direction.
+
+        For streams whose data is forwarded (a relay's circuit): the receive window
+        (what the peer may send before we read) and the unsent write backlog shrink
+        to about ``size``, so the backpressure of the slower side reaches the sender
+        instead of a queue building up here.  Muxers apply what their protocol
+        allows (yamux keeps its 256 KiB minimum window); the default does nothing.
+        """

@@ -11,10 +11,21 @@ import asyncio
 from collections.abc import Sequence
 
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, P2PTimeout
+from switchy.stack.errors import (
+    AuthenticationFailed,
+    InvalidConfiguration,
+    NegotiationFailed,
+    P2PError,
+    P2PTimeout,
+)
 from switchy.stack.identity import KeyPair, PeerId
 from switchy.stack.mux import MuxedConnection, StreamMuxer
-from switchy.stack.negotiation import handle_protocol, propose_lazily, select_protocol
+from switchy.stack.negotiation import (
+    confirm_protocol,
+    handle_protocol,
+    propose_lazily,
+    select_protocol,
+)
 from switchy.stack.security import SecurityTransport
 from switchy.stack.stream import Connection
 
@@ -81,8 +92,11 @@ class Upgrader:
                         channel, self.key, remote_peer
                     )
                     if len(self._muxer_ids) == 1:
+                        # The proposal travels with the last handshake message, but the
+                        # connection is not reported before the listener confirmed it.
                         mux_id = self._muxer_ids[0]
                         secure = await propose_lazily(secure, mux_id)
+                        await _confirm_muxer(secure, mux_id)
                     else:
                         mux_id = await select_protocol(secure, self._muxer_ids)
                 else:
@@ -105,3 +119,16 @@ class Upgrader:
         muxed = self._muxers[mux_id].create(secure, is_initiator=initiator, config=self.config)
         muxed.security_protocol = sec_id
         return muxed
+
+
+async def _confirm_muxer(secure: Connection, mux_id: str) -> None:
+    """Wait for the listener's answer to the optimistic muxer proposal.
+
+    Raises :class:`NegotiationFailed` naming the muxer when it was refused.
+    """
+    try:
+        await confirm_protocol(secure)
+    except NegotiationFailed as exc:
+        raise NegotiationFailed(
+            f"the remote {secure.remote_peer} refused the stream muxer {mux_id!r}: {exc}"
+        ) from None

@@ -689,3 +689,91 @@ def test_cli_relay_listen_through_it_and_ping_a_circuit_address() -> None:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 0, err
+
+
+def test_quic_legs_relay_queues_little_and_an_echo_does_not_wait_behind_bulk() -> None:
+    """Bulk data through a relay whose second QUIC leg is 8x slower than the first.
+
+    Without a bound, the relay's receive window (4 MiB) and send backlog let the whole
+    end-to-end window of the bulk streams pile up at the relay, and a 1-byte echo on
+    another stream of the same relayed connection waited behind all of it (~2 s here).
+    With the circuit streams limited, the relay holds at most about two circuit windows
+    per direction and the backpressure of the slow leg reaches the sender.
+    """
+    from switchy.stack.mux.yamux_core import INITIAL_WINDOW
+    from switchy.transports.quic.connection import QuicConnection
+    from switchy.transports.quic.sim import sim_quic_transport
+    from switchy.transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL
+
+    slow = 1_000_000  # bytes/s of the relay -> b leg
+    streams, each = 8, 1024 * 1024
+
+    def node(sim: Simulation, host: str, *services: object) -> Node:
+        return Node.default(
+            transports=[sim_quic_transport(sim.network, host)],
+            services=list(services),
+            entropy=sim.entropy_source(host),
+            listen=["/memory/4001/quic-v1"],
+        )
+
+    async def main(sim: Simulation) -> None:
+        net = sim.network
+        net.add_hosts(["a", "r", "b"])
+        net.add_link("a", "r", latency=0.01, bandwidth=8 * slow)
+        net.add_link("r", "b", latency=0.01, bandwidth=slow)
+        async with (
+            node(sim, "r", RelayService(UNLIMITED)) as r,
+            node(sim, "b", RelayTransport()) as b,
+            node(sim, "a", RelayTransport()) as a,
+        ):
+            (addr,) = await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+
+            async def sink(stream: MuxedStream) -> None:
+                while await stream.read(1 << 20):
+                    pass
+
+            b.handle("/sink/1.0.0", sink)
+            await a.connect(Multiaddr(f"{addr}/p2p/{b.peer_id}"))
+            small = await a.open_stream(b.peer_id, ECHO_PROTOCOL)
+
+            async def echo_rtt() -> float:
+                start = sim.now
+                await small.write(b"x")
+                assert await small.read_exactly(1) == b"x"
+                return sim.now - start
+
+            idle = await echo_rtt()
+            assert idle == pytest.approx(4 * 0.01, abs=0.005)
+            to_a, to_b = r.connections(a.peer_id)[0], r.connections(b.peer_id)[0]
+            assert isinstance(to_a, QuicConnection) and isinstance(to_b, QuicConnection)
+
+            def relay_queue() -> int:
+                """Bytes of the circuit that reached the relay and did not leave it yet."""
+                hop = next(s for s in to_a._streams.values() if s.protocol == HOP_PROTOCOL)
+                stop = next(s for s in to_b._streams.values() if s.protocol == STOP_PROTOCOL)
+                arrived = to_a._quic._streams[hop.stream_id].receiver.highest_offset
+                return arrived - (to_b._quic.sent_offset(stop.stream_id) or 0)
+
+            async def bulk() -> None:
+                stream = await a.open_stream(b.peer_id, "/sink/1.0.0")
+                for _ in range(each // 65536):
+                    await stream.write(bytes(65536))
+                await stream.close()
+
+            sending = asyncio.gather(*(bulk() for _ in range(streams)))
+            queued: list[int] = []
+            rtts: list[float] = []
+            while not sending.done():
+                await asyncio.sleep(0.1)
+                queued.append(relay_queue())
+                rtts.append(await echo_rtt())
+            await sending
+            window = RelayConfig().circuit_window
+            assert max(queued) <= 2 * window, (max(queued), window)
+            # The anchor: the time the slow leg needs for the bulk streams' end-to-end
+            # windows (yamux's 256 KiB each), all that the bulk may have outstanding.
+            drain = streams * INITIAL_WINDOW / slow
+            median = sorted(rtts)[len(rtts) // 2]
+            assert idle < median <= 0.6 * drain, (median, drain, rtts)
+
+    run_simulation(main, seed=7, config=QUIET)

@@ -17,8 +17,8 @@ from switchy.protocols.router.core import (
     encode_request_head,
 )
 from switchy.protocols.router.messages import Response
-from switchy.stack.errors import ConnectionClosed, NegotiationFailed, P2PError, P2PTimeout
-from switchy.stack.negotiation import DialerNegotiation, select_protocol
+from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.stack.negotiation import DialerNegotiation, explain_failure
 
 if TYPE_CHECKING:
     from switchy.stack.node import Node, Target
@@ -110,7 +110,7 @@ async def request(
             and source is not None
             and source.negotiation is not None
         ):
-            await _probe(node, s, exc)
+            await _probe(s, exc)
         if upload is not None and upload.done() and not upload.cancelled():
             failed = upload.exception()
             if failed is not None and failed is not exc:
@@ -124,25 +124,11 @@ async def request(
                 await _finish(s, upload)
 
 
-async def _probe(node: Node, s: MuxedStream, exc: ConnectionClosed) -> None:
-    """The stream ended before the optimistic proposal was answered: was it refused?
-
-    A listener that refuses the protocol may reset the stream right after its ``na``
-    (it cannot parse the request that followed the proposal), and the reset discards
-    the ``na``.  Asking again on a fresh stream, without sending data, tells a refusal
-    apart from any other reset; this costs a round trip only on this failure path.
-    """
-    probe = await s.muxed_conn.open_stream()
-    try:
-        await select_protocol(
-            probe, [ROUTER_PROTOCOL], lazy=False, timeout=node.config.negotiation_timeout
-        )
-    except NegotiationFailed as refused:
-        raise NegotiationFailed(f"the peer does not serve {ROUTER_PROTOCOL}: {refused}") from exc
-    except P2PError:
-        pass
-    finally:
-        await probe.reset()
+async def _probe(s: MuxedStream, exc: ConnectionClosed) -> None:
+    """The stream ended before the optimistic proposal was answered: was it refused?"""
+    failure = await explain_failure(s, ROUTER_PROTOCOL, exc)
+    if failure is not exc:
+        raise failure from exc
 
 
 async def _upload(s: MuxedStream, head: bytes, body: bytes | AsyncIterable[bytes]) -> None:

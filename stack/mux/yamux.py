@@ -91,6 +91,11 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
     def _consumed(self, n: int) -> None:
         self._conn._consume(self._id, n)
 
+    def limit_buffering(self, size: int) -> None:
+        """Cap this stream's receive window (auto-tuning) at ``size``, but not below the
+        spec's initial 256 KiB; what it sends is bounded by the peer's window already."""
+        self._conn._session.limit_window(self._id, size)
+
     def _before_read_wait(self) -> None:
         if self._conn._session.has_output():  # window updates, FINs: let them go out
             self._conn._schedule_flush()

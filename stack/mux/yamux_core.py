@@ -135,6 +135,7 @@ class _Stream:
         "consumed",
         "last_update",
         "local_closed",
+        "max_window",
         "outbound",
         "recv_credit",
         "recv_window",
@@ -152,6 +153,7 @@ class _Stream:
         self.last_update = now
         self.local_closed = False
         self.remote_closed = False
+        self.max_window = 0  # 0: the session's max_window
 
 
 class YamuxSession:
@@ -275,14 +277,22 @@ class YamuxSession:
             return
         delta = st.consumed
         fast_enough = now - st.last_update < max(MIN_TUNE_INTERVAL, 2 * (self.rtt or 0.0))
-        if fast_enough and st.recv_window < self.max_window:
-            grow = min(st.recv_window, self.max_window - st.recv_window)
+        limit = st.max_window or self.max_window
+        if fast_enough and st.recv_window < limit:
+            grow = min(st.recv_window, limit - st.recv_window)
             st.recv_window += grow
             delta += grow
         st.consumed = 0
         st.last_update = now
         st.recv_credit += delta
         self._frame(TYPE_WINDOW_UPDATE, 0, stream_id, delta)
+
+    def limit_window(self, stream_id: int, size: int) -> None:
+        """Never grow ``stream_id``'s receive window past ``size`` (nor shrink it: a window
+        granted stays, and none is below :data:`INITIAL_WINDOW`)."""
+        st = self._streams.get(stream_id)
+        if st is not None:
+            st.max_window = max(size, INITIAL_WINDOW)
 
     def close_stream(self, stream_id: int) -> None:
         """Half-close our side (FIN)."""

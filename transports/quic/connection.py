@@ -68,7 +68,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Unsent bytes a stream may queue in aioquic before ``write`` waits.
+#: Unsent bytes a stream may queue in aioquic before ``write`` waits (less for a stream
+#: given :meth:`QuicStream.limit_buffering`).
 WRITE_HIGH_WATER: Final = 512 * 1024
 #: ``write`` hands aioquic at most this much at a time.
 WRITE_CHUNK: Final = 256 * 1024
@@ -87,7 +88,15 @@ QUIC_MUXER: Final = "quic-v1"
 class QuicStream(BufferedMuxedStream["QuicConnection"]):
     """A native QUIC bidirectional stream (the :class:`~switchy.stack.stream.Stream` contract)."""
 
-    __slots__ = ("_pending", "_pending_fin", "_stop_sent", "_write_error", "_written")
+    __slots__ = (
+        "_high_water",
+        "_limited",
+        "_pending",
+        "_pending_fin",
+        "_stop_sent",
+        "_write_error",
+        "_written",
+    )
 
     def __init__(self, conn: QuicConnection, stream_id: int) -> None:
         super().__init__(conn, stream_id, conn._config.max_message_size)
@@ -98,6 +107,8 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         self._pending: memoryview | None = None
         #: Send the FIN once ``_pending`` is all handed over.
         self._pending_fin = False
+        self._high_water = WRITE_HIGH_WATER
+        self._limited = False
 
     # --- called by the connection -------------------------------------------------------
 
@@ -155,8 +166,10 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         self._wake_writer()
 
     def _backlog(self) -> int:
-        sent = self._conn._quic.sent_offset(self._id)
-        return 0 if sent is None else self._written - sent
+        """Bytes written but not sent yet (after ``limit_buffering``: not acknowledged yet)."""
+        quic = self._conn._quic
+        done = quic.acked_offset(self._id) if self._limited else quic.sent_offset(self._id)
+        return 0 if done is None else self._written - done
 
     def _maybe_forget(self) -> None:
         # After close() the stream stays known until the peer ends its side, so that data
@@ -170,10 +183,20 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
     def _consumed(self, n: int) -> None:
         self._conn._credit(self._id, n)
 
+    def limit_buffering(self, size: int) -> None:
+        """Receive window, and written bytes not yet acknowledged: at most ``size`` each.
+
+        Counting what is in flight too (not only what is unsent) keeps the queue this
+        stream builds in the network, behind a slow link, within ``size`` as well.
+        """
+        self._conn._quic.limit_stream_window(self._id, size)
+        self._high_water = max(1, min(size, WRITE_HIGH_WATER))
+        self._limited = True
+
     def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
         if self._write_closed or self._pending is not None:
             return False
-        if len(data) > WRITE_CHUNK or self._backlog() >= WRITE_HIGH_WATER:
+        if len(data) > WRITE_CHUNK or self._backlog() >= self._high_water:
             return False
         if data:
             self._commit(data)
@@ -192,7 +215,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         """Move pending bytes into aioquic in chunks while the unsent backlog allows."""
         view = self._pending
         conn = self._conn
-        while view is not None and self._backlog() < WRITE_HIGH_WATER:
+        while view is not None and self._backlog() < self._high_water:
             n = min(len(view), WRITE_CHUNK)
             try:
                 conn._quic.send_stream_data(self._id, view[:n])  # type: ignore[arg-type]
@@ -395,7 +418,7 @@ class QuicConnection(MuxedConnection):
                 if st._pending is None:
                     self._blocked_writers.discard(st)
                     st._wake_writer()
-                elif st._backlog() < WRITE_HIGH_WATER:
+                elif st._backlog() < st._high_water:
                     st._pump()
         if self._flush_waiter is not None and self._all_sent_acknowledged():
             w, self._flush_waiter = self._flush_waiter, None

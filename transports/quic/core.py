@@ -16,8 +16,9 @@ socket, no clock (times are passed in).  What this module adds to aioquic:
   streams from the peer, no unidirectional streams (libp2p uses none).
 
 The hooks into aioquic (``_initialize``, ``_write_stream_limits``,
-``_write_connection_limits``, the stream-limit counters and the TLS context's
-client-certificate switch and peer certificate) are private aioquic names;
+``_write_connection_limits``, the stream-limit counters and initial stream windows,
+a stream sender's acknowledged prefix, and the TLS context's client-certificate
+switch and peer certificate) are private aioquic names;
 they are all here, and the tests exercise each of them.
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_CONNECTION_WINDOW",
     "DEFAULT_STREAM_WINDOW",
     "IDLE_TIMEOUT",
+    "INITIAL_STREAM_WINDOW",
     "MAX_DATAGRAM_FRAME_SIZE",
     "STREAM_RESET_CODE",
     "Libp2pQuicConnection",
@@ -55,6 +57,12 @@ BAD_CERTIFICATE_ERROR: Final = QuicErrorCode.CRYPTO_ERROR + 42
 CONNECTION_ID_LENGTH: Final = 8
 #: Receive window per stream: bytes the peer may send beyond what the application read.
 DEFAULT_STREAM_WINDOW: Final = 4 * 1024 * 1024
+#: The window a new stream starts with (the transport parameters' initial limits); it
+#: grows to twice what the application read, up to the stream window, so a stream
+#: limited early (see :meth:`Libp2pQuicConnection.limit_stream_window`, e.g. by a relay
+#: after reading the request) never had much more credit than this.  The window still
+#: doubles per round trip while data flows: faster than the congestion window opens.
+INITIAL_STREAM_WINDOW: Final = 256 * 1024
 #: Receive window of the whole connection.
 DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 #: Largest DATAGRAM frame we accept (announced in the transport parameters, RFC 9221).
@@ -119,7 +127,12 @@ class Libp2pQuicConnection(QuicConnection):
         uni.value = uni.sent = 0
         self._stream_window = configuration.max_stream_data
         self._connection_window = configuration.max_data
+        # Announce a smaller initial window; consume() grants the full one as data is read.
+        initial = min(self._stream_window, INITIAL_STREAM_WINDOW)
+        self._local_max_stream_data_bidi_local = initial
+        self._local_max_stream_data_bidi_remote = initial
         self._consumed: dict[int, int] = {}
+        self._windows: dict[int, int] = {}
         self._consumed_total = 0
         #: The authenticated peer, once :meth:`verify_peer` succeeded.
         self.peer_id: PeerId | None = None
@@ -165,8 +178,11 @@ class Libp2pQuicConnection(QuicConnection):
         self._consumed[stream_id] = total
         stream = self._streams.get(stream_id)
         if stream is not None and stream.max_stream_data_local:
-            target = total + self._stream_window
-            if target - stream.max_stream_data_local >= self._stream_window // 2:
+            window = self._windows.get(stream_id)
+            if window is None:  # grows with use: twice what was read, up to the full window
+                window = min(self._stream_window, max(INITIAL_STREAM_WINDOW, 2 * total))
+            target = total + window
+            if target - stream.max_stream_data_local >= window // 2:
                 stream.max_stream_data_local = target
                 granted = True
         self._consumed_total += n
@@ -176,6 +192,15 @@ class Libp2pQuicConnection(QuicConnection):
             limit.value = target
             granted = True
         return granted
+
+    def limit_stream_window(self, stream_id: int, window: int) -> None:
+        """From now on grant ``stream_id`` at most ``window`` bytes beyond what was read.
+
+        Credit already granted stays (at most :data:`INITIAL_STREAM_WINDOW` before the
+        first read).  For streams whose data is forwarded (a relay's circuits): the
+        sender then feels the next hop's backpressure instead of filling our buffer.
+        """
+        self._windows[stream_id] = max(1, min(window, self._stream_window))
 
     def settle(self, stream_id: int) -> bool:
         """The peer reset ``stream_id``: give back the connection credit of bytes never read.
@@ -190,6 +215,7 @@ class Libp2pQuicConnection(QuicConnection):
         unread = stream.receiver.highest_offset - self._consumed.get(stream_id, 0)
         granted = self.consume(stream_id, unread) if unread > 0 else False
         self._consumed.pop(stream_id, None)
+        self._windows.pop(stream_id, None)
         return granted
 
     def forget_stream(self, stream_id: int) -> None:
@@ -198,6 +224,10 @@ class Libp2pQuicConnection(QuicConnection):
         if len(consumed) > 2 * len(self._streams) + 64:
             for sid in [sid for sid in consumed if sid not in self._streams]:
                 del consumed[sid]
+        windows = self._windows
+        if len(windows) > 2 * len(self._streams) + 64:
+            for sid in [sid for sid in windows if sid not in self._streams]:
+                del windows[sid]
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         # aioquic doubles a stream's window whenever half of it has arrived; hide the
@@ -226,6 +256,12 @@ class Libp2pQuicConnection(QuicConnection):
         """How many bytes of ``stream_id`` were put on the wire at least once (None: no stream)."""
         stream = self._streams.get(stream_id)
         return None if stream is None else stream.sender.highest_offset
+
+    def acked_offset(self, stream_id: int) -> int | None:
+        """How many bytes of ``stream_id`` the peer acknowledged, counted from the start
+        without a gap (None: no stream)."""
+        stream = self._streams.get(stream_id)
+        return None if stream is None else stream.sender._buffer_start
 
     def send_finished(self, stream_id: int) -> bool:
         """Whether everything we sent on ``stream_id`` (with FIN or reset) is acknowledged."""

@@ -11,6 +11,9 @@ from switchy.stack.errors import InvalidConfiguration
 __all__ = ["RelayClientConfig", "RelayConfig"]
 
 KiB = 1024
+#: Default of ``circuit_window`` (relay and client): what a circuit's stream may buffer
+#: per direction at each hop.
+CIRCUIT_WINDOW = 256 * KiB
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -50,8 +53,13 @@ class RelayConfig:
     max_pending_per_peer: int = attrs.field(default=8, validator=_positive)
     #: Time allowed for reading a request and for the target's stop answer.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
-    #: Bytes read per forwarding step (and held per direction of a circuit).
+    #: Bytes read per forwarding step.
     buffer_size: int = attrs.field(default=64 * KiB, validator=_positive)
+    #: Bytes a circuit's streams may buffer here per direction: receive window and unsent
+    #: backlog of each (``MuxedStream.limit_buffering``).  Kept small so that the slower
+    #: leg's backpressure reaches the sender, and a small message never waits behind
+    #: seconds of bulk data queued at the relay.
+    circuit_window: int = attrs.field(default=CIRCUIT_WINDOW, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -64,6 +72,10 @@ class RelayClientConfig:
     retry_interval: float = attrs.field(default=5.0, validator=_positive)
     #: Time allowed for a relay's answer (reservation, connect) and for a stop request.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Bytes the stream carrying a relayed connection may buffer here per direction
+    #: (``MuxedStream.limit_buffering``): a deep queue under bulk data would delay every
+    #: other stream of the relayed connection.
+    circuit_window: int = attrs.field(default=CIRCUIT_WINDOW, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.renew_fraction >= 1:

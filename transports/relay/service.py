@@ -307,6 +307,8 @@ class RelayService(ProtocolService):
 
     async def _bridge(self, circuit: Circuit, src: MuxedStream, dst: MuxedStream) -> None:
         self.circuits.add(circuit)
+        for s in (src, dst):  # backpressure from the slower leg reaches the sender
+            s.limit_buffering(self.config.circuit_window)
         pumps = [
             asyncio.ensure_future(self._pump(circuit, src, dst, True)),
             asyncio.ensure_future(self._pump(circuit, dst, src, False)),

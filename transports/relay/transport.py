@@ -48,7 +48,7 @@ from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.stack.stream import Connection
 from switchy.stack.transport import ConnectionHandler, Listener, Transport
-from switchy.transports.relay.config import RelayClientConfig
+from switchy.transports.relay.config import CIRCUIT_WINDOW, RelayClientConfig
 from switchy.transports.relay.pb import (
     HOP_PROTOCOL,
     MAX_MESSAGE_SIZE,
@@ -142,8 +142,10 @@ class RelayedConnection(Connection):
         remote: PeerId,
         limit: Limit | None,
         opened_at: float | None = None,
+        window: int = CIRCUIT_WINDOW,
     ) -> None:
         self.stream = stream
+        stream.limit_buffering(window)
         #: The relay carrying this connection.
         self.relay = relay
         #: The limits the relay announced (``None``: none).
@@ -524,6 +526,7 @@ class RelayTransport(Transport, ProtocolService):
             remote=target,
             limit=reply.limit,
             opened_at=requested,
+            window=self.config.circuit_window,
         )
         self._track(raw)
         return raw
@@ -636,6 +639,7 @@ class RelayTransport(Transport, ProtocolService):
             remote=msg.peer.id,
             limit=msg.limit,
             opened_at=requested,
+            window=self.config.circuit_window,
         )
         self._track(conn)
         with contextlib.suppress(ConnectionClosed):
