@@ -7,15 +7,16 @@ import itertools
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
 from multiaddr import Multiaddr
 
+from switchy.stack.conformance.harness import Harness
 from switchy.stack.identity import KeyPair
 from switchy.stack.mux import MuxedConnection
 from switchy.stack.pipe import memory_pipe
 
 if TYPE_CHECKING:
     from switchy.stack.conformance.harness import (
-        Harness,
         MuxerHarness,
         SecurityHarness,
         TransportHarness,
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from switchy.stack.stream import Connection, Stream
     from switchy.stack.transport import Listener, Transport
 
-__all__ = ["ContractViolation", "never", "require", "transfer", "within"]
+__all__ = ["ContractViolation", "harness_fixture", "never", "require", "transfer", "within"]
 
 _T = TypeVar("_T")
 
@@ -255,3 +256,21 @@ def chunks_of(data: bytes, cuts: list[int]) -> list[bytes]:
         prev = p
     out.append(data[prev:])
     return out
+
+
+def harness_fixture(fixture: str, kind: type, name: str, what: str) -> Any:
+    """A fixture ``name`` returning the ``kind`` harness of the user's ``fixture``."""
+
+    def lookup(request: pytest.FixtureRequest) -> Harness:
+        try:
+            harness = request.getfixturevalue(fixture)
+        except pytest.FixtureLookupError:
+            pytest.skip(
+                f"no {fixture!r} fixture: give one returning a {kind.__name__} to run this suite"
+            )
+        if not isinstance(harness, kind) or not isinstance(harness, Harness):
+            raise TypeError(f"fixture {fixture!r} must return a {kind.__name__}, got {harness!r}")
+        return harness
+
+    lookup.__doc__ = f"{what} (from your ``{fixture}`` fixture)."
+    return pytest.fixture(name=name)(lookup)
