@@ -2,8 +2,9 @@
 
 Every layer speaks :class:`Stream`: a raw transport connection, a secured
 connection and a multiplexed stream are all ordered, reliable byte streams
-with the same methods.  Implementations provide :meth:`read`, :meth:`write`,
-:meth:`close_write`, :meth:`reset` and :meth:`close`; the rest (exact reads,
+with the same methods.  Implementations provide :meth:`Stream.read`,
+:meth:`Stream.write`, :meth:`Stream.close_write`, :meth:`Stream.reset` and
+:meth:`Stream.close`; the rest (exact reads,
 iteration, length-prefixed messages) is built here once.
 
 Contract (checked by the conformance suite):
