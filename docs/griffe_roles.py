@@ -23,7 +23,10 @@ import griffe
 #: griffe's logger: mkdocstrings reports its warnings, so ``--strict`` fails on them.
 log = logging.getLogger("griffe")
 
-ROLE = re.compile(r":(?:class|meth|func|mod|attr|data|exc|obj|const):`(~?)([^`<>]+)`")
+#: ``:class:`name```, ``:class:`~a.b.name``` (shown as ``name``), ``:meth:`title <a.b.name>```
+ROLE = re.compile(
+    r":(?:class|meth|func|mod|attr|data|exc|obj|const):`(~?)([^`<>]+?)(?:\s*<([^`<>]+)>)?`"
+)
 #: A paragraph ending in reST's "::" (the literal block marker) ends in ":" in Markdown.
 LITERAL = re.compile(r"(?<=\S)::$", re.M)
 LONE_LITERAL = re.compile(r"^\s*::\s*$\n?", re.M)
@@ -98,8 +101,10 @@ def rewrite(text: str, where: griffe.Object, package: griffe.Module) -> str:
     """The docstring ``text`` with its roles as links (or code) and ``::`` as ``:``."""
 
     def role(match: re.Match[str]) -> str:
-        short, name = match.group(1), match.group(2).strip()
+        short, name, target = match.group(1), match.group(2).strip(), match.group(3)
         shown = name.rsplit(".", 1)[-1] if short else name
+        if target is not None:  # "title <target>"
+            shown, name = name, target.strip()
         path = resolve(where, name.removesuffix("()"), package)
         return f"[`{shown}`][{path}]" if path else f"`{shown}`"
 
