@@ -138,11 +138,16 @@ async def _raw_ping_rtt(count: int) -> float:
 
 
 async def _connection_setup(count: int, identify: bool = True) -> float:
+    from switchy.presets import default_transports
     from switchy.protocols.ping import PING_PROTOCOL, PingService
+    from switchy.stack.config import NetworkConfig
     from switchy.stack.node import Node
 
     def make(**kw: Any) -> Node:
-        return default_node(**kw) if identify else Node(services=[PingService()], **kw)
+        if identify:
+            return default_node(**kw)
+        transports = default_transports(NetworkConfig())
+        return Node(transports=transports, services=[PingService()], **kw)
 
     async with make(listen=["/ip4/127.0.0.1/tcp/0"]) as server, make() as client:
         addr = server.full_addrs[0]
