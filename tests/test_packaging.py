@@ -117,8 +117,10 @@ def _clean_env() -> dict[str, str]:
 @pytest.mark.packaging
 @pytest.mark.timeout(2 * INSTALL_TIMEOUT)
 def test_the_wheel_in_a_clean_venv_runs_the_demo_from_another_folder(tmp_path: Path) -> None:
+    checkout = tmp_path / "checkout"  # a fresh copy: no build/ left over from earlier builds
+    _copy_checkout(checkout)
     wheels = tmp_path / "wheels"
-    _pip(Path(sys.executable), "wheel", "--no-deps", "-w", str(wheels), str(ROOT))
+    _pip(Path(sys.executable), "wheel", "--no-deps", "-w", str(wheels), str(checkout))
     (wheel,) = wheels.glob("switchy_p2p-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
@@ -126,6 +128,15 @@ def test_the_wheel_in_a_clean_venv_runs_the_demo_from_another_folder(tmp_path: P
     assert {"switchy/py.typed", "switchy/stack/node.py", "switchy/presets.py"} <= names
     assert "switchy/stack/conformance/conftest.py" in names  # the suite ships whole
     assert "License-Expression: MIT" in metadata and "Classifier: Typing :: Typed" in metadata
+    modules = {n for n in names if n.endswith(".py")}
+    src = checkout / "src"
+    in_tree = {  # through the links to the layer folders
+        str((Path(folder) / f).relative_to(src))
+        for folder, _, files in os.walk(src / "switchy", followlinks=True)
+        for f in files
+        if f.endswith(".py")
+    }
+    assert modules == in_tree, modules ^ in_tree  # every module, and no stale one
 
     python = _venv(tmp_path / "venv")
     _pip(python, "install", str(wheel))
