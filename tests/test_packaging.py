@@ -158,6 +158,16 @@ def test_the_wheel_in_a_clean_venv_runs_the_demo_from_another_folder(tmp_path: P
     where = run(str(python), "-c", "import switchy; print(switchy.__file__)")
     assert str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
 
+    # the conformance extra is all the shipped suites need: the README's example, as printed
+    _pip(python, "install", f"{wheel}[conformance]")
+    readme = (ROOT / "README.md").read_text()
+    (fixtures,) = re.findall(r"```python\n(# my_fixtures\.py\n.*?)```", readme, re.S)
+    (elsewhere / "my_fixtures.py").write_text(fixtures)
+    command = _readme_command("hence `PYTHONPATH=.`").replace("python ", f"{python} ", 1)
+    suite = run("bash", "-c", command)
+    assert suite.returncode == 0, suite.stdout[-3000:] + suite.stderr[-3000:]
+    assert re.search(r"\b39 passed", suite.stdout), suite.stdout[-2000:]
+
 
 def _copy_checkout(dest: Path) -> None:
     """The repository's files as a fresh clone would have them (links kept as links)."""
