@@ -140,6 +140,7 @@ def _first_line(block: Block) -> str:
     return block.text.split("\n", 1)[0]
 
 
+@pytest.mark.timeout(1200)  # many subprocesses: generous for a slow shared machine
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_code_block_runs_as_printed(document: Path, tmp_path: Path) -> None:
     failures = []
@@ -181,6 +182,7 @@ def test_the_readme_command_listing_matches_the_cli() -> None:
         assert options <= known, f"{line!r}: {options - known} not options of the command"
 
 
+@pytest.mark.timeout(1200)  # many subprocesses: generous for a slow shared machine
 def test_the_two_machines_server_script_serves_and_keeps_its_identity(tmp_path: Path) -> None:
     """docs/two-machines.md's serve.py, as printed, on loopback instead of every interface:
     it prints full addresses another node can ping, stops on Ctrl-C and keeps its key."""
@@ -238,6 +240,7 @@ def test_every_module_is_in_the_api_reference() -> None:
     assert shown - modules == set(), f"no such module: {sorted(shown - modules)}"
 
 
+@pytest.mark.timeout(1200)  # many subprocesses: generous for a slow shared machine
 def test_the_api_reference_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     """mkdocs + mkdocstrings from the docstrings; a docstring naming an object that does
     not exist, a broken link or an unresolved cross-reference fails the build."""
