@@ -35,6 +35,7 @@ from bench.common import (
     sink_server_process,
     stream_throughput,
 )
+from switchy.presets import default_node
 
 
 async def _raw_tcp(total: int) -> float:
@@ -69,7 +70,6 @@ async def _raw_tcp(total: int) -> float:
 
 
 async def _two_process_throughput(total: int) -> float:
-    from switchy.stack.node import Node
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -77,7 +77,7 @@ async def _two_process_throughput(total: int) -> float:
     proc.start()
     try:
         addr = await asyncio.get_running_loop().run_in_executor(None, q.get, True, 30)
-        async with Node.default() as client:
+        async with default_node() as client:
             stream = await client.open_stream(addr, SINK_PROTOCOL)
             data = bytes(CHUNK)
             start = time.perf_counter()
@@ -96,9 +96,8 @@ async def _two_process_throughput(total: int) -> float:
 
 async def _ping_rtt(count: int) -> dict[str, float]:
     from switchy.protocols.ping import PING_PROTOCOL
-    from switchy.stack.node import Node
 
-    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+    async with default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as server, default_node() as client:
         stream = await client.open_stream(server.full_addrs[0], PING_PROTOCOL)
         rtts = await ping_round_trips(stream, count)
         await stream.close()
@@ -139,11 +138,16 @@ async def _raw_ping_rtt(count: int) -> float:
 
 
 async def _connection_setup(count: int, identify: bool = True) -> float:
+    from switchy.presets import default_transports
     from switchy.protocols.ping import PING_PROTOCOL, PingService
+    from switchy.stack.config import NetworkConfig
     from switchy.stack.node import Node
 
     def make(**kw: Any) -> Node:
-        return Node.default(**kw) if identify else Node(services=[PingService()], **kw)
+        if identify:
+            return default_node(**kw)
+        transports = default_transports(NetworkConfig())
+        return Node(transports=transports, services=[PingService()], **kw)
 
     async with make(listen=["/ip4/127.0.0.1/tcp/0"]) as server, make() as client:
         addr = server.full_addrs[0]
@@ -163,9 +167,8 @@ async def _connection_setup(count: int, identify: bool = True) -> float:
 
 
 async def _stream_rate(count: int) -> float:
-    from switchy.stack.node import Node
 
-    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+    async with default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as server, default_node() as client:
 
         async def noop(stream: Any) -> None:
             await stream.close()
@@ -187,10 +190,9 @@ async def _stream_rate(count: int) -> float:
 
 
 async def _idle_connection_memory(count: int) -> float:
-    from switchy.stack.node import Node
 
-    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
-        clients = [Node.default() for _ in range(count)]
+    async with default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
+        clients = [default_node() for _ in range(count)]
         for c in clients:
             await c.start()
         gc.collect()

@@ -36,6 +36,7 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived
 from multiaddr import Multiaddr
 
 from bench.common import CHUNK, SINK_PROTOCOL, sink_handler, sink_server_process
+from switchy.presets import default_node
 from switchy.stack.identity import KeyPair
 from switchy.transports.quic.tls import make_certificate
 
@@ -163,11 +164,10 @@ async def _transport(total: int, handshakes: int, out: dict[str, list[float]]) -
 
 async def _node(total: int, handshakes: int, out: dict[str, list[float]]) -> None:
     from switchy.protocols.ping import ping
-    from switchy.stack.node import Node
 
-    async with Node.default(listen=[LISTEN]) as server, Node.default() as client:
+    async with default_node(listen=[LISTEN]) as server, default_node() as client:
         for _ in range(handshakes):
-            async with Node.default() as fresh:
+            async with default_node() as fresh:
                 t = _Timer()
                 await fresh.connect(server.full_addrs[0])
                 wall, cpu = t.stop()
@@ -217,7 +217,6 @@ def _bare_server_process(q: Any) -> None:
 
 
 async def _two_process(total: int, out: dict[str, list[float]]) -> None:
-    from switchy.stack.node import Node
 
     ctx = mp.get_context("spawn")
     loop = asyncio.get_running_loop()
@@ -243,7 +242,7 @@ async def _two_process(total: int, out: dict[str, list[float]]) -> None:
                     n = int(await reader.read())
                     wall, _ = t.stop()
             else:
-                async with Node.default() as node:
+                async with default_node() as node:
                     stream = await node.open_stream(where, SINK_PROTOCOL)
                     t = _Timer()
                     for _ in range(total // CHUNK):

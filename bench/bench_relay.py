@@ -31,17 +31,17 @@ import time
 from typing import Any
 
 from bench.common import CHUNK, SINK_PROTOCOL, ping_round_trips, sink_handler
+from switchy.presets import default_node
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 
 
 def _relay_process(q: Any, stop: Any) -> None:
     async def main() -> None:
-        from switchy.stack.node import Node
         from switchy.transports.relay import RelayConfig, RelayService
 
         config = RelayConfig(limit_data=0, limit_duration=0)
-        async with Node.default(services=[RelayService(config)], listen=[LOCAL]) as relay:
+        async with default_node(services=[RelayService(config)], listen=[LOCAL]) as relay:
             q.put(str(relay.full_addrs[0]))
             await asyncio.get_running_loop().run_in_executor(None, stop.wait)
 
@@ -50,9 +50,8 @@ def _relay_process(q: Any, stop: Any) -> None:
 
 def _server_process(relay_addr: str, q: Any, stop: Any) -> None:
     async def main() -> None:
-        from switchy.stack.node import Node
 
-        async with Node.default(listen=[LOCAL]) as server:
+        async with default_node(listen=[LOCAL]) as server:
             server.handle(SINK_PROTOCOL, sink_handler())
             direct = str(server.full_addrs[0])
             (circuit,) = await server.listen(f"{relay_addr}/p2p-circuit")
@@ -64,9 +63,8 @@ def _server_process(relay_addr: str, q: Any, stop: Any) -> None:
 
 async def _measure(addr: str, total: int, pings: int) -> dict[str, float]:
     from switchy.protocols.ping import PING_PROTOCOL
-    from switchy.stack.node import Node
 
-    async with Node.default() as client:
+    async with default_node() as client:
         start = time.perf_counter()
         conn = await client.connect(addr)
         stream = await client.open_stream(conn.remote_peer, PING_PROTOCOL)

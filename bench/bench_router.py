@@ -29,6 +29,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from bench.common import CHUNK, stream_throughput
+from switchy.presets import default_node
+from switchy.protocols.router import request
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 SMALL = {"ok": True, "n": 1}
@@ -87,7 +89,6 @@ def _aiohttp_available() -> bool:
 async def _router_server() -> AsyncIterator[str]:
     """A node serving ``GET /small``; yields its address."""
     from switchy.protocols.router import Request, Response, Router
-    from switchy.stack.node import Node
 
     router = Router()
 
@@ -95,7 +96,7 @@ async def _router_server() -> AsyncIterator[str]:
     def small(req: Request) -> Response:
         return Response.from_json(SMALL)
 
-    async with Node.default(services=[router], listen=[LOOPBACK]) as server:
+    async with default_node(services=[router], listen=[LOOPBACK]) as server:
         yield str(server.full_addrs[0])
 
 
@@ -120,13 +121,12 @@ async def _aiohttp_server() -> AsyncIterator[str]:
 
 
 async def _router_client(addr: str, count: int) -> dict[str, Any]:
-    from switchy.stack.node import Node
 
-    async with Node.default() as client:
+    async with default_node() as client:
         peer = (await client.connect(addr)).remote_peer
 
         async def one() -> None:
-            resp = await client.request(peer, "GET", "/small")
+            resp = await request(client, peer, "GET", "/small")
             assert resp.status == 200
 
         return await _rounds(one, count)
@@ -188,7 +188,6 @@ async def _small_get(kind: str, count: int, processes: int) -> dict[str, Any]:
 async def _router_bodies(total: int) -> dict[str, float]:
     """Download and upload ``total`` bytes as one streamed body."""
     from switchy.protocols.router import Request, Response, Router
-    from switchy.stack.node import Node
 
     router = Router()
     data = bytes(CHUNK)
@@ -209,12 +208,12 @@ async def _router_bodies(total: int) -> dict[str, float]:
         return {"n": n}
 
     async with (
-        Node.default(services=[router], listen=[LOOPBACK]) as server,
-        Node.default() as client,
+        default_node(services=[router], listen=[LOOPBACK]) as server,
+        default_node() as client,
     ):
         await client.connect(server.full_addrs[0])
         start = time.perf_counter()
-        resp = await client.request(server.peer_id, "GET", "/download", stream=True)
+        resp = await request(client, server.peer_id, "GET", "/download", stream=True)
         n = 0
         async with resp:
             async for chunk in resp.iter_body():
@@ -222,7 +221,7 @@ async def _router_bodies(total: int) -> dict[str, float]:
         down = time.perf_counter() - start
         assert n == total
         start = time.perf_counter()
-        resp = await client.request(server.peer_id, "POST", "/upload", body=zeros())
+        resp = await request(client, server.peer_id, "POST", "/upload", body=zeros())
         up = time.perf_counter() - start
         assert resp.json() == {"n": total}
         return {"download_Bps": total / down, "upload_Bps": total / up}

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from switchy.presets import default_node
+
 __all__ = [
     "CHUNK",
     "SINK_PROTOCOL",
@@ -49,9 +51,8 @@ def sink_server_process(q: Any, listen: str) -> None:
     """
 
     async def main() -> None:
-        from switchy.stack.node import Node
 
-        async with Node.default(listen=[listen]) as server:
+        async with default_node(listen=[listen]) as server:
             finished = asyncio.Event()
             server.handle(SINK_PROTOCOL, sink_handler(lambda _n: finished.set()))
             q.put(str(server.full_addrs[0]))
@@ -75,9 +76,8 @@ async def ping_round_trips(stream: Any, count: int, size: int = 32) -> list[floa
 
 async def stream_throughput(total: int) -> float:
     """Bytes/s written in CHUNK writes on one stream of a default node pair (one process)."""
-    from switchy.stack.node import Node
 
-    async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as server, Node.default() as client:
+    async with default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as server, default_node() as client:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
         stream = await client.open_stream(server.full_addrs[0], SINK_PROTOCOL)

@@ -24,7 +24,8 @@ from typing import Any
 
 import msgpack
 
-from switchy.protocols.router import Request, Response, Router
+from switchy.presets import default_node
+from switchy.protocols.router import Request, Response, Router, request
 from switchy.protocols.router.static import file_response
 from switchy.stack.errors import SerializationError
 from switchy.stack.node import Node
@@ -90,13 +91,13 @@ class MusicService:
 
 async def run_client(node: Node, addr: str, save: str | None = None) -> dict[str, Any]:
     """List, download the first track (streamed), play it; return what happened."""
-    listing = await node.request(addr, "GET", "/tracks")
+    listing = await request(node, addr, "GET", "/tracks")
     tracks = listing.json()
     print(f"{len(tracks)} tracks: {', '.join(t['title'] for t in tracks)}")
     first = tracks[0]
     digest = hashlib.sha256()
     received = 0
-    response = await node.request(addr, "GET", f"/tracks/{first['id']}", stream=True)
+    response = await request(node, addr, "GET", f"/tracks/{first['id']}", stream=True)
     async with response:
         out = open(save, "wb") if save else None  # noqa: SIM115, ASYNC230 - example
         try:
@@ -109,9 +110,9 @@ async def run_client(node: Node, addr: str, save: str | None = None) -> dict[str
             if out:
                 out.close()
     print(f"downloaded {first['title']}: {received} bytes, sha256 {digest.hexdigest()[:16]}")
-    played = await node.request(addr, "POST", "/play", body=msgpack.packb({"id": first["id"]}))
+    played = await request(node, addr, "POST", "/play", body=msgpack.packb({"id": first["id"]}))
     print(f"play -> {played.status_line}: {played.msgpack()}")
-    missing = await node.request(addr, "GET", "/tracks/999")
+    missing = await request(node, addr, "GET", "/tracks/999")
     print(f"GET /tracks/999 -> {missing.status_line}")
     return {
         "tracks": len(tracks),
@@ -131,7 +132,7 @@ def make_demo_tracks(folder: Path) -> None:
 async def serve(folder: str, addr: str) -> None:
     """Serve ``folder`` until interrupted."""
     router = Router().with_service(MusicService(folder))
-    async with Node.default(services=[router], listen=[addr]) as node:
+    async with default_node(services=[router], listen=[addr]) as node:
         for a in node.full_addrs:
             print(a, flush=True)
         await asyncio.Event().wait()
@@ -143,8 +144,8 @@ async def demo() -> dict[str, Any]:
         make_demo_tracks(Path(tmp))
         router = Router().with_service(MusicService(tmp))
         async with (
-            Node.default(services=[router], listen=["/ip4/127.0.0.1/tcp/0"]) as server,
-            Node.default() as client,
+            default_node(services=[router], listen=["/ip4/127.0.0.1/tcp/0"]) as server,
+            default_node() as client,
         ):
             addr = str(server.full_addrs[0])
             print(f"server at {addr}")
@@ -157,7 +158,7 @@ async def demo() -> dict[str, Any]:
 
 async def client_main(addr: str, save: str | None) -> None:
     """Run the client against ``addr``."""
-    async with Node.default() as node:
+    async with default_node() as node:
         await run_client(node, addr, save)
 
 

@@ -156,7 +156,8 @@ class ProtocolAgreed:
     """Both sides agreed on ``protocol``.
 
     ``leftover`` holds bytes fed after the last negotiation message (application
-    data); it is empty when the caller read no more than :meth:`max_read` allowed.
+    data); it is empty when the caller read no more than the core's ``max_read()``
+    allowed (:meth:`DialerNegotiation.max_read`, :meth:`ListenerNegotiation.max_read`).
     """
 
     protocol: str

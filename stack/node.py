@@ -8,12 +8,18 @@ A custom stack is one expression::
          muxers=[Yamux()],
          services=[PingService(), IdentifyService()])
 
-and :meth:`Node.default` is the standard preset (QUIC and TCP, Noise, yamux,
-ping, identify, echo, perf).  Transports that bring their own security and
-streams (QUIC) hand over ready multiplexed connections and skip the upgrader.
-When a peer has addresses of several transports, they are dialed in the order
-of ``transports``: QUIC first by default; list ``TcpTransport`` first to
-prefer TCP.
+The core knows no concrete transport or protocol: a node has exactly the
+transports and services it is given (security defaults to Noise and muxing to
+yamux, both core parts).  The standard preset (QUIC and TCP, ping, identify,
+echo, perf, the relay client) is :func:`switchy.presets.default_node`, above the
+core.  Transports that bring their own security and streams (QUIC) hand over
+ready multiplexed connections and skip the upgrader.  When a peer has addresses
+of several transports, they are dialed in the order of ``transports``.
+
+Protocols are reached through their own API, which takes the node: for example
+``switchy.protocols.router.request(node, addr, "GET", "/")`` or
+``switchy.protocols.discovery.connect_by_name(node, "living-room")``; a
+protocol finds the services it was given in :attr:`Node.services`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import attrs
 from multiaddr import Multiaddr
@@ -50,9 +56,6 @@ from switchy.stack.security import SecurityTransport
 from switchy.stack.stream import Connection, MuxedStream
 from switchy.stack.transport import Listener, Transport
 from switchy.stack.upgrader import Upgrader
-
-if TYPE_CHECKING:
-    from switchy.protocols.router.messages import Response
 
 __all__ = ["ConnectionEvent", "Node", "ProtocolService"]
 
@@ -93,14 +96,25 @@ class Node:
     """A peer: listens, dials, multiplexes streams and serves protocols.
 
     Use as an async context manager (``async with Node(...) as node``) or call
-    :meth:`start` and :meth:`close`.
+    :meth:`start` and :meth:`close`.  The node has exactly the ``transports`` and
+    ``services`` it is given (none by default; a service such as the relay client
+    may join the transports); ``security`` defaults to Noise and ``muxers`` to
+    yamux.  :func:`switchy.default_node` is the everyday preset.
+
+    Streams are :class:`~switchy.stack.stream.MuxedStream` objects (``read``,
+    ``write``, ``close_write``, ``close``, ``reset``; ``protocol``, ``remote_peer``).
+    Every error is a :class:`~switchy.stack.errors.P2PError`; the ones a node's
+    methods raise are named on each method.
+
+    Raises :class:`~switchy.stack.errors.InvalidConfiguration` when it ends up with
+    no transport.
     """
 
     def __init__(
         self,
         *,
         key: KeyPair | None = None,
-        transports: Sequence[Transport] | None = None,
+        transports: Sequence[Transport] = (),
         security: Sequence[SecurityTransport] | None = None,
         muxers: Sequence[StreamMuxer] | None = None,
         services: Iterable[ProtocolService] = (),
@@ -115,11 +129,6 @@ class Node:
         self.key = key or KeyPair.generate(entropy)
         self.peer_id = self.key.peer_id
         self.agent_version = agent_version
-        if transports is None:
-            from switchy.transports.quic import QuicTransport
-            from switchy.transports.tcp import TcpTransport
-
-            transports = [QuicTransport(self.config), TcpTransport(self.config)]
         if security is None:
             from switchy.stack.security.noise import NoiseSecurity
 
@@ -128,8 +137,6 @@ class Node:
             from switchy.stack.mux.yamux import Yamux
 
             muxers = [Yamux()]
-        if not transports:
-            raise InvalidConfiguration("a node needs at least one transport")
         self.transports = list(transports)
         self.upgrader = Upgrader(self.key, security, muxers, self.config)
         self.registry: ProtocolRegistry[StreamHandler] = ProtocolRegistry()
@@ -152,28 +159,11 @@ class Node:
             self.handle(proto, handler)
         for service in self.services:
             service.attach(self)
-
-    # --- presets ------------------------------------------------------------------------
-
-    @classmethod
-    def default(cls, **kwargs: Any) -> Node:
-        """QUIC + TCP (Noise, yamux) with ping, identify (and push), echo, perf and the relay
-        client.
-
-        The relay client (:class:`~switchy.transports.relay.RelayTransport`) dials and
-        listens on ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it.
-        """
-        from switchy.protocols.echo import EchoService
-        from switchy.protocols.identify import IdentifyService
-        from switchy.protocols.perf import PerfService
-        from switchy.protocols.ping import PingService
-        from switchy.transports.relay import RelayTransport
-
-        services = [PingService(), IdentifyService(), EchoService(), PerfService()]
-        services.extend(kwargs.pop("services", ()))
-        if not any(isinstance(s, RelayTransport) for s in services):
-            services.append(RelayTransport())
-        return cls(services=services, **kwargs)
+        if not self.transports:  # a service may have joined them (the relay client does)
+            raise InvalidConfiguration(
+                "a node needs at least one transport: pass transports=[...] "
+                "(switchy.default_node() gives QUIC and TCP)"
+            )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -185,7 +175,10 @@ class Node:
         await self.close()
 
     async def start(self) -> None:
-        """Start listening on the addresses given at construction."""
+        """Start listening on the addresses given at construction, then start the services.
+
+        Raises what :meth:`listen` raises.
+        """
         if self._started:
             return
         self._started = True
@@ -244,7 +237,11 @@ class Node:
     async def listen(self, *addrs: str | Multiaddr) -> list[Multiaddr]:
         """Listen on each address with the first transport that accepts it.
 
-        Returns the concrete addresses (port 0 resolved), without ``/p2p``.
+        Returns the concrete addresses (port 0 resolved), without ``/p2p``; append
+        ``/p2p/<peer id>`` (see :attr:`full_addrs`) for what others dial.  Raises
+        :class:`~switchy.stack.errors.UnsupportedAddress` when no transport takes an
+        address, :class:`~switchy.stack.errors.InvalidConfiguration` for a malformed
+        one, and :class:`OSError` when the system refuses it (e.g. the port is in use).
         """
         result: list[Multiaddr] = []
         for raw in addrs:
@@ -274,7 +271,11 @@ class Node:
     # --- handlers -----------------------------------------------------------------------
 
     def handle(self, protocol_id: str, handler: StreamHandler) -> None:
-        """Serve ``protocol_id`` on inbound streams with ``handler(stream)``."""
+        """Serve ``protocol_id`` on inbound streams with ``handler(stream)``.
+
+        The handler gets a :class:`~switchy.stack.stream.MuxedStream` (its ``protocol``
+        set); when it returns the stream is closed, when it raises the stream is reset.
+        """
         self.registry.register(protocol_id, handler)
         self._protocols_changed()
 
@@ -358,7 +359,18 @@ class Node:
         """Connect to a peer id (addresses from the peer store) or a multiaddr.
 
         An open connection to the peer is reused; concurrent calls for one
-        peer share a single dial.
+        peer share a single dial.  Returns a
+        :class:`~switchy.stack.mux.MuxedConnection` (``open_stream()`` on it gives a
+        raw :class:`~switchy.stack.stream.MuxedStream`, before any protocol).
+
+        Raises :class:`~switchy.stack.errors.PeerNotFound` for a peer id without known
+        addresses, :class:`~switchy.stack.errors.UnsupportedAddress` when no transport
+        dials the address, :class:`~switchy.stack.errors.ConnectionFailed` when every
+        dial failed (its message lists each address and why),
+        :class:`~switchy.stack.errors.AuthenticationFailed` when the remote is not the
+        peer of ``/p2p/<id>``, :class:`~switchy.stack.errors.P2PTimeout` when a dial
+        takes longer than ``config.dial_timeout`` and
+        :class:`~switchy.stack.errors.ConnectionClosed` once the node is closed.
         """
         if self._closing:
             raise ConnectionClosed("the node is closed")
@@ -566,7 +578,15 @@ class Node:
     # --- streams ------------------------------------------------------------------------
 
     async def open_stream(self, target: Target, *protocol_ids: str) -> MuxedStream:
-        """Open a stream to ``target`` and negotiate the first of ``protocol_ids`` it supports."""
+        """Open a stream to ``target`` and negotiate the first of ``protocol_ids`` it supports.
+
+        Returns a :class:`~switchy.stack.stream.MuxedStream`.  Raises what
+        :meth:`connect` raises, :class:`~switchy.stack.errors.NegotiationFailed` when
+        the peer serves none of ``protocol_ids`` (with a single id the proposal is
+        optimistic: it travels with the first write, and the first read of the stream
+        raises the error), and
+        :class:`~switchy.stack.errors.InvalidConfiguration` without a protocol id.
+        """
         if not protocol_ids:
             raise InvalidConfiguration("open_stream needs at least one protocol id")
         conn = await self.connect(target)
@@ -583,43 +603,6 @@ class Node:
             raise
         stream.protocol = protocol
         return stream
-
-    # --- discovery (protocols/discovery; backends are discovery services) ---------------
-
-    async def discover(
-        self, name: str, *, timeout: float | None = None
-    ) -> tuple[PeerId, list[Multiaddr]]:
-        """Resolve ``name`` to a peer id and its addresses with the discovery services.
-
-        Backends are tried in the order of ``services``, each within ``timeout``
-        (default ``config.discovery_timeout``); raises
-        :class:`~switchy.stack.errors.DiscoveryFailed` naming what each one said.
-        """
-        from switchy.protocols.discovery.backends import discover
-
-        found = await discover(self, name, timeout=timeout)
-        return found.peer_id, list(found.addrs)
-
-    async def connect_by_name(self, name: str, *, timeout: float | None = None) -> MuxedConnection:
-        """Resolve ``name`` (see :meth:`discover`) and connect to that peer."""
-        from switchy.protocols.discovery.backends import connect_by_name
-
-        return await connect_by_name(self, name, timeout=timeout)
-
-    async def register_name(self, name: str) -> list[str]:
-        """Register ``name`` for this node with every discovery service that can.
-
-        Returns the services that did; registrations are renewed until the node closes.
-        """
-        from switchy.protocols.discovery.backends import register_name
-
-        return await register_name(self, name)
-
-    async def request(self, target: Target, method: str, path: str, **kwargs: Any) -> Response:
-        """Send a request to a peer's router; see :func:`switchy.protocols.router.request`."""
-        from switchy.protocols.router.client import request
-
-        return await request(self, target, method, path, **kwargs)
 
     # --- internals ----------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Every layer speaks :class:`Stream`: a raw transport connection, a secured
 connection and a multiplexed stream are all ordered, reliable byte streams
-with the same methods.  Implementations provide :meth:`read`, :meth:`write`,
-:meth:`close_write`, :meth:`reset` and :meth:`close`; the rest (exact reads,
+with the same methods.  Implementations provide :meth:`Stream.read`,
+:meth:`Stream.write`, :meth:`Stream.close_write`, :meth:`Stream.reset` and
+:meth:`Stream.close`; the rest (exact reads,
 iteration, length-prefixed messages) is built here once.
 
 Contract (checked by the conformance suite):
@@ -84,11 +85,18 @@ class Stream(abc.ABC):
 
     @abc.abstractmethod
     async def read(self, max_bytes: int = -1) -> bytes:
-        """Read at most ``max_bytes`` (any amount if negative); ``b""`` at end of stream."""
+        """Read at most ``max_bytes`` (any amount if negative); ``b""`` at end of stream.
+
+        Raises :class:`~switchy.stack.errors.StreamReset` once the stream was reset.
+        """
 
     @abc.abstractmethod
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Write all of ``data``, waiting while the peer applies backpressure."""
+        """Write all of ``data``, waiting while the peer applies backpressure.
+
+        Raises :class:`~switchy.stack.errors.ConnectionClosed` after ``close_write``,
+        ``close`` or ``reset`` (:class:`~switchy.stack.errors.StreamReset` when reset).
+        """
 
     @abc.abstractmethod
     async def close_write(self) -> None:
@@ -295,7 +303,26 @@ class Connection(Stream):
 
 
 class MuxedStream(Stream):
-    """A stream of a multiplexed connection, as handed to protocol handlers."""
+    """A stream of a multiplexed connection, as handed to protocol handlers.
+
+    What :meth:`Node.open_stream <switchy.stack.node.Node.open_stream>` returns and
+    what a handler registered with :meth:`Node.handle <switchy.stack.node.Node.handle>`
+    receives: one of many independent, ordered, reliable byte streams to one peer (a
+    yamux stream over Noise, a native QUIC stream, a stream through a relay).
+
+    Reading: :meth:`read`, :meth:`read_exactly`, :meth:`read_all`, :meth:`recv_message`,
+    ``async for chunk in stream``.  Writing: :meth:`write`, :meth:`send_message`,
+    :meth:`write_last`.  Ending: :meth:`close_write` (half-close), :meth:`close`,
+    :meth:`reset` (abort).  About it: :attr:`protocol`, :attr:`remote_peer`,
+    :attr:`muxed_conn`, :attr:`stats`.
+
+    Errors (all :class:`~switchy.stack.errors.P2PError`):
+    :class:`~switchy.stack.errors.StreamReset` when either side reset it,
+    :class:`~switchy.stack.errors.ConnectionClosed` on writing after a close or when the
+    connection went away, :class:`~switchy.stack.errors.MessageTooLarge` past a read
+    limit, and, on the first read of a stream opened optimistically with one protocol
+    id, :class:`~switchy.stack.errors.NegotiationFailed` when the peer does not serve it.
+    """
 
     #: The protocol id negotiated on this stream (``None`` until negotiated).
     protocol: str | None = None

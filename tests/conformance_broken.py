@@ -13,10 +13,7 @@ from typing import Any
 import attrs
 from multiaddr import Multiaddr
 
-from switchy.protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend, RegistryBackend
-from switchy.protocols.router import Request, Response, Route, Router, Service
-from switchy.stack.config import NetworkConfig
-from switchy.stack.conformance import (
+from switchy.conformance import (
     MuxerHarness,
     RegistryDiscoveryHarness,
     RouterHarness,
@@ -24,6 +21,9 @@ from switchy.stack.conformance import (
     SimNameDiscoveryHarness,
     SimTransportHarness,
 )
+from switchy.protocols.discovery.backends import DiscoveredPeer, DiscoveryBackend, RegistryBackend
+from switchy.protocols.router import Request, Response, Route, Router, Service
+from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import AuthenticationFailed, ConnectionClosed
 from switchy.stack.identity import KeyPair, PeerId, PublicKey
 from switchy.stack.metrics import ConnectionStats

@@ -11,10 +11,11 @@ import asyncio
 import json
 import sys
 
+from switchy.presets import default_node
+from switchy.protocols.discovery import connect_by_name, register_name
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.ping import ping
 from switchy.stack.config import NetworkConfig
-from switchy.stack.node import Node
 
 
 async def main(mode: str, addr: str, name: str) -> None:
@@ -22,14 +23,14 @@ async def main(mode: str, addr: str, name: str) -> None:
     found: list[str] = []
     mdns.on_peer_found(lambda peer: found.append(str(peer.peer_id)))
     config = NetworkConfig(discovery_timeout=15)
-    async with Node.default(services=[mdns], config=config) as node:
+    async with default_node(services=[mdns], config=config) as node:
         await node.listen(f"/ip4/{addr}/tcp/0")
         if mode == "serve":
-            await node.register_name(name)
+            await register_name(node, name)
             print(json.dumps({"peer_id": str(node.peer_id)}), flush=True)
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
             return
-        conn = await node.connect_by_name(name)
+        conn = await connect_by_name(node, name)
         rtts = await ping(node, conn.remote_peer, count=3)
         peer: MdnsPeer = mdns.peers[conn.remote_peer]
         print(

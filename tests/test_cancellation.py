@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
+from switchy.presets import default_node
 from switchy.stack.conformance._util import check_whole_writes
-from switchy.stack.node import Node
+from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import MuxedStream
 from switchy.transports.quic import QuicTransport
 from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
@@ -59,8 +61,8 @@ async def _stream_with_a_cancelled_sender(a: Node, target: str, seed: int) -> No
 
 
 def test_cancelled_senders_on_a_circuit_over_quic_legs_keep_the_connection_whole() -> None:
-    def quic_node(*services: object, **kw: object) -> Node:
-        return Node.default(transports=[QuicTransport()], services=list(services), **kw)
+    def quic_node(*services: ProtocolService, **kw: Any) -> Node:
+        return default_node(transports=[QuicTransport()], services=list(services), **kw)
 
     async def main() -> None:
         unlimited = RelayConfig(limit_data=0, limit_duration=0)
@@ -88,8 +90,8 @@ def test_cancelled_senders_on_a_circuit_over_quic_legs_keep_the_connection_whole
 def test_cancelled_senders_on_direct_quic_streams() -> None:
     async def main() -> None:
         async with (
-            Node.default(transports=[QuicTransport()], handlers={ECHO: _echo}) as b,
-            Node.default(transports=[QuicTransport()]) as a,
+            default_node(transports=[QuicTransport()], handlers={ECHO: _echo}) as b,
+            default_node(transports=[QuicTransport()]) as a,
         ):
             await b.listen(UDP)
             target = str(b.full_addrs[0])
@@ -105,8 +107,8 @@ def test_cancelled_senders_on_direct_quic_streams() -> None:
 def test_cancelled_senders_on_tcp() -> None:
     async def main() -> None:
         async with (
-            Node.default(handlers={ECHO: _echo}, listen=["/ip4/127.0.0.1/tcp/0"]) as b,
-            Node.default() as a,
+            default_node(handlers={ECHO: _echo}, listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+            default_node() as a,
         ):
             target = str(b.full_addrs[0])
             conn = await a.connect(target)

@@ -1,6 +1,7 @@
 """The conformance suite proves itself: green on every built-in part, red (with the
 right contract named) on each deliberately broken one.  The suite runs the way a
-third party runs it: ``pytest --pyargs switchy.stack.conformance -p <fixture module>``."""
+third party runs it: ``pytest --pyargs switchy.stack.conformance switchy.conformance -p
+<fixture module>`` (the core's suites, then the protocols')."""
 
 from __future__ import annotations
 
@@ -26,10 +27,19 @@ SUITE_SIZES = {
 }
 
 
+CORE_SUITES = {"test_transport", "test_security", "test_muxer", "test_node"}
+
+
+def _suite(name: str) -> str:
+    """The module of a suite: the core's in switchy.stack.conformance, the rest above."""
+    package = "switchy.stack.conformance" if name in CORE_SUITES else "switchy.conformance"
+    return f"{package}.{name}"
+
+
 def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunResult:
     pytester.makepyfile(my_fixtures=textwrap.dedent(fixtures))
     pytester.syspathinsert()
-    targets = [f"switchy.stack.conformance.{s}" for s in suites] or ["switchy.stack.conformance"]
+    targets = [_suite(s) for s in suites] or ["switchy.stack.conformance", "switchy.conformance"]
     return pytester.runpytest_inprocess(
         "--pyargs", *targets, "-p", "my_fixtures", "-p", "no:cacheprovider", "-q"
     )
@@ -37,7 +47,7 @@ def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunRe
 
 BUILTIN_SIM = """
     import pytest
-    from switchy.stack.conformance import (
+    from switchy.conformance import (
         NoiseHarness, RegistryDiscoveryHarness, SimNodeHarness, SimTransportHarness,
         StaticFilesHarness, YamuxHarness,
     )
@@ -58,7 +68,7 @@ BUILTIN_SIM = """
 
 BUILTIN_TCP = """
     import pytest
-    from switchy.stack.conformance import TcpNodeHarness, TcpTransportHarness
+    from switchy.conformance import TcpNodeHarness, TcpTransportHarness
 
     @pytest.fixture
     def transport_harness(): return TcpTransportHarness()
@@ -78,7 +88,7 @@ def test_the_simulated_name_service_passes_what_it_promises(pytester: pytest.Pyt
         pytester,
         """
         import pytest
-        from switchy.stack.conformance import SimNameDiscoveryHarness
+        from switchy.conformance import SimNameDiscoveryHarness
 
         @pytest.fixture
         def discovery_harness(): return SimNameDiscoveryHarness()
@@ -96,7 +106,7 @@ def test_quic_passes_the_transport_suite_on_udp_and_on_the_simulator(
         pytester,
         """
         import pytest
-        from switchy.stack.conformance import QuicTransportHarness, SimQuicNodeHarness
+        from switchy.conformance import QuicTransportHarness, SimQuicNodeHarness
 
         @pytest.fixture
         def transport_harness(): return QuicTransportHarness()
@@ -111,7 +121,7 @@ def test_quic_passes_the_transport_suite_on_udp_and_on_the_simulator(
         pytester,
         """
         import pytest
-        from switchy.stack.conformance import SimQuicTransportHarness
+        from switchy.conformance import SimQuicTransportHarness
 
         @pytest.fixture
         def transport_harness(): return SimQuicTransportHarness()
@@ -126,7 +136,7 @@ def test_nodes_behind_a_relay_pass_the_node_suite(pytester: pytest.Pytester) -> 
         pytester,
         """
         import pytest
-        from switchy.stack.conformance import RelayNodeHarness
+        from switchy.conformance import RelayNodeHarness
 
         @pytest.fixture
         def node_harness(): return RelayNodeHarness()

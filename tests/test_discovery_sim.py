@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+from switchy.protocols.discovery import connect_by_name, discover, register_name
 from switchy.protocols.discovery.backends import DiscoveryBackend, RegistryBackend, SimNameBackend
 from switchy.protocols.discovery.claims import seal_name_claim
 from switchy.protocols.discovery.client import lookup, refresh, register, registry_request
@@ -69,19 +70,20 @@ def test_register_lookup_and_connect_by_name() -> None:
                 make_node(sim, "a", RegistryBackend([reg])) as a,
                 make_node(sim, "b", RegistryBackend([reg])) as b,
             ):
-                assert await a.register_name("living-room") == [f"registry {reg}"]
-                peer, addrs = await b.discover("living-room")
+                assert await register_name(a, "living-room") == [f"registry {reg}"]
+                found = await discover(b, "living-room")
+                peer, addrs = found.peer_id, list(found.addrs)
                 assert peer == a.peer_id and addrs == a.listen_addrs
-                conn = await b.connect_by_name("living-room")
+                conn = await connect_by_name(b, "living-room")
                 assert conn.remote_peer == a.peer_id
                 assert len(await ping(b, a.peer_id, count=3)) == 3
                 # Registrations are renewed for as long as the node lives (TTL 600 s).
                 await asyncio.sleep(3 * 3600)
-                assert (await b.discover("living-room"))[0] == a.peer_id
+                assert (await discover(b, "living-room")).peer_id == a.peer_id
             # Closing the node unregistered its name.
             async with make_node(sim, "b", RegistryBackend([reg])) as b2:
                 with pytest.raises(DiscoveryFailed, match="not registered"):
-                    await b2.discover("living-room")
+                    await discover(b2, "living-room")
 
     run_simulation(main, seed=1, config=QUIET)
 
@@ -93,18 +95,18 @@ def test_unregistered_name_and_no_backend() -> None:
             backend = RegistryBackend([registry_addr(hub)])
             async with make_node(sim, "a", SimNameBackend(sim.names), backend) as a:
                 with pytest.raises(DiscoveryFailed) as info:
-                    await a.discover("nobody")
+                    await discover(a, "nobody")
                 assert len(info.value.tried) == 2
                 assert info.value.tried[0].startswith("simulated name service: name 'nobody'")
                 assert info.value.tried[1].startswith(f"registry {registry_addr(hub)}: ")
                 assert "'nobody' is not registered" in info.value.tried[1]
                 with pytest.raises(DiscoveryFailed, match="1 to 64 UTF-8 bytes"):
-                    await a.discover("x" * 65)
+                    await discover(a, "x" * 65)
             async with make_node(sim, "a") as bare:
                 with pytest.raises(DiscoveryFailed, match="no discovery backend"):
-                    await bare.discover("x")
+                    await discover(bare, "x")
                 with pytest.raises(InvalidConfiguration, match="no configured discovery backend"):
-                    await bare.register_name("x")
+                    await register_name(bare, "x")
 
     run_simulation(main, seed=2, config=QUIET)
 
@@ -122,7 +124,7 @@ def test_expiry_in_virtual_time_and_name_stealing() -> None:
                 assert await register(a, reg, "tv", 60, claim) == 60
                 # B cannot steal the live name, neither through the node API nor directly.
                 with pytest.raises(RequestRefused, match="NAME_TAKEN") as info:
-                    await b.register_name("tv")
+                    await register_name(b, "tv")
                 assert info.value.code == "NAME_TAKEN"
                 await asyncio.sleep(30)
                 assert await refresh(a, reg, "tv", 60) == 60  # now expires at 90 s
@@ -133,8 +135,8 @@ def test_expiry_in_virtual_time_and_name_stealing() -> None:
                 await asyncio.sleep(1.5)  # 60.5 s after the refresh: expired
                 with pytest.raises(DiscoveryFailed, match="not registered"):
                     await lookup(b, reg, "tv")
-                await b.register_name("tv")
-                assert (await a.discover("tv"))[0] == b.peer_id
+                await register_name(b, "tv")
+                assert (await discover(a, "tv")).peer_id == b.peer_id
 
     run_simulation(main, seed=3, config=QUIET)
 
@@ -177,7 +179,8 @@ def test_a_lying_registry_cannot_redirect(mode: str) -> None:
                 with pytest.raises((AuthenticationFailed, ProtocolError)):
                     await lookup(b, registry_addr(liar), "tv")
                 # discover() falls through to the honest registry and says why.
-                peer, addrs = await b.discover("tv")
+                found = await discover(b, "tv")
+                peer, addrs = found.peer_id, list(found.addrs)
                 assert peer == a.peer_id and addrs == a.listen_addrs
 
     run_simulation(main, seed=4, config=QUIET)
@@ -273,22 +276,22 @@ def test_simulated_name_service_with_the_discovery_delay() -> None:
             await n.start()
         try:
             for h, n in zip(hosts, nodes, strict=True):
-                assert await n.register_name(f"peer-{h}") == ["simulated name service"]
+                assert await register_name(n, f"peer-{h}") == ["simulated name service"]
             for i, n in enumerate(nodes):
                 target = nodes[(i + 1) % len(nodes)]
                 start = sim.now
-                peer, _ = await n.discover(f"peer-{hosts[(i + 1) % len(hosts)]}")
+                peer = (await discover(n, f"peer-{hosts[(i + 1) % len(hosts)]}")).peer_id
                 assert peer == target.peer_id
                 assert sim.now - start == pytest.approx(delay)
-                conn = await n.connect_by_name(f"peer-{hosts[(i + 1) % len(hosts)]}")
+                conn = await connect_by_name(n, f"peer-{hosts[(i + 1) % len(hosts)]}")
                 assert conn.remote_peer == target.peer_id
             # A lookup timeout shorter than the delay fails, naming the backend and the time.
             with pytest.raises(
                 DiscoveryFailed, match=r"simulated name service: no answer within 0\.1 s"
             ):
-                await nodes[0].discover("peer-b", timeout=0.1)
+                await discover(nodes[0], "peer-b", timeout=0.1)
             with pytest.raises(DiscoveryFailed, match="not registered in the simulated"):
-                await nodes[0].discover("peer-z")
+                await discover(nodes[0], "peer-z")
         finally:
             for n in nodes:
                 await n.close()
@@ -306,9 +309,9 @@ def test_backends_are_tried_in_order() -> None:
         async with make_node(sim, "hub", RegistryService()) as hub:
             reg = registry_addr(hub)
             async with make_node(sim, "a", RegistryBackend([reg])) as a:
-                await a.register_name("tv")
+                await register_name(a, "tv")
                 async with make_node(sim, "b", Failing(), RegistryBackend([reg])) as b:
-                    assert (await b.discover("tv"))[0] == a.peer_id
+                    assert (await discover(b, "tv")).peer_id == a.peer_id
                     with pytest.raises(InvalidConfiguration, match="cannot register"):
                         await Failing().register("x")
                 with pytest.raises(InvalidConfiguration):

@@ -11,6 +11,7 @@ import attrs
 import pytest
 from multiaddr import Multiaddr
 
+from switchy.presets import default_node
 from switchy.protocols.echo import echo
 from switchy.protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
 from switchy.protocols.perf import perf
@@ -45,7 +46,7 @@ def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
 
 @asynccontextmanager
 async def nodes(n: int = 2, **kwargs: Any) -> AsyncIterator[list[Node]]:
-    made = [Node.default(listen=[LOOPBACK], **kwargs) for _ in range(n)]
+    made = [default_node(listen=[LOOPBACK], **kwargs) for _ in range(n)]
     try:
         for node in made:
             await node.start()
@@ -93,7 +94,7 @@ def test_connection_reuse_and_shared_dial() -> None:
 
     async def main() -> None:
         async with nodes(1) as (b,):
-            a = Node.default(transports=[CountingTcp()])
+            a = default_node(transports=[CountingTcp()])
             async with a:
                 conns = await asyncio.gather(*(a.connect(b.full_addrs[0]) for _ in range(10)))
                 assert all(c is conns[0] for c in conns)
@@ -228,8 +229,8 @@ def test_connection_events_and_stats() -> None:
 
 def test_graceful_close_finishes_in_flight_work() -> None:
     async def main() -> None:
-        a = Node.default()
-        b = Node.default(listen=[LOOPBACK])
+        a = default_node()
+        b = default_node(listen=[LOOPBACK])
         release = asyncio.Event()
         started = asyncio.Event()
 
@@ -333,7 +334,7 @@ def test_no_tasks_or_connections_leak_after_hostile_and_closed_peers() -> None:
                 await g.write(b"\x13/multistream/1.0.0\n\x07/noise\n" + b"\x00\x05junk!")
                 assert await _read_until_closed(g)
             for _ in range(5):
-                async with Node.default() as a:
+                async with default_node() as a:
                     await ping(a, b.full_addrs[0])
             if b.connections():  # closes propagate through the peers' sockets
                 await asyncio.wait_for(all_gone.wait(), 10)
@@ -364,8 +365,8 @@ def test_identify_carries_a_signed_peer_record() -> None:
 
     async def main() -> None:
         async with (
-            Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as a,
-            Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+            default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as a,
+            default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as b,
         ):
             svc = next(s for s in b.services if isinstance(s, IdentifyService))
             await b.connect(a.full_addrs[0])
@@ -391,3 +392,39 @@ def test_identify_carries_a_signed_peer_record() -> None:
             assert round_trip.signed_peer_record == info.signed_peer_record
 
     run(main)
+
+
+def test_a_node_has_exactly_the_transports_it_is_given() -> None:
+    from switchy.stack.errors import InvalidConfiguration
+    from switchy.transports.relay import RelayTransport
+
+    with pytest.raises(InvalidConfiguration, match=r"at least one transport.*default_node"):
+        Node()
+    relay = RelayTransport()
+    assert Node(services=[relay]).transports == [relay]  # a service may join them
+    tcp = TcpTransport()
+    assert Node(transports=[tcp]).transports == [tcp]
+
+
+def test_the_default_preset() -> None:
+    from switchy.protocols.echo import EchoService
+    from switchy.protocols.perf import PerfService
+    from switchy.protocols.ping import PingService
+    from switchy.transports.quic import QuicTransport
+    from switchy.transports.relay import RelayService, RelayTransport
+
+    node = default_node()
+    assert [type(t) for t in node.transports] == [QuicTransport, TcpTransport, RelayTransport]
+    kinds = [type(s) for s in node.services]
+    assert kinds == [PingService, IdentifyService, EchoService, PerfService, RelayTransport]
+    # transports replace QUIC + TCP; services come after the default ones; one relay client
+    relay = RelayTransport()
+    tcp = TcpTransport()
+    node = default_node(transports=[tcp], services=[relay, RelayService()])
+    assert node.transports == [tcp, relay]
+    assert node.services[-2:][0] is relay and isinstance(node.services[-1], RelayService)
+    assert sum(isinstance(s, RelayTransport) for s in node.services) == 1
+    config = NetworkConfig(dial_timeout=3.0)
+    node = default_node(config=config, listen=[LOOPBACK])
+    assert node.config is config
+    assert all(t.config is config for t in node.transports[:2])  # type: ignore[attr-defined]

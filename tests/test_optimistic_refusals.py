@@ -16,13 +16,13 @@ import sys
 
 import pytest
 
+from switchy.presets import default_node
 from switchy.protocols.perf import PERF_PROTOCOL, perf
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import NegotiationFailed
 from switchy.stack.mux import MuxedConnection, StreamMuxer
 from switchy.stack.mux.yamux import Yamux
-from switchy.stack.node import Node
 from switchy.stack.stream import Connection
 from switchy.transports.sim import SimConfig, Simulation, run_simulation
 from tests.sim_nodes import KINDS, sim_node
@@ -95,7 +95,7 @@ def test_bulk_write_after_a_refused_proposal_raises_negotiation_failed(kind: str
 @pytest.mark.parametrize("listen", ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"])
 def test_switchy_perf_against_a_peer_without_perf_names_the_refusal(listen: str) -> None:
     async def main() -> None:
-        async with Node.default(listen=[listen], services=[]) as b:
+        async with default_node(listen=[listen], services=[]) as b:
             b.unhandle(PERF_PROTOCOL)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,

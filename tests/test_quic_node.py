@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from multiaddr import Multiaddr
 
+from switchy.presets import default_node
 from switchy.protocols.echo import echo
 from switchy.protocols.identify import IdentifyService, identify
 from switchy.protocols.perf import perf
@@ -48,7 +49,7 @@ def quic_of(node: Node) -> QuicTransport:
 
 def test_ping_identify_echo_and_perf_over_quic() -> None:
     async def main() -> None:
-        async with started(Node.default(listen=[QUIC]), Node.default(listen=[QUIC])) as (a, b):
+        async with started(default_node(listen=[QUIC]), default_node(listen=[QUIC])) as (a, b):
             assert str(b.full_addrs[0]).startswith("/ip4/127.0.0.1/udp/")
             rtts = await ping(a, b.full_addrs[0], count=5)
             assert len(rtts) == 5 and all(r > 0 for r in rtts)
@@ -76,9 +77,9 @@ def test_ping_identify_echo_and_perf_over_quic() -> None:
 
 def test_quic_is_preferred_when_a_peer_has_both_and_that_is_configurable() -> None:
     async def main() -> None:
-        server = Node.default(listen=[TCP, QUIC])
-        quic_first = Node.default(listen=[QUIC, TCP])
-        tcp_first = Node.default(listen=[QUIC, TCP], transports=[TcpTransport(), QuicTransport()])
+        server = default_node(listen=[TCP, QUIC])
+        quic_first = default_node(listen=[QUIC, TCP])
+        tcp_first = default_node(listen=[QUIC, TCP], transports=[TcpTransport(), QuicTransport()])
         async with started(server, quic_first, tcp_first):
             assert [str(a).split("/")[3] for a in server.listen_addrs] == ["tcp", "udp"]
             for client in (quic_first, tcp_first):
@@ -99,8 +100,8 @@ def test_quic_is_preferred_when_a_peer_has_both_and_that_is_configurable() -> No
 
 def test_falls_back_to_tcp_when_quic_does_not_answer() -> None:
     async def main() -> None:
-        server = Node.default(listen=[TCP])
-        client = Node.default(config=NetworkConfig(dial_timeout=0.5))
+        server = default_node(listen=[TCP])
+        client = default_node(config=NetworkConfig(dial_timeout=0.5))
         async with started(server, client):
             silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             silent.bind(("127.0.0.1", 0))
@@ -116,7 +117,7 @@ def test_falls_back_to_tcp_when_quic_does_not_answer() -> None:
 
 def test_many_streams_and_handlers_over_one_quic_connection() -> None:
     async def main() -> None:
-        async with started(Node.default(listen=[QUIC]), Node.default(listen=[QUIC])) as (a, b):
+        async with started(default_node(listen=[QUIC]), default_node(listen=[QUIC])) as (a, b):
             results = await asyncio.gather(
                 *(echo(a, b.full_addrs[0], bytes([i]) * (5000 + i)) for i in range(50))
             )
@@ -128,8 +129,8 @@ def test_many_streams_and_handlers_over_one_quic_connection() -> None:
 
 def test_inbound_over_the_connection_limit_is_refused() -> None:
     async def main() -> None:
-        server = Node.default(listen=[QUIC], config=NetworkConfig(max_connections=1))
-        async with started(server, Node.default(), Node.default()) as (s, c1, c2):
+        server = default_node(listen=[QUIC], config=NetworkConfig(max_connections=1))
+        async with started(server, default_node(), default_node()) as (s, c1, c2):
             await ping(c1, s.full_addrs[0])
             conn = await c2.connect(s.full_addrs[0])
             await conn.wait_closed()
@@ -189,7 +190,7 @@ def test_a_blackholed_quic_address_does_not_hold_up_tcp(stagger: float) -> None:
 def test_dial_stagger_zero_keeps_one_connection_when_both_get_through() -> None:
     async def main() -> None:
         config = NetworkConfig(keepalive_interval=0, dial_stagger=0)
-        async with started(Node.default(listen=[QUIC, TCP]), Node.default(config=config)) as (b, a):
+        async with started(default_node(listen=[QUIC, TCP]), default_node(config=config)) as (b, a):
             a.peerstore.add_addrs(b.peer_id, b.listen_addrs)
             await a.connect(b.peer_id)
             assert await ping(a, b.peer_id, 2)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
+from switchy.presets import default_node
 from switchy.protocols.echo import ECHO_PROTOCOL, echo
 from switchy.protocols.perf import perf
 from switchy.protocols.ping import ping
@@ -23,7 +24,7 @@ from switchy.stack.codec import encode_uvarint
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionFailed, RelayRefused, StreamReset, UnsupportedAddress
 from switchy.stack.identity import PeerId
-from switchy.stack.node import Node
+from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import MuxedStream
 from switchy.transports.relay import (
     HOP_PROTOCOL,
@@ -71,12 +72,12 @@ def aio(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
     return run
 
 
-def relay_node(config: RelayConfig | None = None, **kw: object) -> Node:
-    return Node.default(services=[RelayService(config)], listen=[LOCAL], **kw)
+def relay_node(config: RelayConfig | None = None, **kw: Any) -> Node:
+    return default_node(services=[RelayService(config)], listen=[LOCAL], **kw)
 
 
-def client(*relays: str | Multiaddr, **kw: object) -> Node:
-    return Node.default(services=[RelayTransport(relays)], **kw)
+def client(*relays: str | Multiaddr, **kw: Any) -> Node:
+    return default_node(services=[RelayTransport(relays)], **kw)
 
 
 async def hop(node: Node, relay: str | Multiaddr | PeerId, payload: bytes) -> HopMessage:
@@ -141,7 +142,7 @@ def test_relay_transport_configuration_errors() -> None:
 
 @aio
 async def test_reservation_carries_expiry_addresses_and_limits() -> None:
-    async with relay_node(RelayConfig(reservation_ttl=600)) as r, Node.default() as a:
+    async with relay_node(RelayConfig(reservation_ttl=600)) as r, default_node() as a:
         before = time.time()
         reply = await hop(a, r.full_addrs[0], framed(HopMessage(HopType.RESERVE)))
         assert reply.type == HopType.STATUS and reply.status == Status.OK
@@ -156,7 +157,7 @@ async def test_reservation_carries_expiry_addresses_and_limits() -> None:
 
 @aio
 async def test_reservation_voucher_is_a_signed_envelope_from_the_relay() -> None:
-    async with relay_node() as r, Node.default() as a:
+    async with relay_node() as r, default_node() as a:
         reply = await hop(a, r.full_addrs[0], framed(HopMessage(HopType.RESERVE)))
         assert reply.reservation is not None and reply.reservation.voucher is not None
         voucher = open_voucher(reply.reservation.voucher, r.peer_id)
@@ -168,7 +169,7 @@ async def test_reservation_voucher_is_a_signed_envelope_from_the_relay() -> None
 
 @aio
 async def test_hop_refusals_name_the_status_and_the_relay_keeps_serving() -> None:
-    async with relay_node() as r, Node.default() as a, Node.default() as b:
+    async with relay_node() as r, default_node() as a, default_node() as b:
         ra = r.full_addrs[0]
         connect_b = HopMessage(HopType.CONNECT, peer=Peer(b.peer_id))
         assert (await hop(a, ra, framed(connect_b))).status == Status.NO_RESERVATION
@@ -194,7 +195,7 @@ async def test_hop_refusals_name_the_status_and_the_relay_keeps_serving() -> Non
 async def test_reservation_flood_from_one_ip_is_refused() -> None:
     config = RelayConfig(max_reservations_per_ip=2)
     async with relay_node(config) as r:
-        nodes = [Node.default() for _ in range(4)]
+        nodes = [default_node() for _ in range(4)]
         try:
             reserve = framed(HopMessage(HopType.RESERVE))
             got = [(await hop(n, r.full_addrs[0], reserve)).status for n in nodes]
@@ -231,7 +232,7 @@ async def relayed_trio() -> AsyncIterator[tuple[Node, Node, Node, Tap]]:
     """A relay (unlimited, recording what it forwards), a listener behind it and a dialer."""
     seen: Tap = []
     svc = RelayService(UNLIMITED, tap=lambda c, up, chunk: seen.append((c, up, chunk)))
-    async with Node.default(services=[svc], listen=[LOCAL]) as r, client() as b, client() as a:
+    async with default_node(services=[svc], listen=[LOCAL]) as r, client() as b, client() as a:
         await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
         yield r, b, a, seen
 
@@ -276,8 +277,8 @@ def test_relay_over_quic() -> None:
     )
     udp = "/ip4/127.0.0.1/udp/0/quic-v1"
 
-    def quic_node(*services: object) -> Node:
-        return Node.default(transports=[quic.QuicTransport()], services=list(services))
+    def quic_node(*services: Any) -> Node:
+        return default_node(transports=[quic.QuicTransport()], services=list(services))
 
     async def main() -> None:
         async with (
@@ -365,7 +366,7 @@ async def test_a_target_without_listener_refuses_the_stop_request() -> None:
 async def test_relay_does_not_serve_over_a_relayed_connection() -> None:
     async with relay_node(UNLIMITED) as r, client() as a:
         # b is itself a relay, reachable only through r.
-        b = Node.default(services=[RelayTransport(), RelayService()])
+        b = default_node(services=[RelayTransport(), RelayService()])
         async with b:
             await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
             reply = await hop(a, b.full_addrs[0], framed(HopMessage(HopType.RESERVE)))
@@ -377,8 +378,8 @@ async def test_relay_does_not_serve_over_a_relayed_connection() -> None:
 # --- simulator: virtual time --------------------------------------------------------------
 
 
-def sim_node(sim: Simulation, host: str, *services: object, **kw: object) -> Node:
-    return Node.default(
+def sim_node(sim: Simulation, host: str, *services: Any, **kw: Any) -> Node:
+    return default_node(
         transports=[SimTransport(sim.network, host)],
         services=list(services),
         entropy=sim.entropy_source(host),
@@ -708,8 +709,8 @@ def test_quic_legs_relay_queues_little_and_an_echo_does_not_wait_behind_bulk() -
     slow = 1_000_000  # bytes/s of the relay -> b leg
     streams, each = 8, 1024 * 1024
 
-    def node(sim: Simulation, host: str, *services: object) -> Node:
-        return Node.default(
+    def node(sim: Simulation, host: str, *services: ProtocolService) -> Node:
+        return default_node(
             transports=[sim_quic_transport(sim.network, host)],
             services=list(services),
             entropy=sim.entropy_source(host),

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from switchy.presets import default_node
 from switchy.stack.envelope import open_envelope, seal_envelope
 from switchy.stack.errors import AuthenticationFailed, SerializationError
 from switchy.stack.identity import KeyPair
@@ -55,13 +56,12 @@ def test_voucher_from_another_signer_or_naming_another_relay_is_refused() -> Non
 
 
 def test_relay_reservation_carries_a_voucher_the_client_checks() -> None:
-    from switchy.stack.node import Node
     from switchy.transports.relay import RelayService, RelayTransport
 
     async def main() -> None:
         async with (
-            Node.default(services=[RelayService()], listen=["/ip4/127.0.0.1/tcp/0"]) as r,
-            Node.default() as b,
+            default_node(services=[RelayService()], listen=["/ip4/127.0.0.1/tcp/0"]) as r,
+            default_node() as b,
         ):
             await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
             t = next(t for t in b.transports if isinstance(t, RelayTransport))

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from switchy.cli import main
+from switchy.presets import default_node
 from switchy.protocols.router import Request, Response, Router
 from switchy.protocols.router.static import StaticFiles
 from switchy.stack.errors import InvalidConfiguration
-from switchy.stack.node import Node
 
 SWITCHY = [sys.executable, "-m", "switchy.cli"]
 
@@ -145,7 +145,7 @@ def thread_server(router: Router) -> Iterator[str]:
     stop = asyncio.Event()
 
     async def serve() -> None:
-        async with Node.default(services=[router], listen=["/ip4/127.0.0.1/tcp/0"]) as node:
+        async with default_node(services=[router], listen=["/ip4/127.0.0.1/tcp/0"]) as node:
             addrs.put(str(node.full_addrs[0]))
             await stop.wait()
 

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from switchy.presets import default_node
 from switchy.protocols.ping import PingService
-from switchy.protocols.router import ROUTER_PROTOCOL, Next, Request, Response, Router
+from switchy.protocols.router import ROUTER_PROTOCOL, Next, Request, Response, Router, request
 from switchy.protocols.router.core import (
     MessageReader,
     ResponseHead,
@@ -26,9 +27,11 @@ from switchy.stack.codec import encode_uvarint
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import (
     ConnectionClosed,
+    InvalidConfiguration,
     MessageTooLarge,
     NegotiationFailed,
     P2PTimeout,
+    SerializationError,
 )
 from switchy.stack.node import Node
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
@@ -47,10 +50,10 @@ def run_pair(kind: str, router: Router, scenario: Scenario, server_services: boo
 
         async def tcp_main() -> None:
             async with (
-                Node.default(
+                default_node(
                     services=services, listen=[LOOPBACK if kind == "tcp" else LOOPBACK_QUIC]
                 ) as server,
-                Node.default() as client,
+                default_node() as client,
             ):
                 await asyncio.wait_for(scenario(client, server), 30)
                 conns = client.connections(server.peer_id)
@@ -151,8 +154,8 @@ async def raw_exchange(client: Node, server: Node, data: bytes) -> tuple[Respons
 def test_status_paths(kind: str) -> None:
     async def scenario(client: Node, server: Node) -> None:
         addr = server.full_addrs[0]
-        resp = await client.request(
-            addr, "GET", "/info/bob?x=1&y=%20z", headers={"X-Trace": "7"}, query={"w": "2"}
+        resp = await request(
+            client, addr, "GET", "/info/bob?x=1&y=%20z", headers={"X-Trace": "7"}, query={"w": "2"}
         )
         assert resp.status == 200
         info = resp.msgpack()
@@ -163,34 +166,34 @@ def test_status_paths(kind: str) -> None:
             "peer": str(client.peer_id),
             "relayed": False,
         }
-        created = await client.request(addr, "POST", "/items", body=b"thing")
+        created = await request(client, addr, "POST", "/items", body=b"thing")
         assert (created.status, created.body, created.headers["location"]) == (
             201,
             b"thing",
             "/items/1",
         )
-        assert (await client.request(addr, "DELETE", "/items/1")).status == 204
-        missing = await client.request(addr, "GET", "/nothing")
+        assert (await request(client, addr, "DELETE", "/items/1")).status == 204
+        missing = await request(client, addr, "GET", "/nothing")
         assert (missing.status, missing.status_line) == (404, "404 Not Found")
-        wrong = await client.request(addr, "PUT", "/items")
+        wrong = await request(client, addr, "PUT", "/items")
         assert (wrong.status, wrong.headers["allow"]) == (405, "POST")
-        boom = await client.request(addr, "GET", "/boom")
+        boom = await request(client, addr, "GET", "/boom")
         assert (boom.status, boom.text()) == (500, "internal server error")
-        slow = await client.request(addr, "GET", "/slow")
+        slow = await request(client, addr, "GET", "/slow")
         assert slow.status == 503
-        too_big = await client.request(addr, "POST", "/items", body=bytes(1001))
+        too_big = await request(client, addr, "POST", "/items", body=bytes(1001))
         assert too_big.status == 413 and "declared body of 1001" in too_big.text()
 
         async def chunks(n: int, size: int) -> AsyncIterator[bytes]:
             for _ in range(n):
                 yield bytes(size)
 
-        counted = await client.request(addr, "POST", "/count", body=chunks(4, 1000))
+        counted = await request(client, addr, "POST", "/count", body=chunks(4, 1000))
         assert counted.json() == {"n": 4000}
-        over = await client.request(addr, "POST", "/count", body=chunks(10, 1000))
+        over = await request(client, addr, "POST", "/count", body=chunks(10, 1000))
         assert over.status == 413
         # the connection keeps serving after all of that
-        assert (await client.request(addr, "GET", "/info/x")).status == 200
+        assert (await request(client, addr, "GET", "/info/x")).status == 200
         assert len(client.connections()) == 1
 
     run_pair(kind, app(), scenario)
@@ -234,7 +237,9 @@ def test_client_that_stalls_gets_408_and_others_are_served(kind: str) -> None:
             asyncio.ensure_future(raw_exchange(client, server, b"")),  # not even a head
             asyncio.ensure_future(raw_exchange(client, server, b"\x20\x83")),  # half a head
         ]
-        good = await asyncio.gather(*(client.request(addr, "GET", f"/info/{i}") for i in range(20)))
+        good = await asyncio.gather(
+            *(request(client, addr, "GET", f"/info/{i}") for i in range(20))
+        )
         assert [r.status for r in good] == [200] * 20
         assert all(not t.done() for t in hostile)  # still waiting: they were not in the way
         results = await asyncio.gather(*hostile)
@@ -254,10 +259,10 @@ def test_read_timeout_is_an_idle_timeout() -> None:
 
         loop = asyncio.get_running_loop()
         start = loop.time()
-        ok = await client.request(server.full_addrs[0], "POST", "/count", body=paced(0.15))
+        ok = await request(client, server.full_addrs[0], "POST", "/count", body=paced(0.15))
         # 1.2 s in all: six read timeouts, six handler timeouts, and no 408 nor 503
         assert ok.json() == {"n": 800} and loop.time() - start > 1.0
-        cut = await client.request(server.full_addrs[0], "POST", "/count", body=paced(0.5))
+        cut = await request(client, server.full_addrs[0], "POST", "/count", body=paced(0.5))
         assert cut.status == 408
 
     run_pair("sim", app(), scenario)
@@ -277,9 +282,9 @@ def test_busy_server_answers_503(kind: str) -> None:
     async def scenario(client: Node, server: Node) -> None:
         gate["in"], gate["release"] = asyncio.Event(), asyncio.Event()
         addr = server.full_addrs[0]
-        first = asyncio.ensure_future(client.request(addr, "GET", "/hold"))
+        first = asyncio.ensure_future(request(client, addr, "GET", "/hold"))
         await gate["in"].wait()
-        busy = await client.request(addr, "GET", "/hold")
+        busy = await request(client, addr, "GET", "/hold")
         assert (busy.status, busy.text()) == (503, "too many requests in progress")
         gate["release"].set()
         assert (await first).text() == "held"
@@ -291,7 +296,7 @@ def test_busy_server_answers_503(kind: str) -> None:
 def test_peer_without_router_is_a_negotiation_error(kind: str) -> None:
     async def scenario(client: Node, server: Node) -> None:
         with pytest.raises(NegotiationFailed):
-            await client.request(server.full_addrs[0], "GET", "/")
+            await request(client, server.full_addrs[0], "GET", "/")
 
     run_pair(kind, app(), scenario, server_services=False)
 
@@ -302,7 +307,7 @@ def test_many_concurrent_requests_on_one_connection(kind: str) -> None:
         addr = server.full_addrs[0]
         await client.connect(addr)
         results = await asyncio.gather(
-            *(client.request(server.peer_id, "POST", "/items", body=str(i)) for i in range(300))
+            *(request(client, server.peer_id, "POST", "/items", body=str(i)) for i in range(300))
         )
         assert [r.body for r in results] == [str(i).encode() for i in range(300)]
         assert len(client.connections()) == 1
@@ -316,23 +321,23 @@ def test_client_errors(kind: str) -> None:
         addr = server.full_addrs[0]
         start = asyncio.get_running_loop().time()
         with pytest.raises(P2PTimeout, match=r"no response within 0\.1"):
-            await client.request(addr, "GET", "/slow", timeout=0.1)
+            await request(client, addr, "GET", "/slow", timeout=0.1)
         assert asyncio.get_running_loop().time() - start < 0.4
         # a streamed body that breaks in the middle is never taken for a whole one: the
         # server resets the stream, which may discard what it sent before (head included)
         got = bytearray()
         with pytest.raises(ConnectionClosed):
-            resp = await client.request(addr, "GET", "/broken-stream", stream=True)
+            resp = await request(client, addr, "GET", "/broken-stream", stream=True)
             async with resp:
                 assert resp.status == 200
                 async for chunk in resp.iter_body():
                     got += chunk
         assert len(got) <= 1000
         with pytest.raises(ConnectionClosed):
-            await client.request(addr, "GET", "/broken-stream")
+            await request(client, addr, "GET", "/broken-stream")
         # a response larger than the client accepts
         with pytest.raises(MessageTooLarge):
-            await client.request(addr, "POST", "/items", body=bytes(900), max_body_size=100)
+            await request(client, addr, "POST", "/items", body=bytes(900), max_body_size=100)
 
         # a request body that fails: the caller sees its own error
         async def failing() -> AsyncIterator[bytes]:
@@ -340,10 +345,37 @@ def test_client_errors(kind: str) -> None:
             raise OSError("source file vanished")
 
         with pytest.raises(OSError, match="vanished"):
-            await client.request(addr, "POST", "/echo", body=failing())
-        assert (await client.request(addr, "GET", "/info/ok")).status == 200
+            await request(client, addr, "POST", "/echo", body=failing())
+        assert (await request(client, addr, "GET", "/info/ok")).status == 200
 
     run_pair(kind, app(), scenario)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "sim"])
+def test_json_bodies_both_ways(kind: str) -> None:
+    r = Router()
+
+    @r.post("/double")
+    async def double(req: Request) -> Response:
+        return Response.from_json(
+            {"got": req.json(), "type": req.headers.get("content-type")}, status=201
+        )
+
+    async def scenario(client: Node, server: Node) -> None:
+        addr = server.full_addrs[0]
+        for obj in [{"n": 7, "name": "Zoë"}, [1, 2.5, None], None, "text", 0]:
+            resp = await request(client, addr, "POST", "/double", json=obj)
+            assert resp.status == 201
+            assert resp.json() == {"got": obj, "type": "application/json"}
+        custom = {"content-type": "application/vnd.x+json"}
+        resp = await request(client, addr, "POST", "/double", json=[1], headers=custom)
+        assert resp.json()["type"] == "application/vnd.x+json"  # the caller's header wins
+        with pytest.raises(InvalidConfiguration, match="not both"):
+            await request(client, addr, "POST", "/double", body=b"x", json={})
+        with pytest.raises(SerializationError, match="JSON"):
+            await request(client, addr, "POST", "/double", json={"bad": {1, 2}})
+
+    run_pair(kind, r, scenario)
 
 
 def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
@@ -355,8 +387,8 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
 
     async def main() -> None:
         async with (
-            Node.default(services=[app()], listen=[LOOPBACK], config=config) as server,
-            Node.default(config=config) as client,
+            default_node(services=[app()], listen=[LOOPBACK], config=config) as server,
+            default_node(config=config) as client,
         ):
             await client.connect(server.full_addrs[0])
 
@@ -368,7 +400,9 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
             start = time.perf_counter()
-            resp = await client.request(server.peer_id, "POST", "/echo", body=upload(), stream=True)
+            resp = await request(
+                client, server.peer_id, "POST", "/echo", body=upload(), stream=True
+            )
             received = 0
             async with resp:
                 async for chunk in resp.iter_body():
@@ -395,9 +429,9 @@ def test_stream_handler_sees_a_streamed_request_body() -> None:
         return Response.ok(data)
 
     async def scenario(client: Node, server: Node) -> None:
-        ok = await client.request(server.full_addrs[0], "PUT", "/upload", body=b"0123456789")
+        ok = await request(client, server.full_addrs[0], "PUT", "/upload", body=b"0123456789")
         assert ok.body == b"0123456789"
-        big = await client.request(server.full_addrs[0], "PUT", "/upload", body=b"x" * 11)
+        big = await request(client, server.full_addrs[0], "PUT", "/upload", body=b"x" * 11)
         assert big.status == 500  # the handler's own limit: its error, not the client's
 
     run_pair("tcp", router, scenario)
@@ -420,12 +454,12 @@ def test_forbidden_and_rate_limited_over_the_wire(kind: str) -> None:
 
     async def scenario(client: Node, server: Node) -> None:
         addr = server.full_addrs[0]
-        denied = await client.request(addr, "GET", "/x")
+        denied = await request(client, addr, "GET", "/x")
         assert (denied.status, denied.text()) == (403, "peer not allowed")
         allowed.append(client.peer_id)
-        statuses = [(await client.request(addr, "GET", "/x")).status for _ in range(3)]
+        statuses = [(await request(client, addr, "GET", "/x")).status for _ in range(3)]
         assert statuses == [200, 200, 429]
-        limited = await client.request(addr, "GET", "/x")
+        limited = await request(client, addr, "GET", "/x")
         assert limited.headers["retry-after"] == "100"
 
     run_pair(kind, router, scenario)
@@ -459,7 +493,7 @@ def test_arbitrary_paths_headers_and_bodies_over_the_wire(
     async def scenario(client: Node, server: Node) -> None:
         got = await asyncio.gather(
             *(
-                client.request(server.full_addrs[0], "PUT", "/echo/" + seg, headers=h, body=b)
+                request(client, server.full_addrs[0], "PUT", "/echo/" + seg, headers=h, body=b)
                 for seg, h, b in cases
             )
         )
@@ -483,15 +517,15 @@ def test_memory_for_buffered_bodies_is_bounded_across_requests(kind: str) -> Non
     async def scenario(client: Node, server: Node) -> None:
         gate["in"], gate["release"] = asyncio.Event(), asyncio.Event()
         addr = server.full_addrs[0]
-        first = asyncio.ensure_future(client.request(addr, "POST", "/hold", body=bytes(2000)))
+        first = asyncio.ensure_future(request(client, addr, "POST", "/hold", body=bytes(2000)))
         await gate["in"].wait()
         assert router.buffered == 2000
-        refused = await client.request(addr, "POST", "/hold", body=bytes(1500))
+        refused = await request(client, addr, "POST", "/hold", body=bytes(1500))
         assert refused.status == 503 and "server busy" in refused.text()
         assert router.buffered == 2000
         gate["release"].set()
         assert (await first).text() == "2000"
-        again = await client.request(addr, "POST", "/hold", body=bytes(1500))
+        again = await request(client, addr, "POST", "/hold", body=bytes(1500))
         assert again.text() == "1500"
         assert router.buffered == 0
 
@@ -510,17 +544,17 @@ def test_a_request_over_a_relay_knows_it_is_relayed() -> None:
     async def main() -> None:
         relay_cfg = RelayConfig(limit_data=0, limit_duration=0)
         async with (
-            Node.default(services=[RelayService(relay_cfg)], listen=[LOOPBACK]) as relay,
-            Node.default(services=[router]) as server,
-            Node.default() as client,
+            default_node(services=[RelayService(relay_cfg)], listen=[LOOPBACK]) as relay,
+            default_node(services=[router]) as server,
+            default_node() as client,
         ):
             (circuit,) = await server.listen(f"{relay.full_addrs[0]}/p2p-circuit")
-            resp = await client.request(f"{circuit}/p2p/{server.peer_id}", "GET", "/where")
+            resp = await request(client, f"{circuit}/p2p/{server.peer_id}", "GET", "/where")
             assert resp.status == 200
             assert resp.json() == {"relayed": True, "peer": str(client.peer_id)}
             direct = await server.listen(LOOPBACK)
-            async with Node.default() as other:
-                resp = await other.request(f"{direct[0]}/p2p/{server.peer_id}", "GET", "/where")
+            async with default_node() as other:
+                resp = await request(other, f"{direct[0]}/p2p/{server.peer_id}", "GET", "/where")
                 assert resp.json() == {"relayed": False, "peer": str(other.peer_id)}
 
     asyncio.run(asyncio.wait_for(main(), 30))

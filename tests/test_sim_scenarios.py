@@ -1,4 +1,4 @@
-"""The ready-made scenarios (switchy.transports.sim.scenarios) and ``switchy sim``."""
+"""The ready-made scenarios (switchy.scenarios) and ``switchy sim``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from switchy.cli import main
+from switchy.scenarios import MAX_SCENARIO_NODES, SCENARIOS, run_scenario
 from switchy.stack.errors import InvalidConfiguration
-from switchy.transports.sim.scenarios import MAX_SCENARIO_NODES, SCENARIOS, run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,9 +4,10 @@ This module plays the third party.  It wraps the TCP transport in a transport of
 "its own" (one that counts bytes) and gives the suite a harness for it, plus the
 built-in Noise and yamux harnesses.  Run from this folder::
 
-    pytest --pyargs switchy.stack.conformance -p my_fixtures
+    PYTHONPATH=. python -m pytest --pyargs switchy.stack.conformance -p my_fixtures
 
-(``my_fixtures`` must be importable: run from this folder, or put it on PYTHONPATH.)
+(``my_fixtures`` must be importable: pytest does not put the current folder on the
+module path by itself, hence ``PYTHONPATH=.``.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from multiaddr import Multiaddr
 
-from switchy.stack.conformance import NoiseHarness, TcpTransportHarness, YamuxHarness
+from switchy.conformance import NoiseHarness, TcpTransportHarness, YamuxHarness
 from switchy.stack.identity import PeerId
 from switchy.stack.transport import ConnectionHandler, Listener, Transport
 from switchy.transports.tcp import TcpTransport

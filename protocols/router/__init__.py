@@ -1,7 +1,8 @@
 """Request router (``/switchy/router/1.0.0``): REST-like requests between peers.
 
 Server: :class:`Router` (routes, decorators, services, sub-routers, middleware), served
-on a node as a protocol service.  Client: :func:`request` (also ``Node.request``).
+on a node as a protocol service.  Client: :func:`request`
+(``request(node, target, method, path, ...)``; also ``switchy.request``).
 Wire format: ``specs/router.md``; sans-IO core: :mod:`switchy.protocols.router.core`.
 """
 

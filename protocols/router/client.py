@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from switchy.protocols.router.adapter import SINGLE_WRITE_LIMIT, MessageStream, write_message
@@ -16,8 +16,8 @@ from switchy.protocols.router.core import (
     ResponseHead,
     encode_request_head,
 )
-from switchy.protocols.router.messages import Response
-from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.protocols.router.messages import CONTENT_JSON, Response, encode_json
+from switchy.stack.errors import ConnectionClosed, InvalidConfiguration, P2PError, P2PTimeout
 from switchy.stack.negotiation import DialerNegotiation, explain_failure
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from switchy.stack.stream import MuxedStream
 
 __all__ = ["request"]
+
+#: ``json=`` not given (``None`` is JSON's null, a valid body).
+_NO_JSON: Any = object()
 
 
 def _split_query(path: str, query: Mapping[str, str] | None) -> tuple[str, dict[str, str]]:
@@ -45,6 +48,7 @@ async def request(
     *,
     headers: Mapping[str, str] | None = None,
     body: bytes | str | AsyncIterable[bytes] | None = None,
+    json: Any = _NO_JSON,
     query: Mapping[str, str] | None = None,
     timeout: float | None = None,
     stream: bool = False,
@@ -54,8 +58,10 @@ async def request(
 
     ``path`` may carry a ``?query`` (decoded like a URL query); ``query`` adds parameters.
     ``body`` is bytes, text (sent as UTF-8) or an async iterable of chunks (streamed with
-    backpressure).  ``timeout`` (default ``node.config.request_timeout``) bounds the whole
-    exchange, or only the wait for the response head when ``stream`` is true.
+    backpressure).  ``json`` sends an object as a JSON body (``content-type:
+    application/json``) instead of ``body``.  ``timeout`` (default
+    ``node.config.request_timeout``) bounds the whole exchange, or only the wait for the
+    response head when ``stream`` is true.
 
     With ``stream=False`` the response body is read into memory (at most
     ``max_body_size`` bytes, else :class:`MessageTooLarge`).  With ``stream=True`` the
@@ -64,10 +70,17 @@ async def request(
 
     A non-2xx status is returned, not raised.  Raises :class:`NegotiationFailed` when
     the peer does not serve the router, :class:`P2PTimeout` on timeout, and
-    :class:`ProtocolError`/:class:`ConnectionClosed` for a malformed or truncated response.
+    :class:`ProtocolError`/:class:`ConnectionClosed` for a malformed or truncated response;
+    :class:`InvalidConfiguration` when given both ``body`` and ``json``, and
+    :class:`SerializationError` when ``json`` has no JSON form.
     """
     path, q = _split_query(path, query)
     hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+    if json is not _NO_JSON:
+        if body is not None:
+            raise InvalidConfiguration("request takes a body or json=, not both")
+        body = encode_json(json)
+        hdrs.setdefault("content-type", CONTENT_JSON)
     if isinstance(body, str):
         body = body.encode()
         hdrs.setdefault("content-type", "text/plain; charset=utf-8")

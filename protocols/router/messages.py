@@ -23,6 +23,7 @@ __all__ = [
     "Body",
     "Request",
     "Response",
+    "encode_json",
 ]
 
 CONTENT_JSON = "application/json"
@@ -32,6 +33,14 @@ CONTENT_OCTETS = "application/octet-stream"
 
 #: A body: bytes in memory, or an async iterable of chunks (streamed).
 Body: TypeAlias = "bytes | AsyncIterable[bytes]"
+
+
+def encode_json(obj: Any) -> bytes:
+    """``obj`` as compact JSON (UTF-8); :class:`SerializationError` if it has no JSON form."""
+    try:
+        return _json.dumps(obj, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"cannot encode as JSON: {exc}") from None
 
 
 def _decode_json(data: bytes) -> Any:
@@ -192,8 +201,7 @@ class Response(_BodyMixin):
     @classmethod
     def from_json(cls, obj: Any, *, status: int = 200) -> Response:
         """A response whose body is ``obj`` as JSON."""
-        data = _json.dumps(obj, separators=(",", ":")).encode()
-        return cls(status, {"content-type": CONTENT_JSON}, data)
+        return cls(status, {"content-type": CONTENT_JSON}, encode_json(obj))
 
     @classmethod
     def from_msgpack(cls, obj: Any, *, status: int = 200) -> Response:

@@ -8,7 +8,7 @@
     async def track(request: Request) -> Response:
         return Response.from_json({"id": request.params["track_id"]})
 
-    node = Node.default(services=[router])      # serves /switchy/router/1.0.0
+    node = default_node(services=[router])      # serves /switchy/router/1.0.0
 
 Handlers may be plain functions or coroutines; plain ones run on the event loop, so they
 must be quick (use a coroutine and ``asyncio.to_thread`` for blocking work).

@@ -92,7 +92,7 @@ async def _wait_for_signal() -> None:
 async def _cmd_listen(args: argparse.Namespace) -> int:
     """``switchy listen``: serve the default protocols; optionally also through relays
     (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
-    from switchy.stack.node import Node
+    from switchy.presets import default_node
 
     if args.register is not None and not args.registry:
         print("switchy: error: --register needs --registry MULTIADDR", file=sys.stderr)
@@ -105,11 +105,11 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
         services.append(RelayTransport(args.relay))
     if args.register is not None:
-        from switchy.protocols.discovery.backends import RegistryBackend
+        from switchy.protocols.discovery.backends import RegistryBackend, register_name
 
         backend = RegistryBackend(args.registry)
         services.append(backend)
-    async with Node.default(key=key, services=services) as node:
+    async with default_node(key=key, services=services) as node:
         if args.addrs or not args.relay:
             await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for _ in args.relay:  # one reservation per relay; each falls back to the others
@@ -118,7 +118,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
             print(addr)
         sys.stdout.flush()
         if backend is not None:
-            await node.register_name(args.register)
+            await register_name(node, args.register)
             print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
         print(f"serving {', '.join(node.protocols)}; Ctrl-C to stop", file=sys.stderr)
         await _wait_for_signal()
@@ -127,10 +127,10 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
 
 async def _cmd_ping(args: argparse.Namespace) -> int:
+    from switchy.presets import default_node
     from switchy.protocols.ping import ping
-    from switchy.stack.node import Node
 
-    async with Node.default(key=_load_key(args.key, create=False)) as node:
+    async with default_node(key=_load_key(args.key, create=False)) as node:
         conn = await node.connect(args.addr)
         rtts: list[float] = []
         for i in range(args.count):
@@ -161,10 +161,10 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 async def _cmd_perf(args: argparse.Namespace) -> int:
+    from switchy.presets import default_node
     from switchy.protocols.perf import perf
-    from switchy.stack.node import Node
 
-    async with Node.default(key=_load_key(args.key, create=False)) as node:
+    async with default_node(key=_load_key(args.key, create=False)) as node:
         r = await perf(node, args.addr, args.upload, args.download)
     up = r.upload_bytes / r.upload_seconds / 1e6 if r.upload_seconds else 0.0
     down = r.download_bytes / r.download_seconds / 1e6 if r.download_seconds else 0.0
@@ -188,7 +188,7 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 async def _cmd_relay(args: argparse.Namespace) -> int:
-    from switchy.stack.node import Node
+    from switchy.presets import default_node
     from switchy.transports.relay import RelayConfig, RelayService
 
     config = RelayConfig(
@@ -197,7 +197,7 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
         max_reservations=args.max_reservations,
     )
     key = _load_key(args.key, create=args.key is not None)
-    async with Node.default(key=key, services=[RelayService(config)]) as node:
+    async with default_node(key=key, services=[RelayService(config)]) as node:
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -228,7 +228,7 @@ def _parse_seed(text: str) -> int | str:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     """Run one simulated scenario (synchronously: it drives its own virtual-time loop)."""
-    from switchy.transports.sim.scenarios import run_scenario
+    from switchy.scenarios import run_scenario
 
     with contextlib.ExitStack() as files:
         sink = files.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
@@ -256,11 +256,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
+    from switchy.presets import default_node
     from switchy.protocols.discovery.registry import RegistryService
-    from switchy.stack.node import Node
 
     key = _load_key(args.key, create=args.key is not None)
-    async with Node.default(key=key, services=[RegistryService()]) as node:
+    async with default_node(key=key, services=[RegistryService()]) as node:
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -273,9 +273,9 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
 
 async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
     """``switchy ping``: with ``--registry``, a non-multiaddr target is a name to resolve first."""
-    from switchy.protocols.discovery.backends import RegistryBackend
+    from switchy.presets import default_node
+    from switchy.protocols.discovery.backends import RegistryBackend, discover
     from switchy.stack.addresses import with_peer
-    from switchy.stack.node import Node
 
     if args.addr.startswith("/"):
         return await _cmd_ping(args)
@@ -286,8 +286,9 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    async with Node.default(services=[RegistryBackend(args.registry)]) as resolver:
-        peer, addrs = await resolver.discover(args.addr)
+    async with default_node(services=[RegistryBackend(args.registry)]) as resolver:
+        found = await discover(resolver, args.addr)
+        peer, addrs = found.peer_id, list(found.addrs)
     if not addrs:
         print(f"switchy: error: {args.addr!r} resolved to {peer} with no address", file=sys.stderr)
         return 1
@@ -299,13 +300,13 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
+    from switchy.presets import default_node
     from switchy.protocols.router import Router
     from switchy.protocols.router.static import StaticFiles
-    from switchy.stack.node import Node
 
     router = Router().with_service(StaticFiles(args.static))
     key = _load_key(args.key, create=args.key is not None)
-    async with Node.default(key=key, services=[router]) as node:
+    async with default_node(key=key, services=[router]) as node:
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -355,7 +356,8 @@ async def _file_body(path: str) -> Any:
 
 
 async def _cmd_request(args: argparse.Namespace) -> int:
-    from switchy.stack.node import Node
+    from switchy.presets import default_node
+    from switchy.protocols.router import request
 
     headers: dict[str, str] = {}
     for h in args.header:
@@ -374,8 +376,9 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             body = _file_body(path)
         else:
             body = args.data.encode()
-    async with Node.default(key=_load_key(args.key, create=False)) as node:
-        resp = await node.request(
+    async with default_node(key=_load_key(args.key, create=False)) as node:
+        resp = await request(
+            node,
             args.addr,
             args.method.upper(),
             args.path,
@@ -508,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=int, default=3, help="number of nodes (2 or more)")
     s.set_defaults(func=_cmd_demo)
 
-    from switchy.transports.sim.scenarios import SCENARIOS
+    from switchy.scenarios import SCENARIOS
 
     s = sub.add_parser("sim", help="run a scenario on the deterministic network simulator")
     s.add_argument("--scenario", choices=sorted(SCENARIOS), default="mesh")

@@ -6,6 +6,7 @@ import asyncio
 import statistics
 import time
 
+from switchy.presets import default_node
 from switchy.stack.addresses import with_peer
 from switchy.stack.errors import AuthenticationFailed
 from switchy.stack.node import Node
@@ -26,7 +27,7 @@ async def _find_by_name(peers: list[Node], names: list[str]) -> None:
     from switchy.protocols.discovery.registry import RegistryService
 
     _say("\n7b. Find peers by name")
-    async with Node.default(services=[RegistryService()]) as registry:
+    async with default_node(services=[RegistryService()]) as registry:
         await registry.listen("/ip4/127.0.0.1/tcp/0")
         where = registry.full_addrs[0]
         _say(f"   a name registry runs at {where}")
@@ -56,7 +57,7 @@ async def run_demo(nodes: int = 3) -> None:
     peers: list[Node] = []
     try:
         for name in names:
-            node = Node.default()
+            node = default_node()
             await node.start()
             await node.listen("/ip4/127.0.0.1/tcp/0")
             peers.append(node)

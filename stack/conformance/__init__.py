@@ -1,5 +1,5 @@
-"""The conformance suite: pytest suites that judge any transport, security layer,
-stream muxer or node set-up built for this stack.
+"""The conformance suite of the core: pytest suites that judge any transport, security
+layer, stream muxer or node set-up built for this stack.
 
 Suites (modules of this package, each needing one harness fixture):
 
@@ -7,15 +7,13 @@ Suites (modules of this package, each needing one harness fixture):
 * ``test_security`` — ``security_harness`` → :class:`SecurityHarness`;
 * ``test_muxer`` — ``muxer_harness`` → :class:`MuxerHarness`;
 * ``test_node`` — ``node_harness`` → :class:`NodeHarness` (message integrity,
-  connection lifecycle, the protocol-handler contract, partitions on the simulator);
-* ``test_router`` — ``router_harness`` → :class:`RouterHarness`: your router services
-  (good requests answer 2xx, hostile ones never crash or hang a handler) and the
-  routing contract itself (a stateful model test of registration and matching);
-* ``test_discovery`` — ``discovery_harness`` → :class:`DiscoveryHarness`: register,
-  resolve, connect by name, unknown names, names of any shape, many names at once,
-  and (where names are owned) no take-over of a live name;
-* ``test_remote`` — ``remote_harness`` → :class:`RemotePeerHarness`: a running peer of
-  any implementation (ours, py-libp2p, …) that speaks ping and echo, dialed by our node.
+  connection lifecycle, the protocol-handler contract, partitions where the
+  harness can make them).
+
+The suites of the protocols (router, discovery, a remote peer), the virtual-time
+harness and the harnesses of the project's own parts are in
+:mod:`switchy.conformance`, above the core (which knows no concrete transport or
+protocol).
 
 Using it on your own part: write a module with the fixture(s), e.g.
 ``my_fixtures.py``::
@@ -32,65 +30,31 @@ Using it on your own part: write a module with the fixture(s), e.g.
     def transport_harness(): return MyHarness()
 
 and run ``pytest --pyargs switchy.stack.conformance -p my_fixtures`` (with ``my_fixtures``
-importable).  Suites without a fixture are skipped.  A failure's message starts
-with ``contract '<name>' broken:`` and says what happened.
+importable, e.g. ``PYTHONPATH=.``).  Suites without a fixture are skipped.  A failure's
+message starts with ``contract '<name>' broken:`` and says what happened.
 
-Harnesses run each test in virtual time on the simulator's event loop unless
-they override :meth:`Harness.run` (real sockets must: see
-:class:`TcpTransportHarness`).  :mod:`switchy.stack.conformance.strategies` has the
-hypothesis strategies the suites use.
+Harnesses here run each test in real time on a fresh event loop (:meth:`Harness.run`);
+mix in :class:`switchy.conformance.VirtualTimeHarness` to run on the simulator's loop
+in virtual time.  :mod:`switchy.stack.conformance.strategies` has the hypothesis
+strategies the suites use.
 """
 
 from __future__ import annotations
 
 from switchy.stack.conformance._util import ContractViolation
 from switchy.stack.conformance.harness import (
-    DiscoveryHarness,
     Harness,
     MuxerHarness,
     NodeHarness,
-    NoiseHarness,
-    QuicTransportHarness,
-    RegistryDiscoveryHarness,
-    RelayNodeHarness,
-    RemotePeerHarness,
-    RouterHarness,
     SecurityHarness,
-    SimNameDiscoveryHarness,
-    SimNodeHarness,
-    SimQuicNodeHarness,
-    SimQuicTransportHarness,
-    SimTransportHarness,
-    StaticFilesHarness,
-    SwitchyRemoteHarness,
-    TcpNodeHarness,
-    TcpTransportHarness,
     TransportHarness,
-    YamuxHarness,
 )
 
 __all__ = [
     "ContractViolation",
-    "DiscoveryHarness",
     "Harness",
     "MuxerHarness",
     "NodeHarness",
-    "NoiseHarness",
-    "QuicTransportHarness",
-    "RegistryDiscoveryHarness",
-    "RelayNodeHarness",
-    "RemotePeerHarness",
-    "RouterHarness",
     "SecurityHarness",
-    "SimNameDiscoveryHarness",
-    "SimNodeHarness",
-    "SimQuicNodeHarness",
-    "SimQuicTransportHarness",
-    "SimTransportHarness",
-    "StaticFilesHarness",
-    "SwitchyRemoteHarness",
-    "TcpNodeHarness",
-    "TcpTransportHarness",
     "TransportHarness",
-    "YamuxHarness",
 ]

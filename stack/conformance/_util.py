@@ -8,16 +8,17 @@ import random
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
 from multiaddr import Multiaddr
 
 from switchy.stack.codec import encode_uvarint
+from switchy.stack.conformance.harness import Harness
 from switchy.stack.identity import KeyPair
 from switchy.stack.mux import MuxedConnection
 from switchy.stack.pipe import memory_pipe
 
 if TYPE_CHECKING:
     from switchy.stack.conformance.harness import (
-        Harness,
         MuxerHarness,
         SecurityHarness,
         TransportHarness,
@@ -31,6 +32,7 @@ __all__ = [
     "cancelled_reads_lose_nothing",
     "cancelled_writes_arrive_whole",
     "check_whole_writes",
+    "harness_fixture",
     "never",
     "require",
     "transfer",
@@ -389,3 +391,21 @@ async def cancelled_reads_lose_nothing(
     await writer.write(b"y" * 40)
     again = await within(h, reader.read_exactly(100), contract, "read_exactly again")
     require(again == b"x" * 60 + b"y" * 40, contract, "a cancelled read_exactly lost bytes")
+
+
+def harness_fixture(fixture: str, kind: type, name: str, what: str) -> Any:
+    """A fixture ``name`` returning the ``kind`` harness of the user's ``fixture``."""
+
+    def lookup(request: pytest.FixtureRequest) -> Harness:
+        try:
+            harness = request.getfixturevalue(fixture)
+        except pytest.FixtureLookupError:
+            pytest.skip(
+                f"no {fixture!r} fixture: give one returning a {kind.__name__} to run this suite"
+            )
+        if not isinstance(harness, kind) or not isinstance(harness, Harness):
+            raise TypeError(f"fixture {fixture!r} must return a {kind.__name__}, got {harness!r}")
+        return harness
+
+    lookup.__doc__ = f"{what} (from your ``{fixture}`` fixture)."
+    return pytest.fixture(name=name)(lookup)

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from switchy.stack.conformance import RemotePeerHarness
+from switchy.conformance import RemotePeerHarness
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent

@@ -26,7 +26,7 @@ def remote_harness():
     pytester.syspathinsert()
     return pytester.runpytest_inprocess(
         "--pyargs",
-        "switchy.stack.conformance.test_remote",
+        "switchy.conformance.test_remote",
         "-p",
         "remote_fixtures",
         "-p",
@@ -36,7 +36,7 @@ def remote_harness():
 
 
 def test_remote_contract_against_our_node(pytester: pytest.Pytester) -> None:
-    outcome = _run(pytester, "SwitchyRemoteHarness", "switchy.stack.conformance")
+    outcome = _run(pytester, "SwitchyRemoteHarness", "switchy.conformance")
     outcome.assert_outcomes(passed=REMOTE_TESTS)
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from switchy.presets import default_node
 from switchy.protocols.echo import echo
 from switchy.protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
 from switchy.protocols.perf import perf
 from switchy.protocols.ping import PING_PROTOCOL, ping
 from switchy.stack.identity import KeyPair, PeerId
-from switchy.stack.node import Node
 from tests.interop.harness import pylibp2p_listener, run_peer
 
 pytestmark = pytest.mark.interop
@@ -31,7 +31,7 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
 
 def test_pylibp2p_pings_identifies_echoes_and_perfs_us(interop_python: Path) -> None:
     async def main() -> None:
-        async with Node.default(listen=["/ip4/127.0.0.1/tcp/0"]) as node:
+        async with default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as node:
             addr = str(node.full_addrs[0])
             r = await run_peer("ping", addr, "-c", "5")
             assert len(r["rtts_us"]) == 5
@@ -61,7 +61,7 @@ def test_pylibp2p_pings_identifies_echoes_and_perfs_us(interop_python: Path) -> 
 def test_we_ping_identify_echo_and_perf_pylibp2p(interop_python: Path) -> None:
     async def main() -> None:
         seed = bytes(range(32))
-        async with pylibp2p_listener(seed) as peer, Node.default() as node:
+        async with pylibp2p_listener(seed) as peer, default_node() as node:
             expected = KeyPair.from_seed(seed).peer_id
             assert PeerId.from_string(peer.peer_id) == expected
             addr = next(a for a in peer.addrs if "/tcp/" in a)
@@ -96,7 +96,7 @@ def test_wrong_peer_id_against_pylibp2p_is_refused(interop_python: Path) -> None
     async def main() -> None:
         from switchy.stack.errors import AuthenticationFailed
 
-        async with pylibp2p_listener() as peer, Node.default() as node:
+        async with pylibp2p_listener() as peer, default_node() as node:
             base = next(a for a in peer.addrs if "/tcp/" in a).split("/p2p/")[0]
             impostor = KeyPair.generate().peer_id
             with pytest.raises(AuthenticationFailed):
@@ -112,7 +112,7 @@ QUIC_LISTEN = "/ip4/127.0.0.1/udp/0/quic-v1"
 
 def test_pylibp2p_pings_identifies_echoes_and_perfs_us_over_quic(interop_python: Path) -> None:
     async def main() -> None:
-        async with Node.default(listen=[QUIC_LISTEN]) as node:
+        async with default_node(listen=[QUIC_LISTEN]) as node:
             addr = str(node.full_addrs[0])
             assert "/udp/" in addr and "/quic-v1/" in addr
             r = await run_peer("ping", addr, "--quic", "-c", "5")
@@ -141,7 +141,7 @@ def test_we_ping_identify_echo_and_perf_pylibp2p_over_quic(interop_python: Path)
         from switchy.transports.quic import QuicConnection
 
         seed = bytes(range(32))
-        async with pylibp2p_listener(seed, quic=True) as peer, Node.default() as node:
+        async with pylibp2p_listener(seed, quic=True) as peer, default_node() as node:
             expected = KeyPair.from_seed(seed).peer_id
             assert PeerId.from_string(peer.peer_id) == expected
             addr = next(a for a in peer.addrs if "/quic-v1" in a)
@@ -175,7 +175,7 @@ def test_wrong_peer_id_against_pylibp2p_over_quic_is_refused(interop_python: Pat
     async def main() -> None:
         from switchy.stack.errors import AuthenticationFailed
 
-        async with pylibp2p_listener(quic=True) as peer, Node.default() as node:
+        async with pylibp2p_listener(quic=True) as peer, default_node() as node:
             base = next(a for a in peer.addrs if "/quic-v1" in a).split("/p2p/")[0]
             impostor = KeyPair.generate().peer_id
             with pytest.raises(AuthenticationFailed, match="expected"):

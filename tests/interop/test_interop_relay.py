@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from switchy.presets import default_node
 from switchy.protocols.echo import echo
 from switchy.protocols.ping import ping
 from switchy.stack.codec import pb_fields
 from switchy.stack.identity import PeerId
-from switchy.stack.node import Node
 from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
 from switchy.transports.relay.pb import decode_voucher
 from switchy.transports.relay.voucher import VOUCHER_PAYLOAD_TYPE
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.interop
 
 def test_our_peers_connect_through_a_pylibp2p_relay(interop_python: Path) -> None:
     async def main() -> None:
-        async with pylibp2p_listener(relay=True) as relay, Node.default() as b, Node.default() as a:
+        async with pylibp2p_listener(relay=True) as relay, default_node() as b, default_node() as a:
             relay_id = PeerId.from_string(relay.peer_id)
             raddr = next(x for x in relay.addrs if "/tcp/" in x)
             if "/p2p/" not in raddr:
@@ -57,8 +57,8 @@ def test_a_pylibp2p_client_connects_through_our_relay(interop_python: Path) -> N
     async def main() -> None:
         relay_service = RelayService(RelayConfig(limit_data=0))
         async with (
-            Node.default(services=[relay_service], listen=["/ip4/127.0.0.1/tcp/0"]) as r,
-            Node.default() as b,
+            default_node(services=[relay_service], listen=["/ip4/127.0.0.1/tcp/0"]) as r,
+            default_node() as b,
         ):
             (addr,) = await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
             result = await run_peer("circuit-ping", f"{addr}/p2p/{b.peer_id}", "-c", "3")

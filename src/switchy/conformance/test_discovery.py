@@ -5,7 +5,7 @@ resolve correctly, and — where the backend owns names — another peer cannot 
 live name over.
 
 Needs a ``discovery_harness`` fixture returning a
-:class:`~switchy.stack.conformance.harness.DiscoveryHarness`.
+:class:`~switchy.conformance.harness.DiscoveryHarness`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from switchy.conformance.harness import DiscoveryHarness, SimNodeHarness
+from switchy.protocols.discovery import connect_by_name, discover, register_name
 from switchy.stack.conformance import strategies
 from switchy.stack.conformance._util import require, within
-from switchy.stack.conformance.harness import DiscoveryHarness, SimNodeHarness
 from switchy.stack.errors import DiscoveryFailed, P2PError
 
 
@@ -51,16 +52,14 @@ def _with_nodes(
 
 
 async def _resolve(h: DiscoveryHarness, node: Any, name: str) -> tuple[Any, list[Any]]:
-    found: tuple[Any, list[Any]] = await within(
-        h, node.discover(name), "discovery.resolve", f"resolving {name!r}"
-    )
-    return found
+    found = await within(h, discover(node, name), "discovery.resolve", f"resolving {name!r}")
+    return found.peer_id, list(found.addrs)
 
 
 def test_register_resolve_and_connect_by_name(discovery: DiscoveryHarness) -> None:
     async def body(make: Callable[[str], Any]) -> None:
         a, b = await make("a"), await make("b")
-        await within(discovery, a.register_name("living-room"), "discovery.register", "register")
+        await within(discovery, register_name(a, "living-room"), "discovery.register", "register")
         try:
             peer, addrs = await _resolve(discovery, b, "living-room")
         except DiscoveryFailed as exc:
@@ -72,7 +71,7 @@ def test_register_resolve_and_connect_by_name(discovery: DiscoveryHarness) -> No
             f"resolved addresses {addrs} hold none of {a.listen_addrs}",
         )
         conn = await within(
-            discovery, b.connect_by_name("living-room"), "discovery.connect", "connecting"
+            discovery, connect_by_name(b, "living-room"), "discovery.connect", "connecting"
         )
         require(conn.remote_peer == a.peer_id, "discovery.connect", "connected to another peer")
 
@@ -101,7 +100,7 @@ def test_unknown_name_fails_clearly(discovery: DiscoveryHarness) -> None:
 def test_names_of_any_allowed_shape(discovery: DiscoveryHarness, name: str) -> None:
     async def body(make: Callable[[str], Any]) -> None:
         a, b = await make("a"), await make("b")
-        await within(discovery, a.register_name(name), "discovery.register", "register")
+        await within(discovery, register_name(a, name), "discovery.register", "register")
         peer, _ = await _resolve(discovery, b, name)
         require(peer == a.peer_id, "discovery.resolve", f"{name!r} resolved to another peer")
 
@@ -113,18 +112,18 @@ def test_many_names_at_once(discovery: DiscoveryHarness) -> None:
         nodes = [await make(f"n{i}") for i in range(8)]
         await within(
             discovery,
-            asyncio.gather(*(n.register_name(f"device-{i}") for i, n in enumerate(nodes))),
+            asyncio.gather(*(register_name(n, f"device-{i}") for i, n in enumerate(nodes))),
             "discovery.register",
             "8 registrations at once",
         )
         client = await make("client")
         found = await within(
             discovery,
-            asyncio.gather(*(client.discover(f"device-{i}") for i in range(8))),
+            asyncio.gather(*(discover(client, f"device-{i}") for i in range(8))),
             "discovery.resolve",
             "8 lookups at once",
         )
-        wrong = [i for i, (peer, _) in enumerate(found) if peer != nodes[i].peer_id]
+        wrong = [i for i, f in enumerate(found) if f.peer_id != nodes[i].peer_id]
         require(not wrong, "discovery.resolve", f"names {wrong} resolved to the wrong peers")
 
     discovery.run(_with_nodes(discovery, body))
@@ -136,9 +135,9 @@ def test_a_live_name_cannot_be_taken_over(discovery: DiscoveryHarness) -> None:
 
     async def body(make: Callable[[str], Any]) -> None:
         a, thief, b = await make("a"), await make("thief"), await make("b")
-        await within(discovery, a.register_name("kitchen"), "discovery.register", "register")
+        await within(discovery, register_name(a, "kitchen"), "discovery.register", "register")
         with contextlib.suppress(P2PError):  # refused: fine
-            await within(discovery, thief.register_name("kitchen"), "discovery.owner", "steal")
+            await within(discovery, register_name(thief, "kitchen"), "discovery.owner", "steal")
         peer, _ = await _resolve(discovery, b, "kitchen")
         require(
             peer == a.peer_id,

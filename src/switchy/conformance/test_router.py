@@ -5,7 +5,7 @@ and a stateful model test of route registration and matching (404/405, static
 segments before parameters, conflicts detected at registration time).
 
 Needs a ``router_harness`` fixture returning a
-:class:`~switchy.stack.conformance.harness.RouterHarness`.
+:class:`~switchy.conformance.harness.RouterHarness`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from switchy.conformance.harness import RouterHarness, SimNodeHarness
+from switchy.protocols.router import Response, Router, request
 from switchy.stack.conformance import strategies
 from switchy.stack.conformance._util import require, within
-from switchy.stack.conformance.harness import RouterHarness
 from switchy.stack.errors import InvalidConfiguration, P2PError
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -32,8 +33,6 @@ def _serve(
     """A coroutine function running ``body(client, server_addr)`` with the router served."""
 
     async def main() -> None:
-        from switchy.protocols.router import Router
-        from switchy.stack.conformance.harness import SimNodeHarness
 
         router: Router = h.make_router()
         for service in h.services():
@@ -80,7 +79,7 @@ def test_good_requests_answer_2xx(router_part: RouterHarness) -> None:
         for method, path, data in router_part.good_requests():
             resp = await within(
                 router_part,
-                client.request(addr, method, path, body=data),
+                request(client, addr, method, path, body=data),
                 "router.request",
                 f"{method} {path}",
             )
@@ -89,7 +88,7 @@ def test_good_requests_answer_2xx(router_part: RouterHarness) -> None:
                 "router.good-requests",
                 f"{method} {path} answered {resp.status_line}",
             )
-        resp = await client.request(addr, "GET", "/conformance/surely/not/a/route/0")
+        resp = await request(client, addr, "GET", "/conformance/surely/not/a/route/0")
         require(resp.status == 404, "router.not-found", f"an unknown path gave {resp.status}")
 
     router_part.run(_serve(router_part, body))
@@ -100,7 +99,7 @@ def test_concurrent_requests_all_complete(router_part: RouterHarness) -> None:
         reqs = router_part.good_requests() * 10 or [("GET", "/none", b"")] * 20
         resps = await within(
             router_part,
-            asyncio.gather(*(client.request(addr, m, p, body=b) for m, p, b in reqs)),
+            asyncio.gather(*(request(client, addr, m, p, body=b) for m, p, b in reqs)),
             "router.concurrency",
             f"{len(reqs)} concurrent requests",
         )
@@ -147,7 +146,7 @@ def test_hostile_requests_never_crash_a_handler(
             try:
                 resp = await within(
                     router_part,
-                    client.request(addr, method, path, body=data, headers=headers),
+                    request(client, addr, method, path, body=data, headers=headers),
                     "router.robustness",
                     f"an answer to {method} {path!r}",
                 )
@@ -223,8 +222,6 @@ class RouterModel(RuleBasedStateMachine):
         segs=st.lists(st.sampled_from(_PATH_SEGMENTS), min_size=1, max_size=3),
     )
     def lookup(self, method: str, segs: list[str]) -> None:
-        from switchy.protocols.router import Response
-
         path = "/" + "/".join(segs)
         candidates = [
             (tuple(0 if s is not None else 1 for s in shape), m, pattern)

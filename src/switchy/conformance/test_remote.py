@@ -4,7 +4,7 @@ streams on one connection, an unknown protocol refused without harm, reconnectin
 after a close, and a wrong expected peer id refused.
 
 Needs a ``remote_harness`` fixture returning a
-:class:`~switchy.stack.conformance.harness.RemotePeerHarness`.
+:class:`~switchy.conformance.harness.RemotePeerHarness`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import random
 
 import pytest
 
+from switchy.conformance.harness import RemotePeerHarness
+from switchy.protocols.ping import ping
 from switchy.stack.conformance._util import require, transfer, within
-from switchy.stack.conformance.harness import RemotePeerHarness
 from switchy.stack.errors import AuthenticationFailed, NegotiationFailed
 from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node
@@ -31,8 +32,6 @@ async def _echo(h: RemotePeerHarness, node: Node, addr: str, data: bytes) -> byt
 
 
 def test_ping(remote: RemotePeerHarness) -> None:
-    from switchy.protocols.ping import ping
-
     async def main() -> None:
         async with remote.remote() as addr, remote.make_local() as node:
             rtts = await within(remote, ping(node, addr, count=5), "remote.ping", "5 pings")

@@ -1,0 +1,60 @@
+"""Presets: ready-made nodes composed from the layers (the one place that knows them all).
+
+The core (:mod:`switchy.stack`) knows no concrete transport or protocol; this module,
+above the core, the transports and the protocols, puts the everyday node together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from switchy.protocols.echo import EchoService
+from switchy.protocols.identify import IdentifyService
+from switchy.protocols.perf import PerfService
+from switchy.protocols.ping import PingService
+from switchy.stack.config import NetworkConfig
+from switchy.stack.node import Node, ProtocolService
+from switchy.stack.transport import Transport
+from switchy.transports.quic import QuicTransport
+from switchy.transports.relay import RelayTransport
+from switchy.transports.tcp import TcpTransport
+
+__all__ = ["default_node", "default_services", "default_transports"]
+
+
+def default_transports(config: NetworkConfig) -> list[Transport]:
+    """QUIC-v1 then TCP (Noise + yamux): the order in which addresses are dialed."""
+    return [QuicTransport(config), TcpTransport(config)]
+
+
+def default_services() -> list[ProtocolService]:
+    """Ping, identify (and push), echo and perf."""
+    return [PingService(), IdentifyService(), EchoService(), PerfService()]
+
+
+def default_node(
+    *,
+    transports: Sequence[Transport] | None = None,
+    services: Iterable[ProtocolService] = (),
+    config: NetworkConfig | None = None,
+    **options: Any,
+) -> Node:
+    """A node with QUIC and TCP, ping, identify, echo, perf and the circuit relay client.
+
+    ``transports`` replaces QUIC + TCP (:func:`default_transports`); ``services`` are
+    added after the default ones (:func:`default_services`).  The relay client
+    (:class:`~switchy.transports.relay.RelayTransport`) dials and listens on
+    ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it (e.g. with
+    fallback relays).  Every other keyword (``key``, ``listen``, ``handlers``,
+    ``entropy``, ...) goes to :class:`~switchy.stack.node.Node` as it is.
+
+    Raises what :class:`~switchy.stack.node.Node` raises
+    (:class:`~switchy.stack.errors.InvalidConfiguration`).
+    """
+    config = config or NetworkConfig()
+    chosen = list(default_transports(config) if transports is None else transports)
+    all_services = [*default_services(), *services]
+    if not any(isinstance(s, RelayTransport) for s in all_services):
+        all_services.append(RelayTransport())
+    return Node(transports=chosen, services=all_services, config=config, **options)
