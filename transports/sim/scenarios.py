@@ -58,8 +58,8 @@ __all__ = [
     "MAX_SCENARIO_NODES",
     "NAT_EXPECTED",
     "NAT_SCENARIO_PRESETS",
-    "ObservedEcho",
     "SCENARIOS",
+    "ObservedEcho",
     "ScenarioResult",
     "run_scenario",
 ]
