@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from switchy.protocols.identify import IdentifyService, identify
 from switchy.protocols.ping import PingService, ping
-from switchy.stack.errors import ConnectionFailed, InvalidConfiguration, P2PTimeout
+from switchy.stack.errors import ConnectionFailed, InvalidConfiguration, P2PTimeout, StreamReset
 from switchy.stack.node import Node
 from switchy.transports.quic.sim import sim_quic_transport
 from switchy.transports.sim import (
@@ -330,7 +330,9 @@ def test_unsolicited_syn_is_reset_or_dropped(answer: str) -> None:
 # --- simultaneous open ------------------------------------------------------------------
 
 
-async def _punch(sim: Simulation, preset: str) -> tuple[Any, Any]:
+async def _punch(
+    sim: Simulation, preset: str, *, config: NatConfig | None = None, bob_delay: float = 0.0
+) -> tuple[Any, Any]:
     internet(sim)
     net = sim.network
     seen: dict[str, tuple[str, int]] = {}
@@ -340,8 +342,11 @@ async def _punch(sim: Simulation, preset: str) -> tuple[Any, Any]:
         await conn.read()
 
     net.listen("s1", 4001, relay)
-    net.add_nat("nat-a", lan=["alice"], wan="isp", preset=preset)
-    net.add_nat("nat-b", lan=["bob"], wan="isp", preset=preset)
+    for box, host in (("nat-a", "alice"), ("nat-b", "bob")):
+        if config is None:
+            net.add_nat(box, lan=[host], wan="isp", preset=preset)
+        else:
+            net.add_nat(box, lan=[host], wan="isp", config=config)
 
     async def refuse(conn: Any) -> None:
         await conn.reset()
@@ -351,9 +356,14 @@ async def _punch(sim: Simulation, preset: str) -> tuple[Any, Any]:
         await net.connect(host, "s1", 4001, local_port=4001)  # learn the mapping
     await asyncio.sleep(0.1)
     a_ext, b_ext = seen["alice"], seen["bob"]
+
+    async def bob_dials() -> Any:
+        await asyncio.sleep(bob_delay)
+        return await net.connect("bob", a_ext[0], a_ext[1], local_port=4001, timeout=5)
+
     results = await asyncio.gather(
         net.connect("alice", b_ext[0], b_ext[1], local_port=4001, timeout=5),
-        net.connect("bob", a_ext[0], a_ext[1], local_port=4001, timeout=5),
+        bob_dials(),
         return_exceptions=True,
     )
     return results[0], results[1]
@@ -371,7 +381,8 @@ def test_simultaneous_open_through_two_port_restricted_nats_makes_one_connection
         assert await b.read() == b"from alice"
         assert await a.read() == b"from bob"
         assert len(sim.trace.of_kind("simultaneous_open")) == 1
-        assert sim.trace.of_kind("accept")[-1].dst != "alice"  # no listener was involved
+        # No listener was involved: neither alice nor bob accepted anything.
+        assert [e for e in sim.trace.of_kind("accept") if e.src in ("alice", "bob")] == []
         assert (
             len(
                 [
@@ -382,6 +393,36 @@ def test_simultaneous_open_through_two_port_restricted_nats_makes_one_connection
             )
             == 1
         )
+
+    run_simulation(main, seed=9, config=QUIET)
+
+
+def test_late_syn_behind_a_dropping_nat_is_retried_into_one_connection() -> None:
+    async def main(sim: Simulation) -> None:
+        quiet = attrs.evolve(nat_preset("port_restricted"), unsolicited_syn="drop")
+        a, b = await _punch(sim, "", config=quiet, bob_delay=0.5)
+        # Alice's first SYN was dropped at bob's NAT; bob's SYN then matched alice's dial.
+        assert not isinstance(a, BaseException) and not isinstance(b, BaseException)
+        assert a.peer is b
+        assert any(
+            (e.extra or {}).get("reason") == "nat_filtered" for e in sim.trace.of_kind("drop")
+        )
+        assert len(sim.trace.of_kind("simultaneous_open")) == 1
+        await b.write(b"late but there")
+        assert await a.read() == b"late but there"
+
+    run_simulation(main, seed=9, config=QUIET)
+
+
+def test_late_syn_behind_a_resetting_nat_fails_the_early_dial() -> None:
+    async def main(sim: Simulation) -> None:
+        a, b = await _punch(sim, "port_restricted", bob_delay=0.5)
+        # The early SYN is reset by bob's NAT (Linux's default); bob's later SYN gets
+        # through alice's NAT and reaches alice's listener, which refuses it here.
+        assert isinstance(a, ConnectionFailed) and "reset by NAT nat-b" in str(a)
+        assert not isinstance(b, BaseException)
+        assert [e.src for e in sim.trace.of_kind("accept") if e.src == "alice"] == ["alice"]
+        assert sim.trace.of_kind("simultaneous_open") == []
 
     run_simulation(main, seed=9, config=QUIET)
 
@@ -498,6 +539,35 @@ def test_cgnat_two_layers_and_a_shared_carrier() -> None:
         (carrier,) = net.nat("cgn").mappings()
         assert carrier.internal == ("home1", 5000) and carrier.external == ext
         assert [e.src for e in sim.trace.of_kind("nat_map")] == ["home1", "cgn"]
+        assert net.public_address("alice", 5000, proto="udp") == net.host("cgn").address(ext[1])
+        with pytest.raises(ConnectionFailed, match="0 udp mappings"):
+            net.public_address("bob", 5000, proto="udp")
+
+
+def test_a_crashed_nat_forgets_its_mappings_and_connections_through_it_break() -> None:
+    async def main(sim: Simulation) -> None:
+        internet(sim)
+        net = sim.network
+        box = net.add_nat("box", lan=["alice"], wan="isp", preset="full_cone")
+
+        async def sink(conn: Any) -> None:
+            while await conn.read():
+                pass
+
+        net.listen("s1", 4001, sink)
+        conn = await net.connect("alice", "s1", 4001)
+        await conn.write(b"before")
+        net.crash("box")
+        net.restart("box")
+        assert box.mappings() == [] and len(sim.trace.of_kind("nat_clear")) == 1
+        await conn.write(b"after")  # committed; it cannot get through any more
+        with pytest.raises(StreamReset):
+            await conn.read()
+        drops = [(e.extra or {}).get("reason") for e in sim.trace.of_kind("drop")]
+        assert "nat_no_mapping" in drops
+        assert sim.now >= sim.config.connection_timeout
+
+    run_simulation(main, seed=13, config=QUIET)
 
     run_simulation(main, seed=12, config=QUIET)
 

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from switchy.stack.errors import InvalidConfiguration
-from switchy.transports.sim.nat import NatConfig, NatMapping, NatPacket, NatTable, Verdict
+from switchy.transports.sim.nat import (
+    NatConfig,
+    NatCounters,
+    NatMapping,
+    NatPacket,
+    NatTable,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from switchy.transports.sim.network import Host, Network, _Route
@@ -78,7 +85,7 @@ class NatBox:
         host.on_crash(self._crashed)
 
     @property
-    def counters(self) -> Any:
+    def counters(self) -> NatCounters:
         """The table's :class:`~switchy.transports.sim.nat.NatCounters`."""
         return self.table.counters
 
