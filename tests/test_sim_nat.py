@@ -441,6 +441,52 @@ def test_simultaneous_open_through_symmetric_nats_fails() -> None:
     run_simulation(main, seed=9, config=QUIET)
 
 
+def test_simultaneous_open_without_nats_makes_one_connection() -> None:
+    async def main(sim: Simulation) -> None:
+        net = sim.network
+        net.add_hosts(["a", "b"])
+        net.add_link("a", "b", latency=0.03)
+
+        async def refuse(conn: Any) -> None:
+            await conn.reset()
+
+        for host in ("a", "b"):
+            net.listen(host, 4001, refuse)
+        x, y = await asyncio.gather(
+            net.connect("a", "b", 4001, local_port=4001),
+            net.connect("b", "a", 4001, local_port=4001),
+        )
+        assert x.peer is y and x.local_addr == y.remote_addr and y.local_addr == x.remote_addr
+        assert sim.now == pytest.approx(0.06)  # one round trip, as for a plain dial
+        with pytest.raises(ConnectionFailed, match="already in use"):
+            await net.connect("a", "b", 4001, local_port=4001)
+
+    run_simulation(main, seed=14, config=QUIET)
+
+
+@pytest.mark.parametrize(("preset", "punches"), [("port_restricted", True), ("symmetric", False)])
+def test_udp_hole_punch(preset: str, punches: bool) -> None:
+    async def main(sim: Simulation) -> None:
+        internet(sim)
+        net = sim.network
+        net.add_nat("nat-a", lan=["alice"], wan="isp", preset=preset)
+        net.add_nat("nat-b", lan=["bob"], wan="isp", preset=preset)
+        a_in, b_in = Inbox(), Inbox()
+        a_sock, _ = net.open_datagram(a_in, "alice", 4001)
+        b_sock, _ = net.open_datagram(b_in, "bob", 4001)
+        a_ext = await observe_udp(sim, a_sock, a_in, "s1")
+        b_ext = await observe_udp(sim, b_sock, b_in, "s1")
+        for _ in range(3):  # both spray at the other's observed address
+            a_sock.sendto(b"from alice", b_ext)
+            b_sock.sendto(b"from bob", a_ext)
+            await asyncio.sleep(0.1)
+        got_a = [d for d, _ in a_in.received if d == b"from bob"]
+        got_b = [d for d, _ in b_in.received if d == b"from alice"]
+        assert bool(got_a) is punches and bool(got_b) is punches
+
+    run_simulation(main, seed=15, config=QUIET)
+
+
 # --- QUIC and full nodes ----------------------------------------------------------------
 
 

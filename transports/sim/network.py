@@ -20,6 +20,12 @@ Model
 * :meth:`Network.hold` parks the traffic entering a link; :meth:`Network.release`
   sends it on.  Held stream traffic waits without timing out.
 
+* :meth:`Network.add_nat` puts hosts behind a NAT or firewall box (RFC 4787 /
+  RFC 5382 behaviours, presets by name); packets to and from them are
+  translated and filtered on the way (see ``specs/simulator-nat.md``).
+  :meth:`Network.connect` with ``local_port`` dials from a given (listening)
+  port; two such dials that cross make one connection (simultaneous open).
+
 Conditions are checked when a packet is sent: packets already travelling when
 a link goes down or a partition starts still arrive, except at a crashed host.
 
