@@ -698,7 +698,8 @@ def test_table_never_lets_in_what_its_filtering_forbids(preset: str, ops: list[A
 
     cfg = attrs.evolve(NAT_PRESETS[preset], port_range=(100, 107))
     table = NatTable("nat", cfg, random.Random(0))
-    sent: dict[tuple[tuple[str, int], tuple[str, int]], float] = {}  # (internal, remote) -> t
+    # A model of what went out: (internal, remote) -> (last time, external endpoint used).
+    sent: dict[tuple[tuple[str, int], tuple[str, int]], tuple[float, tuple[str, int]]] = {}
     now = 0.0
     for direction, inside, rhost, rport, step, ext in ops:
         now += step
@@ -707,20 +708,39 @@ def test_table_never_lets_in_what_its_filtering_forbids(preset: str, ops: list[A
             v = table.outbound(NatPacket("udp", inside, remote), now)
             if v.action == "forward":
                 assert v.packet is not None and v.packet.src[0] == "nat"
-                sent[(inside, remote)] = now
+                sent[(inside, remote)] = (now, v.packet.src)
+                if cfg.mapping == "endpoint_independent":
+                    # One external endpoint per internal endpoint while traffic is live.
+                    others = {
+                        e for (i, _), (t, e) in sent.items() if i == inside and now < t + 30.0
+                    }
+                    assert others == {v.packet.src}
             else:
                 assert v.reason == "nat_ports_exhausted"
         else:
-            v = table.inbound(NatPacket("udp", remote, ("nat", 100 + ext)), now)
+            target = ("nat", 100 + ext)
+            v = table.inbound(NatPacket("udp", remote, target), now)
+            live = {
+                (i, r)
+                for (i, r), (t, e) in sent.items()
+                if e == target and now < t + 30.0  # sent through this mapping lately
+            }
             if v.action == "forward":
                 assert v.packet is not None
-                internal = v.packet.dst
-                live = {r for (i, r), t in sent.items() if i == internal and now < t + 30.0}
-                assert live, "let in a packet for an endpoint with no live traffic"
+                assert live, "let in a packet for a mapping with no live traffic"
+                assert {i for i, _ in live} == {v.packet.dst}
                 if cfg.filtering == "address_and_port_dependent":
-                    assert remote in live
+                    assert remote in {r for _, r in live}
                 elif cfg.filtering == "address_dependent":
-                    assert rhost in {r[0] for r in live}
+                    assert rhost in {r[0] for _, r in live}
+            else:
+                # It is refused only when the filter forbids it.
+                if cfg.filtering == "endpoint_independent":
+                    assert not live
+                elif cfg.filtering == "address_dependent":
+                    assert rhost not in {r[0] for _, r in live}
+                else:
+                    assert remote not in {r for _, r in live}
         # Never one external port for two live mappings.
         externals = [m.external for m in table.mappings()]
         assert len(externals) == len(set(externals))
