@@ -24,6 +24,17 @@ Scenarios:
     N nodes in pairs across a lossy (5 %), jittery, bandwidth-limited link;
     each pair echoes 256 KiB, and every byte must come back intact: loss shows
     up as retransmission delay and bandwidth as queueing, never as lost data.
+``nat``
+    One client behind each NAT preset (``open``, ``firewall``, ``full_cone``,
+    ``address_restricted``, ``port_restricted``, ``symmetric``, ``cgnat``;
+    the node count is not used).  Each client sends a UDP packet from port
+    5000 to a STUN-like echo on server ``s1`` (which answers with the address
+    it observed), then to one on ``s2``: the two observed addresses are the
+    same exactly when the mapping is endpoint-independent.  Then three
+    inbound probes go to the observed address: from ``s1:3478`` (the endpoint
+    contacted), ``s1:3479`` (same host, other port) and ``s3`` (never
+    contacted), and an unsolicited TCP SYN from ``s3``; the figures say which
+    got through, with each box's mapping count and drops.
 """
 
 from __future__ import annotations
@@ -41,11 +52,14 @@ from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import InvalidConfiguration, P2PError
 from switchy.transports.sim.config import SimConfig
 from switchy.transports.sim.simulation import Seed, Simulation
-from switchy.transports.sim.transport import SimTransport
+from switchy.transports.sim.transport import SimTransport, parse_sim_multiaddr
 
 __all__ = [
     "MAX_SCENARIO_NODES",
+    "NAT_EXPECTED",
+    "NAT_SCENARIO_PRESETS",
     "SCENARIOS",
+    "ObservedEcho",
     "ScenarioResult",
     "run_scenario",
 ]
@@ -289,11 +303,162 @@ async def scenario_lossy(sim: Simulation, n: int) -> tuple[Figures, Expectations
     return figures, [("echoes_intact", pairs)]
 
 
+class ObservedEcho(asyncio.DatagramProtocol):
+    """A STUN-like UDP service: answers every datagram with the ``host:port`` it came from,
+    and keeps what it received (``received``: ``(data, addr)`` pairs)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the socket to answer on."""
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Record ``data`` and echo the observed address back."""
+        self.received.append((data, addr))
+        if data.startswith(b"?") and self.transport is not None:
+            self.transport.sendto(f"{addr[0]}:{addr[1]}".encode(), addr)
+
+
+class _Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append((data, addr))
+
+
+#: The presets the ``nat`` scenario shows, in order.
+NAT_SCENARIO_PRESETS: Final = (
+    "open",
+    "firewall",
+    "full_cone",
+    "address_restricted",
+    "port_restricted",
+    "symmetric",
+    "cgnat",
+)
+#: What each preset must let in: (same mapping toward two servers, contacted endpoint
+#: passes, same host other port passes, other host passes, unsolicited TCP SYN outcome).
+NAT_EXPECTED: Final = {
+    "open": (True, True, True, True, "accepted"),
+    "firewall": (True, True, False, False, "reset"),
+    "full_cone": (True, True, True, True, "accepted"),
+    "address_restricted": (True, True, True, False, "reset"),
+    "port_restricted": (True, True, False, False, "reset"),
+    "symmetric": (False, True, False, False, "reset"),
+    "cgnat": (True, True, False, False, "reset"),
+}
+
+
+async def _nat_one(sim: Simulation, preset: str, seen_tcp: list[Multiaddr]) -> Figures:
+    from switchy.stack.errors import ConnectionFailed, P2PTimeout
+
+    net = sim.network
+    client, box = f"c-{preset}", f"nat-{preset}"
+    net.add_nat(box, lan=[client], wan="isp", preset=preset)
+    inbox = _Inbox()
+    sock, _ = net.open_datagram(inbox, client, 5000)
+    accepted: list[str] = []
+
+    async def on_conn(conn: Any) -> None:
+        accepted.append(str(conn.remote_addr))
+        await conn.close()
+
+    net.listen(client, 5000, on_conn)
+    observed: list[str] = []
+    for server in ("s1", "s2"):
+        before = len(inbox.received)
+        sock.sendto(b"?", (server, 3478))
+        await asyncio.sleep(0.5)
+        observed.extend(d.decode() for d, _ in inbox.received[before:])
+    ext_host, _, ext_port = observed[0].partition(":") if observed else ("", "", "0")
+    target = (ext_host, int(ext_port))
+    passed: dict[str, bool] = {}
+    for label, (host, port) in (
+        ("contacted", ("s1", 3478)),
+        ("same_host_other_port", ("s1", 3479)),
+        ("other_host", ("s3", 3478)),
+    ):
+        before = len(inbox.received)
+        probe = sim.network.host(host)._datagrams[port]
+        probe.sendto(b"probe-" + label.encode(), target)
+        await asyncio.sleep(0.5)
+        passed[label] = any(d.startswith(b"probe-") for d, _ in inbox.received[before:])
+    # TCP has its own mappings: open one (from the listening port) toward s1 first.
+    out = await net.connect(client, "s1", 4001, local_port=5000)
+    await asyncio.sleep(0.1)
+    seen = parse_sim_multiaddr(seen_tcp[-1])
+    assert seen is not None
+    seen_host = net.host_by_number(seen[0])
+    assert seen_host is not None
+    try:
+        conn = await net.connect("s3", seen_host, seen[1], timeout=3.0)
+        await conn.close()
+        tcp = "accepted"
+    except ConnectionFailed:
+        tcp = "reset"
+    except P2PTimeout:
+        tcp = "dropped"
+    await out.close()
+    sock.close()
+    boxes = [net.nat(box)] + ([net.nat(f"{box}-cgn")] if preset == "cgnat" else [])
+    return {
+        "observed": observed,
+        "same_mapping": len(observed) == 2 and observed[0] == observed[1],
+        "inbound": passed,
+        "unsolicited_tcp_syn": tcp,
+        "tcp_accepted_from": accepted,
+        "mappings": {b.name: len(b.mappings()) for b in boxes},
+        "created": {b.name: b.counters.mappings_created for b in boxes},
+        "drops": {b.name: dict(sorted(b.counters.drop_reasons.items())) for b in boxes},
+    }
+
+
+async def scenario_nat(sim: Simulation, n: int) -> tuple[Figures, Expectations]:
+    """See the module docstring."""
+    net = sim.network
+    net.add_hosts(["isp", "s1", "s2", "s3"])
+    seen_tcp: list[Multiaddr] = []
+
+    async def on_tcp(conn: Any) -> None:
+        seen_tcp.append(conn.remote_addr)
+        await conn.read()
+        await conn.close()
+
+    net.listen("s1", 4001, on_tcp)
+    for server in ("s1", "s2", "s3"):
+        net.add_link(server, "isp", latency=0.02, loss=0.0)
+        for port in (3478, 3479):
+            net.open_datagram(ObservedEcho(), server, port)
+    figures: Figures = {}
+    expectations: Expectations = []
+    for preset in NAT_SCENARIO_PRESETS:
+        sim.trace.note(sim.now, f"nat preset {preset}")
+        one = await _nat_one(sim, preset, seen_tcp)
+        figures[preset] = one
+        same, contacted, other_port, other_host, tcp = NAT_EXPECTED[preset]
+        got = (
+            one["same_mapping"],
+            one["inbound"]["contacted"],
+            one["inbound"]["same_host_other_port"],
+            one["inbound"]["other_host"],
+            one["unsolicited_tcp_syn"],
+        )
+        figures[f"{preset}_table"] = list(got)
+        expectations.append((f"{preset}_table", [same, contacted, other_port, other_host, tcp]))
+    return figures, expectations
+
+
 #: Scenario name → scenario function.
 SCENARIOS: Final[dict[str, ScenarioFunction]] = {
     "mesh": scenario_mesh,
     "partition": scenario_partition,
     "lossy": scenario_lossy,
+    "nat": scenario_nat,
 }
 
 

@@ -11,7 +11,10 @@ Same seed and scenario → the same run, event for event.  The pieces:
 * :class:`SimConnection` / :class:`SimListener` — reliable ordered streams;
   :class:`SimDatagramTransport` — unreliable datagrams;
 * :class:`SimTransport` — the stack transport (``/memory/<host*100000+port>``);
-* :class:`NameService`, :class:`TraceRecorder`, :class:`SimConfig`.
+* :class:`NameService`, :class:`TraceRecorder`, :class:`SimConfig`;
+* :meth:`Network.add_nat` → :class:`NatBox` — NAT and firewall boxes
+  (:class:`NatConfig`, presets :data:`NAT_PRESETS`; the pure state machine is
+  :class:`NatTable`; see ``specs/simulator-nat.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from switchy.transports.sim.config import SimConfig
 from switchy.transports.sim.datagram import SimDatagramTransport
 from switchy.transports.sim.loop import RealNetworkForbidden, VirtualTimeLoop
 from switchy.transports.sim.names import NameRecord, NameService
+from switchy.transports.sim.nat import NAT_PRESETS, NatConfig, NatTable, nat_preset
+from switchy.transports.sim.natbox import NatBox
 from switchy.transports.sim.network import Host, Link, Network, Partition, sim_multiaddr
 from switchy.transports.sim.simulation import Simulation, run_simulation
 from switchy.transports.sim.stream import SimConnection, SimListener
@@ -28,12 +33,16 @@ from switchy.transports.sim.trace import HostCounters, LinkCounters, TraceEvent,
 from switchy.transports.sim.transport import SimTransport, parse_sim_multiaddr
 
 __all__ = [
+    "NAT_PRESETS",
     "Host",
     "HostCounters",
     "Link",
     "LinkCounters",
     "NameRecord",
     "NameService",
+    "NatBox",
+    "NatConfig",
+    "NatTable",
     "Network",
     "Partition",
     "RealNetworkForbidden",
@@ -47,6 +56,7 @@ __all__ = [
     "TraceEvent",
     "TraceRecorder",
     "VirtualTimeLoop",
+    "nat_preset",
     "parse_sim_multiaddr",
     "run_simulation",
     "sim_multiaddr",

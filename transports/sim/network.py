@@ -20,6 +20,12 @@ Model
 * :meth:`Network.hold` parks the traffic entering a link; :meth:`Network.release`
   sends it on.  Held stream traffic waits without timing out.
 
+* :meth:`Network.add_nat` puts hosts behind a NAT or firewall box (RFC 4787 /
+  RFC 5382 behaviours, presets by name); packets to and from them are
+  translated and filtered on the way (see ``specs/simulator-nat.md``).
+  :meth:`Network.connect` with ``local_port`` dials from a given (listening)
+  port; two such dials that cross make one connection (simultaneous open).
+
 Conditions are checked when a packet is sent: packets already travelling when
 a link goes down or a partition starts still arrive, except at a crashed host.
 
@@ -54,6 +60,8 @@ from switchy.transports.sim.trace import HostCounters, LinkCounters, TraceRecord
 
 if TYPE_CHECKING:
     from switchy.transports.sim.datagram import SimDatagramTransport
+    from switchy.transports.sim.nat import Kind, NatConfig, NatPacket
+    from switchy.transports.sim.natbox import NatBox, NatLayer
     from switchy.transports.sim.stream import SimConnection, SimListener
 
 __all__ = [
@@ -151,6 +159,7 @@ class Host:
         self._listeners: dict[int, SimListener] = {}
         self._datagrams: dict[int, SimDatagramTransport] = {}
         self._conns: dict[int, SimConnection] = {}
+        self._dials: dict[tuple[int, str, int], _Dial] = {}
         self._tasks: dict[asyncio.Task[Any], None] = {}
         self._next_port = FIRST_EPHEMERAL_PORT
         self._on_crash: list[Callable[[Host], object]] = []
@@ -190,6 +199,17 @@ class Host:
             if port not in self._listeners and port not in self._datagrams:
                 return port
         raise ConnectionFailed(f"host {self.name} has no free port")  # pragma: no cover
+
+    def _find_conn(self, port: int, remote: tuple[str, int]) -> SimConnection | None:
+        """The open connection of ``port`` whose remote is ``remote`` (a 4-tuple lookup)."""
+        for conn in self._conns.values():
+            if (
+                conn.local_port == port
+                and conn.remote_port == remote[1]
+                and conn.remote_host.name == remote[0]
+            ):
+                return conn
+        return None
 
     @property
     def connections(self) -> list[SimConnection]:
@@ -407,6 +427,7 @@ class Network:
         self._routes: dict[tuple[int, int], _Route | None] = {}
         self._trees: dict[int, list[Link | None]] = {}
         self._conn_ids = itertools.count(1)
+        self._nat: NatLayer | None = None
 
     # --- time -----------------------------------------------------------------------------
 
@@ -921,6 +942,169 @@ class Network:
         second = t + (rng.uniform(0.0, route.latency) if route.latency else 0.0)
         return (t + extra, second)
 
+    # --- NAT and firewall boxes ---------------------------------------------------------
+
+    def add_nat(
+        self,
+        name: str,
+        *,
+        lan: Iterable[str | Host],
+        wan: str | Host,
+        preset: str | None = None,
+        config: NatConfig | None = None,
+        lan_latency: float = 0.001,
+        wan_latency: float = 0.005,
+        loss: float = 0.0,
+        carrier: str | None = None,
+    ) -> NatBox:
+        """Put the hosts ``lan`` behind a NAT or firewall box ``name`` whose WAN side is ``wan``.
+
+        One call builds it all: hosts that do not exist yet are added, and
+        missing links are made (LAN hosts to the box with ``lan_latency``, the
+        box to ``wan`` with ``wan_latency``, both with ``loss``).  The box's
+        behaviour is ``preset`` (a name of
+        :data:`~switchy.transports.sim.nat.NAT_PRESETS`; default
+        ``port_restricted``) or an explicit ``config``, not both.  Preset
+        ``cgnat`` makes two layers: ``name`` is a ``port_restricted`` home
+        NAT on the LAN of a carrier NAT ``carrier`` (default
+        ``<name>-cgn``; give several homes the same carrier to share one),
+        which sits on ``wan``.  Returns the (home) box.
+        """
+        from switchy.transports.sim.nat import NAT_PRESETS, NatConfig, nat_preset
+        from switchy.transports.sim.natbox import NatBox, NatLayer
+
+        if preset is not None and config is not None:
+            raise InvalidConfiguration("add_nat takes a preset or a config, not both")
+        if config is not None and not isinstance(config, NatConfig):
+            raise InvalidConfiguration(f"config must be a NatConfig, got {type(config).__name__}")
+        if config is None:
+            cfg = nat_preset("port_restricted" if preset is None else preset)
+        else:
+            cfg = config
+        if not isinstance(name, str) or not name:
+            raise InvalidConfiguration(f"a NAT name must be a non-empty string, got {name!r}")
+        members = [m if isinstance(m, Host) else self._ensure_host(m) for m in lan]
+        if not members:
+            raise InvalidConfiguration(f"NAT {name!r} needs at least one host on its LAN")
+        layer = self._nat
+        if layer is None:
+            layer = self._nat = NatLayer(self)
+        if name in layer.boxes:
+            raise InvalidConfiguration(f"host {name!r} is already a NAT box")
+        wan_host = wan if isinstance(wan, Host) else self._ensure_host(wan)
+        if wan_host.name == name or any(m.name in (name, wan_host.name) for m in members):
+            raise InvalidConfiguration(
+                f"NAT {name!r}: the box, its WAN host and its LAN hosts must all differ"
+            )
+        upstream: NatBox | None = None
+        if preset == "cgnat":
+            cfg = NAT_PRESETS["port_restricted"]
+            carrier_name = carrier if carrier is not None else f"{name}-cgn"
+            upstream = layer.boxes.get(carrier_name)
+            if upstream is None:
+                self._ensure_host(name)
+                upstream = self.add_nat(
+                    carrier_name,
+                    lan=[name],
+                    wan=wan_host,
+                    config=NAT_PRESETS["cgnat"],
+                    lan_latency=wan_latency,
+                    wan_latency=wan_latency,
+                    loss=loss,
+                )
+                upstream.preset = "cgnat"
+            else:
+                if upstream.wan is not wan_host:
+                    raise InvalidConfiguration(
+                        f"carrier NAT {carrier_name!r} sits on {upstream.wan.name!r}, "
+                        f"not on {wan_host.name!r}"
+                    )
+                box_host = self._ensure_host(name)
+                upstream.lan.append(box_host)
+                layer.add_member(upstream, box_host)
+                self._link_if_missing(box_host, upstream.host, wan_latency, loss)
+            wan_host = upstream.host
+        elif carrier is not None:
+            raise InvalidConfiguration("carrier is only for preset='cgnat'")
+        box_host = self._ensure_host(name)
+        if box_host._listeners or box_host._datagrams or box_host._conns:
+            raise InvalidConfiguration(f"host {name!r} has sockets; a NAT box cannot run any")
+        rng = random.Random(f"switchy-nat/{name}/{self.rng.getrandbits(64)}")
+        box = NatBox(self, box_host, cfg, preset, members, wan_host, rng)
+        box.upstream = upstream
+        layer.add(box)
+        for member in members:
+            self._link_if_missing(member, box_host, lan_latency, loss)
+        self._link_if_missing(box_host, wan_host, wan_latency, loss)
+        self._record(
+            "nat",
+            name,
+            wan_host.name,
+            0,
+            {
+                "preset": preset if preset != "cgnat" else "cgnat-home",
+                "lan": [m.name for m in members],
+                "translate": cfg.translate,
+                "mapping": cfg.mapping,
+                "filtering": cfg.filtering,
+                "ports": cfg.port_assignment,
+                "hairpin": cfg.hairpinning,
+            },
+        )
+        return box
+
+    def nat(self, name: str) -> NatBox:
+        """The NAT box called ``name``; :class:`InvalidConfiguration` if there is none."""
+        box = self._nat.boxes.get(name) if self._nat is not None else None
+        if box is None:
+            raise InvalidConfiguration(f"there is no NAT box called {name!r}")
+        return box
+
+    @property
+    def nats(self) -> list[NatBox]:
+        """All NAT boxes, in creation order."""
+        return list(self._nat.boxes.values()) if self._nat is not None else []
+
+    def public_address(self, host: str | Host, port: int, *, proto: str = "tcp") -> Multiaddr:
+        """The address a host outside sees for ``port`` of ``host``: through every box
+        above it, the external endpoint of the live mapping (for endpoint-independent
+        mappings); :class:`ConnectionFailed` when a box holds no such mapping."""
+        h = self.host(host)
+        endpoint = (h.name, port)
+        if self._nat is not None:
+            for box in self._nat.ancestors(h.name):
+                if not box.config.translate:
+                    continue
+                box.expire()
+                found = [
+                    m
+                    for m in box.table.mappings(proto)  # type: ignore[arg-type]
+                    if m.internal == endpoint
+                ]
+                if len(found) != 1:
+                    raise ConnectionFailed(
+                        f"NAT {box.name} has {len(found)} {proto} mappings for "
+                        f"{endpoint[0]}:{endpoint[1]}, not one"
+                    )
+                endpoint = found[0].external
+        return self.host(endpoint[0]).address(endpoint[1])
+
+    def _ensure_host(self, name: str | Host) -> Host:
+        if isinstance(name, Host):
+            return self.host(name)
+        found = self._hosts.get(name) if isinstance(name, str) else None
+        return found if found is not None else self.add_host(name)
+
+    def _link_if_missing(self, a: Host, b: Host, latency: float, loss: float) -> None:
+        if not self.has_link(a, b):
+            self.add_link(a, b, latency=latency, loss=loss)
+
+    def _refuse_on_nat(self, host: Host) -> None:
+        if self._nat is not None and host.name in self._nat.boxes:
+            raise InvalidConfiguration(
+                f"host {host.name!r} is a NAT box; it forwards packets and runs no sockets"
+            )
+
     # --- streams --------------------------------------------------------------------------
 
     def listen(
@@ -944,6 +1128,7 @@ class Network:
             raise InvalidConfiguration(f"port must be within [0, {MAX_PORT}], got {port}")
         if port == 0:
             port = h.allocate_port()
+        self._refuse_on_nat(h)
         if port in h._listeners:
             raise ConnectionFailed(f"port {port} of host {h.name} is already in use")
         listener = SimListener(self, h, port, handler, window)
@@ -958,15 +1143,23 @@ class Network:
         *,
         timeout: float | None = None,
         window: int = DEFAULT_STREAM_WINDOW,
+        local_port: int | None = None,
     ) -> SimConnection:
         """Open a stream connection from ``src`` to ``port`` on ``dst``.
 
         Takes one round trip (more when the request is lost and resent).
         Raises :class:`NoRoute` at once when no route exists,
         :class:`ConnectionFailed` when nothing listens on the port (after a
-        round trip), and :class:`P2PTimeout` when the request does not get
-        through (partition, crashed host, held link) within ``timeout``
-        (default and upper bound: the config's connection timeout).
+        round trip) or a NAT box answers with a reset, and :class:`P2PTimeout`
+        when the request does not get through (partition, crashed host, held
+        link, a NAT filtering it) within ``timeout`` (default and upper bound:
+        the config's connection timeout).
+
+        ``local_port`` dials from that port of ``src`` (which may also be a
+        listening port, as with ``SO_REUSEPORT``) instead of a fresh one.
+        Two such dials that cross, each addressed to the endpoint the other
+        dials from (as NATs translate it), make **one** connection: TCP's
+        simultaneous open.  Both calls return their end of it.
         """
 
         s, d = self.host(src), self.host(dst)
@@ -974,11 +1167,42 @@ class Network:
             raise ConnectionFailed(f"cannot connect from host {s.name}: it is down")
         if not 0 < port <= MAX_PORT:
             raise InvalidConfiguration(f"port must be within [1, {MAX_PORT}], got {port}")
+        if local_port is not None:
+            if not (isinstance(local_port, int) and 0 < local_port <= MAX_PORT):
+                raise InvalidConfiguration(
+                    f"local_port must be within [1, {MAX_PORT}], got {local_port!r}"
+                )
+            self._refuse_on_nat(s)
+            key = (local_port, d.name, port)
+            if key in s._dials or s._find_conn(local_port, (d.name, port)) is not None:
+                raise ConnectionFailed(
+                    f"{s.name}:{local_port} -> {d.name}:{port} is already in use"
+                )
         if self._route(s, d) is None:
             raise NoRoute(f"no route from {s.name} to {d.name}")
         limit = self.config.connection_timeout
         if timeout is not None:
             limit = min(limit, _check_duration("timeout", timeout))
+        nat = self._nat
+        if local_port is None and (nat is None or not nat.crosses(s, d)):
+            return await self._connect_direct(s, d, port, limit, window)
+        dial = _Dial(self, s, local_port, d, port, window, next(self._conn_ids))
+        if local_port is not None:
+            s._dials[(local_port, d.name, port)] = dial
+        try:
+            return await self._connect_loop(dial, limit)
+        except BaseException:
+            if dial.conn is not None:
+                await dial.conn.reset()
+            raise
+        finally:
+            if local_port is not None and s._dials.get((local_port, d.name, port)) is dial:
+                del s._dials[(local_port, d.name, port)]
+
+    async def _connect_direct(
+        self, s: Host, d: Host, port: int, limit: float, window: int
+    ) -> SimConnection:
+        """A dial meeting no NAT from an ephemeral port (the port is chosen on acceptance)."""
         loop = self.loop
         start = loop.time()
         deadline = start + limit
@@ -1035,6 +1259,237 @@ class Network:
             if not s.up:
                 raise ConnectionFailed(f"host {s.name} crashed while connecting")
             rto = min(rto * 2.0, MAX_RTO)
+
+    async def _connect_loop(self, dial: _Dial, limit: float) -> SimConnection:
+        """Send SYNs hop by hop through NAT boxes until one is answered (or a crossing
+        dial completes this one), with backoff, within ``limit``."""
+        loop = self.loop
+        s, d, port = dial.host, dial.dst, dial.dport
+        start = loop.time()
+        deadline = start + limit
+        tag = {"conn": dial.cid, "port": port, "sport": dial.port}
+        self._record("connect", s.name, d.name, CONTROL_PACKET_SIZE, tag)
+        rto = SYN_RTO
+        last_reason = ""
+        while True:
+            sent_at = loop.time()
+            result = await self._syn_attempt(dial, deadline)
+            if not isinstance(result, str):
+                self._record("established", s.name, d.name, 0, tag)
+                return result
+            last_reason = result
+            self._record("drop", s.name, d.name, CONTROL_PACKET_SIZE, tag | {"reason": result})
+            s.counters.drops += 1
+            retry_at = sent_at + rto
+            if await dial.wait(min(retry_at, deadline)):
+                assert dial.conn is not None
+                self._record("established", s.name, d.name, 0, tag)
+                return dial.conn
+            if retry_at >= deadline:
+                self._record("timeout", s.name, d.name, 0, tag)
+                raise P2PTimeout(
+                    f"connecting from {s.name} to {d.name}:{port} timed out after "
+                    f"{deadline - start:g}s of virtual time (last attempt: {last_reason})"
+                )
+            if not s.up:
+                raise ConnectionFailed(f"host {s.name} crashed while connecting")
+            rto = min(rto * 2.0, MAX_RTO)
+
+    async def _syn_attempt(self, dial: _Dial, deadline: float) -> SimConnection | str:
+        """One SYN, hop by hop: each box handles it when it arrives there."""
+        from switchy.transports.sim.nat import NatPacket
+        from switchy.transports.sim.natbox import MAX_NAT_HOPS, NAT_LOOP
+
+        s = dial.host
+        if dial.done.done():
+            assert dial.conn is not None
+            return dial.conn
+        sport = dial.port if dial.port is not None else dial.ephemeral()
+        packet = NatPacket("tcp", (s.name, sport), (dial.dst.name, dial.dport), "syn")
+        hop = s
+        for _ in range(MAX_NAT_HOPS + 1):
+            target, box, outbound = self._next_target(hop, packet.dst[0])
+            route = self._route(hop, target)
+            reason = self._blocked(hop, target, route)
+            if reason is None and box is None and self._partitioned(s.name, target.name):
+                reason = PARTITIONED
+            if reason is not None:
+                return reason
+            assert route is not None
+            arrival = self._transit_reliable(route, CONTROL_PACKET_SIZE, SYN_RTO)
+            if arrival is None or arrival > deadline:
+                return LOSS
+            if await dial.wait(arrival):
+                assert dial.conn is not None
+                return dial.conn
+            if not s.up:
+                raise ConnectionFailed(f"host {s.name} crashed while connecting")
+            if not target.up:
+                return DST_DOWN
+            if box is None:
+                return await self._syn_arrived(dial, target, packet, deadline)
+            verdict = box.process(packet, outbound=outbound)
+            if verdict.action == "reject":
+                await self._nat_reset(dial, box, packet, verdict.reason)
+                return verdict.reason
+            if verdict.action == "drop":
+                return verdict.reason
+            assert verdict.packet is not None
+            packet = verdict.packet
+            hop = target
+        return NAT_LOOP
+
+    async def _nat_reset(self, dial: _Dial, box: NatBox, packet: NatPacket, reason: str) -> None:
+        """``box`` answers ``packet`` (a SYN) with a reset: it goes back; the dial fails."""
+        from switchy.transports.sim.nat import NatPacket
+
+        self._record(
+            "nat_rst",
+            box.name,
+            packet.src[0],
+            CONTROL_PACKET_SIZE,
+            {"conn": dial.cid, "reason": reason},
+        )
+        back = self._walk(box.host, NatPacket("tcp", packet.dst, packet.src, "rst"))
+        if back.final is not dial.host or back.route is None:
+            return  # the reset is lost: to the dialer it looks like a drop
+        arrival = self._transit_reliable(back.route, CONTROL_PACKET_SIZE, SYN_RTO)
+        if arrival is None:
+            return
+        await _sleep_until(self.loop, arrival)
+        raise ConnectionFailed(
+            f"connection from {dial.host.name} to {dial.dst.name}:{dial.dport} reset by "
+            f"NAT {box.name} ({reason})"
+        )
+
+    async def _syn_arrived(
+        self, dial: _Dial, host: Host, packet: NatPacket, deadline: float
+    ) -> SimConnection | str:
+        """The SYN of ``dial`` reached ``host`` as ``packet``: join a crossing dial, an
+        existing connection, or a listener; or get refused."""
+        from switchy.transports.sim.nat import NatPacket
+        from switchy.transports.sim.stream import SimConnection
+
+        port = packet.dst[1]
+        seen = packet.src
+        existing = host._find_conn(port, seen)
+        crossing = host._dials.get((port, seen[0], seen[1]))
+        if existing is not None and (dial.conn is None or dial.conn.peer is not existing):
+            return "in_use"  # a SYN for a 4-tuple that belongs to another connection
+        if existing is None and crossing is not None and crossing is not dial:
+            if crossing.conn is None and dial.conn is None:
+                assert dial.port is not None
+                dialer = SimConnection(
+                    self,
+                    dial.cid,
+                    dial.host,
+                    dial.port,
+                    dial.dst,
+                    dial.dport,
+                    dial.window,
+                    crossing.window,
+                    peer_at=(host, port),
+                    seen_by_peer=(self.host(seen[0]), seen[1]),
+                )
+                dial.conn = dialer
+                crossing.conn = dialer.peer
+                dialer._via_nat = dialer.peer._via_nat = self._nat is not None
+                self._record(
+                    "simultaneous_open",
+                    dial.host.name,
+                    host.name,
+                    CONTROL_PACKET_SIZE,
+                    {"conn": dial.cid, "other": crossing.cid},
+                )
+            elif dial.conn is None or crossing.conn is None or dial.conn.peer is not crossing.conn:
+                return "in_use"
+        listener = host._listeners.get(port)
+        joined = dial.conn is not None
+        refused = not joined and (listener is None or listener._closed)
+        answer_kind: Kind = "rst" if refused else "syn"
+        back = self._walk(host, NatPacket("tcp", packet.dst, packet.src, answer_kind))
+        if back.reason is not None or back.final is not dial.host or back.route is None:
+            return back.reason or "nat_mismatch"
+        answer = self._transit_reliable(back.route, CONTROL_PACKET_SIZE, SYN_RTO)
+        if answer is None or answer > deadline:
+            return LOSS
+        if refused:
+            self._record(
+                "refuse",
+                host.name,
+                dial.host.name,
+                CONTROL_PACKET_SIZE,
+                {"conn": dial.cid, "port": port},
+            )
+            await _sleep_until(self.loop, answer)
+            raise ConnectionFailed(f"connection refused: nothing listens on {host.name}:{port}")
+        if not joined:
+            assert listener is not None
+            sport = dial.port if dial.port is not None else dial.ephemeral()
+            client = SimConnection(
+                self,
+                dial.cid,
+                dial.host,
+                sport,
+                dial.dst,
+                dial.dport,
+                dial.window,
+                listener.window,
+                peer_at=(host, port),
+                seen_by_peer=(self.host(seen[0]), seen[1]),
+            )
+            client._via_nat = client.peer._via_nat = self._nat is not None
+            client.peer._last_arrival = answer
+            dial.conn = client
+            self._record(
+                "accept",
+                host.name,
+                dial.host.name,
+                CONTROL_PACKET_SIZE,
+                {"conn": dial.cid, "port": port},
+            )
+            listener._accept(client.peer)
+        conn = dial.conn
+        assert conn is not None
+        if not await dial.wait(answer):
+            dial.complete()
+            other = crossing if crossing is not None and crossing.conn is conn.peer else None
+            if other is not None:
+                # The dialer's ACK completes the crossing dial when it arrives.
+                ack = self._walk(
+                    dial.host,
+                    NatPacket(
+                        "tcp",
+                        (dial.host.name, conn.local_port),
+                        (conn.remote_host.name, conn.remote_port),
+                        "data",
+                    ),
+                )
+                if ack.route is not None and ack.final is other.host:
+                    when = self._transit_reliable(ack.route, CONTROL_PACKET_SIZE, SYN_RTO)
+                    if when is not None:
+                        self.loop.call_at(when, other.complete)
+        return conn
+
+    def _next_target(self, hop: Host, dst: str) -> tuple[Host, NatBox | None, bool]:
+        """Where a packet at ``hop`` for host ``dst`` goes next (see :mod:`.natbox`)."""
+        if self._nat is None:
+            return self.host(dst), None, False
+        name, box, outbound = self._nat.next_target(hop, dst)
+        return self.host(name), box, outbound
+
+    def _walk(self, origin: Host, packet: NatPacket) -> Any:
+        """``packet`` from ``origin`` through every box at this instant (a :class:`Walk`)."""
+        from switchy.transports.sim.natbox import Walk
+
+        if self._nat is not None:
+            return self._nat.walk_now(origin, packet)
+        dst = self.host(packet.dst[0])
+        route = self._route(origin, dst)
+        reason = self._blocked(origin, dst, route)
+        if reason is not None:
+            return Walk(route if reason == HELD else None, None, packet, reason)
+        return Walk(route, dst, packet)
 
     async def _answer_syn(
         self, s: Host, d: Host, port: int, cid: int, deadline: float, window: int
@@ -1105,6 +1560,7 @@ class Network:
             raise InvalidConfiguration(f"port must be within [0, {MAX_PORT}], got {port}")
         if port == 0:
             port = h.allocate_port()
+        self._refuse_on_nat(h)
         if port in h._datagrams:
             raise ConnectionFailed(f"datagram port {port} of host {h.name} is already in use")
         if remote_addr is not None:
@@ -1132,6 +1588,17 @@ class Network:
                 f"datagram of {size} bytes exceeds the simulator's max_message_size "
                 f"of {self.config.max_message_size}"
             )
+        if self._nat is not None:
+            target, box, outbound = self._next_target(src, dst.name)
+            if box is not None:
+                from switchy.transports.sim.nat import NatPacket
+
+                self._record("send", src.name, dst.name, size, {"sport": sport, "dport": dport})
+                src.counters.packets_sent += 1
+                src.counters.bytes_sent += size
+                packet = NatPacket("udp", (src.name, sport), (dst.name, dport))
+                self._datagram_leg(src, src, target, box, outbound, packet, data, 0)
+                return
         route = self._route(src, dst)
         reason = self._blocked(src, dst, route)
         tag = {"sport": sport, "dport": dport}
@@ -1161,8 +1628,112 @@ class Network:
         src.counters.drops += 1
         self._record("drop", src.name, dst.name, size, tag | {"reason": reason})
 
+    def _datagram_leg(
+        self,
+        origin: Host,
+        hop: Host,
+        target: Host,
+        box: NatBox | None,
+        outbound: bool,
+        packet: NatPacket,
+        data: bytes,
+        crossed: int,
+    ) -> None:
+        """Carry a datagram from ``hop`` to ``target`` (a box handles it there, or it is
+        delivered).  A leg after a box that meets a held link is dropped, not parked."""
+        size = len(data)
+        route = self._route(hop, target)
+        reason = self._blocked(hop, target, route)
+        if reason is None and box is None and self._partitioned(origin.name, target.name):
+            reason = PARTITIONED
+        if reason is None:
+            assert route is not None
+            result = self._transit_datagram(route, size)
+            if not isinstance(result, str):
+                incarnation = target.incarnation
+                for i, when in enumerate(result):
+                    if i:
+                        self._record(
+                            "duplicate",
+                            hop.name,
+                            target.name,
+                            size,
+                            {"sport": packet.src[1], "dport": packet.dst[1]},
+                        )
+                    self.loop.call_at(
+                        when,
+                        self._datagram_arrived,
+                        origin,
+                        target,
+                        box,
+                        outbound,
+                        packet,
+                        data,
+                        crossed,
+                        incarnation,
+                    )
+                return
+            reason = result
+        elif reason == HELD and hop is origin:
+            assert route is not None
+            link = self._held_link(route)
+            assert link is not None
+            link._parked.append(
+                (origin, packet.src[1], self.host(packet.dst[0]), packet.dst[1], data)
+            )
+            return
+        self._datagram_dropped(origin, packet, size, reason, None)
+
+    def _datagram_dropped(
+        self, origin: Host, packet: NatPacket, size: int, reason: str, box: NatBox | None
+    ) -> None:
+        origin.counters.drops += 1
+        extra: dict[str, Any] = {"sport": packet.src[1], "dport": packet.dst[1], "reason": reason}
+        if box is not None:
+            extra["nat"] = box.name
+        self._record("drop", origin.name, packet.dst[0], size, extra)
+
+    def _datagram_arrived(
+        self,
+        origin: Host,
+        target: Host,
+        box: NatBox | None,
+        outbound: bool,
+        packet: NatPacket,
+        data: bytes,
+        crossed: int,
+        incarnation: int,
+    ) -> None:
+        from switchy.transports.sim.natbox import MAX_NAT_HOPS, NAT_LOOP
+
+        if box is None:
+            self._deliver_datagram(
+                origin, packet.src[1], target, packet.dst[1], data, incarnation, seen=packet.src
+            )
+            return
+        if not target.up or target.incarnation != incarnation:
+            self._datagram_dropped(origin, packet, len(data), DST_DOWN, box)
+            return
+        verdict = box.process(packet, outbound=outbound)
+        if verdict.action != "forward":
+            self._datagram_dropped(origin, packet, len(data), verdict.reason, box)
+            return
+        assert verdict.packet is not None
+        if crossed + 1 > MAX_NAT_HOPS:
+            self._datagram_dropped(origin, packet, len(data), NAT_LOOP, box)
+            return
+        nxt, nbox, nout = self._next_target(target, verdict.packet.dst[0])
+        self._datagram_leg(origin, target, nxt, nbox, nout, verdict.packet, data, crossed + 1)
+
     def _deliver_datagram(
-        self, src: Host, sport: int, dst: Host, dport: int, data: bytes, incarnation: int
+        self,
+        src: Host,
+        sport: int,
+        dst: Host,
+        dport: int,
+        data: bytes,
+        incarnation: int,
+        seen: tuple[str, int] | None = None,
     ) -> None:
         sock = dst._datagrams.get(dport) if dst.up and dst.incarnation == incarnation else None
         if sock is None or sock._closed:
@@ -1176,13 +1747,65 @@ class Network:
                 {"sport": sport, "dport": dport, "reason": reason},
             )
             return
-        self._record("deliver", src.name, dst.name, len(data), {"sport": sport, "dport": dport})
+        tag: dict[str, Any] = {"sport": sport, "dport": dport}
+        if seen is not None and seen != (src.name, sport):
+            tag["seen"] = f"{seen[0]}:{seen[1]}"
+        self._record("deliver", src.name, dst.name, len(data), tag)
         dst.counters.packets_received += 1
         dst.counters.bytes_received += len(data)
-        sock._received(data, (src.name, sport))
+        sock._received(data, seen if seen is not None else (src.name, sport))
 
     def __repr__(self) -> str:
         return f"<Network {len(self._hosts)} hosts, {len(self._links)} links>"
+
+
+class _Dial:
+    """A stream connection attempt in progress: its ports, and its connection once made."""
+
+    __slots__ = ("cid", "conn", "done", "dport", "dst", "host", "loop", "port", "window")
+
+    def __init__(
+        self,
+        network: Network,
+        host: Host,
+        port: int | None,
+        dst: Host,
+        dport: int,
+        window: int,
+        cid: int,
+    ) -> None:
+        self.loop = network.loop
+        self.host = host
+        self.port = port
+        self.dst = dst
+        self.dport = dport
+        self.window = window
+        self.cid = cid
+        self.conn: SimConnection | None = None
+        #: Set once this end of the connection is established.
+        self.done: asyncio.Future[None] = network.loop.create_future()
+
+    def ephemeral(self) -> int:
+        """The local port, picking a fresh one the first time it is needed."""
+        if self.port is None:
+            self.port = self.host.allocate_port()
+        return self.port
+
+    def complete(self) -> None:
+        """Mark this end established (a no-op when it already is)."""
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def wait(self, when: float) -> bool:
+        """Sleep until virtual time ``when``; True at once when the dial completes meanwhile."""
+        done = self.done
+        if not done.done():
+            delay = when - self.loop.time()
+            if delay > 0:
+                await asyncio.wait([done], timeout=delay)
+            else:
+                await asyncio.sleep(0)
+        return done.done()
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:

@@ -45,6 +45,7 @@ from switchy.transports.sim.network import (
 )
 
 if TYPE_CHECKING:
+    from switchy.transports.sim.nat import Kind
     from switchy.transports.sim.network import Host, Link, Network, _Route
 
 __all__ = ["SimConnection", "SimListener"]
@@ -56,6 +57,8 @@ _FIN: Final = 1
 _RST: Final = 2
 
 _Segment = tuple[int, bytes | str]
+#: The TCP kind a NAT box sees for each segment kind.
+_NAT_KINDS: Final[dict[int, Kind]] = {_DATA: "data", _FIN: "fin", _RST: "rst"}
 
 
 class SimConnection(Connection):
@@ -72,6 +75,8 @@ class SimConnection(Connection):
         window: int,
         peer_window: int,
         *,
+        peer_at: tuple[Host, int] | None = None,
+        seen_by_peer: tuple[Host, int] | None = None,
         _peer: SimConnection | None = None,
     ) -> None:
         self._net = network
@@ -110,15 +115,21 @@ class SimConnection(Connection):
         self._retry_timer: asyncio.TimerHandle | None = None
         self._rto = MIN_RTO
         self._finished = False
+        #: True when segments cross NAT boxes (each one is walked through them).
+        self._via_nat = False
         local._conns[id(self)] = self
         if _peer is None:
+            # Where the other end really is, and what it sees as our address (they
+            # differ from remote/local when NAT boxes translate between the ends).
+            peer_host, peer_port = peer_at if peer_at is not None else (remote, remote_port)
+            seen_host, seen_port = seen_by_peer if seen_by_peer is not None else (local, local_port)
             _peer = SimConnection(
                 network,
                 conn_id,
-                remote,
-                remote_port,
-                local,
-                local_port,
+                peer_host,
+                peer_port,
+                seen_host,
+                seen_port,
                 peer_window,
                 window,
                 _peer=self,
@@ -261,6 +272,8 @@ class SimConnection(Connection):
 
     def _current_route(self) -> _Route | None:
         net = self._net
+        if self._via_nat:
+            return self._route  # the route of the last walk through the boxes
         if self._route_version != net.version:
             self._route = net._route(self.local_host, self.remote_host)
             self._route_version = net.version
@@ -282,13 +295,19 @@ class SimConnection(Connection):
     def _try_send(self, kind: int, payload: bytes | str) -> str | None:
         """Put one segment on the wire; return why it cannot go, or None."""
         net = self._net
-        if self._route_version != net.version:
+        src = self.local_host
+        dst = self.remote_host
+        if self._via_nat:
+            reason = self._walk(kind)
+            if reason is not None:
+                return reason
+        elif self._route_version != net.version:
             self._route = net._route(self.local_host, self.remote_host)
             self._route_version = net.version
         route = self._route
-        src = self.local_host
-        dst = self.remote_host
-        if route is None or net._partitions or net._held or not src.up or not dst.up:
+        if self._via_nat:
+            assert route is not None
+        elif route is None or net._partitions or net._held or not src.up or not dst.up:
             reason = net._blocked(src, dst, route)
             if reason is not None:
                 return reason
@@ -322,11 +341,41 @@ class SimConnection(Connection):
             self._timer = self._loop.call_at(arrival, self._deliver_due)
         return None
 
+    def _walk(self, kind: int) -> str | None:
+        """Take a segment through the NAT boxes on the way now; why it cannot go, or None."""
+        from switchy.transports.sim.nat import NatPacket
+
+        peer = self.peer
+        packet = NatPacket(
+            "tcp",
+            (self.local_host.name, self.local_port),
+            (self.remote_host.name, self.remote_port),
+            _NAT_KINDS[kind],
+        )
+        walk = self._net._walk(self.local_host, packet)
+        self._route = walk.route
+        if walk.reason is not None:
+            return str(walk.reason)
+        seen = walk.packet
+        if (
+            walk.final is not peer.local_host
+            or seen.dst != (peer.local_host.name, peer.local_port)
+            or seen.src != (peer.remote_host.name, peer.remote_port)
+        ):
+            self._route = None
+            return "nat_mismatch"  # a box translated it for another flow (mapping lost)
+        return None
+
     def _send_rst(self) -> None:
         """Send a reset once, best effort (it is not retried when it cannot get through)."""
         net = self._net
-        route = self._current_route()
-        reason = net._blocked(self.local_host, self.remote_host, route)
+        if self._via_nat:
+            why = self._walk(_RST)
+            route = self._route
+            reason = why
+        else:
+            route = self._current_route()
+            reason = net._blocked(self.local_host, self.remote_host, route)
         if reason is None:
             assert route is not None
             arrival = net._transit_reliable(route, CONTROL_PACKET_SIZE, self._rto0(route))

@@ -54,6 +54,13 @@ EVENT_KINDS: Final = frozenset(
         "register",  # a name-service registration
         "lookup",  # a name-service lookup
         "note",  # free-form marker added by a scenario
+        "nat",  # a NAT or firewall box was added (its behaviour in extra)
+        "nat_map",  # a box created a mapping (internal -> external endpoint)
+        "nat_reuse",  # a box used an existing mapping toward a new remote endpoint
+        "nat_expire",  # a box retired a mapping (extra["expired_at"]: when it expired)
+        "nat_rst",  # a box answered an unsolicited TCP SYN with a reset
+        "nat_clear",  # a box crashed and lost its mappings
+        "simultaneous_open",  # two crossing SYNs made one stream connection
     }
 )
 

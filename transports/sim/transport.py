@@ -69,6 +69,13 @@ class SimTransport(Transport):
     listens on the port, and :class:`~switchy.stack.errors.P2PTimeout` when the
     request does not get through within the dial timeout (the smaller of the
     node's ``dial_timeout`` and the simulator's connection timeout).
+
+    ``reuse_port=True`` makes every dial leave from the port this transport
+    listens on (its first listener's), as TCP with ``SO_REUSEPORT`` does, so
+    that a NAT maps the dial like the listening port and two such dials that
+    cross make one connection (simultaneous open; see
+    :meth:`~switchy.transports.sim.network.Network.connect`).  ``dial(...,
+    local_port=P)`` picks the port for one dial.
     """
 
     name = "sim"
@@ -80,11 +87,15 @@ class SimTransport(Transport):
         *,
         config: NetworkConfig | None = None,
         window: int = DEFAULT_STREAM_WINDOW,
+        reuse_port: bool = False,
     ) -> None:
         self.network = network
         self.host = network.host(host)
         self.config = config or NetworkConfig()
         self.window = window
+        #: Whether dials leave from the listening port.
+        self.reuse_port = reuse_port
+        self._listen_ports: list[int] = []
 
     def bind(self, key: KeyPair, config: NetworkConfig) -> None:
         """Adopt the node's config (for the dial timeout)."""
@@ -116,17 +127,30 @@ class SimTransport(Transport):
         return host, port
 
     async def dial(
-        self, addr: Multiaddr, *, remote_peer: PeerId | None = None
+        self,
+        addr: Multiaddr,
+        *,
+        remote_peer: PeerId | None = None,
+        local_port: int | None = None,
     ) -> Connection | MuxedConnection:
-        """Open a simulated stream connection to ``addr``."""
+        """Open a simulated stream connection to ``addr`` (from ``local_port`` if given,
+        else from the listening port when ``reuse_port``, else from a fresh port)."""
         dst, port = self._target(addr)
         if port == 0:
             raise UnsupportedAddress(f"cannot dial port 0 ({addr})")
+        if local_port is None and self.reuse_port:
+            live = [p for p in self._listen_ports if p in self.host._listeners]
+            local_port = live[0] if live else None
         timeout = self.config.dial_timeout
         try:
             async with asyncio.timeout(timeout):
                 return await self.network.connect(
-                    self.host, dst, port, timeout=timeout, window=self.window
+                    self.host,
+                    dst,
+                    port,
+                    timeout=timeout,
+                    window=self.window,
+                    local_port=local_port,
                 )
         except TimeoutError as exc:
             if isinstance(exc, P2PTimeout):
@@ -143,7 +167,9 @@ class SimTransport(Transport):
                 f"the sim transport of host {self.host.name} cannot listen on {addr} "
                 f"(use {self.address(0)} or {self.host.address(4001)})"
             )
-        return self.network.listen(self.host, parsed[1], handler, window=self.window)
+        listener = self.network.listen(self.host, parsed[1], handler, window=self.window)
+        self._listen_ports.append(listener.port)
+        return listener
 
     def __repr__(self) -> str:
         return f"<SimTransport {self.host.name}>"
