@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from switchy.protocols.identify import IdentifyService, identify
 from switchy.protocols.ping import PingService, ping
+from switchy.scenarios import NAT_EXPECTED, ObservedEcho, run_scenario
 from switchy.stack.errors import ConnectionFailed, InvalidConfiguration, P2PTimeout, StreamReset
 from switchy.stack.node import Node
 from switchy.transports.quic.sim import sim_quic_transport
@@ -31,7 +32,6 @@ from switchy.transports.sim import (
     run_simulation,
 )
 from switchy.transports.sim.nat import NatPacket
-from switchy.transports.sim.scenarios import NAT_EXPECTED, ObservedEcho, run_scenario
 
 QUIET = SimConfig(default_packet_loss=0.0)
 
@@ -656,7 +656,7 @@ def test_nat_scenario_passes_and_is_deterministic_across_processes() -> None:
     assert result.ok, result.problems
     assert result.figures["symmetric"]["same_mapping"] is False
     code = (
-        "import json; from switchy.transports.sim.scenarios import run_scenario; "
+        "import json; from switchy.scenarios import run_scenario; "
         "r = run_scenario('nat', seed=5, nodes=2); print(json.dumps([r.digest, r.events]))"
     )
     env = dict(os.environ, PYTHONHASHSEED="99")
