@@ -303,6 +303,8 @@ class AutoNATService(ProtocolService):
         self.results: list[Result] = []
         #: Server side: how each request ended, most recent last (bounded; for metrics/tests).
         self.served: list[str] = []
+        #: Server side: dial-data bytes taken from clients, in total.
+        self.dial_data_bytes = 0
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -426,6 +428,7 @@ class AutoNATService(ProtocolService):
         except TimeoutError:
             raise P2PTimeout(f"dial request of {peer} not done in {REQUEST_TIMEOUT}s") from None
         finally:
+            self.dial_data_bytes += session.dial_data_received
             self._served(session.outcome or "aborted")
             if admitted:
                 self.limiter.release(peer)
