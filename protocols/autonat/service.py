@@ -318,7 +318,8 @@ class AutoNATService(ProtocolService):
             if self.v1:
                 node.handle(V1_PROTOCOL, self._handle_v1)
         if self.client:
-            node.handle(DIAL_BACK_PROTOCOL, self._handle_dial_back)
+            if self.v2:
+                node.handle(DIAL_BACK_PROTOCOL, self._handle_dial_back)
             node.on_connection_event(self._on_connection)
 
     async def start(self) -> None:
