@@ -135,12 +135,15 @@ def test_a_reachable_node_learns_it_is_public() -> None:
     run_simulation(main, seed=3, config=QUIET)
 
 
-def test_an_address_nobody_can_dial_is_private() -> None:
+def test_an_address_nobody_can_dial_is_private_until_it_listens() -> None:
     async def main(sim: Simulation) -> None:
         star(sim, "c", "s1", "s2", "s3")
         host = sim.network.host("c")
         announced = host.address(PORT + 1)  # nothing listens there
-        svc = AutoNATService(server=False, addrs=lambda: [announced])
+        changes: list[ReachabilityChange] = []
+        svc = AutoNATService(
+            server=False, addrs=lambda: [announced], on_reachability_changed=changes.append
+        )
         servers = [node(sim, f"s{i}", AutoNATService(client=False)) for i in (1, 2, 3)]
         async with contextlib.AsyncExitStack() as stack:
             for s in servers:
@@ -151,6 +154,19 @@ def test_an_address_nobody_can_dial_is_private() -> None:
                 await svc.wait_reachability(Reachability.PRIVATE)
             assert svc.addresses == {announced: Reachability.PRIVATE}
             assert {r.verdict for r in svc.results} == {Verdict.UNREACHABLE}
+            # The node starts listening there: the next re-probe finds it public.
+            await c.listen(announced)
+            became_private = sim.now
+            async with asyncio.timeout(svc.refresh_interval + 120):
+                await svc.wait_reachability(Reachability.PUBLIC)
+            assert sim.now - became_private >= svc.refresh_interval - 60
+            # private, then unknown while the servers disagree (1 or 2 of 3 say reachable),
+            # then public once 3 agree
+            assert [ch.new for ch in changes if ch.addr is None] == [
+                Reachability.PRIVATE,
+                Reachability.UNKNOWN,
+                Reachability.PUBLIC,
+            ]
 
     run_simulation(main, seed=4, config=QUIET)
 
