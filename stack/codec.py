@@ -19,11 +19,13 @@ __all__ = [
     "MAX_VARINT_BYTES",
     "decode_uvarint",
     "encode_uvarint",
+    "frame_message",
     "pb_bytes",
     "pb_fields",
     "pb_fields_typed",
     "pb_fixed64",
     "pb_varint",
+    "split_frame",
 ]
 
 #: An unsigned varint in libp2p is at most 9 bytes (63 bits) per the multiformats spec.
@@ -71,6 +73,35 @@ def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[
         if pos - start >= MAX_VARINT_BYTES:
             raise SerializationError(f"varint longer than {MAX_VARINT_BYTES} bytes")
     return None
+
+
+def frame_message(message: bytes, max_size: int, what: str = "message") -> bytes:
+    """``message`` prefixed by its length as an unsigned varint (the libp2p framing).
+
+    Raises :class:`MessageTooLarge` above ``max_size``; ``what`` names the message.
+    """
+    if len(message) > max_size:
+        raise MessageTooLarge(f"{what} of {len(message)} bytes exceeds {max_size} bytes")
+    return encode_uvarint(len(message)) + message
+
+
+def split_frame(
+    data: bytes | bytearray, max_size: int, what: str = "message"
+) -> tuple[bytes, int] | None:
+    """Split one varint-length-prefixed message off ``data``: ``(message, bytes used)``.
+
+    Returns ``None`` while more bytes are needed; raises :class:`MessageTooLarge`
+    as soon as the prefix announces more than ``max_size`` bytes.
+    """
+    r = decode_uvarint(data)
+    if r is None:
+        return None
+    length, pos = r
+    if length > max_size:
+        raise MessageTooLarge(f"{what} of {length} bytes announced, the limit is {max_size}")
+    if len(data) - pos < length:
+        return None
+    return bytes(data[pos : pos + length]), pos + length
 
 
 # --- protobuf wire format -------------------------------------------------------------

@@ -26,13 +26,14 @@ from typing import Final
 import attrs
 from multiaddr import Multiaddr
 
+from switchy.stack.addresses import multiaddr_from_bytes
 from switchy.stack.codec import (
-    decode_uvarint,
-    encode_uvarint,
+    frame_message,
     pb_bytes,
     pb_fields_typed,
     pb_fixed64,
     pb_varint,
+    split_frame,
 )
 from switchy.stack.errors import MessageTooLarge, SerializationError
 
@@ -274,8 +275,7 @@ def encode_dial_back_response(msg: DialBackResponse) -> bytes:
 
 def encode_frame(message: bytes) -> bytes:
     """``message`` prefixed by its length as an unsigned varint."""
-    _checked("AutoNAT message", message)
-    return encode_uvarint(len(message)) + message
+    return frame_message(message, MAX_MESSAGE_SIZE, "AutoNAT message")
 
 
 def decode_frame(data: bytes | bytearray) -> tuple[bytes, int] | None:
@@ -284,17 +284,7 @@ def decode_frame(data: bytes | bytearray) -> tuple[bytes, int] | None:
     Returns ``None`` while more bytes are needed; raises :class:`MessageTooLarge`
     as soon as the prefix announces more than :data:`MAX_MESSAGE_SIZE` bytes.
     """
-    r = decode_uvarint(data)
-    if r is None:
-        return None
-    length, pos = r
-    if length > MAX_MESSAGE_SIZE:
-        raise MessageTooLarge(
-            f"AutoNAT message of {length} bytes announced, the limit is {MAX_MESSAGE_SIZE}"
-        )
-    if len(data) - pos < length:
-        return None
-    return bytes(data[pos : pos + length]), pos + length
+    return split_frame(data, MAX_MESSAGE_SIZE, "AutoNAT message")
 
 
 def _fields(kind: str, data: bytes) -> list[tuple[int, int, int | bytes]]:
@@ -561,11 +551,4 @@ def decode_v1(data: bytes) -> V1Message:
 
 def parse_addr(raw: bytes) -> Multiaddr | None:
     """The multiaddr in ``raw``, or ``None`` when it is too long or does not parse."""
-    if len(raw) > MAX_ADDR_SIZE:
-        return None
-    try:
-        addr = Multiaddr(raw)
-        str(addr)  # Multiaddr(bytes) parses lazily: force the full parse here
-    except Exception:  # the multiaddr package raises several types; treat all as "not an address"
-        return None
-    return addr
+    return multiaddr_from_bytes(raw, MAX_ADDR_SIZE)
