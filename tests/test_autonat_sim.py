@@ -45,6 +45,7 @@ from switchy.stack.errors import StreamReset
 from switchy.stack.negotiation import select_protocol
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.stack.stream import MuxedStream
+from switchy.transports.quic.sim import sim_quic_transport
 from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 from switchy.transports.sim.network import sim_multiaddr
@@ -419,3 +420,34 @@ def test_fresh_dial_transports_copy_only_direct_transports() -> None:
         assert fresh[0] is not n.transports[0]
 
     run_simulation(main, seed=13, config=QUIET)
+
+
+def test_quic_in_the_simulator_dials_back_from_a_socket_of_its_own() -> None:
+    async def main(sim: Simulation) -> None:
+        star(sim, "c", "s1")
+        quic = "/memory/4001/quic-v1"
+        svc = AutoNATService(server=False, confidence=1, probe_automatically=False)
+        inbound: list[ConnectionEvent] = []
+        async with (
+            node(
+                sim,
+                "s1",
+                AutoNATService(client=False),
+                transports=[sim_quic_transport(sim.network, "s1")],
+                listen=[quic],
+            ) as s,
+            node(
+                sim, "c", svc, transports=[sim_quic_transport(sim.network, "c")], listen=[quic]
+            ) as c,
+        ):
+            c.on_connection_event(
+                lambda e: inbound.append(e) if not e.connection.is_initiator else None
+            )
+            await connect_all(c, [s])
+            result = await svc.ask(s.peer_id, c.listen_addrs[0])
+            assert result.verdict is Verdict.REACHABLE, result
+            (back,) = [e.connection for e in inbound if e.kind == "connected"]
+            assert back.remote_addr != s.listen_addrs[0]  # not the server's listening socket
+            assert "quic-v1" in str(back.remote_addr)
+
+    run_simulation(main, seed=14, config=QUIET)

@@ -204,6 +204,11 @@ class DialBackDialer:
                     closer()
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)
+
+
 async def _close_quietly(conn: MuxedConnection) -> None:
     try:
         async with asyncio.timeout(DIAL_BACK_STREAM_TIMEOUT):
@@ -235,7 +240,9 @@ class AutoNATService(ProtocolService):
     asks connected AutoNAT servers about each of its addresses (``addrs``,
     default: the node's listen addresses that ``is_public``) and keeps
     :attr:`reachability` and :attr:`addresses` up to date; ``probe_automatically=False``
-    leaves probing to :meth:`probe_round` / :func:`probe`.
+    leaves probing to :meth:`probe_round` / :func:`probe`.  Servers are the connected
+    peers that announce an AutoNAT protocol, so the node needs identify
+    (:class:`~switchy.protocols.identify.IdentifyService`) for automatic probing.
 
     ``is_public`` decides which addresses are tested and served (default
     :func:`~switchy.protocols.autonat.addrs.is_public_addr`; tests on loopback
@@ -327,6 +334,7 @@ class AutoNATService(ProtocolService):
         if self.client and self.probe_automatically and self._task is None:
             self._task = asyncio.ensure_future(self._run())
             self._task.set_name("switchy-autonat-probe")
+            self._task.add_done_callback(_log_failure)
 
     async def stop(self) -> None:
         """Stop probing, cancel dial-backs in progress, close the dial-back sockets."""
@@ -387,6 +395,7 @@ class AutoNATService(ProtocolService):
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
 
     # --- server ---------------------------------------------------------------------------
 
