@@ -10,7 +10,7 @@ from multiaddr.exceptions import Error as MultiaddrError
 from switchy.stack.errors import InvalidConfiguration, InvalidPeerId
 from switchy.stack.identity import PeerId
 
-__all__ = ["P2P", "parse_multiaddr", "split_peer", "with_peer"]
+__all__ = ["P2P", "multiaddr_from_bytes", "parse_multiaddr", "split_peer", "with_peer"]
 
 #: The multiaddr protocol naming a peer id.
 P2P = "p2p"
@@ -24,6 +24,19 @@ def parse_multiaddr(addr: str | bytes | Multiaddr) -> Multiaddr:
         return Multiaddr(addr)
     except (MultiaddrError, ValueError, TypeError) as exc:
         raise InvalidConfiguration(f"invalid multiaddr {addr!r}: {exc}") from None
+
+
+def multiaddr_from_bytes(raw: bytes, max_size: int) -> Multiaddr | None:
+    """The multiaddr in ``raw`` (a peer's binary address), or ``None`` when it is longer than
+    ``max_size`` bytes or does not parse: for decoders that skip what they cannot read."""
+    if len(raw) > max_size:
+        return None
+    try:
+        addr = Multiaddr(raw)
+        str(addr)  # Multiaddr(bytes) parses lazily: force the full parse here
+    except Exception:  # the multiaddr package raises several types for bad input
+        return None
+    return addr
 
 
 def split_peer(addr: str | Multiaddr) -> tuple[Multiaddr, PeerId | None]:

@@ -10,6 +10,7 @@ present and against an explicit limit.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 from switchy.stack.errors import MessageTooLarge, SerializationError
@@ -18,9 +19,13 @@ __all__ = [
     "MAX_VARINT_BYTES",
     "decode_uvarint",
     "encode_uvarint",
+    "frame_message",
     "pb_bytes",
     "pb_fields",
+    "pb_fields_typed",
+    "pb_fixed64",
     "pb_varint",
+    "split_frame",
 ]
 
 #: An unsigned varint in libp2p is at most 9 bytes (63 bits) per the multiformats spec.
@@ -70,6 +75,35 @@ def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[
     return None
 
 
+def frame_message(message: bytes, max_size: int, what: str = "message") -> bytes:
+    """``message`` prefixed by its length as an unsigned varint (the libp2p framing).
+
+    Raises :class:`MessageTooLarge` above ``max_size``; ``what`` names the message.
+    """
+    if len(message) > max_size:
+        raise MessageTooLarge(f"{what} of {len(message)} bytes exceeds {max_size} bytes")
+    return encode_uvarint(len(message)) + message
+
+
+def split_frame(
+    data: bytes | bytearray, max_size: int, what: str = "message"
+) -> tuple[bytes, int] | None:
+    """Split one varint-length-prefixed message off ``data``: ``(message, bytes used)``.
+
+    Returns ``None`` while more bytes are needed; raises :class:`MessageTooLarge`
+    as soon as the prefix announces more than ``max_size`` bytes.
+    """
+    r = decode_uvarint(data)
+    if r is None:
+        return None
+    length, pos = r
+    if length > max_size:
+        raise MessageTooLarge(f"{what} of {length} bytes announced, the limit is {max_size}")
+    if len(data) - pos < length:
+        return None
+    return bytes(data[pos : pos + length]), pos + length
+
+
 # --- protobuf wire format -------------------------------------------------------------
 
 _WT_VARINT = 0
@@ -88,6 +122,13 @@ def pb_bytes(field: int, value: bytes) -> bytes:
     return encode_uvarint(field << 3 | _WT_LEN) + encode_uvarint(len(value)) + value
 
 
+def pb_fixed64(field: int, value: int) -> bytes:
+    """Encode a ``fixed64`` protobuf field (8 bytes, little-endian)."""
+    if not 0 <= value < 1 << 64:
+        raise SerializationError(f"fixed64 value {value} is out of range")
+    return encode_uvarint(field << 3 | _WT_I64) + struct.pack("<Q", value)
+
+
 def pb_fields(data: bytes, *, max_size: int = 1 << 20) -> Iterator[tuple[int, int | bytes]]:
     """Iterate ``(field_number, value)`` over a protobuf message.
 
@@ -95,6 +136,20 @@ def pb_fields(data: bytes, *, max_size: int = 1 << 20) -> Iterator[tuple[int, in
     32/64-bit fields are yielded as their raw bytes.  Unknown fields are the
     caller's to ignore.  Raises :class:`SerializationError` on any malformed or
     truncated field and :class:`MessageTooLarge` when ``data`` exceeds ``max_size``.
+    Use :func:`pb_fields_typed` where a fixed-width field must be told apart from
+    a length-delimited one.
+    """
+    for field, _wire_type, value in pb_fields_typed(data, max_size=max_size):
+        yield field, value
+
+
+def pb_fields_typed(
+    data: bytes, *, max_size: int = 1 << 20
+) -> Iterator[tuple[int, int, int | bytes]]:
+    """Iterate ``(field_number, wire_type, value)``: :func:`pb_fields` with the wire type.
+
+    ``wire_type`` is 0 (varint, ``int`` value), 1 (fixed64, 8 raw bytes), 2
+    (length-delimited, ``bytes``) or 5 (fixed32, 4 raw bytes).
     """
     if len(data) > max_size:
         raise MessageTooLarge(f"protobuf message of {len(data)} bytes exceeds {max_size}")
@@ -113,7 +168,7 @@ def pb_fields(data: bytes, *, max_size: int = 1 << 20) -> Iterator[tuple[int, in
             if r is None:
                 raise SerializationError(f"truncated varint in protobuf field {field}")
             value, pos = r
-            yield field, value
+            yield field, wire_type, value
         elif wire_type == _WT_LEN:
             r = decode_uvarint(data, pos)
             if r is None:
@@ -123,13 +178,13 @@ def pb_fields(data: bytes, *, max_size: int = 1 << 20) -> Iterator[tuple[int, in
                 raise SerializationError(
                     f"protobuf field {field} claims {length} bytes, only {end - pos} present"
                 )
-            yield field, bytes(data[pos : pos + length])
+            yield field, wire_type, bytes(data[pos : pos + length])
             pos += length
         elif wire_type in (_WT_I64, _WT_I32):
             size = 8 if wire_type == _WT_I64 else 4
             if size > end - pos:
                 raise SerializationError(f"truncated fixed-width protobuf field {field}")
-            yield field, bytes(data[pos : pos + size])
+            yield field, wire_type, bytes(data[pos : pos + size])
             pos += size
         else:
             raise SerializationError(f"unsupported protobuf wire type {wire_type} (field {field})")

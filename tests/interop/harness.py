@@ -98,10 +98,10 @@ class PeerProcess:
 
 @asynccontextmanager
 async def pylibp2p_listener(
-    seed: bytes | None = None, *, relay: bool = False, quic: bool = False
+    seed: bytes | None = None, *, relay: bool = False, quic: bool = False, autonat: bool = False
 ) -> AsyncIterator[PeerProcess]:
     """Start a py-libp2p peer listening on loopback (TCP, or QUIC-v1 with ``quic``; also a
-    circuit relay with ``relay``); stop it on exit."""
+    circuit relay with ``relay``, an AutoNAT v1 server with ``autonat``); stop it on exit."""
     args = [str(_python()), str(PEER_SCRIPT), "listen"]
     if seed is not None:
         args += ["--seed", seed.hex()]
@@ -109,6 +109,8 @@ async def pylibp2p_listener(
         args.append("--relay")
     if quic:
         args.append("--quic")
+    if autonat:
+        args.append("--autonat")
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,

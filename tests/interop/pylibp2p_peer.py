@@ -2,8 +2,10 @@
 
 Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
 
-  listen [--seed HEX] [--relay]       serve ping, identify (+push), echo, perf (and with
-                                      --relay the circuit relay v2 hop service); print one
+  listen [--seed HEX] [--relay] [--autonat]
+                                      serve ping, identify (+push), echo, perf (and with
+                                      --relay the circuit relay v2 hop service, with
+                                      --autonat the AutoNAT v1 server); print one
                                       JSON line {"peer_id", "addrs"}; run until stdin closes
   ping ADDR [-c N]                    {"ok", "rtts_us"}
   circuit-ping ADDR [-c N]            ping through a circuit relay v2
@@ -11,6 +13,9 @@ Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
   identify ADDR                       {"ok", "protocol_version", "agent_version", ...}
   echo ADDR --size N                  {"ok", "echoed", "match"}
   perf ADDR --upload N --download N   {"ok", "upload_bytes", "download_bytes", "seconds"}
+  autonat ADDR --ask A [--ask A ...]  ask ADDR's AutoNAT v1 server about each address A, one
+                                      request per address (A = "self": our listen address);
+                                      {"ok", "listen_addrs", "answers": [{"status", "addr"}]}
 
 Every mode prints exactly one JSON result line (``"ok": false`` with ``"error"`` on
 failure, exit status 1).
@@ -141,6 +146,10 @@ async def listen(args: argparse.Namespace) -> int:
     host.set_stream_handler(ECHO, echo_handler)
     host.set_stream_handler(PERF, perf_handler)
     addr = local_addr(args.quic, args.port)
+    if args.autonat:
+        from libp2p.host.autonat import AutoNATService
+
+        AutoNATService(host, serve=True)
     async with host.run(listen_addrs=[addr]):
         if args.relay:
             from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -258,6 +267,22 @@ async def do_perf(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, A
     }
 
 
+async def do_autonat(host: Any, peer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from libp2p.host.autonat import AutoNATService
+
+    client = AutoNATService(host, serve=False)
+    mine = [str(a) for a in host.get_addrs()]
+    answers = []
+    for ask in args.ask:
+        # py-libp2p may list its addresses with /p2p/<id>: ask about the bare address
+        text = (mine[0] if ask == "self" else ask).split("/p2p/")[0]
+        target = multiaddr.Multiaddr(text)
+        status, addr = await client.query_server(peer, [target.to_bytes()])
+        dialed = str(multiaddr.Multiaddr(addr)) if addr else None
+        answers.append({"asked": text, "status": status, "addr": dialed})
+    return {"listen_addrs": mine, "answers": answers}
+
+
 async def circuit_ping(args: argparse.Namespace) -> int:
     from libp2p.relay.circuit_v2.config import RelayConfig
     from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -295,7 +320,8 @@ def main() -> int:
     s.add_argument("--seed")
     s.add_argument("--relay", action="store_true", help="also run the circuit relay v2 hop service")
     s.add_argument("--quic", action="store_true")
-    for name in ("ping", "identify", "echo", "perf", "circuit-ping"):
+    s.add_argument("--autonat", action="store_true", help="also run the AutoNAT v1 server")
+    for name in ("ping", "identify", "echo", "perf", "circuit-ping", "autonat"):
         s = sub.add_parser(name)
         s.add_argument("addr")
         s.add_argument("--timeout", type=float, default=30)
@@ -304,6 +330,8 @@ def main() -> int:
             s.add_argument("-c", "--count", type=int, default=3)
         if name == "echo":
             s.add_argument("--size", type=int, default=100_000)
+        if name == "autonat":
+            s.add_argument("--ask", action="append", default=[])
         if name == "perf":
             s.add_argument("--upload", type=int, default=1_000_000)
             s.add_argument("--download", type=int, default=1_000_000)
@@ -313,9 +341,13 @@ def main() -> int:
             return trio.run(listen, args)
         if args.mode == "circuit-ping":
             return trio.run(circuit_ping, args)
-        body = {"ping": do_ping, "identify": do_identify, "echo": do_echo, "perf": do_perf}[
-            args.mode
-        ]
+        body = {
+            "ping": do_ping,
+            "identify": do_identify,
+            "echo": do_echo,
+            "perf": do_perf,
+            "autonat": do_autonat,
+        }[args.mode]
         return trio.run(with_connection, args, lambda h, peer: body(h, peer, args))
     except BaseException as exc:  # report every failure as one JSON line
         emit({"ok": False, "error": describe(exc)})

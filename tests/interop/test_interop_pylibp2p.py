@@ -7,13 +7,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from multiaddr import Multiaddr
 
 from switchy.presets import default_node
+from switchy.protocols.autonat import AutoNATService, Verdict, probe
+from switchy.protocols.autonat.pb import V1Status
 from switchy.protocols.echo import echo
 from switchy.protocols.identify import IDENTIFY_PROTOCOL, IdentifyService, identify
 from switchy.protocols.perf import perf
 from switchy.protocols.ping import PING_PROTOCOL, ping
 from switchy.stack.identity import KeyPair, PeerId
+from switchy.stack.node import Node
+from switchy.transports.tcp import TcpTransport
 from tests.interop.harness import pylibp2p_listener, run_peer
 
 pytestmark = pytest.mark.interop
@@ -180,5 +185,74 @@ def test_wrong_peer_id_against_pylibp2p_over_quic_is_refused(interop_python: Pat
             impostor = KeyPair.generate().peer_id
             with pytest.raises(AuthenticationFailed, match="expected"):
                 await node.connect(f"{base}/p2p/{impostor}")
+
+    run(main)
+
+
+# --- AutoNAT v1 (py-libp2p 0.8.1 has a v1 server and client; it has no AutoNAT v2) --------
+
+
+def _loopback_autonat(*, server: bool = True, client: bool = True) -> AutoNATService:
+    """Loopback addresses count as public here; probing only when the test asks."""
+    return AutoNATService(
+        server=server, client=client, is_public=lambda _a: True, probe_automatically=False
+    )
+
+
+def test_pylibp2p_asks_our_autonat_v1_server(interop_python: Path) -> None:
+    async def main() -> None:
+        server = _loopback_autonat(client=False)
+        node = Node(
+            transports=[TcpTransport()],
+            services=[IdentifyService(), server],
+            listen=["/ip4/127.0.0.1/tcp/0"],
+        )
+        async with node:
+            lsn = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+            dead = lsn.sockets[0].getsockname()[1]
+            lsn.close()
+            await lsn.wait_closed()
+            r = await run_peer(
+                "autonat",
+                str(node.full_addrs[0]),
+                "--ask", "self",
+                "--ask", f"/ip4/127.0.0.1/tcp/{dead}",
+                "--ask", "/ip4/10.9.8.7/tcp/4001",
+            )  # fmt: skip
+            own, closed, elsewhere = r["answers"]
+            # we dialed py-libp2p back on its listen address (a new connection of ours)
+            assert (own["status"], own["addr"]) == (int(V1Status.OK), own["asked"])
+            assert closed["status"] == int(V1Status.E_DIAL_ERROR)
+            # another IP than the one it connects from: refused without a dial
+            assert elsewhere["status"] == int(V1Status.E_DIAL_REFUSED)
+            assert server.served == [
+                "v1 dialed: OK",
+                "v1 dialed: E_DIAL_ERROR",
+                "v1 refused",
+            ]
+
+    run(main)
+
+
+def test_we_ask_pylibp2p_autonat_v1_server(interop_python: Path) -> None:
+    async def main() -> None:
+        client = _loopback_autonat(server=False)
+        node = Node(
+            transports=[TcpTransport()],
+            services=[IdentifyService(), client],
+            listen=["/ip4/127.0.0.1/tcp/0"],
+        )
+        async with pylibp2p_listener(autonat=True) as peer, node:
+            addr = next(a for a in peer.addrs if "/tcp/" in a)
+            if "/p2p/" not in addr:
+                addr += f"/p2p/{peer.peer_id}"
+            mine = node.listen_addrs[0]
+            other_ip = Multiaddr("/ip4/10.9.8.7/tcp/4001")
+            results = await probe(node, [addr], [mine, other_ip])
+            assert [(r.version, r.verdict) for r in results] == [
+                (1, Verdict.REACHABLE),  # py-libp2p "dials" us (it reuses our connection)
+                (1, Verdict.REFUSED),  # not our observed IP: py-libp2p refuses too
+            ]
+            assert all(r.server == PeerId.from_string(peer.peer_id) for r in results)
 
     run(main)

@@ -23,7 +23,7 @@ from typing import Final
 import attrs
 from multiaddr import Multiaddr
 
-from switchy.stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
+from switchy.stack.codec import frame_message, pb_bytes, pb_fields, pb_varint, split_frame
 from switchy.stack.errors import InvalidPeerId, MessageTooLarge, SerializationError
 from switchy.stack.identity import PeerId
 
@@ -261,8 +261,7 @@ def encode_voucher(v: Voucher) -> bytes:
 
 def encode_frame(message: bytes) -> bytes:
     """``message`` prefixed by its length as an unsigned varint."""
-    _checked("relay message", message)
-    return encode_uvarint(len(message)) + message
+    return frame_message(message, MAX_MESSAGE_SIZE, "relay message")
 
 
 def decode_frame(data: bytes | bytearray) -> tuple[bytes, int] | None:
@@ -271,17 +270,7 @@ def decode_frame(data: bytes | bytearray) -> tuple[bytes, int] | None:
     Returns ``None`` while more bytes are needed; raises :class:`MessageTooLarge`
     as soon as the prefix announces more than :data:`MAX_MESSAGE_SIZE` bytes.
     """
-    r = decode_uvarint(data)
-    if r is None:
-        return None
-    length, pos = r
-    if length > MAX_MESSAGE_SIZE:
-        raise MessageTooLarge(
-            f"relay message of {length} bytes announced, the limit is {MAX_MESSAGE_SIZE}"
-        )
-    if len(data) - pos < length:
-        return None
-    return bytes(data[pos : pos + length]), pos + length
+    return split_frame(data, MAX_MESSAGE_SIZE, "relay message")
 
 
 # --- decoding -----------------------------------------------------------------------------
