@@ -146,6 +146,21 @@ def test_nodes_behind_a_relay_pass_the_node_suite(pytester: pytest.Pytester) -> 
     result.assert_outcomes(passed=SUITE_SIZES["test_node"])
 
 
+def test_nodes_behind_a_relay_on_quic_legs_pass_the_node_suite(pytester: pytest.Pytester) -> None:
+    result = _run(
+        pytester,
+        """
+        import pytest
+        from switchy.conformance import RelayQuicNodeHarness
+
+        @pytest.fixture
+        def node_harness(): return RelayQuicNodeHarness()
+        """,
+        "test_node",
+    )
+    result.assert_outcomes(passed=SUITE_SIZES["test_node"])
+
+
 def test_tcp_transport_and_tcp_nodes_pass(pytester: pytest.Pytester) -> None:
     result = _run(pytester, BUILTIN_TCP, "test_transport", "test_node")
     # The partition test needs a harness that can partition: skipped on real TCP.

@@ -388,6 +388,14 @@ class RelayNodeHarness(SimNodeHarness):
         return super().make_node(name, **kwargs)
 
 
+class RelayQuicNodeHarness(RelayNodeHarness, SimQuicNodeHarness):
+    """Nodes reachable only through a circuit relay whose legs are QUIC (simulated).
+
+    The end-to-end Noise + yamux connection runs over QUIC streams of the relay's
+    connections: where a cancelled write once cut Noise frames.
+    """
+
+
 class RegistryDiscoveryHarness(DiscoveryHarness):
     """The name-registry backend, with one registry node on the simulated network."""
 
