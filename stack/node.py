@@ -43,7 +43,12 @@ from switchy.stack.errors import (
 )
 from switchy.stack.identity import Entropy, KeyPair, PeerId
 from switchy.stack.mux import MuxedConnection, StreamMuxer
-from switchy.stack.negotiation import handle_protocol, select_protocol, select_protocol_lazy
+from switchy.stack.negotiation import (
+    confirm_protocol,
+    handle_protocol,
+    select_protocol,
+    select_protocol_lazy,
+)
 from switchy.stack.peerstore import PeerStore
 from switchy.stack.registry import ProtocolRegistry, StreamHandler
 from switchy.stack.security import SecurityTransport
@@ -565,8 +570,24 @@ class Node:
 
     # --- streams ------------------------------------------------------------------------
 
-    async def open_stream(self, target: Target, *protocol_ids: str) -> MuxedStream:
-        """Open a stream to ``target`` and negotiate the first of ``protocol_ids`` it supports."""
+    async def open_stream(
+        self, target: Target, *protocol_ids: str, confirm: bool = False
+    ) -> MuxedStream:
+        """Open a stream to ``target`` and negotiate the first of ``protocol_ids`` it supports.
+
+        With a single protocol id, negotiation is *optimistic* (as in libp2p): the
+        proposal is sent and this returns at once, without waiting for the peer's
+        answer, so a request costs no extra round trip.  Opening and writing then
+        succeed even when the peer does not serve the protocol; the stream's first
+        read raises :class:`~switchy.stack.errors.NegotiationFailed` ("the listener
+        refused the optimistically proposed protocol '/x/1.0.0'") and the data
+        written is discarded by the peer.  Pass ``confirm=True`` to wait for the
+        answer here (one round trip more, within ``config.negotiation_timeout``):
+        an unsupported protocol then raises ``NegotiationFailed`` from this call.
+        With several ids, they are proposed in turn and this always waits for the
+        answer.  A peer that does not answer raises
+        :class:`~switchy.stack.errors.P2PTimeout`.
+        """
         if not protocol_ids:
             raise InvalidConfiguration("open_stream needs at least one protocol id")
         conn = await self.connect(target)
@@ -574,7 +595,10 @@ class Node:
         try:
             if len(protocol_ids) == 1:
                 # Optimistic: the proposal travels with the first data; checked on first read.
-                return await select_protocol_lazy(stream, protocol_ids[0])
+                await select_protocol_lazy(stream, protocol_ids[0])
+                if confirm:
+                    await confirm_protocol(stream, timeout=self.config.negotiation_timeout)
+                return stream
             protocol = await select_protocol(
                 stream, protocol_ids, timeout=self.config.negotiation_timeout
             )
