@@ -336,6 +336,27 @@ async def test_data_limit_cuts_the_circuit_with_resource_limit_exceeded() -> Non
         assert await echo(a, b.full_addrs[0], b"again") == b"again"
 
 
+@pytest.mark.parametrize(("upload", "download"), [(1_000_000, 0), (0, 1_000_000)])
+def test_a_transfer_cut_by_the_data_limit_says_so_in_both_directions(
+    upload: int, download: int
+) -> None:
+    @aio
+    async def main() -> None:
+        limit = 64 * 1024
+        config = RelayConfig(limit_data=limit, limit_duration=0)
+        async with relay_node(config) as r, client() as b, client() as a:
+            await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            await a.connect(b.full_addrs[0])
+            # The writer's last write may still be waiting when the relay cuts: the client
+            # counts what it handed over, not only the writes that returned.
+            with pytest.raises(StreamReset, match="cut the circuit at its data limit of 65536"):
+                await perf(a, b.peer_id, upload, download)
+            (circuit,) = service(r).history
+            assert circuit.end_status == Status.RESOURCE_LIMIT_EXCEEDED
+
+    main()
+
+
 @aio
 async def test_connect_refused_statuses_surface_as_relay_refused() -> None:
     config = RelayConfig(max_circuits_per_peer=1)

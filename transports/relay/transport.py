@@ -155,6 +155,9 @@ class RelayedConnection(Connection):
         self.remote_addr = circuit
         self.bytes_sent = 0
         self.bytes_received = 0
+        # bytes handed to write(), including a write still waiting when the relay cut in:
+        # the relay counts what reached it, which can be more than the writes that returned
+        self._offered = 0
         #: Loop time at which the circuit was requested: not after the relay started it,
         #: so the duration limit is recognised when the relay applies it.
         self.opened_at = asyncio.get_running_loop().time() if opened_at is None else opened_at
@@ -175,7 +178,7 @@ class RelayedConnection(Connection):
         limit = self.limit
         if self.stream.muxed_conn.is_closed:
             reason = f"relay {relay} went away (its connection closed: {exc})"
-        elif limit and limit.data and max(self.bytes_sent, self.bytes_received) >= limit.data:
+        elif limit and limit.data and max(self._offered, self.bytes_received) >= limit.data:
             reason = (
                 f"relay {relay} cut the circuit at its data limit of {limit.data} bytes "
                 f"per direction ({status_name(Status.RESOURCE_LIMIT_EXCEEDED)})"
@@ -207,6 +210,7 @@ class RelayedConnection(Connection):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write bytes to be relayed; a reset raises :class:`StreamReset` naming its cause."""
+        self._offered += len(data)
         try:
             await self.stream.write(data)
         except StreamReset as exc:
