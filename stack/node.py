@@ -263,6 +263,8 @@ class Node:
             listener = await transport.listen(addr, self._on_inbound)
             self._listeners.append(listener)
             result.extend(listener.addrs)
+            for bound in listener.addrs:
+                log.info("listening on %s/p2p/%s (%s)", bound, self.peer_id, transport.name)
         self._started = True
         return result
 
@@ -490,7 +492,7 @@ class Node:
             return
         if len(self.connections()) >= self.config.max_connections:
             log.warning(
-                "refusing inbound connection from %s: %s",
+                "refused inbound connection from %s: %s",
                 raw.remote_addr,
                 ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),
             )
@@ -503,7 +505,7 @@ class Node:
                 else await self.upgrader.upgrade_inbound(raw)
             )
         except P2PError as exc:
-            log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
+            log.info("refused inbound connection from %s: %s", raw.remote_addr, exc)
             return
         self._add_connection(conn)
 
@@ -513,6 +515,13 @@ class Node:
         if conn.is_initiator:
             self.peerstore.add_addrs(peer, [conn.remote_addr])
         self._spawn(self._accept_loop(conn), f"switchy-accept-{peer.fmt_short()}")
+        log.info(
+            "connected to %s (%s %s%s)",
+            peer,
+            "outbound to" if conn.is_initiator else "inbound from",
+            conn.remote_addr,
+            ", limited" if conn.is_limited else "",
+        )
         self._emit(ConnectionEvent("connected", peer, conn))
 
     def _remove_connection(self, conn: MuxedConnection) -> None:
@@ -522,6 +531,7 @@ class Node:
             if not conns:
                 del self._connections[conn.remote_peer]
             conn.stats.closed_at = conn.stats.closed_at or asyncio.get_running_loop().time()
+            log.info("disconnected from %s (%s)", conn.remote_peer, conn.remote_addr)
             self._emit(ConnectionEvent("disconnected", conn.remote_peer, conn))
 
     async def _accept_loop(self, conn: MuxedConnection) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -253,6 +254,31 @@ async def test_relayed_ping_echo_perf_over_tcp() -> None:
         assert (circuit.src, circuit.dst) == (a.peer_id, b.peer_id)
         assert circuit.forwarded["src"] > 556_000 and circuit.forwarded["dst"] > 756_000
         assert sum(len(chunk) for _c, _up, chunk in seen) == sum(circuit.forwarded.values())
+
+
+def test_reservations_circuits_and_refusals_are_logged_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @aio
+    async def main() -> None:
+        config = RelayConfig(limit_data=0, limit_duration=0, max_reservations=1)
+        async with relay_node(config) as r, client() as b, client() as a, client() as c:
+            await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            with pytest.raises(ConnectionFailed, match="RESERVATION_REFUSED"):
+                await c.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            await echo(a, b.full_addrs[0], b"hi")
+
+    with caplog.at_level(logging.INFO, logger="switchy"):
+        main()
+    infos = [(rec.name, rec.getMessage()) for rec in caplog.records if rec.levelno == logging.INFO]
+    text = "\n".join(message for _, message in infos)
+    assert "relay: granted 12D3KooW" in text and "a reservation for" in text
+    assert "reservation with relay 12D3KooW" in text and "/p2p-circuit" in text
+    assert "relay: refused a reservation for 12D3KooW" in text
+    assert "RESERVATION_REFUSED" in text
+    assert "relay: circuit 12D3KooW" in text and " opened" in text
+    assert "connected to 12D3KooW" in text and "limited" in text
+    assert all(name.startswith("switchy.") for name, _ in infos)
 
 
 @aio
@@ -704,7 +730,7 @@ def test_cli_relay_listen_through_it_and_ping_a_circuit_address() -> None:
             timeout=30,
             check=False,
         )
-        assert bad.returncode == 1 and "must end with /p2p/<relay id>" in bad.stderr
+        assert bad.returncode == 2 and "must end with /p2p/<relay id>" in bad.stderr
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGINT)

@@ -552,6 +552,12 @@ class RelayTransport(Transport, ProtocolService):
             if split_peer(a)[1] == relay and a not in seen:
                 seen.append(a)
         addrs = [a.encapsulate(_CIRCUIT_MA) for a in seen]
+        log.info(
+            "reservation with relay %s for %.0f s: reachable at %s",
+            relay,
+            expires - loop.time(),
+            ", ".join(map(str, addrs)),
+        )
         return ActiveReservation(relay, addrs, expires, reply.limit, voucher)
 
     async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:
