@@ -144,6 +144,19 @@ def test_tcp_transport_and_tcp_nodes_pass(pytester: pytest.Pytester) -> None:
     )
 
 
+def test_slow_but_steady_links_pass_the_transport_suite(pytester: pytest.Pytester) -> None:
+    """The patience bounds a stall, not a transfer: a busy machine is slow, not broken."""
+    fixtures = """
+        import pytest
+        from tests.conformance_slow import SlowLinkTransportHarness
+
+        @pytest.fixture
+        def transport_harness(): return SlowLinkTransportHarness()
+    """
+    result = _run(pytester, fixtures, "test_transport")
+    result.assert_outcomes(passed=SUITE_SIZES["test_transport"])
+
+
 def test_suites_without_a_fixture_are_skipped_with_its_name(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "import pytest\n", "test_security")
     result.assert_outcomes(skipped=SUITE_SIZES["test_security"])

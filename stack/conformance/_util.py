@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from switchy.stack.stream import Connection, Stream
     from switchy.stack.transport import Listener, Transport
 
-__all__ = ["ContractViolation", "never", "require", "transfer", "within"]
+__all__ = ["ContractViolation", "never", "read_progressing", "require", "transfer", "within"]
 
 _T = TypeVar("_T")
 
@@ -199,16 +199,34 @@ def muxed_pair(h: MuxerHarness) -> tuple[MuxedConnection, MuxedConnection]:
     )
 
 
+async def read_progressing(
+    h: Harness, s: Stream, contract: str, what: str, size: int | None = None
+) -> bytes:
+    """Read ``size`` bytes (``None``: until end of stream) from ``s``.
+
+    The patience applies to each read, not to the whole: a slow or busy machine may
+    take as long as it needs while data keeps arriving, and a part that stalls is
+    still reported after :attr:`Harness.patience` seconds without a byte.  A stream
+    that ends before ``size`` bytes is a violation of ``contract``.
+    """
+    out = bytearray()
+    while size is None or len(out) < size:
+        want = 1 << 20 if size is None else min(1 << 20, size - len(out))
+        chunk = await within(h, s.read(want), contract, f"{what}: more data after {len(out)} bytes")
+        if not chunk:
+            if size is None:
+                break
+            raise ContractViolation(
+                f"contract {contract!r} broken: {what}: the stream ended after "
+                f"{len(out)} of {size} bytes"
+            )
+        out += chunk
+    return bytes(out)
+
+
 async def read_all_bytes(s: Stream, h: Harness, contract: str) -> bytes:
-    """Everything until EOF (no size limit), within the patience."""
-
-    async def go() -> bytes:
-        out = bytearray()
-        while chunk := await s.read(1 << 20):
-            out += chunk
-        return bytes(out)
-
-    return await within(h, go(), contract, "reading until end of stream")
+    """Everything until EOF (no size limit); each read within the patience."""
+    return await read_progressing(h, s, contract, "reading until end of stream")
 
 
 async def transfer(
@@ -217,8 +235,9 @@ async def transfer(
     """Write ``chunks`` on ``sender`` and close its write side while reading ``reader`` to
     its end (at the same time, so backpressure cannot deadlock); return what was read.
 
-    ``reader`` may be ``sender`` itself (an echo).  Both sides must finish within the
-    patience, else ``contract`` is reported broken.
+    ``reader`` may be ``sender`` itself (an echo).  Data must keep arriving (each read
+    within the patience) and the writer must finish within the patience after the
+    reader saw the end, else ``contract`` is reported broken.
     """
 
     async def send() -> None:
