@@ -1,4 +1,4 @@
-"""Counters kept per connection and per node, and the clock measurements are taken with."""
+"""Counters kept per connection, and the clock measurements are taken with."""
 
 from __future__ import annotations
 

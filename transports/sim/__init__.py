@@ -11,7 +11,15 @@ Same seed and scenario → the same run, event for event.  The pieces:
 * :class:`SimConnection` / :class:`SimListener` — reliable ordered streams;
   :class:`SimDatagramTransport` — unreliable datagrams;
 * :class:`SimTransport` — the stack transport (``/memory/<host*100000+port>``);
-* :class:`NameService`, :class:`TraceRecorder`, :class:`SimConfig`.
+* :class:`NameService`, :class:`TraceRecorder`, :class:`SimConfig`;
+* :func:`~switchy.transports.sim.scenarios.run_scenario` — ready-made scenarios of the
+  whole stack (what ``switchy sim`` runs).
+
+Modules: :mod:`switchy.transports.sim.simulation`, :mod:`switchy.transports.sim.loop`,
+:mod:`switchy.transports.sim.network`, :mod:`switchy.transports.sim.stream`,
+:mod:`switchy.transports.sim.datagram`, :mod:`switchy.transports.sim.transport`,
+:mod:`switchy.transports.sim.names`, :mod:`switchy.transports.sim.trace`,
+:mod:`switchy.transports.sim.config`, :mod:`switchy.transports.sim.scenarios`.
 """
 
 from __future__ import annotations
