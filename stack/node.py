@@ -587,11 +587,11 @@ class Node:
 
         With a single protocol id, negotiation is *optimistic* (as in libp2p): the
         proposal is sent and this returns at once, without waiting for the peer's
-        answer, so a request costs no extra round trip.  Opening and writing then
-        succeed even when the peer does not serve the protocol; the stream's first
-        read raises :class:`~switchy.stack.errors.NegotiationFailed` ("the listener
-        refused the optimistically proposed protocol '/x/1.0.0'") and the data
-        written is discarded by the peer.  Pass ``confirm=True`` to wait for the
+        answer, so a request costs no extra round trip.  Opening and the first writes
+        then succeed even when the peer does not serve the protocol (the peer discards
+        that data); the stream's first read raises
+        :class:`~switchy.stack.errors.NegotiationFailed` ("the listener refused the
+        optimistically proposed protocol '/x/1.0.0'").  Pass ``confirm=True`` to wait for the
         answer here (one round trip more, within ``config.negotiation_timeout``):
         an unsupported protocol then raises ``NegotiationFailed`` from this call.
         With several ids, they are proposed in turn and this always waits for the
