@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -367,7 +366,6 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
             gc.collect()
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
-            start = time.perf_counter()
             resp = await client.request(server.peer_id, "POST", "/echo", body=upload(), stream=True)
             received = 0
             async with resp:
@@ -375,10 +373,8 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
                     received += len(chunk)
             peak = tracemalloc.get_traced_memory()[1] - base
             tracemalloc.stop()
-            elapsed = time.perf_counter() - start
             assert resp.status == 200 and received == total
             assert peak < 6 * 1024 * 1024, f"peak {peak} bytes for a {total}-byte echo"
-            assert elapsed < 20
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
