@@ -282,7 +282,7 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from switchy.demo import run_demo
 
-    await run_demo(nodes=args.nodes)
+    await run_demo(nodes=args.nodes, config=args.config)
     return 0
 
 

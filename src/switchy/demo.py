@@ -8,6 +8,7 @@ import statistics
 from typing import Final
 
 from switchy.stack.addresses import with_peer
+from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration
 from switchy.stack.identity import KeyPair
 from switchy.stack.metrics import measure_clock
@@ -44,14 +45,14 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def _find_by_name(peers: list[Node], names: list[str]) -> None:
+async def _find_by_name(peers: list[Node], names: list[str], config: NetworkConfig | None) -> None:
     """Demo step: a name registry; every node registers its name; the first finds the last."""
     from switchy.protocols.discovery.claims import seal_name_claim
     from switchy.protocols.discovery.client import lookup, register
     from switchy.protocols.discovery.registry import RegistryService
 
     _say("\n7b. Find peers by name")
-    async with Node.default(services=[RegistryService()]) as registry:
+    async with Node.default(services=[RegistryService()], config=config) as registry:
         await registry.listen("/ip4/127.0.0.1/tcp/0")
         where = registry.full_addrs[0]
         _say(f"   a name registry runs at {where}")
@@ -69,12 +70,15 @@ async def _find_by_name(peers: list[Node], names: list[str]) -> None:
         )
 
 
-async def run_demo(nodes: int = 3, *, perf_bytes: int = DEMO_PERF_BYTES) -> None:
+async def run_demo(
+    nodes: int = 3, *, perf_bytes: int = DEMO_PERF_BYTES, config: NetworkConfig | None = None
+) -> None:
     """Start ``nodes`` nodes, connect them, and show each part of the stack at work.
 
     ``nodes`` must be within :data:`MIN_DEMO_NODES`..:data:`MAX_DEMO_NODES`
     (else :class:`~switchy.stack.errors.InvalidConfiguration`); ``perf_bytes`` is
-    moved each way in the throughput step.
+    moved each way in the throughput step; every node uses ``config`` (default: the
+    defaults).
     """
     from switchy.protocols.echo import echo
     from switchy.protocols.identify import IdentifyService, identify
@@ -91,7 +95,7 @@ async def run_demo(nodes: int = 3, *, perf_bytes: int = DEMO_PERF_BYTES) -> None
     peers: list[Node] = []
     try:
         for name in names:
-            node = Node.default()
+            node = Node.default(config=config)
             await node.start()
             await node.listen("/ip4/127.0.0.1/tcp/0")
             peers.append(node)
@@ -167,7 +171,7 @@ async def run_demo(nodes: int = 3, *, perf_bytes: int = DEMO_PERF_BYTES) -> None
         else:
             raise AssertionError("demo: dialing with a wrong peer id succeeded")
 
-        await _find_by_name(peers, names)
+        await _find_by_name(peers, names, config)
 
         _say("\n8. Connection statistics")
         for node in peers:
