@@ -306,3 +306,14 @@ def test_help_documents_the_exit_statuses() -> None:
         out = " ".join(_run(*args).stdout.split())
         assert "exit status: 0 success; 1 a runtime or network failure" in out
         assert "2 a usage error or bad input" in out
+
+
+def test_main_in_process_leaves_logging_as_it_found_it() -> None:
+    import logging
+
+    from switchy.cli import main
+
+    root, ours = logging.getLogger(), logging.getLogger("switchy")
+    before = (list(root.handlers), root.level, ours.level)
+    assert main(["ping", "/ip4/1.2.3/tcp/1", "--log-level", "debug"]) == 2
+    assert (list(root.handlers), root.level, ours.level) == before

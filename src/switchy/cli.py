@@ -49,12 +49,12 @@ _EXIT_HELP = (
 )
 
 
-
 def default_key_path() -> Path:
     """Where ``switchy id`` and ``switchy listen`` keep the identity when no ``--key`` is
     given: ``$XDG_CONFIG_HOME/switchy/identity.key`` (``~/.config`` when unset)."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "switchy" / "identity.key"
+
 
 #: Listen address used by ``switchy listen`` when none is given.
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
@@ -134,21 +134,23 @@ async def _cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _wait_for_signal() -> None:
+def _stop_signal() -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set from now on (the handlers go with the loop).
+
+    Serving commands call it first, so a Ctrl-C at any point after they printed
+    their addresses is a clean shutdown (exit status 0), not an interruption.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return stop
 
 
 async def _cmd_listen(args: argparse.Namespace) -> int:
     """``switchy listen``: serve the default protocols; optionally also through relays
     (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
+    stop = _stop_signal()
     from switchy.stack.node import Node
 
     if args.register is not None and not args.registry:
@@ -185,7 +187,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
             f"serving {', '.join(node.protocols)} as {node.peer_id} ({who}); Ctrl-C to stop",
             file=sys.stderr,
         )
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -256,6 +258,7 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 async def _cmd_relay(args: argparse.Namespace) -> int:
+    stop = _stop_signal()
     from switchy.stack.node import Node
     from switchy.transports.relay import RelayConfig, RelayService
 
@@ -274,7 +277,7 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
         print(
             f"relaying (circuit v2, limits per circuit: {limits}); Ctrl-C to stop", file=sys.stderr
         )
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -324,6 +327,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
+    stop = _stop_signal()
     from switchy.protocols.discovery.registry import RegistryService
     from switchy.stack.node import Node
 
@@ -334,7 +338,7 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
             print(addr)
         sys.stdout.flush()
         print("serving the name registry; Ctrl-C to stop", file=sys.stderr)
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -366,6 +370,7 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
+    stop = _stop_signal()
     from switchy.protocols.router import Router
     from switchy.protocols.router.static import StaticFiles
     from switchy.stack.node import Node
@@ -378,7 +383,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
             print(addr)
         sys.stdout.flush()
         print(f"serving {args.static} at GET /files and /files/{{name}}", file=sys.stderr)
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -706,8 +711,11 @@ class _JsonLines(logging.Formatter):
         return json.dumps(entry)
 
 
-def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """switchy's loggers at the chosen level, every other library's at WARNING."""
+def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> Callable[[], None]:
+    """switchy's loggers at the chosen level, every other library's at WARNING, on stderr.
+
+    Returns what undoes it (for :func:`main` called in a process that goes on).
+    """
     level = args.log_level
     if level is None and args.verbose:
         level = "info" if args.verbose == 1 else "debug"
@@ -724,10 +732,18 @@ def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> None
         if args.log_format == "json"
         else logging.Formatter("%(levelname)s %(name)s: %(message)s")
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root, ours = logging.getLogger(), logging.getLogger("switchy")
+    saved = root.level, ours.level
+    root.addHandler(handler)
     root.setLevel(logging.WARNING)  # third-party libraries (multiaddr, aioquic, ...)
-    logging.getLogger("switchy").setLevel((level or "warning").upper())
+    ours.setLevel((level or "warning").upper())
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+    return undo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -737,8 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int] = args.func
+    undo_logging: Callable[[], None] | None = None
     try:
-        _setup_logging(args, os.environ)
+        undo_logging = _setup_logging(args, os.environ)
         args.config = NetworkConfig.from_env()
         result = func(args)
         return result if isinstance(result, int) else asyncio.run(result)
@@ -751,6 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (P2PError, OSError) as exc:
         print(f"switchy: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if undo_logging is not None:
+            undo_logging()
 
 
 if __name__ == "__main__":  # pragma: no cover
