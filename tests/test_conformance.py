@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import settings
 
 # pytester's in-process runs drop the modules a run imported; cryptography's x509 classes
 # must not be imported twice (its compiled core keeps the first ones), so import them here.
@@ -171,17 +172,30 @@ def test_broken_parts_fail_with_the_contract_named(
     pytester: pytest.Pytester, harness: type
 ) -> None:
     fixture, suite, contract = BROKEN[harness]
-    result = _run(
-        pytester,
-        f"""
-        import pytest
-        from tests.conformance_broken import {harness.__name__}
+    try:
+        # Finding the failure is the point, not shrinking it: shrinking reruns whole
+        # simulations for a minute or more on a busy machine.
+        result = _run(
+            pytester,
+            f"""
+            import pytest
+            from hypothesis import Phase, settings
+            from tests.conformance_broken import {harness.__name__}
 
-        @pytest.fixture
-        def {fixture}(): return {harness.__name__}()
-        """,
-        suite,
-    )
+            settings.register_profile(
+                "no-shrink",
+                parent=settings.get_profile("default"),
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
+            )
+            settings.load_profile("no-shrink")
+
+            @pytest.fixture
+            def {fixture}(): return {harness.__name__}()
+            """,
+            suite,
+        )
+    finally:
+        settings.load_profile("default")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) >= 1, result.stdout.str()
     assert f"contract '{contract}' broken" in result.stdout.str()
