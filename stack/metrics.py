@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -17,6 +17,7 @@ __all__ = [
     "VIRTUAL_CLOCK_ATTR",
     "ConnectionStats",
     "measure_clock",
+    "quantile",
 ]
 
 #: An event loop whose ``time()`` is virtual (the simulator's loop) has this attribute set
@@ -43,6 +44,16 @@ def measure_clock(loop: asyncio.AbstractEventLoop | None = None) -> Callable[[],
     if getattr(loop, VIRTUAL_CLOCK_ATTR, False) is True:
         return loop.time
     return time.perf_counter
+
+
+def quantile(samples: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1, nearest rank) of ``samples``; ``None`` when there are none."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be within 0..1, got {q!r}")
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def _now() -> float:
@@ -104,13 +115,7 @@ class ConnectionStats:
 
     def latency_quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0..1, nearest rank) of the recent round trips in seconds."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be within 0..1, got {q!r}")
-        if not self.recent_latencies:
-            return None
-        ordered = sorted(self.recent_latencies)
-        rank = max(1, math.ceil(q * len(ordered)))
-        return ordered[rank - 1]
+        return quantile(self.recent_latencies, q)
 
     def record_latency(self, rtt: float) -> None:
         """Add one round-trip measurement (seconds)."""

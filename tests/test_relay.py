@@ -339,13 +339,21 @@ async def test_a_direct_connection_replaces_a_relayed_one() -> None:
         assert set(a.connections(b.peer_id)) == {relayed, direct}
 
 
-@aio
-async def test_data_limit_cuts_the_circuit_with_resource_limit_exceeded() -> None:
-    limit = 64 * 1024
+@asynccontextmanager
+async def data_limited_trio(limit: int) -> AsyncIterator[tuple[Node, Node, Node]]:
+    """A relay with a data limit per circuit, a listener behind it and a dialer connected."""
     config = RelayConfig(limit_data=limit, limit_duration=0)
     async with relay_node(config) as r, client() as b, client() as a:
         await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
-        conn = await a.connect(b.full_addrs[0])
+        await a.connect(b.full_addrs[0])
+        yield r, b, a
+
+
+@aio
+async def test_data_limit_cuts_the_circuit_with_resource_limit_exceeded() -> None:
+    limit = 64 * 1024
+    async with data_limited_trio(limit) as (r, b, a):
+        (conn,) = a.connections(b.peer_id)
         raw = transport(a).connections[0]
         assert raw.limit == Limit(0, limit)
         assert await echo(a, b.peer_id, b"small") == b"small"
@@ -368,11 +376,7 @@ def test_a_transfer_cut_by_the_data_limit_says_so_in_both_directions(
 ) -> None:
     @aio
     async def main() -> None:
-        limit = 64 * 1024
-        config = RelayConfig(limit_data=limit, limit_duration=0)
-        async with relay_node(config) as r, client() as b, client() as a:
-            await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
-            await a.connect(b.full_addrs[0])
+        async with data_limited_trio(64 * 1024) as (r, b, a):
             # The writer's last write may still be waiting when the relay cuts: the client
             # counts what it handed over, not only the writes that returned.
             with pytest.raises(StreamReset, match="cut the circuit at its data limit of 65536"):

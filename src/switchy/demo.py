@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import statistics
 from typing import Final
 
@@ -11,7 +10,7 @@ from switchy.stack.addresses import with_peer
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration
 from switchy.stack.identity import KeyPair
-from switchy.stack.metrics import measure_clock
+from switchy.stack.metrics import measure_clock, quantile
 from switchy.stack.node import Node
 
 __all__ = ["MAX_DEMO_NODES", "MIN_DEMO_NODES", "demo_names", "run_demo"]
@@ -29,12 +28,6 @@ _NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 def demo_names(nodes: int) -> list[str]:
     """The demo's node names: alice, bob, ..., heidi, then node9, node10, ..."""
     return [_NAMES[i] if i < len(_NAMES) else f"node{i + 1}" for i in range(nodes)]
-
-
-def _p90(samples: list[float]) -> float:
-    """The 90th percentile (nearest rank) of ``samples``."""
-    ordered = sorted(samples)
-    return ordered[max(1, math.ceil(0.9 * len(ordered))) - 1]
 
 
 def _us(seconds: float | None) -> str:
@@ -131,7 +124,7 @@ async def run_demo(
         rtts = await ping(a, b.peer_id, count=20)
         _say(
             f"   20 pings {names[0]} -> {names[1]}: median {_us(statistics.median(rtts))}, "
-            f"p90 {_us(_p90(rtts))}"
+            f"p90 {_us(quantile(rtts, 0.9))}"
         )
 
         _say("\n4. Echo")
