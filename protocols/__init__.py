@@ -1,1 +1,11 @@
-"""Protocols of switchy-p2p: ping, identify, echo, perf, and more."""
+"""Protocols of switchy-p2p, each a :class:`~switchy.stack.node.ProtocolService` (or helpers
+for one) that a node serves and calls:
+
+* :mod:`switchy.protocols.ping` — libp2p ping (``/ipfs/ping/1.0.0``);
+* :mod:`switchy.protocols.identify` — libp2p identify and identify push;
+* :mod:`switchy.protocols.echo` — ``/echo/1.0.0``, every byte back;
+* :mod:`switchy.protocols.perf` — libp2p perf (``/perf/1.0.0``), throughput;
+* :mod:`switchy.protocols.discovery` — find peers by name (registry, mDNS);
+* :mod:`switchy.protocols.router` — REST-like requests between peers;
+* :mod:`switchy.protocols.autonat` — AutoNAT v1 and v2: is an address reachable?
+"""

@@ -7,12 +7,12 @@ its write side; the server reads to the end, then sends M bytes and closes.
 from __future__ import annotations
 
 import struct
-import time
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from switchy.stack.errors import ProtocolError
+from switchy.stack.metrics import measure_clock
 from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -81,16 +81,19 @@ class PerfService(ProtocolService):
 
 
 async def perf(node: Node, target: Target, upload: int, download: int) -> PerfResult:
-    """Run one perf exchange with ``target``."""
+    """Run one perf exchange with ``target``: send ``upload`` bytes, then receive
+    ``download`` bytes; both are timed with :func:`~switchy.stack.metrics.measure_clock`
+    (virtual time under the simulator)."""
     stream = await node.open_stream(target, PERF_PROTOCOL)
+    clock = measure_clock()
     try:
-        start = time.perf_counter()
+        start = clock()
         await stream.write(struct.pack(">Q", download))
         await _send_zeros(stream, upload)
         await stream.close_write()
-        mid = time.perf_counter()
+        mid = clock()
         got = await _drain(stream)
-        end = time.perf_counter()
+        end = clock()
     except BaseException:
         await stream.reset()
         raise

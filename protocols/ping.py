@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import TYPE_CHECKING, Final
 
 from switchy.stack.errors import ProtocolError
+from switchy.stack.metrics import measure_clock
 from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -44,13 +44,16 @@ class PingService(ProtocolService):
 async def ping(node: Node, target: Target, count: int = 1) -> list[float]:
     """Ping ``target`` ``count`` times on one stream; return the round trips in seconds.
 
-    Each round trip is also recorded in the connection's latency statistics.
+    Each round trip is also recorded in the connection's latency statistics.  The
+    protocol is confirmed before the first ping, so no round trip includes the
+    negotiation; they are timed with :func:`~switchy.stack.metrics.measure_clock`
+    (virtual time under the simulator, :func:`time.perf_counter` otherwise).
     Raises :class:`ProtocolError` when the echo differs from what was sent.
     """
-    stream = await node.open_stream(target, PING_PROTOCOL)
+    stream = await node.open_stream(target, PING_PROTOCOL, confirm=True)
     rtts: list[float] = []
     entropy = node.entropy or os.urandom
-    clock = asyncio.get_running_loop().time  # virtual under the simulator
+    clock = measure_clock()
     try:
         for _ in range(count):
             payload = entropy(PING_SIZE)

@@ -23,7 +23,9 @@ def parse_multiaddr(addr: str | bytes | Multiaddr) -> Multiaddr:
     try:
         return Multiaddr(addr)
     except (MultiaddrError, ValueError, TypeError) as exc:
-        raise InvalidConfiguration(f"invalid multiaddr {addr!r}: {exc}") from None
+        # the library's text repeats the address twice more; its reason alone is enough
+        reason = getattr(exc, "message", None) or str(exc)
+        raise InvalidConfiguration(f"invalid multiaddr {addr!r}: {reason}") from None
 
 
 def multiaddr_from_bytes(raw: bytes, max_size: int) -> Multiaddr | None:

@@ -27,7 +27,12 @@ import nacl.exceptions
 import nacl.signing
 
 from switchy.stack.codec import decode_uvarint, encode_uvarint, pb_bytes, pb_fields, pb_varint
-from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, SerializationError
+from switchy.stack.errors import (
+    AuthenticationFailed,
+    InvalidConfiguration,
+    InvalidPeerId,
+    SerializationError,
+)
 
 __all__ = [
     "KEY_TYPE_ECDSA",
@@ -255,8 +260,13 @@ class KeyPair:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyPair:
-        """Read a key file; refuse one that group or others can read or write."""
+        """Read a key file; refuse one that group or others can read or write.
+
+        A directory raises :class:`InvalidConfiguration` (not a permissions error).
+        """
         target = Path(path)
+        if target.is_dir():
+            raise InvalidConfiguration(f"key file {target} is a directory, not a key file")
         mode = target.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise AuthenticationFailed(

@@ -49,7 +49,12 @@ from switchy.stack.errors import (
 )
 from switchy.stack.identity import Entropy, KeyPair, PeerId
 from switchy.stack.mux import MuxedConnection, StreamMuxer
-from switchy.stack.negotiation import handle_protocol, select_protocol, select_protocol_lazy
+from switchy.stack.negotiation import (
+    confirm_protocol,
+    handle_protocol,
+    select_protocol,
+    select_protocol_lazy,
+)
 from switchy.stack.peerstore import PeerStore
 from switchy.stack.registry import ProtocolRegistry, StreamHandler
 from switchy.stack.security import SecurityTransport
@@ -255,6 +260,8 @@ class Node:
             listener = await transport.listen(addr, self._on_inbound)
             self._listeners.append(listener)
             result.extend(listener.addrs)
+            for bound in listener.addrs:
+                log.info("listening on %s/p2p/%s (%s)", bound, self.peer_id, transport.name)
         self._started = True
         return result
 
@@ -497,7 +504,7 @@ class Node:
             return
         if len(self.connections()) >= self.config.max_connections:
             log.warning(
-                "refusing inbound connection from %s: %s",
+                "refused inbound connection from %s: %s",
                 raw.remote_addr,
                 ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),
             )
@@ -510,7 +517,7 @@ class Node:
                 else await self.upgrader.upgrade_inbound(raw)
             )
         except P2PError as exc:
-            log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
+            log.info("refused inbound connection from %s: %s", raw.remote_addr, exc)
             return
         self._add_connection(conn)
 
@@ -520,6 +527,13 @@ class Node:
         if conn.is_initiator:
             self.peerstore.add_addrs(peer, [conn.remote_addr])
         self._spawn(self._accept_loop(conn), f"switchy-accept-{peer.fmt_short()}")
+        log.info(
+            "connected to %s (%s %s%s)",
+            peer,
+            "outbound to" if conn.is_initiator else "inbound from",
+            conn.remote_addr,
+            ", limited" if conn.is_limited else "",
+        )
         self._emit(ConnectionEvent("connected", peer, conn))
 
     def _remove_connection(self, conn: MuxedConnection) -> None:
@@ -529,6 +543,7 @@ class Node:
             if not conns:
                 del self._connections[conn.remote_peer]
             conn.stats.closed_at = conn.stats.closed_at or asyncio.get_running_loop().time()
+            log.info("disconnected from %s (%s)", conn.remote_peer, conn.remote_addr)
             self._emit(ConnectionEvent("disconnected", conn.remote_peer, conn))
 
     async def _accept_loop(self, conn: MuxedConnection) -> None:
@@ -577,15 +592,23 @@ class Node:
 
     # --- streams ------------------------------------------------------------------------
 
-    async def open_stream(self, target: Target, *protocol_ids: str) -> MuxedStream:
+    async def open_stream(
+        self, target: Target, *protocol_ids: str, confirm: bool = False
+    ) -> MuxedStream:
         """Open a stream to ``target`` and negotiate the first of ``protocol_ids`` it supports.
 
-        Returns a :class:`~switchy.stack.stream.MuxedStream`.  Raises what
-        :meth:`connect` raises, :class:`~switchy.stack.errors.NegotiationFailed` when
-        the peer serves none of ``protocol_ids`` (with a single id the proposal is
-        optimistic: it travels with the first write, and the first read of the stream
-        raises the error), and
-        :class:`~switchy.stack.errors.InvalidConfiguration` without a protocol id.
+        With a single protocol id, negotiation is *optimistic* (as in libp2p): the
+        proposal is sent and this returns at once, without waiting for the peer's
+        answer, so a request costs no extra round trip.  Opening and the first writes
+        then succeed even when the peer does not serve the protocol (the peer discards
+        that data); the stream's first read raises
+        :class:`~switchy.stack.errors.NegotiationFailed` ("the listener refused the
+        optimistically proposed protocol '/x/1.0.0'").  Pass ``confirm=True`` to wait for the
+        answer here (one round trip more, within ``config.negotiation_timeout``):
+        an unsupported protocol then raises ``NegotiationFailed`` from this call.
+        With several ids, they are proposed in turn and this always waits for the
+        answer.  A peer that does not answer raises
+        :class:`~switchy.stack.errors.P2PTimeout`.
         """
         if not protocol_ids:
             raise InvalidConfiguration("open_stream needs at least one protocol id")
@@ -594,7 +617,10 @@ class Node:
         try:
             if len(protocol_ids) == 1:
                 # Optimistic: the proposal travels with the first data; checked on first read.
-                return await select_protocol_lazy(stream, protocol_ids[0])
+                await select_protocol_lazy(stream, protocol_ids[0])
+                if confirm:
+                    await confirm_protocol(stream, timeout=self.config.negotiation_timeout)
+                return stream
             protocol = await select_protocol(
                 stream, protocol_ids, timeout=self.config.negotiation_timeout
             )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from switchy.stack.errors import AuthenticationFailed, InvalidPeerId
+from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration, InvalidPeerId
 from switchy.stack.identity import (
     KEY_TYPE_ECDSA,
     KEY_TYPE_ED25519,
@@ -172,6 +172,14 @@ def test_key_file_readable_by_others_refused(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     with pytest.raises(AuthenticationFailed, match="chmod 600"):
         KeyPair.load(path)
+
+
+def test_a_directory_is_not_a_key_file(tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o755)
+    for load in (KeyPair.load, load_or_create_key):
+        with pytest.raises(InvalidConfiguration, match="is a directory, not a key file"):
+            load(folder)
 
 
 def test_private_key_with_mismatched_public_half_rejected() -> None:

@@ -101,7 +101,8 @@ def test_quic_is_preferred_when_a_peer_has_both_and_that_is_configurable() -> No
 def test_falls_back_to_tcp_when_quic_does_not_answer() -> None:
     async def main() -> None:
         server = default_node(listen=[TCP])
-        client = default_node(config=NetworkConfig(dial_timeout=0.5))
+        # TCP starts after the dial stagger, long before the dead QUIC dial gives up
+        client = default_node(config=NetworkConfig(dial_timeout=5.0))
         async with started(server, client):
             silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             silent.bind(("127.0.0.1", 0))

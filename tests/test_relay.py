@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -256,6 +257,31 @@ async def test_relayed_ping_echo_perf_over_tcp() -> None:
         assert sum(len(chunk) for _c, _up, chunk in seen) == sum(circuit.forwarded.values())
 
 
+def test_reservations_circuits_and_refusals_are_logged_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @aio
+    async def main() -> None:
+        config = RelayConfig(limit_data=0, limit_duration=0, max_reservations=1)
+        async with relay_node(config) as r, client() as b, client() as a, client() as c:
+            await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            with pytest.raises(ConnectionFailed, match="RESERVATION_REFUSED"):
+                await c.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            await echo(a, b.full_addrs[0], b"hi")
+
+    with caplog.at_level(logging.INFO, logger="switchy"):
+        main()
+    infos = [(rec.name, rec.getMessage()) for rec in caplog.records if rec.levelno == logging.INFO]
+    text = "\n".join(message for _, message in infos)
+    assert "relay: granted 12D3KooW" in text and "a reservation for" in text
+    assert "reservation with relay 12D3KooW" in text and "/p2p-circuit" in text
+    assert "relay: refused a reservation for 12D3KooW" in text
+    assert "RESERVATION_REFUSED" in text
+    assert "relay: circuit 12D3KooW" in text and " opened" in text
+    assert "connected to 12D3KooW" in text and "limited" in text
+    assert all(name.startswith("switchy.") for name, _ in infos)
+
+
 @aio
 async def test_the_relay_forwards_only_ciphertext() -> None:
     async with relayed_trio() as (_r, b, a, seen):
@@ -314,13 +340,21 @@ async def test_a_direct_connection_replaces_a_relayed_one() -> None:
         assert set(a.connections(b.peer_id)) == {relayed, direct}
 
 
-@aio
-async def test_data_limit_cuts_the_circuit_with_resource_limit_exceeded() -> None:
-    limit = 64 * 1024
+@asynccontextmanager
+async def data_limited_trio(limit: int) -> AsyncIterator[tuple[Node, Node, Node]]:
+    """A relay with a data limit per circuit, a listener behind it and a dialer connected."""
     config = RelayConfig(limit_data=limit, limit_duration=0)
     async with relay_node(config) as r, client() as b, client() as a:
         await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
-        conn = await a.connect(b.full_addrs[0])
+        await a.connect(b.full_addrs[0])
+        yield r, b, a
+
+
+@aio
+async def test_data_limit_cuts_the_circuit_with_resource_limit_exceeded() -> None:
+    limit = 64 * 1024
+    async with data_limited_trio(limit) as (r, b, a):
+        (conn,) = a.connections(b.peer_id)
         raw = transport(a).connections[0]
         assert raw.limit == Limit(0, limit)
         assert await echo(a, b.peer_id, b"small") == b"small"
@@ -335,6 +369,23 @@ async def test_data_limit_cuts_the_circuit_with_resource_limit_exceeded() -> Non
         assert not service(r).circuits and service(r).resources.circuits == 0
         # The limit is per circuit: a new relayed connection works again.
         assert await echo(a, b.full_addrs[0], b"again") == b"again"
+
+
+@pytest.mark.parametrize(("upload", "download"), [(1_000_000, 0), (0, 1_000_000)])
+def test_a_transfer_cut_by_the_data_limit_says_so_in_both_directions(
+    upload: int, download: int
+) -> None:
+    @aio
+    async def main() -> None:
+        async with data_limited_trio(64 * 1024) as (r, b, a):
+            # The writer's last write may still be waiting when the relay cuts: the client
+            # counts what it handed over, not only the writes that returned.
+            with pytest.raises(StreamReset, match="cut the circuit at its data limit of 65536"):
+                await perf(a, b.peer_id, upload, download)
+            (circuit,) = service(r).history
+            assert circuit.end_status == Status.RESOURCE_LIMIT_EXCEEDED
+
+    main()
 
 
 @aio
@@ -684,7 +735,7 @@ def test_cli_relay_listen_through_it_and_ping_a_circuit_address() -> None:
             timeout=30,
             check=False,
         )
-        assert bad.returncode == 1 and "must end with /p2p/<relay id>" in bad.stderr
+        assert bad.returncode == 2 and "must end with /p2p/<relay id>" in bad.stderr
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGINT)

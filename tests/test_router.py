@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -225,6 +226,40 @@ def test_handler_errors_give_a_generic_500(caplog: pytest.LogCaptureFixture) -> 
     assert (resp.status, resp.text()) == (500, "internal server error")
     assert "the secret detail" in caplog.text  # logged, not sent
     assert call(r, "GET", "/weird").status == 500
+
+
+@pytest.mark.parametrize(
+    ("decode", "body", "what"),
+    [
+        ("json", b"{not json", "not JSON"),
+        ("text", b"\xff", "not UTF-8"),
+        ("msgpack", b"\xc1", "msgpack"),
+    ],
+)
+def test_a_body_that_does_not_decode_gives_400_without_a_traceback(
+    caplog: pytest.LogCaptureFixture, decode: str, body: bytes, what: str
+) -> None:
+    r = Router()
+
+    @r.post("/tracks")
+    def add(req: Request) -> dict[str, Any]:
+        return {"got": getattr(req, decode)()}
+
+    @r.post("/inner")
+    def inner(req: Request) -> dict[str, Any]:
+        return dict(Response.ok(b"{").json())  # the server's own decoding bug: still a 500
+
+    with caplog.at_level(logging.DEBUG):
+        resp = call(r, "POST", "/tracks", body=body)
+    assert resp.status == 400, resp.text()
+    assert resp.text().startswith("bad request body:") and what in resp.text()
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert "Traceback" not in caplog.text
+    assert (
+        call(r, "POST", "/tracks", body=b'"ok"' if decode != "msgpack" else b"\xa2ok").status == 200
+    )
+    with caplog.at_level(logging.ERROR):
+        assert call(r, "POST", "/inner", body=b"{}").status == 500
 
 
 def test_handler_timeout_gives_503() -> None:

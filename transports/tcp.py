@@ -13,7 +13,7 @@ import functools
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from multiaddr import Multiaddr
 
@@ -103,15 +103,16 @@ class TcpConnection(Connection, asyncio.Protocol):
     # --- asyncio.Protocol callbacks ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, but not always an asyncio.Transport subclass: uvloop's are
+        # its own classes with the same methods.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sockname = transport.get_extra_info("sockname")
         self._peername = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if not self.connected.done():
             self.connected.set_result(None)
 

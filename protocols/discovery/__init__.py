@@ -7,7 +7,9 @@
 * :mod:`switchy.protocols.discovery.backends` — the backends a node is given as services
   (:class:`RegistryBackend`, :class:`SimNameBackend`; mDNS in
   :mod:`switchy.protocols.discovery.mdns`) and the functions that use them on a node:
-  :func:`discover`, :func:`connect_by_name`, :func:`register_name`.
+  :func:`discover`, :func:`connect_by_name`, :func:`register_name`;
+* :mod:`switchy.protocols.discovery.mdns` — local network discovery (libp2p mDNS), over
+  :mod:`switchy.protocols.discovery.dns`, a small DNS message codec.
 """
 
 from __future__ import annotations

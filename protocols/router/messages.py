@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json as _json
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import attrs
 import msgpack
@@ -30,6 +30,8 @@ CONTENT_JSON = "application/json"
 CONTENT_MSGPACK = "application/msgpack"
 CONTENT_TEXT = "text/plain; charset=utf-8"
 CONTENT_OCTETS = "application/octet-stream"
+
+_T = TypeVar("_T")
 
 #: A body: bytes in memory, or an async iterable of chunks (streamed).
 Body: TypeAlias = "bytes | AsyncIterable[bytes]"
@@ -148,6 +150,28 @@ class Request(_BodyMixin):
     state: dict[str, Any] = attrs.field(factory=dict)
     #: Where a streamed body comes from (set by the router's stream handler).
     _source: Any = attrs.field(default=None, alias="_source", repr=False)
+    #: The error of the last failed :meth:`text`/:meth:`json`/:meth:`msgpack`: the client
+    #: sent a body that does not decode, which the router answers with 400, not 500.
+    body_error: SerializationError | None = attrs.field(default=None, init=False, repr=False)
+
+    def text(self) -> str:
+        """The body decoded as UTF-8 (a handler that lets the error escape answers 400)."""
+        return self._decoded(super().text)
+
+    def json(self) -> Any:
+        """The body decoded as JSON (a handler that lets the error escape answers 400)."""
+        return self._decoded(super().json)
+
+    def msgpack(self) -> Any:
+        """The body decoded as msgpack (a handler that lets the error escape answers 400)."""
+        return self._decoded(super().msgpack)
+
+    def _decoded(self, decode: Callable[[], _T]) -> _T:
+        try:
+            return decode()
+        except SerializationError as exc:
+            self.body_error = exc
+            raise
 
 
 @attrs.define(eq=False)

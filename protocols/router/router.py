@@ -438,6 +438,8 @@ class Router(ProtocolService):
         except Exception as exc:
             if source is not None and exc is source.failure:
                 return _failure_response(exc)
+            if exc is request.body_error:  # the client's body does not decode
+                return Response.error(400, f"bad request body: {exc}")
             if isinstance(exc, TimeoutError) and timeout.expired():
                 log.warning(
                     "handler of %s %s timed out after %s s",

@@ -1,11 +1,17 @@
 """The ``switchy`` command line: identities, a listening node, a relay, a name registry,
-ping, perf, requests to a router, a static file server, a demo and simulated scenarios."""
+ping, perf, requests to a router, a static file server, a demo and simulated scenarios.
+
+Exit status: 0 on success, 1 for a runtime or network failure (a peer unreachable,
+refused, timed out), 2 for a usage error or bad input (options, addresses, key files,
+``SWITCHY_*`` variables), 130 when interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -13,18 +19,43 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from switchy.stack.errors import P2PError
-
-__all__ = ["main"]
-
-#: Where ``switchy id`` keeps the identity when no ``--key`` is given.
-DEFAULT_KEY_PATH = (
-    Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "switchy" / "identity.key"
+from switchy.stack import __version__
+from switchy.stack.errors import (
+    InvalidConfiguration,
+    InvalidPeerId,
+    P2PError,
+    UnsupportedAddress,
 )
+
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "default_key_path", "main"]
+
+#: Exit status of a runtime or network failure.
+EXIT_FAILURE = 1
+#: Exit status of a usage error or bad input (argparse uses it too).
+EXIT_USAGE = 2
+#: Errors that mean the user's input was wrong: exit status :data:`EXIT_USAGE`.
+_BAD_INPUT = (InvalidConfiguration, InvalidPeerId, UnsupportedAddress)
+#: Log levels of ``--log-level`` and ``SWITCHY_LOG_LEVEL``.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_EXIT_HELP = (
+    "exit status: 0 success; 1 a runtime or network failure (unreachable, refused, timed "
+    "out); 2 a usage error or bad input (options, addresses, key files, SWITCHY_* "
+    "variables); 130 interrupted.  SWITCHY_<SETTING> variables (e.g. SWITCHY_DIAL_TIMEOUT=5) "
+    "set the network configuration, SWITCHY_LOG_LEVEL the log level."
+)
+
+
+def default_key_path() -> Path:
+    """Where ``switchy id`` and ``switchy listen`` keep the identity when no ``--key`` is
+    given: ``$XDG_CONFIG_HOME/switchy/identity.key`` (``~/.config`` when unset)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "switchy" / "identity.key"
+
+
 #: Listen address used by ``switchy listen`` when none is given.
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 
@@ -47,18 +78,44 @@ def parse_size(text: str) -> int:
     return int(value * _SUFFIXES[suffix])
 
 
-def _load_key(path: str | None, *, create: bool) -> Any:
+def _load_key(path: str | os.PathLike[str] | None, *, create: bool) -> Any:
+    """A command's identity: the key file at ``path`` (made first if missing and
+    ``create``), or a fresh throwaway one when ``path`` is ``None``.
+
+    A key file that cannot be used raises :class:`InvalidConfiguration` naming the
+    file and what is wrong with it (bad input: exit status 2).
+    """
     from switchy.stack.identity import KeyPair, load_or_create_key
 
     if path is None:
-        return KeyPair.generate() if not create else load_or_create_key(DEFAULT_KEY_PATH)
-    return load_or_create_key(path) if create else KeyPair.load(path)
+        return KeyPair.generate()
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidConfiguration(
+            f"key file {target} is a directory; give the path of a key file "
+            "(switchy id --key FILE creates one)"
+        )
+    if not create and not target.exists():
+        raise InvalidConfiguration(
+            f"no key file at {target} (create one with: switchy id --key {target})"
+        )
+    try:
+        if create:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return load_or_create_key(target)
+        return KeyPair.load(target)
+    except OSError as exc:
+        raise InvalidConfiguration(f"cannot use key file {target}: {exc.strerror or exc}") from None
+    except P2PError as exc:  # group/world-readable, or not a key
+        text = str(exc)
+        raise InvalidConfiguration(
+            text if str(target) in text else f"key file {target} is not a usable key: {text}"
+        ) from None
 
 
 async def _cmd_id(args: argparse.Namespace) -> int:
-    path = args.key or str(DEFAULT_KEY_PATH)
-    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    existed = Path(path).exists()
+    path = Path(args.key) if args.key else default_key_path()
+    existed = path.exists()
     key = _load_key(path, create=True)
     if args.json:
         print(
@@ -66,7 +123,7 @@ async def _cmd_id(args: argparse.Namespace) -> int:
                 {
                     "peer_id": str(key.peer_id),
                     "public_key": key.public_bytes.hex(),
-                    "key_file": path,
+                    "key_file": str(path),
                     "created": not existed,
                 }
             )
@@ -77,27 +134,32 @@ async def _cmd_id(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _wait_for_signal() -> None:
+def _stop_signal() -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set from now on (the handlers go with the loop).
+
+    Serving commands call it first, so a Ctrl-C at any point after they printed
+    their addresses is a clean shutdown (exit status 0), not an interruption.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return stop
 
 
 async def _cmd_listen(args: argparse.Namespace) -> int:
     """``switchy listen``: serve the default protocols; optionally also through relays
     (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
+    stop = _stop_signal()
     from switchy.presets import default_node
 
     if args.register is not None and not args.registry:
-        print("switchy: error: --register needs --registry MULTIADDR", file=sys.stderr)
-        return 2
-    key = _load_key(args.key, create=args.key is not None)
+        raise InvalidConfiguration("--register needs --registry MULTIADDR")
+    if args.ephemeral and args.key:
+        raise InvalidConfiguration("--ephemeral and --key exclude each other")
+    # the identity `switchy id` made (same default file), so names and peers stay valid
+    key_file = None if args.ephemeral else Path(args.key) if args.key else default_key_path()
+    key = _load_key(key_file, create=True)
     services: list[Any] = []
     backend = None
     if args.relay:
@@ -109,7 +171,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
         backend = RegistryBackend(args.registry)
         services.append(backend)
-    async with default_node(key=key, services=services) as node:
+    async with default_node(key=key, services=services, config=args.config) as node:
         if args.addrs or not args.relay:
             await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for _ in args.relay:  # one reservation per relay; each falls back to the others
@@ -120,8 +182,12 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
         if backend is not None:
             await register_name(node, args.register)
             print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
-        print(f"serving {', '.join(node.protocols)}; Ctrl-C to stop", file=sys.stderr)
-        await _wait_for_signal()
+        who = f"key file {key_file}" if key_file else "an ephemeral identity"
+        print(
+            f"serving {', '.join(node.protocols)} as {node.peer_id} ({who}); Ctrl-C to stop",
+            file=sys.stderr,
+        )
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -130,7 +196,7 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
     from switchy.presets import default_node
     from switchy.protocols.ping import ping
 
-    async with default_node(key=_load_key(args.key, create=False)) as node:
+    async with default_node(key=_load_key(args.key, create=False), config=args.config) as node:
         conn = await node.connect(args.addr)
         rtts: list[float] = []
         for i in range(args.count):
@@ -164,7 +230,11 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
     from switchy.presets import default_node
     from switchy.protocols.perf import perf
 
-    async with default_node(key=_load_key(args.key, create=False)) as node:
+    if not args.upload and not args.download:
+        raise InvalidConfiguration(
+            "perf needs --upload SIZE and/or --download SIZE (e.g. --download 10M)"
+        )
+    async with default_node(key=_load_key(args.key, create=False), config=args.config) as node:
         r = await perf(node, args.addr, args.upload, args.download)
     up = r.upload_bytes / r.upload_seconds / 1e6 if r.upload_seconds else 0.0
     down = r.download_bytes / r.download_seconds / 1e6 if r.download_seconds else 0.0
@@ -188,6 +258,7 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 async def _cmd_relay(args: argparse.Namespace) -> int:
+    stop = _stop_signal()
     from switchy.presets import default_node
     from switchy.transports.relay import RelayConfig, RelayService
 
@@ -196,8 +267,8 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
         limit_duration=args.limit_duration,
         max_reservations=args.max_reservations,
     )
-    key = _load_key(args.key, create=args.key is not None)
-    async with default_node(key=key, services=[RelayService(config)]) as node:
+    key = _load_key(args.key, create=True)
+    async with default_node(key=key, services=[RelayService(config)], config=args.config) as node:
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -206,7 +277,7 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
         print(
             f"relaying (circuit v2, limits per circuit: {limits}); Ctrl-C to stop", file=sys.stderr
         )
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -214,7 +285,7 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
 async def _cmd_demo(args: argparse.Namespace) -> int:
     from switchy.demo import run_demo
 
-    await run_demo(nodes=args.nodes)
+    await run_demo(nodes=args.nodes, config=args.config)
     return 0
 
 
@@ -256,17 +327,18 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
+    stop = _stop_signal()
     from switchy.presets import default_node
     from switchy.protocols.discovery.registry import RegistryService
 
-    key = _load_key(args.key, create=args.key is not None)
-    async with default_node(key=key, services=[RegistryService()]) as node:
+    key = _load_key(args.key, create=True)
+    async with default_node(key=key, services=[RegistryService()], config=args.config) as node:
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
         sys.stdout.flush()
         print("serving the name registry; Ctrl-C to stop", file=sys.stderr)
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -280,18 +352,17 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
     if args.addr.startswith("/"):
         return await _cmd_ping(args)
     if not args.registry:
-        print(
-            f"switchy: error: invalid multiaddr {args.addr!r} "
-            "(to ping it as a name, give --registry MULTIADDR)",
-            file=sys.stderr,
+        raise InvalidConfiguration(
+            f"invalid multiaddr {args.addr!r}: a multiaddr starts with / "
+            "(/ip4/192.0.2.1/tcp/4001/p2p/<peer id>); to ping it as a name, give --registry"
         )
-        return 2
-    async with default_node(services=[RegistryBackend(args.registry)]) as resolver:
+    services = [RegistryBackend(args.registry)]
+    async with default_node(services=services, config=args.config) as resolver:
         found = await discover(resolver, args.addr)
         peer, addrs = found.peer_id, list(found.addrs)
     if not addrs:
         print(f"switchy: error: {args.addr!r} resolved to {peer} with no address", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     if not args.json:
         print(f"{args.addr} is {peer}", file=sys.stderr)
     # The resolved address carries the peer id: the connection authenticates it.
@@ -300,19 +371,20 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
+    stop = _stop_signal()
     from switchy.presets import default_node
     from switchy.protocols.router import Router
     from switchy.protocols.router.static import StaticFiles
 
     router = Router().with_service(StaticFiles(args.static))
-    key = _load_key(args.key, create=args.key is not None)
-    async with default_node(key=key, services=[router]) as node:
+    key = _load_key(args.key, create=True)
+    async with default_node(key=key, services=[router], config=args.config) as node:
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
         sys.stdout.flush()
         print(f"serving {args.static} at GET /files and /files/{{name}}", file=sys.stderr)
-        await _wait_for_signal()
+        await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
 
@@ -363,20 +435,18 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     for h in args.header:
         name, sep, value = h.partition(":")
         if not sep or not name.strip():
-            print(f"switchy: error: --header needs NAME:VALUE, got {h!r}", file=sys.stderr)
-            return 2
+            raise InvalidConfiguration(f"--header needs NAME:VALUE, got {h!r}")
         headers[name.strip()] = value.strip()
     body: Any = None
     if args.data is not None:
         if args.data.startswith("@"):
             path = args.data[1:]
             if not os.path.isfile(path):
-                print(f"switchy: error: no file {path}", file=sys.stderr)
-                return 2
+                raise InvalidConfiguration(f"--data @{path}: no such file")
             body = _file_body(path)
         else:
             body = args.data.encode()
-    async with default_node(key=_load_key(args.key, create=False)) as node:
+    async with default_node(key=_load_key(args.key, create=False), config=args.config) as node:
         resp = await request(
             node,
             args.addr,
@@ -391,7 +461,7 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             if not resp.is_success:
                 detail = (await resp.read(limit=4096)).decode(errors="replace").strip()
                 print(resp.status_line + (f": {detail}" if detail else ""), file=sys.stderr)
-                return 1
+                return EXIT_FAILURE
             # one local write per chunk; this loop serves nothing else meanwhile
             out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
             progress = _Progress(resp.length, sys.stderr.isatty())
@@ -408,28 +478,110 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a number of seconds greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer within ``low``..``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            within = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {within}, got {value}")
+        return value
+
+    return parse
+
+
+def _log_level(text: str) -> str:
+    """An argparse type: one of :data:`LOG_LEVELS` (any case)."""
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (use {', '.join(LOG_LEVELS)})"
+        )
+    return level
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options accepted before and after the subcommand.
+
+    On subcommands their defaults are suppressed, so a value given before the
+    subcommand is not overwritten by the subcommand's default.
+    """
+    default: Any = None if top else argparse.SUPPRESS
+    g = parser.add_argument_group("logging (before or after the subcommand)")
+    g.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=default,
+        metavar="LEVEL",
+        help="switchy's own log messages on stderr from LEVEL up: debug, info (listening, "
+        "connections, reservations, refusals), warning (default), error; other libraries "
+        "log warnings only.  Default: SWITCHY_LOG_LEVEL, else warning",
+    )
+    g.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=default,
+        help="text (default) or json: one JSON object per line",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="-v: --log-level info, -vv: --log-level debug",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
         prog="switchy",
         description="switchy-p2p: direct, encrypted peer-to-peer connections (libp2p-compatible)",
+        epilog=_EXIT_HELP,
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    p.add_argument("--version", action="version", version=f"switchy-p2p {__version__}")
+    _add_common_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, top=False)
 
-    s = sub.add_parser("id", help="create or show this machine's identity")
-    s.add_argument("--key", help=f"key file (default {DEFAULT_KEY_PATH})")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], epilog=_EXIT_HELP, **kw)
+
+    s = command("id", help="create or show this machine's identity")
+    s.add_argument("--key", help=f"key file (default {default_key_path()})")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_cmd_id)
 
-    s = sub.add_parser("listen", help="serve ping, identify, echo and perf")
+    s = command("listen", help="serve ping, identify, echo and perf")
     s.add_argument(
         "addrs",
         nargs="*",
         metavar="MULTIADDR",
         help=f"TCP (/ip4/…/tcp/N) or QUIC (/ip4/…/udp/N/quic-v1); default {DEFAULT_LISTEN}",
     )
-    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    s.add_argument(
+        "--key",
+        help=f"key file (created if missing); default {default_key_path()}, as for switchy id",
+    )
+    s.add_argument(
+        "--ephemeral", action="store_true", help="use a fresh throwaway identity, not a key file"
+    )
     s.add_argument("--register", metavar="NAME", help="register NAME with --registry")
     s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
     s.add_argument(
@@ -441,10 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_listen)
 
+    from switchy.demo import MAX_DEMO_NODES, MIN_DEMO_NODES
     from switchy.transports.relay.config import RelayConfig
 
     relay_defaults = RelayConfig()
-    s = sub.add_parser("relay", help="run a circuit relay (v2) for peers that cannot be reached")
+    s = command("relay", help="run a circuit relay (v2) for peers that cannot be reached")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
     s.add_argument(
@@ -455,94 +608,172 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--limit-duration",
-        type=int,
+        type=_int_at_least(0),
         default=relay_defaults.limit_duration,
         help="seconds a relayed connection may last, 0: no limit (default %(default)s)",
     )
     s.add_argument(
         "--max-reservations",
-        type=int,
+        type=_int_at_least(1),
         default=relay_defaults.max_reservations,
         help="reservations held at once (default %(default)s)",
     )
     s.set_defaults(func=_cmd_relay)
 
-    s = sub.add_parser(
+    s = command(
         "ping", help="ping a peer (a multiaddr, a …/p2p-circuit/p2p/<id> address, or a name)"
     )
     s.add_argument("addr", metavar="MULTIADDR|NAME")
-    s.add_argument("-c", "--count", type=int, default=5, help="number of pings (default 5)")
+    s.add_argument(
+        "-c", "--count", type=_int_at_least(1), default=5, help="number of pings (default 5)"
+    )
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--key", help="key file to use (default: a fresh identity)")
     s.add_argument("--registry", metavar="MULTIADDR", action="append", help="resolve NAME here")
     s.set_defaults(func=_cmd_ping_by_name)
 
-    s = sub.add_parser("registry", help="run a name registry (/switchy/discovery/1.0.0)")
+    s = command("registry", help="run a name registry (/switchy/discovery/1.0.0)")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
     s.set_defaults(func=_cmd_registry)
 
-    s = sub.add_parser("perf", help="measure throughput to a peer (libp2p perf)")
+    s = command("perf", help="measure throughput to a peer (libp2p perf)")
     s.add_argument("addr", metavar="MULTIADDR")
-    s.add_argument("--upload", type=parse_size, default=0, help="bytes to send (e.g. 100M)")
-    s.add_argument("--download", type=parse_size, default=0, help="bytes to receive")
+    s.add_argument(
+        "--upload", type=parse_size, default=0, help="bytes to send (e.g. 100M); default 0"
+    )
+    s.add_argument(
+        "--download",
+        type=parse_size,
+        default=0,
+        help="bytes to receive; default 0 (give at least one of --upload, --download)",
+    )
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--key", help="key file to use (default: a fresh identity)")
     s.set_defaults(func=_cmd_perf)
 
-    s = sub.add_parser("serve", help="serve a folder's files over the request router")
+    s = command("serve", help="serve a folder's files over the request router")
     s.add_argument("--static", required=True, metavar="DIR", help="folder to serve")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
     s.set_defaults(func=_cmd_serve)
 
-    s = sub.add_parser("request", help="send a request to a peer's router")
+    s = command("request", help="send a request to a peer's router")
     s.add_argument("addr", metavar="MULTIADDR")
     s.add_argument("method", metavar="METHOD", help="GET, POST, PUT, DELETE or PATCH")
     s.add_argument("path", metavar="PATH", help="e.g. /files/song.ogg or /tracks?limit=5")
     s.add_argument("--header", action="append", default=[], metavar="K:V", help="repeatable")
     s.add_argument("--data", metavar="@FILE|TEXT", help="request body: text, or @file")
     s.add_argument("--output", metavar="FILE", help="write the body here (default stdout)")
-    s.add_argument("--timeout", type=float, default=None, help="seconds to wait for the answer")
+    s.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help="seconds to wait for the answer (> 0; default SWITCHY_REQUEST_TIMEOUT, else 30)",
+    )
     s.add_argument("--key", help="key file to use (default: a fresh identity)")
     s.set_defaults(func=_cmd_request)
 
-    s = sub.add_parser("demo", help="run several nodes in this process and show them talking")
-    s.add_argument("--nodes", type=int, default=3, help="number of nodes (2 or more)")
+    s = command("demo", help="run several nodes in this process and show them talking")
+    s.add_argument(
+        "--nodes",
+        type=_int_at_least(MIN_DEMO_NODES, MAX_DEMO_NODES),
+        default=3,
+        help=f"number of nodes, {MIN_DEMO_NODES} to {MAX_DEMO_NODES} (default 3)",
+    )
     s.set_defaults(func=_cmd_demo)
 
     from switchy.scenarios import SCENARIOS
 
-    s = sub.add_parser("sim", help="run a scenario on the deterministic network simulator")
+    s = command("sim", help="run a scenario on the deterministic network simulator")
     s.add_argument("--scenario", choices=sorted(SCENARIOS), default="mesh")
     s.add_argument("--seed", type=_parse_seed, default=1, help="same seed, same run (default 1)")
-    s.add_argument("--nodes", type=int, default=10, help="number of nodes (default 10)")
+    s.add_argument(
+        "--nodes", type=_int_at_least(1), default=10, help="number of nodes (default 10)"
+    )
     s.add_argument("--trace", metavar="FILE", help="write the event trace as JSON lines")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_cmd_sim)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``switchy`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+class _JsonLines(logging.Formatter):
+    """One JSON object per log record: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> Callable[[], None]:
+    """switchy's loggers at the chosen level, every other library's at WARNING, on stderr.
+
+    Returns what undoes it (for :func:`main` called in a process that goes on).
+    """
+    level = args.log_level
+    if level is None and args.verbose:
+        level = "info" if args.verbose == 1 else "debug"
+    if level is None:
+        raw = environ.get("SWITCHY_LOG_LEVEL")
+        if raw is not None:
+            try:
+                level = _log_level(raw)
+            except argparse.ArgumentTypeError as exc:
+                raise InvalidConfiguration(f"SWITCHY_LOG_LEVEL: {exc}") from None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLines()
+        if args.log_format == "json"
+        else logging.Formatter("%(levelname)s %(name)s: %(message)s")
     )
-    if getattr(args, "count", 1) < 1:
-        print("switchy: error: --count must be at least 1", file=sys.stderr)
-        return 2
+    root, ours = logging.getLogger(), logging.getLogger("switchy")
+    saved = root.level, ours.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # third-party libraries (multiaddr, aioquic, ...)
+    ours.setLevel((level or "warning").upper())
+
+    def undo() -> None:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+    return undo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``switchy`` console script; returns the exit status
+    (0 success, 1 runtime or network failure, 2 usage error or bad input, 130 interrupted)."""
+    from switchy.stack.config import NetworkConfig
+
+    args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], Coroutine[Any, Any, int] | int] = args.func
+    undo_logging: Callable[[], None] | None = None
     try:
+        undo_logging = _setup_logging(args, os.environ)
+        args.config = NetworkConfig.from_env()
         result = func(args)
         return result if isinstance(result, int) else asyncio.run(result)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _BAD_INPUT as exc:
+        print(f"switchy: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (P2PError, OSError) as exc:
         print(f"switchy: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
+    finally:
+        if undo_logging is not None:
+            undo_logging()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ __all__ = [
     "check_whole_writes",
     "harness_fixture",
     "never",
+    "read_progressing",
     "require",
     "transfer",
     "within",
@@ -213,16 +214,34 @@ def muxed_pair(h: MuxerHarness) -> tuple[MuxedConnection, MuxedConnection]:
     )
 
 
+async def read_progressing(
+    h: Harness, s: Stream, contract: str, what: str, size: int | None = None
+) -> bytes:
+    """Read ``size`` bytes (``None``: until end of stream) from ``s``.
+
+    The patience applies to each read, not to the whole: a slow or busy machine may
+    take as long as it needs while data keeps arriving, and a part that stalls is
+    still reported after :attr:`Harness.patience` seconds without a byte.  A stream
+    that ends before ``size`` bytes is a violation of ``contract``.
+    """
+    out = bytearray()
+    while size is None or len(out) < size:
+        want = 1 << 20 if size is None else min(1 << 20, size - len(out))
+        chunk = await within(h, s.read(want), contract, f"{what}: more data after {len(out)} bytes")
+        if not chunk:
+            if size is None:
+                break
+            raise ContractViolation(
+                f"contract {contract!r} broken: {what}: the stream ended after "
+                f"{len(out)} of {size} bytes"
+            )
+        out += chunk
+    return bytes(out)
+
+
 async def read_all_bytes(s: Stream, h: Harness, contract: str) -> bytes:
-    """Everything until EOF (no size limit), within the patience."""
-
-    async def go() -> bytes:
-        out = bytearray()
-        while chunk := await s.read(1 << 20):
-            out += chunk
-        return bytes(out)
-
-    return await within(h, go(), contract, "reading until end of stream")
+    """Everything until EOF (no size limit); each read within the patience."""
+    return await read_progressing(h, s, contract, "reading until end of stream")
 
 
 async def transfer(
@@ -231,8 +250,9 @@ async def transfer(
     """Write ``chunks`` on ``sender`` and close its write side while reading ``reader`` to
     its end (at the same time, so backpressure cannot deadlock); return what was read.
 
-    ``reader`` may be ``sender`` itself (an echo).  Both sides must finish within the
-    patience, else ``contract`` is reported broken.
+    ``reader`` may be ``sender`` itself (an echo).  Data must keep arriving (each read
+    within the patience) and the writer must finish within the patience after the
+    reader saw the end, else ``contract`` is reported broken.
     """
 
     async def send() -> None:

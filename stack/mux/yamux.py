@@ -18,7 +18,7 @@ from typing import Final
 
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
-from switchy.stack.metrics import ConnectionStats
+from switchy.stack.metrics import ConnectionStats, measure_clock
 from switchy.stack.mux import BufferedMuxedStream, MuxedConnection, StreamMuxer
 from switchy.stack.mux.yamux_core import (
     DataReceived,
@@ -214,6 +214,8 @@ class YamuxConnection(MuxedConnection):
         self._conn = conn
         self._config = config
         self._loop = asyncio.get_running_loop()
+        # times ping round trips (virtual under the simulator, else perf_counter)
+        self._clock = measure_clock(self._loop)
         self._session = YamuxSession(
             is_initiator,
             max_streams=config.max_streams_per_connection,
@@ -439,7 +441,7 @@ class YamuxConnection(MuxedConnection):
             elif isinstance(ev, PongReceived):
                 entry = self._pings.pop(ev.opaque, None)
                 if entry is not None and not entry[1].done():
-                    entry[1].set_result(self._loop.time() - entry[0])
+                    entry[1].set_result(self._clock() - entry[0])
             elif isinstance(ev, GoAwayReceived):
                 log.debug("yamux: peer %s sent go-away %d", self.remote_peer, ev.code)
 
@@ -504,7 +506,7 @@ class YamuxConnection(MuxedConnection):
             raise ConnectionClosed("connection closed")
         opaque = self._session.ping()
         fut: asyncio.Future[float] = self._loop.create_future()
-        self._pings[opaque] = (self._loop.time(), fut)
+        self._pings[opaque] = (self._clock(), fut)
         self._kick()
         async with asyncio.timeout(timeout):
             rtt = await fut

@@ -1,6 +1,7 @@
 """QUIC transport (``/ip4|ip6/…/udp/N/quic-v1``) on aioquic with the libp2p TLS handshake.
 
-* :mod:`switchy.transports.quic.tls` — libp2p certificates (make, verify → peer id);
+* :mod:`switchy.transports.quic.tls` — libp2p certificates (make, verify → peer id), with
+  :mod:`switchy.transports.quic.der`, the bounded ASN.1 DER pieces they need;
 * :mod:`switchy.transports.quic.core` — the sans-IO core (aioquic's QuicConnection, extended);
 * :mod:`switchy.transports.quic.connection` — the asyncio adapter: connection, streams, datagrams;
 * :mod:`switchy.transports.quic.endpoint` — one socket, many connections;

@@ -41,7 +41,7 @@ from switchy.stack.errors import (
     StreamReset,
 )
 from switchy.stack.identity import PeerId
-from switchy.stack.metrics import ConnectionStats
+from switchy.stack.metrics import ConnectionStats, measure_clock
 from switchy.stack.mux import BufferedMuxedStream, MuxedConnection
 from switchy.stack.stream import MuxedStream
 from switchy.transports.quic.core import (
@@ -331,6 +331,8 @@ class QuicConnection(MuxedConnection):
         self._quic = quic
         self._config = config
         self._loop = asyncio.get_running_loop()
+        # times ping round trips (virtual under the simulator, else perf_counter)
+        self._clock = measure_clock(self._loop)
         self._remote_sockaddr = remote
         self._expected_peer = expected_peer
         self._remote_peer: PeerId | None = None
@@ -485,7 +487,7 @@ class QuicConnection(MuxedConnection):
             elif isinstance(ev, events.PingAcknowledged):
                 entry = self._pings.pop(ev.uid, None)
                 if entry is not None and not entry[1].done():
-                    entry[1].set_result(self._loop.time() - entry[0])
+                    entry[1].set_result(self._clock() - entry[0])
             elif isinstance(ev, events.ConnectionTerminated):
                 self._on_terminated(ev, release=True)
                 return
@@ -674,7 +676,7 @@ class QuicConnection(MuxedConnection):
         uid = self._next_ping
         self._next_ping += 1
         fut: asyncio.Future[float] = self._loop.create_future()
-        self._pings[uid] = (self._loop.time(), fut)
+        self._pings[uid] = (self._clock(), fut)
         self._quic.send_ping(uid)
         self._schedule_transmit()
         async with asyncio.timeout(timeout):

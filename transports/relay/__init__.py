@@ -6,6 +6,11 @@
   (``…/p2p/<relay>/p2p-circuit[/p2p/<peer>]``) and the stop protocol;
 * :mod:`switchy.transports.relay.pb` — the messages (sans-IO codecs);
 * :class:`RelayResources` — the relay's bookkeeping as a pure state machine.
+
+Modules: :mod:`switchy.transports.relay.service` (relay side),
+:mod:`switchy.transports.relay.transport` (client side), :mod:`switchy.transports.relay.pb`,
+:mod:`switchy.transports.relay.resources`, :mod:`switchy.transports.relay.config` (limits
+and timings), :mod:`switchy.transports.relay.voucher` (reservation vouchers).
 """
 
 from __future__ import annotations

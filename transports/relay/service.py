@@ -216,13 +216,14 @@ class RelayService(ProtocolService):
         ip = ip_key(stream.muxed_conn.remote_addr)
         status, expires = self.resources.reserve(peer, ip, now)
         if status != Status.OK:
-            log.debug("relay: reservation of %s refused: %s", peer, status.name)
+            log.info("relay: refused a reservation for %s: %s", peer, status.name)
             await self._reply(stream, status)
             return
         expire = self._unix(expires)
         voucher = seal_voucher(self.node.key, peer, expire)
         reservation = Reservation(expire, self._relay_addrs(), voucher)
         await self._reply(stream, Status.OK, reservation=reservation, limit=self.limit)
+        log.info("relay: granted %s a reservation for %.0f s", peer, expires - now)
 
     async def _connect(self, stream: MuxedStream, src: PeerId, dst: PeerId) -> None:
         assert self.node is not None
@@ -232,7 +233,7 @@ class RelayService(ProtocolService):
             self.resources.drop(dst)
         status = self.resources.open_circuit(src, dst, now)
         if status != Status.OK:
-            log.debug("relay: circuit %s -> %s refused: %s", src, dst, status.name)
+            log.info("relay: refused a circuit %s -> %s: %s", src, dst, status.name)
             await self._reply(stream, status)
             return
         try:
@@ -246,6 +247,7 @@ class RelayService(ProtocolService):
                 await dst_stream.reset()
                 raise
             circuit = Circuit(src, dst, asyncio.get_running_loop().time())
+            log.info("relay: circuit %s -> %s opened", src, dst)
             task = asyncio.ensure_future(self._bridge(circuit, stream, dst_stream))
             self._bridges.add(task)
             task.add_done_callback(self._bridges.discard)
@@ -336,4 +338,4 @@ class RelayService(ProtocolService):
             for s in (src, dst):
                 with contextlib.suppress(P2PError, OSError):
                     await (s.close() if status == Status.OK else s.reset())
-        log.debug("relay: circuit %s -> %s ended: %s", circuit.src, circuit.dst, reason)
+        log.info("relay: circuit %s -> %s ended: %s", circuit.src, circuit.dst, reason)

@@ -157,6 +157,9 @@ class RelayedConnection(Connection):
         self.remote_addr = circuit
         self.bytes_sent = 0
         self.bytes_received = 0
+        # bytes handed to write(), including a write still waiting when the relay cut in:
+        # the relay counts what reached it, which can be more than the writes that returned
+        self._offered = 0
         #: Loop time at which the circuit was requested: not after the relay started it,
         #: so the duration limit is recognised when the relay applies it.
         self.opened_at = asyncio.get_running_loop().time() if opened_at is None else opened_at
@@ -177,7 +180,7 @@ class RelayedConnection(Connection):
         limit = self.limit
         if self.stream.muxed_conn.is_closed:
             reason = f"relay {relay} went away (its connection closed: {exc})"
-        elif limit and limit.data and max(self.bytes_sent, self.bytes_received) >= limit.data:
+        elif limit and limit.data and max(self._offered, self.bytes_received) >= limit.data:
             reason = (
                 f"relay {relay} cut the circuit at its data limit of {limit.data} bytes "
                 f"per direction ({status_name(Status.RESOURCE_LIMIT_EXCEEDED)})"
@@ -209,6 +212,7 @@ class RelayedConnection(Connection):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write bytes to be relayed; a reset raises :class:`StreamReset` naming its cause."""
+        self._offered += len(data)
         try:
             await self.stream.write(data)
         except StreamReset as exc:
@@ -217,6 +221,7 @@ class RelayedConnection(Connection):
 
     def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
         if self.stream.try_write_nowait(data):
+            self._offered += len(data)
             self.bytes_sent += len(data)
             return True
         return False
@@ -563,6 +568,12 @@ class RelayTransport(Transport, ProtocolService):
             if split_peer(a)[1] == relay and a not in seen:
                 seen.append(a)
         addrs = [a.encapsulate(_CIRCUIT_MA) for a in seen]
+        log.info(
+            "reservation with relay %s for %.0f s: reachable at %s",
+            relay,
+            expires - loop.time(),
+            ", ".join(map(str, addrs)),
+        )
         return ActiveReservation(relay, addrs, expires, reply.limit, voucher)
 
     async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:

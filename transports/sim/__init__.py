@@ -15,6 +15,14 @@ Same seed and scenario → the same run, event for event.  The pieces:
 * :meth:`Network.add_nat` → :class:`NatBox` — NAT and firewall boxes
   (:class:`NatConfig`, presets :data:`NAT_PRESETS`; the pure state machine is
   :class:`NatTable`; see ``specs/simulator-nat.md``).
+
+Modules: :mod:`switchy.transports.sim.simulation`, :mod:`switchy.transports.sim.loop`,
+:mod:`switchy.transports.sim.network`, :mod:`switchy.transports.sim.stream`,
+:mod:`switchy.transports.sim.datagram`, :mod:`switchy.transports.sim.transport`,
+:mod:`switchy.transports.sim.names`, :mod:`switchy.transports.sim.trace`,
+:mod:`switchy.transports.sim.config`, :mod:`switchy.transports.sim.nat`,
+:mod:`switchy.transports.sim.natbox`.  Ready-made scenarios of the whole stack (what
+``switchy sim`` runs) are in :mod:`switchy.scenarios`.
 """
 
 from __future__ import annotations

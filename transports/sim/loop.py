@@ -142,6 +142,10 @@ class VirtualTimeLoop(asyncio.BaseEventLoop):
     guard against simulations that never finish because timers keep firing.
     """
 
+    #: The clock is virtual: :func:`switchy.stack.metrics.measure_clock` times round trips
+    #: and transfers with ``time()`` here, not with the wall clock.
+    virtual_clock: Final = True
+
     def __init__(self, *, start_time: float = 0.0, time_limit: float | None = None) -> None:
         super().__init__()
         self._time = float(start_time)
