@@ -1,0 +1,164 @@
+"""KadDHT end to end over the simulator, in virtual time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from switchy.protocols.discovery.claims import seal_name_claim
+from switchy.protocols.identify import IdentifyService
+from switchy.protocols.kad.pb import PROTOCOL, KadMessage, MessageType, Record
+from switchy.protocols.kad.records import InvalidRecord, name_key, pk_key
+from switchy.protocols.kad.service import PUT_BURST, KadDHT
+from switchy.stack.errors import P2PError, PeerNotFound
+from switchy.stack.identity import KeyPair
+from switchy.stack.node import Node
+from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+
+QUIET = SimConfig(default_packet_loss=0.0, default_latency_ms=5)
+
+
+def dht_node(sim: Simulation, host: str, dht: KadDHT, **kw: Any) -> Node:
+    return Node(
+        transports=[SimTransport(sim.network, host)],
+        services=[IdentifyService(), dht],
+        entropy=sim.entropy_source(host),
+        listen=["/memory/4001"],
+        **kw,
+    )
+
+
+def star(sim: Simulation, hosts: list[str]) -> None:
+    sim.network.add_hosts(["hub", *hosts])
+    for h in hosts:
+        sim.network.add_link("hub", h)
+
+
+async def network(
+    sim: Simulation, n: int, clients: int = 0
+) -> tuple[list[Node], list[KadDHT], list[Node], list[KadDHT]]:
+    hosts = [f"s{i}" for i in range(n)] + [f"c{i}" for i in range(clients)]
+    star(sim, hosts)
+    first = KadDHT(mode="server")
+    nodes = [dht_node(sim, "s0", first)]
+    dhts = [first]
+    await nodes[0].start()
+    boot = [str(nodes[0].full_addrs[0])]
+    for i in range(1, n):
+        d = KadDHT(mode="server", bootstrap=boot)
+        nodes.append(dht_node(sim, f"s{i}", d))
+        dhts.append(d)
+        await nodes[-1].start()
+        await d.bootstrap()
+    cnodes, cdhts = [], []
+    for i in range(clients):
+        d = KadDHT(mode="client", bootstrap=boot)
+        cnodes.append(dht_node(sim, f"c{i}", d))
+        cdhts.append(d)
+        await cnodes[-1].start()
+        await d.bootstrap()
+    for d in dhts[:3]:
+        await d.bootstrap()
+    return nodes, dhts, cnodes, cdhts
+
+
+async def close_all(*groups: list[Node]) -> None:
+    for group in groups:
+        for node in group:
+            await node.close()
+
+
+def test_tables_records_providers_and_peers() -> None:
+    """Servers fill their tables; a client does not enter them; /pk/ and name-claim records
+    put through one node are found from another; providers and peers are found."""
+
+    async def main(sim: Simulation) -> None:
+        nodes, dhts, cnodes, cdhts = await network(sim, 10, clients=1)
+        try:
+            client, cdht = cnodes[0], cdhts[0]
+            assert all(len(d.table or []) >= 3 for d in dhts)
+            assert all(client.peer_id not in (d.table or []) for d in dhts)
+            assert not cdht.is_server and PROTOCOL not in client.protocols
+            assert len(cdht.table or []) >= 3
+            # /pk/ record of a key pair that is not a node
+            other = KeyPair.from_seed(b"k" * 32)
+            key = pk_key(other.peer_id)
+            assert await dhts[3].put_value(key, other.public_key.to_protobuf()) >= 3
+            assert await cdht.get_value(key) == other.public_key.to_protobuf()
+            # a node's own /pk/ is answered by itself
+            assert await dhts[1].get_value(pk_key(nodes[5].peer_id)) == (
+                nodes[5].key.public_key.to_protobuf()
+            )
+            # name claims: the owner's later claim wins; another peer's claim is refused
+            owner = nodes[4]
+            claim1 = seal_name_claim(owner.key, "alice", tuple(owner.listen_addrs), 1)
+            assert await dhts[4].put_value(name_key("alice"), claim1) >= 3
+            claim2 = seal_name_claim(owner.key, "alice", tuple(owner.listen_addrs), 2)
+            assert await dhts[4].put_value(name_key("alice"), claim2) >= 3
+            assert await cdht.get_value(name_key("alice")) == claim2
+            thief = nodes[6]
+            stolen = seal_name_claim(thief.key, "alice", tuple(thief.listen_addrs), 9)
+            assert await dhts[6].put_value(name_key("alice"), stolen) == 0
+            assert await dhts[2].get_value(name_key("alice")) == claim2
+            with pytest.raises(InvalidRecord):
+                await dhts[2].put_value(name_key("bob"), claim1)
+            with pytest.raises(PeerNotFound):
+                await cdht.get_value(name_key("nobody"))
+            # providers
+            assert await dhts[7].provide(b"content-1") >= 3
+            found = await cdht.find_providers(b"content-1")
+            assert [p for p, _ in found] == [nodes[7].peer_id]
+            assert found[0][1]
+            assert await cdht.find_providers(b"nothing") == []
+            # peers: a server far in the table is found with its addresses
+            addrs = await cdht.find_peer(nodes[9].peer_id)
+            assert set(nodes[9].listen_addrs) <= set(addrs)
+            with pytest.raises(PeerNotFound):
+                await cdht.find_peer(KeyPair.from_seed(b"z" * 32).peer_id)
+        finally:
+            await close_all(nodes, cnodes)
+
+    run_simulation(main, seed=18, config=QUIET)
+
+
+def test_bad_requests_are_refused() -> None:
+    """A record failing validation, a record without its key, a PUT flood and an
+    oversized provider key are refused; FIND_NODE for the server itself names it."""
+
+    async def main(sim: Simulation) -> None:
+        nodes, dhts, cnodes, cdhts = await network(sim, 3, clients=1)
+        try:
+            cdht = cdhts[0]
+            target = nodes[1]
+            rpc = cdht._rpc
+            me = nodes[1].peer_id
+            reply = await rpc(me, (), KadMessage(MessageType.FIND_NODE, key=me.multihash))
+            assert reply.closer_peers[0].peer_id == me
+            assert reply.closer_peers[0].addrs == tuple(target.listen_addrs)
+            other = KeyPair.from_seed(b"q" * 32)
+            bad = Record(pk_key(other.peer_id), nodes[0].key.public_key.to_protobuf())
+            with pytest.raises(P2PError):  # the server resets the stream
+                await rpc(me, (), KadMessage(MessageType.PUT_VALUE, key=bad.key, record=bad))
+            good = Record(pk_key(other.peer_id), other.public_key.to_protobuf())
+            with pytest.raises(P2PError):
+                await rpc(me, (), KadMessage(MessageType.PUT_VALUE, key=b"/pk/x", record=good))
+            msg = KadMessage(MessageType.PUT_VALUE, key=good.key, record=good)
+            accepted = 0
+            refused = 0
+            for _ in range(PUT_BURST + 5):
+                try:
+                    await rpc(me, (), msg)
+                    accepted += 1
+                except P2PError:
+                    refused += 1
+            assert accepted <= PUT_BURST and refused >= 5
+            assert dhts[1].counters["refused"] >= 7
+            with pytest.raises(P2PError):
+                await rpc(me, (), KadMessage(MessageType.GET_PROVIDERS, key=b"x" * 81))
+            with pytest.raises(InvalidRecord):
+                await cdht.provide(b"x" * 81)
+        finally:
+            await close_all(nodes, cnodes)
+
+    run_simulation(main, seed=19, config=QUIET)
