@@ -6,12 +6,14 @@ from typing import Any
 
 import pytest
 
-from switchy.protocols.discovery.claims import seal_name_claim
+from switchy.protocols.discovery import connect_by_name, register_name
+from switchy.protocols.discovery.claims import open_name_claim, seal_name_claim
 from switchy.protocols.identify import IdentifyService
+from switchy.protocols.kad.backend import DhtBackend
 from switchy.protocols.kad.pb import PROTOCOL, KadMessage, MessageType, Record
 from switchy.protocols.kad.records import InvalidRecord, name_key, pk_key
 from switchy.protocols.kad.service import PUT_BURST, KadDHT
-from switchy.stack.errors import P2PError, PeerNotFound
+from switchy.stack.errors import DiscoveryFailed, P2PError, PeerNotFound
 from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
@@ -162,3 +164,55 @@ def test_bad_requests_are_refused() -> None:
             await close_all(nodes, cnodes)
 
     run_simulation(main, seed=19, config=QUIET)
+
+
+def test_connect_by_peer_id_and_names_through_the_dht() -> None:
+    """node.connect(peer_id) with no known address finds the peer through the DHT;
+    register_name / connect_by_name work through DhtBackend; a taken name is refused."""
+
+    async def main(sim: Simulation) -> None:
+        nodes, dhts, _, _ = await network(sim, 8)
+        sim.network.add_hosts(["n0", "n1", "late"])
+        for h in ("n0", "n1", "late"):
+            sim.network.add_link("hub", h)
+        boot = [str(nodes[0].full_addrs[0])]
+        d0, d1 = KadDHT(mode="client", bootstrap=boot), KadDHT(mode="client", bootstrap=boot)
+        a = Node(
+            transports=[SimTransport(sim.network, "n0")],
+            services=[IdentifyService(), d0, DhtBackend()],
+            entropy=sim.entropy_source("n0"),
+            listen=["/memory/4001"],
+        )
+        b = Node(
+            transports=[SimTransport(sim.network, "n1")],
+            services=[IdentifyService(), d1, DhtBackend()],
+            entropy=sim.entropy_source("n1"),
+            listen=["/memory/4001"],
+        )
+        try:
+            await a.start()
+            await b.start()
+            await d0.bootstrap()
+            await d1.bootstrap()
+            late = dht_node(sim, "late", KadDHT(mode="server", bootstrap=boot))
+            nodes.append(late)
+            await late.start()
+            await late.services[1].bootstrap()  # type: ignore[attr-defined]
+            assert not a.peerstore.addrs(late.peer_id)
+            conn = await a.connect(late.peer_id)
+            assert conn.remote_peer == late.peer_id
+            with pytest.raises(PeerNotFound, match="KadDHT"):
+                await a.connect(KeyPair.from_seed(b"n" * 32).peer_id)
+            assert await register_name(a, "kitchen") == ["DHT"]
+            conn = await connect_by_name(b, "kitchen")
+            assert conn.remote_peer == a.peer_id
+            with pytest.raises(DiscoveryFailed, match="held by another"):
+                await register_name(b, "kitchen")
+            held = open_name_claim(await dhts[3].get_value(name_key("kitchen")), "kitchen")
+            assert held.peer_id == a.peer_id
+        finally:
+            await a.close()
+            await b.close()
+            await close_all(nodes)
+
+    run_simulation(main, seed=20, config=QUIET)

@@ -61,7 +61,7 @@ from switchy.stack.errors import (
     RequestRefused,
 )
 from switchy.stack.identity import PeerId
-from switchy.stack.node import ConnectionEvent, Node, ProtocolService
+from switchy.stack.node import ConnectionEvent, Node, PeerRouter, ProtocolService
 from switchy.stack.stream import MuxedStream
 
 __all__ = [
@@ -97,7 +97,7 @@ Mode = Literal["auto", "server", "client"]
 _Addrs = tuple[Multiaddr, ...]
 
 
-class KadDHT(ProtocolService):
+class KadDHT(ProtocolService, PeerRouter):
     """The Kademlia DHT service (see the module docstring).
 
     ``bootstrap`` names peers (multiaddrs with ``/p2p/<id>``) to join through;
@@ -147,6 +147,7 @@ class KadDHT(ProtocolService):
         """See :class:`ProtocolService`."""
         self.node = node
         self.table = RoutingTable(node.peer_id)
+        node.add_peer_router(self)
         if self.mode == "server":
             self._become_server()
         node.on_connection_event(self._on_connection)
@@ -300,6 +301,8 @@ class KadDHT(ProtocolService):
         node = self._n
         if addrs:
             node.peerstore.add_addrs(peer, list(addrs))
+        elif not node.peerstore.addrs(peer) and not node.connections(peer):
+            raise PeerNotFound(f"no addresses of {peer} to ask it")  # never route recursively
         data = encode_message(msg)
         async with asyncio.timeout(self.query_timeout):
             stream = await node.open_stream(peer, PROTOCOL)
