@@ -32,6 +32,7 @@ Parameters and why:
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Sequence
 
@@ -108,6 +109,8 @@ class Lookup:
         self.max_queries = max_queries
         self.queries = 0
         self._peers: dict[PeerId, _Candidate] = {}
+        #: Every candidate, closest to the target first.
+        self._order: list[_Candidate] = []
         ordered = sorted(
             ((p, tuple(a)) for p, a in seeds if p != local),
             key=lambda s: kad_key(s[0].multihash) ^ target,
@@ -122,9 +125,9 @@ class Lookup:
             self._add(peer, addrs, i % self.paths, 1)
 
     def _add(self, peer: PeerId, addrs: tuple[Multiaddr, ...], path: int, hop: int) -> None:
-        self._peers[peer] = _Candidate(
-            peer, kad_key(peer.multihash) ^ self.target, addrs, path, hop
-        )
+        cand = _Candidate(peer, kad_key(peer.multihash) ^ self.target, addrs, path, hop)
+        self._peers[peer] = cand
+        bisect.insort(self._order, cand, key=lambda c: c.distance)
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -165,13 +168,11 @@ class Lookup:
         return None if cand is None else cand.state
 
     def _live(self, path: int | None = None) -> list[_Candidate]:
-        live = [
+        return [
             c
-            for c in self._peers.values()
+            for c in self._order
             if c.state is not PeerState.FAILED and (path is None or c.path == path)
         ]
-        live.sort(key=lambda c: c.distance)
-        return live
 
     def _path_done(self, path: int) -> bool:
         live = self._live(path)
@@ -231,6 +232,12 @@ class Lookup:
         """The addresses heard for ``peer`` (empty if unknown)."""
         cand = self._peers.get(peer)
         return () if cand is None else cand.addrs
+
+    def hop_of(self, peer: PeerId) -> int:
+        """The referral round in which ``peer`` was (or would be) queried: 1 for the seeds,
+        0 for a peer never heard of."""
+        cand = self._peers.get(peer)
+        return 0 if cand is None else cand.hop
 
     def hops(self) -> int:
         """Rounds of referrals that led to the closest peer that answered (0 if none)."""
