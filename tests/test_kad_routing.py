@@ -40,8 +40,12 @@ def test_bucket_index_is_distance_bit_length() -> None:
 def test_network_group() -> None:
     """IPv4 /24, IPv6 /48; loopback and non-IP addresses have no group."""
     assert network_group([Multiaddr("/ip4/1.2.3.4/tcp/1")]) == "1.2.3.0/24"
-    assert network_group([Multiaddr("/ip6/2001:db8:1:2::5/tcp/1")]) == "2001:db8:1::/48"
+    assert network_group([Multiaddr("/ip6/2a00:1450:1:2::5/tcp/1")]) == "2a00:1450:1::/48"
     assert network_group([Multiaddr("/ip4/127.0.0.1/tcp/1")]) is None
+    assert network_group([Multiaddr("/ip4/192.168.1.5/tcp/1")]) is None
+    assert network_group(
+        [Multiaddr("/ip4/192.168.1.5/tcp/1"), Multiaddr("/ip4/8.8.4.4/udp/1")]
+    ) == ("8.8.4.0/24")
     assert network_group([Multiaddr("/memory/5")]) is None
 
 

@@ -61,9 +61,10 @@ def bucket_index(local: int, key: int) -> int:
 
 def network_group(addrs: Iterable[Multiaddr]) -> str | None:
     """The network group of a peer's addresses for the per-bucket limit: the /24 of its
-    first public-or-private IPv4 address or the /48 of its first IPv6 address.
+    first globally routable IPv4 address or the /48 of its first such IPv6 address.
 
-    Loopback addresses and addresses without IP (simulator, relays) have no group.
+    Loopback, private (a LAN's peers share one /24), link-local and other special
+    addresses, and addresses without IP (simulator, relays) have no group.
     """
     for addr in addrs:
         for proto, value in _ip_parts(addr):
@@ -71,7 +72,7 @@ def network_group(addrs: Iterable[Multiaddr]) -> str | None:
                 ip = ipaddress.ip_address(value)
             except ValueError:
                 continue
-            if ip.is_loopback or ip.is_unspecified:
+            if not ip.is_global:
                 continue
             prefix = 24 if proto == "ip4" else 48
             return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
