@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -10,9 +11,10 @@ from switchy.protocols.discovery import connect_by_name, register_name
 from switchy.protocols.discovery.claims import open_name_claim, seal_name_claim
 from switchy.protocols.identify import IdentifyService
 from switchy.protocols.kad.backend import DhtBackend
-from switchy.protocols.kad.pb import PROTOCOL, KadMessage, MessageType, Record
+from switchy.protocols.kad.pb import MAX_MESSAGE_SIZE, PROTOCOL, KadMessage, MessageType, Record
 from switchy.protocols.kad.records import InvalidRecord, name_key, pk_key
 from switchy.protocols.kad.service import PUT_BURST, KadDHT
+from switchy.stack.codec import encode_uvarint
 from switchy.stack.errors import DiscoveryFailed, P2PError, PeerNotFound
 from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node
@@ -216,3 +218,57 @@ def test_connect_by_peer_id_and_names_through_the_dht() -> None:
             await close_all(nodes)
 
     run_simulation(main, seed=20, config=QUIET)
+
+
+def test_expiry_republish_auto_mode_and_oversized_messages() -> None:
+    """Provider records and values expire at their TTL unless republished; a republishing
+    provider stays findable; auto mode serves on a public (simulated) address; an
+    oversized request resets the stream and the server keeps serving."""
+
+    async def main(sim: Simulation) -> None:
+        hosts = [f"h{i}" for i in range(6)]
+        star(sim, hosts)
+        kw: dict[str, Any] = {
+            "provider_ttl": 100.0,
+            "record_ttl": 100.0,
+            "provider_republish": 40.0,
+            "record_republish": 40.0,
+            "refresh_interval": 40.0,
+        }
+        first = KadDHT(mode="auto", **kw)
+        nodes = [dht_node(sim, "h0", first)]
+        await nodes[0].start()
+        boot = [str(nodes[0].full_addrs[0])]
+        dhts = [first]
+        for h in hosts[1:]:
+            d = KadDHT(mode="server", bootstrap=boot, **kw)
+            dhts.append(d)
+            nodes.append(dht_node(sim, h, d))
+            await nodes[-1].start()
+            await d.bootstrap()
+        try:
+            assert first.is_server  # /memory addresses count as public
+            # a provider that goes away: its record expires; one that stays republishes
+            assert await dhts[1].provide(b"gone") >= 1
+            assert await dhts[2].provide(b"kept") >= 1
+            other = KeyPair.from_seed(b"e" * 32)
+            assert await dhts[3].put_value(pk_key(other.peer_id), other.public_key.to_protobuf())
+            await nodes[1].close()
+            await nodes[3].close()
+            await asyncio.sleep(150.0)  # virtual time
+            assert await dhts[4].find_providers(b"gone") == []
+            assert [p for p, _ in await dhts[4].find_providers(b"kept")] == [nodes[2].peer_id]
+            with pytest.raises(PeerNotFound):
+                await dhts[4].get_value(pk_key(other.peer_id))
+            # an oversized request: the stream is reset, the server still answers
+            stream = await nodes[4].open_stream(nodes[5].peer_id, PROTOCOL)
+            await stream.write(encode_uvarint(MAX_MESSAGE_SIZE + 1) + b"x" * 100)
+            with pytest.raises(P2PError):
+                await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+            me = nodes[5].peer_id
+            reply = await dhts[4]._rpc(me, (), KadMessage(MessageType.PING))
+            assert reply.type == MessageType.PING
+        finally:
+            await close_all(nodes)
+
+    run_simulation(main, seed=21, config=QUIET)

@@ -43,6 +43,10 @@ from switchy.protocols.kad.pb import (
 )
 from switchy.protocols.kad.records import (
     MAX_PROVIDER_KEY_SIZE,
+    PROVIDER_REPUBLISH,
+    PROVIDER_TTL,
+    RECORD_REPUBLISH,
+    RECORD_TTL,
     InvalidRecord,
     ProviderStore,
     RecordStore,
@@ -54,6 +58,7 @@ from switchy.protocols.kad.records import (
 from switchy.protocols.kad.routing import AddOutcome, K, RoutingTable, kad_key
 from switchy.stack.addresses import parse_multiaddr, split_peer
 from switchy.stack.errors import (
+    ConnectionClosed,
     InvalidConfiguration,
     P2PError,
     PeerNotFound,
@@ -114,6 +119,10 @@ class KadDHT(ProtocolService, PeerRouter):
         query_timeout: float = QUERY_TIMEOUT,
         refresh_interval: float = REFRESH_INTERVAL,
         lookup_timeout: float = 60.0,
+        record_ttl: float = RECORD_TTL,
+        provider_ttl: float = PROVIDER_TTL,
+        record_republish: float = RECORD_REPUBLISH,
+        provider_republish: float = PROVIDER_REPUBLISH,
     ) -> None:
         if mode not in ("auto", "server", "client"):
             raise InvalidConfiguration(f"DHT mode must be auto, server or client, not {mode!r}")
@@ -125,8 +134,10 @@ class KadDHT(ProtocolService, PeerRouter):
                 raise InvalidConfiguration(f"bootstrap address {item} lacks /p2p/<peer id>")
             self.bootstrap_peers.append((peer, addr))
         self.validators = validators if validators is not None else default_validators()
-        self.records = RecordStore(self.validators)
-        self.providers = ProviderStore()
+        self.records = RecordStore(self.validators, ttl=record_ttl)
+        self.providers = ProviderStore(ttl=provider_ttl)
+        self.record_republish = record_republish
+        self.provider_republish = provider_republish
         self.query_timeout = query_timeout
         self.refresh_interval = refresh_interval
         self.lookup_timeout = lookup_timeout
@@ -135,8 +146,9 @@ class KadDHT(ProtocolService, PeerRouter):
         self._server = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._budgets: OrderedDict[PeerId, tuple[float, float]] = OrderedDict()
-        self._own_records: dict[bytes, bytes] = {}
-        self._provided: set[bytes] = set()
+        #: Records we put and keys we provide, with when we last announced them.
+        self._own_records: dict[bytes, tuple[bytes, float]] = {}
+        self._provided: dict[bytes, float] = {}
         self._pinging: set[PeerId] = set()
         #: Counters: requests served by type name, refused requests, lookups run.
         self.counters: dict[str, int] = {}
@@ -251,10 +263,14 @@ class KadDHT(ProtocolService, PeerRouter):
 
     async def _maintain(self) -> None:
         await self.bootstrap()
+        period = min(self.refresh_interval, self.record_republish, self.provider_republish)
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            await asyncio.sleep(period)
+            now = self._now()
+            self.records.expire(now)
+            self.providers.expire(now)
             await self.refresh()
-            await self._republish()
+            await self.republish()
 
     async def bootstrap(self) -> int:
         """Connect to the bootstrap peers, look ourselves up and refresh the table; returns
@@ -287,13 +303,22 @@ class KadDHT(ProtocolService, PeerRouter):
             ran += 1
         return ran
 
-    async def _republish(self) -> None:
-        for key, value in list(self._own_records.items()):
-            with contextlib.suppress(P2PError):
-                await self.put_value(key, value)
-        for key in list(self._provided):
-            with contextlib.suppress(P2PError):
-                await self.provide(key)
+    async def republish(self) -> int:
+        """Put again the records we put and announce again the keys we provide, where
+        their republish interval has passed; returns how many were republished."""
+        now = self._now()
+        count = 0
+        for key, (value, last) in list(self._own_records.items()):
+            if now - last >= self.record_republish:
+                with contextlib.suppress(P2PError):
+                    await self.put_value(key, value)
+                    count += 1
+        for key, last in list(self._provided.items()):
+            if now - last >= self.provider_republish:
+                with contextlib.suppress(P2PError):
+                    await self.provide(key)
+                    count += 1
+        return count
 
     # --- requests ----------------------------------------------------------------------
 
@@ -414,7 +439,7 @@ class KadDHT(ProtocolService, PeerRouter):
         """Store ``value`` under ``key`` at the k closest servers (and here); returns how
         many servers took it.  Raises :class:`InvalidRecord` for an invalid record."""
         validate_record(self.validators, key, value)
-        self._own_records[key] = value
+        self._own_records[key] = (value, self._now())
         if self._server:
             with contextlib.suppress(InvalidRecord):
                 self.records.put(key, value, self._now())
@@ -468,7 +493,7 @@ class KadDHT(ProtocolService, PeerRouter):
         """Announce that we provide ``key`` to the k closest servers; returns how many were
         told."""
         _check_provider_key(key)
-        self._provided.add(key)
+        self._provided[key] = self._now()
         me = self._n.peer_id
         ours = tuple(a for a in self._n.listen_addrs if not _is_relay(a))
         if self._server:
@@ -506,10 +531,11 @@ class KadDHT(ProtocolService, PeerRouter):
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     data = await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
-            except (P2PError, TimeoutError) as exc:
-                if not isinstance(exc, TimeoutError) and "before a message" in str(exc):
-                    return  # the peer ended the stream between requests
-                raise
+            except ConnectionClosed:
+                return  # the peer ended the stream (between requests, or inside one)
+            except TimeoutError:
+                await stream.reset()  # idle too long
+                return
             request = decode_message(data)
             reply = self._answer(peer, request)
             if reply is not None:
