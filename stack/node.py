@@ -62,7 +62,7 @@ from switchy.stack.stream import Connection, MuxedStream
 from switchy.stack.transport import Listener, Transport
 from switchy.stack.upgrader import Upgrader
 
-__all__ = ["ConnectionEvent", "Node", "ProtocolService"]
+__all__ = ["ConnectionEvent", "Node", "PeerRouter", "ProtocolService"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,20 @@ class ProtocolService(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027
         """Release resources when the node closes (default: nothing)."""
+
+
+class PeerRouter(abc.ABC):
+    """Finds addresses of a peer the node knows none of (a DHT, for example).
+
+    A service registers itself with :meth:`Node.add_peer_router`; :meth:`Node.connect`
+    asks the routers, in the order they were added, when it is given a peer id
+    without known addresses.
+    """
+
+    @abc.abstractmethod
+    async def find_peer(self, peer: PeerId) -> list[Multiaddr]:
+        """Addresses of ``peer``; raise :class:`~switchy.stack.errors.P2PError` (usually
+        :class:`~switchy.stack.errors.PeerNotFound`) when it cannot find any."""
 
 
 @attrs.frozen
@@ -154,6 +168,7 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._callbacks: list[ConnectionCallback] = []
         self._protocol_callbacks: list[Callable[[], Any]] = []
+        self._peer_routers: list[PeerRouter] = []
         self._subscribers: list[asyncio.Queue[ConnectionEvent | None]] = []
         self._started = False
         self._closing = False
@@ -381,7 +396,13 @@ class Node:
         """
         if self._closing:
             raise ConnectionClosed("the node is closed")
-        peer, addrs = self._resolve(target)
+        try:
+            peer, addrs = self._resolve(target)
+        except PeerNotFound:
+            if not isinstance(target, PeerId) or not self._peer_routers:
+                raise
+            await self._route(target)
+            peer, addrs = self._resolve(target)
         if peer is None:
             return await self._dial_addrs(None, addrs)
         existing = self._best_connection(peer)
@@ -395,6 +416,27 @@ class Node:
             self._dialing[peer] = pending
             pending.add_done_callback(partial(_forget_dial, self._dialing, peer))
         return await asyncio.shield(pending)
+
+    def add_peer_router(self, router: PeerRouter) -> None:
+        """Ask ``router`` for the addresses of peers :meth:`connect` knows none of."""
+        if router not in self._peer_routers:
+            self._peer_routers.append(router)
+
+    async def _route(self, peer: PeerId) -> None:
+        """Find addresses of ``peer`` with the peer routers; raise :class:`PeerNotFound`
+        naming what each said when none found any."""
+        errors: list[str] = []
+        for router in self._peer_routers:
+            try:
+                addrs = await router.find_peer(peer)
+            except P2PError as exc:
+                errors.append(f"{type(router).__name__}: {exc}")
+                continue
+            if addrs:
+                self.peerstore.add_addrs(peer, list(addrs))
+                return
+            errors.append(f"{type(router).__name__}: no addresses")
+        raise PeerNotFound(f"no known addresses for peer {peer} ({'; '.join(errors)})")
 
     def _resolve(self, target: Target) -> tuple[PeerId | None, list[Multiaddr]]:
         if isinstance(target, PeerId):

@@ -547,6 +547,97 @@ def _add_common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+# --- switchy dht --------------------------------------------------------------------------
+
+
+def _dht_bytes(text: str) -> bytes:
+    """A key or value on the command line: ``hex:...`` for bytes, else UTF-8 text."""
+    return bytes.fromhex(text[4:]) if text.startswith("hex:") else text.encode()
+
+
+def _dht_print(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    print(json.dumps(result) if args.json else text)
+
+
+async def _cmd_dht(args: argparse.Namespace) -> int:
+    """``switchy dht``: a DHT server (``serve``) or one client operation through bootstrap
+    peers (put, get, find-peer, provide, find-providers)."""
+    stop = _stop_signal()
+    from switchy.presets import default_node
+    from switchy.protocols.kad.service import KadDHT
+    from switchy.stack.identity import PeerId
+
+    if args.dht_cmd != "serve" and not args.bootstrap:
+        print("switchy: error: give --bootstrap MULTIADDR (a DHT server)", file=sys.stderr)
+        return 2
+    key = _load_key(args.key, create=True)
+    serve = args.dht_cmd in ("serve", "provide")  # a provider must be reachable as a server
+    dht = KadDHT(mode="server" if serve else "client", bootstrap=args.bootstrap)
+    async with default_node(key=key, services=[dht], config=args.config) as node:
+        await node.listen(*(getattr(args, "addrs", None) or [DEFAULT_LISTEN]))
+        await dht.bootstrap()
+        if args.dht_cmd == "serve":
+            for addr in node.full_addrs:
+                print(addr)
+            sys.stdout.flush()
+            print(
+                f"serving the DHT ({len(dht.table or [])} peers known); Ctrl-C to stop",
+                file=sys.stderr,
+            )
+            await stop.wait()
+            print("shutting down", file=sys.stderr)
+            return 0
+        if args.dht_cmd == "put":
+            stored = await dht.put_value(_dht_bytes(args.record_key), _dht_bytes(args.value))
+            _dht_print(args, {"stored_at": stored}, f"stored at {stored} peers")
+        elif args.dht_cmd == "get":
+            value = await dht.get_value(_dht_bytes(args.record_key))
+            _dht_print(args, {"value_hex": value.hex()}, value.decode(errors="replace"))
+        elif args.dht_cmd == "find-peer":
+            addrs = [str(a) for a in await dht.find_peer(PeerId.from_string(args.peer))]
+            _dht_print(args, {"peer_id": args.peer, "addrs": addrs}, "\n".join(addrs))
+        elif args.dht_cmd == "provide":
+            told = await dht.provide(_dht_bytes(args.record_key))
+            _dht_print(args, {"told": told}, f"announced to {told} peers")
+        else:
+            found = await dht.find_providers(_dht_bytes(args.record_key))
+            rows = [{"peer_id": str(p), "addrs": [str(a) for a in addrs]} for p, addrs in found]
+            _dht_print(args, {"providers": rows}, "\n".join(str(p) for p, _ in found))
+    return 0
+
+
+def _add_dht_parser(sub: Any) -> None:
+    s = sub.add_parser("dht", help="the Kademlia DHT: serve, put/get, find peers and providers")
+    dsub = s.add_subparsers(dest="dht_cmd", required=True)
+    for name, help_text in (
+        ("serve", "run a DHT server (a bootstrap node for others)"),
+        ("put", "store a record (KEY VALUE; validated: /pk/ and /switchy-name/ records)"),
+        ("get", "fetch a record's best value"),
+        ("find-peer", "find a peer's addresses"),
+        ("provide", "announce that this node provides KEY"),
+        ("find-providers", "find who provides KEY"),
+    ):
+        d = dsub.add_parser(name, help=help_text)
+        if name == "serve":
+            d.add_argument("addrs", nargs="*", help=f"listen addresses (default {DEFAULT_LISTEN})")
+        elif name == "find-peer":
+            d.add_argument("peer", help="peer id")
+        else:
+            d.add_argument("record_key", metavar="KEY", help="text, or hex:... for bytes")
+        if name == "put":
+            d.add_argument("value", metavar="VALUE", help="text, or hex:... for bytes")
+        d.add_argument(
+            "--bootstrap",
+            action="append",
+            default=[],
+            metavar="MULTIADDR",
+            help="a DHT server to join through (repeatable)",
+        )
+        d.add_argument("--key", help="key file to use (default: a fresh identity)")
+        d.add_argument("--json", action="store_true", help="print one JSON object")
+        d.set_defaults(func=_cmd_dht)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -694,6 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace", metavar="FILE", help="write the event trace as JSON lines")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_cmd_sim)
+
+    _add_dht_parser(sub)
     return p
 
 

@@ -17,6 +17,12 @@ Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
                                       request per address (A = "self": our listen address);
                                       {"ok", "listen_addrs", "answers": [{"status", "addr"}]}
 
+  dht [--port P]                      a Kademlia DHT server (TCP) accepting any value under
+                                      /interop/; prints {"peer_id", "addrs"}, then runs one
+                                      JSON command per stdin line and prints one JSON line
+                                      each: connect ADDR, put KEY VALUE_HEX, get KEY,
+                                      provide KEY_HEX, providers KEY_HEX, find_peer ID, table
+
 Every mode prints exactly one JSON result line (``"ok": false`` with ``"error"`` on
 failure, exit status 1).
 """
@@ -283,6 +289,67 @@ async def do_autonat(host: Any, peer: Any, args: argparse.Namespace) -> dict[str
     return {"listen_addrs": mine, "answers": answers}
 
 
+async def dht_peer(args: argparse.Namespace) -> int:
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    from libp2p.records.validator import Validator
+    from libp2p.tools.anyio_service import background_trio_service
+
+    class AnyValue(Validator):  # type: ignore[misc]
+        def validate(self, key: str, value: bytes) -> None:
+            return None
+
+        def select(self, key: str, values: list[bytes]) -> int:
+            return 0
+
+    host = make_host(None)
+    async with host.run(listen_addrs=[local_addr(False, args.port)]):
+        dht = KadDHT(host, DHTMode.SERVER)
+        dht.register_validator("interop", AnyValue())
+        async with background_trio_service(dht):
+            emit(
+                {"peer_id": host.get_id().to_base58(), "addrs": [str(a) for a in host.get_addrs()]}
+            )
+            while True:
+                line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                if not line:
+                    return 0
+                cmd = json.loads(line)
+                try:
+                    with trio.fail_after(30):
+                        result = await dht_command(host, dht, cmd)
+                    emit({"ok": True, **result})
+                except BaseException as exc:  # report and keep serving
+                    emit({"ok": False, "error": describe(exc)})
+
+
+async def dht_command(host: Any, dht: Any, cmd: dict[str, Any]) -> dict[str, Any]:
+    from libp2p.peer.id import ID
+
+    op = cmd["op"]
+    if op == "connect":
+        info = info_from_p2p_addr(multiaddr.Multiaddr(cmd["addr"]))
+        await host.connect(info)
+        added = await dht.add_peer(info.peer_id)
+        return {"added": bool(added)}
+    if op == "put":
+        await dht.put_value(cmd["key"], bytes.fromhex(cmd["value"]))
+        return {}
+    if op == "get":
+        value = await dht.get_value(cmd["key"])
+        return {"value": None if value is None else value.hex()}
+    if op == "provide":
+        return {"provided": bool(await dht.provide(cmd["key"]))}
+    if op == "providers":
+        found = await dht.find_providers(cmd["key"])
+        return {"providers": [[p.peer_id.to_base58(), [str(a) for a in p.addrs]] for p in found]}
+    if op == "find_peer":
+        info = await dht.find_peer(ID.from_base58(cmd["peer"]))
+        return {"addrs": None if info is None else [str(a) for a in info.addrs]}
+    if op == "table":
+        return {"peers": [p.to_base58() for p in dht.routing_table.get_peer_ids()]}
+    raise ValueError(f"unknown dht command {op!r}")
+
+
 async def circuit_ping(args: argparse.Namespace) -> int:
     from libp2p.relay.circuit_v2.config import RelayConfig
     from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
@@ -321,6 +388,8 @@ def main() -> int:
     s.add_argument("--relay", action="store_true", help="also run the circuit relay v2 hop service")
     s.add_argument("--quic", action="store_true")
     s.add_argument("--autonat", action="store_true", help="also run the AutoNAT v1 server")
+    s = sub.add_parser("dht")
+    s.add_argument("--port", type=int, default=0)
     for name in ("ping", "identify", "echo", "perf", "circuit-ping", "autonat"):
         s = sub.add_parser(name)
         s.add_argument("addr")
@@ -339,6 +408,8 @@ def main() -> int:
     try:
         if args.mode == "listen":
             return trio.run(listen, args)
+        if args.mode == "dht":
+            return trio.run(dht_peer, args)
         if args.mode == "circuit-ping":
             return trio.run(circuit_ping, args)
         body = {

@@ -1,0 +1,1 @@
+"""Kademlia DHT (``/ipfs/kad/1.0.0``): codec, routing table, lookups, records, service."""

@@ -1,0 +1,251 @@
+"""Sans-IO iterative Kademlia lookup: which peers to ask next, and when to stop.
+
+A :class:`Lookup` walks towards a target key.  The adapter asks it for the
+next queries (:meth:`Lookup.next_queries`), sends FIND_NODE (or GET_VALUE,
+GET_PROVIDERS) to them and reports each answer (:meth:`Lookup.on_response`)
+or failure (:meth:`Lookup.on_failure`).  Times are arguments; the lookup does
+no I/O.
+
+Parameters and why:
+
+* **alpha = 3 concurrent queries.**  The Kademlia paper and rust-libp2p use 3,
+  go and js use 10.  With k = 20 buckets each answer brings the lookup about
+  log2(k) ≈ 4 bits closer, so in networks up to ~10^4 servers a lookup takes
+  3-4 rounds whatever alpha is; a larger alpha mainly hides timeouts of dead peers at
+  the cost of alpha times the messages.  3 in flight keeps one slot per lookup path (see
+  below), so one dead peer stalls one path of three, not the lookup, and the
+  simulation (bench/bench_kad.py) meets its goals with it.
+* **beta = 3 (termination).**  A path of the lookup is done when the beta peers
+  closest to the target that it knows of (failed peers excluded) have all
+  answered; the lookup is done when every path is done.
+* **Paths = 3.**  The seeds (closest peers of our table) are spread over
+  up to 3 paths; a peer first heard of from a peer of path p belongs to path p.
+  Queries go to the path with the fewest queries so far, so a peer that
+  answers with thousands of fake closer peers, or with itself forever, can only
+  steer its own path: the others still walk to the real closest peers, and the
+  lookup does not end before they do.  The result is the k closest peers that
+  answered.
+* **Bounds.**  Each answer contributes at most k peers (the ones closest to
+  the target; the answering peer itself and we are ignored), the lookup sends
+  at most ``max_queries`` queries and ends at ``deadline``, whichever first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Sequence
+
+import attrs
+from multiaddr import Multiaddr
+
+from switchy.protocols.kad.routing import K, kad_key
+from switchy.stack.identity import PeerId
+
+__all__ = [
+    "ALPHA",
+    "BETA",
+    "LOOKUP_TIMEOUT",
+    "MAX_QUERIES",
+    "PATHS",
+    "Lookup",
+    "PeerState",
+]
+
+#: Concurrent queries of one lookup (see the module docstring).
+ALPHA = 3
+#: Closest peers that must have answered for a path to end.
+BETA = 3
+#: Lookup paths that must each converge.
+PATHS = 3
+#: Most queries one lookup sends.
+MAX_QUERIES = 120
+#: Longest a lookup runs, seconds.
+LOOKUP_TIMEOUT = 60.0
+
+
+class PeerState(enum.Enum):
+    """Where a peer of a lookup stands."""
+
+    HEARD = "heard"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@attrs.define
+class _Candidate:
+    peer_id: PeerId
+    distance: int
+    addrs: tuple[Multiaddr, ...]
+    path: int
+    hop: int
+    state: PeerState = PeerState.HEARD
+
+
+class Lookup:
+    """One iterative lookup for ``target`` (a keyspace position, see :func:`kad_key`)."""
+
+    def __init__(
+        self,
+        target: int,
+        seeds: Sequence[tuple[PeerId, Sequence[Multiaddr]]],
+        *,
+        now: float,
+        local: PeerId | None = None,
+        alpha: int = ALPHA,
+        beta: int = BETA,
+        k: int = K,
+        paths: int = PATHS,
+        max_queries: int = MAX_QUERIES,
+        timeout: float = LOOKUP_TIMEOUT,
+    ) -> None:
+        self.target = target
+        self.local = local
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
+        self.deadline = now + timeout
+        self.max_queries = max_queries
+        self.queries = 0
+        self._peers: dict[PeerId, _Candidate] = {}
+        #: Every candidate, closest to the target first.
+        self._order: list[_Candidate] = []
+        ordered = sorted(
+            ((p, tuple(a)) for p, a in seeds if p != local),
+            key=lambda s: kad_key(s[0].multihash) ^ target,
+        )
+        unique: list[tuple[PeerId, tuple[Multiaddr, ...]]] = []
+        for peer, addrs in ordered:
+            if all(peer != u[0] for u in unique):
+                unique.append((peer, addrs))
+        self.paths = max(1, min(paths, len(unique)))
+        self._path_queries = [0] * self.paths
+        for i, (peer, addrs) in enumerate(unique):
+            self._add(peer, addrs, i % self.paths, 1)
+
+    def _add(self, peer: PeerId, addrs: tuple[Multiaddr, ...], path: int, hop: int) -> None:
+        cand = _Candidate(peer, kad_key(peer.multihash) ^ self.target, addrs, path, hop)
+        self._peers[peer] = cand
+        bisect.insort(self._order, cand, key=lambda c: c.distance)
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def on_response(
+        self, peer: PeerId, closer: Sequence[tuple[PeerId, Sequence[Multiaddr]]], now: float
+    ) -> None:
+        """``peer`` answered with ``closer`` peers.  Answers from peers we did not ask, or
+        after the lookup ended, are ignored."""
+        cand = self._peers.get(peer)
+        if cand is None or cand.state is not PeerState.WAITING:
+            return
+        cand.state = PeerState.SUCCEEDED
+        fresh: dict[PeerId, tuple[Multiaddr, ...]] = {}
+        for other, addrs in closer:
+            if other == peer or other == self.local:
+                continue
+            known = self._peers.get(other)
+            if known is not None:
+                if not known.addrs and addrs:
+                    known.addrs = tuple(addrs)
+                continue
+            fresh.setdefault(other, tuple(addrs))
+        best = sorted(fresh.items(), key=lambda i: kad_key(i[0].multihash) ^ self.target)
+        for other, addrs in best[: self.k]:
+            self._add(other, addrs, cand.path, cand.hop + 1)
+
+    def on_failure(self, peer: PeerId, now: float) -> None:
+        """Asking ``peer`` failed (no connection, timeout, bad answer)."""
+        cand = self._peers.get(peer)
+        if cand is not None and cand.state is PeerState.WAITING:
+            cand.state = PeerState.FAILED
+
+    # --- outputs -----------------------------------------------------------------------
+
+    def state_of(self, peer: PeerId) -> PeerState | None:
+        """The state of ``peer`` in this lookup, if it was heard of."""
+        cand = self._peers.get(peer)
+        return None if cand is None else cand.state
+
+    def _live(self, path: int | None = None) -> list[_Candidate]:
+        return [
+            c
+            for c in self._order
+            if c.state is not PeerState.FAILED and (path is None or c.path == path)
+        ]
+
+    def _path_done(self, path: int) -> bool:
+        live = self._live(path)
+        if not any(c.state is not PeerState.SUCCEEDED for c in live):
+            return True
+        return all(c.state is PeerState.SUCCEEDED for c in live[: self.beta])
+
+    def in_flight(self) -> int:
+        """Queries sent and not answered."""
+        return sum(1 for c in self._peers.values() if c.state is PeerState.WAITING)
+
+    def finished(self, now: float) -> bool:
+        """Whether the lookup is over: every path converged, nothing left to ask, the
+        query budget is spent or the deadline passed."""
+        if now >= self.deadline:
+            return True
+        if self.queries >= self.max_queries and self.in_flight() == 0:
+            return True
+        if all(self._path_done(p) for p in range(self.paths)):
+            return True
+        return not any(
+            c.state in (PeerState.HEARD, PeerState.WAITING) for c in self._peers.values()
+        )
+
+    def next_queries(self, now: float) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
+        """Peers to ask now (each is marked waiting); empty when the lookup must wait
+        for answers or is finished."""
+        out: list[tuple[PeerId, tuple[Multiaddr, ...]]] = []
+        if self.finished(now):
+            return out
+        inflight = self.in_flight()
+        while inflight < self.alpha and self.queries < self.max_queries:
+            choice: _Candidate | None = None
+            for path in sorted(range(self.paths), key=lambda p: self._path_queries[p]):
+                if self._path_done(path):
+                    continue
+                window = self._live(path)[: self.k]
+                heard = [c for c in window if c.state is PeerState.HEARD]
+                if heard:
+                    choice = heard[0]
+                    break
+            if choice is None:
+                break
+            choice.state = PeerState.WAITING
+            self._path_queries[choice.path] += 1
+            self.queries += 1
+            inflight += 1
+            out.append((choice.peer_id, choice.addrs))
+        return out
+
+    def result(self) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
+        """The k closest peers that answered, closest first."""
+        done = [c for c in self._live() if c.state is PeerState.SUCCEEDED]
+        return [(c.peer_id, c.addrs) for c in done[: self.k]]
+
+    def addrs_of(self, peer: PeerId) -> tuple[Multiaddr, ...]:
+        """The addresses heard for ``peer`` (empty if unknown)."""
+        cand = self._peers.get(peer)
+        return () if cand is None else cand.addrs
+
+    def hop_of(self, peer: PeerId) -> int:
+        """The referral round in which ``peer`` was (or would be) queried: 1 for the seeds,
+        0 for a peer never heard of."""
+        cand = self._peers.get(peer)
+        return 0 if cand is None else cand.hop
+
+    def hops(self) -> int:
+        """Rounds of referrals that led to the closest peer that answered (0 if none)."""
+        done = [c for c in self._live() if c.state is PeerState.SUCCEEDED]
+        return done[0].hop if done else 0
+
+    def rounds(self) -> int:
+        """Deepest referral round queried."""
+        return max(
+            (c.hop for c in self._peers.values() if c.state is not PeerState.HEARD), default=0
+        )

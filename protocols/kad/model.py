@@ -1,0 +1,201 @@
+"""A message-level model of a Kademlia network in virtual time, for simulations.
+
+Every node has the real :class:`~switchy.protocols.kad.routing.RoutingTable`
+and runs the real :class:`~switchy.protocols.kad.lookup.Lookup`; only the
+transport is modelled: a query to a live node is answered after a round trip
+drawn per pair of nodes (seeded), a query to a crashed node fails after the
+query timeout.  Nodes join one after another through node 0, each looking
+itself up and refreshing its farthest buckets, and servers learn the peers
+that query them, as :class:`~switchy.protocols.kad.service.KadDHT` does.
+
+This is for simulating thousands of nodes quickly (bench/bench_kad.py and
+tests); the full stack over the simulator is exercised by the service's tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+import statistics
+from typing import Any
+
+import attrs
+
+from switchy.protocols.kad.lookup import Lookup
+from switchy.protocols.kad.routing import K, RoutingTable, kad_key
+from switchy.protocols.kad.service import QUERY_TIMEOUT
+from switchy.stack.identity import PeerId
+
+__all__ = ["KadModel", "LookupOutcome", "summarize"]
+
+
+@attrs.frozen
+class LookupOutcome:
+    """One measured lookup."""
+
+    found: bool
+    #: Rounds of queries until the target was named (or the deepest round queried).
+    rounds: int
+    queries: int
+    latency: float
+
+
+class KadModel:
+    """``n`` DHT servers (see the module docstring)."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        seed: int,
+        min_rtt: float = 0.02,
+        max_rtt: float = 0.2,
+        query_timeout: float = QUERY_TIMEOUT,
+        refresh_buckets: int = 8,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.min_rtt, self.max_rtt = min_rtt, max_rtt
+        self.query_timeout = query_timeout
+        self.ids = [
+            PeerId(b"\x12\x20" + hashlib.sha256(b"%d:%d" % (seed, i)).digest()) for i in range(n)
+        ]
+        self.index = {p: i for i, p in enumerate(self.ids)}
+        self.tables = [RoutingTable(p, group_of=lambda _a: None) for p in self.ids]
+        self.crashed: set[PeerId] = set()
+        self.messages = 0
+        for i in range(1, n):
+            self._join(i, refresh_buckets)
+
+    def _rtt(self, a: PeerId, b: PeerId) -> float:
+        lo, hi = sorted((self.index[a], self.index[b]))
+        r = random.Random(lo * 1_000_003 + hi).random()
+        return self.min_rtt + (self.max_rtt - self.min_rtt) * r
+
+    def answer(self, asked: PeerId, asker: PeerId | None, key: int, now: float) -> list[Any]:
+        """``asked``'s answer to FIND_NODE(key) from ``asker``; a server notes the asker."""
+        self.messages += 1
+        table = self.tables[self.index[asked]]
+        if asker is not None:
+            table.add(asker, (), now)
+        return [(e.peer_id, ()) for e in table.closest(key) if e.peer_id != asker]
+
+    def _join(self, i: int, refresh: int) -> None:
+        me = self.ids[i]
+        table = self.tables[i]
+        table.add(self.ids[0], (), 0.0)
+        targets = [kad_key(me.multihash)]
+        for _ in range(refresh):
+            targets.append(self._key_in_bucket(table, len(targets)))
+        for target in targets:
+            lookup = Lookup(
+                target, [(e.peer_id, ()) for e in table.closest(target)], now=0.0, local=me
+            )
+            while True:
+                asks = lookup.next_queries(0.0)
+                if not asks:
+                    break
+                for peer, _ in asks:
+                    closer = self.answer(peer, me, target, 0.0)
+                    table.add(peer, (), 0.0)
+                    lookup.on_response(peer, closer, 0.0)
+
+    def _key_in_bucket(self, table: RoutingTable, depth: int) -> int:
+        """A key sharing exactly ``depth - 1`` leading bits with the table's owner."""
+        bit = 255 - (depth - 1)
+        low = self.rng.getrandbits(bit)
+        return (
+            ((table.local_key >> (bit + 1)) << (bit + 1)) | ((~table.local_key) & (1 << bit)) | low
+        )
+
+    def crash(self, fraction: float) -> None:
+        """Crash a random ``fraction`` of the nodes (tables keep naming them)."""
+        count = int(len(self.ids) * fraction)
+        self.crashed = set(self.rng.sample(self.ids[1:], count))
+
+    def lookup(self, source: PeerId, target: PeerId) -> LookupOutcome:
+        """Find ``target`` from ``source`` in virtual time (ends when it is named, as
+        ``KadDHT.find_peer`` does, or when the lookup ends)."""
+        key = kad_key(target.multihash)
+        table = self.tables[self.index[source]]
+        entry = table.get(target)
+        if entry is not None:
+            return LookupOutcome(True, 0, 0, 0.0)
+        lookup = Lookup(key, [(e.peer_id, ()) for e in table.closest(key)], now=0.0, local=source)
+        events: list[tuple[float, int, PeerId]] = []
+        now = 0.0
+        seq = 0
+        while True:
+            for peer, _ in lookup.next_queries(now):
+                delay = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
+                seq += 1
+                heapq.heappush(events, (now + delay, seq, peer))
+            if not events:
+                return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
+            now, _, peer = heapq.heappop(events)
+            if lookup.finished(now):
+                return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
+            if peer in self.crashed:
+                lookup.on_failure(peer, now)
+                continue
+            closer = self.answer(peer, None, key, now)
+            if any(p == target for p, _ in closer):
+                return LookupOutcome(True, lookup.hop_of(peer), lookup.queries, now)
+            lookup.on_response(peer, closer, now)
+
+    def closest(self, source: PeerId, key: int, *, beta: int = K) -> LookupOutcome:
+        """Look up the k closest live nodes to ``key`` from ``source`` until the lookup ends
+        (as ``put_value``/``provide`` do with ``beta = k``); found means the closest live
+        node of the whole network is the first of the result."""
+        table = self.tables[self.index[source]]
+        seeds = [(e.peer_id, ()) for e in table.closest(key)]
+        lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta)
+        events: list[tuple[float, int, PeerId]] = []
+        now = 0.0
+        seq = 0
+        while not lookup.finished(now):
+            for peer, _ in lookup.next_queries(now):
+                delay = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
+                seq += 1
+                heapq.heappush(events, (now + delay, seq, peer))
+            if not events:
+                break
+            now, _, peer = heapq.heappop(events)
+            if peer in self.crashed:
+                lookup.on_failure(peer, now)
+            else:
+                lookup.on_response(peer, self.answer(peer, None, key, now), now)
+        live = (p for p in self.ids if p not in self.crashed and p != source)
+        best = min(live, key=lambda p: kad_key(p.multihash) ^ key)
+        result = lookup.result()
+        found = bool(result) and result[0][0] == best
+        return LookupOutcome(found, lookup.rounds(), lookup.queries, now)
+
+
+def summarize(outcomes: list[LookupOutcome], n: int) -> dict[str, Any]:
+    """Figures of a list of lookups: success ratio, rounds and latency percentiles,
+    queries per lookup, against log2(n)."""
+    found = [o for o in outcomes if o.found]
+
+    def pct(values: list[float], q: float) -> float:
+        if not values:
+            return float("nan")
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    rounds = [float(o.rounds) for o in found]
+    lat = [o.latency for o in found]
+    return {
+        "lookups": len(outcomes),
+        "success_ratio": len(found) / len(outcomes) if outcomes else 0.0,
+        "rounds_median": statistics.median(rounds) if rounds else None,
+        "rounds_p90": pct(rounds, 0.9),
+        "rounds_max": max(rounds, default=None),
+        "queries_mean": statistics.fmean(o.queries for o in outcomes) if outcomes else None,
+        "latency_s_p50": pct(lat, 0.5),
+        "latency_s_p90": pct(lat, 0.9),
+        "latency_s_p99": pct(lat, 0.99),
+        "log2_n": math.log2(n),
+        "k": K,
+    }
