@@ -473,7 +473,27 @@ class Node:
         who = str(peer) if peer else "peer"
         raise ConnectionFailed(f"could not connect to {who}: " + "; ".join(errors))
 
-    async def _dial_one(self, addr: Multiaddr, peer: PeerId | None) -> MuxedConnection:
+    async def connect_direct(
+        self, addr: Multiaddr, peer: PeerId, *, initiator: bool = True
+    ) -> MuxedConnection:
+        """Dial ``addr`` of ``peer`` now, even with a connection to it open, and add the
+        new connection; for hole punching.
+
+        ``initiator=False`` upgrades the raw connection as its responder (Noise
+        responder, multistream listener): after a TCP simultaneous open both sides
+        dialed, and DCUtR decides that the side which accepted the relayed
+        connection is the server.  Transports with their own security (QUIC) ignore
+        it.  Raises what :meth:`connect` raises.
+        """
+        if self._closing:
+            raise ConnectionClosed("the node is closed")
+        conn = await self._dial_one(addr, peer, initiator=initiator)
+        self._add_connection(conn)
+        return conn
+
+    async def _dial_one(
+        self, addr: Multiaddr, peer: PeerId | None, *, initiator: bool = True
+    ) -> MuxedConnection:
         """One dial attempt: transport, upgrade, and the expected peer check."""
         transport = self._transport_for(addr)
         raw = await transport.dial(addr, remote_peer=peer)
@@ -481,7 +501,11 @@ class Node:
             conn = raw
         else:
             try:
-                conn = await self.upgrader.upgrade_outbound(raw, peer)
+                conn = await (
+                    self.upgrader.upgrade_outbound(raw, peer)
+                    if initiator
+                    else self.upgrader.upgrade_inbound(raw, peer)
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     await raw.reset()
