@@ -266,6 +266,11 @@ class DCUtRService(ProtocolService):
         task.add_done_callback(lambda t: _forget(self._running, peer, t))
         return task
 
+    @property
+    def running(self) -> list[PeerId]:
+        """Peers with an upgrade in progress (we are ``B``)."""
+        return [p for p, t in self._running.items() if not t.done()]
+
     def direct_connection(self, peer: PeerId) -> MuxedConnection | None:
         """An open unlimited connection to ``peer``, if there is one."""
         return next((c for c in self._node().connections(peer) if not c.is_limited), None)
@@ -441,8 +446,11 @@ class DCUtRService(ProtocolService):
                     if all(j.done() for j in jobs):
                         break
                     wait = asyncio.ensure_future(waiter.wait())
-                    await asyncio.wait([wait, *jobs], return_when=asyncio.FIRST_COMPLETED)
-                    wait.cancel()
+                    try:
+                        await asyncio.wait([wait, *jobs], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        wait.cancel()
+                        await asyncio.gather(wait, return_exceptions=True)
         except TimeoutError:
             pass
         finally:

@@ -128,12 +128,16 @@ async def punch_pair(
         t0 = asyncio.get_running_loop().time()
         result["rtt_relayed"] = round((await ping(a, b.peer_id))[0], 6)
         svc = next(s for s in b.services if isinstance(s, DCUtRService))
-        # Wait for B's upgrade to end (its final event) or a direct connection.
+        # Wait until B's upgrade failed for good, or both ends hold the direct connection.
         for _ in range(600):
-            done = any(e.final or e.kind == "succeeded" for e in events if e.peer == a.peer_id)
-            if done and not svc._running:
+            failed = any(e.final for e in events if e.peer == a.peer_id)
+            both = a.connections(b.peer_id) and all(
+                any(not c.is_limited for c in n.connections(p))
+                for n, p in ((a, b.peer_id), (b, a.peer_id))
+            )
+            if not svc.running and (failed or both):
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
         direct = next((c for c in a.connections(b.peer_id) if not c.is_limited), None)
         ok = [e for e in events if e.kind == "succeeded"]
         b_events = [e for e in events if e.peer == a.peer_id]
