@@ -123,7 +123,8 @@ class DCUtRConfig:
     and the peer's).  ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC
     exchange (a peer that never answers or never SYNCs), ``punch_timeout`` the
     wait for the direct connection after SYNC, ``grace_period`` the life of the
-    relayed connection once a direct one is up.
+    relayed connection once a direct one is up; ``settle_time`` how long an attempt
+    still waits for the peer's dial to reach our listener once our own dials failed.
     """
 
     auto: bool = True
@@ -134,6 +135,7 @@ class DCUtRConfig:
     exchange_timeout: float = 10.0
     punch_timeout: float = 5.0
     unilateral_timeout: float = 5.0
+    settle_time: float = 1.0
     grace_period: float = 5.0
     spray_interval: tuple[float, float] = (0.010, 0.200)
     backoff_base: float = 60.0
@@ -443,11 +445,18 @@ class DCUtRService(ProtocolService):
         try:
             async with asyncio.timeout(self.config.punch_timeout):
                 while self.direct_connection(peer) is None:
+                    settle: float | None = None
                     if all(j.done() for j in jobs):
-                        break
+                        # Our dials failed; the peer's may still be arriving at our listener.
+                        settle = self.config.settle_time
                     wait = asyncio.ensure_future(waiter.wait())
+                    watch = [wait] if settle is not None else [wait, *jobs]
                     try:
-                        await asyncio.wait([wait, *jobs], return_when=asyncio.FIRST_COMPLETED)
+                        done, _ = await asyncio.wait(
+                            watch, timeout=settle, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        if settle is not None and not done:
+                            break
                     finally:
                         wait.cancel()
                         await asyncio.gather(wait, return_exceptions=True)

@@ -139,9 +139,9 @@ async def punch_pair(
                 break
             await asyncio.sleep(0.05)
         direct = next((c for c in a.connections(b.peer_id) if not c.is_limited), None)
-        ok = [e for e in events if e.kind == "succeeded"]
         b_events = [e for e in events if e.peer == a.peer_id]
         result["attempts"] = max((e.attempt for e in b_events), default=0)
+        ok = [e for e in b_events if e.kind == "succeeded"]
         fails = [e for e in b_events if e.kind == "failed"]
         result["reason"] = fails[-1].reason if fails and direct is None else ""
         result["direct"] = direct is not None
