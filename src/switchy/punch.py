@@ -93,7 +93,13 @@ def _node(sim: Simulation, host: str, kind: str, *services: Any) -> Node:
 
 
 async def punch_pair(
-    sim: Simulation, a_preset: str, b_preset: str, kind: str, *, wan_latency: float = 0.005
+    sim: Simulation,
+    a_preset: str,
+    b_preset: str,
+    kind: str,
+    *,
+    wan_latency: float = 0.005,
+    prefix: str = "",
 ) -> dict[str, Any]:
     """One run: ``A`` behind ``a_preset`` dials ``B`` behind ``b_preset`` through a relay.
 
@@ -104,19 +110,24 @@ async def punch_pair(
     connection after a failure).
     """
     net = sim.network
-    for h in ("isp", "relay"):
-        if h not in {x.name for x in net.hosts}:
-            net.add_host(h)
-    if not net.has_link("relay", "isp"):
-        net.add_link("relay", "isp", latency=0.02, loss=0.0)
-    net.add_nat("nat-a", lan=["a"], wan="isp", preset=a_preset, wan_latency=wan_latency)
-    net.add_nat("nat-b", lan=["b"], wan="isp", preset=b_preset, wan_latency=wan_latency)
+    isp, relay_host, a_host, b_host = (f"{prefix}{n}" for n in ("isp", "relay", "a", "b"))
+    net.add_hosts([isp, relay_host])
+    net.add_link(relay_host, isp, latency=0.02, loss=0.0)
+    for box, host, preset in (("nat-a", a_host, a_preset), ("nat-b", b_host, b_preset)):
+        net.add_nat(
+            f"{prefix}{box}",
+            lan=[host],
+            wan=isp,
+            preset=preset,
+            wan_latency=wan_latency,
+            carrier=f"{prefix}{box}-cgn" if preset == "cgnat" else None,
+        )
     events: list[PunchEvent] = []
     config = DCUtRConfig(is_public=net.is_public_address)
     unlimited = RelayConfig(limit_data=0, limit_duration=0)
-    relay = _node(sim, "relay", kind, RelayService(unlimited))
-    a = _node(sim, "a", kind, RelayTransport(), DCUtRService(config, on_event=events.append))
-    b = _node(sim, "b", kind, RelayTransport(), DCUtRService(config, on_event=events.append))
+    relay = _node(sim, relay_host, kind, RelayService(unlimited))
+    a = _node(sim, a_host, kind, RelayTransport(), DCUtRService(config, on_event=events.append))
+    b = _node(sim, b_host, kind, RelayTransport(), DCUtRService(config, on_event=events.append))
     result: dict[str, Any] = {"a": a_preset, "b": b_preset, "transport": kind}
     async with relay, a, b:
         for n in (a, b):
