@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -120,7 +121,8 @@ def test_exchange_measures_the_rtt_and_plans_half_of_it() -> None:
     assert connect == HolePunch(HolePunchType.CONNECT, (PUB,))
     answer = a.receive(connect)
     assert answer == HolePunch(HolePunchType.CONNECT, (PUB_QUIC,))
-    sync, rtt, theirs = b.receive(answer, 10.25)  # type: ignore[arg-type]
+    assert isinstance(answer, HolePunch)
+    sync, rtt, theirs = b.receive(answer, 10.25)
     assert sync.type is HolePunchType.SYNC and rtt == pytest.approx(0.25)
     assert theirs == (PUB_QUIC,)
     assert PunchInitiator.plan(theirs, rtt) == PunchPlan(Role.B, theirs, 0.125, 0.25)
@@ -187,7 +189,7 @@ def test_every_ordered_pair_of_nat_presets(kind: str) -> None:
     """Each pair that can punch is direct at the first attempt; the others stay relayed
     (the relayed connection still carries a ping) after 3 attempts."""
 
-    async def main(sim: Simulation) -> list[tuple[str, str, dict[str, object]]]:
+    async def main(sim: Simulation) -> list[tuple[str, str, dict[str, Any]]]:
         out = []
         for a in PUNCH_PRESETS:
             for b in PUNCH_PRESETS:

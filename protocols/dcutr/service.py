@@ -83,10 +83,10 @@ log = logging.getLogger(__name__)
 AddressProvider = Callable[[Node], Sequence[Multiaddr]]
 #: Most punch events a service keeps in :attr:`DCUtRService.history`.
 MAX_HISTORY: Final = 256
-#: Default limits on the exchanges we answer: per peer and overall per minute, and one
-#: at a time per peer.
+#: Default limits on the exchanges we answer: per peer and overall per minute, and in
+#: flight (2 per peer: B's next attempt may start while our previous punch still runs).
 INBOUND_LIMITS: Final = ServerLimits(
-    per_peer=2 * MAX_ATTEMPTS, total=120, concurrent_per_peer=1, concurrent_total=16
+    per_peer=2 * MAX_ATTEMPTS, total=120, concurrent_per_peer=2, concurrent_total=16
 )
 #: Bytes of random payload per punch datagram (spec: "filled with random bytes").
 PUNCH_PACKET_SIZE: Final = 64
@@ -124,7 +124,8 @@ class DCUtRConfig:
     exchange (a peer that never answers or never SYNCs), ``punch_timeout`` the
     wait for the direct connection after SYNC, ``grace_period`` the life of the
     relayed connection once a direct one is up; ``settle_time`` how long an attempt
-    still waits for the peer's dial to reach our listener once our own dials failed.
+    still waits for the peer's dial to reach our listener once our own dials failed
+    (longer than the first SYN retransmission, 1 s, so one lost SYN is survived).
     """
 
     auto: bool = True
@@ -135,7 +136,7 @@ class DCUtRConfig:
     exchange_timeout: float = 10.0
     punch_timeout: float = 5.0
     unilateral_timeout: float = 5.0
-    settle_time: float = 1.0
+    settle_time: float = 3.0
     grace_period: float = 5.0
     spray_interval: tuple[float, float] = (0.010, 0.200)
     backoff_base: float = 60.0
@@ -396,6 +397,8 @@ class DCUtRService(ProtocolService):
         refusal = self._limiter.admit(peer, self._now())
         if refusal is not None:
             raise RequestRefused(f"DCUtR from {peer} refused: {refusal}")
+        # A new exchange may overlap the previous one still punching (its dial may yet
+        # get through); the limiter bounds how many.
         try:
             await self._answer(stream, peer)
         finally:

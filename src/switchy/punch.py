@@ -99,20 +99,23 @@ async def punch_pair(
     kind: str,
     *,
     wan_latency: float = 0.005,
+    loss: float = 0.0,
     prefix: str = "",
 ) -> dict[str, Any]:
     """One run: ``A`` behind ``a_preset`` dials ``B`` behind ``b_preset`` through a relay.
 
     Returns ``direct`` (whether a direct connection is up and carries a ping),
     ``attempts``, ``reason`` of the last failure, ``time_to_direct`` (virtual
-    seconds from the relayed connection to the direct one), ``rtt_relayed`` and
+    seconds from the relayed connection to the direct one, as ``B`` saw it),
+    ``rtt_relayed`` and
     ``rtt_direct`` (ping round trips), ``relayed_works`` (a ping over the relayed
-    connection after a failure).
+    connection after a failure).  ``wan_latency`` is each NAT box's uplink latency and
+    ``loss`` the loss rate of every link made here.
     """
     net = sim.network
     isp, relay_host, a_host, b_host = (f"{prefix}{n}" for n in ("isp", "relay", "a", "b"))
     net.add_hosts([isp, relay_host])
-    net.add_link(relay_host, isp, latency=0.02, loss=0.0)
+    net.add_link(relay_host, isp, latency=0.02, loss=loss)
     for box, host, preset in (("nat-a", a_host, a_preset), ("nat-b", b_host, b_preset)):
         net.add_nat(
             f"{prefix}{box}",
@@ -120,6 +123,7 @@ async def punch_pair(
             wan=isp,
             preset=preset,
             wan_latency=wan_latency,
+            loss=loss,
             carrier=f"{prefix}{box}-cgn" if preset == "cgnat" else None,
         )
     events: list[PunchEvent] = []
