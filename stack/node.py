@@ -28,7 +28,15 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from functools import partial
 from typing import Any, Literal, TypeAlias
 
@@ -146,6 +154,7 @@ class Node:
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[MuxedConnection]] = {}
         self._dialing: dict[PeerId, asyncio.Task[MuxedConnection]] = {}
+        self._inbound_roles: dict[bytes, PeerId] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._callbacks: list[ConnectionCallback] = []
         self._protocol_callbacks: list[Callable[[], Any]] = []
@@ -491,6 +500,25 @@ class Node:
         self._add_connection(conn)
         return conn
 
+    @contextlib.contextmanager
+    def inbound_as_initiator(self, addrs: Iterable[Multiaddr], peer: PeerId) -> Iterator[None]:
+        """While inside, inbound connections from one of ``addrs`` are upgraded as if we
+        had dialed them (Noise initiator, multistream dialer), expecting ``peer``.
+
+        For hole punching: the side DCUtR makes the client may see the peer's punch
+        arrive at its listener instead of meeting its own dial (its own packet got
+        there late), and must still play the client.
+        """
+        keys = [split_peer(a)[0].to_bytes() for a in addrs]
+        for key in keys:
+            self._inbound_roles[key] = peer
+        try:
+            yield
+        finally:
+            for key in keys:
+                if self._inbound_roles.get(key) == peer:
+                    del self._inbound_roles[key]
+
     async def _dial_one(
         self, addr: Multiaddr, peer: PeerId | None, *, initiator: bool = True
     ) -> MuxedConnection:
@@ -528,11 +556,12 @@ class Node:
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
         try:
-            conn = (
-                raw
-                if isinstance(raw, MuxedConnection)
-                else await self.upgrader.upgrade_inbound(raw)
-            )
+            if isinstance(raw, MuxedConnection):
+                conn = raw
+            elif (expected := self._inbound_roles.get(raw.remote_addr.to_bytes())) is not None:
+                conn = await self.upgrader.upgrade_outbound(raw, expected)
+            else:
+                conn = await self.upgrader.upgrade_inbound(raw)
         except P2PError as exc:
             log.debug("inbound connection from %s failed: %s", raw.remote_addr, exc)
             return

@@ -435,6 +435,11 @@ class DCUtRService(ProtocolService):
         waiter = self._direct.setdefault(peer, asyncio.Event())
         waiter.clear()
         jobs: list[asyncio.Task[Any]] = []
+        roles: contextlib.AbstractContextManager[None] = (
+            node.inbound_as_initiator(plan.addrs, peer)
+            if plan.role is Role.A
+            else contextlib.nullcontext()
+        )
         for addr in plan.addrs:
             transport = next(t for t in node.transports if t.can_dial(addr) and not t.limited)
             if plan.role is Role.B and isinstance(transport, DatagramPuncher):
@@ -445,6 +450,20 @@ class DCUtRService(ProtocolService):
                         self._dial_quietly(peer, addr, initiator=plan.role is Role.A)
                     )
                 )
+        try:
+            with roles:
+                await self._wait_direct(peer, waiter, jobs)
+        finally:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            if self._direct.get(peer) is waiter:
+                del self._direct[peer]
+        return self.direct_connection(peer)
+
+    async def _wait_direct(
+        self, peer: PeerId, waiter: asyncio.Event, jobs: list[asyncio.Task[Any]]
+    ) -> None:
         try:
             async with asyncio.timeout(self.config.punch_timeout):
                 while self.direct_connection(peer) is None:
@@ -465,13 +484,6 @@ class DCUtRService(ProtocolService):
                         await asyncio.gather(wait, return_exceptions=True)
         except TimeoutError:
             pass
-        finally:
-            for job in jobs:
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
-            if self._direct.get(peer) is waiter:
-                del self._direct[peer]
-        return self.direct_connection(peer)
 
     async def _dial_quietly(self, peer: PeerId, addr: Multiaddr, *, initiator: bool) -> None:
         try:
