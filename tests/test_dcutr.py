@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from typing import Any
 
 import pytest
@@ -10,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
+from switchy.protocols.dcutr import DCUtRConfig, DCUtRService
 from switchy.protocols.dcutr.core import (
+    MAX_ATTEMPTS,
     PunchBackoff,
     PunchInitiator,
     PunchPlan,
@@ -29,11 +33,17 @@ from switchy.protocols.dcutr.pb import (
     encode_frame,
     encode_holepunch,
 )
+from switchy.protocols.identify import IdentifyService
+from switchy.protocols.ping import PingService, ping
 from switchy.punch import PUNCH_PRESETS, PUNCH_TRANSPORTS, expected_direct, punch_pair
 from switchy.scenarios import run_scenario
-from switchy.stack.codec import pb_bytes, pb_varint
-from switchy.stack.errors import MessageTooLarge, ProtocolError, SerializationError
-from switchy.transports.sim import SimConfig, Simulation
+from switchy.stack.codec import encode_uvarint, pb_bytes, pb_varint
+from switchy.stack.errors import MessageTooLarge, P2PError, ProtocolError, SerializationError
+from switchy.stack.mux import MuxedConnection
+from switchy.stack.negotiation import select_protocol_lazy
+from switchy.stack.node import Node
+from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
+from switchy.transports.sim import SimConfig, SimTransport, Simulation
 from switchy.transports.sim.simulation import run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
@@ -224,3 +234,182 @@ def test_punch_scenario_is_deterministic() -> None:
     two = run_scenario("punch", seed=5)
     assert one.ok, one.problems
     assert one.digest == two.digest
+
+
+@pytest.mark.parametrize("kind", PUNCH_TRANSPORTS)
+def test_with_2_percent_loss_and_50ms_links_every_possible_pair_punches_within_3_attempts(
+    kind: str,
+) -> None:
+    async def main(sim: Simulation) -> list[tuple[str, str, dict[str, Any]]]:
+        out = []
+        for a in PUNCH_PRESETS:
+            for b in PUNCH_PRESETS:
+                r = await punch_pair(
+                    sim, a, b, kind, wan_latency=0.05, loss=0.02, prefix=f"{a}-{b}-"
+                )
+                out.append((a, b, r))
+        return out
+
+    results = run_simulation(main, seed=4, config=QUIET)
+    assert [(a, b) for a, b, r in results if r["direct"] != expected_direct(a, b)] == []
+    assert all(r["attempts"] <= 3 for _, _, r in results)
+
+
+# --- hostile peers ----------------------------------------------------------------------------
+
+
+def _plain(sim: Simulation, host: str, *services: Any) -> Node:
+    return Node(
+        transports=[SimTransport(sim.network, host, reuse_port=True)],
+        services=[IdentifyService(), PingService(), RelayTransport(), *services],
+        entropy=sim.entropy_source(host),
+        listen=["/memory/4001"],
+    )
+
+
+async def _hostile_setup(
+    sim: Simulation, victim_svc: DCUtRService
+) -> tuple[Node, Node, Node, MuxedConnection]:
+    net = sim.network
+    net.add_hosts(["isp", "r", "v", "h"])
+    for h in ("r", "v", "h"):
+        net.add_link(h, "isp", latency=0.01, loss=0.0)
+    relay = Node(
+        transports=[SimTransport(net, "r")],
+        services=[RelayService(RelayConfig(limit_data=0, limit_duration=0))],
+        entropy=sim.entropy_source("r"),
+        listen=["/memory/4001"],
+    )
+    victim = _plain(sim, "v", victim_svc)
+    hostile = _plain(sim, "h")
+    await relay.start()
+    await victim.start()
+    await hostile.start()
+    (circuit,) = await victim.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+    conn = await hostile.connect(Multiaddr(f"{circuit}/p2p/{victim.peer_id}"))
+    assert conn.is_limited
+    return relay, victim, hostile, conn
+
+
+def _victim() -> tuple[DCUtRService, list[tuple[Multiaddr, bool]]]:
+    dials: list[tuple[Multiaddr, bool]] = []
+    svc = DCUtRService(DCUtRConfig(auto=False, exchange_timeout=2.0))
+    return svc, dials
+
+
+def _count_dials(node: Node, dials: list[tuple[Multiaddr, bool]]) -> None:
+    original = node.connect_direct
+
+    async def spy(addr: Multiaddr, peer: Any, *, initiator: bool = True) -> MuxedConnection:
+        dials.append((addr, initiator))
+        return await original(addr, peer, initiator=initiator)
+
+    node.connect_direct = spy  # type: ignore[method-assign]
+
+
+def test_a_peer_that_never_syncs_is_timed_out_and_the_relayed_connection_stays() -> None:
+    async def main(sim: Simulation) -> None:
+        svc, dials = _victim()
+        relay, victim, hostile, conn = await _hostile_setup(sim, svc)
+        _count_dials(victim, dials)
+        stream = await select_protocol_lazy(await conn.open_stream(), DCUTR_PROTOCOL)
+        await stream.send_message(encode_holepunch(HolePunch(HolePunchType.CONNECT, ())))
+        answer = decode_holepunch(await stream.recv_message(max_size=MAX_MESSAGE_SIZE))
+        assert answer.type is HolePunchType.CONNECT
+        start = sim.now
+        with pytest.raises(P2PError):
+            await stream.recv_message(max_size=MAX_MESSAGE_SIZE)  # the victim resets at 2 s
+        assert 2.0 <= sim.now - start < 3.0
+        assert dials == [] and not conn.is_closed
+        assert await ping(hostile, victim.peer_id)
+        for n in (hostile, victim, relay):
+            await n.close()
+
+    run_simulation(main, seed=11, config=QUIET)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x03\x08\x64\xff",  # truncated field
+        b"\x02\x08\x07",  # unknown type
+        encode_frame(HolePunch(HolePunchType.SYNC)),  # SYNC where a CONNECT belongs
+        encode_uvarint(MAX_MESSAGE_SIZE + 1) + b"\x08\x64",  # announced too large
+    ],
+)
+def test_malformed_or_out_of_order_messages_reset_the_stream_without_dialing(
+    payload: bytes,
+) -> None:
+    async def main(sim: Simulation) -> None:
+        svc, dials = _victim()
+        relay, victim, hostile, conn = await _hostile_setup(sim, svc)
+        _count_dials(victim, dials)
+        stream = await select_protocol_lazy(await conn.open_stream(), DCUTR_PROTOCOL)
+        await stream.write(payload)
+        with pytest.raises(P2PError):
+            await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+        assert dials == [] and not conn.is_closed
+        assert svc.history == deque()
+        for n in (hostile, victim, relay):
+            await n.close()
+
+    run_simulation(main, seed=12, config=QUIET)
+
+
+def test_hundreds_of_third_party_addresses_make_at_most_8_dials_of_public_ones() -> None:
+    async def main(sim: Simulation) -> None:
+        svc, dials = _victim()
+        relay, victim, hostile, conn = await _hostile_setup(sim, svc)
+        _count_dials(victim, dials)
+        loopback = [Multiaddr(f"/ip4/127.0.0.1/tcp/{p}") for p in range(1, 20)]
+        private = [Multiaddr(f"/ip4/10.0.0.{p}/tcp/1") for p in range(1, 20)]
+        own = list(victim.listen_addrs)
+        # hosts of the simulation, all "public" here: only 8 of them may be dialed
+        many = [sim.network.host("isp").address(p) for p in range(1000, 1030)]
+        stream = await select_protocol_lazy(await conn.open_stream(), DCUTR_PROTOCOL)
+        await stream.send_message(
+            encode_holepunch(
+                HolePunch(HolePunchType.CONNECT, (*loopback, *private, *own, *many[:20]))
+            )
+        )
+        await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+        await stream.send_message(encode_holepunch(HolePunch(HolePunchType.SYNC)))
+        await asyncio.sleep(10)
+        assert len(dials) == 8
+        assert {a for a, _ in dials} == set(many[:8])
+        assert all(initiator for _, initiator in dials)  # the victim is A: the client
+        assert not conn.is_closed
+        for n in (hostile, victim, relay):
+            await n.close()
+
+    run_simulation(main, seed=13, config=QUIET)
+
+
+def test_dcutr_over_a_direct_connection_and_floods_are_refused() -> None:
+    async def main(sim: Simulation) -> None:
+        svc, dials = _victim()
+        relay, victim, hostile, conn = await _hostile_setup(sim, svc)
+        _count_dials(victim, dials)
+        direct = await hostile.connect(victim.full_addrs[0])
+        assert not direct.is_limited
+        stream = await select_protocol_lazy(await direct.open_stream(), DCUTR_PROTOCOL)
+        await stream.send_message(encode_holepunch(HolePunch(HolePunchType.CONNECT, ())))
+        with pytest.raises(P2PError):
+            await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+        # per-peer rate limit on the relayed connection: 2 * MAX_ATTEMPTS per minute
+        answered = 0
+        for _ in range(10):
+            s = await select_protocol_lazy(await conn.open_stream(), DCUTR_PROTOCOL)
+            await s.send_message(encode_holepunch(HolePunch(HolePunchType.CONNECT, ())))
+            try:
+                await s.recv_message(max_size=MAX_MESSAGE_SIZE)
+                answered += 1
+            except P2PError:
+                pass
+            await s.reset()
+        assert answered == 2 * MAX_ATTEMPTS
+        assert dials == []
+        for n in (hostile, victim, relay):
+            await n.close()
+
+    run_simulation(main, seed=14, config=QUIET)
