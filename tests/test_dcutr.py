@@ -213,6 +213,7 @@ def test_every_ordered_pair_of_nat_presets(kind: str) -> None:
         elif r["direct"]:
             assert r["attempts"] <= 1, (a, b, r)  # 0: B dialed A's public address at once
             assert r["rtt_direct"] < r["rtt_relayed"], (a, b, r)
+            assert r["new_streams_direct"] and r["relayed_closed"], (a, b, r)
         else:
             assert r["attempts"] == 3 and r["relayed_works"], (a, b, r)
     assert bad == []

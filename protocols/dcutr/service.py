@@ -153,7 +153,9 @@ class PunchEvent:
     is up: ``connection``), ``failed`` (the attempt, or with ``final`` the whole
     upgrade, failed: ``reason``).  ``elapsed``: seconds since the upgrade began
     (for ``B``, since the relayed connection was reported).  ``rtt``: the
-    round trip measured through the relay, where known.
+    round trip measured through the relay, where known.  ``attempt`` 0 is the
+    upgrade without a hole punch (``B`` dialed ``A``'s public address, or a direct
+    connection was already there).
     """
 
     kind: Literal["started", "succeeded", "failed"]
@@ -314,6 +316,8 @@ class DCUtRService(ProtocolService):
         direct = self.direct_connection(peer)
         if direct is None:
             direct = await self._unilateral(peer)
+        if direct is not None:  # attempt 0: no hole punch was needed
+            self._succeeded(peer, Role.B, 0, start, direct, conn, None)
         reason = ""
         attempt = 0
         while direct is None and attempt < self.config.max_attempts and not conn.is_closed:

@@ -109,7 +109,9 @@ async def punch_pair(
     seconds from the relayed connection to the direct one, as ``B`` saw it),
     ``rtt_relayed`` and
     ``rtt_direct`` (ping round trips), ``relayed_works`` (a ping over the relayed
-    connection after a failure).  ``wan_latency`` is each NAT box's uplink latency and
+    connection after a failure), ``new_streams_direct`` (a new stream goes over the
+    direct connection) and ``relayed_closed`` (the relayed connection was closed
+    after the grace period).  ``wan_latency`` is each NAT box's uplink latency and
     ``loss`` the loss rate of every link made here.
     """
     net = sim.network
@@ -166,9 +168,14 @@ async def punch_pair(
         if direct is not None:
             try:
                 result["rtt_direct"] = round((await ping(a, b.peer_id))[0], 6)
+                stream = await a.open_stream(b.peer_id, "/ipfs/ping/1.0.0")
+                result["new_streams_direct"] = not stream.muxed_conn.is_limited
+                await stream.reset()
             except P2PError as exc:
                 result["direct"] = False
                 result["reason"] = f"direct connection does not carry a ping: {exc}"
+            await asyncio.sleep(config.grace_period + 1.0)
+            result["relayed_closed"] = relayed.is_closed
         else:
             try:
                 await ping(a, b.peer_id)
