@@ -135,7 +135,7 @@ class DCUtRConfig:
     identify_timeout: float = 5.0
     exchange_timeout: float = 10.0
     punch_timeout: float = 5.0
-    unilateral_timeout: float = 5.0
+    unilateral_timeout: float = 2.0
     settle_time: float = 3.0
     grace_period: float = 5.0
     spray_interval: tuple[float, float] = (0.010, 0.200)
