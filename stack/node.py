@@ -558,7 +558,10 @@ class Node:
         try:
             if isinstance(raw, MuxedConnection):
                 conn = raw
-            elif (expected := self._inbound_roles.get(raw.remote_addr.to_bytes())) is not None:
+            elif (
+                self._inbound_roles
+                and (expected := self._inbound_roles.get(raw.remote_addr.to_bytes())) is not None
+            ):
                 conn = await self.upgrader.upgrade_outbound(raw, expected)
             else:
                 conn = await self.upgrader.upgrade_inbound(raw)
