@@ -119,7 +119,8 @@ class DCUtRConfig:
     """DCUtR's knobs (times in seconds).
 
     ``auto``: start an upgrade by itself on every relayed connection the remote
-    dialed.  ``is_public``: which addresses are worth dialing or spraying (ours
+    dialed; ``unilateral``: first dial the remote's public addresses (the spec's
+    unilateral upgrade).  ``is_public``: which addresses are worth dialing or spraying (ours
     and the peer's).  ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC
     exchange (a peer that never answers or never SYNCs), ``punch_timeout`` the
     wait for the direct connection after SYNC, ``grace_period`` the life of the
@@ -129,6 +130,7 @@ class DCUtRConfig:
     """
 
     auto: bool = True
+    unilateral: bool = True
     is_public: AddrPredicate = is_public_addr
     max_attempts: int = MAX_ATTEMPTS
     max_addrs: int = MAX_PUNCH_ADDRS
@@ -362,7 +364,7 @@ class DCUtRService(ProtocolService):
     async def _unilateral(self, peer: PeerId) -> MuxedConnection | None:
         """The spec's first step: dial the peer's public addresses ourselves."""
         addrs = self._their_addrs(self._node().peerstore.addrs(peer))
-        if not addrs:
+        if not addrs or not self.config.unilateral:
             return None
         try:
             async with asyncio.timeout(self.config.unilateral_timeout):
