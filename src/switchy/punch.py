@@ -40,6 +40,7 @@ from multiaddr import Multiaddr
 from switchy.protocols.dcutr import DCUtRConfig, DCUtRService, PunchEvent
 from switchy.protocols.identify import IdentifyService
 from switchy.protocols.ping import PingService, ping
+from switchy.scenarios import NAT_SCENARIO_PRESETS
 from switchy.stack.errors import P2PError
 from switchy.stack.node import Node
 from switchy.transports.quic.sim import sim_quic_transport
@@ -49,16 +50,8 @@ from switchy.transports.sim.transport import SimTransport
 
 __all__ = ["PUNCH_PRESETS", "PUNCH_TRANSPORTS", "expected_direct", "punch_pair"]
 
-#: The NAT presets of the matrix.
-PUNCH_PRESETS: Final = (
-    "open",
-    "firewall",
-    "full_cone",
-    "address_restricted",
-    "port_restricted",
-    "symmetric",
-    "cgnat",
-)
+#: The NAT presets of the matrix (the ``nat`` scenario's list).
+PUNCH_PRESETS: Final = NAT_SCENARIO_PRESETS
 #: The transports of the matrix.
 PUNCH_TRANSPORTS: Final = ("tcp", "quic")
 _EIM_PORT_FILTERED: Final = frozenset({"port_restricted", "firewall", "cgnat"})
