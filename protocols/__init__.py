@@ -9,5 +9,6 @@ for one) that a node serves and calls:
 * :mod:`switchy.protocols.router` — REST-like requests between peers;
 * :mod:`switchy.protocols.autonat` — AutoNAT v1 and v2: is an address reachable?
 * :mod:`switchy.protocols.kad` — the Kademlia DHT (``/ipfs/kad/1.0.0``): peers, values,
-  providers and names without a central server.
+  providers and names without a central server;
+* :mod:`switchy.protocols.dcutr` — DCUtR hole punching: relayed connections become direct.
 """

@@ -28,7 +28,15 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from functools import partial
 from typing import Any, Literal, TypeAlias
 
@@ -165,6 +173,7 @@ class Node:
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[MuxedConnection]] = {}
         self._dialing: dict[PeerId, asyncio.Task[MuxedConnection]] = {}
+        self._inbound_roles: dict[bytes, PeerId] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._callbacks: list[ConnectionCallback] = []
         self._protocol_callbacks: list[Callable[[], Any]] = []
@@ -522,7 +531,46 @@ class Node:
         who = str(peer) if peer else "peer"
         raise ConnectionFailed(f"could not connect to {who}: " + "; ".join(errors))
 
-    async def _dial_one(self, addr: Multiaddr, peer: PeerId | None) -> MuxedConnection:
+    async def connect_direct(
+        self, addr: Multiaddr, peer: PeerId, *, initiator: bool = True
+    ) -> MuxedConnection:
+        """Dial ``addr`` of ``peer`` now, even with a connection to it open, and add the
+        new connection; for hole punching.
+
+        ``initiator=False`` upgrades the raw connection as its responder (Noise
+        responder, multistream listener): after a TCP simultaneous open both sides
+        dialed, and DCUtR decides that the side which accepted the relayed
+        connection is the server.  Transports with their own security (QUIC) ignore
+        it.  Raises what :meth:`connect` raises.
+        """
+        if self._closing:
+            raise ConnectionClosed("the node is closed")
+        conn = await self._dial_one(addr, peer, initiator=initiator)
+        self._add_connection(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def inbound_as_initiator(self, addrs: Iterable[Multiaddr], peer: PeerId) -> Iterator[None]:
+        """While inside, inbound connections from one of ``addrs`` are upgraded as if we
+        had dialed them (Noise initiator, multistream dialer), expecting ``peer``.
+
+        For hole punching: the side DCUtR makes the client may see the peer's punch
+        arrive at its listener instead of meeting its own dial (its own packet got
+        there late), and must still play the client.
+        """
+        keys = [split_peer(a)[0].to_bytes() for a in addrs]
+        for key in keys:
+            self._inbound_roles[key] = peer
+        try:
+            yield
+        finally:
+            for key in keys:
+                if self._inbound_roles.get(key) == peer:
+                    del self._inbound_roles[key]
+
+    async def _dial_one(
+        self, addr: Multiaddr, peer: PeerId | None, *, initiator: bool = True
+    ) -> MuxedConnection:
         """One dial attempt: transport, upgrade, and the expected peer check."""
         transport = self._transport_for(addr)
         raw = await transport.dial(addr, remote_peer=peer)
@@ -530,7 +578,11 @@ class Node:
             conn = raw
         else:
             try:
-                conn = await self.upgrader.upgrade_outbound(raw, peer)
+                conn = await (
+                    self.upgrader.upgrade_outbound(raw, peer)
+                    if initiator
+                    else self.upgrader.upgrade_inbound(raw, peer)
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     await raw.reset()
@@ -553,11 +605,15 @@ class Node:
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
         try:
-            conn = (
-                raw
-                if isinstance(raw, MuxedConnection)
-                else await self.upgrader.upgrade_inbound(raw)
-            )
+            if isinstance(raw, MuxedConnection):
+                conn = raw
+            elif (
+                self._inbound_roles
+                and (expected := self._inbound_roles.get(raw.remote_addr.to_bytes())) is not None
+            ):
+                conn = await self.upgrader.upgrade_outbound(raw, expected)
+            else:
+                conn = await self.upgrader.upgrade_inbound(raw)
         except P2PError as exc:
             log.info("refused inbound connection from %s: %s", raw.remote_addr, exc)
             return

@@ -69,9 +69,12 @@ class Upgrader:
         """Upgrade a connection we dialed; verify the remote is ``remote_peer`` if given."""
         return await self._upgrade(raw, remote_peer, initiator=True)
 
-    async def upgrade_inbound(self, raw: Connection) -> MuxedConnection:
-        """Upgrade a connection we accepted."""
-        return await self._upgrade(raw, None, initiator=False)
+    async def upgrade_inbound(
+        self, raw: Connection, remote_peer: PeerId | None = None
+    ) -> MuxedConnection:
+        """Upgrade a connection we accepted (or, after a simultaneous open, one whose
+        responder role was agreed on); verify the remote is ``remote_peer`` if given."""
+        return await self._upgrade(raw, remote_peer, initiator=False)
 
     async def _upgrade(
         self, raw: Connection, remote_peer: PeerId | None, *, initiator: bool

@@ -9,6 +9,7 @@ import pytest
 from multiaddr import Multiaddr
 
 from switchy.stack.errors import ConnectionClosed, ConnectionFailed, StreamReset, UnsupportedAddress
+from switchy.stack.mux import MuxedConnection
 from switchy.stack.stream import Connection
 from switchy.transports.tcp import READ_HIGH_WATER, TcpTransport
 
@@ -147,5 +148,32 @@ def test_dial_refused_and_unsupported() -> None:
             await t.dial(Multiaddr("/ip4/127.0.0.1/udp/1"))
         assert not t.can_dial(Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1"))
         assert t.can_dial(Multiaddr("/dns4/localhost/tcp/1"))
+
+    asyncio.run(main())
+
+
+def test_the_handler_sees_the_real_remote_address_at_once() -> None:
+    """The listener hands a connection over only once its socket is reported: reading
+    ``remote_addr`` first thing in the handler gives the dialer's port, never 0.0.0.0:0
+    (cached before ``connection_made``, as it once was)."""
+
+    async def main() -> None:
+        seen: list[Multiaddr] = []
+        got = asyncio.Event()
+
+        async def handler(conn: Connection | MuxedConnection) -> None:
+            seen.append(conn.remote_addr)
+            got.set()
+            assert isinstance(conn, Connection)
+            await conn.close()
+
+        transport = TcpTransport()
+        listener = await transport.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), handler)
+        client = await transport.dial(listener.addrs[0])
+        assert isinstance(client, Connection)
+        await asyncio.wait_for(got.wait(), 10)
+        assert seen == [client.local_addr]
+        await client.close()
+        await listener.close()
 
     asyncio.run(main())

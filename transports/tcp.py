@@ -268,6 +268,9 @@ class TcpListener(Listener):
 
     async def _run(self, conn: TcpConnection) -> None:
         try:
+            # The task may start before asyncio reported the socket (connection_made):
+            # wait, so the handler sees the real addresses.
+            await conn.connected
             await self._handler(conn)
         except Exception:  # the handler owns errors; never let one kill the listener
             log.exception("TCP connection handler failed for %r", conn)

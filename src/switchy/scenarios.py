@@ -453,12 +453,33 @@ async def scenario_nat(sim: Simulation, n: int) -> tuple[Figures, Expectations]:
     return figures, expectations
 
 
+async def scenario_punch(sim: Simulation, nodes: int) -> tuple[Figures, list[tuple[str, Any]]]:
+    """Hole punching for every ordered pair of NAT presets over TCP and QUIC
+    (:mod:`switchy.punch`); ``nodes`` is ignored.  Each pair runs in its own
+    network partition of names: ``<a>-<b>-<transport>``."""
+    from switchy.punch import PUNCH_PRESETS, PUNCH_TRANSPORTS, expected_direct, punch_pair
+
+    figures: Figures = {}
+    expectations: list[tuple[str, Any]] = []
+    for kind in PUNCH_TRANSPORTS:
+        for a in PUNCH_PRESETS:
+            for b in PUNCH_PRESETS:
+                key = f"{a}-{b}-{kind}"
+                sim.trace.note(sim.now, f"punch {key}")
+                one = await punch_pair(sim, a, b, kind, prefix=f"{key}-")
+                figures[key] = one
+                expectations.append((f"{key}-direct", expected_direct(a, b)))
+                figures[f"{key}-direct"] = one["direct"]
+    return figures, expectations
+
+
 #: Scenario name → scenario function.
 SCENARIOS: Final[dict[str, ScenarioFunction]] = {
     "mesh": scenario_mesh,
     "partition": scenario_partition,
     "lossy": scenario_lossy,
     "nat": scenario_nat,
+    "punch": scenario_punch,
 }
 
 

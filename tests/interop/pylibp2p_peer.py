@@ -10,6 +10,8 @@ Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
   ping ADDR [-c N]                    {"ok", "rtts_us"}
   circuit-ping ADDR [-c N]            ping through a circuit relay v2
                                       (ADDR = …/p2p/<relay>/p2p-circuit/p2p/<peer>)
+  dcutr ADDR [--wait S]               dial a circuit address with DCUtR running; wait up to S
+                                      seconds for a direct connection; {"ok", "direct", "rtts_us"}
   identify ADDR                       {"ok", "protocol_version", "agent_version", ...}
   echo ADDR --size N                  {"ok", "echoed", "match"}
   perf ADDR --upload N --download N   {"ok", "upload_bytes", "download_bytes", "seconds"}
@@ -372,6 +374,39 @@ async def circuit_ping(args: argparse.Namespace) -> int:
     return 0
 
 
+async def dcutr_dial(args: argparse.Namespace) -> int:
+    """Dial a circuit address (we are DCUtR's A), run py-libp2p's DCUtR, report whether a
+    direct connection came up, then ping over whatever connection the host picks."""
+    from libp2p.relay.circuit_v2.config import RelayConfig
+    from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+    from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+    from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+    from libp2p.tools.anyio_service import background_trio_service
+
+    host = make_host(None)
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        client = CircuitV2Protocol(host, allow_hop=False)
+        dcutr = DCUtRProtocol(host)
+        async with background_trio_service(client), background_trio_service(dcutr):
+            await client.event_started.wait()
+            await dcutr.event_started.wait()
+            transport = CircuitV2Transport(host, client, RelayConfig())
+            target = multiaddr.Multiaddr(args.addr)
+            relay_addr, peer = transport.parse_circuit_ma(target)
+            with trio.fail_after(args.timeout):
+                await host.connect(info_from_p2p_addr(relay_addr))
+                await transport.dial(target)
+                direct = False
+                with trio.move_on_after(args.wait):
+                    while not direct:
+                        direct = await dcutr._have_direct_connection(peer)
+                        if not direct:
+                            await trio.sleep(0.1)
+                result = await do_ping(host, peer, args)
+            emit({"ok": True, "direct": direct, **result})
+    return 0
+
+
 def describe(exc: BaseException) -> str:
     """The innermost errors of an exception (group), as text."""
     if isinstance(exc, BaseExceptionGroup):
@@ -390,13 +425,15 @@ def main() -> int:
     s.add_argument("--autonat", action="store_true", help="also run the AutoNAT v1 server")
     s = sub.add_parser("dht")
     s.add_argument("--port", type=int, default=0)
-    for name in ("ping", "identify", "echo", "perf", "circuit-ping", "autonat"):
+    for name in ("ping", "identify", "echo", "perf", "circuit-ping", "autonat", "dcutr"):
         s = sub.add_parser(name)
         s.add_argument("addr")
         s.add_argument("--timeout", type=float, default=30)
         s.add_argument("--quic", action="store_true")
-        if name in ("ping", "circuit-ping"):
+        if name in ("ping", "circuit-ping", "dcutr"):
             s.add_argument("-c", "--count", type=int, default=3)
+        if name == "dcutr":
+            s.add_argument("--wait", type=float, default=15)
         if name == "echo":
             s.add_argument("--size", type=int, default=100_000)
         if name == "autonat":
@@ -412,6 +449,8 @@ def main() -> int:
             return trio.run(dht_peer, args)
         if args.mode == "circuit-ping":
             return trio.run(circuit_ping, args)
+        if args.mode == "dcutr":
+            return trio.run(dcutr_dial, args)
         body = {
             "ping": do_ping,
             "identify": do_identify,

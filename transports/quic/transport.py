@@ -189,6 +189,23 @@ class QuicTransport(Transport):
         self._endpoints.append(endpoint)
         return endpoint
 
+    def send_punch(self, addr: Multiaddr, data: bytes) -> bool:
+        """Send one datagram of ``data`` to ``addr`` from a *listening* socket (hole punching).
+
+        The packet leaves from the socket the peer will reach us on, so our NAT
+        maps (and permits) exactly that socket toward ``addr``; a fresh socket
+        would open a hole nobody uses.  Returns False (nothing sent) when ``addr``
+        is not a QUIC address or no listening socket can reach it.
+        """
+        remote = self.network.parse(split_peer(addr)[0])
+        if remote is None:
+            return False
+        for ep in self._listening:
+            if ep.is_listening and self.network.can_reach(ep.local_address, remote):
+                ep.send(data, remote)
+                return True
+        return False
+
     def _endpoint_closed(self, endpoint: QuicEndpoint) -> None:
         if endpoint in self._endpoints:
             self._endpoints.remove(endpoint)

@@ -1089,6 +1089,27 @@ class Network:
                 endpoint = found[0].external
         return self.host(endpoint[0]).address(endpoint[1])
 
+    def is_public_address(self, addr: Multiaddr) -> bool:
+        """Whether the simulated ``addr`` can be reached from outside every NAT: its host
+        exists and no translating box is above it (a box's own address is public
+        unless the box sits behind another translating box, as a CGNAT home box does).
+
+        What hole punching treats as "public" in the simulator (the host numbers of
+        private LAN hosts look like any others).
+        """
+        try:
+            proto, value = next(iter(addr.items()))
+        except Exception:  # the multiaddr package raises several types for bad input
+            return False
+        if proto.name != "memory" or value is None:
+            return False
+        host = self.host_by_number(int(value) // SIM_PORT_SPAN)
+        if host is None:
+            return False
+        if self._nat is None:
+            return True
+        return not any(box.config.translate for box in self._nat.ancestors(host.name))
+
     def _ensure_host(self, name: str | Host) -> Host:
         if isinstance(name, Host):
             return self.host(name)
