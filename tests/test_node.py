@@ -298,8 +298,8 @@ def test_identify_push_on_protocol_change() -> None:
             svc = _identify_service(a)
             original = svc._apply
 
-            def apply(peer: Any, info: Any, *, push: bool = False) -> None:
-                original(peer, info, push=push)
+            def apply(peer: Any, info: Any, *, push: bool = False, conn: Any = None) -> None:
+                original(peer, info, push=push, conn=conn)
                 if push:
                     pushed.set()
 

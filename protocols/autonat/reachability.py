@@ -12,7 +12,6 @@ of its addresses is, ``private`` when every tracked address is, else
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final
@@ -21,6 +20,7 @@ import attrs
 from multiaddr import Multiaddr
 
 from switchy.protocols.autonat.client import Result, Verdict
+from switchy.stack.addrbook import Reachability
 from switchy.stack.errors import InvalidConfiguration
 from switchy.stack.identity import PeerId
 
@@ -42,14 +42,6 @@ DEFAULT_WINDOW: Final = 5
 DEFAULT_MAX_AGE: Final = 3600.0
 #: Addresses tracked at most; beyond that the least recently updated is forgotten.
 MAX_TRACKED_ADDRS: Final = 64
-
-
-class Reachability(enum.Enum):
-    """Whether others can dial an address (or the node)."""
-
-    PUBLIC = "public"
-    PRIVATE = "private"
-    UNKNOWN = "unknown"
 
 
 @attrs.frozen
