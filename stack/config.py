@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +27,10 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> N
 def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise InvalidConfiguration(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
 
 
 def _networks(values: tuple[str, ...]) -> None:
@@ -82,7 +86,7 @@ class NetworkConfig:
     #: (``SWITCHY_PUBLIC_NETWORKS=10.0.0.0/8,fd00::/8``).  AutoNAT tests and serves
     #: only public addresses.
     public_networks: tuple[str, ...] = attrs.field(
-        default=(), converter=tuple, validator=lambda _i, _a, v: _networks(v)
+        default=(), converter=_str_tuple, validator=lambda _i, _a, v: _networks(v)
     )
 
     def is_public_ip(self, ip: str) -> bool:
