@@ -329,6 +329,7 @@ class RelayListener(Listener):
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        self.transport._addresses_changed()
 
     async def wait_reservation(self, relay: PeerId | None = None) -> ActiveReservation:
         """Wait until a reservation is held (on ``relay`` if given) and return it."""
@@ -344,6 +345,7 @@ class RelayListener(Listener):
             log.info("relay %s went away; reserving elsewhere", peer)
             self.reservation = None
             self._lost.set()
+            self.transport._addresses_changed()
 
     async def _maintain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -362,7 +364,9 @@ class RelayListener(Listener):
                 start = self._index + 1
             ok, errors = await self._reserve_round(start)
             if not ok:
-                self.reservation = None
+                if self.reservation is not None:
+                    self.reservation = None
+                    self.transport._addresses_changed()
                 log.warning("no relay granted a reservation: %s", "; ".join(errors))
                 await asyncio.sleep(cfg.retry_interval)
 
@@ -435,6 +439,11 @@ class RelayTransport(Transport, ProtocolService):
             return
         for listener in list(self._listeners):
             listener.relay_lost(event.peer)
+
+    def _addresses_changed(self) -> None:
+        """A listener's circuit addresses changed: the node re-announces."""
+        if self.node is not None and not self.node.is_closed:
+            self.node.addresses.check()
 
     def _track(self, conn: RelayedConnection) -> None:
         self._conns.add(conn)
