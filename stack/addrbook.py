@@ -266,15 +266,18 @@ class AddressBook:
         return len({o.group for o in self._live() if o.observed == addr})
 
     def observed(self) -> list[Multiaddr]:
-        """Every observed address, the most observers first."""
+        """Every observed address that is not one of our own (listen or interface)
+        addresses, the most observers first."""
+        own = set(self.interface_addrs())
         counts: dict[Multiaddr, set[str]] = {}
         for o in self._live():
-            counts.setdefault(o.observed, set()).add(o.group)
+            if o.observed not in own:
+                counts.setdefault(o.observed, set()).add(o.group)
         return sorted(counts, key=lambda a: -len(counts[a]))
 
     def confirmed(self) -> list[Multiaddr]:
         """External addresses we announce: observed by enough groups or found reachable
-        by AutoNAT, and not found unreachable."""
+        by AutoNAT, and not found unreachable (our own addresses are not external)."""
         out = []
         for a in self.observed():
             verdict = self._verdicts.get(a)
@@ -282,9 +285,9 @@ class AddressBook:
                 continue
             if verdict is Reachability.PUBLIC or self.observers(a) >= self.threshold:
                 out.append(a)
-        listening = set(self._listen_addrs())
+        own = set(self.interface_addrs())
         for a, v in self._verdicts.items():
-            if v is Reachability.PUBLIC and a not in out and a not in listening:
+            if v is Reachability.PUBLIC and a not in out and a not in own:
                 out.append(a)
         return out
 

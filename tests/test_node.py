@@ -407,11 +407,11 @@ def test_a_node_has_exactly_the_transports_it_is_given() -> None:
 
 
 def test_the_default_preset() -> None:
+    from switchy.protocols.autonat import AutoNATService
     from switchy.protocols.echo import EchoService
     from switchy.protocols.perf import PerfService
     from switchy.protocols.ping import PingService
     from switchy.transports.quic import QuicTransport
-    from switchy.protocols.autonat import AutoNATService
     from switchy.transports.relay import AutoRelay, RelayService, RelayTransport
 
     node = default_node()

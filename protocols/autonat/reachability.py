@@ -7,7 +7,8 @@ those servers reached it and they outnumber the ones that did not; ``private``
 in the opposite case; ``unknown`` otherwise.  One server counts once, so a
 single lying server cannot decide.  The node as a whole is ``public`` when one
 of its addresses is, ``private`` when every tracked address is, else
-``unknown``.
+``unknown``; an address with fewer than ``confidence`` answers so far does not count in
+the node's state (a newly observed address would otherwise flap it to ``unknown``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,14 @@ class ReachabilityTracker:
             if new is not old:
                 changes.append(ReachabilityChange(addr, old, new))
             self._state[addr] = new
-        overall = self._overall_of(self._state.values())
+        # An address still gathering its first answers (fewer than ``confidence``) does
+        # not make a known node unknown: a newly observed address would flap it otherwise.
+        settled = [
+            st
+            for a, st in self._state.items()
+            if st is not Reachability.UNKNOWN or len(self._answers.get(a, ())) >= self.confidence
+        ]
+        overall = self._overall_of(settled)
         if overall is not self._overall:
             changes.append(ReachabilityChange(None, self._overall, overall))
             self._overall = overall
