@@ -60,6 +60,29 @@ def test_dials_leave_from_the_listen_port_and_fall_back_when_the_tuple_is_taken(
     asyncio.run(main())
 
 
+def test_a_dial_to_our_own_port_never_connects_the_socket_to_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        t = TcpTransport()
+        got: asyncio.Queue[Connection] = asyncio.Queue()
+
+        async def handler(conn: Any) -> None:
+            await got.put(conn)
+
+        own = await t.listen(Multiaddr("/ip4/127.0.0.1/tcp/0"), handler)
+        lport = _port(own.addrs[0])
+        monkeypatch.setattr(t, "_reuse_bind", lambda host: (socket.AF_INET, ("127.0.0.1", lport)))
+        conn = await t.dial(own.addrs[0])
+        assert _port(conn.local_addr) != lport  # not a self-connection: ephemeral port
+        accepted = await got.get()  # our listener took it
+        assert accepted.remote_addr == conn.local_addr
+        await conn.close()
+        await own.close()
+
+    asyncio.run(main())
+
+
 def test_which_dials_reuse_the_listen_port() -> None:
     t = TcpTransport()
     assert t._reuse_bind("203.0.113.5") is None  # not listening

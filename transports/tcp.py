@@ -398,6 +398,11 @@ class TcpTransport(Transport):
         except BaseException:
             sock.close()
             raise
+        if sock.getsockname() == sock.getpeername():
+            # A dial to our own port from our own port connects the socket to itself
+            # (TCP simultaneous open with itself); dial from an ephemeral port instead.
+            sock.close()
+            return None
         _, proto = await loop.create_connection(TcpConnection, sock=sock)
         return proto
 
