@@ -5,7 +5,9 @@ listening on TCP port 4001 of its IP; prints their addresses as JSON, runs until
 input closes.  ``client EXPECTED LISTEN SERVER...``: a default node listening on LISTEN
 (TCP) connects to the servers, waits until AutoNAT finds it EXPECTED (``public``/``private``)
 and, when private, until it reserved on a relay by itself; prints what it knows as JSON,
-runs until standard input closes.  ``ping ADDR``: connect and ping once, print the RTT.
+runs until standard input closes.  ``observe ADDR``: connect to ADDR from ``0.0.0.0:4001``
+and print what identify's observed address did to the address book.  ``ping ADDR``:
+connect and ping once, print the RTT.
 ``PUBLIC_NETWORK`` (the lab's "internet") counts as public in every mode.
 """
 
@@ -78,6 +80,31 @@ async def client(expected: str, listen: str, server_addrs: list[str]) -> None:
         await _until_stdin_closes()
 
 
+async def observe(addr: str) -> None:
+    """Connect from 0.0.0.0:4001 to ``addr``; print what the address book made of the
+    peer's identify answer."""
+    from switchy.protocols.identify import IdentifyService
+
+    async with _node() as node:
+        await node.listen(f"/ip4/0.0.0.0/tcp/{PORT}")
+        conn = await node.connect(addr)
+        ident = next(s for s in node.services if isinstance(s, IdentifyService))
+        await ident.wait_identified(conn.remote_peer, timeout=20)
+        book = node.addresses
+        print(
+            json.dumps(
+                {
+                    "local": str(conn.local_addr),
+                    "reported": [str(a) for a in node.peerstore.observed_addrs],
+                    "candidates": [str(a) for a in book.candidates()],
+                    "observers": {str(a): book.observers(a) for a in book.observed()},
+                    "confirmed": [str(a) for a in book.confirmed()],
+                }
+            ),
+            flush=True,
+        )
+
+
 async def ping_once(addr: str) -> None:
     async with _node() as node:
         rtt = (await ping(node, addr, count=1))[0]
@@ -90,5 +117,7 @@ if __name__ == "__main__":
         asyncio.run(servers(rest))
     elif mode == "client":
         asyncio.run(client(rest[0], rest[1], rest[2:]))
+    elif mode == "observe":
+        asyncio.run(observe(rest[0]))
     else:
         asyncio.run(ping_once(rest[0]))
