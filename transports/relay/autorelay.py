@@ -103,6 +103,7 @@ class AutoRelay(ProtocolService):
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # --- wiring -------------------------------------------------------------------------
 
@@ -125,11 +126,12 @@ class AutoRelay(ProtocolService):
 
     async def stop(self) -> None:
         """Stop; the node closes the listeners."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            self._wake.set()
+            await asyncio.wait([task])
 
     def _node(self) -> Node:
         if self.node is None:
@@ -210,7 +212,7 @@ class AutoRelay(ProtocolService):
     # --- maintenance --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self.reconcile()

@@ -375,8 +375,9 @@ class RelayListener(Listener):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait() never raises the task's CancelledError, so a cancellation of our
+            # caller is not swallowed here
+            await asyncio.wait([self._task])
         self.transport._listeners.discard(self)
 
 
