@@ -13,7 +13,8 @@ Observed addresses (our choices, as go-libp2p does)
     loopback address.  Observers are grouped: an IPv4 address, an IPv6 /56,
     or whatever the transport names (:meth:`~switchy.stack.transport.Transport.observer_group`;
     a simulated host).  Each observer group holds one vote per listen address
-    (its latest observation), for :data:`OBSERVATION_TTL` seconds.  An
+    (its latest observation), while its connection is open and for
+    :data:`OBSERVATION_TTL` seconds after.  An
     observed address is **confirmed** once :data:`CONFIRM_THRESHOLD` distinct
     groups voted for it, or once AutoNAT found it reachable; AutoNAT finding
     it unreachable withdraws it.  The others are **candidates** (for hole
@@ -161,6 +162,7 @@ class AddressBook:
         self.ttl = ttl
         # (group, listen address) -> observation; oldest first
         self._obs: OrderedDict[tuple[str, Multiaddr], Observation] = OrderedDict()
+        self._alive: dict[tuple[str, Multiaddr], Callable[[], bool]] = {}
         self._verdicts: dict[Multiaddr, Reachability] = {}
         self._reachability = Reachability.UNKNOWN
         self._change_callbacks: list[Callback] = []
@@ -227,10 +229,13 @@ class AddressBook:
         remote: Multiaddr,
         group: str | None,
         limited: bool = False,
+        alive: Callable[[], bool] | None = None,
     ) -> bool:
         """Count ``observed`` (our address as a peer reported it on a connection whose
         local side is ``local`` and remote side ``remote``; ``group`` names the
-        observer, see the module docstring).  Returns whether it counted."""
+        observer, see the module docstring).  While ``alive()`` (the connection is
+        open) the observation stays fresh; afterwards it lasts ``ttl`` seconds.
+        Returns whether it counted."""
         reason = None
         listen = self._listen_match(local)
         if limited:
@@ -250,13 +255,22 @@ class AddressBook:
         key = (group, listen)
         self._obs.pop(key, None)
         self._obs[key] = Observation(split_peer(observed)[0], listen, group, self._now())
+        self._alive.pop(key, None)
+        if alive is not None:
+            self._alive[key] = alive
         while len(self._obs) > MAX_OBSERVATIONS:
-            self._obs.popitem(last=False)
+            old, _ = self._obs.popitem(last=False)
+            self._alive.pop(old, None)
         self.check()
         return True
 
     def _live(self) -> list[Observation]:
         now = self._now()
+        for key, alive in list(self._alive.items()):
+            if alive():  # its connection is open: the observation is current
+                self._obs[key] = attrs.evolve(self._obs[key], at=now)
+            else:
+                del self._alive[key]
         for key in [k for k, o in self._obs.items() if now - o.at >= self.ttl]:
             del self._obs[key]
         return list(self._obs.values())

@@ -314,7 +314,12 @@ class Node:
         transport = next((t for t in self.transports if t.can_dial(remote)), None)
         group = transport.observer_group(remote) if transport is not None else None
         return self.addresses.observe(
-            observed, local=conn.local_addr, remote=remote, group=group, limited=conn.is_limited
+            observed,
+            local=conn.local_addr,
+            remote=remote,
+            group=group,
+            limited=conn.is_limited,
+            alive=lambda: not conn.is_closed,
         )
 
     # --- handlers -----------------------------------------------------------------------
@@ -676,9 +681,13 @@ class Node:
 
 
 def _forget_dial(
-    dialing: dict[PeerId, asyncio.Task[MuxedConnection]], peer: PeerId, _task: object
+    dialing: dict[PeerId, asyncio.Task[MuxedConnection]],
+    peer: PeerId,
+    task: asyncio.Task[MuxedConnection],
 ) -> None:
     dialing.pop(peer, None)
+    if not task.cancelled():
+        task.exception()  # retrieved: every caller may have gone (cancelled) meanwhile
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

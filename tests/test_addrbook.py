@@ -216,3 +216,17 @@ def test_property_confirmed_needs_threshold_groups(votes: list[tuple[int, int]])
         n = sum(1 for v in latest.values() if v == k)
         assert (a in b.confirmed()) == (n >= CONFIRM_THRESHOLD)
         assert b.observers(a) == n
+
+
+def test_an_observation_stays_while_its_connection_is_open() -> None:
+    b, clock = book(ttl=60.0)
+    open_ = [True]
+    remote, group = observer(1)
+    b.observe(EXTERNAL, local=LISTEN, remote=remote, group=group, alive=lambda: open_[0])
+    clock.t = 10_000.0
+    assert b.observed() == [EXTERNAL]  # hours later, the connection is still open
+    open_[0] = False
+    clock.t = 10_059.0
+    assert b.observed() == [EXTERNAL]  # closed: lasts ttl from when it was last current
+    clock.t = 10_061.0
+    assert b.observed() == []

@@ -218,3 +218,37 @@ def test_same_seed_same_conclusions_at_the_same_virtual_times() -> None:
     a = run_preset("port_restricted", "tcp", seed=5)
     b = run_preset("port_restricted", "tcp", seed=5)
     assert a == b
+
+
+def test_mappings_kept_alive_by_the_relay_connection_and_expiring_without_traffic() -> None:
+    """Hours later the relay still reaches alice (keep-alives refresh the NAT mapping, the
+    reservation is renewed, her observed address stays current while its connections are
+    open); once every connection is gone the mapping expires and so does the observation."""
+
+    async def main(sim: Simulation) -> None:
+        w = build(sim, "port_restricted", "quic")
+        async with contextlib.AsyncExitStack() as stack:
+            await enter(stack, w)
+            async with asyncio.timeout(600):
+                await w.autorelay.wait_relays(1)
+            await asyncio.sleep(3 * 3600)  # reservation TTL is 1 h: renewed twice or more
+            circuits = w.autorelay.circuit_addrs
+            assert circuits and w.autorelay.relays == [w.relay.peer_id]
+            stranger = await stack.enter_async_context(
+                _node(sim, "stranger", "quic", RelayTransport())
+            )
+            conn = await stranger.connect(circuits[0].encapsulate(f"/p2p/{w.alice.peer_id}"))
+            assert conn.remote_peer == w.alice.peer_id
+            assert w.alice.addresses.candidates()  # current while the connections are open
+            # now everyone leaves (alice too, or she would keep dialing her relay and
+            # refresh the mapping): nothing refreshes it any more
+            for n in (stranger, w.relay, *w.servers, w.alice):
+                await n.close()
+            box = sim.network.nat("home")
+            await asyncio.sleep(box.config.udp_timeout + 1)
+            assert box.mappings() == []
+            assert any(e.src == "home" for e in sim.trace.of_kind("nat_expire"))
+            await asyncio.sleep(w.alice.addresses.ttl)
+            assert w.alice.addresses.candidates() == []
+
+    run_simulation(main, seed=23, config=QUIET)
