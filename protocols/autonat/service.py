@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIAL_BACK_DIAL_TIMEOUT",
     "DIAL_BACK_STREAM_TIMEOUT",
+    "MAX_OBSERVED_PROBED",
     "MAX_PENDING_NONCES",
     "REQUEST_TIMEOUT",
     "AutoNATService",
@@ -113,6 +114,9 @@ _READ_SIZE: Final = MAX_MESSAGE_SIZE + 16
 DEFAULT_BOOT_DELAY: Final = 5.0
 DEFAULT_RETRY_INTERVAL: Final = 60.0
 DEFAULT_REFRESH_INTERVAL: Final = 900.0
+#: Observed addresses tested at most, the most observed first (a symmetric NAT gives one
+#: per peer; each costs up to ``window`` requests a round).
+MAX_OBSERVED_PROBED: Final = 8
 #: Wait after a new connection before a probe round (identify has then told us
 #: whether the peer is an AutoNAT server).
 SERVER_DISCOVERY_DELAY: Final = 1.0
@@ -627,13 +631,14 @@ class AutoNATService(ProtocolService):
     def candidate_addrs(self) -> list[Multiaddr]:
         """The addresses to test: ``addrs()`` if given, else the public ones of the listen
         addresses (wildcards expanded) and of the addresses peers observed (the node's
-        :class:`~switchy.stack.addrbook.AddressBook`)."""
+        :class:`~switchy.stack.addrbook.AddressBook`; at most :data:`MAX_OBSERVED_PROBED`
+        of those)."""
         node = self._node()
         if self._addrs is not None:
             source = list(self._addrs())
         else:
             book = node.addresses
-            source = [*book.interface_addrs(), *book.observed()]
+            source = [*book.interface_addrs(), *book.observed()[:MAX_OBSERVED_PROBED]]
         out: list[Multiaddr] = []
         for a in source:
             if a not in out and self.is_public(a):
