@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 from multiaddr import Multiaddr
@@ -22,9 +23,11 @@ from switchy.stack.addresses import split_peer
 from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields
 from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
 from switchy.stack.identity import PeerId, PublicKey
+from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
+    from switchy.stack.mux import MuxedConnection
     from switchy.stack.node import Target
     from switchy.stack.stream import MuxedStream
 
@@ -36,6 +39,7 @@ __all__ = [
     "decode_identify",
     "encode_identify",
     "identify",
+    "identify_connection",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,6 +170,14 @@ class IdentifyService(ProtocolService):
         if self.identify_on_connect:
             node.on_connection_event(self._on_event)
         node.on_protocols_changed(self.push)
+        node.addresses.on_changed(self._addresses_changed)
+
+    def _addresses_changed(self) -> Coroutine[Any, Any, None] | None:
+        """Our announced addresses changed: push (with a new signed peer record)."""
+        assert self.node is not None
+        if not self.node.connected_peers or self.node.is_closed:
+            return None
+        return self.push()
 
     def local_info(self, observed: Multiaddr | None) -> IdentifyInfo:
         """What we tell others about ourselves."""
@@ -174,14 +186,14 @@ class IdentifyService(ProtocolService):
             protocol_version=PROTOCOL_VERSION,
             agent_version=self.node.agent_version,
             public_key=self.node.key.public_key,
-            listen_addrs=self.node.listen_addrs,
+            listen_addrs=self.node.announced_addrs,
             observed_addr=observed,
             protocols=self.node.protocols,
             signed_peer_record=self.signed_peer_record(),
         )
 
     def signed_peer_record(self) -> bytes:
-        """Our signed peer record (RFC 0003) for our listen addresses, made once per set.
+        """Our signed peer record (RFC 0003) for our announced addresses, made once per set.
 
         ``seq`` is the wall clock in nanoseconds (kept increasing), so a record
         made after a restart supersedes the older ones, as the RFC asks.
@@ -189,7 +201,7 @@ class IdentifyService(ProtocolService):
         from switchy.stack.envelope import PeerRecord, seal_peer_record
 
         assert self.node is not None
-        addrs = self.node.listen_addrs
+        addrs = self.node.announced_addrs
         key = tuple(a.to_bytes() for a in addrs)
         if self._record is None or self._record[0] != key:
             self._record_seq = max(self._record_seq + 1, time.time_ns())
@@ -207,7 +219,14 @@ class IdentifyService(ProtocolService):
         info = decode_identify_stream(data)
         self._apply(stream.remote_peer, info, push=True)
 
-    def _apply(self, peer: PeerId, info: IdentifyInfo, *, push: bool = False) -> None:
+    def _apply(
+        self,
+        peer: PeerId,
+        info: IdentifyInfo,
+        *,
+        push: bool = False,
+        conn: MuxedConnection | None = None,
+    ) -> None:
         assert self.node is not None
         if info.public_key is not None and not peer.matches(info.public_key):
             raise AuthenticationFailed(f"identify from {peer} carries another peer's public key")
@@ -227,6 +246,8 @@ class IdentifyService(ProtocolService):
             observed = self._own_observed(peer, info.observed_addr)
             if observed is not None:
                 store.add_observed_addr(observed)
+                if conn is not None:  # the address book counts it if it tells something
+                    self.node.report_observed(conn, observed)
         if info.signed_peer_record is not None:
             self._check_record(peer, info.signed_peer_record)
         self._identified.setdefault(peer, asyncio.Event()).set()
@@ -270,8 +291,8 @@ class IdentifyService(ProtocolService):
             return
         assert self.node is not None
         try:
-            info = await identify(self.node, event.peer)
-            self._apply(event.peer, info)
+            info = await identify_connection(self.node, event.connection)
+            self._apply(event.peer, info, conn=event.connection)
         except P2PError as exc:
             log.debug("identify of %s failed: %s", event.peer, exc)
 
@@ -314,6 +335,24 @@ async def identify(node: Node, target: Target) -> IdentifyInfo:
     """Ask ``target`` who it is (does not update the peer store)."""
     async with asyncio.timeout(node.config.request_timeout):
         stream = await node.open_stream(target, IDENTIFY_PROTOCOL)
+    return await _read_identify(node, stream)
+
+
+async def identify_connection(node: Node, conn: MuxedConnection) -> IdentifyInfo:
+    """Ask the peer of ``conn`` who it is, on that connection (its observed address is
+    then about this connection's local side)."""
+    async with asyncio.timeout(node.config.request_timeout):
+        stream = await conn.open_stream()
+        try:
+            stream = await select_protocol_lazy(stream, IDENTIFY_PROTOCOL)
+        except BaseException:
+            await stream.reset()
+            raise
+    return await _read_identify(node, stream)
+
+
+async def _read_identify(node: Node, stream: MuxedStream) -> IdentifyInfo:
+    async with asyncio.timeout(node.config.request_timeout):
         try:
             data = await stream.read_all(limit=MAX_IDENTIFY_SIZE)
         except BaseException:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +27,20 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> N
 def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise InvalidConfiguration(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+def _networks(values: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except (ValueError, TypeError):
+            raise InvalidConfiguration(f"public_networks: {v!r} is not an IP network") from None
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +81,27 @@ class NetworkConfig:
     max_stream_window: int = attrs.field(default=16 * MiB, validator=_positive)
     #: Interval of muxer keep-alive pings; 0 disables them.
     keepalive_interval: float = attrs.field(default=30.0)
+    #: IP networks (CIDR strings) that count as public besides the globally routable
+    #: ones: a lab or a private network where peers reach each other directly
+    #: (``SWITCHY_PUBLIC_NETWORKS=10.0.0.0/8,fd00::/8``).  AutoNAT tests and serves
+    #: only public addresses.
+    public_networks: tuple[str, ...] = attrs.field(
+        default=(), converter=_str_tuple, validator=lambda _i, _a, v: _networks(v)
+    )
+
+    def is_public_ip(self, ip: str) -> bool:
+        """Whether ``ip`` is globally routable or in :attr:`public_networks`."""
+        import ipaddress
+
+        try:
+            addr = ipaddress.ip_address(ip.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if addr.is_global:
+            return True
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.public_networks)
 
     def __attrs_post_init__(self) -> None:
         if self.max_stream_window < self.initial_stream_window:
@@ -93,6 +128,9 @@ class NetworkConfig:
             raw = env.get(name)
             if raw is None:
                 continue
+            if isinstance(field.default, tuple):
+                values[field.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+                continue
             kind = int if isinstance(field.default, int) else float
             try:
                 values[field.name] = kind(raw)
@@ -103,5 +141,5 @@ class NetworkConfig:
         values.update(overrides)
         try:
             return cls(**values)
-        except TypeError as exc:
+        except TypeError as exc:  # an unknown field
             raise InvalidConfiguration(str(exc)) from None

@@ -44,6 +44,7 @@ import attrs
 from multiaddr import Multiaddr
 
 from switchy.stack import __version__
+from switchy.stack.addrbook import AddressBook, Reachability
 from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import (
@@ -182,6 +183,8 @@ class Node:
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
+        #: Our own addresses: observed, confirmed, announced; and our reachability.
+        self.addresses = AddressBook(lambda: self.listen_addrs, spawn=self._spawn_callback)
         for t in self.transports:
             t.bind(self.key, self.config)
         for proto, handler in (handlers or {}).items():
@@ -273,31 +276,82 @@ class Node:
         one, and :class:`OSError` when the system refuses it (e.g. the port is in use).
         """
         result: list[Multiaddr] = []
-        for raw in addrs:
-            addr = parse_multiaddr(raw)
-            transport = next((t for t in self.transports if t.can_listen(addr)), None)
-            if transport is None:
-                raise UnsupportedAddress(
-                    f"no configured transport can listen on {addr} "
-                    f"(transports: {', '.join(t.name for t in self.transports)})"
-                )
-            listener = await transport.listen(addr, self._on_inbound)
-            self._listeners.append(listener)
-            result.extend(listener.addrs)
-            for bound in listener.addrs:
-                log.info("listening on %s/p2p/%s (%s)", bound, self.peer_id, transport.name)
+        try:
+            for raw in addrs:
+                listener = await self.open_listener(raw)
+                result.extend(listener.addrs)
+        finally:
+            self.addresses.check()
         self._started = True
         return result
 
+    async def open_listener(self, addr: str | Multiaddr) -> Listener:
+        """Listen on ``addr`` with the first transport that accepts it; return the listener
+        (close it with :meth:`remove_listener`).  Raises what :meth:`listen` raises."""
+        addr = parse_multiaddr(addr)
+        transport = next((t for t in self.transports if t.can_listen(addr)), None)
+        if transport is None:
+            raise UnsupportedAddress(
+                f"no configured transport can listen on {addr} "
+                f"(transports: {', '.join(t.name for t in self.transports)})"
+            )
+        listener = await transport.listen(addr, self._on_inbound)
+        self._listeners.append(listener)
+        for bound in listener.addrs:
+            log.info("listening on %s/p2p/%s (%s)", bound, self.peer_id, transport.name)
+        self.addresses.check()
+        return listener
+
+    async def remove_listener(self, listener: Listener) -> None:
+        """Stop listening with ``listener`` (one of :attr:`listeners`)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+        with contextlib.suppress(Exception):
+            await listener.close()
+        self.addresses.check()
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The listeners open now."""
+        return list(self._listeners)
+
     @property
     def listen_addrs(self) -> list[Multiaddr]:
-        """Every address we listen on (without ``/p2p``)."""
+        """Every address we listen on (without ``/p2p``), wildcards as they were given."""
         return [a for listener in self._listeners for a in listener.addrs]
 
     @property
+    def announced_addrs(self) -> list[Multiaddr]:
+        """What we tell others (identify, peer records, discovery), without ``/p2p``:
+        the listen addresses with wildcards expanded to interface addresses, then the
+        confirmed external addresses (:meth:`AddressBook.announced`)."""
+        return self.addresses.announced()
+
+    @property
     def full_addrs(self) -> list[Multiaddr]:
-        """Every listen address with ``/p2p/<our id>`` appended: what others dial."""
-        return [with_peer(a, self.peer_id) for a in self.listen_addrs]
+        """Every announced address with ``/p2p/<our id>`` appended: what others dial."""
+        return [with_peer(a, self.peer_id) for a in self.announced_addrs]
+
+    @property
+    def reachability(self) -> Reachability:
+        """Whether others can dial us, as a reachability service (AutoNAT) found; watch it
+        with ``node.addresses.on_reachability_changed(callback)``."""
+        return self.addresses.reachability
+
+    def report_observed(self, conn: MuxedConnection, observed: Multiaddr) -> bool:
+        """Count ``observed``, our address as the peer of ``conn`` saw it (identify calls
+        this); returns whether it counted (see :class:`AddressBook`)."""
+        remote = conn.remote_addr
+        transport = next((t for t in self.transports if t.can_dial(remote)), None)
+        group = transport.observer_group(remote) if transport is not None else None
+        return self.addresses.observe(
+            observed,
+            local=conn.local_addr,
+            remote=remote,
+            group=group,
+            limited=conn.is_limited,
+            alive=lambda: not conn.is_closed,
+        )
 
     # --- handlers -----------------------------------------------------------------------
 
@@ -730,6 +784,15 @@ class Node:
 
     # --- internals ----------------------------------------------------------------------
 
+    def _spawn_callback(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._closing:
+            coro.close()
+            return
+        try:
+            self._spawn(coro, "switchy-addresses").add_done_callback(_log_failure)
+        except RuntimeError:  # no running loop (a change before the node runs)
+            coro.close()
+
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
@@ -742,9 +805,13 @@ class Node:
 
 
 def _forget_dial(
-    dialing: dict[PeerId, asyncio.Task[MuxedConnection]], peer: PeerId, _task: object
+    dialing: dict[PeerId, asyncio.Task[MuxedConnection]],
+    peer: PeerId,
+    task: asyncio.Task[MuxedConnection],
 ) -> None:
     dialing.pop(peer, None)
+    if not task.cancelled():
+        task.exception()  # retrieved: every caller may have gone (cancelled) meanwhile
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

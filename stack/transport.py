@@ -51,6 +51,20 @@ class Transport(abc.ABC):
     def bind(self, key: KeyPair, config: NetworkConfig) -> None:  # noqa: B027
         """Called once by the node before use; transports that need the key keep it."""
 
+    def observer_group(self, addr: Multiaddr) -> str | None:
+        """Who ``addr`` (a peer's address on one of our connections) is, as an observer of
+        our addresses: peers in one group count once (default: the IPv4 address, or the
+        IPv6 /56, of an IP address; ``None`` for other addresses)."""
+        from switchy.stack.addrbook import ip_observer_group
+
+        try:
+            first = next(iter(addr.items()), None)
+        except Exception:  # the multiaddr package raises several types for bad input
+            return None
+        if first is None or first[0].name not in ("ip4", "ip6"):
+            return None
+        return ip_observer_group(str(first[1]))
+
     @abc.abstractmethod
     def can_dial(self, addr: Multiaddr) -> bool:
         """Whether :meth:`dial` understands ``addr`` (a trailing ``/p2p/…`` is allowed)."""

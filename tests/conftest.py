@@ -14,6 +14,7 @@ settings.register_profile(
 settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=100)
 settings.load_profile("default")
 
+
 # In-process pytester runs (the conformance tests) restore sys.modules afterwards, so a
 # module first imported inside such a run is imported again later, and two copies of a
 # class break isinstance checks (cryptography's Rust core: "curve must be an

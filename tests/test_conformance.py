@@ -236,8 +236,13 @@ def test_the_documented_third_party_example_runs() -> None:
     folder = Path(__file__).resolve().parent.parent / "examples" / "conformance"
     out = subprocess.run(
         [
-            sys.executable, "-m", "pytest",
-            "--pyargs", "switchy.stack.conformance", "-p", "my_fixtures",
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "switchy.stack.conformance",
+            "-p",
+            "my_fixtures",
         ],
         cwd=folder,
         env=dict(os.environ, PYTHONPATH=str(folder)),

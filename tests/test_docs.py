@@ -168,13 +168,13 @@ def test_the_readme_command_listing_matches_the_cli() -> None:
     (listing,) = [
         b for b in blocks(ROOT / "README.md") if b.language == "text" and "switchy id" in b.text
     ]
-    listed = {m.group(1) for m in re.finditer(r"^switchy (\w+)", listing.text, re.M)}
+    listed = {m.group(1) for m in re.finditer(r"^switchy ([\w-]+)", listing.text, re.M)}
     subparsers = next(
         a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
     )
     assert listed == set(subparsers.choices)
     for line in listing.text.splitlines():  # every --option shown exists on its command
-        command = re.match(r"^switchy (\w+)", line)
+        command = re.match(r"^switchy ([\w-]+)", line)
         if command:
             current = subparsers.choices[command.group(1)]
         options = set(re.findall(r"(--[a-z-]+|-c)\b", line.split("   ")[0]))

@@ -323,8 +323,8 @@ def test_identify_push_on_protocol_change() -> None:
             svc = _identify_service(a)
             original = svc._apply
 
-            def apply(peer: Any, info: Any, *, push: bool = False) -> None:
-                original(peer, info, push=push)
+            def apply(peer: Any, info: Any, *, push: bool = False, conn: Any = None) -> None:
+                original(peer, info, push=push, conn=conn)
                 if push:
                     pushed.set()
 
@@ -432,23 +432,37 @@ def test_a_node_has_exactly_the_transports_it_is_given() -> None:
 
 
 def test_the_default_preset() -> None:
+    from switchy.protocols.autonat import AutoNATService
     from switchy.protocols.echo import EchoService
     from switchy.protocols.perf import PerfService
     from switchy.protocols.ping import PingService
     from switchy.transports.quic import QuicTransport
-    from switchy.transports.relay import RelayService, RelayTransport
+    from switchy.transports.relay import AutoRelay, RelayService, RelayTransport
 
     node = default_node()
     assert [type(t) for t in node.transports] == [QuicTransport, TcpTransport, RelayTransport]
     kinds = [type(s) for s in node.services]
-    assert kinds == [PingService, IdentifyService, EchoService, PerfService, RelayTransport]
+    assert kinds == [
+        PingService,
+        IdentifyService,
+        EchoService,
+        PerfService,
+        AutoNATService,
+        RelayTransport,
+        AutoRelay,
+    ]
     # transports replace QUIC + TCP; services come after the default ones; one relay client
     relay = RelayTransport()
     tcp = TcpTransport()
     node = default_node(transports=[tcp], services=[relay, RelayService()])
     assert node.transports == [tcp, relay]
-    assert node.services[-2:][0] is relay and isinstance(node.services[-1], RelayService)
+    assert node.services[-3] is relay and isinstance(node.services[-2], RelayService)
+    assert isinstance(node.services[-1], AutoRelay)
     assert sum(isinstance(s, RelayTransport) for s in node.services) == 1
+    # a configured service replaces the default one of its class
+    autonat = AutoNATService(server=False)
+    node = default_node(services=[autonat])
+    assert [s for s in node.services if isinstance(s, AutoNATService)] == [autonat]
     config = NetworkConfig(dial_timeout=3.0)
     node = default_node(config=config, listen=[LOOPBACK])
     assert node.config is config

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import ipaddress
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from multiaddr import Multiaddr
@@ -256,6 +259,8 @@ class TcpListener(Listener):
         self._handler = handler
         self._tasks: set[asyncio.Task[None]] = set()
         self._addrs = [_sockaddr_to_multiaddr(s.getsockname()) for s in server.sockets]
+        #: Called once when the listener closes.
+        self.on_close: Callable[[], None] | None = None
 
     @property
     def addrs(self) -> list[Multiaddr]:
@@ -277,17 +282,56 @@ class TcpListener(Listener):
             await conn.reset()
 
     async def close(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
         self._server.close()
         await self._server.wait_closed()
 
 
+def _reuse_socket(family: int, bind: tuple[str, int]) -> socket.socket:
+    """A non-blocking TCP socket bound to ``bind`` with SO_REUSEADDR and SO_REUSEPORT."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setblocking(False)
+        sock.bind(bind)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 class TcpTransport(Transport):
-    """Plain TCP.  Dials with ``config.dial_timeout``; IPv4, IPv6 and DNS names."""
+    """Plain TCP.  Dials with ``config.dial_timeout``; IPv4, IPv6 and DNS names.
+
+    With ``reuse_port`` (the default) listeners set SO_REUSEADDR and SO_REUSEPORT,
+    and a dial to a non-loopback IP leaves from the port this transport listens on
+    (of the same address family), so a NAT maps it like the listening port and
+    peers observe the address others can reach us on (the start of hole punching).
+    When that is not possible (the same remote endpoint is already connected from
+    that port, or the listening IP cannot reach it) the dial falls back to an
+    ephemeral port.  A transport without listeners (AutoNAT's dial-backs) always
+    dials from an ephemeral port.
+    """
 
     name = "tcp"
 
-    def __init__(self, config: NetworkConfig | None = None) -> None:
+    def __init__(self, config: NetworkConfig | None = None, *, reuse_port: bool = True) -> None:
         self.config = config or NetworkConfig()
+        #: Whether dials leave from the listening port.
+        self.reuse_port = reuse_port
+        # family -> (host, port) of our listening sockets, first one first
+        self._listening: dict[int, list[tuple[str, int]]] = {}
 
     def bind(self, key: KeyPair, config: NetworkConfig) -> None:
         self.config = config
@@ -309,13 +353,61 @@ class TcpTransport(Transport):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.dial_timeout):
-                _, proto = await loop.create_connection(TcpConnection, host, port, family=family)
+                proto = await self._dial_from_listen_port(host, port)
+                if proto is None:
+                    _, proto = await loop.create_connection(
+                        TcpConnection, host, port, family=family
+                    )
         except TimeoutError:
             raise P2PTimeout(
                 f"TCP dial to {addr} timed out after {self.config.dial_timeout}s"
             ) from None
         except OSError as exc:
             raise ConnectionFailed(f"TCP dial to {addr} failed: {exc.strerror or exc}") from None
+        return proto
+
+    def _reuse_bind(self, host: str) -> tuple[int, tuple[str, int]] | None:
+        """The family and listening (host, port) a dial to ``host`` should leave from."""
+        ip = _is_ip_literal(host)
+        if not self.reuse_port or ip is None or ip.is_loopback:
+            return None
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        for lhost, lport in self._listening.get(family, ()):
+            lip = _is_ip_literal(lhost)
+            if lip is None or lip.is_loopback:
+                continue
+            return family, ("" if lip.is_unspecified else lhost, lport)
+        return None
+
+    async def _dial_from_listen_port(self, host: str, port: int) -> TcpConnection | None:
+        """Connect from our listening port; ``None`` when that cannot be done here."""
+        chosen = self._reuse_bind(host)
+        if chosen is None:
+            return None
+        family, bind = chosen
+        loop = asyncio.get_running_loop()
+        try:
+            sock = _reuse_socket(family, bind)
+        except OSError as exc:
+            log.debug("cannot dial %s:%s from port %s: %s", host, port, bind[1], exc)
+            return None
+        try:
+            await loop.sock_connect(sock, (host, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EINVAL):
+                log.debug("dial to %s:%s from port %s: %s", host, port, bind[1], exc)
+                return None  # this 4-tuple is taken (or in TIME_WAIT): use an ephemeral port
+            raise
+        except BaseException:
+            sock.close()
+            raise
+        if sock.getsockname() == sock.getpeername():
+            # A dial to our own port from our own port connects the socket to itself
+            # (TCP simultaneous open with itself); dial from an ephemeral port instead.
+            sock.close()
+            return None
+        _, proto = await loop.create_connection(TcpConnection, sock=sock)
         return proto
 
     async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:
@@ -334,9 +426,27 @@ class TcpTransport(Transport):
 
         try:
             server = await loop.create_server(
-                factory, host, port, family=family, reuse_address=True
+                factory,
+                host,
+                port,
+                family=family,
+                reuse_address=True,
+                reuse_port=self.reuse_port and hasattr(socket, "SO_REUSEPORT"),
             )
         except OSError as exc:
             raise ConnectionFailed(f"cannot listen on {addr}: {exc.strerror or exc}") from None
         listener = TcpListener(server, handler)
+        bound: list[tuple[str, int, int]] = [
+            (str(s.getsockname()[0]), int(s.getsockname()[1]), int(s.family))
+            for s in server.sockets
+        ]
+        for bhost, bport, bfamily in bound:
+            self._listening.setdefault(bfamily, []).append((str(bhost), int(bport)))
+        listener.on_close = lambda: self._forget_listener(bound)
         return listener
+
+    def _forget_listener(self, bound: list[tuple[str, int, int]]) -> None:
+        for bhost, bport, bfamily in bound:
+            entries = self._listening.get(bfamily, [])
+            if (str(bhost), int(bport)) in entries:
+                entries.remove((str(bhost), int(bport)))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from multiaddr import Multiaddr
 
+from switchy.stack.config import NetworkConfig
 from switchy.transports.sim.network import SIM_PORT_SPAN
 
 __all__ = ["AddrPredicate", "addr_host", "is_public_addr", "is_relayed", "transport_shape"]
@@ -58,12 +59,13 @@ def is_relayed(addr: Multiaddr) -> bool:
     return any(name == "p2p-circuit" for name, _ in _parts(addr))
 
 
-def is_public_addr(addr: Multiaddr) -> bool:
-    """The default notion of "public": a globally routable IP, or any simulated address.
+def is_public_addr(addr: Multiaddr, config: NetworkConfig | None = None) -> bool:
+    """The default notion of "public": a globally routable IP, one in the
+    ``public_networks`` of ``config``, or any simulated address.
 
     Loopback, private (RFC 1918, ULA), link-local and other special ranges are not
-    public.  Simulated ``/memory`` addresses count as public: the simulator is its
-    own internet, where NAT boxes decide reachability.
+    public unless ``config`` names them.  Simulated ``/memory`` addresses count as
+    public: the simulator is its own internet, where NAT boxes decide reachability.
     """
     host = addr_host(addr)
     if host is None:
@@ -71,6 +73,8 @@ def is_public_addr(addr: Multiaddr) -> bool:
     kind, _, value = host.partition(":")
     if kind == "memory":
         return True
+    if config is not None:
+        return config.is_public_ip(value)
     return ipaddress.ip_address(value).is_global
 
 

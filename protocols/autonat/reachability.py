@@ -7,12 +7,12 @@ those servers reached it and they outnumber the ones that did not; ``private``
 in the opposite case; ``unknown`` otherwise.  One server counts once, so a
 single lying server cannot decide.  The node as a whole is ``public`` when one
 of its addresses is, ``private`` when every tracked address is, else
-``unknown``.
+``unknown``; an address with fewer than ``confidence`` answers so far does not count in
+the node's state (a newly observed address would otherwise flap it to ``unknown``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final
@@ -21,6 +21,7 @@ import attrs
 from multiaddr import Multiaddr
 
 from switchy.protocols.autonat.client import Result, Verdict
+from switchy.stack.addrbook import Reachability
 from switchy.stack.errors import InvalidConfiguration
 from switchy.stack.identity import PeerId
 
@@ -42,14 +43,6 @@ DEFAULT_WINDOW: Final = 5
 DEFAULT_MAX_AGE: Final = 3600.0
 #: Addresses tracked at most; beyond that the least recently updated is forgotten.
 MAX_TRACKED_ADDRS: Final = 64
-
-
-class Reachability(enum.Enum):
-    """Whether others can dial an address (or the node)."""
-
-    PUBLIC = "public"
-    PRIVATE = "private"
-    UNKNOWN = "unknown"
 
 
 @attrs.frozen
@@ -126,7 +119,14 @@ class ReachabilityTracker:
             if new is not old:
                 changes.append(ReachabilityChange(addr, old, new))
             self._state[addr] = new
-        overall = self._overall_of(self._state.values())
+        # An address still gathering its first answers (fewer than ``confidence``) does
+        # not make a known node unknown: a newly observed address would flap it otherwise.
+        settled = [
+            st
+            for a, st in self._state.items()
+            if st is not Reachability.UNKNOWN or len(self._answers.get(a, ())) >= self.confidence
+        ]
+        overall = self._overall_of(settled)
         if overall is not self._overall:
             changes.append(ReachabilityChange(None, self._overall, overall))
             self._overall = overall

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DIAL_BACK_DIAL_TIMEOUT",
     "DIAL_BACK_STREAM_TIMEOUT",
+    "MAX_OBSERVED_PROBED",
     "MAX_PENDING_NONCES",
     "REQUEST_TIMEOUT",
     "AutoNATService",
@@ -113,6 +114,9 @@ _READ_SIZE: Final = MAX_MESSAGE_SIZE + 16
 DEFAULT_BOOT_DELAY: Final = 5.0
 DEFAULT_RETRY_INTERVAL: Final = 60.0
 DEFAULT_REFRESH_INTERVAL: Final = 900.0
+#: Observed addresses tested at most, the most observed first (a symmetric NAT gives one
+#: per peer; each costs up to ``window`` requests a round).
+MAX_OBSERVED_PROBED: Final = 8
 #: Wait after a new connection before a probe round (identify has then told us
 #: whether the peer is an AutoNAT server).
 SERVER_DISCOVERY_DELAY: Final = 1.0
@@ -291,6 +295,7 @@ class AutoNATService(ProtocolService):
         self.boot_delay = boot_delay
         self.retry_interval = retry_interval
         self.refresh_interval = refresh_interval
+        self._is_public_given = is_public
         self.is_public: AddrPredicate = is_public or is_public_addr
         self._addrs = addrs
         self._dial_back_transports = dial_back_transports
@@ -318,6 +323,9 @@ class AutoNATService(ProtocolService):
     def attach(self, node: Node) -> None:
         """Register the protocol handlers (and the connection hook of the client)."""
         self.node = node
+        if self._is_public_given is None:
+            config = node.config
+            self.is_public = lambda a: is_public_addr(a, config)
         self.dialer = DialBackDialer(node, self._dial_back_transports)
         if self.serve:
             if self.v2:
@@ -599,9 +607,13 @@ class AutoNATService(ProtocolService):
         self._changes(self.tracker.add(result, asyncio.get_running_loop().time()))
 
     def _changes(self, changes: list[ReachabilityChange]) -> None:
+        book = self.node.addresses if self.node is not None else None
         for change in changes:
-            if change.addr is None:
-                log.info("reachability: %s -> %s", change.old.value, change.new.value)
+            if book is not None:  # the node's address book: confirmations, node.reachability
+                if change.addr is None:
+                    book.report_reachability(change.new)
+                else:
+                    book.set_address_reachability(change.addr, change.new)
             for cb in self._callbacks:
                 try:
                     out = cb(change)
@@ -617,9 +629,16 @@ class AutoNATService(ProtocolService):
     # --- probing --------------------------------------------------------------------------
 
     def candidate_addrs(self) -> list[Multiaddr]:
-        """The addresses to test: ``addrs()`` if given, else the public listen addresses."""
+        """The addresses to test: ``addrs()`` if given, else the public ones of the listen
+        addresses (wildcards expanded) and of the addresses peers observed (the node's
+        :class:`~switchy.stack.addrbook.AddressBook`; at most :data:`MAX_OBSERVED_PROBED`
+        of those)."""
         node = self._node()
-        source = self._addrs() if self._addrs is not None else node.listen_addrs
+        if self._addrs is not None:
+            source = list(self._addrs())
+        else:
+            book = node.addresses
+            source = [*book.interface_addrs(), *book.observed()[:MAX_OBSERVED_PROBED]]
         out: list[Multiaddr] = []
         for a in source:
             if a not in out and self.is_public(a):
@@ -645,6 +664,8 @@ class AutoNATService(ProtocolService):
         loop = asyncio.get_running_loop()
         addrs = self.candidate_addrs()
         self._changes(self.tracker.forget(addrs, loop.time()))
+        if self._addrs is None:
+            self._node().addresses.retain_verdicts(addrs)
         servers = self.servers()
         live = set(servers)
         self._asked = {k: t for k, t in self._asked.items() if k[0] in addrs and k[1] in live}

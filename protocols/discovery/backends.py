@@ -232,7 +232,7 @@ class RegistryBackend(DiscoveryBackend):
     def _claim(self, name: str) -> bytes:
         node = self._node()
         self._seq = max(self._seq + 1, time.time_ns())
-        addrs = tuple(split_peer(a)[0] for a in node.listen_addrs[:MAX_CLAIM_ADDRS])
+        addrs = tuple(split_peer(a)[0] for a in node.announced_addrs[:MAX_CLAIM_ADDRS])
         return seal_name_claim(node.key, name, addrs, self._seq)
 
     async def register(self, name: str) -> None:
@@ -325,4 +325,4 @@ class SimNameBackend(DiscoveryBackend):
     async def register(self, name: str) -> None:
         """Make ``name`` resolve to this node's id and listen addresses."""
         node = self._node()
-        self.names.register(name, node.peer_id, node.listen_addrs)
+        self.names.register(name, node.peer_id, node.announced_addrs)

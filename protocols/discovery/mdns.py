@@ -326,7 +326,7 @@ class MdnsService(DiscoveryBackend):
     def _refresh_core(self) -> MdnsCore:
         assert self.core is not None
         node = self._node()
-        self.core.addrs = [split_peer(a)[0] for a in node.listen_addrs if _lan_usable(a)]
+        self.core.addrs = [split_peer(a)[0] for a in node.announced_addrs if _lan_usable(a)]
         return self.core
 
     def _send(self, data: bytes) -> None:

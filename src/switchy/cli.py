@@ -171,7 +171,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
         backend = RegistryBackend(args.registry)
         services.append(backend)
-    async with default_node(key=key, services=services, config=args.config) as node:
+    async with default_node(key=key, services=services, config=_reach_config(args)) as node:
         if args.addrs or not args.relay:
             await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for _ in args.relay:  # one reservation per relay; each falls back to the others
@@ -179,6 +179,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
         for addr in node.full_addrs:
             print(addr)
         sys.stdout.flush()
+        _report_reachability(node)
         if backend is not None:
             await register_name(node, args.register)
             print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
@@ -190,6 +191,97 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
         await stop.wait()
         print("shutting down", file=sys.stderr)
     return 0
+
+
+def _reach_config(args: argparse.Namespace) -> Any:
+    """The node config of a command with ``--public-network`` options."""
+    import attrs
+
+    config = args.config  # NetworkConfig.from_env(), read (and checked) by main()
+    if args.public_network:
+        config = attrs.evolve(config, public_networks=tuple(args.public_network))
+    return config
+
+
+def _report_reachability(node: Any) -> None:
+    """Print (stdout, one line each, after the listen addresses) the reachability as it is
+    learned and each confirmed external or relay address as it appears or goes."""
+    from switchy.stack.addresses import with_peer
+    from switchy.transports.relay.autorelay import AutoRelay
+
+    relay = next((s for s in node.services if isinstance(s, AutoRelay)), None)
+    shown: dict[str, set[str]] = {"external": set(), "relay": set()}
+
+    def addresses_changed() -> None:
+        current = {
+            "external": {str(with_peer(a, node.peer_id)) for a in node.addresses.confirmed()},
+            "relay": {
+                str(with_peer(a, node.peer_id))
+                for a in node.announced_addrs
+                if "/p2p-circuit" in str(a)
+            },
+        }
+        for kind in ("external", "relay"):
+            for a in sorted(current[kind] - shown[kind]):
+                print(f"{kind}: {a}", flush=True)
+            for a in sorted(shown[kind] - current[kind]):
+                print(f"{kind} gone: {a}", flush=True)
+            shown[kind] = current[kind]
+
+    def reachability_changed(_old: Any, new: Any) -> None:
+        print(f"reachability: {new.value}", flush=True)
+
+    node.addresses.on_changed(addresses_changed)
+    node.addresses.on_reachability_changed(reachability_changed)
+    if relay is not None:
+        print(f"reachability: {node.reachability.value}", flush=True)
+
+
+async def _cmd_nat_status(args: argparse.Namespace) -> int:
+    """``switchy nat-status SERVER...``: ask AutoNAT servers whether our addresses are
+    reachable; one line (or JSON object) per server and address."""
+    from switchy.presets import default_node
+    from switchy.protocols.autonat import AutoNATService, Verdict, probe
+    from switchy.protocols.identify import IdentifyService
+
+    autonat = AutoNATService(server=False, probe_automatically=False)
+    key = _load_key(args.key, create=False)
+    async with default_node(key=key, services=[autonat], config=_reach_config(args)) as node:
+        await node.listen(*(args.listen or ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]))
+        ident = next(s for s in node.services if isinstance(s, IdentifyService))
+        for server in args.servers:  # connect and identify: our observed addresses
+            conn = await node.connect(server)
+            with contextlib.suppress(TimeoutError):
+                await ident.wait_identified(conn.remote_peer, timeout=10)
+        addrs = args.addr or autonat.candidate_addrs()
+        if not addrs:
+            print(
+                "switchy: error: none of our addresses is public "
+                f"({', '.join(map(str, node.announced_addrs))}); "
+                "give --addr, or --public-network for a private network",
+                file=sys.stderr,
+            )
+            return 2
+        results = await probe(node, args.servers, addrs)
+    rows = [
+        {
+            "addr": str(r.addr),
+            "server": str(r.server),
+            "version": r.version,
+            "verdict": r.verdict.value,
+            "detail": r.detail,
+        }
+        for r in results
+    ]
+    if args.json:
+        print(json.dumps({"results": rows, "reachability": autonat.reachability.value}))
+    else:
+        for row in rows:
+            detail = f" ({row['detail']})" if row["detail"] else ""
+            print(f"{row['addr']}: {row['verdict']} by {row['server']} (v{row['version']}){detail}")
+        print(f"reachability: {autonat.reachability.value}")
+    conclusive = any(r.verdict in (Verdict.REACHABLE, Verdict.UNREACHABLE) for r in results)
+    return 0 if conclusive else 1
 
 
 async def _cmd_ping(args: argparse.Namespace) -> int:
@@ -638,6 +730,39 @@ def _add_dht_parser(sub: Any) -> None:
         d.set_defaults(func=_cmd_dht)
 
 
+def _add_public_network(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--public-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="count this IP network as public (AutoNAT, announced addresses); repeatable",
+    )
+
+
+def _add_nat_status_parser(sub: Any) -> None:
+    s = sub.add_parser(
+        "nat-status", help="ask peers' AutoNAT servers whether our addresses are reachable"
+    )
+    s.add_argument("servers", nargs="+", metavar="SERVER", help="…/p2p/<id> of an AutoNAT server")
+    s.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="listen here (default: TCP and QUIC on 0.0.0.0, free ports); repeatable",
+    )
+    s.add_argument(
+        "--addr",
+        action="append",
+        metavar="MULTIADDR",
+        help="the address to test (default: our public listen and observed ones); repeatable",
+    )
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--key", help="key file to use (default: a fresh identity)")
+    _add_public_network(s)
+    s.set_defaults(func=_cmd_nat_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -682,7 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help="also listen through this relay (…/p2p/<relay id>; repeat for several relays)",
     )
+    _add_public_network(s)
     s.set_defaults(func=_cmd_listen)
+    _add_nat_status_parser(sub)
 
     from switchy.demo import MAX_DEMO_NODES, MIN_DEMO_NODES
     from switchy.transports.relay.config import RelayConfig

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from switchy.protocols.autonat import AutoNATService
 from switchy.protocols.echo import EchoService
 from switchy.protocols.identify import IdentifyService
 from switchy.protocols.perf import PerfService
@@ -17,7 +18,7 @@ from switchy.stack.config import NetworkConfig
 from switchy.stack.node import Node, ProtocolService
 from switchy.stack.transport import Transport
 from switchy.transports.quic import QuicTransport
-from switchy.transports.relay import RelayTransport
+from switchy.transports.relay import AutoRelay, RelayTransport
 from switchy.transports.tcp import TcpTransport
 
 __all__ = ["default_node", "default_services", "default_transports"]
@@ -29,8 +30,8 @@ def default_transports(config: NetworkConfig) -> list[Transport]:
 
 
 def default_services() -> list[ProtocolService]:
-    """Ping, identify (and push), echo and perf."""
-    return [PingService(), IdentifyService(), EchoService(), PerfService()]
+    """Ping, identify (and push), echo, perf, AutoNAT (v2 and v1, client and server)."""
+    return [PingService(), IdentifyService(), EchoService(), PerfService(), AutoNATService()]
 
 
 def default_node(
@@ -40,21 +41,30 @@ def default_node(
     config: NetworkConfig | None = None,
     **options: Any,
 ) -> Node:
-    """A node with QUIC and TCP, ping, identify, echo, perf and the circuit relay client.
+    """A node with QUIC and TCP, ping, identify, echo, perf, AutoNAT, the circuit relay
+    client and automatic relays (:class:`~switchy.transports.relay.AutoRelay`: reservations
+    while AutoNAT finds the node private).  ``node.reachability`` tells what AutoNAT found.
 
     ``transports`` replaces QUIC + TCP (:func:`default_transports`); ``services`` are
-    added after the default ones (:func:`default_services`).  The relay client
+    added after the default ones (:func:`default_services`), and one of the same class as a
+    default one (e.g. an ``AutoNATService`` or ``IdentifyService`` you configured) replaces
+    it.  The relay client
     (:class:`~switchy.transports.relay.RelayTransport`) dials and listens on
     ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it (e.g. with
-    fallback relays).  Every other keyword (``key``, ``listen``, ``handlers``,
-    ``entropy``, ...) goes to :class:`~switchy.stack.node.Node` as it is.
+    fallback relays), and an ``AutoRelay`` to configure automatic relays.  Every other
+    keyword (``key``, ``listen``, ``handlers``, ``entropy``, ...) goes to
+    :class:`~switchy.stack.node.Node` as it is.
 
     Raises what :class:`~switchy.stack.node.Node` raises
     (:class:`~switchy.stack.errors.InvalidConfiguration`).
     """
     config = config or NetworkConfig()
     chosen = list(default_transports(config) if transports is None else transports)
-    all_services = [*default_services(), *services]
+    given = list(services)
+    kinds = {type(s) for s in given}
+    all_services = [*(s for s in default_services() if type(s) not in kinds), *given]
     if not any(isinstance(s, RelayTransport) for s in all_services):
         all_services.append(RelayTransport())
+    if not any(isinstance(s, AutoRelay) for s in all_services):
+        all_services.append(AutoRelay())
     return Node(transports=chosen, services=all_services, config=config, **options)

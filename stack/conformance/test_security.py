@@ -218,9 +218,7 @@ def test_cancelled_writes_and_reads_keep_the_channel_whole(
         # A small pipe buffer: writers wait below the security layer (where a cancelled
         # write could cut a frame).
         sa, sb, _, _ = await secure_pair(security, raw=memory_pipe(buffer_size=16 * 1024))
-        await cancelled_writes_arrive_whole(
-            security, sa, sb, "security.cancellation", seed=seed
-        )
+        await cancelled_writes_arrive_whole(security, sa, sb, "security.cancellation", seed=seed)
         await cancelled_reads_lose_nothing(security, sb, sa, "security.cancellation")
 
     security.run(main)

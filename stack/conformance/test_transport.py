@@ -332,9 +332,7 @@ def test_cancelled_writes_and_reads_keep_the_stream_whole(
     async def main() -> None:
         pair = TransportPair(transport)
         d, lst = await pair.open()
-        await cancelled_writes_arrive_whole(
-            transport, d, lst, "transport.cancellation", seed=seed
-        )
+        await cancelled_writes_arrive_whole(transport, d, lst, "transport.cancellation", seed=seed)
         await pair.close()
 
     transport.run(main)

@@ -194,8 +194,10 @@ class NoiseConnection(Connection):
         if task is not None and self._writer is not task:
             return  # already handled when the writer ended
         self._writer = None
-        if self._write_error is None and task is not None and (
-            task.cancelled() or task.exception() is not None
+        if (
+            self._write_error is None
+            and task is not None
+            and (task.cancelled() or task.exception() is not None)
         ):
             self._write_error = ConnectionClosed(
                 f"Noise connection to {self.remote_peer} stopped while writing"

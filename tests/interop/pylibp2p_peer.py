@@ -61,10 +61,10 @@ def emit(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def local_addr(quic: bool, port: int = 0) -> multiaddr.Multiaddr:
+def local_addr(quic: bool, port: int = 0, ip: str = "127.0.0.1") -> multiaddr.Multiaddr:
     if quic:
-        return multiaddr.Multiaddr(f"/ip4/127.0.0.1/udp/{port}/quic-v1")
-    return multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")
+        return multiaddr.Multiaddr(f"/ip4/{ip}/udp/{port}/quic-v1")
+    return multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}")
 
 
 def make_host(seed: bytes | None, quic: bool = False) -> Any:
@@ -153,7 +153,7 @@ async def listen(args: argparse.Namespace) -> int:
     host = make_host(bytes.fromhex(args.seed) if args.seed else None, args.quic)
     host.set_stream_handler(ECHO, echo_handler)
     host.set_stream_handler(PERF, perf_handler)
-    addr = local_addr(args.quic, args.port)
+    addr = local_addr(args.quic, args.port, args.ip)
     if args.autonat:
         from libp2p.host.autonat import AutoNATService
 
@@ -419,6 +419,7 @@ def main() -> int:
     sub = p.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("listen")
     s.add_argument("--port", type=int, default=0)
+    s.add_argument("--ip", default="127.0.0.1", help="IPv4 address to listen on")
     s.add_argument("--seed")
     s.add_argument("--relay", action="store_true", help="also run the circuit relay v2 hop service")
     s.add_argument("--quic", action="store_true")

@@ -151,6 +151,15 @@ class QuicTransport(Transport):
     def can_dial(self, addr: Multiaddr) -> bool:
         return self.network.parse(addr) is not None
 
+    def observer_group(self, addr: Multiaddr) -> str | None:
+        """The IPv4 address or IPv6 /56 of ``addr``, or its host on a simulated network."""
+        from switchy.stack.addrbook import ip_observer_group
+
+        sock = self.network.parse(addr)
+        if sock is None:
+            return None
+        return ip_observer_group(str(sock[0])) or f"host:{sock[0]}"
+
     def can_listen(self, addr: Multiaddr) -> bool:
         return self.network.parse(addr) is not None
 

@@ -2,6 +2,7 @@
 
 * :class:`RelayService` — the hop service a relay node runs (reservations,
   relayed connections, limits);
+* :class:`AutoRelay` — reserves on relays by itself while the node is private;
 * :class:`RelayTransport` — the client: dial and listen through relays
   (``…/p2p/<relay>/p2p-circuit[/p2p/<peer>]``) and the stop protocol;
 * :mod:`switchy.transports.relay.pb` — the messages (sans-IO codecs);
@@ -10,11 +11,13 @@
 Modules: :mod:`switchy.transports.relay.service` (relay side),
 :mod:`switchy.transports.relay.transport` (client side), :mod:`switchy.transports.relay.pb`,
 :mod:`switchy.transports.relay.resources`, :mod:`switchy.transports.relay.config` (limits
-and timings), :mod:`switchy.transports.relay.voucher` (reservation vouchers).
+and timings), :mod:`switchy.transports.relay.voucher` (reservation vouchers),
+:mod:`switchy.transports.relay.autorelay` (automatic reservations).
 """
 
 from __future__ import annotations
 
+from switchy.transports.relay.autorelay import AutoRelay
 from switchy.transports.relay.config import RelayClientConfig, RelayConfig
 from switchy.transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL, Limit, Status
 from switchy.transports.relay.resources import RelayResources
@@ -33,6 +36,7 @@ __all__ = [
     "HOP_PROTOCOL",
     "STOP_PROTOCOL",
     "ActiveReservation",
+    "AutoRelay",
     "Circuit",
     "Limit",
     "RelayClientConfig",

@@ -14,6 +14,10 @@ KiB = 1024
 #: Default of ``circuit_window`` (relay and client): what a circuit's stream may buffer
 #: per direction at each hop.
 CIRCUIT_WINDOW = 256 * KiB
+#: Default longest life of one relayed connection (seconds): two hours of music.
+DEFAULT_LIMIT_DURATION = 2 * 3600
+#: Default bytes per direction of one relayed connection: two hours of lossless audio.
+DEFAULT_LIMIT_DATA = 1024 * 1024 * KiB
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -30,17 +34,22 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> N
 class RelayConfig:
     """What a relay (hop service) grants.  Durations in seconds, sizes in bytes.
 
-    The per-connection defaults (2 minutes, 128 KiB each way) are the ones
-    go-libp2p uses: enough for a hole-punch coordination or a small exchange,
-    not for bulk transfer.  Set a limit to 0 to disable it.
+    Per-connection defaults: 2 hours and 1 GiB in each direction
+    (:data:`DEFAULT_LIMIT_DURATION`, :data:`DEFAULT_LIMIT_DATA`).  A relay is the
+    last resort of two devices behind NATs, and what they run over it is often
+    a music stream: at 320 kbit/s an hour is 144 MB, CD-quality lossless
+    (1.4 Mbit/s) is about 630 MB an hour.  go-libp2p's and js-libp2p's 2 minutes
+    / 128 KiB (meant for hole-punch coordination) would cut a stream off after
+    about 3 seconds of 320 kbit/s audio.  Relays stay bounded by
+    ``max_circuits`` and the per-circuit window; set a limit to 0 to disable it.
     """
 
     #: Life of a reservation; clients renew before it ends.
     reservation_ttl: float = attrs.field(default=3600.0, validator=_positive)
     #: Longest life of one relayed connection (0: no limit).
-    limit_duration: int = attrs.field(default=120, validator=_non_negative)
+    limit_duration: int = attrs.field(default=DEFAULT_LIMIT_DURATION, validator=_non_negative)
     #: Bytes a relayed connection may carry in each direction (0: no limit).
-    limit_data: int = attrs.field(default=128 * KiB, validator=_non_negative)
+    limit_data: int = attrs.field(default=DEFAULT_LIMIT_DATA, validator=_non_negative)
     #: Reservations held at once, all peers together.
     max_reservations: int = attrs.field(default=128, validator=_positive)
     #: Reservations held at once by peers connecting from one IP address.

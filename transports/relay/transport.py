@@ -334,6 +334,7 @@ class RelayListener(Listener):
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        self.transport._addresses_changed()
 
     async def wait_reservation(self, relay: PeerId | None = None) -> ActiveReservation:
         """Wait until a reservation is held (on ``relay`` if given) and return it."""
@@ -349,6 +350,7 @@ class RelayListener(Listener):
             log.info("relay %s went away; reserving elsewhere", peer)
             self.reservation = None
             self._lost.set()
+            self.transport._addresses_changed()
 
     async def _maintain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -367,7 +369,9 @@ class RelayListener(Listener):
                 start = self._index + 1
             ok, errors = await self._reserve_round(start)
             if not ok:
-                self.reservation = None
+                if self.reservation is not None:
+                    self.reservation = None
+                    self.transport._addresses_changed()
                 log.warning("no relay granted a reservation: %s", "; ".join(errors))
                 await asyncio.sleep(cfg.retry_interval)
 
@@ -376,8 +380,9 @@ class RelayListener(Listener):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait() never raises the task's CancelledError, so a cancellation of our
+            # caller is not swallowed here
+            await asyncio.wait([self._task])
         self.transport._listeners.discard(self)
 
 
@@ -440,6 +445,11 @@ class RelayTransport(Transport, ProtocolService):
             return
         for listener in list(self._listeners):
             listener.relay_lost(event.peer)
+
+    def _addresses_changed(self) -> None:
+        """A listener's circuit addresses changed: the node re-announces."""
+        if self.node is not None and not self.node.is_closed:
+            self.node.addresses.check()
 
     def _track(self, conn: RelayedConnection) -> None:
         self._conns.add(conn)

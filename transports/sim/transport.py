@@ -105,6 +105,12 @@ class SimTransport(Transport):
         """The sim multiaddr of ``port`` on this transport's host."""
         return self.host.address(port)
 
+    def observer_group(self, addr: Multiaddr) -> str | None:
+        """The simulated host of ``addr`` (every port of a host is one observer)."""
+        parsed = parse_sim_multiaddr(addr)
+        host = None if parsed is None else self.network.host_by_number(parsed[0])
+        return None if host is None else f"host:{host.name}"
+
     def can_dial(self, addr: Multiaddr) -> bool:
         """Whether ``addr`` is a sim address (other transports' addresses are refused)."""
         return parse_sim_multiaddr(addr) is not None
