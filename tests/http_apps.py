@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from switchy.protocols.http.core import HttpError, parse_range
+from switchy.protocols.http.core import PEER_ID_HEADER, HttpError, parse_range
 
 FILE = bytes(range(256)) * 1024  # 256 KiB of known content
 
@@ -18,6 +18,7 @@ class App:
         self.events: list[str] = []
         self.forever_stopped = asyncio.Event()
         self.forever_sent = 0
+        self.flood_stopped = asyncio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -109,7 +110,12 @@ class App:
             await send({"type": "websocket.close"})
             return
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": scope["extensions"]["libp2p"]["peer_id"]})
+        # on a node: the scope extension; behind expose: the header the proxy adds
+        peer = (
+            scope["extensions"]["libp2p"]["peer_id"]
+            or dict(scope["headers"]).get(PEER_ID_HEADER.encode(), b"").decode()
+        )
+        await send({"type": "websocket.send", "text": peer})
         while True:
             msg = await receive()
             if msg["type"] == "websocket.disconnect":
@@ -121,6 +127,7 @@ class App:
                         await send({"type": "websocket.send", "bytes": b"z" * 65536})
                 finally:
                     self.events.append("flood-stopped")
+                    self.flood_stopped.set()
             if "text" in msg and msg["text"] is not None:
                 await send({"type": "websocket.send", "text": msg["text"].upper()})
             else:

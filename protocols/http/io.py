@@ -9,9 +9,18 @@ import h11
 
 from switchy.protocols.http.core import Event, HttpError, HttpLimits, _Core
 from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.stack.identity import PeerId
 from switchy.stack.stream import Stream
 
-__all__ = ["PIPE_CHUNK", "is_closed_error", "next_event", "pipe", "read_head", "write_timed"]
+__all__ = [
+    "PIPE_CHUNK",
+    "is_closed_error",
+    "next_event",
+    "peer_of",
+    "pipe",
+    "read_head",
+    "write_timed",
+]
 
 #: Bytes copied per read by :func:`pipe`.
 PIPE_CHUNK = 64 * 1024
@@ -95,6 +104,12 @@ async def pipe(a: Stream, b: Stream, *, a_to_b: bytes = b"", b_to_a: bytes = b""
         for s in (a, b):
             with contextlib.suppress(P2PError, OSError):
                 await (s.reset() if failed else s.close())
+
+
+def peer_of(stream: Stream) -> PeerId | None:
+    """The authenticated remote peer of ``stream`` (``None`` for a plain connection)."""
+    peer = getattr(stream, "remote_peer", None)
+    return peer if isinstance(peer, PeerId) else None
 
 
 def is_closed_error(exc: BaseException) -> bool:

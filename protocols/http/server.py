@@ -42,11 +42,11 @@ from switchy.protocols.http.core import (
     ServerCore,
     is_websocket_upgrade,
 )
-from switchy.protocols.http.io import next_event, read_head, write_timed
+from switchy.protocols.http.io import next_event, peer_of, read_head, write_timed
 from switchy.stack.errors import ConnectionClosed, InvalidConfiguration, P2PError, P2PTimeout
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
-from switchy.stack.stream import MuxedStream
+from switchy.stack.stream import Stream
 
 __all__ = [
     "ASGIApp",
@@ -71,8 +71,8 @@ class ClientDisconnected(ConnectionClosed, OSError):
     """The peer went away (reset the stream, or stopped reading): raised by ``send()``."""
 
 
-def _peer_allowed(allow: frozenset[PeerId] | None, peer: PeerId) -> bool:
-    return allow is None or peer in allow
+def _peer_allowed(allow: frozenset[PeerId] | None, peer: PeerId | None) -> bool:
+    return allow is None or (peer is not None and peer in allow)
 
 
 class HttpService(ProtocolService):
@@ -167,10 +167,14 @@ class HttpService(ProtocolService):
 
     # --- requests -----------------------------------------------------------------------
 
-    async def handle_stream(self, stream: MuxedStream) -> None:
-        """Serve the one request on ``stream`` (the ``/http/1.1`` handler)."""
+    async def handle_stream(self, stream: Stream) -> None:
+        """Serve the one request on ``stream`` (the ``/http/1.1`` handler).
+
+        Any :class:`~switchy.stack.stream.Stream` works (a TCP connection too); the peer
+        is its ``remote_peer`` (``None`` in the scope when it has none).
+        """
         core = ServerCore(self.limits)
-        peer = stream.remote_peer
+        peer = peer_of(stream)
         try:
             head = await read_head(core, stream, self.limits)
         except HttpError as exc:
@@ -197,14 +201,15 @@ class HttpService(ProtocolService):
             return
         await _HttpExchange(self, stream, core, head).run()
 
-    async def _answer(self, stream: MuxedStream, data: bytes) -> None:
+    async def _answer(self, stream: Stream, data: bytes) -> None:
         with contextlib.suppress(P2PError, OSError):
             await write_timed(stream, data, self.limits.write_timeout)
             await stream.close()
 
-    def scope(self, kind: str, stream: MuxedStream, head: h11.Request) -> Scope:
+    def scope(self, kind: str, stream: Stream, head: h11.Request) -> Scope:
         """The ASGI scope of ``head`` on ``stream`` (``kind``: ``"http"``/``"websocket"``)."""
         raw_path, _, query = head.target.partition(b"?")
+        peer = peer_of(stream)
         scope: Scope = {
             "type": kind,
             "asgi": _ASGI,
@@ -220,8 +225,8 @@ class HttpService(ProtocolService):
             "state": dict(self.state),
             "extensions": {
                 "libp2p": {
-                    "peer_id": str(stream.remote_peer),
-                    "peer": stream.remote_peer,
+                    "peer_id": None if peer is None else str(peer),
+                    "peer": peer,
                     "protocol": HTTP_PROTOCOL,
                 }
             },
@@ -235,7 +240,7 @@ class _HttpExchange:
     """One ``http`` scope: the application's ``receive``/``send`` over one stream."""
 
     def __init__(
-        self, service: HttpService, stream: MuxedStream, core: ServerCore, head: h11.Request
+        self, service: HttpService, stream: Stream, core: ServerCore, head: h11.Request
     ) -> None:
         self.service = service
         self.stream = stream
@@ -254,7 +259,7 @@ class _HttpExchange:
         try:
             await self.service.app(scope, self.receive, self.send)
         except ClientDisconnected:
-            log.debug("HTTP client %s went away", self.stream.remote_peer)
+            log.debug("HTTP client %s went away", peer_of(self.stream))
         except Exception:
             log.exception("the ASGI application failed on %s", self.head.target)
             if not self.response_started:
@@ -294,11 +299,11 @@ class _HttpExchange:
         try:
             event = await next_event(self.core, self.stream, self.limits.idle_timeout)
         except HttpError as exc:
-            log.info("bad HTTP body from %s: %s", self.stream.remote_peer, exc)
+            log.info("bad HTTP body from %s: %s", peer_of(self.stream), exc)
             await self._fail(exc.status, str(exc))
             return {"type": "http.disconnect"}
         except (P2PError, OSError) as exc:
-            log.debug("HTTP client %s: %s", self.stream.remote_peer, exc)
+            log.debug("HTTP client %s: %s", peer_of(self.stream), exc)
             self._disconnect()
             return {"type": "http.disconnect"}
         if isinstance(event, h11.Data):
@@ -325,7 +330,7 @@ class _HttpExchange:
         if extra:  # bytes past the announced body: one request per stream
             log.info(
                 "HTTP client %s sent bytes after its request; resetting",
-                self.stream.remote_peer,
+                peer_of(self.stream),
             )
             self._disconnect()
             await self.stream.reset()
@@ -376,7 +381,7 @@ class _HttpExchange:
         except (P2PError, OSError) as exc:
             self._disconnect()
             if isinstance(exc, P2PTimeout):
-                log.info("HTTP client %s stopped reading: reset", self.stream.remote_peer)
+                log.info("HTTP client %s stopped reading: reset", peer_of(self.stream))
             raise ClientDisconnected(f"the HTTP client went away: {exc}") from None
 
     _pending: bytes = b""

@@ -28,9 +28,9 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from switchy.protocols.http.io import write_timed
+from switchy.protocols.http.io import peer_of, write_timed
 from switchy.stack.errors import InvalidConfiguration, P2PError
-from switchy.stack.stream import MuxedStream
+from switchy.stack.stream import Stream
 
 if TYPE_CHECKING:
     from switchy.protocols.http.core import ServerCore
@@ -48,7 +48,7 @@ CLOSE_ABNORMAL = 1006
 
 
 async def serve_websocket(
-    service: HttpService, stream: MuxedStream, core: ServerCore, head: h11.Request
+    service: HttpService, stream: Stream, core: ServerCore, head: h11.Request
 ) -> None:
     """Run the application's ``websocket`` scope for ``head`` on ``stream``."""
     from switchy.protocols.http.server import ClientDisconnected
@@ -58,7 +58,7 @@ async def serve_websocket(
     try:
         ws.initiate_upgrade_connection(list(head.headers), head.target)
     except RemoteProtocolError as exc:
-        log.info("bad WebSocket upgrade from %s: %s", stream.remote_peer, exc)
+        log.info("bad WebSocket upgrade from %s: %s", peer_of(stream), exc)
         await service._answer(stream, core.error_response(400, f"bad WebSocket upgrade: {exc}"))
         return
     pending = list(ws.events())
@@ -87,7 +87,7 @@ async def serve_websocket(
                 if isinstance(event, TextMessage | BytesMessage):
                     size += len(event.data)
                     if size > limits.max_ws_message:
-                        log.info("WebSocket message from %s too large", stream.remote_peer)
+                        log.info("WebSocket message from %s too large", peer_of(stream))
                         with contextlib.suppress(ClientDisconnected, LocalProtocolError):
                             await write(ws.send(CloseConnection(code=CLOSE_TOO_BIG)))
                         state["closed"] = True
@@ -132,7 +132,7 @@ async def serve_websocket(
             try:
                 ws.receive_data(data)
             except RemoteProtocolError as exc:
-                log.info("bad WebSocket data from %s: %s", stream.remote_peer, exc)
+                log.info("bad WebSocket data from %s: %s", peer_of(stream), exc)
                 state["closed"] = True
                 return {"type": "websocket.disconnect", "code": 1002}
 
