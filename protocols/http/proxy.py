@@ -22,9 +22,10 @@ byte pipe.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -72,10 +73,19 @@ HOP_BY_HOP: Final = frozenset(
 
 
 def tcp_multiaddr(host: str, port: int) -> Multiaddr:
-    """The ``/ip4|ip6/.../tcp/port`` multiaddr of ``host`` (``localhost`` is 127.0.0.1)."""
+    """The ``/ip4|ip6/.../tcp/port`` multiaddr of ``host`` (``localhost`` is 127.0.0.1).
+
+    Raises :class:`InvalidConfiguration` unless ``host`` is an IP address (or localhost)
+    and ``port`` a port number.
+    """
     host = "127.0.0.1" if host == "localhost" else host
-    proto = "ip6" if ":" in host else "ip4"
-    return Multiaddr(f"/{proto}/{host}/tcp/{port}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidConfiguration(f"{host!r} is not an IP address (nor localhost)") from None
+    if not 0 <= port <= 65535:
+        raise InvalidConfiguration(f"{port} is not a TCP port")
+    return Multiaddr(f"/ip{ip.version}/{ip}/tcp/{port}")
 
 
 def _forward_headers(headers: Iterable[tuple[bytes, bytes]], upgrade: bool) -> Headers:
@@ -277,9 +287,11 @@ class HttpProxyService(ProtocolService):
 class Gateway:
     """A local HTTP server through which HTTP clients reach peers: ``/p2p/<peer>/path``.
 
-    ``names`` maps other first path segments to peers (``/p2p/media/...``).  Peers are
-    reached with :meth:`Node.open_stream <switchy.stack.node.Node.open_stream>` (the
-    node's connections or its peer store's addresses).  Start with :meth:`listen`.
+    ``names`` maps other first path segments to peers (``/p2p/media/...``); ``resolve``,
+    when given, is asked for any other segment that is not a peer id (a discovery
+    lookup: it returns the peer, its addresses known to the node).  Peers are reached with
+    :meth:`Node.open_stream <switchy.stack.node.Node.open_stream>` (the node's connections
+    or its peer store's addresses).  Start with :meth:`listen`.
     """
 
     def __init__(
@@ -287,10 +299,12 @@ class Gateway:
         node: Node,
         *,
         names: Mapping[str, Target] | None = None,
+        resolve: Callable[[str], Awaitable[Target]] | None = None,
         limits: HttpLimits = DEFAULT_LIMITS,
     ) -> None:
         self.node = node
         self.names = dict(names or {})
+        self.resolve = resolve
         self.limits = limits
         self._tcp = TcpTransport(NetworkConfig())
         self._listener: Listener | None = None
@@ -308,13 +322,18 @@ class Gateway:
             await self._listener.close()
             self._listener = None
 
-    def _peer(self, segment: str) -> Target:
+    async def _peer(self, segment: str) -> Target:
         if segment in self.names:
             return self.names[segment]
         try:
             return PeerId.from_string(segment)
         except InvalidPeerId:
-            raise HttpError(f"{segment!r} is not a peer id nor a known name", 400) from None
+            if self.resolve is None:
+                raise HttpError(f"{segment!r} is not a peer id nor a known name", 400) from None
+        try:
+            return await self.resolve(segment)
+        except P2PError as exc:
+            raise HttpError(f"cannot resolve the name {segment!r}: {exc}", 404) from None
 
     async def _serve(self, conn: object) -> None:
         assert isinstance(conn, Connection)
@@ -329,7 +348,7 @@ class Gateway:
             parts = raw_path.decode("latin-1").split("/", 3)
             if len(parts) < 3 or parts[1] != "p2p" or not parts[2]:
                 raise HttpError("use /p2p/<peer-id>/path: only peers are reachable here", 404)
-            peer = self._peer(unquote(parts[2]))
+            peer = await self._peer(unquote(parts[2]))
             rest = "/" + (parts[3] if len(parts) > 3 else "")
             target = rest.encode("latin-1") + (sep + query if sep else b"")
         except HttpError as exc:
