@@ -101,11 +101,16 @@ async def ws_recv(ws: WSConnection, stream: Stream) -> str | bytes:
         ws.receive_data(data)
 
 
-async def curl(*args: str) -> tuple[int, bytes, bytes]:
+async def curl(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        "curl",
+        "-sS",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    out, err = await proc.communicate(stdin)
     assert proc.returncode is not None
     return proc.returncode, out, err
 
@@ -132,6 +137,18 @@ def test_curl_through_the_gateway_reaches_an_exposed_server() -> None:
             assert out[: len(FILE)] == FILE and out[len(FILE) :] == b"200"
             code, out, _ = await curl("-X", "POST", "--data-binary", "payload", f"{base}/echo")
             assert out == b"payload"
+            # a client waiting for "100 Continue" gets it from the gateway at once
+            big = bytes(range(256)) * 8192  # 2 MiB
+            code, out, err = await curl(
+                "-v",
+                "-H",
+                "Expect: 100-continue",
+                "--data-binary",
+                "@-",
+                f"{base}/echo",
+                stdin=big,
+            )
+            assert out == big and b"HTTP/1.1 100 Continue" in err
 
     run(main)
 

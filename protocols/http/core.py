@@ -11,6 +11,7 @@ give h11 events and bytes out, and every limit is a named constant of
 from __future__ import annotations
 
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Final, TypeAlias
 
 import attrs
@@ -30,6 +31,7 @@ __all__ = [
     "header_value",
     "is_websocket_upgrade",
     "parse_range",
+    "reason",
 ]
 
 #: The multistream-select protocol id of HTTP/1.1 over a libp2p stream.
@@ -127,6 +129,14 @@ def parse_range(value: bytes | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+def reason(status: int) -> bytes:
+    """The standard reason phrase of ``status`` (``b""`` for an unknown one)."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 class _Core:
     """What the server and client cores share: feeding, events, limit checks."""
 
@@ -175,7 +185,7 @@ class ServerCore(_Core):
         """The bytes of a response head; adds ``Connection: close`` (one request per stream)."""
         if close and header_value(headers, b"connection") is None:
             headers = [*headers, (b"connection", b"close")]
-        return self.send(h11.Response(status_code=status, headers=headers))
+        return self.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
 
     def simple_response(self, status: int, body: bytes, content_type: bytes) -> bytes:
         """A complete response with ``body`` (for errors and small documents)."""
@@ -193,7 +203,9 @@ class ServerCore(_Core):
 
     def switch_protocol(self, headers: Headers) -> bytes:
         """The ``101 Switching Protocols`` answer to an upgrade request."""
-        return self.send(h11.InformationalResponse(status_code=101, headers=headers))
+        return self.send(
+            h11.InformationalResponse(status_code=101, headers=headers, reason=reason(101))
+        )
 
 
 class ClientCore(_Core):

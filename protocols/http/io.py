@@ -7,13 +7,14 @@ import contextlib
 
 import h11
 
-from switchy.protocols.http.core import Event, HttpError, HttpLimits, _Core
+from switchy.protocols.http.core import Event, HttpError, HttpLimits, ServerCore, _Core
 from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
 from switchy.stack.identity import PeerId
 from switchy.stack.stream import Stream
 
 __all__ = [
     "PIPE_CHUNK",
+    "continue_if_asked",
     "is_closed_error",
     "next_event",
     "peer_of",
@@ -104,6 +105,13 @@ async def pipe(a: Stream, b: Stream, *, a_to_b: bytes = b"", b_to_a: bytes = b""
         for s in (a, b):
             with contextlib.suppress(P2PError, OSError):
                 await (s.reset() if failed else s.close())
+
+
+async def continue_if_asked(stream: Stream, core: ServerCore) -> None:
+    """Answer ``100 Continue`` when the client waits for it before sending its body."""
+    if core.h11.they_are_waiting_for_100_continue:
+        data = core.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+        await write_timed(stream, data, core.limits.write_timeout)
 
 
 def peer_of(stream: Stream) -> PeerId | None:

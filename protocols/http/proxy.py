@@ -44,7 +44,7 @@ from switchy.protocols.http.core import (
     ServerCore,
     is_websocket_upgrade,
 )
-from switchy.protocols.http.io import next_event, pipe, read_head, write_timed
+from switchy.protocols.http.io import continue_if_asked, next_event, pipe, read_head, write_timed
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import InvalidConfiguration, InvalidPeerId, P2PError
 from switchy.stack.identity import PeerId
@@ -124,9 +124,12 @@ async def forward_exchange(
     """
     upgrade = is_websocket_upgrade(head.headers)
     up_core = ClientCore(limits)
+    # an "Expect: 100-continue" is answered here, not passed on
+    headers = [(k, v) for k, v in headers if k.lower() != b"expect"]
     try:
         data = up_core.request(head.method, target, _forward_headers(headers, upgrade))
         await write_timed(up, data, limits.write_timeout)
+        await continue_if_asked(down, down_core)
         while True:  # the request body, one read at a time
             event = await next_event(down_core, down, limits.idle_timeout)
             if isinstance(event, h11.Data):

@@ -42,7 +42,13 @@ from switchy.protocols.http.core import (
     ServerCore,
     is_websocket_upgrade,
 )
-from switchy.protocols.http.io import next_event, peer_of, read_head, write_timed
+from switchy.protocols.http.io import (
+    continue_if_asked,
+    next_event,
+    peer_of,
+    read_head,
+    write_timed,
+)
 from switchy.stack.errors import ConnectionClosed, InvalidConfiguration, P2PError, P2PTimeout
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
@@ -297,6 +303,7 @@ class _HttpExchange:
             await self.disconnected.wait()
             return {"type": "http.disconnect"}
         try:
+            await continue_if_asked(self.stream, self.core)
             event = await next_event(self.core, self.stream, self.limits.idle_timeout)
         except HttpError as exc:
             log.info("bad HTTP body from %s: %s", peer_of(self.stream), exc)
