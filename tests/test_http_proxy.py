@@ -169,6 +169,13 @@ def test_httpx_through_the_gateway_and_refusals() -> None:
                 # not a peer path, not a peer id
                 assert (await http.get("/elsewhere")).status_code == 404
                 assert (await http.get("/p2p/not-a-peer/x")).status_code == 400
+            # keep-alive: two requests on one connection to the gateway
+            reader, writer = await asyncio.open_connection("127.0.0.1", gport)
+            hello = f"GET /p2p/{server.peer_id}/hello HTTP/1.1\r\nhost: gw\r\n".encode()
+            writer.write(hello + b"\r\n" + hello + b"connection: close\r\n\r\n")
+            answer = await reader.read()
+            assert answer.count(b"HTTP/1.1 200 OK") == 2
+            writer.close()
             # an open-proxy attempt: absolute-form target, CONNECT
             reader, writer = await asyncio.open_connection("127.0.0.1", gport)
             writer.write(b"GET http://example.com/ HTTP/1.1\r\nhost: example.com\r\n\r\n")

@@ -115,12 +115,16 @@ async def forward_exchange(
     target: bytes,
     headers: Headers,
     limits: HttpLimits = DEFAULT_LIMITS,
-) -> None:
+    *,
+    keep_alive: bool = False,
+) -> bool:
     """Forward the request ``head`` (read from ``down``) to ``up`` and the answer back.
 
     ``target`` and ``headers`` are what is sent upstream (the caller re-writes them;
     hop-by-hop headers are dropped here).  Errors: a bad or missing upstream answer
-    gives ``502``; a side that goes away resets the other.  Closes both streams.
+    gives ``502``; a side that goes away resets the other.  Closes ``up``; closes
+    ``down`` too unless ``keep_alive`` and both sides of ``down_core`` are ready for
+    another request: then returns ``True`` (``down_core`` started its next cycle).
     """
     upgrade = is_websocket_upgrade(head.headers)
     up_core = ClientCore(limits)
@@ -143,12 +147,12 @@ async def forward_exchange(
         log.info("bad HTTP request body: %s", exc)
         await up.reset()
         await _send_error(down, down_core, exc.status, str(exc))
-        return
+        return False
     except (P2PError, OSError) as exc:
         log.debug("forwarding a request: %s", exc)
         await up.reset()
         await down.reset()
-        return
+        return False
     try:
         event = await next_event(up_core, up, limits.idle_timeout)
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
@@ -157,7 +161,7 @@ async def forward_exchange(
         log.info("no valid HTTP answer from upstream: %s", exc)
         await up.reset()
         await _send_error(down, down_core, 502, f"bad gateway: {exc}")
-        return
+        return False
     if isinstance(event, h11.InformationalResponse):  # 101: a WebSocket from now on
         answer = [(k, v) for k, v in event.headers]
         try:
@@ -165,16 +169,17 @@ async def forward_exchange(
         except (P2PError, OSError):
             await up.reset()
             await down.reset()
-            return
+            return False
         await pipe(down, up, a_to_b=down_core.trailing_data, b_to_a=up_core.trailing_data)
-        return
+        return False
     if not isinstance(event, h11.Response):
         await up.reset()
         await _send_error(down, down_core, 502, "bad gateway: upstream closed without answer")
-        return
+        return False
     answer = [(k, v) for k, v in event.headers if k.lower() not in HOP_BY_HOP]
     try:
-        await write_timed(down, down_core.response(event.status_code, answer), limits.write_timeout)
+        data = down_core.response(event.status_code, answer, close=not keep_alive)
+        await write_timed(down, data, limits.write_timeout)
         while True:
             ev = await next_event(up_core, up, limits.idle_timeout)
             if isinstance(ev, h11.Data):
@@ -190,10 +195,16 @@ async def forward_exchange(
         log.debug("forwarding an answer: %s", exc)
         await up.reset()
         await down.reset()
-        return
-    for s in (up, down):
-        with contextlib.suppress(P2PError, OSError):
-            await s.close()
+        return False
+    with contextlib.suppress(P2PError, OSError):
+        await up.close()
+    h = down_core.h11
+    if keep_alive and h.our_state is h11.DONE and h.their_state is h11.DONE:
+        h.start_next_cycle()
+        return True
+    with contextlib.suppress(P2PError, OSError):
+        await down.close()
+    return False
 
 
 def _check_origin_form(head: h11.Request) -> None:
@@ -339,13 +350,18 @@ class Gateway:
             raise HttpError(f"cannot resolve the name {segment!r}: {exc}", 404) from None
 
     async def _serve(self, conn: object) -> None:
+        """Serve the requests of one client connection (HTTP/1.1 keep-alive)."""
         assert isinstance(conn, Connection)
         core = ServerCore(self.limits)
+        while await self._serve_one(conn, core):
+            pass
+
+    async def _serve_one(self, conn: Connection, core: ServerCore) -> bool:
         try:
             head = await read_head(core, conn, self.limits)
             if not isinstance(head, h11.Request):
                 await conn.close()
-                return
+                return False
             _check_origin_form(head)
             raw_path, sep, query = head.target.partition(b"?")
             parts = raw_path.decode("latin-1").split("/", 3)
@@ -357,16 +373,18 @@ class Gateway:
         except HttpError as exc:
             log.info("gateway request refused: %s", exc)
             await _send_error(conn, core, exc.status, str(exc))
-            return
+            return False
         except (P2PError, OSError):
             await conn.reset()
-            return
+            return False
         try:
             up = await self.node.open_stream(peer, HTTP_PROTOCOL)
         except P2PError as exc:
             log.warning("gateway: cannot reach %s: %s", peer, exc)
             await _send_error(conn, core, 502, f"bad gateway: cannot reach {peer}: {exc}")
-            return
+            return False
         headers = [(k, v) for k, v in head.headers if k.lower() != b"host"]
         headers.insert(0, (b"host", str(peer).encode()))
-        await forward_exchange(conn, core, head, up, target, headers, self.limits)
+        return await forward_exchange(
+            conn, core, head, up, target, headers, self.limits, keep_alive=True
+        )
