@@ -39,7 +39,7 @@ class Sender:
             tunnel.ws_connect(
                 f"{self.tunnel_url}/sender",
                 heartbeat=PING_INTERVAL,
-                receive_timeout=SILENCE_LIMIT,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=SILENCE_LIMIT),
                 max_msg_size=128 * 1024,
             ) as ws,
         ):

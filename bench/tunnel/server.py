@@ -30,6 +30,7 @@ class _Pending:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Packet | None] = asyncio.Queue(QUEUE_PACKETS)
         self.reorder = Reorder()
+        self.aborted = False
 
 
 class TunnelServer:
@@ -62,6 +63,8 @@ class TunnelServer:
                 if pending is None:
                     continue  # aborted meanwhile
                 for p in pending.reorder.push(packet):
+                    if pending.aborted:
+                        break
                     await pending.queue.put(p)
         finally:
             if self.sender is ws:
@@ -119,3 +122,6 @@ class TunnelServer:
             raise
         finally:
             self.pending.pop(request_id, None)
+            pending.aborted = True
+            while not pending.queue.empty():  # wakes the socket reader if it waits on us
+                pending.queue.get_nowait()
