@@ -164,6 +164,8 @@ def test_unknown_host_is_a_connect_error() -> None:
         named = httpx.AsyncClient(transport=SwitchyTransport(node, peers={"Media": server.peer_id}))
         async with named:
             assert (await named.get("http://media/hello")).status_code == 200
+            # a CIDv1 peer id is lower case already: no name needed
+            assert (await named.get(f"http://{server.peer_id.to_cid()}/hello")).status_code == 200
 
     run(scenario)
 

@@ -5,15 +5,17 @@ opens one ``/http/1.1`` stream to the peer named by the URL's host, writes the r
 (its body streamed with backpressure), and returns a response whose body streams from
 the stream; closing the response early resets the stream (the server stops producing).
 
-URLs: httpx lower-cases host names, and peer ids are case-sensitive, so the host is
-matched without case against ``peers`` (names you choose, e.g. ``http://media/``), then
-against the peer ids the node is connected to or has addresses for
-(``http://12d3koo.../``).  The peer must be reachable by the node (connected, or with
-addresses in its peer store).
+URLs: httpx lower-cases host names, and base58 peer ids are case-sensitive, so the host
+is matched without case against ``peers`` (names you choose, e.g. ``http://media/``),
+then taken as a CIDv1 peer id (lower case already: ``http://bafz.../``, see
+:meth:`PeerId.to_cid <switchy.stack.identity.PeerId.to_cid>`), then matched against the
+peer ids the node is connected to or has addresses for (``http://12d3koo.../``).  The
+peer must be reachable by the node (connected, or with addresses in its peer store).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 
 import h11
@@ -21,7 +23,7 @@ import httpx
 
 from switchy.protocols.http.core import DEFAULT_LIMITS, HTTP_PROTOCOL, ClientCore, HttpLimits
 from switchy.protocols.http.io import next_event, write_timed
-from switchy.stack.errors import P2PError, PeerNotFound
+from switchy.stack.errors import InvalidPeerId, P2PError, PeerNotFound
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, Target
 from switchy.stack.stream import MuxedStream
@@ -80,6 +82,9 @@ class SwitchyTransport(httpx.AsyncBaseTransport):
         host = host.lower()
         if host in self.peers:
             return self.peers[host]
+        if host.startswith("bafz"):
+            with contextlib.suppress(InvalidPeerId):
+                return PeerId.from_string(host)
         known: set[PeerId] = set(self.node.connected_peers) | set(self.node.peerstore.peers())
         for peer in known:
             if str(peer).lower() == host:
