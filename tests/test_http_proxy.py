@@ -345,3 +345,34 @@ def test_tcp_expose_refuses_peers_not_on_the_allowlist() -> None:
                 await forwarder.close()
 
     run(main)
+
+
+def test_the_gateway_reaches_a_peer_by_name_through_its_resolver() -> None:
+    from switchy.stack.errors import PeerNotFound
+
+    async def main() -> None:
+        async with (
+            default_node(services=[HttpService(App())], listen=[LOOPBACK]) as server,
+            default_node() as client,
+        ):
+            asked: list[str] = []
+
+            async def resolve(name: str) -> Any:
+                asked.append(name)
+                if name != "media":
+                    raise PeerNotFound(f"no peer called {name}")
+                client.peerstore.add_addrs(server.peer_id, server.full_addrs)
+                return server.peer_id
+
+            gateway = Gateway(client, resolve=resolve)
+            _, gport = await gateway.listen()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gport}") as http:
+                resp = await http.get("/p2p/media/hello")
+                assert resp.status_code == 200
+                assert resp.json()["peer"] == str(client.peer_id)
+                resp = await http.get("/p2p/nobody/hello")
+                assert resp.status_code == 404 and "cannot resolve" in resp.text
+            assert asked == ["media", "nobody"]
+            await gateway.close()
+
+    run(main)
