@@ -131,15 +131,19 @@ async def forward_exchange(
     # an "Expect: 100-continue" is answered here, not passed on
     headers = [(k, v) for k, v in headers if k.lower() != b"expect"]
     try:
-        data = up_core.request(head.method, target, _forward_headers(headers, upgrade))
-        await write_timed(up, data, limits.write_timeout)
+        out = up_core.request(head.method, target, _forward_headers(headers, upgrade))
         await continue_if_asked(down, down_core)
-        while True:  # the request body, one read at a time
-            event = await next_event(down_core, down, limits.idle_timeout)
+        while True:  # the request body: what one read gives goes up in one write
+            event = down_core.next_event()
+            if event is h11.NEED_DATA:
+                await write_timed(up, out, limits.write_timeout)
+                out = b""
+                event = await next_event(down_core, down, limits.idle_timeout)
             if isinstance(event, h11.Data):
-                await write_timed(up, up_core.send(h11.Data(data=event.data)), limits.write_timeout)
+                out += up_core.send(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
-                await write_timed(up, up_core.send(h11.EndOfMessage()), limits.write_timeout)
+                out += up_core.send(h11.EndOfMessage())
+                await write_timed(up, out, limits.write_timeout)
                 break
             else:
                 raise HttpError("the client ended its request early")
@@ -178,16 +182,19 @@ async def forward_exchange(
         return False
     answer = [(k, v) for k, v in event.headers if k.lower() not in HOP_BY_HOP]
     try:
-        data = down_core.response(event.status_code, answer, close=not keep_alive)
-        await write_timed(down, data, limits.write_timeout)
+        # what one read of the upstream gives goes down in one write (head and body too)
+        out = down_core.response(event.status_code, answer, close=not keep_alive)
         while True:
-            ev = await next_event(up_core, up, limits.idle_timeout)
+            ev = up_core.next_event()
+            if ev is h11.NEED_DATA:
+                await write_timed(down, out, limits.write_timeout)
+                out = b""
+                ev = await next_event(up_core, up, limits.idle_timeout)
             if isinstance(ev, h11.Data):
-                await write_timed(
-                    down, down_core.send(h11.Data(data=ev.data)), limits.write_timeout
-                )
+                out += down_core.send(h11.Data(data=ev.data))
             elif isinstance(ev, h11.EndOfMessage):
-                await write_timed(down, down_core.send(h11.EndOfMessage()), limits.write_timeout)
+                out += down_core.send(h11.EndOfMessage())
+                await write_timed(down, out, limits.write_timeout)
                 break
             else:
                 raise HttpError("upstream ended its answer early")
