@@ -56,7 +56,7 @@ class HttpLimits:
     max_headers: int = 100
     #: Bytes asked from a stream per read (the most buffered per exchange, besides h11's
     #: head buffer).
-    read_size: int = 64 * 1024
+    read_size: int = 256 * 1024
     #: Seconds a peer has to send a complete request head (slow clients).
     head_timeout: float = 30.0
     #: Seconds a read of a body may wait for the peer's next bytes.
