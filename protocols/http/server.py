@@ -259,9 +259,24 @@ class _HttpExchange:
         self.disconnected = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._head_only = head.method == b"HEAD"
+        self._early: Message | None = None
 
     async def run(self) -> None:
         scope = self.service.scope("http", self.stream, self.head)
+        # what is known without reading: a request without a body ends right here, and
+        # then the stream is watched (reset, extra bytes) even if the app never receives
+        try:
+            early = self.core.next_event()
+        except HttpError as exc:
+            log.info("bad HTTP request from %s: %s", peer_of(self.stream), exc)
+            await self.service._answer(self.stream, self.core.error_response(exc.status, str(exc)))
+            return
+        if isinstance(early, h11.EndOfMessage):
+            self._early = {"type": "http.request", "body": b"", "more_body": False}
+            self.body_done = True
+            self._watch()
+        elif isinstance(early, h11.Data):
+            self._early = {"type": "http.request", "body": bytes(early.data), "more_body": True}
         try:
             await self.service.app(scope, self.receive, self.send)
         except ClientDisconnected:
@@ -296,10 +311,13 @@ class _HttpExchange:
     # --- receive ------------------------------------------------------------------------
 
     async def receive(self) -> Message:
+        if self._early is not None:
+            message, self._early = self._early, None
+            return message
         if self.disconnected.is_set():
             return {"type": "http.disconnect"}
         if self.body_done:
-            await self._watch()
+            self._watch()
             await self.disconnected.wait()
             return {"type": "http.disconnect"}
         try:
@@ -317,16 +335,23 @@ class _HttpExchange:
             return {"type": "http.request", "body": bytes(event.data), "more_body": True}
         if isinstance(event, h11.EndOfMessage):
             self.body_done = True
-            await self._watch()
+            self._watch()
             return {"type": "http.request", "body": b"", "more_body": False}
         # ConnectionClosed before the end of the body
         self._disconnect()
         return {"type": "http.disconnect"}
 
-    async def _watch(self) -> None:
+    def _watch(self) -> None:
         """After the body: watch the stream for a reset (abort) or extra bytes."""
+        if self._watcher is None and self.core.trailing_data:  # already read with the head
+            self._watcher = asyncio.ensure_future(self._extra_bytes())
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch_stream())
+
+    async def _extra_bytes(self) -> None:
+        log.info("HTTP client %s sent bytes after its request; resetting", peer_of(self.stream))
+        self._disconnect()
+        await self.stream.reset()
 
     async def _watch_stream(self) -> None:
         try:
