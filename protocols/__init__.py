@@ -10,5 +10,7 @@ for one) that a node serves and calls:
 * :mod:`switchy.protocols.autonat` — AutoNAT v1 and v2: is an address reachable?
 * :mod:`switchy.protocols.kad` — the Kademlia DHT (``/ipfs/kad/1.0.0``): peers, values,
   providers and names without a central server;
-* :mod:`switchy.protocols.dcutr` — DCUtR hole punching: relayed connections become direct.
+* :mod:`switchy.protocols.dcutr` — DCUtR hole punching: relayed connections become direct;
+* :mod:`switchy.protocols.http` — HTTP over switchy (``/http/1.1``): ASGI apps, an httpx
+  transport, expose/gateway/forward.
 """

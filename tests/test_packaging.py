@@ -25,6 +25,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DISTRIBUTIONS = {"nacl": "pynacl"}
 #: third-party imports of the shipped conformance suites only (the `conformance` extra)
 SUITE_ONLY = {"pytest", "hypothesis"}
+#: third-party imports of optional modules -> (the extra declaring them, the files allowed)
+EXTRA_ONLY = {"httpx": ("http", {"protocols/http/client.py"})}
 #: the venv and install steps reach the package index: generous, for a slow machine
 INSTALL_TIMEOUT = 600
 
@@ -61,9 +63,21 @@ def _third_party_imports() -> dict[str, set[str]]:
 def test_every_third_party_import_is_declared_and_nothing_else() -> None:
     imports = _third_party_imports()
     declared = _requirement_names(PYPROJECT["project"]["dependencies"])
-    needed = {DISTRIBUTIONS.get(m, m).lower() for m in imports if m not in SUITE_ONLY}
+    needed = {
+        DISTRIBUTIONS.get(m, m).lower()
+        for m in imports
+        if m not in SUITE_ONLY and m not in EXTRA_ONLY
+    }
     assert needed - declared == set(), f"imported, not declared: {needed - declared}"
     assert declared - needed == set(), f"declared, never imported: {declared - needed}"
+
+
+def test_optional_imports_are_in_their_extra_and_only_in_their_module() -> None:
+    imports = _third_party_imports()
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for module, (extra, allowed) in EXTRA_ONLY.items():
+        assert module in _requirement_names(extras[extra])
+        assert imports.get(module, set()) <= allowed, imports[module]
 
 
 def test_the_conformance_extra_holds_what_the_shipped_suites_import() -> None:

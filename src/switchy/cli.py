@@ -763,6 +763,169 @@ def _add_nat_status_parser(sub: Any) -> None:
     s.set_defaults(func=_cmd_nat_status)
 
 
+# --- HTTP and TCP over switchy: expose, gateway, forward -----------------------------------
+
+#: Loopback hosts: the gateway and forward listen on them unless told otherwise.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _peer_ids(texts: Sequence[str]) -> Any:
+    from switchy.stack.identity import PeerId
+
+    return [PeerId.from_string(t) for t in texts]
+
+
+def _stable_key(path: str | None) -> Any:
+    """The stored identity (``switchy id``'s key file unless ``--key``): addresses handed
+    out keep working after a restart."""
+    path = path or str(default_key_path())
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _load_key(path, create=True)
+
+
+def _show_refusals() -> None:
+    """Refused peers and bad requests are logged at INFO by the HTTP modules: show them."""
+    logging.getLogger("switchy.protocols.http").setLevel(logging.INFO)
+
+
+async def _cmd_expose(args: argparse.Namespace) -> int:
+    """``switchy expose http://HOST:PORT[/PREFIX]`` or ``switchy expose tcp HOST:PORT``."""
+    stop = _stop_signal()
+    from switchy.presets import default_node
+    from switchy.protocols.http.proxy import HttpProxyService
+    from switchy.protocols.http.tcp import TcpExposeService
+
+    spec = list(args.target)
+    service: Any
+    if len(spec) == 2 and spec[0] == "tcp":
+        try:
+            host, port = _host_port(spec[1])
+        except argparse.ArgumentTypeError as exc:
+            print(f"switchy: error: {exc}", file=sys.stderr)
+            return 2
+        kind = f"TCP service {host}:{port}"
+        service = TcpExposeService(host, port, allow=_peer_ids(args.allow) if args.allow else None)
+    elif len(spec) == 1 and spec[0].startswith("http://"):
+        kind = f"HTTP server {spec[0]}"
+        service = HttpProxyService(spec[0], allow=_peer_ids(args.allow) if args.allow else None)
+    else:
+        print(
+            "switchy: error: expose http://HOST:PORT[/PREFIX] or expose tcp HOST:PORT",
+            file=sys.stderr,
+        )
+        return 2
+    _show_refusals()
+    services: list[Any] = [service]
+    if args.relay:
+        from switchy.transports.relay import RelayTransport
+
+        services.append(RelayTransport(args.relay))
+    key = _stable_key(args.key)
+    async with default_node(key=key, services=services, config=args.config) as node:
+        if args.listen or not args.relay:
+            await node.listen(*(args.listen or [DEFAULT_LISTEN]))
+        for _ in args.relay:
+            await node.listen("/p2p-circuit")
+        for addr in node.full_addrs:
+            print(addr)
+        sys.stdout.flush()
+        who = f"{len(args.allow)} allowed peer(s)" if args.allow else "every peer (no --allow)"
+        print(f"exposing the {kind} to {who}; Ctrl-C to stop", file=sys.stderr)
+        await stop.wait()
+    return 0
+
+
+def _loopback_note(host: str, what: str) -> None:
+    if host in _LOOPBACK_HOSTS:
+        print(f"{what} listens on loopback only ({host})", file=sys.stderr)
+    else:
+        print(
+            f"warning: {what} listens on {host}: anyone who can reach it can use it",
+            file=sys.stderr,
+        )
+
+
+async def _cmd_gateway(args: argparse.Namespace) -> int:
+    """``switchy gateway``: HTTP clients reach peers at ``/p2p/<peer-id>/path``."""
+    stop = _stop_signal()
+    from switchy.presets import default_node
+    from switchy.protocols.http.proxy import Gateway
+    from switchy.stack.addresses import parse_multiaddr, split_peer
+
+    host, port = args.listen
+    services: list[Any] = []
+    resolve = None
+    if args.registry:
+        from switchy.protocols.discovery.backends import RegistryBackend, discover
+
+        services.append(RegistryBackend(args.registry))
+    key = _stable_key(args.key)
+    async with default_node(key=key, services=services, config=args.config) as node:
+        for text in args.peer:
+            addr = parse_multiaddr(text)
+            _, peer = split_peer(addr)
+            if peer is None:
+                print(f"switchy: error: --peer {text} has no /p2p/<peer-id>", file=sys.stderr)
+                return 2
+            node.peerstore.add_addrs(peer, [addr])
+        if args.registry:
+
+            async def resolve(name: str) -> Any:
+                found = await discover(node, name)
+                node.peerstore.add_addrs(found.peer_id, list(found.addrs))
+                return found.peer_id
+
+        gateway = Gateway(node, resolve=resolve)
+        bound_host, bound_port = await gateway.listen(host, port)
+        print(f"http://{bound_host}:{bound_port}/p2p/<peer-id>/")
+        sys.stdout.flush()
+        _loopback_note(bound_host, "the gateway")
+        print(
+            "it reaches peers over switchy only, never other hosts; Ctrl-C to stop", file=sys.stderr
+        )
+        try:
+            await stop.wait()
+        finally:
+            await gateway.close()
+    return 0
+
+
+async def _cmd_forward(args: argparse.Namespace) -> int:
+    """``switchy forward HOST:PORT PEER-ADDR``: a local port to a peer's exposed TCP service."""
+    stop = _stop_signal()
+    from switchy.presets import default_node
+    from switchy.protocols.http.tcp import TcpForwarder
+    from switchy.stack.addresses import parse_multiaddr, split_peer
+
+    host, port = args.local
+    addr = parse_multiaddr(args.peer)
+    _, peer = split_peer(addr)
+    if peer is None:
+        print(f"switchy: error: {args.peer} has no /p2p/<peer-id>", file=sys.stderr)
+        return 2
+    async with default_node(key=_stable_key(args.key), config=args.config) as node:
+        node.peerstore.add_addrs(peer, [addr])
+        forwarder = TcpForwarder(node, peer)
+        bound_host, bound_port = await forwarder.listen(host, port)
+        print(f"{bound_host}:{bound_port}")
+        sys.stdout.flush()
+        _loopback_note(bound_host, "the forwarded port")
+        print(f"each connection opens a stream to {peer}; Ctrl-C to stop", file=sys.stderr)
+        try:
+            await stop.wait()
+        finally:
+            await forwarder.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -903,6 +1066,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from switchy.scenarios import SCENARIOS
 
+    _add_http_commands(sub)
+
     s = command("sim", help="run a scenario on the deterministic network simulator")
     s.add_argument("--scenario", choices=sorted(SCENARIOS), default="mesh")
     s.add_argument("--seed", type=_parse_seed, default=1, help="same seed, same run (default 1)")
@@ -967,6 +1132,68 @@ def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> Call
         ours.setLevel(saved[1])
 
     return undo
+
+
+def _add_http_commands(sub: Any) -> None:
+    """The parser entries of ``expose``, ``gateway`` and ``forward``."""
+    key_help = f"key file (created if missing; default {default_key_path()}, as switchy id)"
+    s = sub.add_parser(
+        "expose", help="serve a local HTTP server (http://HOST:PORT) or TCP service to peers"
+    )
+    s.add_argument("target", nargs="+", metavar="http://HOST:PORT | tcp HOST:PORT")
+    s.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help=f"listen address (repeatable; default {DEFAULT_LISTEN})",
+    )
+    s.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PEER",
+        help="serve only this peer id (repeatable; default: every peer)",
+    )
+    s.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="also listen through this relay (repeatable)",
+    )
+    s.add_argument("--key", help=key_help)
+    s.set_defaults(func=_cmd_expose)
+
+    s = sub.add_parser("gateway", help="a local HTTP server reaching peers at /p2p/<peer-id>/")
+    s.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 8080),
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:8080: loopback only)",
+    )
+    s.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="a peer's address …/p2p/<peer-id> (repeatable)",
+    )
+    s.add_argument(
+        "--registry",
+        metavar="MULTIADDR",
+        action="append",
+        help="resolve /p2p/<name>/ at this registry",
+    )
+    s.add_argument("--key", help=key_help)
+    s.set_defaults(func=_cmd_gateway)
+
+    s = sub.add_parser("forward", help="a local TCP port leading to a peer's exposed TCP service")
+    s.add_argument("local", type=_host_port, metavar="HOST:PORT")
+    s.add_argument("peer", metavar="PEER-ADDR", help="the peer's address …/p2p/<peer-id>")
+    s.add_argument("--key", help=key_help)
+    s.set_defaults(func=_cmd_forward)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
