@@ -501,8 +501,9 @@ class GossipSub:
             return
         problem = self._verify(m)
         if problem is not None:
+            # Not marked seen: the id of a badly signed message may be a forgery of a
+            # real one's, which must still get through (only the sender is penalised).
             self._drop("invalid signature")
-            self._mark_seen(msg_id, m.topic, now, valid=False, peer=peer)
             self.score.invalid_delivery(peer, m.topic)
             return
         received = self._received(m, msg_id, peer)

@@ -57,8 +57,8 @@ class TopicScoreParams:
     mesh_message_deliveries_activation: float = 5.0
     mesh_failure_penalty_weight: float = 0.0
     mesh_failure_penalty_decay: float = 0.5
-    invalid_message_deliveries_weight: float = -100.0
-    invalid_message_deliveries_decay: float = 0.9
+    invalid_message_deliveries_weight: float = -10.0
+    invalid_message_deliveries_decay: float = 0.99
 
     def __attrs_post_init__(self) -> None:
         if self.topic_weight < 0:
