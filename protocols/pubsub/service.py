@@ -132,6 +132,7 @@ class PubSub(ProtocolService):
         self._tasks: set[asyncio.Task[None]] = set()
         self._px_dials = 0
         self._running = False
+        self._changed = asyncio.Event()
         #: RPC frames dropped because a peer's queue was full.
         self.dropped = 0
 
@@ -238,6 +239,16 @@ class PubSub(ProtocolService):
         """The peers we know to be subscribed to ``topic``."""
         return set(self.router.topics.get(topic, ()))
 
+    async def wait_for_peers(self, topic: str, count: int = 1, *, mesh: bool = False) -> None:
+        """Return once ``count`` peers are known subscribed to ``topic`` (in our mesh of it
+        with ``mesh=True``).  Wrap in :func:`asyncio.timeout` to bound the wait."""
+        while True:
+            peers = self.mesh_peers(topic) if mesh else self.topic_peers(topic)
+            if len(peers) >= count:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
     # --- peers ----------------------------------------------------------------------------
 
     def _on_event(self, event: ConnectionEvent) -> None:
@@ -334,6 +345,7 @@ class PubSub(ProtocolService):
 
     def _flush(self) -> None:
         router = self.router
+        self._changed.set()
         for peer, rpc in router.outgoing():
             q = self._queues.get(peer)
             if q is None:
