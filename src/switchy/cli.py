@@ -408,6 +408,32 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_chat(args: argparse.Namespace) -> int:
+    from switchy.chat import chat_main
+
+    return await chat_main(
+        room=args.room,
+        nick=args.nick,
+        listen=args.listen or ("/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"),
+        peers=args.peer,
+        mdns=args.mdns,
+        registry=args.registry,
+        join=args.join,
+    )
+
+
+def _add_chat_parser(sub: Any) -> None:
+    s = sub.add_parser("chat", help="chat in a room with other peers (gossipsub)")
+    s.add_argument("--room", default="lobby", help="room name (default lobby)")
+    s.add_argument("--nick", required=True, help="your nickname")
+    s.add_argument("--listen", action="append", metavar="ADDR", help="listen address(es)")
+    s.add_argument("--peer", action="append", default=[], metavar="ADDR", help="peer to dial")
+    s.add_argument("--mdns", action="store_true", help="find peers on the LAN by mDNS")
+    s.add_argument("--registry", metavar="ADDR", help="a name registry to register with")
+    s.add_argument("--join", metavar="NICK", help="with --registry: dial this member")
+    s.set_defaults(func=_cmd_chat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``switchy``."""
     p = argparse.ArgumentParser(
@@ -520,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace", metavar="FILE", help="write the event trace as JSON lines")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_cmd_sim)
+    _add_chat_parser(sub)
     return p
 
 
