@@ -357,3 +357,16 @@ def test_bad_parameters_are_refused() -> None:
         GossipParams(d=3, d_lo=4)
     with pytest.raises(InvalidConfiguration):
         PeerScoreThresholds(gossip=-1, publish=0)
+
+
+def test_invalid_messages_packed_in_one_rpc_stop_at_the_graylist() -> None:
+    net = full_mesh_net(2)
+    a, b = net.routers
+    stranger = key(99)
+    msgs = []
+    for k in range(500):
+        m = Message(topic=T, data=b"x", from_=a.local.to_bytes(), seqno=k.to_bytes(8, "big"))
+        msgs.append(attrs.evolve(m, signature=stranger.sign(signing_bytes(m))))
+    assert b.handle_rpc(a.local, RPC(publish=tuple(msgs)), net.now) == "peer is graylisted"
+    assert b.dropped["invalid signature"] == 3  # three signature checks, not 500
+    assert b.dropped["graylisted"] == 497

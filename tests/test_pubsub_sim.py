@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from switchy.protocols.pubsub import PubSub, Received, Subscription
+from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
@@ -189,3 +190,32 @@ def test_loss_and_crashed_nodes() -> None:
     figures = run_simulation(main, seed=9, config=SimConfig(default_packet_loss=0.05))
     print(figures)
     assert figures["delivery ratio"] == 1.0
+
+
+def test_a_sybil_flood_of_invalid_messages_is_contained() -> None:
+    async def main(sim: Simulation) -> dict[str, int]:
+        async with AsyncExitStack() as stack:
+            sw = await build(sim, stack, 40, 6, seed=11)
+            sybils = range(36, 40)
+            for i in sybils:  # sign with a key that is not the one of the from field
+                sw.pubsubs[i].router.key = KeyPair.from_seed(bytes([i]) * 32)
+            for s in sw.subs:
+                drain(s)
+            for k in range(50):
+                for i in sybils:
+                    await sw.pubsubs[i].publish(T, b"spam %d" % k)
+                await asyncio.sleep(0.05)
+            await sw.pubsubs[0].publish(T, b"real")
+            await asyncio.sleep(3)
+            checked = 0
+            for i in range(36):
+                got = [m.data for m in drain(sw.subs[i])]
+                assert got == [b"real"], i  # no spam delivered, the real one is
+                r = sw.pubsubs[i].router
+                neighbours = sum(1 for x in sybils if sw.nodes[x].peer_id in r.peers)
+                # Each sybil neighbour costs at most 3 signature checks before the graylist.
+                assert r.dropped.get("invalid signature", 0) <= 3 * neighbours, i
+                checked += r.dropped.get("invalid signature", 0)
+            return {"signature checks of spam across 36 honest nodes": checked}
+
+    print(run_simulation(main, seed=11, config=QUIET))

@@ -407,8 +407,16 @@ class GossipSub:
             return "peer is graylisted"
         for sub in rpc.subscriptions:
             self._handle_sub(peer, st, sub)
-        for m in rpc.publish:
+        for k, m in enumerate(rpc.publish):
+            invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
             self._handle_message(peer, m, now)
+            now_invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
+            if now_invalid > invalid and self.score.score(peer, now) < self.thresholds.graylist:
+                # The peer fell into the graylist inside this RPC: the rest is not looked at.
+                self.dropped["graylisted"] = (
+                    self.dropped.get("graylisted", 0) + len(rpc.publish) - k - 1
+                )
+                return "peer is graylisted"
         c = rpc.control
         if c is not None:
             iwant = self._handle_ihave(peer, st, c.ihave, now)
