@@ -201,3 +201,23 @@ def test_cli_send_and_receive(tmp_path: Path) -> None:
     finally:
         sender.send_signal(signal.SIGINT)
         sender.wait(timeout=20)
+
+
+def test_several_receivers_at_once(tmp_path: Path) -> None:
+    src = make_file(tmp_path, 3 * CHUNK_SIZE + 77)
+    outs = [tmp_path / f"out{i}" for i in range(3)]
+    for o in outs:
+        o.mkdir()
+
+    async def main() -> None:
+        blobs = CountingBlobs()
+        async with node(blobs), node() as b, node() as c, node() as d:
+            ticket = blobs.add_file(src)
+            paths = await asyncio.gather(
+                *(fetch(n, ticket, o) for n, o in zip((b, c, d), outs, strict=True))
+            )
+            for p in paths:
+                assert p.read_bytes() == src.read_bytes()
+            assert sorted(blobs.served) == sorted(list(range(4)) * 3)
+
+    run(main())
