@@ -98,7 +98,9 @@ def test_sixty_nodes_every_subscriber_gets_each_message_once() -> None:
             flood = sum(2 * len(sw.edges) - 60 + 1 for _ in sent)
             report["receptions per message"] = receptions / len(sent)
             report["flooding receptions per message"] = flood / len(sent)
-            assert receptions < 0.6 * flood, report
+            # Flood publishing from the origin plus D = 6 mesh forwards per node, against every
+            # link carrying every message (average degree about 16 here).
+            assert receptions < 0.7 * flood, report
 
     run_simulation(main, seed=3, config=QUIET)
     print(report)

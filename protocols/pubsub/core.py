@@ -297,7 +297,7 @@ class GossipSub:
         for st in self.peers.values():
             st.subs.append(SubOpts(True, topic))
         mesh: set[PeerId] = set()
-        for p in self.fanout.pop(topic, set()):
+        for p in _ordered(self.fanout.pop(topic, ())):
             if self.score.score(p, now) >= 0 and len(mesh) < self.params.d:
                 mesh.add(p)
         self._lastpub.pop(topic, None)
@@ -727,7 +727,7 @@ class GossipSub:
         self, topic: str, mesh: set[PeerId], scores: dict[PeerId, float], now: float
     ) -> None:
         p = self.params
-        peers = list(mesh)
+        peers = _ordered(mesh)
         self.rng.shuffle(peers)
         peers.sort(key=lambda x: scores.get(x, 0.0), reverse=True)
         best, rest = peers[: p.d_score], peers[p.d_score :]
@@ -755,7 +755,7 @@ class GossipSub:
         exclude = self.mesh.get(topic, set()) | self.fanout.get(topic, set())
         candidates = [
             x
-            for x in self.topics.get(topic, set())
+            for x in _ordered(self.topics.get(topic, ()))
             if x not in exclude and scores.get(x, 0.0) >= self.thresholds.gossip
         ]
         n = max(p.d_lazy, int(p.gossip_factor * len(candidates)))
@@ -784,7 +784,7 @@ class GossipSub:
         if count <= 0:
             return []
         out = []
-        for peer in self.topics.get(topic, ()):
+        for peer in _ordered(self.topics.get(topic, ())):
             if peer in exclude:
                 continue
             if outbound_only and not self.peers[peer].outbound:
@@ -817,7 +817,9 @@ class GossipSub:
         infos: tuple[PeerInfo, ...] = ()
         if px and self.params.do_px and self.score.score(peer, now) >= 0:
             cands = [
-                x for x in self.topics.get(topic, ()) if x != peer and self.score.score(x, now) >= 0
+                x
+                for x in _ordered(self.topics.get(topic, ()))
+                if x != peer and self.score.score(x, now) >= 0
             ]
             self.rng.shuffle(cands)
             infos = tuple(PeerInfo(x.to_bytes()) for x in cands[: self.params.prune_peers])
@@ -915,6 +917,12 @@ class GossipSub:
         """Drain the peers offered by peer exchange that we are not connected to."""
         out, self._px = self._px, []
         return out
+
+
+def _ordered(peers: Iterable[PeerId]) -> list[PeerId]:
+    """``peers`` in a fixed order (set order follows the per-process hash seed), so that a
+    seeded ``rng`` gives the same choices in every run."""
+    return sorted(peers, key=PeerId.to_bytes)
 
 
 def _publish_field(encoded_message: bytes) -> bytes:

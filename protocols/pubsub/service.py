@@ -130,6 +130,8 @@ class PubSub(ProtocolService):
         self._queues: dict[PeerId, asyncio.Queue[bytes]] = {}
         self._writers: dict[PeerId, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inbound: set[MuxedStream] = set()
+        self._stopped = False
         self._px_dials = 0
         self._running = False
         self._changed = asyncio.Event()
@@ -179,12 +181,18 @@ class PubSub(ProtocolService):
     async def stop(self) -> None:
         """Stop every task of the service and end the subscriptions."""
         self._running = False
+        self._stopped = True
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        # The peers' streams stay open while they live: end them, or the node's close
+        # would wait for these handlers.
+        for stream in list(self._inbound):
+            with contextlib.suppress(P2PError):
+                await stream.reset()
         for subs in list(self._subs.values()):
             for s in list(subs):
                 s.close()
@@ -308,9 +316,13 @@ class PubSub(ProtocolService):
 
     async def _on_stream(self, stream: MuxedStream) -> None:
         peer = stream.remote_peer
+        if self._stopped:
+            await stream.reset()
+            return
         self._ensure_writer(peer)
         router = self.router
         buf = bytearray()
+        self._inbound.add(stream)
         try:
             while True:
                 chunk = await stream.read(65536)
@@ -340,6 +352,8 @@ class PubSub(ProtocolService):
                     self._flush()
         except P2PError as exc:
             log.debug("pubsub stream from %s ended: %s", peer, exc)
+        finally:
+            self._inbound.discard(stream)
 
     # --- outputs --------------------------------------------------------------------------
 
