@@ -12,5 +12,7 @@ for one) that a node serves and calls:
   providers and names without a central server;
 * :mod:`switchy.protocols.dcutr` — DCUtR hole punching: relayed connections become direct;
 * :mod:`switchy.protocols.http` — HTTP over switchy (``/http/1.1``): ASGI apps, an httpx
-  transport, expose/gateway/forward.
+  transport, expose/gateway/forward;
+* :mod:`switchy.protocols.pubsub` — gossipsub v1.1 publish/subscribe (``/meshsub/1.1.0``);
+* :mod:`switchy.protocols.blobs` — verified, resumable file transfer (``/switchy/blobs/1.0.0``).
 """

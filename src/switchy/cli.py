@@ -924,6 +924,82 @@ async def _cmd_forward(args: argparse.Namespace) -> int:
         finally:
             await forwarder.close()
     return 0
+async def _cmd_chat(args: argparse.Namespace) -> int:
+    from switchy.chat import chat_main
+
+    return await chat_main(
+        room=args.room,
+        nick=args.nick,
+        listen=args.listen or ("/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"),
+        peers=args.peer,
+        mdns=args.mdns,
+        registry=args.registry,
+        join=args.join,
+    )
+
+
+async def _cmd_send(args: argparse.Namespace) -> int:
+    """``switchy send FILE``: print the file's ticket and serve it until interrupted."""
+    stop = _stop_signal()
+    from switchy.presets import default_node
+    from switchy.protocols.blobs import BlobService
+
+    blobs = BlobService()
+    async with default_node(services=[blobs], listen=args.listen or [DEFAULT_LISTEN]) as node:
+        ticket = blobs.add_file(args.file)
+        print(ticket, flush=True)
+        print(f"serving {args.file} as {node.peer_id}; Ctrl-C to stop", file=sys.stderr)
+        await stop.wait()
+    return 0
+
+
+async def _cmd_receive(args: argparse.Namespace) -> int:
+    """``switchy receive TICKET``: fetch, verify and save the file (resumes a .part file)."""
+    import json as _json
+
+    from switchy.presets import default_node
+    from switchy.protocols.blobs import Progress, Ticket, fetch
+
+    ticket = Ticket.parse(args.ticket)
+    bar = _Progress(None, enabled=not args.json and sys.stderr.isatty())
+
+    def show(p: Progress) -> None:
+        if args.json:
+            print(_json.dumps({"done": p.done, "total": p.total, "resumed": p.resumed}),
+                  file=sys.stderr, flush=True)
+        else:
+            bar.total = p.total
+            bar.update(p.done - bar.done)
+
+    async with default_node() as node:
+        path = await fetch(node, ticket, args.out, progress=show)
+    bar.finish()
+    print(path)
+    return 0
+
+
+def _add_transfer_parsers(sub: Any) -> None:
+    s = sub.add_parser("send", help="serve a file and print its ticket (/switchy/blobs/1.0.0)")
+    s.add_argument("file", help="the file to send")
+    s.add_argument("--listen", action="append", metavar="ADDR", help="listen address(es)")
+    s.set_defaults(func=_cmd_send)
+    s = sub.add_parser("receive", help="fetch the file of a ticket printed by send")
+    s.add_argument("ticket")
+    s.add_argument("--out", default=".", help="directory to save into (default .)")
+    s.add_argument("--json", action="store_true", help="progress as JSON lines on stderr")
+    s.set_defaults(func=_cmd_receive)
+
+
+def _add_chat_parser(sub: Any) -> None:
+    s = sub.add_parser("chat", help="chat in a room with other peers (gossipsub)")
+    s.add_argument("--room", default="lobby", help="room name (default lobby)")
+    s.add_argument("--nick", required=True, help="your nickname")
+    s.add_argument("--listen", action="append", metavar="ADDR", help="listen address(es)")
+    s.add_argument("--peer", action="append", default=[], metavar="ADDR", help="peer to dial")
+    s.add_argument("--mdns", action="store_true", help="find peers on the LAN by mDNS")
+    s.add_argument("--registry", metavar="ADDR", help="a name registry to register with")
+    s.add_argument("--join", metavar="NICK", help="with --registry: dial this member")
+    s.set_defaults(func=_cmd_chat)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1079,6 +1155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sim)
 
     _add_dht_parser(sub)
+    _add_chat_parser(sub)
+    _add_transfer_parsers(sub)
     return p
 
 

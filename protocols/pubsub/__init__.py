@@ -1,0 +1,34 @@
+"""Publish/subscribe: gossipsub v1.1 (``/meshsub/1.1.0``, ``/meshsub/1.0.0``).
+
+``PubSub`` is the node service (``subscribe(topic)`` / ``await publish(topic, data)``);
+``GossipSub`` is its sans-IO router; ``pb`` the RPC codec; ``score`` peer scoring.
+"""
+
+from switchy.protocols.pubsub.core import (
+    GOSSIPSUB_V10,
+    GOSSIPSUB_V11,
+    MAX_MESSAGE_SIZE,
+    GossipParams,
+    GossipSub,
+    Received,
+    SignaturePolicy,
+    ValidationResult,
+)
+from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds, TopicScoreParams
+from switchy.protocols.pubsub.service import PubSub, Subscription
+
+__all__ = [
+    "GOSSIPSUB_V10",
+    "GOSSIPSUB_V11",
+    "MAX_MESSAGE_SIZE",
+    "GossipParams",
+    "GossipSub",
+    "PeerScoreParams",
+    "PeerScoreThresholds",
+    "PubSub",
+    "Received",
+    "SignaturePolicy",
+    "Subscription",
+    "TopicScoreParams",
+    "ValidationResult",
+]

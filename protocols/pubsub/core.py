@@ -1,0 +1,929 @@
+"""The sans-IO gossipsub v1.1 router (``pubsub/gossipsub/gossipsub-v1.0.md``, ``-v1.1.md``).
+
+:class:`GossipSub` is a pure state machine.  The adapter tells it about peers
+(:meth:`~GossipSub.add_peer`, :meth:`~GossipSub.remove_peer`), hands it every
+received RPC (:meth:`~GossipSub.handle_bytes`), calls :meth:`~GossipSub.heartbeat`
+every ``heartbeat_interval`` and drains three outputs: RPCs to send
+(:meth:`~GossipSub.outgoing`), messages for local subscribers
+(:meth:`~GossipSub.deliveries`) and peers offered by peer exchange
+(:meth:`~GossipSub.px_candidates`).  Every call takes the current time ``now``
+explicitly; randomness comes from the ``rng`` given.
+
+Implemented: topics, the mesh (D, D_lo, D_hi, D_score, D_out), fanout, gossip
+(IHAVE/IWANT over a message cache of ``mcache_len`` windows of which
+``mcache_gossip`` are gossiped, the gossip factor), GRAFT/PRUNE with backoff and
+peer exchange, flood publishing, the seen cache, message signing with strict
+verification, message ids, peer scoring with its thresholds
+(:mod:`~switchy.protocols.pubsub.score`), opportunistic grafting, IWANT
+promises, and the v1.1 limits on IHAVE (``max_ihave_messages`` per heartbeat,
+``max_ihave_length`` ids asked) and IWANT retransmissions.  Not implemented:
+direct peers, IDONTWANT (v1.2; received ones are parsed and ignored), signed peer
+records in peer exchange (we send and use peer ids only).
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import statistics
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import attrs
+
+from switchy.protocols.pubsub.pb import (
+    MAX_PX_PEERS,
+    MAX_RPC_SIZE,
+    RPC,
+    Control,
+    Graft,
+    IHave,
+    IWant,
+    Message,
+    PeerInfo,
+    Prune,
+    SubOpts,
+    decode_rpc,
+    encode_message,
+    encode_rpc,
+    signing_bytes,
+)
+from switchy.protocols.pubsub.score import PeerScore, PeerScoreParams, PeerScoreThresholds
+from switchy.stack.codec import pb_bytes
+from switchy.stack.errors import (
+    InvalidConfiguration,
+    InvalidPeerId,
+    MessageTooLarge,
+    SerializationError,
+)
+from switchy.stack.identity import KeyPair, PeerId, PublicKey
+
+__all__ = [
+    "GOSSIPSUB_V10",
+    "GOSSIPSUB_V11",
+    "MAX_MESSAGE_SIZE",
+    "GossipParams",
+    "GossipSub",
+    "Received",
+    "SignaturePolicy",
+    "ValidationResult",
+    "default_message_id",
+]
+
+#: Gossipsub v1.0 and v1.1 protocol ids.
+GOSSIPSUB_V10: Final = "/meshsub/1.0.0"
+GOSSIPSUB_V11: Final = "/meshsub/1.1.0"
+#: Largest message payload we publish or forward, in bytes (leaves room for the envelope).
+MAX_MESSAGE_SIZE: Final = MAX_RPC_SIZE - 4096
+#: Most topics a single peer may be subscribed to, as far as we keep track.
+MAX_TOPICS_PER_PEER: Final = 1000
+#: Most topics we track across all peers.
+MAX_KNOWN_TOPICS: Final = 10_000
+#: Most entries in the seen cache (besides its time to live).
+MAX_SEEN: Final = 500_000
+#: Most messages pending for one peer before new ones are dropped (a slow peer).
+MAX_PENDING_MESSAGES: Final = 2000
+#: Most outstanding IWANT promises.
+MAX_PROMISES: Final = 50_000
+#: Most candidates kept from peer exchange until the adapter drains them.
+MAX_PX_CANDIDATES: Final = 256
+
+
+class ValidationResult(enum.Enum):
+    """A validator's verdict: deliver and forward, drop and penalise, or just drop."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    IGNORE = "ignore"
+
+
+class SignaturePolicy(enum.Enum):
+    """``STRICT_SIGN``: sign ours, require valid signatures; ``STRICT_NO_SIGN``: the opposite."""
+
+    STRICT_SIGN = "strict-sign"
+    STRICT_NO_SIGN = "strict-no-sign"
+
+
+Validator = Callable[["Received"], ValidationResult]
+MessageIdFn = Callable[[Message], bytes]
+
+
+def default_message_id(m: Message) -> bytes:
+    """The spec's default message id: the ``from`` field followed by the ``seqno``."""
+    return (m.from_ or b"") + (m.seqno or b"")
+
+
+@attrs.frozen
+class GossipParams:
+    """Router parameters; defaults are the spec's (D_lo 4 as the spec says; go uses 5)."""
+
+    d: int = 6
+    d_lo: int = 4
+    d_hi: int = 12
+    d_lazy: int = 6
+    d_score: int = 4
+    d_out: int = 2
+    heartbeat_interval: float = 1.0
+    fanout_ttl: float = 60.0
+    mcache_len: int = 5
+    mcache_gossip: int = 3
+    seen_ttl: float = 120.0
+    gossip_factor: float = 0.25
+    prune_peers: int = MAX_PX_PEERS
+    prune_backoff: float = 60.0
+    unsubscribe_backoff: float = 10.0
+    graft_flood_threshold: float = 10.0
+    opportunistic_graft_ticks: int = 60
+    opportunistic_graft_peers: int = 2
+    max_ihave_length: int = 5000
+    max_ihave_messages: int = 10
+    iwant_followup_time: float = 3.0
+    gossip_retransmission: int = 3
+    flood_publish: bool = True
+    do_px: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.d_lo <= self.d <= self.d_hi:
+            raise InvalidConfiguration("gossipsub needs 0 <= D_lo <= D <= D_hi")
+        if not 0 <= self.d_out < self.d_lo or self.d_out > self.d // 2:
+            raise InvalidConfiguration("gossipsub needs D_out < D_lo and D_out <= D / 2")
+        if not 0 <= self.d_score <= self.d:
+            raise InvalidConfiguration("gossipsub needs 0 <= D_score <= D")
+        if not 0 < self.mcache_gossip <= self.mcache_len:
+            raise InvalidConfiguration("gossipsub needs 0 < mcache_gossip <= mcache_len")
+        if self.heartbeat_interval <= 0:
+            raise InvalidConfiguration("heartbeat_interval must be > 0")
+        if not 0 <= self.prune_peers <= MAX_PX_PEERS:
+            raise InvalidConfiguration(f"prune_peers must be in 0..{MAX_PX_PEERS}")
+
+
+@attrs.frozen
+class Received:
+    """A message for local subscribers (or a validator)."""
+
+    topic: str
+    data: bytes
+    msg_id: bytes
+    source: PeerId | None
+    seqno: bytes | None
+    received_from: PeerId
+
+
+@attrs.define
+class _Peer:
+    protocol: str
+    outbound: bool
+    topics: set[str] = attrs.field(factory=set)
+    ihave_count: int = 0
+    iasked: int = 0
+    subs: list[SubOpts] = attrs.field(factory=list)
+    msgs: list[bytes] = attrs.field(factory=list)
+    ihave: dict[str, list[bytes]] = attrs.field(factory=dict)
+    iwant: list[bytes] = attrs.field(factory=list)
+    graft: list[str] = attrs.field(factory=list)
+    prune: list[Prune] = attrs.field(factory=list)
+    dropped: int = 0
+
+    def pending(self) -> bool:
+        return bool(self.subs or self.msgs or self.ihave or self.iwant or self.graft or self.prune)
+
+
+@attrs.define
+class _Seen:
+    expiry: float
+    first: float
+    topic: str
+    valid: bool
+    peers: set[PeerId] = attrs.field(factory=set)
+
+
+@attrs.define
+class _Cached:
+    msg: Message
+    encoded: bytes
+    served: dict[PeerId, int] = attrs.field(factory=dict)
+
+
+class GossipSub:
+    """The gossipsub v1.1 router state of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        key: KeyPair,
+        *,
+        params: GossipParams | None = None,
+        score_params: PeerScoreParams | None = None,
+        thresholds: PeerScoreThresholds | None = None,
+        rng: random.Random | None = None,
+        policy: SignaturePolicy = SignaturePolicy.STRICT_SIGN,
+        message_id: MessageIdFn = default_message_id,
+        seqno_start: int = 0,
+    ) -> None:
+        self.key = key
+        self.local = key.peer_id
+        self._local_bytes = self.local.to_bytes()
+        self.params = params or GossipParams()
+        self.thresholds = thresholds or PeerScoreThresholds()
+        self.score = PeerScore(score_params or PeerScoreParams())
+        self.rng = rng or random.Random()
+        self.policy = policy
+        self.message_id = message_id
+        self._seqno = seqno_start
+        self.peers: dict[PeerId, _Peer] = {}
+        self.topics: dict[str, set[PeerId]] = {}
+        self.mesh: dict[str, set[PeerId]] = {}
+        self.fanout: dict[str, set[PeerId]] = {}
+        self._lastpub: dict[str, float] = {}
+        self.joined: set[str] = set()
+        self._backoff: dict[tuple[str, PeerId], float] = {}
+        self._seen: OrderedDict[bytes, _Seen] = OrderedDict()
+        self._mcache: dict[bytes, _Cached] = {}
+        self._windows: list[list[tuple[bytes, str]]] = [[]]
+        self._promises: dict[bytes, dict[PeerId, float]] = {}
+        self._validators: dict[str, Validator] = {}
+        self._deliveries: list[Received] = []
+        self._px: list[PeerId] = []
+        self._ticks = 0
+        self._last_decay = 0.0
+        #: Counters of what was dropped, by reason (for tests and metrics).
+        self.dropped: dict[str, int] = {}
+
+    # --- peers and topics ---------------------------------------------------------------
+
+    def add_peer(self, peer: PeerId, protocol: str, *, outbound: bool) -> None:
+        """A peer speaks ``protocol`` with us; ``outbound`` when we dialled it."""
+        if peer in self.peers or peer == self.local:
+            return
+        st = self.peers[peer] = _Peer(protocol, outbound)
+        self.score.add_peer(peer)
+        st.subs = [SubOpts(True, t) for t in sorted(self.joined)]
+
+    def remove_peer(self, peer: PeerId, now: float) -> None:
+        """The peer's stream or connection is gone."""
+        st = self.peers.pop(peer, None)
+        if st is None:
+            return
+        for topic in st.topics:
+            subs = self.topics.get(topic)
+            if subs is not None:
+                subs.discard(peer)
+                if not subs:
+                    del self.topics[topic]
+        for topic, mesh in self.mesh.items():
+            if peer in mesh:
+                mesh.discard(peer)
+                self.score.prune(peer, topic)
+        for fan in self.fanout.values():
+            fan.discard(peer)
+        self.score.remove_peer(peer, now)
+
+    def set_validator(self, topic: str, validator: Validator | None) -> None:
+        """Validate messages of ``topic`` with ``validator`` (``None`` removes it)."""
+        if validator is None:
+            self._validators.pop(topic, None)
+        else:
+            self._validators[topic] = validator
+
+    def peer_score(self, peer: PeerId, now: float) -> float:
+        """The current score of ``peer``."""
+        return self.score.score(peer, now)
+
+    def join(self, topic: str, now: float) -> None:
+        """Subscribe to ``topic``: announce it and build its mesh (fanout peers first)."""
+        if topic in self.joined:
+            return
+        self.joined.add(topic)
+        for st in self.peers.values():
+            st.subs.append(SubOpts(True, topic))
+        mesh: set[PeerId] = set()
+        for p in _ordered(self.fanout.pop(topic, ())):
+            if self.score.score(p, now) >= 0 and len(mesh) < self.params.d:
+                mesh.add(p)
+        self._lastpub.pop(topic, None)
+        if len(mesh) < self.params.d:
+            for p in self._pick(topic, self.params.d - len(mesh), now, exclude=mesh):
+                mesh.add(p)
+        self.mesh[topic] = set()
+        for p in mesh:
+            self._graft(topic, p, now)
+
+    def leave(self, topic: str, now: float) -> None:
+        """Unsubscribe from ``topic``: announce it and prune its mesh."""
+        if topic not in self.joined:
+            return
+        self.joined.discard(topic)
+        for st in self.peers.values():
+            st.subs.append(SubOpts(False, topic))
+        for p in self.mesh.pop(topic, set()):
+            self.score.prune(p, topic)
+            self._send_prune(topic, p, now, backoff=self.params.unsubscribe_backoff)
+
+    # --- publishing ---------------------------------------------------------------------
+
+    def publish(self, topic: str, data: bytes, now: float) -> bytes:
+        """Publish ``data`` on ``topic``; returns the message id.
+
+        Raises :class:`MessageTooLarge` above :data:`MAX_MESSAGE_SIZE`.
+        """
+        if len(data) > MAX_MESSAGE_SIZE:
+            raise MessageTooLarge(
+                f"pubsub message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE} bytes"
+            )
+        if self.policy is SignaturePolicy.STRICT_SIGN:
+            self._seqno += 1
+            m = Message(
+                topic=topic,
+                data=data,
+                from_=self._local_bytes,
+                seqno=self._seqno.to_bytes(8, "big"),
+            )
+            m = attrs.evolve(m, signature=self.key.sign(signing_bytes(m)))
+        else:
+            m = Message(topic=topic, data=data)
+        msg_id = self.message_id(m)
+        if msg_id in self._seen:
+            raise InvalidConfiguration("this message id was already published or seen")
+        self._mark_seen(msg_id, topic, now, valid=True)
+        encoded = encode_message(m)
+        self._cache(msg_id, m, encoded)
+        if topic in self.joined:
+            self._deliveries.append(self._received(m, msg_id, self.local))
+        subs = self.topics.get(topic, set())
+        if self.params.flood_publish:
+            targets = {p for p in subs if self.score.score(p, now) >= self.thresholds.publish}
+        elif topic in self.mesh:
+            targets = set(self.mesh[topic])
+        else:
+            targets = self._fanout_peers(topic, now)
+        if topic not in self.joined:
+            self._fanout_peers(topic, now)
+            self._lastpub[topic] = now
+        for p in targets:
+            self._queue_msg(p, encoded)
+        return msg_id
+
+    def _fanout_peers(self, topic: str, now: float) -> set[PeerId]:
+        fan = self.fanout.get(topic)
+        if fan is None:
+            if len(self.fanout) >= MAX_KNOWN_TOPICS:
+                return set()
+            fan = self.fanout[topic] = set()
+        if len(fan) < self.params.d:
+            fan.update(
+                self._pick(
+                    topic,
+                    self.params.d - len(fan),
+                    now,
+                    exclude=fan,
+                    min_score=self.thresholds.publish,
+                    backoff_ok=True,
+                )
+            )
+        return set(fan)
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def handle_bytes(self, peer: PeerId, data: bytes, now: float) -> str | None:
+        """Process one RPC's bytes from ``peer``; returns why it was dropped, else ``None``.
+
+        A malformed RPC counts as misbehaviour (P7).
+        """
+        try:
+            rpc = decode_rpc(data)
+        except (SerializationError, MessageTooLarge) as exc:
+            self.score.add_penalty(peer)
+            self._drop("malformed rpc")
+            return f"malformed RPC: {exc}"
+        return self.handle_rpc(peer, rpc, now)
+
+    def handle_rpc(self, peer: PeerId, rpc: RPC, now: float) -> str | None:
+        """Process one decoded RPC from ``peer`` (see :meth:`handle_bytes`)."""
+        st = self.peers.get(peer)
+        if st is None:
+            return "RPC from a peer that is not attached"
+        if self.score.score(peer, now) < self.thresholds.graylist:
+            self._drop("graylisted")
+            return "peer is graylisted"
+        for sub in rpc.subscriptions:
+            self._handle_sub(peer, st, sub)
+        for k, m in enumerate(rpc.publish):
+            invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
+            self._handle_message(peer, m, now)
+            now_invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
+            if now_invalid > invalid and self.score.score(peer, now) < self.thresholds.graylist:
+                # The peer fell into the graylist inside this RPC: the rest is not looked at.
+                self.dropped["graylisted"] = (
+                    self.dropped.get("graylisted", 0) + len(rpc.publish) - k - 1
+                )
+                return "peer is graylisted"
+        c = rpc.control
+        if c is not None:
+            iwant = self._handle_ihave(peer, st, c.ihave, now)
+            self._handle_iwant(peer, c.iwant, now)
+            prunes = self._handle_graft(peer, c.graft, now)
+            self._handle_prune(peer, c.prune, now)
+            if iwant:
+                st.iwant.extend(iwant)
+            for topic in prunes:
+                self._send_prune(topic, peer, now, px=False)
+        return None
+
+    def _handle_sub(self, peer: PeerId, st: _Peer, sub: SubOpts) -> None:
+        if sub.subscribe:
+            if sub.topic in st.topics:
+                return
+            if len(st.topics) >= MAX_TOPICS_PER_PEER or (
+                sub.topic not in self.topics and len(self.topics) >= MAX_KNOWN_TOPICS
+            ):
+                self._drop("topic limit")
+                return
+            st.topics.add(sub.topic)
+            self.topics.setdefault(sub.topic, set()).add(peer)
+        else:
+            if sub.topic not in st.topics:
+                return
+            st.topics.discard(sub.topic)
+            subs = self.topics.get(sub.topic)
+            if subs is not None:
+                subs.discard(peer)
+                if not subs:
+                    del self.topics[sub.topic]
+            mesh = self.mesh.get(sub.topic)
+            if mesh is not None and peer in mesh:
+                mesh.discard(peer)
+                self.score.prune(peer, sub.topic)
+            fan = self.fanout.get(sub.topic)
+            if fan is not None:
+                fan.discard(peer)
+
+    def _verify(self, m: Message) -> str | None:
+        if self.policy is SignaturePolicy.STRICT_NO_SIGN:
+            if m.from_ is not None or m.seqno is not None or m.signature is not None or m.key:
+                return "unsigned policy: message carries from/seqno/signature/key"
+            return None
+        if m.from_ is None or m.seqno is None or m.signature is None:
+            return "strict signing: message lacks from, seqno or signature"
+        if len(m.seqno) != 8:
+            return f"seqno of {len(m.seqno)} bytes (8 expected)"
+        try:
+            source = PeerId.from_bytes(m.from_)
+            if m.key is not None:
+                pub: PublicKey | None = PublicKey.from_protobuf(m.key)
+                if pub is not None and not source.matches(pub):
+                    return "the message key does not match its from peer id"
+            else:
+                pub = source.extract_public_key()
+        except InvalidPeerId as exc:
+            return f"bad from/key: {exc}"
+        if pub is None:
+            return "no public key: the from peer id does not inline one and key is absent"
+        if not pub.verify(signing_bytes(m), m.signature):
+            return "invalid message signature"
+        return None
+
+    def _handle_message(self, peer: PeerId, m: Message, now: float) -> None:
+        try:
+            msg_id = self.message_id(m)
+        except Exception:  # a user-supplied id function refusing the message
+            self._drop("message id")
+            return
+        self._promises.pop(msg_id, None)
+        seen = self._seen.get(msg_id)
+        if seen is not None:
+            self._drop("duplicate")
+            if seen.valid and peer not in seen.peers:
+                if len(seen.peers) < self.params.d_hi * 2:
+                    seen.peers.add(peer)
+                    self.score.near_first_delivery(peer, m.topic, now - seen.first)
+            elif not seen.valid and peer not in seen.peers:
+                seen.peers.add(peer)
+                self.score.invalid_delivery(peer, m.topic)
+            return
+        if m.from_ == self._local_bytes:
+            self._drop("self origin")
+            return
+        if len(m.data) > MAX_MESSAGE_SIZE:
+            self._drop("oversized message")
+            self.score.invalid_delivery(peer, m.topic)
+            return
+        problem = self._verify(m)
+        if problem is not None:
+            # Not marked seen: the id of a badly signed message may be a forgery of a
+            # real one's, which must still get through (only the sender is penalised).
+            self._drop("invalid signature")
+            self.score.invalid_delivery(peer, m.topic)
+            return
+        received = self._received(m, msg_id, peer)
+        validator = self._validators.get(m.topic)
+        verdict = validator(received) if validator is not None else ValidationResult.ACCEPT
+        if verdict is ValidationResult.REJECT:
+            self._drop("rejected")
+            self._mark_seen(msg_id, m.topic, now, valid=False, peer=peer)
+            self.score.invalid_delivery(peer, m.topic)
+            return
+        if verdict is ValidationResult.IGNORE:
+            self._drop("ignored")
+            self._mark_seen(msg_id, m.topic, now, valid=False, peer=peer, penalise=False)
+            return
+        self._mark_seen(msg_id, m.topic, now, valid=True, peer=peer)
+        self.score.first_delivery(peer, m.topic)
+        encoded = encode_message(m)
+        self._cache(msg_id, m, encoded)
+        if m.topic in self.joined:
+            self._deliveries.append(received)
+        targets = self.mesh.get(m.topic)
+        if targets is None:
+            targets = self.fanout.get(m.topic, set())
+        origin = received.source
+        for p in targets:
+            if p != peer and p != origin:
+                self._queue_msg(p, encoded)
+
+    def _handle_ihave(
+        self, peer: PeerId, st: _Peer, entries: Iterable[IHave], now: float
+    ) -> list[bytes]:
+        if not entries:
+            return []
+        if self.score.score(peer, now) < self.thresholds.gossip:
+            self._drop("ihave below gossip threshold")
+            return []
+        st.ihave_count += 1
+        if st.ihave_count > self.params.max_ihave_messages:
+            self._drop("ihave flood")
+            return []
+        if st.iasked >= self.params.max_ihave_length:
+            self._drop("ihave ids over limit")
+            return []
+        want: list[bytes] = []
+        wanted: set[bytes] = set()
+        for ih in entries:
+            if ih.topic not in self.mesh:
+                continue
+            for i in ih.ids:
+                if i not in self._seen and i not in wanted:
+                    wanted.add(i)
+                    want.append(i)
+        room = self.params.max_ihave_length - st.iasked
+        if len(want) > room:
+            self.rng.shuffle(want)
+            want = want[:room]
+        st.iasked += len(want)
+        if want and len(self._promises) < MAX_PROMISES:
+            # The spec tracks one promise per IWANT: one random id must arrive in time.
+            promised = self.rng.choice(want)
+            self._promises.setdefault(promised, {})[peer] = now + self.params.iwant_followup_time
+        return want
+
+    def _handle_iwant(self, peer: PeerId, entries: Iterable[IWant], now: float) -> None:
+        if not entries:
+            return
+        if self.score.score(peer, now) < self.thresholds.gossip:
+            self._drop("iwant below gossip threshold")
+            return
+        served = 0
+        for iw in entries:
+            for i in iw.ids:
+                c = self._mcache.get(i)
+                if c is None:
+                    self._drop("iwant for unknown message")
+                    continue
+                n = c.served.get(peer, 0)
+                if n >= self.params.gossip_retransmission:
+                    self._drop("iwant retransmission limit")
+                    continue
+                c.served[peer] = n + 1
+                self._queue_msg(peer, c.encoded)
+                served += 1
+                if served >= self.params.max_ihave_length:
+                    self._drop("iwant over limit")
+                    return
+
+    def _handle_graft(self, peer: PeerId, entries: Iterable[Graft], now: float) -> list[str]:
+        prune: list[str] = []
+        score = self.score.score(peer, now)
+        st = self.peers[peer]
+        for g in entries:
+            mesh = self.mesh.get(g.topic)
+            if mesh is None:
+                # Not joined (or unknown topic): refuse, without penalty (the spec says
+                # spam for unknown topics could be penalised; we only refuse).
+                prune.append(g.topic)
+                continue
+            if peer in mesh:
+                continue
+            until = self._backoff.get((g.topic, peer))
+            if until is not None and now < until:
+                self.score.add_penalty(peer)
+                if now < until - self.params.prune_backoff + self.params.graft_flood_threshold:
+                    self.score.add_penalty(peer)
+                self._drop("graft during backoff")
+                prune.append(g.topic)
+                continue
+            if score < 0:
+                prune.append(g.topic)
+                continue
+            if len(mesh) >= self.params.d_hi and not st.outbound:
+                prune.append(g.topic)
+                continue
+            mesh.add(peer)
+            self.score.graft(peer, g.topic, now)
+        return prune
+
+    def _handle_prune(self, peer: PeerId, entries: Iterable[Prune], now: float) -> None:
+        for pr in entries:
+            mesh = self.mesh.get(pr.topic)
+            if mesh is not None and peer in mesh:
+                mesh.discard(peer)
+                self.score.prune(peer, pr.topic)
+            backoff = self.params.prune_backoff if pr.backoff is None else pr.backoff
+            self._set_backoff(pr.topic, peer, now + min(float(backoff), 3600.0))
+            if pr.peers and self.score.score(peer, now) >= self.thresholds.accept_px:
+                for info in pr.peers[: self.params.prune_peers]:
+                    try:
+                        pid = PeerId.from_bytes(info.peer_id)
+                    except InvalidPeerId:
+                        continue
+                    fresh = pid not in self.peers and pid != self.local and pid not in self._px
+                    if fresh and len(self._px) < MAX_PX_CANDIDATES:
+                        self._px.append(pid)
+
+    # --- heartbeat ----------------------------------------------------------------------
+
+    def heartbeat(self, now: float) -> None:
+        """One heartbeat: scores, mesh and fanout maintenance, gossip, caches."""
+        self._ticks += 1
+        p = self.params
+        if now - self._last_decay >= self.score.params.decay_interval:
+            self._last_decay = now
+            self.score.refresh(now)
+        for mid, promised in list(self._promises.items()):
+            for peer, deadline in list(promised.items()):
+                if now >= deadline:
+                    del promised[peer]
+                    self.score.add_penalty(peer)
+            if not promised:
+                del self._promises[mid]
+        scores = {peer: self.score.score(peer, now) for peer in self.peers}
+        for topic, mesh in self.mesh.items():
+            for peer in [x for x in mesh if scores.get(x, 0.0) < 0]:
+                mesh.discard(peer)
+                self.score.prune(peer, topic)
+                self._send_prune(topic, peer, now, px=False)
+            if len(mesh) < p.d_lo:
+                for peer in self._pick(topic, p.d - len(mesh), now, exclude=mesh):
+                    self._graft(topic, peer, now)
+            if len(mesh) > p.d_hi:
+                self._shrink(topic, mesh, scores, now)
+            if len(mesh) >= p.d_lo:
+                outbound = sum(1 for x in mesh if self.peers[x].outbound)
+                if outbound < p.d_out:
+                    for peer in self._pick(
+                        topic, p.d_out - outbound, now, exclude=mesh, outbound_only=True
+                    ):
+                        self._graft(topic, peer, now)
+            if self._ticks % p.opportunistic_graft_ticks == 0 and len(mesh) > 1:
+                median = statistics.median(scores.get(x, 0.0) for x in mesh)
+                if median < self.thresholds.opportunistic_graft:
+                    for peer in self._pick(
+                        topic,
+                        p.opportunistic_graft_peers,
+                        now,
+                        exclude=mesh,
+                        min_score=median,
+                        strictly_above=True,
+                    ):
+                        self._graft(topic, peer, now)
+        for topic in list(self.fanout):
+            if self._lastpub.get(topic, 0.0) + p.fanout_ttl < now:
+                del self.fanout[topic]
+                self._lastpub.pop(topic, None)
+                continue
+            fan = self.fanout[topic]
+            subs = self.topics.get(topic, set())
+            low = self.thresholds.publish
+            for peer in [x for x in fan if x not in subs or scores.get(x, 0.0) < low]:
+                fan.discard(peer)
+            self._fanout_peers(topic, now)
+        for topic in list(self.mesh) + list(self.fanout):
+            self._emit_gossip(topic, scores)
+        self._windows.insert(0, [])
+        while len(self._windows) > p.mcache_len:
+            for mid, _topic in self._windows.pop():
+                self._mcache.pop(mid, None)
+        for st in self.peers.values():
+            st.ihave_count = 0
+            st.iasked = 0
+        while self._seen:
+            mid, entry = next(iter(self._seen.items()))
+            if entry.expiry > now:
+                break
+            del self._seen[mid]
+        for key, until in list(self._backoff.items()):
+            if until + p.heartbeat_interval < now:
+                del self._backoff[key]
+
+    def _shrink(
+        self, topic: str, mesh: set[PeerId], scores: dict[PeerId, float], now: float
+    ) -> None:
+        p = self.params
+        peers = _ordered(mesh)
+        self.rng.shuffle(peers)
+        peers.sort(key=lambda x: scores.get(x, 0.0), reverse=True)
+        best, rest = peers[: p.d_score], peers[p.d_score :]
+        self.rng.shuffle(rest)
+        keep = best + rest[: p.d - len(best)]
+        outbound = sum(1 for x in keep if self.peers[x].outbound)
+        if outbound < p.d_out:
+            extra = [x for x in rest[p.d - len(best) :] if self.peers[x].outbound]
+            need = min(p.d_out - outbound, len(extra))
+            if need:
+                inbound_kept = [x for x in keep[len(best) :] if not self.peers[x].outbound]
+                for out_peer, in_peer in zip(extra[:need], inbound_kept[-need:], strict=False):
+                    keep.remove(in_peer)
+                    keep.append(out_peer)
+        for peer in set(peers) - set(keep):
+            mesh.discard(peer)
+            self.score.prune(peer, topic)
+            self._send_prune(topic, peer, now)
+
+    def _emit_gossip(self, topic: str, scores: dict[PeerId, float]) -> None:
+        p = self.params
+        ids = [mid for w in self._windows[: p.mcache_gossip] for mid, t in w if t == topic]
+        if not ids:
+            return
+        exclude = self.mesh.get(topic, set()) | self.fanout.get(topic, set())
+        candidates = [
+            x
+            for x in _ordered(self.topics.get(topic, ()))
+            if x not in exclude and scores.get(x, 0.0) >= self.thresholds.gossip
+        ]
+        n = max(p.d_lazy, int(p.gossip_factor * len(candidates)))
+        self.rng.shuffle(candidates)
+        for peer in candidates[:n]:
+            chosen = list(ids)
+            if len(chosen) > p.max_ihave_length:
+                self.rng.shuffle(chosen)
+                chosen = chosen[: p.max_ihave_length]
+            self.peers[peer].ihave.setdefault(topic, []).extend(chosen)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _pick(
+        self,
+        topic: str,
+        count: int,
+        now: float,
+        *,
+        exclude: set[PeerId],
+        min_score: float = 0.0,
+        strictly_above: bool = False,
+        outbound_only: bool = False,
+        backoff_ok: bool = False,
+    ) -> list[PeerId]:
+        if count <= 0:
+            return []
+        out = []
+        for peer in _ordered(self.topics.get(topic, ())):
+            if peer in exclude:
+                continue
+            if outbound_only and not self.peers[peer].outbound:
+                continue
+            if not backoff_ok and self._backoff.get((topic, peer), 0.0) > now:
+                continue
+            s = self.score.score(peer, now)
+            if s < min_score or (strictly_above and s <= min_score):
+                continue
+            out.append(peer)
+        self.rng.shuffle(out)
+        return out[:count]
+
+    def _graft(self, topic: str, peer: PeerId, now: float) -> None:
+        self.mesh.setdefault(topic, set()).add(peer)
+        self.score.graft(peer, topic, now)
+        self.peers[peer].graft.append(topic)
+
+    def _send_prune(
+        self, topic: str, peer: PeerId, now: float, *, px: bool = True, backoff: float | None = None
+    ) -> None:
+        st = self.peers.get(peer)
+        if st is None:
+            return
+        b = self.params.prune_backoff if backoff is None else backoff
+        self._set_backoff(topic, peer, now + b)
+        if st.protocol == GOSSIPSUB_V10:
+            st.prune.append(Prune(topic))
+            return
+        infos: tuple[PeerInfo, ...] = ()
+        if px and self.params.do_px and self.score.score(peer, now) >= 0:
+            cands = [
+                x
+                for x in _ordered(self.topics.get(topic, ()))
+                if x != peer and self.score.score(x, now) >= 0
+            ]
+            self.rng.shuffle(cands)
+            infos = tuple(PeerInfo(x.to_bytes()) for x in cands[: self.params.prune_peers])
+        st.prune.append(Prune(topic, infos, int(b)))
+
+    def _set_backoff(self, topic: str, peer: PeerId, until: float) -> None:
+        key = (topic, peer)
+        if self._backoff.get(key, 0.0) < until:
+            self._backoff[key] = until
+
+    def _mark_seen(
+        self,
+        msg_id: bytes,
+        topic: str,
+        now: float,
+        *,
+        valid: bool,
+        peer: PeerId | None = None,
+        penalise: bool = True,
+    ) -> None:
+        while len(self._seen) >= MAX_SEEN:
+            self._seen.popitem(last=False)
+        entry = _Seen(now + self.params.seen_ttl, now, topic, valid)
+        if peer is not None and (valid or penalise):
+            entry.peers.add(peer)
+        if not valid and not penalise:
+            # An ignored message: later copies are duplicates without penalty.
+            entry.peers = set(self.peers)
+        self._seen[msg_id] = entry
+
+    def _cache(self, msg_id: bytes, m: Message, encoded: bytes) -> None:
+        self._mcache[msg_id] = _Cached(m, encoded)
+        self._windows[0].append((msg_id, m.topic))
+
+    def _queue_msg(self, peer: PeerId, encoded: bytes) -> None:
+        st = self.peers.get(peer)
+        if st is None:
+            return
+        if len(st.msgs) >= MAX_PENDING_MESSAGES:
+            st.dropped += 1
+            self._drop("peer queue full")
+            return
+        st.msgs.append(encoded)
+
+    def _received(self, m: Message, msg_id: bytes, peer: PeerId) -> Received:
+        source: PeerId | None = None
+        if m.from_ is not None:
+            try:
+                source = PeerId.from_bytes(m.from_)
+            except InvalidPeerId:
+                source = None
+        return Received(m.topic, m.data, msg_id, source, m.seqno, peer)
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    # --- outputs ------------------------------------------------------------------------
+
+    def outgoing(self) -> list[tuple[PeerId, bytes]]:
+        """Drain the RPCs to send: ``(peer, encoded RPC)``, each within :data:`MAX_RPC_SIZE`."""
+        out: list[tuple[PeerId, bytes]] = []
+        for peer, st in self.peers.items():
+            if not st.pending():
+                continue
+            control = Control(
+                ihave=tuple(IHave(t, tuple(ids)) for t, ids in st.ihave.items()),
+                iwant=(IWant(tuple(st.iwant)),) if st.iwant else (),
+                graft=tuple(Graft(t) for t in st.graft),
+                prune=tuple(st.prune),
+            )
+            head = encode_rpc(RPC(tuple(st.subs), (), control))
+            st.subs, st.ihave, st.iwant, st.graft, st.prune = [], {}, [], [], []
+            buf = bytearray(head)
+            for enc in st.msgs:
+                piece = _publish_field(enc)
+                if len(buf) + len(piece) > MAX_RPC_SIZE:
+                    if buf:
+                        out.append((peer, bytes(buf)))
+                    buf = bytearray()
+                    if len(piece) > MAX_RPC_SIZE:
+                        self._drop("message too large to send")
+                        continue
+                buf += piece
+            st.msgs = []
+            if buf:
+                out.append((peer, bytes(buf)))
+        return out
+
+    def deliveries(self) -> list[Received]:
+        """Drain the messages for local subscribers."""
+        out, self._deliveries = self._deliveries, []
+        return out
+
+    def px_candidates(self) -> list[PeerId]:
+        """Drain the peers offered by peer exchange that we are not connected to."""
+        out, self._px = self._px, []
+        return out
+
+
+def _ordered(peers: Iterable[PeerId]) -> list[PeerId]:
+    """``peers`` in a fixed order (set order follows the per-process hash seed), so that a
+    seeded ``rng`` gives the same choices in every run."""
+    return sorted(peers, key=PeerId.to_bytes)
+
+
+def _publish_field(encoded_message: bytes) -> bytes:
+    return pb_bytes(2, encoded_message)

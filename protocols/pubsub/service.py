@@ -1,0 +1,396 @@
+"""The asyncio adapter of the gossipsub router: :class:`PubSub`, a node service.
+
+Per peer it keeps one outbound stream (``/meshsub/1.1.0``, else ``/meshsub/1.0.0``)
+written by a task of the service and reads whatever inbound streams the peer
+opens; every RPC is prefixed by its length as an unsigned varint.  All
+connection-level work (writes, heartbeats, peer-exchange dials) runs in tasks
+of the service, never in the application's: :meth:`PubSub.publish` only hands
+the message to the router and queues the frames, so cancelling it never leaves
+a partial frame.  Every queue has a bound; a peer that does not keep up loses
+RPCs (counted in :attr:`PubSub.dropped`) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final
+
+from switchy.protocols.pubsub.core import (
+    GOSSIPSUB_V10,
+    GOSSIPSUB_V11,
+    GossipParams,
+    GossipSub,
+    Received,
+    SignaturePolicy,
+    Validator,
+)
+from switchy.protocols.pubsub.pb import MAX_RPC_SIZE
+from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds
+from switchy.stack.codec import frame_message, split_frame
+from switchy.stack.errors import MessageTooLarge, P2PError
+from switchy.stack.identity import PeerId
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
+from switchy.stack.stream import MuxedStream
+
+__all__ = ["OUTBOUND_QUEUE_SIZE", "SUBSCRIPTION_QUEUE_SIZE", "PubSub", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+#: Most RPC frames waiting to be written to one peer.
+OUTBOUND_QUEUE_SIZE: Final = 256
+#: Most messages waiting in one subscription for the application to read.
+SUBSCRIPTION_QUEUE_SIZE: Final = 1024
+#: Most peer-exchange dials in flight at once.
+MAX_PX_DIALS: Final = 8
+#: How long one peer-exchange dial may take, in seconds.
+PX_DIAL_TIMEOUT: Final = 10.0
+
+
+class Subscription:
+    """Messages of one topic, as an async iterator; :meth:`close` (or ``async with``) ends it.
+
+    Holds at most :data:`SUBSCRIPTION_QUEUE_SIZE` unread messages; newer ones are
+    dropped (counted in :attr:`dropped`) while the application does not read.
+    """
+
+    def __init__(self, pubsub: PubSub, topic: str) -> None:
+        self.topic = topic
+        self._pubsub = pubsub
+        self._queue: asyncio.Queue[Received | None] = asyncio.Queue(SUBSCRIPTION_QUEUE_SIZE + 1)
+        #: Messages dropped because the queue was full.
+        self.dropped = 0
+        self.closed = False
+
+    def _push(self, msg: Received) -> None:
+        if self._queue.qsize() >= SUBSCRIPTION_QUEUE_SIZE:
+            self.dropped += 1
+            return
+        self._queue.put_nowait(msg)
+
+    def __aiter__(self) -> AsyncIterator[Received]:
+        return self
+
+    async def __anext__(self) -> Received:
+        if self.closed and self._queue.empty():
+            raise StopAsyncIteration
+        msg = await self._queue.get()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def get(self) -> Received:
+        """The next message (raises :class:`StopAsyncIteration` once closed)."""
+        return await self.__anext__()
+
+    def close(self) -> None:
+        """Stop receiving; the last subscription of a topic leaves it."""
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.put_nowait(None)
+        self._pubsub._unsubscribed(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PubSub(ProtocolService):
+    """Gossipsub v1.1 on a node: ``subscribe(topic)`` and ``await publish(topic, data)``.
+
+    ``params``, ``score_params`` and ``thresholds`` tune the router
+    (:class:`~switchy.protocols.pubsub.core.GossipSub`); messages are signed and
+    verified strictly unless ``policy`` says otherwise.
+    """
+
+    def __init__(
+        self,
+        *,
+        params: GossipParams | None = None,
+        score_params: PeerScoreParams | None = None,
+        thresholds: PeerScoreThresholds | None = None,
+        policy: SignaturePolicy = SignaturePolicy.STRICT_SIGN,
+        connect_px: bool = True,
+    ) -> None:
+        self._params = params or GossipParams()
+        self._score_params = score_params
+        self._thresholds = thresholds
+        self._policy = policy
+        self._connect_px = connect_px
+        self._router: GossipSub | None = None
+        self._node: Node | None = None
+        self._subs: dict[str, list[Subscription]] = {}
+        self._queues: dict[PeerId, asyncio.Queue[bytes]] = {}
+        self._writers: dict[PeerId, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inbound: set[MuxedStream] = set()
+        self._stopped = False
+        self._px_dials = 0
+        self._running = False
+        self._changed = asyncio.Event()
+        #: RPC frames dropped because a peer's queue was full.
+        self.dropped = 0
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    @property
+    def router(self) -> GossipSub:
+        """The sans-IO router (after the service was attached to a node)."""
+        if self._router is None:
+            raise RuntimeError("PubSub is not attached to a node")
+        return self._router
+
+    @property
+    def node(self) -> Node:
+        """The node this service runs on."""
+        if self._node is None:
+            raise RuntimeError("PubSub is not attached to a node")
+        return self._node
+
+    def attach(self, node: Node) -> None:
+        """Register the gossipsub protocols and follow the node's connections."""
+        self._node = node
+        entropy = node.entropy or os.urandom
+        self._router = GossipSub(
+            node.key,
+            params=self._params,
+            score_params=self._score_params,
+            thresholds=self._thresholds,
+            rng=random.Random(int.from_bytes(entropy(16), "big")),
+            policy=self._policy,
+            seqno_start=int.from_bytes(entropy(6), "big") << 16,
+        )
+        node.handle(GOSSIPSUB_V11, self._on_stream)
+        node.handle(GOSSIPSUB_V10, self._on_stream)
+        node.on_connection_event(self._on_event)
+
+    async def start(self) -> None:
+        """Start the heartbeat and open streams to peers already connected."""
+        self._running = True
+        self._spawn(self._heartbeat())
+        for peer in self.node.connected_peers:
+            self._ensure_writer(peer)
+
+    async def stop(self) -> None:
+        """Stop every task of the service and end the subscriptions."""
+        self._running = False
+        self._stopped = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        # The peers' streams stay open while they live: end them, or the node's close
+        # would wait for these handlers.
+        for stream in list(self._inbound):
+            with contextlib.suppress(P2PError):
+                await stream.reset()
+        for subs in list(self._subs.values()):
+            for s in list(subs):
+                s.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # --- application API ------------------------------------------------------------------
+
+    def subscribe(self, topic: str) -> Subscription:
+        """Join ``topic`` (if not yet) and return a new :class:`Subscription` to it."""
+        sub = Subscription(self, topic)
+        self._subs.setdefault(topic, []).append(sub)
+        self.router.join(topic, self._now())
+        self._flush()
+        return sub
+
+    def _unsubscribed(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.topic, [])
+        if sub in subs:
+            subs.remove(sub)
+        if not subs:
+            self._subs.pop(sub.topic, None)
+            if self._router is not None and self._running:
+                self._router.leave(sub.topic, self._now())
+                self._flush()
+
+    async def publish(self, topic: str, data: bytes) -> bytes:
+        """Publish ``data`` on ``topic``; returns the message id.
+
+        Raises :class:`~switchy.stack.errors.MessageTooLarge` above the size limit.
+        """
+        msg_id = self.router.publish(topic, data, self._now())
+        self._flush()
+        return msg_id
+
+    def set_validator(self, topic: str, validator: Validator | None) -> None:
+        """Validate every message of ``topic`` with ``validator`` (returns a ValidationResult)."""
+        self.router.set_validator(topic, validator)
+
+    def mesh_peers(self, topic: str) -> set[PeerId]:
+        """The peers in our mesh of ``topic``."""
+        return set(self.router.mesh.get(topic, ()))
+
+    def topic_peers(self, topic: str) -> set[PeerId]:
+        """The peers we know to be subscribed to ``topic``."""
+        return set(self.router.topics.get(topic, ()))
+
+    async def wait_for_peers(self, topic: str, count: int = 1, *, mesh: bool = False) -> None:
+        """Return once ``count`` peers are known subscribed to ``topic`` (in our mesh of it
+        with ``mesh=True``).  Wrap in :func:`asyncio.timeout` to bound the wait."""
+        while True:
+            peers = self.mesh_peers(topic) if mesh else self.topic_peers(topic)
+            if len(peers) >= count:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    # --- peers ----------------------------------------------------------------------------
+
+    def _on_event(self, event: ConnectionEvent) -> None:
+        if not self._running:
+            return
+        if event.kind == "connected":
+            self._ensure_writer(event.peer)
+        elif not self.node.connections(event.peer):
+            self._drop_peer(event.peer)
+
+    def _outbound(self, peer: PeerId) -> bool:
+        conns = self.node.connections(peer)
+        return bool(conns) and conns[0].is_initiator
+
+    def _ensure_writer(self, peer: PeerId) -> None:
+        if peer in self._writers or peer == self.node.peer_id:
+            return
+        self._queues[peer] = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
+        self._writers[peer] = self._spawn(self._writer(peer))
+
+    def _drop_peer(self, peer: PeerId) -> None:
+        self._queues.pop(peer, None)
+        task = self._writers.pop(peer, None)
+        if task is not None:
+            task.cancel()
+        if self._router is not None:
+            self._router.remove_peer(peer, self._now())
+
+    async def _writer(self, peer: PeerId) -> None:
+        try:
+            stream = await self.node.open_stream(peer, GOSSIPSUB_V11, GOSSIPSUB_V10)
+        except P2PError as exc:
+            log.debug("no pubsub stream to %s: %s", peer, exc)
+            self._writers.pop(peer, None)
+            self._queues.pop(peer, None)
+            return
+        queue = self._queues.get(peer)
+        if queue is None:
+            await stream.reset()
+            return
+        self.router.add_peer(peer, stream.protocol or GOSSIPSUB_V11, outbound=self._outbound(peer))
+        self._flush()
+        try:
+            while True:
+                frame = await queue.get()
+                await stream.write(frame)
+        except P2PError as exc:
+            log.debug("pubsub stream to %s ended: %s", peer, exc)
+        finally:
+            with contextlib.suppress(P2PError):
+                await stream.reset()
+            if self._writers.get(peer) is asyncio.current_task():
+                self._writers.pop(peer, None)
+                self._queues.pop(peer, None)
+                if self._router is not None:
+                    self._router.remove_peer(peer, self._now())
+
+    async def _on_stream(self, stream: MuxedStream) -> None:
+        peer = stream.remote_peer
+        if self._stopped:
+            await stream.reset()
+            return
+        self._ensure_writer(peer)
+        router = self.router
+        buf = bytearray()
+        self._inbound.add(stream)
+        try:
+            while True:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                while True:
+                    try:
+                        frame = split_frame(buf, MAX_RPC_SIZE, "pubsub RPC")
+                    except MessageTooLarge as exc:
+                        log.info("pubsub: %s sent an oversized RPC: %s", peer, exc)
+                        router.score.add_penalty(peer)
+                        await stream.reset()
+                        return
+                    if frame is None:
+                        break
+                    rpc, used = frame
+                    del buf[:used]
+                    if peer not in router.peers:
+                        # Our outbound stream is not negotiated yet: serve the peer already.
+                        router.add_peer(
+                            peer, stream.protocol or GOSSIPSUB_V11, outbound=self._outbound(peer)
+                        )
+                    problem = router.handle_bytes(peer, rpc, self._now())
+                    if problem is not None:
+                        log.debug("pubsub: RPC from %s dropped: %s", peer, problem)
+                    self._flush()
+        except P2PError as exc:
+            log.debug("pubsub stream from %s ended: %s", peer, exc)
+        finally:
+            self._inbound.discard(stream)
+
+    # --- outputs --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        router = self.router
+        self._changed.set()
+        for peer, rpc in router.outgoing():
+            q = self._queues.get(peer)
+            if q is None:
+                continue
+            if q.full():
+                self.dropped += 1
+                continue
+            q.put_nowait(frame_message(rpc, MAX_RPC_SIZE + 16, "pubsub RPC"))
+        for msg in router.deliveries():
+            for sub in self._subs.get(msg.topic, ()):
+                sub._push(msg)
+        if self._connect_px:
+            for peer in router.px_candidates():
+                if self._px_dials >= MAX_PX_DIALS or not self.node.peerstore.addrs(peer):
+                    continue
+                self._px_dials += 1
+                self._spawn(self._px_dial(peer))
+
+    async def _px_dial(self, peer: PeerId) -> None:
+        try:
+            async with asyncio.timeout(PX_DIAL_TIMEOUT):
+                await self.node.connect(peer)
+        except (P2PError, TimeoutError) as exc:
+            log.debug("pubsub: peer exchange dial to %s failed: %s", peer, exc)
+        finally:
+            self._px_dials -= 1
+
+    async def _heartbeat(self) -> None:
+        interval = self._params.heartbeat_interval
+        await asyncio.sleep(min(0.1, interval))
+        while True:
+            self.router.heartbeat(self._now())
+            self._flush()
+            await asyncio.sleep(interval)
