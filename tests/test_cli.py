@@ -317,3 +317,18 @@ def test_main_in_process_leaves_logging_as_it_found_it() -> None:
     before = (list(root.handlers), root.level, ours.level)
     assert main(["ping", "/ip4/1.2.3/tcp/1", "--log-level", "debug"]) == 2
     assert (list(root.handlers), root.level, ours.level) == before
+
+
+def test_every_subcommand_takes_the_logging_options_after_its_name() -> None:
+    import argparse
+
+    from switchy.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        name
+        for name, command in sub.choices.items()
+        if "--log-level" not in command._option_string_actions
+    ]
+    assert not missing, f"subcommands without --log-level: {missing}"

@@ -1018,6 +1018,13 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], epilog=_EXIT_HELP, **kw)
 
+    class _Commands:
+        """What the ``_add_*`` helpers get: their subcommands take the common options too."""
+
+        add_parser = staticmethod(command)
+
+    commands = _Commands()
+
     s = command("id", help="create or show this machine's identity")
     s.add_argument("--key", help=f"key file (default {default_key_path()})")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -1048,7 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_public_network(s)
     s.set_defaults(func=_cmd_listen)
-    _add_nat_status_parser(sub)
+    _add_nat_status_parser(commands)
 
     from switchy.demo import MAX_DEMO_NODES, MIN_DEMO_NODES
     from switchy.transports.relay.config import RelayConfig
@@ -1142,7 +1149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from switchy.scenarios import SCENARIOS
 
-    _add_http_commands(sub)
+    _add_http_commands(commands)
 
     s = command("sim", help="run a scenario on the deterministic network simulator")
     s.add_argument("--scenario", choices=sorted(SCENARIOS), default="mesh")
@@ -1154,9 +1161,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_cmd_sim)
 
-    _add_dht_parser(sub)
-    _add_chat_parser(sub)
-    _add_transfer_parsers(sub)
+    _add_dht_parser(commands)
+    _add_chat_parser(commands)
+    _add_transfer_parsers(commands)
     return p
 
 
