@@ -37,13 +37,23 @@ def _suite(name: str) -> str:
     return f"{package}.{name}"
 
 
-def _run(pytester: pytest.Pytester, fixtures: str, *suites: str) -> pytest.RunResult:
+def _run(
+    pytester: pytest.Pytester, fixtures: str, *suites: str, failing: bool = False
+) -> pytest.RunResult:
+    """Run ``suites`` with the harness fixtures ``fixtures``.
+
+    ``failing`` runs report failures as plain Python tracebacks: pytest's own format
+    parses the source of every frame, and CPython 3.11.7 can then fail with
+    "SystemError: AST constructor recursion depth mismatch" (an INTERNALERROR that hides
+    the contract's message) for the deep simulator tracebacks of broken parts.
+    """
     pytester.makepyfile(my_fixtures=textwrap.dedent(fixtures))
     pytester.syspathinsert()
     targets = [_suite(s) for s in suites] or ["switchy.stack.conformance", "switchy.conformance"]
-    return pytester.runpytest_inprocess(
-        "--pyargs", *targets, "-p", "my_fixtures", "-p", "no:cacheprovider", "-q"
-    )
+    args = ["--pyargs", *targets, "-p", "my_fixtures", "-p", "no:cacheprovider", "-q"]
+    if failing:
+        args.append("--tb=native")
+    return pytester.runpytest_inprocess(*args)
 
 
 BUILTIN_SIM = """
@@ -218,6 +228,7 @@ def test_broken_parts_fail_with_the_contract_named(
             def {fixture}(): return {harness.__name__}()
             """,
             suite,
+            failing=True,
         )
     finally:
         settings.load_profile("default")
