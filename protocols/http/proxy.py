@@ -21,6 +21,7 @@ byte pipe.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ipaddress
 import json
@@ -305,7 +306,32 @@ class HttpProxyService(ProtocolService):
         await forward_exchange(stream, core, head, up, head.target, headers, self.limits)
 
 
-class Gateway:
+class LocalTcpPort(abc.ABC):
+    """A local TCP port whose connections go to :meth:`_serve` (the gateway, a forwarder)."""
+
+    def __init__(self) -> None:
+        self._tcp = TcpTransport(NetworkConfig())
+        self._listener: Listener | None = None
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Listen on ``host:port`` (loopback by default); return the address bound."""
+        self._listener = await self._tcp.listen(tcp_multiaddr(host, port), self._serve)
+        addr = self._listener.addrs[0]
+        proto = "ip6" if "/ip6/" in str(addr) else "ip4"
+        return addr.value_for_protocol(proto), int(addr.value_for_protocol("tcp"))
+
+    async def close(self) -> None:
+        """Stop listening (connections already being served go on until they end)."""
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+
+    @abc.abstractmethod
+    async def _serve(self, conn: object) -> None:
+        """Serve one accepted TCP connection."""
+
+
+class Gateway(LocalTcpPort):
     """A local HTTP server through which HTTP clients reach peers: ``/p2p/<peer>/path``.
 
     ``names`` maps other first path segments to peers (``/p2p/media/...``); ``resolve``,
@@ -327,21 +353,7 @@ class Gateway:
         self.names = dict(names or {})
         self.resolve = resolve
         self.limits = limits
-        self._tcp = TcpTransport(NetworkConfig())
-        self._listener: Listener | None = None
-
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Listen on ``host:port`` (loopback by default); return the address bound."""
-        self._listener = await self._tcp.listen(tcp_multiaddr(host, port), self._serve)
-        addr = self._listener.addrs[0]
-        proto = "ip6" if "/ip6/" in str(addr) else "ip4"
-        return addr.value_for_protocol(proto), int(addr.value_for_protocol("tcp"))
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
+        super().__init__()
 
     async def _peer(self, segment: str) -> Target:
         if segment in self.names:

@@ -15,13 +15,12 @@ from collections.abc import Iterable
 from typing import Final
 
 from switchy.protocols.http.io import pipe
-from switchy.protocols.http.proxy import tcp_multiaddr
+from switchy.protocols.http.proxy import LocalTcpPort, tcp_multiaddr
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import P2PError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService, Target
 from switchy.stack.stream import Connection, MuxedStream
-from switchy.stack.transport import Listener
 from switchy.transports.tcp import TcpTransport
 
 __all__ = ["TCP_PROTOCOL", "TcpExposeService", "TcpForwarder"]
@@ -62,27 +61,13 @@ class TcpExposeService(ProtocolService):
         await pipe(stream, conn)
 
 
-class TcpForwarder:
+class TcpForwarder(LocalTcpPort):
     """A local TCP port whose connections lead to ``target``'s exposed TCP service."""
 
     def __init__(self, node: Node, target: Target) -> None:
         self.node = node
         self.target = target
-        self._tcp = TcpTransport(NetworkConfig())
-        self._listener: Listener | None = None
-
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Listen on ``host:port``; return the address bound."""
-        self._listener = await self._tcp.listen(tcp_multiaddr(host, port), self._serve)
-        addr = self._listener.addrs[0]
-        proto = "ip6" if "/ip6/" in str(addr) else "ip4"
-        return addr.value_for_protocol(proto), int(addr.value_for_protocol("tcp"))
-
-    async def close(self) -> None:
-        """Stop listening (connections already piped go on until they end)."""
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
+        super().__init__()
 
     async def _serve(self, conn: object) -> None:
         assert isinstance(conn, Connection)
