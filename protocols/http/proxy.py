@@ -43,6 +43,7 @@ from switchy.protocols.http.core import (
     HttpError,
     HttpLimits,
     ServerCore,
+    _Core,
     is_websocket_upgrade,
 )
 from switchy.protocols.http.io import continue_if_asked, next_event, pipe, read_head, write_timed
@@ -134,20 +135,9 @@ async def forward_exchange(
     try:
         out = up_core.request(head.method, target, _forward_headers(headers, upgrade))
         await continue_if_asked(down, down_core)
-        while True:  # the request body: what one read gives goes up in one write
-            event = down_core.next_event()
-            if event is h11.NEED_DATA:
-                await write_timed(up, out, limits.write_timeout)
-                out = b""
-                event = await next_event(down_core, down, limits.idle_timeout)
-            if isinstance(event, h11.Data):
-                out += up_core.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                out += up_core.send(h11.EndOfMessage())
-                await write_timed(up, out, limits.write_timeout)
-                break
-            else:
-                raise HttpError("the client ended its request early")
+        await _relay_body(
+            down_core, down, up_core, up, out, limits, "the client ended its request early"
+        )
     except HttpError as exc:
         log.info("bad HTTP request body: %s", exc)
         await up.reset()
@@ -185,20 +175,9 @@ async def forward_exchange(
     try:
         # what one read of the upstream gives goes down in one write (head and body too)
         out = down_core.response(event.status_code, answer, close=not keep_alive)
-        while True:
-            ev = up_core.next_event()
-            if ev is h11.NEED_DATA:
-                await write_timed(down, out, limits.write_timeout)
-                out = b""
-                ev = await next_event(up_core, up, limits.idle_timeout)
-            if isinstance(ev, h11.Data):
-                out += down_core.send(h11.Data(data=ev.data))
-            elif isinstance(ev, h11.EndOfMessage):
-                out += down_core.send(h11.EndOfMessage())
-                await write_timed(down, out, limits.write_timeout)
-                break
-            else:
-                raise HttpError("upstream ended its answer early")
+        await _relay_body(
+            up_core, up, down_core, down, out, limits, "upstream ended its answer early"
+        )
     except (HttpError, P2PError, OSError) as exc:
         log.debug("forwarding an answer: %s", exc)
         await up.reset()
@@ -304,6 +283,33 @@ class HttpProxyService(ProtocolService):
             (PEER_ID_HEADER.encode(), str(peer).encode()),
         ]
         await forward_exchange(stream, core, head, up, head.target, headers, self.limits)
+
+
+async def _relay_body(
+    src_core: _Core,
+    src: Stream,
+    dst_core: _Core,
+    dst: Stream,
+    out: bytes,
+    limits: HttpLimits,
+    early: str,
+) -> None:
+    """Pass a message body from ``src`` to ``dst`` after ``out`` (its head): what one read
+    gives goes on in one write; raise :class:`HttpError` (``early``) if ``src`` stops first."""
+    while True:
+        event = src_core.next_event()
+        if event is h11.NEED_DATA:
+            await write_timed(dst, out, limits.write_timeout)
+            out = b""
+            event = await next_event(src_core, src, limits.idle_timeout)
+        if isinstance(event, h11.Data):
+            out += dst_core.send(h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            out += dst_core.send(h11.EndOfMessage())
+            await write_timed(dst, out, limits.write_timeout)
+            return
+        else:
+            raise HttpError(early)
 
 
 class LocalTcpPort(abc.ABC):
