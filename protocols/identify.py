@@ -228,6 +228,7 @@ class IdentifyService(ProtocolService):
         conn: MuxedConnection | None = None,
     ) -> None:
         assert self.node is not None
+        _record_received(self.node, info, push=push)
         if info.public_key is not None and not peer.matches(info.public_key):
             raise AuthenticationFailed(f"identify from {peer} carries another peer's public key")
         store = self.node.peerstore
@@ -365,3 +366,23 @@ async def _read_identify(node: Node, stream: MuxedStream) -> IdentifyInfo:
             f"identify from {stream.remote_peer} carries another peer's public key"
         )
     return info
+
+
+def _record_received(node: Node, info: IdentifyInfo, *, push: bool) -> None:
+    """Count an identify (or push) answer in the node's ``libp2p_identify_*`` metrics."""
+    from switchy.stack.metrics import COUNT_BUCKETS
+
+    metrics = node.metrics
+    metrics.counter(
+        "libp2p_identify_received_total", "Identify answers and pushes received", ("type",)
+    ).labels("push" if push else "identify").inc()
+    metrics.histogram(
+        "libp2p_identify_addrs_received",
+        "Addresses in each identify message received",
+        buckets=COUNT_BUCKETS,
+    ).observe(len(info.listen_addrs))
+    metrics.histogram(
+        "libp2p_identify_protocols_received",
+        "Protocols in each identify message received",
+        buckets=COUNT_BUCKETS,
+    ).observe(len(info.protocols))

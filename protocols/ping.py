@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Final
 
 from switchy.stack.errors import ProtocolError
-from switchy.stack.metrics import measure_clock
+from switchy.stack.metrics import LATENCY_BUCKETS, measure_clock
 from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ async def ping(node: Node, target: Target, count: int = 1) -> list[float]:
     rtts: list[float] = []
     entropy = node.entropy or os.urandom
     clock = measure_clock()
+    rtt_metric = node.metrics.histogram(
+        "libp2p_ping_rtt_seconds", "Round trips measured by ping", buckets=LATENCY_BUCKETS
+    )
     try:
         for _ in range(count):
             payload = entropy(PING_SIZE)
@@ -65,6 +68,7 @@ async def ping(node: Node, target: Target, count: int = 1) -> list[float]:
                 raise ProtocolError("ping answer does not match the payload sent")
             rtts.append(rtt)
             stream.stats.record_latency(rtt)
+            rtt_metric.observe(rtt)
     except BaseException:
         await stream.reset()
         raise

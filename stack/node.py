@@ -57,6 +57,7 @@ from switchy.stack.errors import (
     UnsupportedAddress,
 )
 from switchy.stack.identity import Entropy, KeyPair, PeerId
+from switchy.stack.metrics import MetricsRegistry, SwarmMetrics, measure_clock
 from switchy.stack.mux import MuxedConnection, StreamMuxer
 from switchy.stack.negotiation import (
     confirm_protocol,
@@ -169,6 +170,10 @@ class Node:
         self.upgrader = Upgrader(self.key, security, muxers, self.config)
         self.registry: ProtocolRegistry[StreamHandler] = ProtocolRegistry()
         self.peerstore = PeerStore()
+        #: The node's metrics (``libp2p_swarm_*`` here; protocols register theirs);
+        #: :func:`switchy.monitoring.serve_metrics` exports them for Prometheus.
+        self.metrics = MetricsRegistry()
+        self._swarm_metrics = SwarmMetrics(self.metrics)
         self.services = list(services)
         self._listen_on = [parse_multiaddr(a) for a in listen]
         self._listeners: list[Listener] = []
@@ -627,6 +632,21 @@ class Node:
     ) -> MuxedConnection:
         """One dial attempt: transport, upgrade, and the expected peer check."""
         transport = self._transport_for(addr)
+        clock = measure_clock()
+        start = clock()
+        try:
+            conn = await self._dial_upgrade(transport, addr, peer, initiator=initiator)
+        except BaseException as exc:
+            self._swarm_metrics.dial_error(transport.name, exc)
+            raise
+        self._swarm_metrics.handshake.labels(
+            *self._swarm_metrics.connection_labels(conn, transport.name)
+        ).observe(clock() - start)
+        return conn
+
+    async def _dial_upgrade(
+        self, transport: Transport, addr: Multiaddr, peer: PeerId | None, *, initiator: bool
+    ) -> MuxedConnection:
         raw = await transport.dial(addr, remote_peer=peer)
         if isinstance(raw, MuxedConnection):
             conn = raw
@@ -658,6 +678,8 @@ class Node:
             )
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
+        clock = measure_clock()
+        start = clock()
         try:
             if isinstance(raw, MuxedConnection):
                 conn = raw
@@ -671,7 +693,15 @@ class Node:
         except P2PError as exc:
             log.info("refused inbound connection from %s: %s", raw.remote_addr, exc)
             return
+        self._swarm_metrics.handshake.labels(
+            *self._swarm_metrics.connection_labels(conn, self._transport_name(conn))
+        ).observe(clock() - start)
         self._add_connection(conn)
+
+    def _transport_name(self, conn: MuxedConnection) -> str:
+        """The name of the transport ``conn`` runs on (a metrics label)."""
+        addr = conn.remote_addr
+        return next((t.name for t in self.transports if t.can_dial(addr)), "other")
 
     def _add_connection(self, conn: MuxedConnection) -> None:
         peer = conn.remote_peer
@@ -686,6 +716,9 @@ class Node:
             conn.remote_addr,
             ", limited" if conn.is_limited else "",
         )
+        self._swarm_metrics.opened.labels(
+            *self._swarm_metrics.connection_labels(conn, self._transport_name(conn))
+        ).inc()
         self._emit(ConnectionEvent("connected", peer, conn))
 
     def _remove_connection(self, conn: MuxedConnection) -> None:
@@ -696,6 +729,9 @@ class Node:
                 del self._connections[conn.remote_peer]
             conn.stats.closed_at = conn.stats.closed_at or asyncio.get_running_loop().time()
             log.info("disconnected from %s (%s)", conn.remote_peer, conn.remote_addr)
+            labels = self._swarm_metrics.connection_labels(conn, self._transport_name(conn))
+            self._swarm_metrics.closed.labels(*labels).inc()
+            self._swarm_metrics.duration.labels(*labels).observe(conn.stats.duration)
             self._emit(ConnectionEvent("disconnected", conn.remote_peer, conn))
 
     async def _accept_loop(self, conn: MuxedConnection) -> None:
@@ -727,6 +763,7 @@ class Node:
             await stream.reset()
             return
         stream.protocol = protocol
+        stream.traffic = self._swarm_metrics.stream_opened("inbound", protocol)
         try:
             await handler(stream)
         except asyncio.CancelledError:
@@ -770,6 +807,7 @@ class Node:
             if len(protocol_ids) == 1:
                 # Optimistic: the proposal travels with the first data; checked on first read.
                 await select_protocol_lazy(stream, protocol_ids[0])
+                stream.traffic = self._swarm_metrics.stream_opened("outbound", protocol_ids[0])
                 if confirm:
                     await confirm_protocol(stream, timeout=self.config.negotiation_timeout)
                 return stream
@@ -780,6 +818,7 @@ class Node:
             await stream.reset()
             raise
         stream.protocol = protocol
+        stream.traffic = self._swarm_metrics.stream_opened("outbound", protocol)
         return stream
 
     # --- internals ----------------------------------------------------------------------

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
     from switchy.stack.identity import PeerId
-    from switchy.stack.metrics import ConnectionStats
+    from switchy.stack.metrics import ByteCounter, ConnectionStats
     from switchy.stack.mux import MuxedConnection
 
 __all__ = [
@@ -326,6 +326,9 @@ class MuxedStream(Stream):
 
     #: The protocol id negotiated on this stream (``None`` until negotiated).
     protocol: str | None = None
+    #: Where the muxer counts this stream's payload bytes (the node's per-protocol
+    #: ``libp2p_swarm_stream_bytes_total`` series); ``None``: not counted.
+    traffic: ByteCounter | None = None
 
     @property
     @abc.abstractmethod

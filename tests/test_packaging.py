@@ -22,11 +22,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: import name -> distribution name, where they differ
-DISTRIBUTIONS = {"nacl": "pynacl"}
+DISTRIBUTIONS = {"nacl": "pynacl", "prometheus_client": "prometheus-client"}
 #: third-party imports of the shipped conformance suites only (the `conformance` extra)
 SUITE_ONLY = {"pytest", "hypothesis"}
 #: third-party imports of optional modules -> (the extra declaring them, the files allowed)
-EXTRA_ONLY = {"httpx": ("http", {"protocols/http/client.py"})}
+EXTRA_ONLY = {
+    "httpx": ("http", {"protocols/http/client.py"}),
+    "prometheus_client": ("metrics", {"src/switchy/monitoring.py"}),
+}
 #: the venv and install steps reach the package index: generous, for a slow machine
 INSTALL_TIMEOUT = 600
 
@@ -76,7 +79,7 @@ def test_optional_imports_are_in_their_extra_and_only_in_their_module() -> None:
     imports = _third_party_imports()
     extras = PYPROJECT["project"]["optional-dependencies"]
     for module, (extra, allowed) in EXTRA_ONLY.items():
-        assert module in _requirement_names(extras[extra])
+        assert DISTRIBUTIONS.get(module, module) in _requirement_names(extras[extra])
         assert imports.get(module, set()) <= allowed, imports[module]
 
 

@@ -46,7 +46,24 @@ async def registry_request(node: Node, registry: Target, request: Request) -> Re
 
     Bounded by the node's ``request_timeout``.  Raises
     :class:`~switchy.stack.errors.ProtocolError` when the registry breaks the protocol.
+    Counted and timed in the node's ``switchy_discovery_*`` metrics.
     """
+    from switchy.protocols.discovery.metrics import record_request
+    from switchy.stack.metrics import measure_clock
+
+    clock = measure_clock()
+    start = clock()
+    status = "error"
+    try:
+        response = await _exchange(node, registry, request)
+        status = response.status.name.lower()
+        return response
+    finally:
+        kind = type(request).__name__.lower()
+        record_request(node.metrics, "client", kind, status, clock() - start)
+
+
+async def _exchange(node: Node, registry: Target, request: Request) -> Response:
     async with asyncio.timeout(node.config.request_timeout):
         stream = await _open_stream(node, registry)
         try:

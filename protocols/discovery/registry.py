@@ -29,6 +29,7 @@ from switchy.protocols.discovery.codec import (
     Status,
     Unregister,
 )
+from switchy.protocols.discovery.metrics import record_request
 from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, ProtocolError
 from switchy.stack.node import Node, ProtocolService
 
@@ -236,7 +237,11 @@ class RegistryService(ProtocolService):
                 await stream.write(core.data_to_send())
                 return
             for request in requests:
-                core.send_response(self.registry.handle(peer, request, clock()))
+                response = self.registry.handle(peer, request, clock())
+                if self.node is not None:
+                    kind, status = type(request).__name__.lower(), response.status.name.lower()
+                    record_request(self.node.metrics, "server", kind, status)
+                core.send_response(response)
             out = core.data_to_send()
             if out:
                 try:

@@ -54,6 +54,7 @@ from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
     from switchy.stack.identity import PeerId
+    from switchy.stack.metrics import MetricsRegistry
     from switchy.stack.stream import MuxedStream
 
 __all__ = [
@@ -211,6 +212,7 @@ class Router(ProtocolService):
         self._middleware: list[Middleware] = []
         self._entry: Next | None = None
         self._in_flight = 0
+        self._metrics: MetricsRegistry | None = None
 
     # --- registration -------------------------------------------------------------------
 
@@ -353,7 +355,12 @@ class Router(ProtocolService):
 
     def attach(self, node: Node) -> None:
         """Serve this router on ``node`` under :data:`ROUTER_PROTOCOL`."""
+        from switchy.protocols.router.metrics import metrics_middleware
+
         node.handle(ROUTER_PROTOCOL, self.handle_stream)
+        self._metrics = node.metrics
+        self._middleware.insert(0, metrics_middleware(node.metrics))  # outermost: sees all
+        self._entry = None
 
     # --- dispatch ---------------------------------------------------------------------
 
@@ -457,6 +464,10 @@ class Router(ProtocolService):
     async def handle_stream(self, stream: MuxedStream) -> None:
         """Serve one request on a negotiated ``/switchy/router/1.0.0`` stream."""
         if self._in_flight >= self.max_concurrent:
+            if self._metrics is not None:
+                from switchy.protocols.router.metrics import count_refused
+
+                count_refused(self._metrics, 503)
             await _send(stream, Response.error(503, "too many requests in progress"))
             return
         self._in_flight += 1

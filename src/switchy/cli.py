@@ -171,7 +171,10 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
         backend = RegistryBackend(args.registry)
         services.append(backend)
-    async with default_node(key=key, services=services, config=_reach_config(args)) as node:
+    async with (
+        default_node(key=key, services=services, config=_reach_config(args)) as node,
+        _metrics_server(node, args),
+    ):
         if args.addrs or not args.relay:
             await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for _ in args.relay:  # one reservation per relay; each falls back to the others
@@ -360,7 +363,10 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
         max_reservations=args.max_reservations,
     )
     key = _load_key(args.key, create=True)
-    async with default_node(key=key, services=[RelayService(config)], config=args.config) as node:
+    async with (
+        default_node(key=key, services=[RelayService(config)], config=args.config) as node,
+        _metrics_server(node, args),
+    ):
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -424,7 +430,10 @@ async def _cmd_registry(args: argparse.Namespace) -> int:
     from switchy.protocols.discovery.registry import RegistryService
 
     key = _load_key(args.key, create=True)
-    async with default_node(key=key, services=[RegistryService()], config=args.config) as node:
+    async with (
+        default_node(key=key, services=[RegistryService()], config=args.config) as node,
+        _metrics_server(node, args),
+    ):
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -470,7 +479,10 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 
     router = Router().with_service(StaticFiles(args.static))
     key = _load_key(args.key, create=True)
-    async with default_node(key=key, services=[router], config=args.config) as node:
+    async with (
+        default_node(key=key, services=[router], config=args.config) as node,
+        _metrics_server(node, args),
+    ):
         await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
         for addr in node.full_addrs:
             print(addr)
@@ -728,6 +740,40 @@ def _add_dht_parser(sub: Any) -> None:
         d.add_argument("--key", help="key file to use (default: a fresh identity)")
         d.add_argument("--json", action="store_true", help="print one JSON object")
         d.set_defaults(func=_cmd_dht)
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics HOST:PORT``, checked by argparse (a usage error when malformed)."""
+    from switchy.monitoring import parse_host_port
+
+    try:
+        return parse_host_port(text)
+    except InvalidConfiguration as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_metrics_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here, e.g. 127.0.0.1:9464 "
+        "(needs the metrics extra: pip install 'switchy-p2p[metrics]')",
+    )
+
+
+@contextlib.asynccontextmanager
+async def _metrics_server(node: Any, args: argparse.Namespace) -> Any:
+    """While inside, serve ``node``'s metrics at ``--metrics`` (nothing without it)."""
+    if getattr(args, "metrics", None) is None:
+        yield None
+        return
+    from switchy.monitoring import MetricsServer
+
+    host, port = args.metrics
+    async with MetricsServer(node, host, port) as server:
+        print(f"metrics: {server.url}", file=sys.stderr, flush=True)
+        yield server
 
 
 def _add_public_network(s: argparse.ArgumentParser) -> None:
@@ -1054,6 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also listen through this relay (…/p2p/<relay id>; repeat for several relays)",
     )
     _add_public_network(s)
+    _add_metrics_option(s)
     s.set_defaults(func=_cmd_listen)
     _add_nat_status_parser(commands)
 
@@ -1082,6 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=relay_defaults.max_reservations,
         help="reservations held at once (default %(default)s)",
     )
+    _add_metrics_option(s)
     s.set_defaults(func=_cmd_relay)
 
     s = command(
@@ -1099,6 +1147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("registry", help="run a name registry (/switchy/discovery/1.0.0)")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    _add_metrics_option(s)
     s.set_defaults(func=_cmd_registry)
 
     s = command("perf", help="measure throughput to a peer (libp2p perf)")
@@ -1120,6 +1169,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--static", required=True, metavar="DIR", help="folder to serve")
     s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
     s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    _add_metrics_option(s)
     s.set_defaults(func=_cmd_serve)
 
     s = command("request", help="send a request to a peer's router")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from switchy.stack.config import NetworkConfig
     from switchy.stack.errors import ConnectionClosed
     from switchy.stack.identity import PeerId
-    from switchy.stack.metrics import ConnectionStats
+    from switchy.stack.metrics import ByteCounter, ConnectionStats
     from switchy.stack.stream import Connection
 
 __all__ = ["BufferedMuxedStream", "MuxedConnection", "StreamMuxer"]
@@ -104,6 +104,7 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         "_write_waiter",
         "max_message_size",
         "protocol",
+        "traffic",
     )
 
     def __init__(self, conn: C, stream_id: int, max_message_size: int) -> None:
@@ -117,6 +118,7 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self.protocol: str | None = None
+        self.traffic: ByteCounter | None = None
         self.max_message_size = max_message_size
 
     @property
@@ -166,6 +168,8 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         # The credit for these bytes was given when they were read: the buffer may exceed
         # the window by one undone read, which the next read takes first.
         self._buf.push_front(data)
+        if self.traffic is not None:  # counted again when read again
+            self.traffic.received.dec(len(data))
         return True
 
     async def read(self, max_bytes: int = -1) -> bytes:
@@ -181,4 +185,6 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
             await waiter
         data = buf.take(max_bytes)
         self._consumed(len(data))
+        if self.traffic is not None:
+            self.traffic.received.inc(len(data))
         return data

@@ -209,6 +209,8 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         stats = self._conn.stats
         stats.bytes_sent += len(data)
         stats.messages_sent += 1
+        if self.traffic is not None:
+            self.traffic.sent.inc(len(data))
         self._pump()
 
     def _pump(self) -> None:

@@ -29,6 +29,7 @@ from switchy.stack.identity import PeerId
 from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.transports.relay.config import RelayConfig
+from switchy.transports.relay.metrics import RelayMetrics
 from switchy.transports.relay.pb import (
     HOP_PROTOCOL,
     MAX_ADDRS,
@@ -113,15 +114,26 @@ class RelayService(ProtocolService):
         self.node: Node | None = None
         self._bridges: set[asyncio.Task[None]] = set()
         self._unix_offset: float | None = None
+        self.metrics: RelayMetrics | None = None
 
     def attach(self, node: Node) -> None:
         """Serve the hop protocol on ``node`` and watch disconnects."""
         self.node = node
         node.handle(HOP_PROTOCOL, self._handle_hop)
         node.on_connection_event(self._on_event)
+        self.metrics = RelayMetrics(
+            node.metrics, lambda: len(self.resources.reservations), lambda: len(self.circuits)
+        )
+
+    async def start(self) -> None:
+        """Report the service as running (``libp2p_relaysvc_status``)."""
+        if self.metrics is not None:
+            self.metrics.status.set(1)
 
     async def stop(self) -> None:
         """Cut every circuit (the node is closing)."""
+        if self.metrics is not None:
+            self.metrics.status.set(0)
         for task in list(self._bridges):
             task.cancel()
         if self._bridges:
@@ -214,7 +226,10 @@ class RelayService(ProtocolService):
         assert self.node is not None
         now = asyncio.get_running_loop().time()
         ip = ip_key(stream.muxed_conn.remote_addr)
+        renewed = self.resources.has_reservation(peer, now)
         status, expires = self.resources.reserve(peer, ip, now)
+        if self.metrics is not None:
+            self.metrics.reservation(status, renewed=renewed)
         if status != Status.OK:
             log.info("relay: refused a reservation for %s: %s", peer, status.name)
             await self._reply(stream, status)
@@ -232,6 +247,8 @@ class RelayService(ProtocolService):
         if not targets:
             self.resources.drop(dst)
         status = self.resources.open_circuit(src, dst, now)
+        if self.metrics is not None:
+            self.metrics.circuit_request(status)
         if status != Status.OK:
             log.info("relay: refused a circuit %s -> %s: %s", src, dst, status.name)
             await self._reply(stream, status)
@@ -309,6 +326,8 @@ class RelayService(ProtocolService):
 
     async def _bridge(self, circuit: Circuit, src: MuxedStream, dst: MuxedStream) -> None:
         self.circuits.add(circuit)
+        if self.metrics is not None:
+            self.metrics.circuit_opened()
         for s in (src, dst):  # backpressure from the slower leg reaches the sender
             s.limit_buffering(self.config.circuit_window)
         pumps = [
@@ -335,6 +354,10 @@ class RelayService(ProtocolService):
             circuit.end_status, circuit.end_reason = status, reason
             self.circuits.discard(circuit)
             self.history.append(circuit)
+            if self.metrics is not None:
+                loop_now = asyncio.get_running_loop().time()
+                forwarded = sum(circuit.forwarded.values())
+                self.metrics.circuit_closed(loop_now - circuit.started, forwarded)
             for s in (src, dst):
                 with contextlib.suppress(P2PError, OSError):
                     await (s.close() if status == Status.OK else s.reset())
