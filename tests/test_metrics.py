@@ -82,7 +82,7 @@ def test_histogram_buckets_are_cumulative() -> None:
 
 
 def test_rcmgr_collector_exports_use_limits_and_refusals_of_a_fake_manager() -> None:
-    state = {
+    state: dict[str, dict[str, tuple[int, int | None, int]]] = {
         "system": {
             "connections_inbound": (3, 128, 0),
             "connections_outbound": (1, 128, 0),

@@ -27,6 +27,7 @@ from switchy.protocols.ping import ping
 from switchy.protocols.router import Response, Router, request
 from switchy.stack.errors import ConnectionFailed, DiscoveryFailed, InvalidConfiguration
 from switchy.stack.metrics import MetricsRegistry
+from switchy.stack.node import ConnectionEvent
 from switchy.transports.relay import RelayService, RelayTransport
 from switchy.transports.relay.config import RelayConfig
 
@@ -144,9 +145,12 @@ def test_scrape_after_connections_streams_pings_relay_discovery_and_router() -> 
 
             # node-level totals survive the connections they count
             gone = asyncio.Event()
-            hub.on_connection_event(
-                lambda ev: ev.kind == "disconnected" and ev.peer == dialer.peer_id and gone.set()
-            )
+
+            def on_event(ev: ConnectionEvent) -> None:
+                if ev.kind == "disconnected" and ev.peer == dialer.peer_id:
+                    gone.set()
+
+            hub.on_connection_event(on_event)
             await dialer.close()
             async with asyncio.timeout(20):
                 await gone.wait()
@@ -170,7 +174,7 @@ def test_dial_errors_are_counted_by_transport_and_error() -> None:
                 await node.connect(f"{addr}/p2p/{target.peer_id}")
             metric = node.metrics.get("libp2p_swarm_dial_errors_total")
             assert metric is not None
-            errors = dict(metric.family().samples)
+            errors = {k: float(v) for k, v in metric.family().samples}  # type: ignore[arg-type]
             assert sum(errors.values()) == 1
             ((transport, _error),) = errors
             assert transport == "tcp"
