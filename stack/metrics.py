@@ -473,7 +473,8 @@ def rcmgr_collector(usage: Callable[[], ResourceUsage]) -> Collector:
     * ``libp2p_rcmgr_connections{dir,scope}``, ``libp2p_rcmgr_streams{dir,scope}``,
       ``libp2p_rcmgr_memory{scope}``, ``libp2p_rcmgr_fds{scope}``: current use (gauges);
     * ``libp2p_rcmgr_limit{scope,resource}``: the limits (gauges);
-    * ``libp2p_rcmgr_blocked_resources{dir,scope,resource}``: refusals (a counter; ``dir``
+    * ``libp2p_rcmgr_blocked_resources{dir,scope,resource}``: refusals so far (a count
+      that only grows, typed gauge to keep go-libp2p's name without ``_total``; ``dir``
       is ``inbound``/``outbound`` for directed resources, empty otherwise).
     """
 
@@ -519,7 +520,9 @@ def rcmgr_collector(usage: Callable[[], ResourceUsage]) -> Collector:
                 ("scope", "resource"), tuple(limits),
             ),
             MetricFamily(
-                "libp2p_rcmgr_blocked_resources", "counter", "Resource requests refused",
+                # go-libp2p's name has no _total, which a counter's samples would get:
+                # exported as a gauge that only grows, under the name dashboards use
+                "libp2p_rcmgr_blocked_resources", "gauge", "Resource requests refused",
                 ("dir", "scope", "resource"), tuple(blocked),
             ),
         ]  # fmt: skip

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,12 +28,13 @@ from switchy.protocols.echo import echo
 from switchy.protocols.ping import ping
 from switchy.protocols.router import Response, Router, request
 from switchy.stack.errors import ConnectionFailed, DiscoveryFailed, InvalidConfiguration
-from switchy.stack.metrics import MetricsRegistry
-from switchy.stack.node import ConnectionEvent
+from switchy.stack.metrics import MetricsRegistry, rcmgr_collector
+from switchy.stack.node import ConnectionEvent, Node
 from switchy.transports.relay import RelayService, RelayTransport
 from switchy.transports.relay.config import RelayConfig
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
+ROOT = Path(__file__).resolve().parent.parent
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -56,7 +59,22 @@ async def scrape(server: MetricsServer) -> Samples:
     for fam in text_string_to_metric_families(body.decode()):
         for s in fam.samples:
             samples[(s.name, frozenset(s.labels.items()))] = s.value
+    server.last_names = exposition_names(body.decode())  # type: ignore[attr-defined]
     return samples
+
+
+def exposition_names(text: str) -> set[str]:
+    """The sample names a scrape's families stand for, with or without a sample yet."""
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "gauge": ("",),
+    }
+    names: set[str] = set()
+    for fam in text_string_to_metric_families(text):
+        names |= {fam.name + s for s in suffixes.get(fam.type, ("",))}
+        names |= {s.name for s in fam.samples}
+    return names
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:
@@ -135,6 +153,7 @@ def test_scrape_after_connections_streams_pings_relay_discovery_and_router() -> 
             assert total(s, "libp2p_relaysvc_connection_request_response_status_total",
                          status="ok") == 1  # fmt: skip
             assert total(s, "process_open_fds") > 0
+            check_dashboard_and_docs(server.last_names, dialer)  # type: ignore[attr-defined]
 
             # the dialer's own registry: ping round trips and the client's discovery latency
             mine = {f.name: f for f in dialer.metrics.collect()}
@@ -163,6 +182,39 @@ def test_scrape_after_connections_streams_pings_relay_discovery_and_router() -> 
             assert total(s, "libp2p_relaysvc_data_transferred_bytes_total") > 0
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+DASHBOARD = ROOT / "docs" / "grafana" / "switchy.json"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+_METRIC_REF = re.compile(r"\b((?:libp2p|switchy|process)_[a-z0-9_]+)")
+
+
+def dashboard_queries() -> list[str]:
+    """Every query expression of the Grafana dashboard (and of its variables)."""
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in board["templating"]["list"] if "definition" in v]
+    return exprs
+
+
+def check_dashboard_and_docs(hub: set[str], dialer: Node) -> None:
+    """Every metric the dashboard queries is exported (by the hub, the dialer or the
+    resource-manager collector), and docs/metrics.md names every exported family."""
+    reg = MetricsRegistry()
+    reg.add_collector(rcmgr_collector(lambda: {"system": {"memory": (1, 2, 0)}}))
+    others = [render_metrics(dialer.metrics, process=False), render_metrics(reg, process=False)]
+    names = set(hub)
+    for text in others:
+        names |= exposition_names(text.decode())
+    exprs = dashboard_queries()
+    assert len(exprs) > 25
+    referenced = {m for e in exprs for m in _METRIC_REF.findall(e)}
+    assert referenced - names == set(), f"the dashboard queries unknown metrics: {referenced - names}"
+    exported = {re.sub(r"_(bucket|sum|count|total|created)$", "", n) for n in names}
+    documented = set(_METRIC_REF.findall(METRICS_DOC.read_text()))
+    ours = {n for n in exported if not n.startswith("process_")}
+    missing = {n for n in ours if n not in documented and n + "_total" not in documented}
+    assert missing == set(), f"docs/metrics.md does not name: {sorted(missing)}"
 
 
 def test_dial_errors_are_counted_by_transport_and_error() -> None:
