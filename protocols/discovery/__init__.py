@@ -9,7 +9,8 @@
   :mod:`switchy.protocols.discovery.mdns`) and the functions that use them on a node:
   :func:`discover`, :func:`connect_by_name`, :func:`register_name`;
 * :mod:`switchy.protocols.discovery.mdns` — local network discovery (libp2p mDNS), over
-  :mod:`switchy.protocols.discovery.dns`, a small DNS message codec.
+  :mod:`switchy.protocols.discovery.dns`, a small DNS message codec;
+* :mod:`switchy.protocols.discovery.metrics` — requests counted and timed on the node.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Modules: :mod:`switchy.transports.relay.service` (relay side),
 :mod:`switchy.transports.relay.transport` (client side), :mod:`switchy.transports.relay.pb`,
 :mod:`switchy.transports.relay.resources`, :mod:`switchy.transports.relay.config` (limits
 and timings), :mod:`switchy.transports.relay.voucher` (reservation vouchers),
-:mod:`switchy.transports.relay.autorelay` (automatic reservations).
+:mod:`switchy.transports.relay.autorelay` (automatic reservations),
+:mod:`switchy.transports.relay.metrics` (the service's ``libp2p_relaysvc_*`` metrics).
 """
 
 from __future__ import annotations
