@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import io
 import json
 import logging
 import os
@@ -399,9 +400,19 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     """Run one simulated scenario (synchronously: it drives its own virtual-time loop)."""
     from switchy.scenarios import run_scenario
 
+    report = getattr(args, "report", None)
+    buffer = io.StringIO() if report else None  # the report is made from the whole trace
     with contextlib.ExitStack() as files:
-        sink = files.enter_context(open(args.trace, "w", encoding="utf-8")) if args.trace else None
+        sink = (
+            buffer
+            if buffer is not None
+            else files.enter_context(open(args.trace, "w", encoding="utf-8"))
+            if args.trace
+            else None
+        )
         result = run_scenario(args.scenario, seed=args.seed, nodes=args.nodes, trace_sink=sink)
+    if buffer is not None:
+        _write_sim_report(args, result, buffer.getvalue())
     if args.json:
         print(json.dumps(result.to_dict(), sort_keys=True))
     else:
@@ -422,6 +433,29 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _write_sim_report(args: argparse.Namespace, result: Any, trace: str) -> None:
+    """``switchy sim --report FILE`` (and ``--trace FILE`` with it): write them."""
+    from switchy.transports.sim.report import parse_trace, write_report
+
+    if args.trace:
+        Path(args.trace).write_text(trace, encoding="utf-8")
+    summary = {
+        "scenario": result.scenario,
+        "seed": result.seed,
+        "nodes": result.nodes,
+        "events": result.events,
+        "result": "ok" if result.ok else "FAILED: " + "; ".join(result.problems),
+        "digest": result.digest[:16],
+    }
+    write_report(
+        args.report,
+        parse_trace(trace.splitlines()),
+        title=f"switchy sim: {result.scenario}, seed {result.seed}",
+        summary=summary,
+    )
+    print(f"report: {args.report}", file=sys.stderr)
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
@@ -1208,6 +1242,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--nodes", type=_int_at_least(1), default=10, help="number of nodes (default 10)"
     )
     s.add_argument("--trace", metavar="FILE", help="write the event trace as JSON lines")
+    s.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write a self-contained HTML page of the run (topology, connections, flows, faults)",
+    )
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_cmd_sim)
 

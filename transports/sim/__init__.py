@@ -21,7 +21,8 @@ Modules: :mod:`switchy.transports.sim.simulation`, :mod:`switchy.transports.sim.
 :mod:`switchy.transports.sim.datagram`, :mod:`switchy.transports.sim.transport`,
 :mod:`switchy.transports.sim.names`, :mod:`switchy.transports.sim.trace`,
 :mod:`switchy.transports.sim.config`, :mod:`switchy.transports.sim.nat`,
-:mod:`switchy.transports.sim.natbox`.  Ready-made scenarios of the whole stack (what
+:mod:`switchy.transports.sim.natbox`, :mod:`switchy.transports.sim.report` (a trace as an
+HTML page, ``switchy sim --report``).  Ready-made scenarios of the whole stack (what
 ``switchy sim`` runs) are in :mod:`switchy.scenarios`.
 """
 
