@@ -21,8 +21,9 @@ unlimited connections) and the relayed one is closed after
 after a failed upgrade a peer is backed off (:class:`~.core.PunchBackoff`).
 
 Where our addresses come from: :attr:`DCUtRService.addresses`, a function of
-the node (default :func:`candidate_addrs`: identify's observed addresses, then
-the listen addresses).  Point it at an address manager's candidates.
+the node (default :func:`candidate_addrs`: the address manager's confirmed and
+candidate addresses, i.e. what peers observed of our listen ports, then the
+listen addresses).
 """
 
 from __future__ import annotations
@@ -93,14 +94,18 @@ PUNCH_PACKET_SIZE: Final = 64
 
 
 def candidate_addrs(node: Node) -> list[Multiaddr]:
-    """Our addresses worth telling a peer: identify's observed ones (the NAT's
-    mapping of our listen port, most recent first), then our listen addresses.
+    """Our addresses worth telling a peer, from the address manager
+    (:attr:`Node.addresses <switchy.stack.node.Node.addresses>`): the confirmed
+    external addresses, then the candidates (observed by peers on direct
+    connections from a listen port, not confirmed: a NAT's mapping of that port,
+    most observers first), then our listen addresses (wildcards expanded).
 
-    This is the one place DCUtR learns our addresses; an address manager's
-    candidates replace it (``DCUtRService(addresses=manager_function)``).
+    The caller keeps only public ones (:attr:`DCUtRConfig.is_public`).  Pass another
+    function as ``DCUtRService(addresses=...)`` to replace it.
     """
+    book = node.addresses
     out: list[Multiaddr] = []
-    for addr in [*node.peerstore.observed_addrs, *node.listen_addrs]:
+    for addr in [*book.confirmed(), *book.candidates(), *book.interface_addrs()]:
         if not is_relayed(addr) and addr not in out:
             out.append(addr)
     return out
@@ -121,17 +126,19 @@ class DCUtRConfig:
     ``auto``: start an upgrade by itself on every relayed connection the remote
     dialed; ``unilateral``: first dial the remote's public addresses (the spec's
     unilateral upgrade).  ``is_public``: which addresses are worth dialing or spraying (ours
-    and the peer's).  ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC
-    exchange (a peer that never answers or never SYNCs), ``punch_timeout`` the
-    wait for the direct connection after SYNC, ``grace_period`` the life of the
-    relayed connection once a direct one is up; ``settle_time`` how long an attempt
+    and the peer's; default: :func:`~switchy.protocols.autonat.addrs.is_public_addr` with
+    the node's :attr:`~switchy.stack.config.NetworkConfig.public_networks`).
+    ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC exchange (a peer that never
+    answers or never SYNCs), ``punch_timeout`` the wait for the direct connection
+    after SYNC, ``grace_period`` the life of the relayed connection once a direct one
+    is up; ``settle_time`` how long an attempt
     still waits for the peer's dial to reach our listener once our own dials failed
     (longer than the first SYN retransmission, 1 s, so one lost SYN is survived).
     """
 
     auto: bool = True
     unilateral: bool = True
-    is_public: AddrPredicate = is_public_addr
+    is_public: AddrPredicate | None = None
     max_attempts: int = MAX_ATTEMPTS
     max_addrs: int = MAX_PUNCH_ADDRS
     identify_timeout: float = 5.0
@@ -194,12 +201,16 @@ class DCUtRService(ProtocolService):
         self._direct: dict[PeerId, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rng: random.Random | None = None
+        self._is_public: AddrPredicate = self.config.is_public or is_public_addr
 
     # --- wiring -------------------------------------------------------------------------
 
     def attach(self, node: Node) -> None:
         """Serve ``/libp2p/dcutr`` and watch for relayed connections."""
         self.node = node
+        if self.config.is_public is None:
+            config = node.config
+            self._is_public = lambda a: is_public_addr(a, config)
         node.handle(DCUTR_PROTOCOL, self._handle)
         node.on_connection_event(self._on_event)
 
@@ -291,7 +302,7 @@ class DCUtRService(ProtocolService):
         node = self._node()
         return select_addrs(
             self.addresses(node),
-            is_public=self.config.is_public,
+            is_public=self._is_public,
             can_dial=lambda _a: True,
             limit=self.config.max_addrs,
         )
@@ -300,7 +311,7 @@ class DCUtRService(ProtocolService):
         node = self._node()
         return select_addrs(
             addrs,
-            is_public=self.config.is_public,
+            is_public=self._is_public,
             can_dial=self._can_dial,
             own=[*node.listen_addrs, *self.addresses(node)],
             limit=self.config.max_addrs,
