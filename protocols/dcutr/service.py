@@ -320,20 +320,43 @@ class DCUtRService(ProtocolService):
     # --- B: the side that accepted the relayed connection -------------------------------
 
     async def _upgrade(self, conn: MuxedConnection) -> MuxedConnection | None:
-        node = self._node()
         peer = conn.remote_peer
         start = self._now()
-        await self._wait_identified(peer)
-        if conn.is_closed or node.is_closed:
-            return None
+        # The unilateral dial needs the peer's addresses (identify, one relayed round trip
+        # away); the exchange does not: both start now, whichever is first wins.
+        unilateral = (
+            self._spawn(self._unilateral(peer), "switchy-dcutr-unilateral")
+            if self.config.unilateral
+            else None
+        )
+        try:
+            return await self._attempts(conn, peer, start, unilateral)
+        finally:
+            if unilateral is not None:
+                unilateral.cancel()
+
+    async def _attempts(
+        self,
+        conn: MuxedConnection,
+        peer: PeerId,
+        start: float,
+        unilateral: asyncio.Task[MuxedConnection | None] | None,
+    ) -> MuxedConnection | None:
+        node = self._node()
         direct = self.direct_connection(peer)
-        if direct is None:
-            direct = await self._unilateral(peer)
-        if direct is not None:  # attempt 0: no hole punch was needed
+        if direct is not None:  # attempt 0: a direct connection was already there
             self._succeeded(peer, Role.B, 0, start, direct, conn, None)
         reason = ""
         attempt = 0
-        while direct is None and attempt < self.config.max_attempts and not conn.is_closed:
+        while direct is None and attempt < self.config.max_attempts:
+            if conn.is_closed or node.is_closed:
+                reason = "the relayed connection closed"
+                break
+            if unilateral is not None and unilateral.done() and not unilateral.cancelled():
+                direct = unilateral.result()
+                if direct is not None:  # attempt 0: we dialed the peer's public address
+                    self._succeeded(peer, Role.B, 0, start, direct, conn, None)
+                    break
             attempt += 1
             self._emit(PunchEvent("started", peer, Role.B, attempt, self._now() - start))
             rtt: float | None = None
@@ -373,9 +396,10 @@ class DCUtRService(ProtocolService):
             await identify.wait_identified(peer, self.config.identify_timeout)
 
     async def _unilateral(self, peer: PeerId) -> MuxedConnection | None:
-        """The spec's first step: dial the peer's public addresses ourselves."""
+        """The spec's first step: once identified, dial the peer's public addresses."""
+        await self._wait_identified(peer)
         addrs = self._their_addrs(self._node().peerstore.addrs(peer))
-        if not addrs or not self.config.unilateral:
+        if not addrs or self.direct_connection(peer) is not None:
             return None
         try:
             async with asyncio.timeout(self.config.unilateral_timeout):
