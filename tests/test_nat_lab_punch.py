@@ -18,6 +18,7 @@ nftables cannot be used; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -73,9 +74,10 @@ class PunchLab:
     hosts: tuple[str, ...]
 
 
-@pytest.fixture(scope="module")
-def punch_lab() -> Iterator[PunchLab]:
-    lab_prerequisites()
+@contextlib.contextmanager
+def build_punch_lab() -> Iterator[PunchLab]:
+    """Build the lab (module docstring), remove it on exit; raises
+    :class:`LabUnavailable` with the reason where it cannot be built."""
     tag = uuid.uuid4().hex[:5]
     inet = f"sp-inet-{tag}"
     routers = tuple(f"sp-r{i}-{tag}" for i, _ in LANS)
@@ -111,12 +113,26 @@ def punch_lab() -> Iterator[PunchLab]:
         for n in made:
             subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
         reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
-        pytest.skip(f"cannot build the punching lab here: {reason}")
+        raise LabUnavailable(f"cannot build the punching lab here: {reason}") from None
     try:
         yield PunchLab(inet, routers, hosts)
     finally:
         for n in made:
             subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
+
+
+class LabUnavailable(Exception):
+    """The lab cannot be built on this machine (the message says why)."""
+
+
+@pytest.fixture(scope="module")
+def punch_lab() -> Iterator[PunchLab]:
+    lab_prerequisites()
+    try:
+        with build_punch_lab() as lab:
+            yield lab
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _env() -> dict[str, str]:
@@ -158,9 +174,10 @@ def _finish(proc: subprocess.Popen[str]) -> None:
     assert "Traceback" not in err, err
 
 
-@pytest.fixture(scope="module")
-def relay(punch_lab: PunchLab) -> Iterator[dict[str, str]]:
-    proc = _spawn(punch_lab.inet, "relay", RELAY_IP)
+@contextlib.contextmanager
+def lab_relay(lab: PunchLab) -> Iterator[dict[str, str]]:
+    """The relay in the lab's internet: its TCP and QUIC addresses."""
+    proc = _spawn(lab.inet, "relay", RELAY_IP)
     try:
         addrs = [str(a) for a in _line(proc)["addrs"]]
         yield {
@@ -171,7 +188,13 @@ def relay(punch_lab: PunchLab) -> Iterator[dict[str, str]]:
         _finish(proc)
 
 
-def _punch(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int, count: int) -> Any:
+@pytest.fixture(scope="module")
+def relay(punch_lab: PunchLab) -> Iterator[dict[str, str]]:
+    with lab_relay(punch_lab) as addrs:
+        yield addrs
+
+
+def punch(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int, count: int) -> Any:
     """``B`` in LAN ``b`` reserves on the relay; ``switchy ping`` in LAN ``a`` pings its
     circuit address ``count`` times, once a second.  Returns (ping's JSON, B's events)."""
     peer = _spawn(lab.hosts[b - 1], "b", kind, relay_addr)
@@ -199,7 +222,7 @@ def _punch(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int, count: int
 def test_two_home_routers_punch_to_a_direct_connection(
     punch_lab: PunchLab, relay: dict[str, str], kind: str
 ) -> None:
-    got, events = _punch(punch_lab, relay[kind], kind, 1, 2, 5)
+    got, events = punch(punch_lab, relay[kind], kind, 1, 2, 5)
     ok = [e for e in events if e["kind"] == "succeeded"]
     assert ok, events
     assert ok[0]["attempt"] == 1, events  # neither side is public: a punch, the first one
@@ -223,7 +246,7 @@ def test_behind_a_symmetric_nat_the_connection_stays_relayed_and_works(
     connection carries every ping; with symmetric NATs on both sides ``B`` makes its 3
     attempts (while the ping runs, 18 s) and then backs off; against the home router
     only the short run, until ``A`` leaves."""
-    got, events = _punch(punch_lab, relay[kind], kind, a, b, count)
+    got, events = punch(punch_lab, relay[kind], kind, a, b, count)
     assert not [e for e in events if e["kind"] == "succeeded"], events
     final = [e for e in events if e["final"]]
     assert len(final) == 1 and "backing off" in final[0]["reason"], events
