@@ -2,9 +2,10 @@
 
 Plug it in as a service (``Node(..., services=[IdentifyService(), DCUtRService()])``).
 When a relayed (``is_limited``) connection arrives that the remote dialed, we are
-``B``: after identify we first dial the remote's public addresses (the spec's
-unilateral upgrade), then run up to :data:`~.core.MAX_ATTEMPTS` DCUtR exchanges
-on the relayed connection, each followed by a punch:
+``B``: we run up to :data:`~.core.MAX_ATTEMPTS` DCUtR exchanges on the relayed
+connection, each followed by a punch, and meanwhile, once identify over the relay
+told us the remote's addresses, dial its public ones (the spec's unilateral upgrade;
+not waiting for identify before the first exchange saves a relayed round trip):
 
 * stream addresses (TCP, simulated streams): ``A`` dials at SYNC, ``B`` half a
   round trip after sending it, both from their listen ports; ``A`` upgrades as
@@ -124,16 +125,17 @@ class DCUtRConfig:
     """DCUtR's knobs (times in seconds).
 
     ``auto``: start an upgrade by itself on every relayed connection the remote
-    dialed; ``unilateral``: first dial the remote's public addresses (the spec's
-    unilateral upgrade).  ``is_public``: which addresses are worth dialing or spraying (ours
-    and the peer's; default: :func:`~switchy.protocols.autonat.addrs.is_public_addr` with
-    the node's :attr:`~switchy.stack.config.NetworkConfig.public_networks`).
+    dialed; ``unilateral``: also dial the remote's public addresses once identified
+    (the spec's unilateral upgrade, in parallel with the first exchange).
+    ``is_public``: which addresses are worth dialing or spraying (ours and the
+    peer's; default: :func:`~switchy.protocols.autonat.addrs.is_public_addr` with the
+    node's :attr:`~switchy.stack.config.NetworkConfig.public_networks`).
     ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC exchange (a peer that never
     answers or never SYNCs), ``punch_timeout`` the wait for the direct connection
     after SYNC, ``grace_period`` the life of the relayed connection once a direct one
-    is up; ``settle_time`` how long an attempt
-    still waits for the peer's dial to reach our listener once our own dials failed
-    (longer than the first SYN retransmission, 1 s, so one lost SYN is survived).
+    is up; ``settle_time`` how long an attempt still waits for the peer's dial to
+    reach our listener once our own dials failed (longer than the first SYN
+    retransmission, 1 s, so one lost SYN is survived).
     """
 
     auto: bool = True
