@@ -9,7 +9,12 @@ loss and over several seeds with 2 % loss.  Reported per transport:
   (median, min, max over the runs), against the same runs' anchors: the relayed and the
   direct ping round trip (``rtt_relayed_s``, ``rtt_direct_s``) and the issue's budget
   ``goal_s`` = 3 relayed round trips + the SYNC wait (half of one);
-- ``success_rate`` and ``first_attempt_rate`` over the runs, and ``attempts``.
+- ``success_rate`` and ``first_attempt_rate`` over the runs, and ``attempts``;
+- ``throughput_relayed_Bps`` / ``throughput_direct_Bps``: 512 KiB on one stream over
+  the relayed connection and then over the direct one of the same run (virtual time;
+  the relay's link is 20 ms, the uplinks 50 ms; yamux's 256 KiB window bounds both).
+  A relayed transfer still running when the relayed connection is retired (grace
+  period, then the close timeout) counts as missing, not as a number.
 
 With ``--lab`` (root, ``ip`` and ``nft``: the namespace lab of
 ``tests/test_nat_lab_punch.py``, two home routers, wall time): ``--lab-runs`` punches per
@@ -22,17 +27,58 @@ Usage: ``python -m bench.bench_punch [--quick] [--seeds N] [--lab [--lab-runs N]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
 from typing import Any
 
+from bench.common import CHUNK, SINK_PROTOCOL, sink_handler
 from switchy.punch import PUNCH_TRANSPORTS, punch_pair
+from switchy.stack.errors import P2PError
+from switchy.stack.mux import MuxedConnection
+from switchy.stack.negotiation import select_protocol_lazy
+from switchy.stack.node import Node
 from switchy.transports.sim import SimConfig
 from switchy.transports.sim.simulation import run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
 WAN_LATENCY = 0.05
+#: Bytes sent over each connection for the throughput figures.
+THROUGHPUT_BYTES = 512 * 1024
+
+
+async def _send(conn: MuxedConnection, total: int) -> float | None:
+    """Bytes/s of ``total`` bytes on one new sink stream of ``conn``, until the answer;
+    None when the connection closed first."""
+    try:
+        return await _send_or_fail(conn, total)
+    except P2PError:
+        return None
+
+
+async def _send_or_fail(conn: MuxedConnection, total: int) -> float:
+    stream = await select_protocol_lazy(await conn.open_stream(), SINK_PROTOCOL)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    data = bytes(CHUNK)
+    for _ in range(total // CHUNK):
+        await stream.write(data)
+    await stream.close_write()
+    answer = await stream.read()
+    elapsed = loop.time() - start
+    assert int(answer) == total, answer
+    return total / elapsed
+
+
+async def _throughput(
+    _a: Node, b: Node, relayed: MuxedConnection, direct: MuxedConnection
+) -> dict[str, Any]:
+    b.handle(SINK_PROTOCOL, sink_handler())
+    return {
+        "throughput_relayed_Bps": await _send(relayed, THROUGHPUT_BYTES),
+        "throughput_direct_Bps": await _send(direct, THROUGHPUT_BYTES),
+    }
 
 
 def _runs(kind: str, seeds: range, loss: float) -> list[dict[str, Any]]:
@@ -40,7 +86,13 @@ def _runs(kind: str, seeds: range, loss: float) -> list[dict[str, Any]]:
     for seed in seeds:
         r = run_simulation(
             lambda sim: punch_pair(
-                sim, "port_restricted", "port_restricted", kind, wan_latency=WAN_LATENCY, loss=loss
+                sim,
+                "port_restricted",
+                "port_restricted",
+                kind,
+                wan_latency=WAN_LATENCY,
+                loss=loss,
+                after=_throughput,
             ),
             seed=seed,
             config=QUIET,
@@ -64,6 +116,9 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rtt_direct_s": statistics.median(direct) if direct else None,
         "goal_s": 3 * rtt + rtt / 2,
     }
+    for key in ("throughput_relayed_Bps", "throughput_direct_Bps"):
+        values = [r[key] for r in ok if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
     if times:
         out["time_to_direct_s"] = {
             "median": statistics.median(times),
