@@ -12,7 +12,8 @@ Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
                                       (ADDR = …/p2p/<relay>/p2p-circuit/p2p/<peer>)
   dcutr ADDR [--wait S]               dial a circuit address with DCUtR running; wait up to S
                                       seconds for a direct connection; {"ok", "direct", "rtts_us"}
-  dcutr-listen RELAY                  reserve on RELAY with DCUtR running (py-libp2p is B for
+  dcutr-listen RELAY [--ip IP --port P]
+                                      reserve on RELAY with DCUtR running (py-libp2p is B for
                                       whoever dials it through RELAY); print {"peer_id", "addrs":
                                       [circuit]}, then {"direct": PEER} for each peer it has a
                                       direct connection with; run until stdin closes
@@ -422,7 +423,8 @@ async def dcutr_listen(args: argparse.Namespace) -> int:
     from libp2p.tools.anyio_service import background_trio_service
 
     host = make_host(None)
-    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+    listen = multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")
+    async with host.run(listen_addrs=[listen]):
         client = CircuitV2Protocol(host, allow_hop=False)
         dcutr = DCUtRProtocol(host)
         async with background_trio_service(client), background_trio_service(dcutr):
@@ -491,6 +493,9 @@ def main() -> int:
             s.add_argument("-c", "--count", type=int, default=3)
         if name == "dcutr":
             s.add_argument("--wait", type=float, default=15)
+        if name == "dcutr-listen":
+            s.add_argument("--ip", default="127.0.0.1", help="IPv4 address to listen on")
+            s.add_argument("--port", type=int, default=0)
         if name == "echo":
             s.add_argument("--size", type=int, default=100_000)
         if name == "autonat":
