@@ -43,6 +43,17 @@ def _networks(values: tuple[str, ...]) -> None:
             raise InvalidConfiguration(f"public_networks: {v!r} is not an IP network") from None
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise InvalidConfiguration(f"{name}={raw!r} is not a valid boolean (use 1/0, true/false)")
+
+
 @attrs.frozen(kw_only=True)
 class NetworkConfig:
     """Settings shared by every layer of a node.
@@ -89,6 +100,11 @@ class NetworkConfig:
         default=(), converter=_str_tuple, validator=lambda _i, _a, v: _networks(v)
     )
 
+    #: Whether a node made by ``switchy.presets.default_node`` turns the relayed
+    #: connections it accepts into direct ones by hole punching (DCUtR);
+    #: ``SWITCHY_HOLE_PUNCHING=0`` turns it off.
+    hole_punching: bool = attrs.field(default=True, converter=bool)
+
     def is_public_ip(self, ip: str) -> bool:
         """Whether ``ip`` is globally routable or in :attr:`public_networks`."""
         import ipaddress
@@ -130,6 +146,9 @@ class NetworkConfig:
                 continue
             if isinstance(field.default, tuple):
                 values[field.name] = tuple(x.strip() for x in raw.split(",") if x.strip())
+                continue
+            if isinstance(field.default, bool):
+                values[field.name] = _parse_bool(name, raw)
                 continue
             kind = int if isinstance(field.default, int) else float
             try:

@@ -219,15 +219,20 @@ def test_every_ordered_pair_of_nat_presets(kind: str) -> None:
     assert bad == []
 
 
-def test_punch_times_for_two_home_routers() -> None:
+@pytest.mark.parametrize("kind", PUNCH_TRANSPORTS)
+@pytest.mark.parametrize("wan_latency", [0.005, 0.05])
+def test_punch_times_for_two_home_routers(kind: str, wan_latency: float) -> None:
+    """The issue's goal: direct within 3 relayed round trips plus the SYNC wait (half of
+    one).  B starts the exchange at once, not after identify over the relay."""
     r = run_simulation(
-        lambda sim: punch_pair(sim, "port_restricted", "port_restricted", "tcp"),
+        lambda sim: punch_pair(
+            sim, "port_restricted", "port_restricted", kind, wan_latency=wan_latency
+        ),
         seed=1,
         config=QUIET,
     )
     assert r["direct"] and r["attempts"] == 1
-    # one relayed RTT for CONNECT/CONNECT, half for SYNC, then the direct handshake
-    assert r["time_to_direct"] < 3 * r["rtt_relayed"] + r["rtt_relayed"] / 2
+    assert r["time_to_direct"] <= 3 * r["rtt_relayed"] + r["rtt_relayed"] / 2, r
 
 
 def test_punch_scenario_is_deterministic() -> None:
@@ -414,3 +419,79 @@ def test_dcutr_over_a_direct_connection_and_floods_are_refused() -> None:
             await n.close()
 
     run_simulation(main, seed=14, config=QUIET)
+
+
+# --- the default node and the address manager -----------------------------------------------
+
+
+def test_default_node_punches_unless_turned_off() -> None:
+    from switchy.presets import default_node
+    from switchy.stack.config import NetworkConfig
+    from switchy.stack.errors import InvalidConfiguration
+
+    def has_dcutr(node: Node) -> bool:
+        return any(isinstance(s, DCUtRService) for s in node.services)
+
+    assert has_dcutr(default_node())
+    assert not has_dcutr(default_node(hole_punching=False))
+    off = NetworkConfig.from_env({"SWITCHY_HOLE_PUNCHING": "0"})
+    assert off.hole_punching is False
+    assert NetworkConfig.from_env({"SWITCHY_HOLE_PUNCHING": "yes"}).hole_punching is True
+    assert not has_dcutr(default_node(config=off))
+    assert has_dcutr(default_node(config=off, hole_punching=True))
+    mine = DCUtRService(DCUtRConfig(max_attempts=1))
+    node = default_node(services=[mine])
+    assert [s for s in node.services if isinstance(s, DCUtRService)] == [mine]
+    with pytest.raises(InvalidConfiguration, match="SWITCHY_HOLE_PUNCHING='maybe'"):
+        NetworkConfig.from_env({"SWITCHY_HOLE_PUNCHING": "maybe"})
+
+
+def test_connect_carries_the_nat_mapping_the_address_manager_observed() -> None:
+    """B behind a NAT sends in CONNECT what the relay observed of its listen port (an
+    address manager candidate), and never its LAN address."""
+    from switchy.protocols.dcutr import candidate_addrs
+
+    async def main(sim: Simulation) -> None:
+        net = sim.network
+        net.add_hosts(["isp", "r", "a"])
+        for h in ("r", "a"):
+            net.add_link(h, "isp", latency=0.01, loss=0.0)
+        net.add_nat("nat-b", lan=["b"], wan="isp", preset="port_restricted")
+        relay = Node(
+            transports=[SimTransport(net, "r")],
+            services=[IdentifyService(), RelayService(RelayConfig(limit_data=0))],
+            entropy=sim.entropy_source("r"),
+            listen=["/memory/4001"],
+        )
+        svc = DCUtRService(
+            DCUtRConfig(auto=False, unilateral=False, exchange_timeout=2.0, max_attempts=1)
+        )
+        b = _plain(sim, "b", svc)
+        a = _plain(sim, "a")
+        got: list[HolePunch] = []
+
+        async def record(stream: Any) -> None:
+            got.append(decode_holepunch(await stream.recv_message(max_size=MAX_MESSAGE_SIZE)))
+            await stream.reset()
+
+        a.handle(DCUTR_PROTOCOL, record)
+        async with relay, b, a:
+            await b.connect(relay.full_addrs[0])
+            ident = next(s for s in b.services if isinstance(s, IdentifyService))
+            await ident.wait_identified(relay.peer_id, 10)
+            (circuit,) = await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            await a.connect(Multiaddr(f"{circuit}/p2p/{b.peer_id}"))
+            (relayed,) = b.connections(a.peer_id)
+            mapping = b.addresses.candidates()
+            assert len(mapping) == 1 and mapping[0] not in b.listen_addrs
+            assert candidate_addrs(b)[0] == mapping[0]
+            task = svc.upgrade(relayed)
+            assert task is not None
+            assert await task is None  # A resets: no direct connection
+        assert len(got) == 1 and got[0].type is HolePunchType.CONNECT
+        assert got[0].obs_addrs[0] == mapping[0]
+        assert not set(got[0].obs_addrs) & set(b.listen_addrs)  # not the LAN address
+        failed = [e for e in svc.history if e.kind == "failed"]
+        assert failed[-1].final and "backing off" in failed[-1].reason
+
+    run_simulation(main, seed=21, config=QUIET)

@@ -66,14 +66,20 @@ table ip lab {{
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab_prerequisites() -> None:
+    """Skip (with the reason) where the lab cannot be built: not Linux, no ``ip``, no
+    ``nft``, not root."""
     if sys.platform != "linux" or shutil.which("ip") is None:
         pytest.skip("the NAT lab needs Linux and iproute2 ('ip')")
     if shutil.which("nft") is None:
         pytest.skip("the NAT lab needs nftables ('nft'); .ci/run installs it")
     if os.geteuid() != 0:
         pytest.skip("the NAT lab needs root to create network namespaces (ip netns)")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab_prerequisites()
     tag = uuid.uuid4().hex[:5]
     names = Lab(*(f"sn{k}-{tag}" for k in ("inet", "r1", "r2", "h1", "h2")))
     made: list[str] = []

@@ -433,6 +433,7 @@ def test_a_node_has_exactly_the_transports_it_is_given() -> None:
 
 def test_the_default_preset() -> None:
     from switchy.protocols.autonat import AutoNATService
+    from switchy.protocols.dcutr import DCUtRService
     from switchy.protocols.echo import EchoService
     from switchy.protocols.perf import PerfService
     from switchy.protocols.ping import PingService
@@ -450,14 +451,16 @@ def test_the_default_preset() -> None:
         AutoNATService,
         RelayTransport,
         AutoRelay,
+        DCUtRService,
     ]
     # transports replace QUIC + TCP; services come after the default ones; one relay client
     relay = RelayTransport()
     tcp = TcpTransport()
     node = default_node(transports=[tcp], services=[relay, RelayService()])
     assert node.transports == [tcp, relay]
-    assert node.services[-3] is relay and isinstance(node.services[-2], RelayService)
-    assert isinstance(node.services[-1], AutoRelay)
+    assert node.services[-4] is relay and isinstance(node.services[-3], RelayService)
+    assert isinstance(node.services[-2], AutoRelay)
+    assert isinstance(node.services[-1], DCUtRService)
     assert sum(isinstance(s, RelayTransport) for s in node.services) == 1
     # a configured service replaces the default one of its class
     autonat = AutoNATService(server=False)

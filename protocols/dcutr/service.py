@@ -2,9 +2,10 @@
 
 Plug it in as a service (``Node(..., services=[IdentifyService(), DCUtRService()])``).
 When a relayed (``is_limited``) connection arrives that the remote dialed, we are
-``B``: after identify we first dial the remote's public addresses (the spec's
-unilateral upgrade), then run up to :data:`~.core.MAX_ATTEMPTS` DCUtR exchanges
-on the relayed connection, each followed by a punch:
+``B``: we run up to :data:`~.core.MAX_ATTEMPTS` DCUtR exchanges on the relayed
+connection, each followed by a punch, and meanwhile, once identify over the relay
+told us the remote's addresses, dial its public ones (the spec's unilateral upgrade;
+not waiting for identify before the first exchange saves a relayed round trip):
 
 * stream addresses (TCP, simulated streams): ``A`` dials at SYNC, ``B`` half a
   round trip after sending it, both from their listen ports; ``A`` upgrades as
@@ -21,8 +22,9 @@ unlimited connections) and the relayed one is closed after
 after a failed upgrade a peer is backed off (:class:`~.core.PunchBackoff`).
 
 Where our addresses come from: :attr:`DCUtRService.addresses`, a function of
-the node (default :func:`candidate_addrs`: identify's observed addresses, then
-the listen addresses).  Point it at an address manager's candidates.
+the node (default :func:`candidate_addrs`: the address manager's confirmed and
+candidate addresses, i.e. what peers observed of our listen ports, then the
+listen addresses).
 """
 
 from __future__ import annotations
@@ -93,14 +95,18 @@ PUNCH_PACKET_SIZE: Final = 64
 
 
 def candidate_addrs(node: Node) -> list[Multiaddr]:
-    """Our addresses worth telling a peer: identify's observed ones (the NAT's
-    mapping of our listen port, most recent first), then our listen addresses.
+    """Our addresses worth telling a peer, from the address manager
+    (:attr:`Node.addresses <switchy.stack.node.Node.addresses>`): the confirmed
+    external addresses, then the candidates (observed by peers on direct
+    connections from a listen port, not confirmed: a NAT's mapping of that port,
+    most observers first), then our listen addresses (wildcards expanded).
 
-    This is the one place DCUtR learns our addresses; an address manager's
-    candidates replace it (``DCUtRService(addresses=manager_function)``).
+    The caller keeps only public ones (:attr:`DCUtRConfig.is_public`).  Pass another
+    function as ``DCUtRService(addresses=...)`` to replace it.
     """
+    book = node.addresses
     out: list[Multiaddr] = []
-    for addr in [*node.peerstore.observed_addrs, *node.listen_addrs]:
+    for addr in [*book.confirmed(), *book.candidates(), *book.interface_addrs()]:
         if not is_relayed(addr) and addr not in out:
             out.append(addr)
     return out
@@ -119,19 +125,22 @@ class DCUtRConfig:
     """DCUtR's knobs (times in seconds).
 
     ``auto``: start an upgrade by itself on every relayed connection the remote
-    dialed; ``unilateral``: first dial the remote's public addresses (the spec's
-    unilateral upgrade).  ``is_public``: which addresses are worth dialing or spraying (ours
-    and the peer's).  ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC
-    exchange (a peer that never answers or never SYNCs), ``punch_timeout`` the
-    wait for the direct connection after SYNC, ``grace_period`` the life of the
-    relayed connection once a direct one is up; ``settle_time`` how long an attempt
-    still waits for the peer's dial to reach our listener once our own dials failed
-    (longer than the first SYN retransmission, 1 s, so one lost SYN is survived).
+    dialed; ``unilateral``: also dial the remote's public addresses once identified
+    (the spec's unilateral upgrade, in parallel with the first exchange).
+    ``is_public``: which addresses are worth dialing or spraying (ours and the
+    peer's; default: :func:`~switchy.protocols.autonat.addrs.is_public_addr` with the
+    node's :attr:`~switchy.stack.config.NetworkConfig.public_networks`).
+    ``exchange_timeout`` bounds one CONNECT/CONNECT/SYNC exchange (a peer that never
+    answers or never SYNCs), ``punch_timeout`` the wait for the direct connection
+    after SYNC, ``grace_period`` the life of the relayed connection once a direct one
+    is up; ``settle_time`` how long an attempt still waits for the peer's dial to
+    reach our listener once our own dials failed (longer than the first SYN
+    retransmission, 1 s, so one lost SYN is survived).
     """
 
     auto: bool = True
     unilateral: bool = True
-    is_public: AddrPredicate = is_public_addr
+    is_public: AddrPredicate | None = None
     max_attempts: int = MAX_ATTEMPTS
     max_addrs: int = MAX_PUNCH_ADDRS
     identify_timeout: float = 5.0
@@ -194,12 +203,16 @@ class DCUtRService(ProtocolService):
         self._direct: dict[PeerId, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rng: random.Random | None = None
+        self._is_public: AddrPredicate = self.config.is_public or is_public_addr
 
     # --- wiring -------------------------------------------------------------------------
 
     def attach(self, node: Node) -> None:
         """Serve ``/libp2p/dcutr`` and watch for relayed connections."""
         self.node = node
+        if self.config.is_public is None:
+            config = node.config
+            self._is_public = lambda a: is_public_addr(a, config)
         node.handle(DCUTR_PROTOCOL, self._handle)
         node.on_connection_event(self._on_event)
 
@@ -291,7 +304,7 @@ class DCUtRService(ProtocolService):
         node = self._node()
         return select_addrs(
             self.addresses(node),
-            is_public=self.config.is_public,
+            is_public=self._is_public,
             can_dial=lambda _a: True,
             limit=self.config.max_addrs,
         )
@@ -300,7 +313,7 @@ class DCUtRService(ProtocolService):
         node = self._node()
         return select_addrs(
             addrs,
-            is_public=self.config.is_public,
+            is_public=self._is_public,
             can_dial=self._can_dial,
             own=[*node.listen_addrs, *self.addresses(node)],
             limit=self.config.max_addrs,
@@ -309,20 +322,43 @@ class DCUtRService(ProtocolService):
     # --- B: the side that accepted the relayed connection -------------------------------
 
     async def _upgrade(self, conn: MuxedConnection) -> MuxedConnection | None:
-        node = self._node()
         peer = conn.remote_peer
         start = self._now()
-        await self._wait_identified(peer)
-        if conn.is_closed or node.is_closed:
-            return None
+        # The unilateral dial needs the peer's addresses (identify, one relayed round trip
+        # away); the exchange does not: both start now, whichever is first wins.
+        unilateral = (
+            self._spawn(self._unilateral(peer), "switchy-dcutr-unilateral")
+            if self.config.unilateral
+            else None
+        )
+        try:
+            return await self._attempts(conn, peer, start, unilateral)
+        finally:
+            if unilateral is not None:
+                unilateral.cancel()
+
+    async def _attempts(
+        self,
+        conn: MuxedConnection,
+        peer: PeerId,
+        start: float,
+        unilateral: asyncio.Task[MuxedConnection | None] | None,
+    ) -> MuxedConnection | None:
+        node = self._node()
         direct = self.direct_connection(peer)
-        if direct is None:
-            direct = await self._unilateral(peer)
-        if direct is not None:  # attempt 0: no hole punch was needed
+        if direct is not None:  # attempt 0: a direct connection was already there
             self._succeeded(peer, Role.B, 0, start, direct, conn, None)
         reason = ""
         attempt = 0
-        while direct is None and attempt < self.config.max_attempts and not conn.is_closed:
+        while direct is None and attempt < self.config.max_attempts:
+            if conn.is_closed or node.is_closed:
+                reason = "the relayed connection closed"
+                break
+            if unilateral is not None and unilateral.done() and not unilateral.cancelled():
+                direct = unilateral.result()
+                if direct is not None:  # attempt 0: we dialed the peer's public address
+                    self._succeeded(peer, Role.B, 0, start, direct, conn, None)
+                    break
             attempt += 1
             self._emit(PunchEvent("started", peer, Role.B, attempt, self._now() - start))
             rtt: float | None = None
@@ -362,9 +398,10 @@ class DCUtRService(ProtocolService):
             await identify.wait_identified(peer, self.config.identify_timeout)
 
     async def _unilateral(self, peer: PeerId) -> MuxedConnection | None:
-        """The spec's first step: dial the peer's public addresses ourselves."""
+        """The spec's first step: once identified, dial the peer's public addresses."""
+        await self._wait_identified(peer)
         addrs = self._their_addrs(self._node().peerstore.addrs(peer))
-        if not addrs or not self.config.unilateral:
+        if not addrs or self.direct_connection(peer) is not None:
             return None
         try:
             async with asyncio.timeout(self.config.unilateral_timeout):

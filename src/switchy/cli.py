@@ -172,8 +172,9 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
 
         backend = RegistryBackend(args.registry)
         services.append(backend)
+    config = _punch_config(args, _reach_config(args))
     async with (
-        default_node(key=key, services=services, config=_reach_config(args)) as node,
+        default_node(key=key, services=services, config=config) as node,
         _metrics_server(node, args),
     ):
         if args.addrs or not args.relay:
@@ -288,38 +289,118 @@ async def _cmd_nat_status(args: argparse.Namespace) -> int:
     return 0 if conclusive else 1
 
 
+class _DirectWatch:
+    """``switchy ping`` through a relay: when a direct connection to the peer came up
+    (hole punching), measured from the relayed connection."""
+
+    def __init__(self, node: Any, conn: Any) -> None:
+        self.peer = conn.remote_peer
+        self.relayed = bool(conn.is_limited)
+        self.start = time.monotonic()
+        self.after: float | None = None
+        self.addr: str | None = None
+        node.on_connection_event(self._event)
+
+    def _event(self, event: Any) -> None:
+        conn = event.connection
+        first = self.relayed and self.after is None
+        if first and event.kind == "connected" and event.peer == self.peer and not conn.is_limited:
+            self.after = time.monotonic() - self.start
+            self.addr = str(conn.remote_addr)
+
+    @property
+    def direct(self) -> bool:
+        """Whether pings now go over a direct connection."""
+        return not self.relayed or self.after is not None
+
+
+def _ms_summary(label: str, ms: Sequence[float]) -> str:
+    if not ms:
+        return f"{label}: none"
+    return f"{label}: min {min(ms):.3f} / median {statistics.median(ms):.3f} ms"
+
+
 async def _cmd_ping(args: argparse.Namespace) -> int:
     from switchy.presets import default_node
     from switchy.protocols.ping import ping
 
-    async with default_node(key=_load_key(args.key, create=False), config=args.config) as node:
+    config = _punch_config(args, args.config)
+    async with default_node(key=_load_key(args.key, create=False), config=config) as node:
+        relayed_target = "/p2p-circuit" in args.addr
+        if relayed_target and config.hole_punching:
+            # a listening port to dial from and to punch (the peer's dials meet ours)
+            await node.listen("/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0")
         conn = await node.connect(args.addr)
+        watch = _DirectWatch(node, conn)
+        interval = args.interval if args.interval is not None else (1.0 if conn.is_limited else 0)
         rtts: list[float] = []
+        paths: list[str] = []
+        shown = False
         for i in range(args.count):
+            if i and interval:
+                await asyncio.sleep(interval)
+            path = "direct" if watch.direct else "relayed"
             rtt = (await ping(node, conn.remote_peer, 1))[0]
             rtts.append(rtt)
+            paths.append(path)
+            if watch.after is not None and not shown and not args.json:
+                shown = True
+                print(f"connection became direct after {watch.after * 1e3:.0f} ms ({watch.addr})")
             if not args.json:
-                print(f"pong from {conn.remote_peer.fmt_short()}: seq={i} time={rtt * 1e3:.3f} ms")
-        ms = [r * 1e3 for r in rtts]
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "peer_id": str(conn.remote_peer),
-                        "count": len(ms),
-                        "rtts_ms": ms,
-                        "min_ms": min(ms),
-                        "median_ms": statistics.median(ms),
-                        "max_ms": max(ms),
-                    }
+                via = f" ({path})" if watch.relayed else ""
+                print(
+                    f"pong from {conn.remote_peer.fmt_short()}: seq={i} "
+                    f"time={rtt * 1e3:.3f} ms{via}"
                 )
-            )
+        ms = [r * 1e3 for r in rtts]
+        split = {
+            "relayed_rtts_ms": [m for m, p in zip(ms, paths, strict=True) if p == "relayed"],
+            "direct_rtts_ms": [m for m, p in zip(ms, paths, strict=True) if p == "direct"],
+        }
+        if args.json:
+            out: dict[str, Any] = {
+                "peer_id": str(conn.remote_peer),
+                "count": len(ms),
+                "rtts_ms": ms,
+                "min_ms": min(ms),
+                "median_ms": statistics.median(ms),
+                "max_ms": max(ms),
+            }
+            if watch.relayed:
+                out["direct_after_ms"] = None if watch.after is None else watch.after * 1e3
+                out["direct_addr"] = watch.addr
+                out.update(split)
+            print(json.dumps(out))
         else:
             print(
                 f"{len(ms)} pings: min {min(ms):.3f} / median {statistics.median(ms):.3f} "
                 f"/ max {max(ms):.3f} ms"
             )
+            if watch.relayed:
+                print(
+                    f"{_ms_summary('relayed', split['relayed_rtts_ms'])}; "
+                    f"{_ms_summary('direct', split['direct_rtts_ms'])}"
+                )
+                if watch.after is None:
+                    print("the connection stayed relayed")
     return 0
+
+
+def _punch_config(args: argparse.Namespace, config: Any) -> Any:
+    """``config`` with hole punching off when ``--no-hole-punching`` was given."""
+    import attrs
+
+    if getattr(args, "no_hole_punching", False):
+        return attrs.evolve(config, hole_punching=False)
+    return config
+
+
+def _add_hole_punching_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--no-hole-punching",
+        action="store_true",
+        help="keep relayed connections relayed (no DCUtR; also SWITCHY_HOLE_PUNCHING=0)",
+    )
 
 
 async def _cmd_perf(args: argparse.Namespace) -> int:
@@ -624,6 +705,17 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _not_negative_float(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
     return value
 
 
@@ -1004,6 +1096,8 @@ async def _cmd_forward(args: argparse.Namespace) -> int:
         finally:
             await forwarder.close()
     return 0
+
+
 async def _cmd_chat(args: argparse.Namespace) -> int:
     from switchy.chat import chat_main
 
@@ -1045,8 +1139,11 @@ async def _cmd_receive(args: argparse.Namespace) -> int:
 
     def show(p: Progress) -> None:
         if args.json:
-            print(_json.dumps({"done": p.done, "total": p.total, "resumed": p.resumed}),
-                  file=sys.stderr, flush=True)
+            print(
+                _json.dumps({"done": p.done, "total": p.total, "resumed": p.resumed}),
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             bar.total = p.total
             bar.update(p.done - bar.done)
@@ -1135,6 +1232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_public_network(s)
     _add_metrics_option(s)
+    _add_hole_punching_option(s)
     s.set_defaults(func=_cmd_listen)
     _add_nat_status_parser(commands)
 
@@ -1176,6 +1274,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--key", help="key file to use (default: a fresh identity)")
     s.add_argument("--registry", metavar="MULTIADDR", action="append", help="resolve NAME here")
+    s.add_argument(
+        "-i",
+        "--interval",
+        type=_not_negative_float,
+        default=None,
+        metavar="S",
+        help="seconds between pings (default 1 through a relay, to see it become direct; else 0)",
+    )
+    _add_hole_punching_option(s)
     s.set_defaults(func=_cmd_ping_by_name)
 
     s = command("registry", help="run a name registry (/switchy/discovery/1.0.0)")

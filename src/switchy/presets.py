@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from switchy.protocols.autonat import AutoNATService
+from switchy.protocols.dcutr import DCUtRService
 from switchy.protocols.echo import EchoService
 from switchy.protocols.identify import IdentifyService
 from switchy.protocols.perf import PerfService
@@ -39,11 +40,13 @@ def default_node(
     transports: Sequence[Transport] | None = None,
     services: Iterable[ProtocolService] = (),
     config: NetworkConfig | None = None,
+    hole_punching: bool | None = None,
     **options: Any,
 ) -> Node:
     """A node with QUIC and TCP, ping, identify, echo, perf, AutoNAT, the circuit relay
-    client and automatic relays (:class:`~switchy.transports.relay.AutoRelay`: reservations
-    while AutoNAT finds the node private).  ``node.reachability`` tells what AutoNAT found.
+    client, automatic relays (:class:`~switchy.transports.relay.AutoRelay`: reservations
+    while AutoNAT finds the node private) and hole punching (DCUtR).  ``node.reachability``
+    tells what AutoNAT found.
 
     ``transports`` replaces QUIC + TCP (:func:`default_transports`); ``services`` are
     added after the default ones (:func:`default_services`), and one of the same class as a
@@ -51,7 +54,12 @@ def default_node(
     it.  The relay client
     (:class:`~switchy.transports.relay.RelayTransport`) dials and listens on
     ``/p2p-circuit`` addresses; pass your own in ``services`` to configure it (e.g. with
-    fallback relays), and an ``AutoRelay`` to configure automatic relays.  Every other
+    fallback relays), and an ``AutoRelay`` to configure automatic relays.
+
+    Hole punching (:class:`~switchy.protocols.dcutr.DCUtRService`: a relayed connection
+    the node accepts becomes direct) is on unless ``hole_punching`` is False or, when it
+    is None, ``config.hole_punching`` is (``SWITCHY_HOLE_PUNCHING=0``); a
+    ``DCUtRService`` in ``services`` replaces the default one.  Every other
     keyword (``key``, ``listen``, ``handlers``, ``entropy``, ...) goes to
     :class:`~switchy.stack.node.Node` as it is.
 
@@ -67,4 +75,7 @@ def default_node(
         all_services.append(RelayTransport())
     if not any(isinstance(s, AutoRelay) for s in all_services):
         all_services.append(AutoRelay())
+    punch = config.hole_punching if hole_punching is None else hole_punching
+    if punch and not any(isinstance(s, DCUtRService) for s in all_services):
+        all_services.append(DCUtRService())
     return Node(transports=chosen, services=all_services, config=config, **options)

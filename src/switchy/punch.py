@@ -33,6 +33,7 @@ the relayed connection and is the client, ``B`` accepted it):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from multiaddr import Multiaddr
@@ -42,13 +43,18 @@ from switchy.protocols.identify import IdentifyService
 from switchy.protocols.ping import PingService, ping
 from switchy.scenarios import NAT_SCENARIO_PRESETS
 from switchy.stack.errors import P2PError
+from switchy.stack.mux import MuxedConnection
 from switchy.stack.node import Node
 from switchy.transports.quic.sim import sim_quic_transport
 from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
 from switchy.transports.sim.simulation import Simulation
 from switchy.transports.sim.transport import SimTransport
 
-__all__ = ["PUNCH_PRESETS", "PUNCH_TRANSPORTS", "expected_direct", "punch_pair"]
+__all__ = ["PUNCH_PRESETS", "PUNCH_TRANSPORTS", "AfterPunch", "expected_direct", "punch_pair"]
+
+#: ``after(a, b, relayed, direct)``: run once a pair is direct, before the grace period
+#: ends (the relayed connection is still open); its dict joins the result.
+AfterPunch = Callable[[Node, Node, MuxedConnection, MuxedConnection], Awaitable[dict[str, Any]]]
 
 #: The NAT presets of the matrix (the ``nat`` scenario's list).
 PUNCH_PRESETS: Final = NAT_SCENARIO_PRESETS
@@ -94,6 +100,7 @@ async def punch_pair(
     wan_latency: float = 0.005,
     loss: float = 0.0,
     prefix: str = "",
+    after: AfterPunch | None = None,
 ) -> dict[str, Any]:
     """One run: ``A`` behind ``a_preset`` dials ``B`` behind ``b_preset`` through a relay.
 
@@ -105,7 +112,8 @@ async def punch_pair(
     connection after a failure), ``new_streams_direct`` (a new stream goes over the
     direct connection) and ``relayed_closed`` (the relayed connection was closed
     after the grace period).  ``wan_latency`` is each NAT box's uplink latency and
-    ``loss`` the loss rate of every link made here.
+    ``loss`` the loss rate of every link made here.  ``after`` measures more on a
+    direct pair (:data:`AfterPunch`).
     """
     net = sim.network
     isp, relay_host, a_host, b_host = (f"{prefix}{n}" for n in ("isp", "relay", "a", "b"))
@@ -167,7 +175,13 @@ async def punch_pair(
             except P2PError as exc:
                 result["direct"] = False
                 result["reason"] = f"direct connection does not carry a ping: {exc}"
-            await asyncio.sleep(config.grace_period + 1.0)
+            if after is not None and result["direct"]:
+                start = asyncio.get_running_loop().time()
+                result.update(await after(a, b, relayed, direct))
+                spent = asyncio.get_running_loop().time() - start
+            else:
+                spent = 0.0
+            await asyncio.sleep(max(0.0, config.grace_period + 1.0 - spent))
             result["relayed_closed"] = relayed.is_closed
         else:
             try:

@@ -12,6 +12,11 @@ Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
                                       (ADDR = …/p2p/<relay>/p2p-circuit/p2p/<peer>)
   dcutr ADDR [--wait S]               dial a circuit address with DCUtR running; wait up to S
                                       seconds for a direct connection; {"ok", "direct", "rtts_us"}
+  dcutr-listen RELAY [--ip IP --port P]
+                                      reserve on RELAY with DCUtR running (py-libp2p is B for
+                                      whoever dials it through RELAY); print {"peer_id", "addrs":
+                                      [circuit]}, then {"direct": PEER} for each peer it has a
+                                      direct connection with; run until stdin closes
   identify ADDR                       {"ok", "protocol_version", "agent_version", ...}
   echo ADDR --size N                  {"ok", "echoed", "match"}
   perf ADDR --upload N --download N   {"ok", "upload_bytes", "download_bytes", "seconds"}
@@ -407,6 +412,50 @@ async def dcutr_dial(args: argparse.Namespace) -> int:
     return 0
 
 
+async def dcutr_listen(args: argparse.Namespace) -> int:
+    """Reserve on a relay and let py-libp2p's DCUtR (its auto-drive loop: B, the side that
+    accepted the relayed connection, sends CONNECT) upgrade whoever dials us through it."""
+    from libp2p.relay.circuit_v2.config import RelayConfig
+    from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+    from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP
+    from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+    from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+    from libp2p.tools.anyio_service import background_trio_service
+
+    host = make_host(None)
+    listen = multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")
+    async with host.run(listen_addrs=[listen]):
+        client = CircuitV2Protocol(host, allow_hop=False)
+        dcutr = DCUtRProtocol(host)
+        async with background_trio_service(client), background_trio_service(dcutr):
+            await client.event_started.wait()
+            await dcutr.event_started.wait()
+            transport = CircuitV2Transport(host, client, RelayConfig())
+            relay = info_from_p2p_addr(multiaddr.Multiaddr(args.addr))
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(args.timeout):
+                    await host.connect(relay)
+                    stream = await host.new_stream(relay.peer_id, [HOP])
+                    if not await transport.reserve(stream, relay.peer_id, nursery):
+                        raise RuntimeError("the relay refused the reservation")
+                me = host.get_id().to_base58()
+                emit({"peer_id": me, "addrs": [f"{args.addr}/p2p-circuit/p2p/{me}"]})
+
+                async def watch() -> None:
+                    seen: set[Any] = {relay.peer_id}
+                    while True:
+                        for peer in list(host.get_network().connections):
+                            if peer not in seen and await dcutr._have_direct_connection(peer):
+                                seen.add(peer)
+                                emit({"direct": peer.to_base58()})
+                        await trio.sleep(0.1)
+
+                nursery.start_soon(watch)
+                await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+                nursery.cancel_scope.cancel()
+    return 0
+
+
 def describe(exc: BaseException) -> str:
     """The innermost errors of an exception (group), as text."""
     if isinstance(exc, BaseExceptionGroup):
@@ -426,7 +475,16 @@ def main() -> int:
     s.add_argument("--autonat", action="store_true", help="also run the AutoNAT v1 server")
     s = sub.add_parser("dht")
     s.add_argument("--port", type=int, default=0)
-    for name in ("ping", "identify", "echo", "perf", "circuit-ping", "autonat", "dcutr"):
+    for name in (
+        "ping",
+        "identify",
+        "echo",
+        "perf",
+        "circuit-ping",
+        "autonat",
+        "dcutr",
+        "dcutr-listen",
+    ):
         s = sub.add_parser(name)
         s.add_argument("addr")
         s.add_argument("--timeout", type=float, default=30)
@@ -435,6 +493,9 @@ def main() -> int:
             s.add_argument("-c", "--count", type=int, default=3)
         if name == "dcutr":
             s.add_argument("--wait", type=float, default=15)
+        if name == "dcutr-listen":
+            s.add_argument("--ip", default="127.0.0.1", help="IPv4 address to listen on")
+            s.add_argument("--port", type=int, default=0)
         if name == "echo":
             s.add_argument("--size", type=int, default=100_000)
         if name == "autonat":
@@ -452,6 +513,8 @@ def main() -> int:
             return trio.run(circuit_ping, args)
         if args.mode == "dcutr":
             return trio.run(dcutr_dial, args)
+        if args.mode == "dcutr-listen":
+            return trio.run(dcutr_listen, args)
         body = {
             "ping": do_ping,
             "identify": do_identify,

@@ -1,0 +1,257 @@
+"""Hole punching through real Linux NATs: a lab of network namespaces the test builds.
+
+::
+
+    h1 (192.168.71.2) ── r1 (home) ──┐
+    h2 (192.168.72.2) ── r2 (home) ──┼── inet (10.77.0.0/24): the relay (10.77.0.1)
+    h3 (192.168.73.2) ── r3 (sym)  ──┤
+    h4 (192.168.74.2) ── r4 (sym)  ──┘
+
+``home``: nftables masquerade (endpoint-independent, port-preserving mapping) with
+inbound packets accepted only for established flows (port-restricted filtering), the
+usual home router; ``sym``: masquerade ``random,fully-random`` (a new random port per
+destination: symmetric).  ``A`` is ``switchy ping CIRCUIT`` (a default node), ``B`` a
+default node behind another NAT with a reservation on the relay
+(tests/netns_punch_peer.py).  Skips (with the reason) where namespaces, veth pairs or
+nftables cannot be used; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.test_nat_lab import _run, lab_prerequisites
+
+ROOT = str(Path(__file__).parent.parent)
+SCRIPT = str(Path(__file__).with_name("netns_punch_peer.py"))
+RELAY_IP = "10.77.0.1"
+#: (router, host, symmetric) of the four LANs.
+LANS = ((1, False), (2, False), (3, True), (4, True))
+#: Bound on one lab peer's run.
+PEER_TIMEOUT = 120
+
+
+def _router_rules(wan: str, lan: str, symmetric: bool) -> str:
+    """A home router's nftables rules: masquerade (port-preserving, or with
+    ``symmetric`` a random port per destination); forward and accept from the WAN only
+    what belongs to a flow from the LAN; drop anything else from the WAN (no RST)."""
+    flags = " random,fully-random" if symmetric else ""
+    return f"""
+table ip lab {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{wan}" masquerade{flags}
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "{lan}" oifname "{wan}" accept
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{wan}" ct state established,related accept
+        iifname "{wan}" drop
+    }}
+}}
+"""
+
+
+@attrs.frozen
+class PunchLab:
+    inet: str
+    routers: tuple[str, ...]
+    hosts: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def build_punch_lab() -> Iterator[PunchLab]:
+    """Build the lab (module docstring), remove it on exit; raises
+    :class:`LabUnavailable` with the reason where it cannot be built."""
+    tag = uuid.uuid4().hex[:5]
+    inet = f"sp-inet-{tag}"
+    routers = tuple(f"sp-r{i}-{tag}" for i, _ in LANS)
+    hosts = tuple(f"sp-h{i}-{tag}" for i, _ in LANS)
+    made: list[str] = []
+    try:
+        for n in (inet, *routers, *hosts):
+            _run("ip", "netns", "add", n)
+            made.append(n)
+            _run("ip", "-n", n, "link", "set", "lo", "up")
+        _run("ip", "-n", inet, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", inet, "link", "set", "br0", "up")
+        _run("ip", "-n", inet, "addr", "add", f"{RELAY_IP}/24", "dev", "br0")
+        for (i, sym), router, host in zip(LANS, routers, hosts, strict=True):
+            wan, up, lan, hdev = f"w{i}{tag}", f"u{i}{tag}", f"l{i}{tag}", f"h{i}{tag}"
+            _run("ip", "link", "add", wan, "netns", router, "type", "veth", "peer", "name", up,
+                 "netns", inet)  # fmt: skip
+            _run("ip", "-n", inet, "link", "set", up, "master", "br0")
+            _run("ip", "-n", inet, "link", "set", up, "up")
+            _run("ip", "-n", router, "addr", "add", f"10.77.0.1{i}/24", "dev", wan)
+            _run("ip", "-n", router, "link", "set", wan, "up")
+            _run("ip", "link", "add", lan, "netns", router, "type", "veth", "peer", "name", hdev,
+                 "netns", host)  # fmt: skip
+            _run("ip", "-n", router, "addr", "add", f"192.168.7{i}.1/24", "dev", lan)
+            _run("ip", "-n", router, "link", "set", lan, "up")
+            _run("ip", "-n", host, "addr", "add", f"192.168.7{i}.2/24", "dev", hdev)
+            _run("ip", "-n", host, "link", "set", hdev, "up")
+            _run("ip", "-n", host, "route", "add", "default", "via", f"192.168.7{i}.1")
+            _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            _run("ip", "netns", "exec", router, "nft", "-f", "-",
+                 stdin=_router_rules(wan, lan, sym))  # fmt: skip
+    except (subprocess.CalledProcessError, OSError) as exc:
+        for n in made:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
+        reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        raise LabUnavailable(f"cannot build the punching lab here: {reason}") from None
+    try:
+        yield PunchLab(inet, routers, hosts)
+    finally:
+        for n in made:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
+
+
+class LabUnavailable(Exception):
+    """The lab cannot be built on this machine (the message says why)."""
+
+
+@pytest.fixture(scope="module")
+def punch_lab() -> Iterator[PunchLab]:
+    lab_prerequisites()
+    try:
+        with build_punch_lab() as lab:
+            yield lab
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": ROOT, "SWITCHY_PUBLIC_NETWORKS": "10.77.0.0/24"}
+
+
+def _spawn(ns: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, SCRIPT, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+
+
+def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """The next JSON line of a lab peer (its own waits are bounded, and so is this)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"lab peer failed: {err}")
+    out: dict[str, Any] = json.loads(line)
+    return out
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    try:
+        _, err = proc.communicate(input="", timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"lab peer did not stop: {err}") from None
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+
+
+@contextlib.contextmanager
+def lab_relay(lab: PunchLab) -> Iterator[dict[str, str]]:
+    """The relay in the lab's internet: its TCP and QUIC addresses."""
+    proc = _spawn(lab.inet, "relay", RELAY_IP)
+    try:
+        addrs = [str(a) for a in _line(proc)["addrs"]]
+        yield {
+            "quic": next(a for a in addrs if "/quic-v1" in a),
+            "tcp": next(a for a in addrs if "/tcp/" in a),
+        }
+    finally:
+        _finish(proc)
+
+
+@pytest.fixture(scope="module")
+def relay(punch_lab: PunchLab) -> Iterator[dict[str, str]]:
+    with lab_relay(punch_lab) as addrs:
+        yield addrs
+
+
+def punch(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int, count: int) -> Any:
+    """``B`` in LAN ``b`` reserves on the relay; ``switchy ping`` in LAN ``a`` pings its
+    circuit address ``count`` times, once a second.  Returns (ping's JSON, B's events)."""
+    peer = _spawn(lab.hosts[b - 1], "b", kind, relay_addr)
+    try:
+        circuit = _line(peer)["circuit"]
+        argv = ["-m", "switchy", "ping", circuit, "-c", str(count), "-i", "1", "--json"]
+        ping = subprocess.run(
+            ["ip", "netns", "exec", lab.hosts[a - 1], sys.executable, *argv],
+            capture_output=True,
+            text=True,
+            timeout=PEER_TIMEOUT,
+            env=_env(),
+            cwd=ROOT,
+        )
+        assert ping.returncode == 0, ping.stderr
+        events = _line(peer)["events"]
+        if os.environ.get("LAB_DEBUG"):
+            print(ping.stdout, json.dumps(events, indent=1))
+    finally:
+        _finish(peer)
+    return json.loads(ping.stdout), events
+
+
+@pytest.mark.parametrize("kind", ["tcp", "quic"])
+def test_two_home_routers_punch_to_a_direct_connection(
+    punch_lab: PunchLab, relay: dict[str, str], kind: str
+) -> None:
+    got, events = punch(punch_lab, relay[kind], kind, 1, 2, 5)
+    ok = [e for e in events if e["kind"] == "succeeded"]
+    assert ok, events
+    assert ok[0]["attempt"] == 1, events  # neither side is public: a punch, the first one
+    assert ok[0]["limited"] is False
+    # the direct connection goes to A's router (its NAT mapping), not through the relay
+    assert ok[0]["remote"].startswith("/ip4/10.77.0.11/"), ok
+    assert (kind == "quic") == ("/quic-v1" in ok[0]["remote"])
+    assert got["direct_after_ms"] is not None, got
+    assert got["direct_addr"].startswith("/ip4/10.77.0.12/"), got
+    assert got["direct_rtts_ms"], got  # the later pings went over the direct connection
+    assert got["relayed_rtts_ms"], got  # the first one through the relay
+
+
+@pytest.mark.parametrize("kind", ["tcp", "quic"])
+@pytest.mark.parametrize(("a", "b", "count"), [(3, 4, 18), (1, 3, 4)])
+def test_behind_a_symmetric_nat_the_connection_stays_relayed_and_works(
+    punch_lab: PunchLab, relay: dict[str, str], kind: str, a: int, b: int, count: int
+) -> None:
+    """Symmetric vs symmetric, and a home router vs a symmetric ``B``: no punch can work
+    (each packet toward the peer leaves from a mapping it never learned).  The relayed
+    connection carries every ping; with symmetric NATs on both sides ``B`` makes its 3
+    attempts (while the ping runs, 18 s) and then backs off; against the home router
+    only the short run, until ``A`` leaves."""
+    got, events = punch(punch_lab, relay[kind], kind, a, b, count)
+    assert not [e for e in events if e["kind"] == "succeeded"], events
+    final = [e for e in events if e["final"]]
+    assert len(final) == 1 and "backing off" in final[0]["reason"], events
+    if count > 4:
+        assert final[0]["attempt"] == 3, events
+    assert got["direct_after_ms"] is None, got
+    assert got["count"] == count and len(got["relayed_rtts_ms"]) == count, got
+    assert got["direct_rtts_ms"] == [], got
