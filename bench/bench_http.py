@@ -17,7 +17,7 @@ is httpx for all four (at 64 in flight: 64 clients of one connection each).  Fig
 requests/s at 1 and 64 in flight, median and p99 latency, CPU seconds per request (the
 whole process: client, proxies and server), download MB/s of the whole file and of a 32 MiB range.
 
-Not measured here (yet): the simulated topology (LAN 2 ms, tunnel 40 ms away).
+The simulated topology (LAN 2 ms, tunnel 40 ms away): :mod:`bench.bench_http_topology`.
 
 Usage: ``python -m bench.bench_http [--quick]`` (needs the ``bench`` and ``http`` extras).
 """
