@@ -62,6 +62,8 @@ async def write_timed(stream: Stream, data: bytes, timeout: float, *, last: bool
     """
     if not data and not last:
         return
+    if not last and stream.try_write_nowait(data):  # room for it now: no timer needed
+        return
     try:
         async with asyncio.timeout(timeout):
             await (stream.write_last(data) if last else stream.write(data))
