@@ -824,17 +824,17 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         )
         return 2
     _show_refusals()
-    if args.register is not None and not args.registry:
-        raise InvalidConfiguration("--register needs --registry MULTIADDR")
+    if args.register is not None and not (args.registry or args.mdns):
+        raise InvalidConfiguration("--register needs --registry MULTIADDR or --mdns")
     services: list[Any] = [service]
     if args.relay:
         from switchy.transports.relay import RelayTransport
 
         services.append(RelayTransport(args.relay))
     if args.register is not None:
-        from switchy.protocols.discovery.backends import RegistryBackend, register_name
+        from switchy.protocols.discovery.backends import register_name
 
-        services.append(RegistryBackend(args.registry))
+        services += _name_backends(args)
     key = _stable_key(args.key)
     async with default_node(key=key, services=services, config=args.config) as node:
         if args.listen or not args.relay:
@@ -851,6 +851,20 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         print(f"exposing the {kind} to {who}; Ctrl-C to stop", file=sys.stderr)
         await stop.wait()
     return 0
+
+
+def _name_backends(args: argparse.Namespace) -> list[Any]:
+    """The discovery backends of ``expose``/``gateway``: ``--registry`` and ``--mdns``."""
+    backends: list[Any] = []
+    if args.registry:
+        from switchy.protocols.discovery.backends import RegistryBackend
+
+        backends.append(RegistryBackend(args.registry))
+    if args.mdns:
+        from switchy.protocols.discovery.mdns import MdnsService
+
+        backends.append(MdnsService())
+    return backends
 
 
 def _http_limits(args: argparse.Namespace) -> Any:
@@ -878,12 +892,8 @@ async def _cmd_gateway(args: argparse.Namespace) -> int:
     from switchy.stack.addresses import parse_multiaddr, split_peer
 
     host, port = args.listen
-    services: list[Any] = []
+    services: list[Any] = _name_backends(args)
     resolve = None
-    if args.registry:
-        from switchy.protocols.discovery.backends import RegistryBackend, discover
-
-        services.append(RegistryBackend(args.registry))
     key = _stable_key(args.key)
     async with default_node(key=key, services=services, config=args.config) as node:
         for text in args.peer:
@@ -893,7 +903,8 @@ async def _cmd_gateway(args: argparse.Namespace) -> int:
                 print(f"switchy: error: --peer {text} has no /p2p/<peer-id>", file=sys.stderr)
                 return 2
             node.peerstore.add_addrs(peer, [addr])
-        if args.registry:
+        if services:
+            from switchy.protocols.discovery.backends import discover
 
             async def resolve(name: str) -> Any:
                 found = await discover(node, name)
@@ -1266,8 +1277,9 @@ def _add_http_commands(sub: Any) -> None:
         help="also listen through this relay (repeatable)",
     )
     s.add_argument("--key", help=key_help)
-    s.add_argument("--register", metavar="NAME", help="register NAME with --registry")
+    s.add_argument("--register", metavar="NAME", help="register NAME (--registry, --mdns)")
     s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
+    s.add_argument("--mdns", action="store_true", help="announce NAME on the LAN by mDNS")
     s.add_argument("--max-upload", type=int, metavar="BYTES", help=max_upload_help)
     s.set_defaults(func=_cmd_expose)
 
@@ -1292,6 +1304,7 @@ def _add_http_commands(sub: Any) -> None:
         action="append",
         help="resolve /p2p/<name>/ at this registry",
     )
+    s.add_argument("--mdns", action="store_true", help="resolve /p2p/<name>/ by mDNS on the LAN")
     s.add_argument("--key", help=key_help)
     s.add_argument("--max-upload", type=int, metavar="BYTES", help=max_upload_help)
     s.set_defaults(func=_cmd_gateway)
