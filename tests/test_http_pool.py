@@ -189,3 +189,33 @@ def test_pooling_can_be_turned_off() -> None:
             assert local.connections == 3 and proxy.pool.idle == 0
 
     run(main)
+
+
+def test_a_connection_given_back_twice_frees_its_slot_once() -> None:
+    from switchy.protocols.http.pool import UpstreamPool
+    from switchy.protocols.http.proxy import tcp_multiaddr
+    from switchy.stack.config import NetworkConfig
+    from switchy.transports.tcp import TcpTransport
+
+    async def main() -> None:
+        local = KeepAliveServer()
+        srv = await asyncio.start_server(local.serve, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        pool = UpstreamPool(
+            TcpTransport(NetworkConfig()),
+            tcp_multiaddr("127.0.0.1", port),
+            PoolLimits(max_connections=1),
+        )
+        conn = await pool.acquire()
+        await pool.discard(conn)
+        await pool.discard(conn)  # e.g. a retry whose fresh dial failed: no second slot
+        conn = await pool.acquire()
+        with pytest.raises(TimeoutError):  # the one slot is taken: the next waits
+            async with asyncio.timeout(0.05):
+                await pool.acquire()
+        await pool.discard(conn)
+        await pool.close()
+        srv.close()
+        await srv.wait_closed()
+
+    run(main)

@@ -60,6 +60,8 @@ class PooledConnection:
     #: Whether it served an earlier request (may have been closed by the server since).
     reused: bool = False
     _since: float = 0.0
+    #: Given back (released or discarded) since it was acquired: a second time is a no-op.
+    given_back: bool = False
 
 
 class UpstreamPool:
@@ -97,6 +99,7 @@ class UpstreamPool:
             while self._idle and not fresh:
                 conn = self._idle.pop()  # the most recently used: the least likely closed
                 if now - conn._since <= self.limits.idle_expiry:
+                    conn.given_back = False
                     return conn
                 await _close(conn.stream)
             stream = await self._transport.dial(self._addr)
@@ -109,6 +112,9 @@ class UpstreamPool:
 
     async def release(self, conn: PooledConnection) -> None:
         """Give ``conn`` back: kept for reuse when its exchange ended cleanly, else closed."""
+        if conn.given_back:
+            return
+        conn.given_back = True
         self._slots.release()
         h = conn.core.h11
         clean = (
@@ -127,6 +133,9 @@ class UpstreamPool:
 
     async def discard(self, conn: PooledConnection) -> None:
         """Reset ``conn`` (its exchange failed) and free its slot."""
+        if conn.given_back:
+            return
+        conn.given_back = True
         self._slots.release()
         with contextlib.suppress(P2PError, OSError):
             await conn.stream.reset()

@@ -262,7 +262,8 @@ async def forward_exchange(
         return False
     up_core, up = conn.core, conn.stream
     try:
-        up_core.receive(first) if first else None
+        if first:
+            up_core.receive(first)
         event = await next_event(up_core, up, limits.idle_timeout)
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             event = await next_event(up_core, up, limits.idle_timeout)
