@@ -86,7 +86,8 @@ class _H11Client:
         while not isinstance(event := await next_event(core, self.stream, 60), h11.EndOfMessage):
             assert isinstance(event, h11.Data), event
             body += event.data
-        core.h11.start_next_cycle()
+        if core.h11.our_state is h11.DONE and core.h11.their_state is h11.DONE:
+            core.h11.start_next_cycle()  # keep-alive; else the server closes (424)
         return head.status_code, bytes(body)
 
 

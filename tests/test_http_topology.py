@@ -31,3 +31,25 @@ def test_direct_switchy_takes_the_lans_latency_and_the_tunnel_four_far_legs() ->
 
 def test_the_topology_comparison_is_deterministic() -> None:
     assert measure(requests=3, seed=5) == measure(requests=3, seed=5)
+
+
+def test_the_simulated_tunnel_answers_424_without_a_sender() -> None:
+    from bench.bench_http_topology import _H11Client
+    from bench.tunnel.streams import StreamTunnel
+    from switchy.transports.sim import SimConfig, SimTransport, Simulation
+
+    async def main(sim: Simulation) -> int:
+        sim.network.add_hosts(["client", "tunnel"])
+        sim.network.add_link("client", "tunnel", latency=0.04)
+        tunnel = StreamTunnel()
+        listener = await SimTransport(sim.network, "tunnel").listen(
+            sim.network.host("tunnel").address(4001),
+            tunnel.serve_client,  # type: ignore[arg-type]
+        )
+        conn = await SimTransport(sim.network, "client").dial(listener.addrs[0])
+        status, _ = await _H11Client(conn).get("/library.json")  # type: ignore[arg-type]
+        await listener.close()
+        return status
+
+    with Simulation(1, config=SimConfig(default_packet_loss=0.0)) as sim:
+        assert sim.run(main(sim)) == 424
