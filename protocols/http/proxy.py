@@ -175,16 +175,16 @@ async def _send_bodiless(
     head: h11.Request,
     target: bytes,
     headers: Headers,
-    last: bool,
 ) -> tuple[PooledConnection, bytes]:
-    """Send a request without a body (``last``: and half-close); return the connection
-    and the first bytes of the answer.  A reused connection the server closed meanwhile
-    (nothing answered) is replaced by a fresh one once: such a request can be sent again."""
+    """Send a request without a body; return the connection and the first bytes of the
+    answer.  A reused connection the server closed meanwhile (nothing answered) is
+    replaced by a fresh one once: such a request can be sent again.  The request side
+    is not half-closed (go's ``net/http`` takes an early EOF as a client gone away)."""
     while True:
         core = conn.core
         out = core.request(head.method, target, headers) + core.send(h11.EndOfMessage())
         try:
-            await write_timed(conn.stream, out, core.limits.write_timeout, last=last)
+            await write_timed(conn.stream, out, core.limits.write_timeout)
             async with asyncio.timeout(core.limits.idle_timeout):
                 first = await conn.stream.read(core.limits.read_size)
             if first or not conn.reused:
@@ -243,13 +243,11 @@ async def forward_exchange(
                 out,
                 limits,
                 "the client ended its request early",
-                last=not upstream.keep_alive,
             )
         else:
             if not isinstance(down_core.next_event(), h11.EndOfMessage):
                 raise HttpError("a request without a length has no body")
-            last = not upstream.keep_alive and not upgrade
-            conn, first = await _send_bodiless(upstream, conn, head, target, headers, last)
+            conn, first = await _send_bodiless(upstream, conn, head, target, headers)
     except HttpError as exc:
         log.info("bad HTTP request body: %s", exc)
         await upstream.discard(conn)
