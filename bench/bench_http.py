@@ -13,11 +13,11 @@ support) is reached
 
 Every part runs in this one process and event loop on loopback (a 2-core machine shared
 with others: compare the ways of one run, not runs of different days).  The HTTP client
-is httpx for all four (a 64-connection pool for the TCP ways).  Figures: requests/s at 1
-and 64 in flight, median and p99 latency, CPU seconds per request (the whole process:
-client, proxies and server), download MB/s of the whole file and of a 32 MiB range.
+is httpx for all four (at 64 in flight: 64 clients of one connection each).  Figures:
+requests/s at 1 and 64 in flight, median and p99 latency, CPU seconds per request (the
+whole process: client, proxies and server), download MB/s of the whole file and of a 32 MiB range.
 
-Not measured here (yet): the simulated topology (LAN 2 ms, tunnel 40 ms away).
+The simulated topology (LAN 2 ms, tunnel 40 ms away): :mod:`bench.bench_http_topology`.
 
 Usage: ``python -m bench.bench_http [--quick]`` (needs the ``bench`` and ``http`` extras).
 """
@@ -32,8 +32,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +121,21 @@ def asgi_media(data: bytes) -> Any:
     return app
 
 
-async def _measure(client: httpx.AsyncClient, base: str, small: int, size: int) -> dict[str, Any]:
+async def _measure(
+    make_client: Callable[[], httpx.AsyncClient], base: str, small: int, size: int
+) -> dict[str, Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(make_client())
+        # 64 in flight: 64 clients of one connection each (64 users).  One httpx client
+        # with a 64-connection pool would cost more than the servers measured: httpcore
+        # scans the whole pool on every event.
+        clients = [await stack.enter_async_context(make_client()) for _ in range(64)]
+        return await _measure_with(client, clients, base, small, size)
+
+
+async def _measure_with(
+    client: httpx.AsyncClient, clients: list[httpx.AsyncClient], base: str, small: int, size: int
+) -> dict[str, Any]:
     url = f"{base}/library.json"
     for _ in range(10):
         (await client.get(url)).raise_for_status()
@@ -139,7 +152,10 @@ async def _measure(client: httpx.AsyncClient, base: str, small: int, size: int) 
     lat64: list[float] = []
     per_worker = max(1, small * 2 // 64)
 
-    async def worker() -> None:
+    for c in clients:  # connected before the clock starts
+        (await c.get(url)).raise_for_status()
+
+    async def worker(client: httpx.AsyncClient) -> None:
         for _ in range(per_worker):
             s = time.perf_counter()
             resp = await client.get(url)
@@ -147,7 +163,7 @@ async def _measure(client: httpx.AsyncClient, base: str, small: int, size: int) 
             assert resp.status_code == 200
 
     cpu0, t0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(64)))
+    await asyncio.gather(*(worker(c) for c in clients))
     wall64, cpu64 = time.perf_counter() - t0, time.process_time() - cpu0
 
     async def download(headers: dict[str, str]) -> float:
@@ -179,11 +195,8 @@ async def _measure(client: httpx.AsyncClient, base: str, small: int, size: int) 
     }
 
 
-@asynccontextmanager
-async def _pool() -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        yield client
+def _tcp_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=60)
 
 
 async def _main(quick: bool) -> dict[str, Any]:
@@ -204,10 +217,9 @@ async def _main(quick: bool) -> dict[str, Any]:
             s_task = asyncio.ensure_future(sender.run())
             await asyncio.wait_for(sender.ready.wait(), 10)
             await asyncio.wait_for(tunnel.connected.wait(), 10)
-            async with _pool() as client:
-                results["tunnel"] = await _measure(
-                    client, f"http://127.0.0.1:{t_port}", small, size
-                )
+            results["tunnel"] = await _measure(
+                _tcp_client, f"http://127.0.0.1:{t_port}", small, size
+            )
             s_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await s_task
@@ -223,10 +235,9 @@ async def _main(quick: bool) -> dict[str, Any]:
                 await client_node.connect(server.full_addrs[0])
                 gateway = Gateway(client_node)
                 _, g_port = await gateway.listen()
-                async with _pool() as client:
-                    results["direct"] = await _measure(
-                        client, f"http://127.0.0.1:{g_port}/p2p/{server.peer_id}", small, size
-                    )
+                results["direct"] = await _measure(
+                    _tcp_client, f"http://127.0.0.1:{g_port}/p2p/{server.peer_id}", small, size
+                )
                 await gateway.close()
                 (circuit,) = await server.listen(f"{relay.full_addrs[0]}/p2p-circuit")
                 await relayed_node.connect(f"{circuit}/p2p/{server.peer_id}")
@@ -235,10 +246,9 @@ async def _main(quick: bool) -> dict[str, Any]:
                 )
                 gateway = Gateway(relayed_node)
                 _, g_port = await gateway.listen()
-                async with _pool() as client:
-                    results["relay"] = await _measure(
-                        client, f"http://127.0.0.1:{g_port}/p2p/{server.peer_id}", small, size
-                    )
+                results["relay"] = await _measure(
+                    _tcp_client, f"http://127.0.0.1:{g_port}/p2p/{server.peer_id}", small, size
+                )
                 await gateway.close()
             # 4. an ASGI app on the node, httpx over SwitchyTransport
             service = HttpService(asgi_media(data), lifespan="off")
@@ -248,8 +258,12 @@ async def _main(quick: bool) -> dict[str, Any]:
             ):
                 await client_node.connect(server.full_addrs[0])
                 transport = SwitchyTransport(client_node, peers={"media": server.peer_id})
-                async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-                    results["asgi"] = await _measure(client, "http://media", small, size)
+                results["asgi"] = await _measure(
+                    lambda: httpx.AsyncClient(transport=transport, timeout=60),
+                    "http://media",
+                    small,
+                    size,
+                )
         finally:
             await media_runner.cleanup()
     anchor = results["tunnel"]
@@ -272,8 +286,17 @@ def main() -> None:
     """Run the benchmark; print the JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 MiB file, fewer requests")
+    parser.add_argument("--uvloop", action="store_true", help="run every way on uvloop")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_main(args.quick)), indent=2))
+    if args.uvloop:
+        import uvloop
+
+        results = uvloop.run(_main(args.quick))
+        results["loop"] = "uvloop"
+    else:
+        results = asyncio.run(_main(args.quick))
+        results["loop"] = "asyncio"
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

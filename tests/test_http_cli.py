@@ -147,3 +147,38 @@ def test_bad_expose_arguments_are_one_line_errors(tmp_path: Path) -> None:
         )
         assert r.returncode != 0
         assert "Traceback" not in r.stderr and "error" in r.stderr
+
+
+@needs_curl
+def test_the_gateway_finds_a_peer_by_name_at_a_registry_and_expose_limits_uploads(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.json").write_bytes(b'{"tracks": []}')
+    http_server = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"]
+    with (
+        started([*SWITCHY, "registry", LISTEN], env) as (_, registry),
+        started([*http_server, "--directory", str(site)], env) as (_, banner),
+    ):
+        port = int(re.search(r"port (\d+)", banner).group(1))  # type: ignore[union-attr]
+        expose = [*SWITCHY, "expose", f"http://127.0.0.1:{port}", "--listen", LISTEN]
+        expose += ["--register", "living-room", "--registry", registry, "--max-upload", "100"]
+        with started([*expose, "--key", str(tmp_path / "server.key")], env) as (srv, _addr):
+            gateway = [*SWITCHY, "gateway", "--listen", "127.0.0.1:0", "--registry", registry]
+            with started([*gateway, "--key", str(tmp_path / "gw.key")], env) as (_, url):
+                base = url.replace("<peer-id>", "living-room")
+                r = _curl(f"{base}index.json")
+                assert r.returncode == 0, r.stderr
+                assert r.stdout == b'{"tracks": []}'
+                r = _curl(
+                    "-o", "/dev/null", "-w", "%{http_code}", url.replace("<peer-id>", "nobody")
+                )
+                assert r.stdout == b"404"
+                # a larger upload is refused by expose (413) before the local server sees it
+                r = _curl(
+                    "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", "x" * 1000, base
+                )
+                assert r.stdout == b"413"
+        assert "registered 'living-room'" in srv.stderr

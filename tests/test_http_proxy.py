@@ -376,3 +376,40 @@ def test_the_gateway_reaches_a_peer_by_name_through_its_resolver() -> None:
             await gateway.close()
 
     run(main)
+
+
+def test_the_gateway_keeps_the_request_side_open_until_the_answer() -> None:
+    """go's net/http takes an early end of stream as a client gone away: the gateway's
+    stream to the peer must not half-close before the answer came."""
+    import h11
+
+    from switchy.protocols.http.core import ServerCore
+    from switchy.protocols.http.io import next_event
+
+    seen: list[str] = []
+
+    async def strict_server(stream: Any) -> None:
+        core = ServerCore()
+        while not isinstance(await next_event(core, stream, 10), h11.EndOfMessage):
+            pass
+        try:
+            extra = await asyncio.wait_for(stream.read(1), 0.2)
+            seen.append("eof" if extra == b"" else "bytes")
+        except TimeoutError:
+            seen.append("open")  # what a go server needs
+        await stream.write(core.simple_response(200, b"ok", b"text/plain"))
+        await stream.close()
+
+    async def main() -> None:
+        async with default_node(listen=[LOOPBACK]) as server, default_node() as client:
+            server.handle(HTTP_PROTOCOL, strict_server)
+            await client.connect(server.full_addrs[0])
+            gateway = Gateway(client)
+            _, gport = await gateway.listen()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gport}") as http:
+                resp = await http.get(f"/p2p/{server.peer_id}/x")
+                assert resp.status_code == 200 and resp.content == b"ok"
+            await gateway.close()
+        assert seen == ["open"]
+
+    run(main)

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from switchy.presets import default_node
-from switchy.protocols.http import HTTP_PROTOCOL, HttpService
+from switchy.protocols.http import HttpService
 from switchy.protocols.http.client import SwitchyTransport
 from switchy.protocols.http.core import HttpError, parse_range
 from switchy.protocols.http.proxy import HttpProxyService, tcp_multiaddr
@@ -110,29 +110,14 @@ async def browse(client: httpx.AsyncClient) -> str:
 
 
 async def live_event(node: Node, peer: Target, track: str) -> dict[str, Any]:
-    """One exchange on the service's ``/ws`` over a switchy stream (wsproto client)."""
-    from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage
+    """One exchange on the service's ``/ws`` over a switchy stream."""
+    from switchy.protocols.http.wsclient import connect_websocket
 
-    stream = await node.open_stream(peer, HTTP_PROTOCOL)
-    ws = WSConnection(ConnectionType.CLIENT)
-    await stream.write(ws.send(Request(host="media", target="/ws")))
-    accepted = False
-    try:
-        while True:
-            data = await stream.read(65536)
-            if not data:
-                raise ConnectionError("the service closed the WebSocket")
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    accepted = True
-                    await stream.write(ws.send(Message(data=track)))
-                elif isinstance(event, TextMessage) and accepted:
-                    await stream.write(ws.send(CloseConnection(code=1000)))
-                    return dict(json.loads(event.data))
-    finally:
-        await stream.close()
+    async with await connect_websocket(node, peer, "/ws", host="media") as ws:
+        await ws.send(track)
+        answer = await ws.receive()
+        assert isinstance(answer, str)
+        return dict(json.loads(answer))
 
 
 def connection_kind(node: Node, peer: Any) -> str:

@@ -11,18 +11,22 @@ then taken as a CIDv1 peer id (lower case already: ``http://bafz.../``, see
 :meth:`PeerId.to_cid <switchy.stack.identity.PeerId.to_cid>`), then matched against the
 peer ids the node is connected to or has addresses for (``http://12d3koo.../``).  The
 peer must be reachable by the node (connected, or with addresses in its peer store).
+
+WebSocket: httpx has none; :meth:`SwitchyTransport.connect_websocket` opens one at a
+``ws://`` URL (:mod:`~switchy.protocols.http.wsclient`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 import h11
 import httpx
 
 from switchy.protocols.http.core import DEFAULT_LIMITS, HTTP_PROTOCOL, ClientCore, HttpLimits
 from switchy.protocols.http.io import next_event, write_timed
+from switchy.protocols.http.wsclient import WebSocket, connect_websocket
 from switchy.stack.errors import InvalidPeerId, P2PError, PeerNotFound
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, Target
@@ -90,6 +94,23 @@ class SwitchyTransport(httpx.AsyncBaseTransport):
             if str(peer).lower() == host:
                 return peer
         raise PeerNotFound(f"no known peer for the host {host!r}: connect to it first")
+
+    async def connect_websocket(
+        self, url: str, *, headers: Iterable[tuple[str, str]] = (), subprotocols: Sequence[str] = ()
+    ) -> WebSocket:
+        """Open a WebSocket at ``url`` (``ws://<host>/path``, the host resolved as for a
+        request): httpx itself has none, see :mod:`~switchy.protocols.http.wsclient`."""
+        parts = httpx.URL(url)
+        target = parts.raw_path.decode("ascii")
+        return await connect_websocket(
+            self.node,
+            self.resolve(parts.host),
+            target,
+            host=parts.host,
+            headers=headers,
+            subprotocols=subprotocols,
+            limits=self.limits,
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` over a new stream; the response body streams from it."""

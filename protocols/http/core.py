@@ -65,6 +65,10 @@ class HttpLimits:
     write_timeout: float = 60.0
     #: Largest WebSocket message accepted (bytes).
     max_ws_message: int = 1024 * 1024
+    #: Largest request body a server accepts (bytes; ``None``: any, streamed).  A larger
+    #: ``Content-Length`` is refused with ``413`` before the body is read; a chunked body
+    #: as soon as it passes the limit.
+    max_request_body: int | None = None
 
 
 #: The limits used when none are given.
@@ -176,10 +180,36 @@ class _Core:
 
 
 class ServerCore(_Core):
-    """The server side of one exchange: parse a request, write a response."""
+    """The server side of one exchange: parse a request, write a response.
+
+    Enforces :attr:`HttpLimits.max_request_body` (``413``).
+    """
 
     def __init__(self, limits: HttpLimits = DEFAULT_LIMITS) -> None:
         super().__init__(h11.SERVER, limits)
+        self._body_seen = 0
+
+    def next_event(self) -> Event:
+        """The next h11 event; raises :class:`HttpError` (``413``) for a request body over
+        the limit: at its head when its ``Content-Length`` says so, else as soon as the
+        bytes received pass it."""
+        event = super().next_event()
+        limit = self.limits.max_request_body
+        if limit is None:
+            return event
+        if isinstance(event, h11.Request):
+            self._body_seen = 0
+            length = header_value(event.headers, b"content-length")
+            if length is not None and int(length) > limit:
+                raise HttpError(
+                    f"a request body of {int(length)} bytes, more than the limit of {limit}",
+                    413,
+                )
+        elif isinstance(event, h11.Data):
+            self._body_seen += len(event.data)
+            if self._body_seen > limit:
+                raise HttpError(f"a request body of more than the limit of {limit} bytes", 413)
+        return event
 
     def response(self, status: int, headers: Headers, *, close: bool = True) -> bytes:
         """The bytes of a response head; adds ``Connection: close`` (one request per stream)."""

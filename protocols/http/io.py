@@ -54,16 +54,19 @@ async def read_head(core: _Core, stream: Stream, limits: HttpLimits) -> Event:
         raise HttpError(f"no complete request head within {limits.head_timeout}s", 408) from None
 
 
-async def write_timed(stream: Stream, data: bytes, timeout: float) -> None:
+async def write_timed(stream: Stream, data: bytes, timeout: float, *, last: bool = False) -> None:
     """Write ``data``; a peer that does not read for ``timeout`` seconds gets a reset.
 
-    Raises :class:`P2PTimeout` then (the stream is reset), or what ``write`` raises.
+    ``last``: then close the write side (with the data: one frame on yamux).  Raises
+    :class:`P2PTimeout` then (the stream is reset), or what ``write`` raises.
     """
-    if not data:
+    if not data and not last:
+        return
+    if not last and stream.try_write_nowait(data):  # room for it now: no timer needed
         return
     try:
         async with asyncio.timeout(timeout):
-            await stream.write(data)
+            await (stream.write_last(data) if last else stream.write(data))
     except TimeoutError:
         await stream.reset()
         raise P2PTimeout(f"the peer read nothing for {timeout}s") from None

@@ -22,12 +22,14 @@ byte pipe.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -47,15 +49,24 @@ from switchy.protocols.http.core import (
     is_websocket_upgrade,
 )
 from switchy.protocols.http.io import continue_if_asked, next_event, pipe, read_head, write_timed
+from switchy.protocols.http.pool import DEFAULT_POOL, PooledConnection, PoolLimits, UpstreamPool
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import InvalidConfiguration, InvalidPeerId, P2PError
+from switchy.stack.errors import InvalidConfiguration, InvalidPeerId, P2PError, P2PTimeout
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService, Target
 from switchy.stack.stream import Connection, MuxedStream, Stream
 from switchy.stack.transport import Listener
 from switchy.transports.tcp import TcpTransport
 
-__all__ = ["HOP_BY_HOP", "Gateway", "HttpProxyService", "forward_exchange", "tcp_multiaddr"]
+__all__ = [
+    "HOP_BY_HOP",
+    "Gateway",
+    "HttpProxyService",
+    "OneStream",
+    "Upstream",
+    "forward_exchange",
+    "tcp_multiaddr",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +101,22 @@ def tcp_multiaddr(host: str, port: int) -> Multiaddr:
     return Multiaddr(f"/ip{ip.version}/{ip}/tcp/{port}")
 
 
-def _forward_headers(headers: Iterable[tuple[bytes, bytes]], upgrade: bool) -> Headers:
+def _forward_headers(headers: Iterable[tuple[bytes, bytes]], upgrade: bool, close: bool) -> Headers:
     out = [(k.lower(), v) for k, v in headers if k.lower() not in HOP_BY_HOP]
     if upgrade:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
-    else:
+    elif close:
         out.append((b"connection", b"close"))
     return out
+
+
+def _has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request head announces a body (RFC 9112 6.3: a length or a coding)."""
+    for key, value in headers:
+        k = key.lower()
+        if k == b"transfer-encoding" or (k == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 async def _send_error(stream: Stream, core: ServerCore, status: int, message: str) -> None:
@@ -109,52 +129,145 @@ async def _send_error(stream: Stream, core: ServerCore, status: int, message: st
     await stream.reset()
 
 
+class Upstream(Protocol):
+    """Where :func:`forward_exchange` sends a request: a pool, or one stream."""
+
+    #: Whether upstream connections stay open after an exchange (else ``Connection: close``).
+    keep_alive: bool
+
+    async def acquire(self, *, fresh: bool = False) -> PooledConnection:
+        """A connection for one exchange (``fresh``: not one used before)."""
+
+    async def release(self, conn: PooledConnection) -> None:
+        """The exchange on ``conn`` ended (cleanly or not: the upstream decides)."""
+
+    async def discard(self, conn: PooledConnection) -> None:
+        """The exchange on ``conn`` failed: reset it."""
+
+
+class OneStream:
+    """An :class:`Upstream` of one stream already open (one request per stream, the spec's
+    rule for ``/http/1.1``)."""
+
+    keep_alive = False
+
+    def __init__(self, stream: Stream, limits: HttpLimits = DEFAULT_LIMITS) -> None:
+        self._conn = PooledConnection(stream, ClientCore(limits))
+
+    async def acquire(self, *, fresh: bool = False) -> PooledConnection:
+        """The stream (``fresh`` makes no difference: it is never reused)."""
+        return self._conn
+
+    async def release(self, conn: PooledConnection) -> None:
+        """Close the stream."""
+        with contextlib.suppress(P2PError, OSError):
+            await conn.stream.close()
+
+    async def discard(self, conn: PooledConnection) -> None:
+        """Reset the stream."""
+        with contextlib.suppress(P2PError, OSError):
+            await conn.stream.reset()
+
+
+async def _send_bodiless(
+    upstream: Upstream,
+    conn: PooledConnection,
+    head: h11.Request,
+    target: bytes,
+    headers: Headers,
+) -> tuple[PooledConnection, bytes]:
+    """Send a request without a body; return the connection and the first bytes of the
+    answer.  A reused connection the server closed meanwhile (nothing answered) is
+    replaced by a fresh one once: such a request can be sent again.  The request side
+    is not half-closed (go's ``net/http`` takes an early EOF as a client gone away)."""
+    while True:
+        core = conn.core
+        out = core.request(head.method, target, headers) + core.send(h11.EndOfMessage())
+        try:
+            await write_timed(conn.stream, out, core.limits.write_timeout)
+            async with asyncio.timeout(core.limits.idle_timeout):
+                first = await conn.stream.read(core.limits.read_size)
+            if first or not conn.reused:
+                return conn, first
+        except TimeoutError:
+            raise P2PTimeout(f"upstream sent nothing for {core.limits.idle_timeout}s") from None
+        except (P2PError, OSError):
+            if not conn.reused:
+                raise
+        log.debug("a pooled upstream connection was closed by the server: sending again")
+        await upstream.discard(conn)
+        conn = await upstream.acquire(fresh=True)
+
+
 async def forward_exchange(
     down: Stream,
     down_core: ServerCore,
     head: h11.Request,
-    up: Stream,
+    upstream: Upstream,
     target: bytes,
     headers: Headers,
     limits: HttpLimits = DEFAULT_LIMITS,
     *,
     keep_alive: bool = False,
 ) -> bool:
-    """Forward the request ``head`` (read from ``down``) to ``up`` and the answer back.
+    """Forward the request ``head`` (read from ``down``) to ``upstream`` and the answer back.
 
     ``target`` and ``headers`` are what is sent upstream (the caller re-writes them;
-    hop-by-hop headers are dropped here).  Errors: a bad or missing upstream answer
-    gives ``502``; a side that goes away resets the other.  Closes ``up``; closes
-    ``down`` too unless ``keep_alive`` and both sides of ``down_core`` are ready for
-    another request: then returns ``True`` (``down_core`` started its next cycle).
+    hop-by-hop headers are dropped here).  Errors: an unreachable upstream or a bad or
+    missing answer gives ``502``; a side that goes away resets the other.  The upstream
+    connection goes back to ``upstream`` (kept when the exchange ended cleanly and it
+    keeps connections alive); ``down`` is closed too unless ``keep_alive`` and both sides
+    of ``down_core`` are ready for another request: then returns ``True`` (``down_core``
+    started its next cycle).
     """
     upgrade = is_websocket_upgrade(head.headers)
-    up_core = ClientCore(limits)
     # an "Expect: 100-continue" is answered here, not passed on
     headers = [(k, v) for k, v in headers if k.lower() != b"expect"]
+    headers = _forward_headers(headers, upgrade, close=not upstream.keep_alive)
     try:
-        out = up_core.request(head.method, target, _forward_headers(headers, upgrade))
-        await continue_if_asked(down, down_core)
-        await _relay_body(
-            down_core, down, up_core, up, out, limits, "the client ended its request early"
-        )
+        conn = await upstream.acquire()
+    except P2PError as exc:
+        log.warning("the upstream server is unreachable: %s", exc)
+        await _send_error(down, down_core, 502, "bad gateway: the upstream server is unreachable")
+        return False
+    first = b""
+    try:
+        if _has_body(head.headers):
+            out = conn.core.request(head.method, target, headers)
+            await continue_if_asked(down, down_core)
+            await _relay_body(
+                down_core,
+                down,
+                conn.core,
+                conn.stream,
+                out,
+                limits,
+                "the client ended its request early",
+            )
+        else:
+            if not isinstance(down_core.next_event(), h11.EndOfMessage):
+                raise HttpError("a request without a length has no body")
+            conn, first = await _send_bodiless(upstream, conn, head, target, headers)
     except HttpError as exc:
         log.info("bad HTTP request body: %s", exc)
-        await up.reset()
+        await upstream.discard(conn)
         await _send_error(down, down_core, exc.status, str(exc))
         return False
     except (P2PError, OSError) as exc:
         log.debug("forwarding a request: %s", exc)
-        await up.reset()
+        await upstream.discard(conn)
         await down.reset()
         return False
+    up_core, up = conn.core, conn.stream
     try:
+        if first:
+            up_core.receive(first)
         event = await next_event(up_core, up, limits.idle_timeout)
         while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             event = await next_event(up_core, up, limits.idle_timeout)
     except (HttpError, P2PError, OSError) as exc:
         log.info("no valid HTTP answer from upstream: %s", exc)
-        await up.reset()
+        await upstream.discard(conn)
         await _send_error(down, down_core, 502, f"bad gateway: {exc}")
         return False
     if isinstance(event, h11.InformationalResponse):  # 101: a WebSocket from now on
@@ -162,13 +275,14 @@ async def forward_exchange(
         try:
             await write_timed(down, down_core.switch_protocol(answer), limits.write_timeout)
         except (P2PError, OSError):
-            await up.reset()
+            await upstream.discard(conn)
             await down.reset()
             return False
         await pipe(down, up, a_to_b=down_core.trailing_data, b_to_a=up_core.trailing_data)
+        await upstream.release(conn)  # closed by the pipe: never reused
         return False
     if not isinstance(event, h11.Response):
-        await up.reset()
+        await upstream.discard(conn)
         await _send_error(down, down_core, 502, "bad gateway: upstream closed without answer")
         return False
     answer = [(k, v) for k, v in event.headers if k.lower() not in HOP_BY_HOP]
@@ -176,15 +290,21 @@ async def forward_exchange(
         # what one read of the upstream gives goes down in one write (head and body too)
         out = down_core.response(event.status_code, answer, close=not keep_alive)
         await _relay_body(
-            up_core, up, down_core, down, out, limits, "upstream ended its answer early"
+            up_core,
+            up,
+            down_core,
+            down,
+            out,
+            limits,
+            "upstream ended its answer early",
+            last=not keep_alive,
         )
     except (HttpError, P2PError, OSError) as exc:
         log.debug("forwarding an answer: %s", exc)
-        await up.reset()
+        await upstream.discard(conn)
         await down.reset()
         return False
-    with contextlib.suppress(P2PError, OSError):
-        await up.close()
+    await upstream.release(conn)
     h = down_core.h11
     if keep_alive and h.our_state is h11.DONE and h.their_state is h11.DONE:
         h.start_next_cycle()
@@ -208,7 +328,8 @@ class HttpProxyService(ProtocolService):
 
     Only paths under the upstream URL's path are forwarded (others get ``404``);
     ``allow`` restricts the peers served (``403`` for others, logged at INFO);
-    ``protocols`` is published at the well-known resource.
+    ``protocols`` is published at the well-known resource; ``pool`` bounds the keep-alive
+    connections to the local server (:class:`~switchy.protocols.http.pool.UpstreamPool`).
     """
 
     def __init__(
@@ -218,6 +339,7 @@ class HttpProxyService(ProtocolService):
         allow: Iterable[PeerId] | None = None,
         limits: HttpLimits = DEFAULT_LIMITS,
         protocols: Mapping[str, str] | None = None,
+        pool: PoolLimits = DEFAULT_POOL,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -228,11 +350,18 @@ class HttpProxyService(ProtocolService):
         self.allow = None if allow is None else frozenset(allow)
         self.limits = limits
         self.protocols = dict(protocols or {})
-        self._tcp = TcpTransport(NetworkConfig())
+        #: Keep-alive connections to the local server (bounded by ``pool``).
+        self.pool = UpstreamPool(
+            TcpTransport(NetworkConfig()), tcp_multiaddr(self.host, self.port), pool, limits
+        )
 
     def attach(self, node: Node) -> None:
         """Serve ``/http/1.1`` on ``node``."""
         node.handle(HTTP_PROTOCOL, self.handle_stream)
+
+    async def stop(self) -> None:
+        """Close the idle connections to the local server."""
+        await self.pool.close()
 
     def _check_path(self, target: bytes) -> None:
         path = unquote(target.partition(b"?")[0].decode("latin-1"))
@@ -267,13 +396,6 @@ class HttpProxyService(ProtocolService):
                 log.info("bad HTTP request from %s: %s", peer, exc)
             await _send_error(stream, core, exc.status, str(exc))
             return
-        try:
-            up = await self._tcp.dial(tcp_multiaddr(self.host, self.port))
-        except P2PError as exc:
-            log.warning("the exposed server %s:%d is unreachable: %s", self.host, self.port, exc)
-            await _send_error(stream, core, 502, "bad gateway: the exposed server is unreachable")
-            return
-        assert isinstance(up, Connection)
         headers = [
             (k, v) for k, v in head.headers if k.lower() not in (PEER_ID_HEADER.encode(), b"host")
         ]
@@ -282,7 +404,7 @@ class HttpProxyService(ProtocolService):
             *headers,
             (PEER_ID_HEADER.encode(), str(peer).encode()),
         ]
-        await forward_exchange(stream, core, head, up, head.target, headers, self.limits)
+        await forward_exchange(stream, core, head, self.pool, head.target, headers, self.limits)
 
 
 async def _relay_body(
@@ -293,9 +415,12 @@ async def _relay_body(
     out: bytes,
     limits: HttpLimits,
     early: str,
+    *,
+    last: bool = False,
 ) -> None:
     """Pass a message body from ``src`` to ``dst`` after ``out`` (its head): what one read
-    gives goes on in one write; raise :class:`HttpError` (``early``) if ``src`` stops first."""
+    gives goes on in one write; raise :class:`HttpError` (``early``) if ``src`` stops first.
+    ``last``: the final write half-closes ``dst`` too (one request per stream)."""
     while True:
         event = src_core.next_event()
         if event is h11.NEED_DATA:
@@ -306,7 +431,7 @@ async def _relay_body(
             out += dst_core.send(h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
             out += dst_core.send(h11.EndOfMessage())
-            await write_timed(dst, out, limits.write_timeout)
+            await write_timed(dst, out, limits.write_timeout, last=last)
             return
         else:
             raise HttpError(early)
@@ -337,6 +462,15 @@ class LocalTcpPort(abc.ABC):
         """Serve one accepted TCP connection."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_peer(segment: str) -> PeerId | None:
+    """The peer id ``segment`` spells, or ``None`` (cached: a gateway sees the same few)."""
+    try:
+        return PeerId.from_string(segment)
+    except InvalidPeerId:
+        return None
+
+
 class Gateway(LocalTcpPort):
     """A local HTTP server through which HTTP clients reach peers: ``/p2p/<peer>/path``.
 
@@ -364,11 +498,11 @@ class Gateway(LocalTcpPort):
     async def _peer(self, segment: str) -> Target:
         if segment in self.names:
             return self.names[segment]
-        try:
-            return PeerId.from_string(segment)
-        except InvalidPeerId:
-            if self.resolve is None:
-                raise HttpError(f"{segment!r} is not a peer id nor a known name", 400) from None
+        peer = _parse_peer(segment)
+        if peer is not None:
+            return peer
+        if self.resolve is None:
+            raise HttpError(f"{segment!r} is not a peer id nor a known name", 400)
         try:
             return await self.resolve(segment)
         except P2PError as exc:
@@ -411,5 +545,12 @@ class Gateway(LocalTcpPort):
         headers = [(k, v) for k, v in head.headers if k.lower() != b"host"]
         headers.insert(0, (b"host", str(peer).encode()))
         return await forward_exchange(
-            conn, core, head, up, target, headers, self.limits, keep_alive=True
+            conn,
+            core,
+            head,
+            OneStream(up, self.limits),
+            target,
+            headers,
+            self.limits,
+            keep_alive=True,
         )

@@ -294,6 +294,8 @@ class _HttpExchange:
         finally:
             if self._watcher is not None:
                 self._watcher.cancel()
+        if self._answered:
+            return
         if self.disconnected.is_set():
             await self.stream.reset()
             return
@@ -377,8 +379,11 @@ class _HttpExchange:
             if data:
                 await write_timed(self.stream, data, self.limits.write_timeout)
                 await self.stream.close()
+                self._answered = True  # the application's end must not reset the answer
                 return
         await self.stream.reset()
+
+    _answered = False
 
     # --- send ---------------------------------------------------------------------------
 

@@ -987,7 +987,8 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         service = TcpExposeService(host, port, allow=_peer_ids(args.allow) if args.allow else None)
     elif len(spec) == 1 and spec[0].startswith("http://"):
         kind = f"HTTP server {spec[0]}"
-        service = HttpProxyService(spec[0], allow=_peer_ids(args.allow) if args.allow else None)
+        allow = _peer_ids(args.allow) if args.allow else None
+        service = HttpProxyService(spec[0], allow=allow, limits=_http_limits(args))
     else:
         print(
             "switchy: error: expose http://HOST:PORT[/PREFIX] or expose tcp HOST:PORT",
@@ -995,17 +996,26 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         )
         return 2
     _show_refusals()
+    if args.register is not None and not (args.registry or args.mdns):
+        raise InvalidConfiguration("--register needs --registry MULTIADDR or --mdns")
     services: list[Any] = [service]
     if args.relay:
         from switchy.transports.relay import RelayTransport
 
         services.append(RelayTransport(args.relay))
+    if args.register is not None:
+        from switchy.protocols.discovery.backends import register_name
+
+        services += _name_backends(args)
     key = _stable_key(args.key)
     async with default_node(key=key, services=services, config=args.config) as node:
         if args.listen or not args.relay:
             await node.listen(*(args.listen or [DEFAULT_LISTEN]))
         for _ in args.relay:
             await node.listen("/p2p-circuit")
+        if args.register is not None:  # before the addresses: they tell the name is found
+            await register_name(node, args.register)
+            print(f"registered {args.register!r}", file=sys.stderr)
         for addr in node.full_addrs:
             print(addr)
         sys.stdout.flush()
@@ -1013,6 +1023,27 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         print(f"exposing the {kind} to {who}; Ctrl-C to stop", file=sys.stderr)
         await stop.wait()
     return 0
+
+
+def _name_backends(args: argparse.Namespace) -> list[Any]:
+    """The discovery backends of ``expose``/``gateway``: ``--registry`` and ``--mdns``."""
+    backends: list[Any] = []
+    if args.registry:
+        from switchy.protocols.discovery.backends import RegistryBackend
+
+        backends.append(RegistryBackend(args.registry))
+    if args.mdns:
+        from switchy.protocols.discovery.mdns import MdnsService
+
+        backends.append(MdnsService())
+    return backends
+
+
+def _http_limits(args: argparse.Namespace) -> Any:
+    """The HTTP limits of ``expose``/``gateway`` (``--max-upload``)."""
+    from switchy.protocols.http.core import HttpLimits
+
+    return HttpLimits(max_request_body=args.max_upload)
 
 
 def _loopback_note(host: str, what: str) -> None:
@@ -1033,12 +1064,8 @@ async def _cmd_gateway(args: argparse.Namespace) -> int:
     from switchy.stack.addresses import parse_multiaddr, split_peer
 
     host, port = args.listen
-    services: list[Any] = []
+    services: list[Any] = _name_backends(args)
     resolve = None
-    if args.registry:
-        from switchy.protocols.discovery.backends import RegistryBackend, discover
-
-        services.append(RegistryBackend(args.registry))
     key = _stable_key(args.key)
     async with default_node(key=key, services=services, config=args.config) as node:
         for text in args.peer:
@@ -1048,14 +1075,15 @@ async def _cmd_gateway(args: argparse.Namespace) -> int:
                 print(f"switchy: error: --peer {text} has no /p2p/<peer-id>", file=sys.stderr)
                 return 2
             node.peerstore.add_addrs(peer, [addr])
-        if args.registry:
+        if services:
+            from switchy.protocols.discovery.backends import discover
 
             async def resolve(name: str) -> Any:
                 found = await discover(node, name)
                 node.peerstore.add_addrs(found.peer_id, list(found.addrs))
                 return found.peer_id
 
-        gateway = Gateway(node, resolve=resolve)
+        gateway = Gateway(node, resolve=resolve, limits=_http_limits(args))
         bound_host, bound_port = await gateway.listen(host, port)
         print(f"http://{bound_host}:{bound_port}/p2p/<peer-id>/")
         sys.stdout.flush()
@@ -1418,6 +1446,7 @@ def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> Call
 def _add_http_commands(sub: Any) -> None:
     """The parser entries of ``expose``, ``gateway`` and ``forward``."""
     key_help = f"key file (created if missing; default {default_key_path()}, as switchy id)"
+    max_upload_help = "refuse request bodies larger than this with 413 (default: no limit)"
     s = sub.add_parser(
         "expose", help="serve a local HTTP server (http://HOST:PORT) or TCP service to peers"
     )
@@ -1444,6 +1473,10 @@ def _add_http_commands(sub: Any) -> None:
         help="also listen through this relay (repeatable)",
     )
     s.add_argument("--key", help=key_help)
+    s.add_argument("--register", metavar="NAME", help="register NAME (--registry, --mdns)")
+    s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
+    s.add_argument("--mdns", action="store_true", help="announce NAME on the LAN by mDNS")
+    s.add_argument("--max-upload", type=int, metavar="BYTES", help=max_upload_help)
     s.set_defaults(func=_cmd_expose)
 
     s = sub.add_parser("gateway", help="a local HTTP server reaching peers at /p2p/<peer-id>/")
@@ -1467,7 +1500,9 @@ def _add_http_commands(sub: Any) -> None:
         action="append",
         help="resolve /p2p/<name>/ at this registry",
     )
+    s.add_argument("--mdns", action="store_true", help="resolve /p2p/<name>/ by mDNS on the LAN")
     s.add_argument("--key", help=key_help)
+    s.add_argument("--max-upload", type=int, metavar="BYTES", help=max_upload_help)
     s.set_defaults(func=_cmd_gateway)
 
     s = sub.add_parser("forward", help="a local TCP port leading to a peer's exposed TCP service")
