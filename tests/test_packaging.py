@@ -26,7 +26,10 @@ DISTRIBUTIONS = {"nacl": "pynacl"}
 #: third-party imports of the shipped conformance suites only (the `conformance` extra)
 SUITE_ONLY = {"pytest", "hypothesis"}
 #: third-party imports of optional modules -> (the extra declaring them, the files allowed)
-EXTRA_ONLY = {"httpx": ("http", {"protocols/http/client.py"})}
+EXTRA_ONLY = {
+    "httpx": ("http", {"protocols/http/client.py"}),
+    "iroh": ("iroh", {"transports/iroh/ffi.py"}),
+}
 #: the venv and install steps reach the package index: generous, for a slow machine
 INSTALL_TIMEOUT = 600
 

@@ -10,7 +10,8 @@ peer id and an endpoint id name the same key.
 * :mod:`switchy.transports.iroh.ffi` — the bindings' sharp edges: loading, event loop
   registration, error mapping, the fast write path, closing endpoints at exit;
 * :mod:`switchy.transports.iroh.connection` — :class:`IrohConnection`, :class:`IrohStream`;
-* :mod:`switchy.transports.iroh.transport` — :class:`IrohTransport`, :class:`IrohListener`.
+* :mod:`switchy.transports.iroh.transport` — :class:`IrohTransport`, :class:`IrohListener`;
+* :mod:`switchy.transports.iroh.harness` — the conformance harnesses (transport, muxer, node).
 """
 
 from switchy.transports.iroh.address import (
