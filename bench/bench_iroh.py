@@ -13,6 +13,9 @@ Figures (loopback, both ends in one event loop, medians over ``--rounds`` interl
   a bare iroh ``connect`` between two bound endpoints;
 - the lowering alone: MB/s of the bindings' ``bytes`` conversion vs ours (1 MiB).
 
+Throughput is also given per CPU second of this process (``time.process_time``, which counts
+every thread: iroh's Rust runtime threads too), the figure to compare on a loaded machine.
+A node connect includes, for iroh, binding the fresh node's endpoint (bound on first dial).
 Every iroh endpoint uses the minimal preset with relays disabled (nothing online).
 
 Usage: ``python -m bench.bench_iroh [--quick] [--rounds N]``.
@@ -68,12 +71,13 @@ async def _node_figures(kind: str, total: int, setups: int, out: dict[str, list[
         server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
         stream = await client.open_stream(target, SINK_PROTOCOL)
         data = bytes(CHUNK)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(total // CHUNK):
             await stream.write(data)
         await stream.close_write()
         assert await done == total
         out[f"{kind}_stream"].append(total / (time.perf_counter() - start))
+        out[f"{kind}_stream_cpu"].append(total / (time.process_time() - cpu))
         out[f"{kind}_ping"].extend(await ping(client, server.peer_id, count=50))
 
 
@@ -121,7 +125,7 @@ async def _bare_iroh(total: int, setups: int, out: dict[str, list[float]]) -> No
 
             counter = asyncio.create_task(sink())
             data = bytes(CHUNK)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(size // CHUNK):
                 if write is None:
                     await send.write_all(data)
@@ -130,6 +134,7 @@ async def _bare_iroh(total: int, setups: int, out: dict[str, list[float]]) -> No
             await send.finish()
             assert await counter == size
             out[name].append(size / (time.perf_counter() - start))
+            out[f"{name}_cpu"].append(size / (time.process_time() - cpu))
         # 32-byte round trips on one bi-stream
         bi = await conn.open_bi()
         send, recv = bi.send(), bi.recv()
@@ -186,11 +191,16 @@ async def run(total: int, setups: int, rounds: int) -> dict[str, Any]:
     result: dict[str, Any] = {"bytes_per_transfer": total, "rounds": rounds}
     for kind in KINDS:
         result[f"{kind}_node_stream_MBps"] = _med(out[f"{kind}_stream"], mb)
+        result[f"{kind}_node_stream_MB_per_cpu_s"] = _med(out[f"{kind}_stream_cpu"], mb)
         result[f"{kind}_ping_rtt_median_ms"] = _med(out[f"{kind}_ping"], ms)
         result[f"{kind}_node_connect_ms"] = _med(out[f"{kind}_connect"], ms)
     result |= {
         "bare_iroh_stream_bindings_write_MBps": _med(out["bare_iroh_stream_bindings"], mb),
         "bare_iroh_stream_fast_write_MBps": _med(out["bare_iroh_stream_fast"], mb),
+        "bare_iroh_stream_bindings_write_MB_per_cpu_s": _med(
+            out["bare_iroh_stream_bindings_cpu"], mb
+        ),
+        "bare_iroh_stream_fast_write_MB_per_cpu_s": _med(out["bare_iroh_stream_fast_cpu"], mb),
         "bare_iroh_rtt_median_ms": _med(out["bare_iroh_rtt"], ms),
         "bare_iroh_connect_ms": _med(out["bare_iroh_connect"], ms),
         "bindings_bytes_lowering_MBps": _med(out["lower_bindings"], mb),

@@ -129,10 +129,11 @@ def test_nodes_ping_request_and_transfer_over_iroh(tmp_path: Path) -> None:
             (tmp_path / "out").mkdir()
             out = await fetch(client, ticket, tmp_path / "out")
             assert out.read_bytes() == data
-        # node close shut the endpoints down
+        # node close shut the endpoints down and gave the bindings their loop setting back
         for n in (server, client):
             t = n.transports[0]
             assert isinstance(t, IrohTransport) and t.endpoint is None
+        assert iroh.iroh_ffi._UNIFFI_GLOBAL_EVENT_LOOP is None
 
     _run(main)
 

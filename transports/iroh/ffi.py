@@ -5,6 +5,8 @@
 * :func:`register_loop` hands the running event loop to the bindings
   (``uniffi_set_event_loop``): callbacks from Rust threads need it, and it must follow the
   loop when a process runs several loops one after the other (tests);
+  :func:`release_loop` hands it back once our endpoints are closed (the setting is global
+  and would otherwise pin later users of the bindings to a finished loop);
 * :func:`map_error` turns an ``IrohError`` (whose ``str()`` is empty) into our error
   hierarchy with its kind and message;
 * :func:`write_all` sends bytes without the bindings' byte-at-a-time copy: their
@@ -55,6 +57,7 @@ __all__ = [
     "load",
     "map_error",
     "register_loop",
+    "release_loop",
     "track",
     "write_all",
 ]
@@ -102,6 +105,15 @@ def register_loop() -> None:
     if _registered is not loop:
         load().iroh_ffi.uniffi_set_event_loop(loop)
         _registered = loop
+
+
+def release_loop() -> None:
+    """Undo :func:`register_loop` once no endpoint we bound is open, so that later uses of
+    the bindings (another loop, the ``iroh`` package used directly) get their running loop."""
+    global _registered
+    if _registered is not None and all(ep.is_closed() for ep in list(_endpoints)):
+        load().iroh_ffi.uniffi_set_event_loop(None)
+        _registered = None
 
 
 def map_error(exc: BaseException, doing: str) -> P2PError:
@@ -238,3 +250,4 @@ def _close_at_exit() -> None:
         asyncio.run(run())
     except Exception as exc:  # at exit: report, never raise
         log.warning("closing iroh endpoints at exit failed: %r", exc)
+    release_loop()

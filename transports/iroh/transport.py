@@ -299,6 +299,7 @@ class IrohTransport(Transport):
             ffi.register_loop()
             with contextlib.suppress(Exception):
                 await ep.close()
+        ffi.release_loop()
 
     def __repr__(self) -> str:
         state = "unbound" if self._endpoint is None else f"{len(self._connections)} connections"
