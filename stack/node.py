@@ -260,6 +260,9 @@ class Node:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.config.close_timeout)
+        for t in self.transports:
+            with contextlib.suppress(Exception):
+                await t.shutdown()
         for q in self._subscribers:
             q.put_nowait(None)
         self._closed.set()

@@ -51,6 +51,10 @@ class Transport(abc.ABC):
     def bind(self, key: KeyPair, config: NetworkConfig) -> None:  # noqa: B027
         """Called once by the node before use; transports that need the key keep it."""
 
+    async def shutdown(self) -> None:  # noqa: B027
+        """Called once by the node at the end of its ``close``: release what ``listen`` and
+        ``dial`` opened that outlives their connections (an iroh endpoint).  Default: nothing."""
+
     def observer_group(self, addr: Multiaddr) -> str | None:
         """Who ``addr`` (a peer's address on one of our connections) is, as an observer of
         our addresses: peers in one group count once (default: the IPv4 address, or the

@@ -29,6 +29,7 @@ SUITE_ONLY = {"pytest", "hypothesis"}
 EXTRA_ONLY = {
     "httpx": ("http", {"protocols/http/client.py"}),
     "prometheus_client": ("metrics", {"src/switchy/monitoring.py"}),
+    "iroh": ("iroh", {"transports/iroh/ffi.py"}),
 }
 #: the venv and install steps reach the package index: generous, for a slow machine
 INSTALL_TIMEOUT = 600

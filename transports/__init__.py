@@ -7,6 +7,8 @@ and listens with.
   streams;
 * :mod:`switchy.transports.relay` — circuit relay v2: reach and be reached through a relay
   (``…/p2p/<relay>/p2p-circuit``), and the relay service itself;
+* :mod:`switchy.transports.iroh` — iroh endpoints (``…/udp/N/iroh/p2p/<id>``; optional
+  extra ``switchy-p2p[iroh]``): QUIC with iroh's own TLS and NAT traversal;
 * :mod:`switchy.transports.sim` — the deterministic network simulator (``/memory/N``,
   virtual time, faults on demand).
 """
