@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -99,10 +100,8 @@ async def resume_fraction(listen: str, src: Path, out: Path) -> dict[str, float]
                     task.cancel()
 
             task = asyncio.ensure_future(fetch(client, ticket, out, progress=kill))
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         first = blobs.served
         blobs.served = 0
         async with default_node() as client:

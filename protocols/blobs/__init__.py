@@ -531,6 +531,14 @@ async def _fetch_file(
     part = out / (name + ".part")
     if part.is_symlink() or final.is_symlink():
         raise ProtocolError(f"refusing to write through a symlink at {part}")
+    if final.is_file() and not part.exists():
+        # already here from an earlier fetch (e.g. of a directory that was interrupted)?
+        lacking, have = await asyncio.to_thread(_missing_chunks, final, manifest)
+        if not lacking and final.stat().st_size == manifest.size:
+            tracker.done += have
+            tracker.resumed += have
+            tracker.report()
+            return final
     missing, resumed = await asyncio.to_thread(_missing_chunks, part, manifest)
     tracker.done += resumed
     tracker.resumed += resumed
