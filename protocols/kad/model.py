@@ -54,10 +54,13 @@ class KadModel:
         max_rtt: float = 0.2,
         query_timeout: float = QUERY_TIMEOUT,
         refresh_buckets: int = 8,
+        stall: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.min_rtt, self.max_rtt = min_rtt, max_rtt
         self.query_timeout = query_timeout
+        #: The lookups' stall time (see :class:`~switchy.protocols.kad.lookup.Lookup`).
+        self.stall = stall
         self.ids = [
             PeerId(b"\x12\x20" + hashlib.sha256(b"%d:%d" % (seed, i)).digest()) for i in range(n)
         ]
@@ -122,7 +125,8 @@ class KadModel:
         entry = table.get(target)
         if entry is not None:
             return LookupOutcome(True, 0, 0, 0.0)
-        lookup = Lookup(key, [(e.peer_id, ()) for e in table.closest(key)], now=0.0, local=source)
+        seeds = [(e.peer_id, ()) for e in table.closest(key)]
+        lookup = Lookup(key, seeds, now=0.0, local=source, stall=self.stall)
         events: list[tuple[float, int, PeerId]] = []
         now = 0.0
         seq = 0
@@ -133,6 +137,10 @@ class KadModel:
                 heapq.heappush(events, (now + delay, seq, peer))
             if not events:
                 return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
+            wake = lookup.next_wakeup()
+            if wake is not None and wake < events[0][0]:
+                now = wake  # a query stalls: ask the next peers
+                continue
             now, _, peer = heapq.heappop(events)
             if lookup.finished(now):
                 return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
@@ -150,7 +158,7 @@ class KadModel:
         node of the whole network is the first of the result."""
         table = self.tables[self.index[source]]
         seeds = [(e.peer_id, ()) for e in table.closest(key)]
-        lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta)
+        lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta, stall=self.stall)
         events: list[tuple[float, int, PeerId]] = []
         now = 0.0
         seq = 0
@@ -161,6 +169,10 @@ class KadModel:
                 heapq.heappush(events, (now + delay, seq, peer))
             if not events:
                 break
+            wake = lookup.next_wakeup()
+            if wake is not None and wake < events[0][0]:
+                now = wake  # a query stalls: ask the next peers
+                continue
             now, _, peer = heapq.heappop(events)
             if peer in self.crashed:
                 lookup.on_failure(peer, now)
