@@ -232,12 +232,18 @@ class Lookup:
 
     def _live(self, path: int | None = None) -> list[_Candidate]:
         """Candidates neither failed nor stalled (of ``path``), closest first."""
+        failed, waiting = PeerState.FAILED, PeerState.WAITING
+        if self.stall is None:
+            return [
+                c for c in self._order if c.state is not failed and (path is None or c.path == path)
+            ]
+        stall, now = self.stall, self.now
         return [
             c
             for c in self._order
-            if c.state is not PeerState.FAILED
+            if c.state is not failed
             and (path is None or c.path == path)
-            and not self._stalled(c)
+            and not (c.state is waiting and now >= c.sent + stall)
         ]
 
     def next_wakeup(self) -> float | None:
