@@ -1,25 +1,39 @@
-"""File transfer over loopback TCP against the raw stream of the same pair; prints JSON.
+"""File transfer over loopback TCP and QUIC against the raw stream of the same transport; JSON.
 
-One process, a default node pair: ``/switchy/blobs/1.0.0`` fetching a ``--size`` file
-(verified chunk by chunk, written to disk) and, as the anchor, the same number of
-bytes written on one raw stream (bench.common.stream_throughput).
+One process, default node pairs.  For each transport, alternating ``--rounds`` times:
 
-Usage: ``python -m bench.bench_blobs [--size BYTES]``.
+- ``raw``: ``--size`` bytes written in 256 KiB writes on one stream and counted by the
+  other side (the anchor; bench.common.stream_throughput's measurement on that transport);
+- ``blobs``: one ``/switchy/blobs/1.0.0`` fetch of a ``--size`` file (manifest, pipelined
+  chunk requests, every chunk BLAKE3-verified and written to disk), timed from the
+  manifest request on an established connection, so that it compares with the anchor
+  (which starts on an open stream); ``blobs_with_dial`` includes the dial.
+
+Then the resume figure: a fetch killed (cancelled) once half the bytes arrived, then a
+second fetch; ``resume_moved_fraction`` is the share of the file the provider served
+again (the goal is <= 0.51).
+
+Usage: ``python -m bench.bench_blobs [--size BYTES] [--rounds N] [--transport tcp|quic|both]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.common import CHUNK, stream_throughput
+from bench.common import CHUNK, SINK_PROTOCOL, sink_handler
 from switchy.presets import default_node
-from switchy.protocols.blobs import BlobService, fetch
+from switchy.protocols.blobs import CHUNK_SIZE, BlobService, Progress, Ticket, fetch
+
+LISTEN = {"tcp": "/ip4/127.0.0.1/tcp/0", "quic": "/ip4/127.0.0.1/udp/0/quic-v1"}
 
 
 def _random_file(path: Path, size: int) -> Path:
@@ -29,41 +43,112 @@ def _random_file(path: Path, size: int) -> Path:
     return path
 
 
-async def blob_throughput(size: int) -> float:
-    """Bytes/s of one verified fetch of a ``size``-byte file."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = _random_file(Path(tmp, "file.bin"), size)
-        out = Path(tmp, "out")
-        out.mkdir()
-        blobs = BlobService()
-        async with (
-            default_node(services=[blobs], listen=["/ip4/127.0.0.1/tcp/0"]),
-            default_node() as client,
-        ):
-            ticket = blobs.add_file(src)
-            start = time.perf_counter()
-            await fetch(client, ticket, out)
-            elapsed = time.perf_counter() - start
-        return size / elapsed
+async def raw_throughput(listen: str, total: int) -> float:
+    """Bytes/s written in CHUNK writes on one stream of a node pair on ``listen``."""
+    async with default_node(listen=[listen]) as server, default_node() as client:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
+        stream = await client.open_stream(server.full_addrs[0], SINK_PROTOCOL)
+        data = bytes(CHUNK)
+        start = time.perf_counter()
+        for _ in range(total // CHUNK):
+            await stream.write(data)
+        await stream.close_write()
+        n = await done
+        elapsed = time.perf_counter() - start
+        assert n == total
+        return total / elapsed
+
+
+async def blob_throughput(listen: str, src: Path, out: Path) -> tuple[float, float]:
+    """Bytes/s of one verified fetch of ``src``: (on a connection, including the dial)."""
+    size = src.stat().st_size
+    blobs = BlobService()
+    async with default_node(services=[blobs], listen=[listen]) as server, default_node() as client:
+        ticket = blobs.add_file(src)
+        start = time.perf_counter()
+        await client.connect(server.full_addrs[0])
+        connected = time.perf_counter()
+        path = await fetch(client, ticket, out)
+        end = time.perf_counter()
+    path.unlink()
+    return size / (end - connected), size / (end - start)
+
+
+class _Counting(BlobService):
+    """Counts the bytes served."""
+
+    served = 0
+
+    def read_chunk(self, path: Path, index: int) -> bytes:
+        data = super().read_chunk(path, index)
+        self.served += len(data)
+        return data
+
+
+async def resume_fraction(listen: str, src: Path, out: Path) -> dict[str, float]:
+    """Kill a fetch at 50 %, fetch again; the share of the file moved by the second fetch."""
+    size = src.stat().st_size
+    blobs = _Counting()
+    async with default_node(services=[blobs], listen=[listen]) as _server:
+        ticket: Ticket = blobs.add_file(src)
+        async with default_node() as client:
+            task: asyncio.Task[Path] | None = None
+
+            def kill(p: Progress) -> None:
+                if p.done >= size // 2 and task is not None:
+                    task.cancel()
+
+            task = asyncio.ensure_future(fetch(client, ticket, out, progress=kill))
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        first = blobs.served
+        blobs.served = 0
+        async with default_node() as client:
+            path = await fetch(client, ticket, out)
+        assert path.stat().st_size == size
+        path.unlink()
+    return {"first_fetch_served": first / size, "resume_moved_fraction": blobs.served / size}
+
+
+async def run(transport: str, size: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    """Alternate raw and blobs rounds on ``transport``; medians and the resume figure."""
+    listen = LISTEN[transport]
+    src = _random_file(tmp / "file.bin", size)
+    out = tmp / "out"
+    out.mkdir(exist_ok=True)
+    raw, blob, dialed = [], [], []
+    for _ in range(rounds):
+        raw.append(await raw_throughput(listen, size))
+        b, d = await blob_throughput(listen, src, out)
+        blob.append(b)
+        dialed.append(d)
+    result: dict[str, Any] = {
+        "transport": transport,
+        "bytes": size,
+        "rounds": rounds,
+        "raw_stream_MBps": [round(x / 1e6, 1) for x in raw],
+        "blobs_MBps": [round(x / 1e6, 1) for x in blob],
+        "blobs_with_dial_MBps": [round(x / 1e6, 1) for x in dialed],
+        "ratio_median": statistics.median(b / r for b, r in zip(blob, raw, strict=True)),
+    }
+    result.update(await resume_fraction(listen, src, out))
+    src.unlink()
+    return result
 
 
 def main() -> None:
-    """Run both measurements; print MB/s and the ratio."""
+    """Run the measurements; print one JSON object per transport."""
     p = argparse.ArgumentParser()
-    p.add_argument("--size", type=int, default=256 * 1024 * 1024)
-    size = p.parse_args().size // CHUNK * CHUNK
-    raw = asyncio.run(stream_throughput(size))
-    blob = asyncio.run(blob_throughput(size))
-    print(
-        json.dumps(
-            {
-                "bytes": size,
-                "raw_stream_MBps": raw / 1e6,
-                "blobs_MBps": blob / 1e6,
-                "ratio": blob / raw,
-            }
-        )
-    )
+    p.add_argument("--size", type=int, default=1 << 30)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--transport", choices=["tcp", "quic", "both"], default="both")
+    args = p.parse_args()
+    size = max(CHUNK_SIZE, args.size // CHUNK * CHUNK)
+    transports = ["tcp", "quic"] if args.transport == "both" else [args.transport]
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in transports:
+            print(json.dumps(asyncio.run(run(t, size, args.rounds, Path(tmp)))), flush=True)
 
 
 if __name__ == "__main__":

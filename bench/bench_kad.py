@@ -6,7 +6,11 @@ Figures: find-peer lookups (end when the target is named, as ``KadDHT.find_peer`
 and closest-peer lookups (run to the end with beta = k, as ``put_value``/``provide``):
 success ratio, rounds of queries (median, p90, max), queries per lookup and
 latency percentiles, with every node up and with 10% of the nodes crashed
-(the routing tables still naming them); log2(n) for comparison; wall time.
+(the routing tables still naming them), the latter also with the lookups' stall time
+(``crashed_10pct_stall``: KadDHT's adaptive behaviour); log2(n) for comparison; wall time.
+
+With ``--churn``: per epoch 10% of the nodes leave and as many join, 50 records are
+republished every 3 epochs, 200 gets per epoch measure the share still found.
 
 Goals (issue 18): median lookup within 4 rounds, >= 99% success with 10% crashed,
 <= 60 s wall for the 1,000-node run.
@@ -15,7 +19,8 @@ With ``--loopback N``: instead, N real nodes (TCP + Noise + yamux on 127.0.0.1, 
 process) run KadDHT servers bootstrapped through the first; figures are the wall time
 of joining and of put/get rounds (a ``/pk/`` record put from one node, got from another).
 
-Usage: ``python -m bench.bench_kad [--nodes N] [--lookups L] [--seed S] [--loopback N]``.
+Usage: ``python -m bench.bench_kad [--nodes N] [--lookups L] [--seed S] [--loopback N]
+[--churn]``.
 """
 
 from __future__ import annotations
@@ -25,8 +30,39 @@ import json
 import random
 import time
 
+import attrs
+
+from switchy.protocols.kad.lookup import MIN_STALL
 from switchy.protocols.kad.model import KadModel, summarize
 from switchy.protocols.kad.routing import kad_key
+
+#: The stall time of the ``crashed_10pct_stall`` figures: what KadDHT's RttEstimator
+#: suggests for round trips of 20-200 ms (its floor).
+STALL = MIN_STALL
+
+
+def churn(nodes: int, seed: int, epochs: int = 10) -> dict[str, object]:
+    """The churn simulation: per epoch 10% of the nodes leave and as many join; records
+    republished every 3 epochs; per-epoch found ratio and median get latency."""
+    t0 = time.perf_counter()
+    model = KadModel(nodes, seed=seed, stall=STALL)
+    out = model.churn(
+        epochs=epochs,
+        leave=0.10,
+        join=nodes // 10,
+        records=50,
+        gets=200,
+        republish_every=3,
+    )
+    return {
+        "nodes": nodes,
+        "seed": seed,
+        "leave_per_epoch": 0.10,
+        "republish_every_epochs": 3,
+        "epochs": [attrs.asdict(e) for e in out],
+        "found_ratio_min": min(e.found_ratio for e in out),
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
 
 
 def run(nodes: int, lookups: int, seed: int) -> dict[str, object]:
@@ -36,9 +72,11 @@ def run(nodes: int, lookups: int, seed: int) -> dict[str, object]:
     built = time.perf_counter() - t0
     rng = random.Random(seed + 1)
     out: dict[str, object] = {"nodes": nodes, "seed": seed, "build_wall_s": round(built, 2)}
-    for label in ("all_up", "crashed_10pct"):
+    for label in ("all_up", "crashed_10pct", "crashed_10pct_stall"):
         if label == "crashed_10pct":
             model.crash(0.10)
+        if label == "crashed_10pct_stall":
+            model.stall = STALL
         live = [p for p in model.ids if p not in model.crashed]
         pairs = [(rng.choice(live), rng.choice(live)) for _ in range(lookups)]
         find = [model.lookup(a, b) for a, b in pairs if a != b]
@@ -109,7 +147,11 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loopback", type=int, default=0, metavar="N")
+    parser.add_argument("--churn", action="store_true", help="the churn simulation instead")
     args = parser.parse_args()
+    if args.churn:
+        print(json.dumps(churn(args.nodes, args.seed), indent=2))
+        return
     if args.loopback:
         import asyncio
 

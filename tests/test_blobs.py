@@ -15,15 +15,22 @@ from typing import Any
 import attrs
 import pytest
 
+import switchy.protocols.blobs as blobs_module
 from switchy.presets import default_node
 from switchy.protocols.blobs import (
     CHUNK_SIZE,
+    CHUNKS_PER_REQUEST,
+    PIPELINE,
     BlobCorrupt,
     BlobService,
+    DirEntry,
+    DirManifest,
     Manifest,
     Progress,
     Ticket,
+    decode_manifest,
     fetch,
+    safe_relpath,
 )
 from switchy.stack.errors import P2PError, ProtocolError, SerializationError
 from switchy.stack.identity import KeyPair
@@ -31,7 +38,7 @@ from switchy.stack.node import Node
 from switchy.transports.tcp import TcpTransport
 
 TCP = "/ip4/127.0.0.1/tcp/0"
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "send_file.py"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "file_transfer.py"
 
 
 class CountingBlobs(BlobService):
@@ -196,8 +203,10 @@ def test_cli_send_and_receive(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert Path(r.stdout.strip()) == out / "data.bin"
         assert (out / "data.bin").read_bytes() == src.read_bytes()
-        events = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+        lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+        events = [e for e in lines if "done" in e]
         assert events[-1] == {"done": src.stat().st_size, "total": src.stat().st_size, "resumed": 0}
+        assert {"route": "direct"} in lines
     finally:
         sender.send_signal(signal.SIGINT)
         sender.wait(timeout=20)
@@ -221,3 +230,146 @@ def test_several_receivers_at_once(tmp_path: Path) -> None:
             assert sorted(blobs.served) == sorted(list(range(4)) * 3)
 
     run(main())
+
+
+def test_requests_are_pipelined_and_a_large_file_arrives_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = CHUNKS_PER_REQUEST * (PIPELINE + 2) + 3
+    src = make_file(tmp_path, n * CHUNK_SIZE - 99)
+    out = tmp_path / "out"
+    out.mkdir()
+    requests: list[int] = []
+    sent: list[int] = []
+    all_sent = asyncio.Event()
+    real_header = blobs_module._header
+
+    def counting_header(obj: dict[str, Any]) -> bytes:
+        if obj.get("op") == "chunks":
+            sent.append(obj["first"])
+            if len(sent) == PIPELINE:
+                all_sent.set()
+        return real_header(obj)
+
+    monkeypatch.setattr(blobs_module, "_header", counting_header)
+
+    async def main() -> None:
+        blobs = CountingBlobs()
+        real = blobs._serve_chunks
+
+        async def spy(stream: Any, entry: Any, req: dict[str, Any]) -> None:
+            requests.append(req["first"])
+            if len(requests) == 1:
+                # the receiver sends PIPELINE requests before the first answer
+                await asyncio.wait_for(all_sent.wait(), 20)
+            await real(stream, entry, req)
+
+        blobs._serve_chunks = spy  # type: ignore[method-assign]
+        async with node(blobs), node() as b:
+            path = await fetch(b, blobs.add_file(src), out)
+            assert path.read_bytes() == src.read_bytes()
+            assert sorted(blobs.served) == list(range(n))
+
+    run(main())
+    assert requests == sent == list(range(0, n, CHUNKS_PER_REQUEST))
+
+
+def test_a_directory_arrives_with_its_tree_and_skips_symlinks(tmp_path: Path) -> None:
+    top = tmp_path / "photos"
+    (top / "2026" / "dec").mkdir(parents=True)
+    (top / "empty").mkdir()
+    files = {
+        "a.txt": b"alpha",
+        "2026/b.bin": os.urandom(2 * CHUNK_SIZE + 5),
+        "2026/dec/c.bin": os.urandom(100),
+        "zero": b"",
+    }
+    for rel, data in files.items():
+        (top / rel).write_bytes(data)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not to be sent")
+    (top / "link").symlink_to(secret)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        blobs = BlobService()
+        async with node(blobs), node() as b:
+            events: list[Progress] = []
+            ticket = blobs.add_dir(top)
+            path = await fetch(b, ticket, out, progress=events.append)
+            assert path == out / "photos"
+            got = {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+            assert got == files
+            total = sum(len(d) for d in files.values())
+            assert events[-1] == Progress(total, total, 0)
+            # a second fetch finds everything in place and moves nothing
+            again: list[Progress] = []
+            await fetch(b, ticket, out, progress=again.append)
+            assert again[-1] == Progress(total, total, total)
+
+    run(main())
+    assert not (out / "photos" / "link").exists()
+
+
+@pytest.mark.parametrize(
+    "bad", ["../evil", "/etc/evil", "a/../../evil", "a//b", "./a", "a/", "x\\y", ""]
+)
+def test_unsafe_directory_paths_are_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ProtocolError, match="unsafe path"):
+        safe_relpath(bad)
+    src = make_file(tmp_path, 1000)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def main() -> None:
+        blobs = BlobService()
+        async with node(blobs) as a, node() as b:
+            real = blobs.add_file(src)
+            evil = DirManifest("d", (DirEntry(bad, 1000, real.root),))
+            blobs._dirs[evil.root] = evil.encode()
+            with pytest.raises(ProtocolError, match="unsafe path"):
+                await fetch(b, Ticket(a.peer_id, tuple(a.full_addrs), evil.root), out)
+
+    run(main())
+    assert list(out.iterdir()) == []
+
+
+def test_a_symlinked_directory_in_the_target_is_not_followed(tmp_path: Path) -> None:
+    top = tmp_path / "d"
+    (top / "sub").mkdir(parents=True)
+    (top / "sub" / "f").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    (out / "d").mkdir(parents=True)
+    (out / "d" / "sub").symlink_to(elsewhere)
+
+    async def main() -> None:
+        blobs = BlobService()
+        async with node(blobs), node() as b:
+            with pytest.raises(ProtocolError, match="not a plain directory"):
+                await fetch(b, blobs.add_dir(top), out)
+
+    run(main())
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_manifests_decode_and_reject_malformed_input() -> None:
+    m = Manifest("f", CHUNK_SIZE + 1, (b"\x01" * 32, b"\x02" * 32))
+    assert decode_manifest(m.encode()) == m
+    d = DirManifest("d", (DirEntry("a/b", 3, b"\x03" * 32),))
+    assert decode_manifest(d.encode()) == d
+    assert Manifest.decode(m.encode()) == m
+    with pytest.raises(SerializationError, match="directory manifest"):
+        Manifest.decode(d.encode())
+    wrong_hash = m.encode().replace(b'"blake3"', b'"sha256"')
+    header_len = wrong_hash[0]
+    with pytest.raises(SerializationError, match="is not 'blake3'"):
+        decode_manifest(bytes([header_len]) + wrong_hash[1:])
+    enc = d.encode()
+    for bad in (enc[:-1], enc + b"x", enc.replace(b'"count": 1', b'"count": 2')):
+        with pytest.raises(SerializationError):
+            decode_manifest(bad)
+    with pytest.raises(SerializationError):
+        decode_manifest(m.encode()[:-1])

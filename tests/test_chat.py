@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from switchy.chat import chat_topic, decode_chat, encode_chat, run_chat
+from switchy.chat import DM_PROTOCOL, ChatService, chat_topic, decode_chat, encode_chat, run_chat
 from switchy.presets import default_node
 from switchy.protocols.pubsub import PubSub, Received
 from switchy.stack.identity import KeyPair
@@ -158,3 +158,70 @@ def test_example_chat_as_a_subprocess() -> None:
                     await proc.wait()
 
     asyncio.run(asyncio.wait_for(main(), 90))
+
+
+def test_direct_messages_and_history_on_join() -> None:
+    """``/dm NICK text`` reaches only that peer on /switchy/chat/dm/1.0.0; a malformed
+    direct message is answered ``bad`` and not shown; a peer joining later gets the
+    room's recent lines from a member (/switchy/chat/history/1.0.0), and none for
+    another room."""
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            screens = [Screen() for _ in range(3)]
+            nicks = ["alice", "bob", "carol"]
+            ps = [PubSub() for _ in range(3)]
+            cs = [ChatService("lobby", n, sc.show) for n, sc in zip(nicks, screens, strict=True)]
+            nodes = [
+                await stack.enter_async_context(
+                    default_node(transports=[TcpTransport()], services=[p, c], listen=[TCP])
+                )
+                for p, c in zip(ps, cs, strict=True)
+            ]
+            await nodes[1].connect(nodes[0].full_addrs[0])
+            inputs: list[asyncio.Queue[str | None]] = [asyncio.Queue() for _ in nodes]
+            chats = [
+                asyncio.ensure_future(
+                    run_chat(
+                        nodes[i],
+                        ps[i],
+                        "lobby",
+                        nicks[i],
+                        queue_lines(inputs[i]),
+                        screens[i].show,
+                        cs[i],
+                    )
+                )
+                for i in range(2)
+            ]
+            topic = chat_topic("lobby")
+            await asyncio.wait_for(ps[0].wait_for_peers(topic, 1, mesh=True), 20)
+            await asyncio.wait_for(ps[1].wait_for_peers(topic, 1, mesh=True), 20)
+            inputs[0].put_nowait("first line")
+            await screens[1].wait_for("first line")
+            inputs[1].put_nowait("/dm alice psst")
+            assert await screens[1].wait_for("* sent to") == "* sent to alice"
+            dm = await screens[0].wait_for("[dm]")
+            assert dm.startswith("[dm] <bob@") and dm.endswith("> psst")
+            inputs[1].put_nowait("/dm nobody hello")
+            assert "nobody called 'nobody'" in await screens[1].wait_for("not sent to nobody")
+            # a malformed direct message
+            stream = await nodes[1].open_stream(nodes[0].peer_id, DM_PROTOCOL)
+            await stream.send_message(b"\\xffjunk")
+            assert await stream.recv_message(max_size=16) == b"bad"
+            await stream.close()
+            # carol joins later and asks alice for the history
+            await nodes[2].connect(nodes[0].full_addrs[0])
+            old = await cs[2].fetch_history(nodes[0].peer_id)
+            assert [(c.nick, c.text) for c in old] == [("alice", "first line")]
+            assert old[0].source == str(nodes[0].peer_id)
+            other = ChatService("elsewhere", "dave")
+            other._node = nodes[2]
+            assert await other.fetch_history(nodes[0].peer_id) == []
+            for q in inputs[:2]:
+                q.put_nowait("/quit")
+            await asyncio.wait_for(asyncio.gather(*chats), 10)
+            assert not any("junk" in x for x in screens[0].lines)
+            assert not any("[dm]" in x for x in screens[2].lines)
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from switchy.protocols.kad.lookup import ALPHA, Lookup, PeerState
+from switchy.protocols.kad.lookup import ALPHA, Lookup, PeerState, RttEstimator
 from switchy.protocols.kad.routing import K, kad_key
 from switchy.stack.identity import PeerId
 from tests.kad_helpers import ModelNetwork, drive, peer
@@ -157,3 +157,50 @@ def test_any_answers_keep_the_invariants(target: int, seeds: list[int], rnd: obj
     got = [p for p, _ in lookup.result()]
     assert set(got) <= answered
     assert got == sorted(got, key=lambda p: kad_key(p.multihash) ^ target)
+
+
+def test_a_stalled_query_frees_its_slot_and_does_not_hold_up_the_end() -> None:
+    """With a stall time a query unanswered that long frees its slot (a new query goes
+    out), the lookup can end without it, and its late answer still counts."""
+    target = 777
+    seeds = _seeds(_NET, _NET.ids[0])
+    lookup = Lookup(target, seeds, now=0.0, stall=1.0)
+    first = lookup.next_queries(0.0)
+    assert len(first) == ALPHA
+    assert lookup.next_wakeup() == 1.0
+    assert lookup.next_queries(0.5) == []
+    silent = first[0][0]
+    for p, _ in first[1:]:
+        lookup.on_response(p, _NET.answer(p, target), 0.6)
+    again = lookup.next_queries(1.0)  # the silent one stalled: its slot is free again
+    assert len(again) == ALPHA and silent not in [p for p, _ in again]
+    assert lookup.in_flight() == ALPHA
+    assert lookup.state_of(silent) is PeerState.WAITING
+    now = 1.0
+    while not lookup.finished(now):
+        asks = lookup.next_queries(now)
+        now += 0.1
+        for p in [q for q, s in lookup._peers.items() if s.state is PeerState.WAITING]:
+            if p != silent:
+                lookup.on_response(p, _NET.answer(p, target), now)
+        assert now < 50, asks
+    assert silent not in [p for p, _ in lookup.result()]
+    lookup.on_response(silent, _NET.answer(silent, target), now + 1)  # late but welcome
+    assert lookup.state_of(silent) is PeerState.SUCCEEDED
+
+
+def test_rtt_estimator() -> None:
+    """Before samples the configured timeout is used; then srtt/rttvar follow RFC 6298
+    and the suggestions stay within their floors and the cap."""
+    est = RttEstimator()
+    assert est.rto() is None and est.stall(10.0) == 10.0 and est.timeout(10.0) == 10.0
+    est.observe(0.1)
+    assert est.srtt == 0.1 and est.rttvar == 0.05
+    assert est.rto() == 0.1 + 4 * 0.05
+    assert est.stall(10.0) == 0.5  # the floor
+    assert est.timeout(10.0) == 2.0  # the floor
+    for _ in range(50):
+        est.observe(4.0)
+    assert 3.9 < est.srtt <= 4.0
+    assert est.timeout(10.0) == 10.0  # the cap (3 RTOs > 10 s)
+    assert 4.0 <= est.stall(10.0) < 5.0

@@ -14,6 +14,7 @@ from switchy.protocols.kad.backend import DhtBackend
 from switchy.protocols.kad.pb import MAX_MESSAGE_SIZE, PROTOCOL, KadMessage, MessageType, Record
 from switchy.protocols.kad.records import InvalidRecord, name_key, pk_key
 from switchy.protocols.kad.service import PUT_BURST, KadDHT
+from switchy.stack.addrbook import Reachability
 from switchy.stack.codec import encode_uvarint
 from switchy.stack.errors import DiscoveryFailed, P2PError, PeerNotFound
 from switchy.stack.identity import KeyPair
@@ -272,3 +273,65 @@ def test_expiry_republish_auto_mode_and_oversized_messages() -> None:
             await close_all(nodes)
 
     run_simulation(main, seed=21, config=QUIET)
+
+
+def test_auto_mode_follows_reachability() -> None:
+    """In auto mode the DHT serves while the node's reachability is public, stops
+    (withdraws the protocol, queries to it fail) when it turns private, and serves
+    again when it is public again; while unknown a public listen address decides."""
+
+    async def main(sim: Simulation) -> None:
+        star(sim, ["a", "b"])
+        auto = KadDHT(mode="auto")
+        a = dht_node(sim, "a", auto)
+        b_dht = KadDHT(mode="server")
+        b = dht_node(sim, "b", b_dht)
+        await a.start()
+        await b.start()
+        try:
+            assert auto.is_server  # unknown reachability, /memory addresses count as public
+            await b.connect(a.full_addrs[0])
+            reply = await b_dht._rpc(a.peer_id, (), KadMessage(MessageType.PING))
+            assert reply.type == MessageType.PING
+            a.addresses.report_reachability(Reachability.PRIVATE)
+            assert not auto.is_server
+            assert PROTOCOL not in a.registry.protocols()
+            with pytest.raises(P2PError):
+                await b_dht._rpc(a.peer_id, (), KadMessage(MessageType.PING))
+            a.addresses.report_reachability(Reachability.PUBLIC)
+            assert auto.is_server
+            reply = await b_dht._rpc(a.peer_id, (), KadMessage(MessageType.PING))
+            assert reply.type == MessageType.PING
+        finally:
+            await close_all([a, b])
+
+    run_simulation(main, seed=5, config=QUIET)
+
+
+def test_dead_peers_cost_a_put_little() -> None:
+    """With 3 of 12 servers crashed (silent: dials to them go unanswered), the lookup
+    before a put ends well before one full query timeout per dead peer: the query
+    timeout and the stall time adapt to the round trips seen, and a stalled query
+    no longer holds up the lookup."""
+
+    async def main(sim: Simulation) -> None:
+        nodes, dhts, _, _ = await network(sim, 12)
+        try:
+            writer = dhts[0]
+            other = KeyPair.from_seed(b"w" * 32)
+            key = pk_key(other.peer_id)
+            await writer.get_closest_peers(b"warm-up")  # round trip samples
+            assert writer.rtt.samples > 0
+            assert writer.rtt.timeout(writer.query_timeout) < writer.query_timeout
+            for i in (4, 7, 9):
+                sim.network.crash(f"s{i}")
+            start = asyncio.get_running_loop().time()
+            stored = await writer.put_value(key, other.public_key.to_protobuf())
+            took = asyncio.get_running_loop().time() - start
+            assert stored >= 8
+            assert took < writer.query_timeout  # before: >= 10 s per dead peer among them
+            assert await dhts[1].get_value(key) == other.public_key.to_protobuf()
+        finally:
+            await close_all([n for i, n in enumerate(nodes) if i not in (4, 7, 9)])
+
+    run_simulation(main, seed=8, config=QUIET)

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from switchy.protocols.pubsub.core import (
     GOSSIPSUB_V10,
+    GOSSIPSUB_V11,
+    GOSSIPSUB_V12,
     MAX_MESSAGE_SIZE,
     GossipParams,
     GossipSub,
@@ -370,3 +372,65 @@ def test_invalid_messages_packed_in_one_rpc_stop_at_the_graylist() -> None:
     assert b.handle_rpc(a.local, RPC(publish=tuple(msgs)), net.now) == "peer is graylisted"
     assert b.dropped["invalid signature"] == 3  # three signature checks, not 500
     assert b.dropped["graylisted"] == 497
+
+
+def _dup_count(protocol: str) -> tuple[int, int, list[int]]:
+    net = Net(30, 2)
+    rng = random.Random(2)
+    for i in range(30):
+        for j in rng.sample(range(30), 6):
+            net.connect(i, j, protocol)
+    for r in net.routers:
+        r.join(T, net.now)
+    net.pump()
+    net.heartbeat(5)
+    sent = [net.routers[rng.randrange(30)].publish(T, bytes(2000), net.now) for _ in range(5)]
+    net.pump()
+    delivered = [len(net.got[r.local]) for r in net.routers]
+    dups = sum(r.dropped.get("duplicate", 0) for r in net.routers)
+    skipped = sum(r.dropped.get("idontwant", 0) for r in net.routers)
+    assert len(sent) == 5
+    return dups, skipped, delivered
+
+
+def test_idontwant_cuts_duplicates_of_large_messages() -> None:
+    """v1.2 peers tell their mesh they have a large message, and are then skipped when it is
+    forwarded: every message still arrives once everywhere, with fewer duplicates."""
+    dups11, skipped11, got11 = _dup_count(GOSSIPSUB_V11)
+    dups12, skipped12, got12 = _dup_count(GOSSIPSUB_V12)
+    assert got11 == got12 == [5] * 30
+    assert skipped11 == 0 and skipped12 > 0
+    assert dups12 < dups11
+
+
+def test_idontwant_rules() -> None:
+    """IDONTWANT goes to v1.2 mesh peers only, for messages of at least
+    idontwant_min_size bytes; ids taken per peer and heartbeat are bounded; they expire."""
+    net = Net(4, 3, params=GossipParams(idontwant_min_size=100, max_idontwant_messages=3))
+    net.connect(0, 1, GOSSIPSUB_V12)
+    net.connect(0, 2, GOSSIPSUB_V12)
+    net.connect(0, 3, GOSSIPSUB_V11)
+    for r in net.routers:
+        r.join(T, net.now)
+    net.pump()
+    net.heartbeat(2)
+    a = net.routers[0]
+    assert a.mesh[T] == {net.routers[i].local for i in (1, 2, 3)}
+    src = net.routers[1]
+    small = src.publish(T, b"s" * 10, net.now)
+    big = src.publish(T, b"b" * 200, net.now)
+    # what a queues right after the big message arrived from 1
+    for peer, data in src.outgoing():
+        net.by_id[peer].handle_bytes(src.local, data, net.now)
+    assert a.peers[net.routers[2].local].idontwant == [big]
+    assert a.peers[net.routers[3].local].idontwant == []  # a v1.1 peer
+    assert a.peers[src.local].idontwant == []  # the sender has it
+    assert small not in a.peers[net.routers[2].local].idontwant
+    net.pump()
+    # limits: at most 3 ids per heartbeat from one peer
+    ids = tuple(bytes([i]) * 20 for i in range(10))
+    a.handle_rpc(src.local, RPC(control=Control(idontwant=(IWant(ids),))), net.now)
+    assert len(a.peers[src.local].dont_send) == 3
+    assert a.dropped["idontwant over limit"] == 1
+    net.heartbeat(GossipParams().idontwant_ttl + 1)
+    assert a.peers[src.local].dont_send == {}

@@ -28,6 +28,12 @@ Parameters and why:
 * **Bounds.**  Each answer contributes at most k peers (the ones closest to
   the target; the answering peer itself and we are ignored), the lookup sends
   at most ``max_queries`` queries and ends at ``deadline``, whichever first.
+* **Slow peers (``stall``).**  A query unanswered for ``stall`` seconds (the
+  adapter derives it from the round trips it observed, :class:`RttEstimator`)
+  frees its slot and no longer holds up termination: the lookup goes on with
+  the next peers as if it had failed, and still takes its answer should it come
+  before the query's own timeout.  So a dead peer among the k closest costs
+  about one stall time, not the full query timeout.
 """
 
 from __future__ import annotations
@@ -47,9 +53,11 @@ __all__ = [
     "BETA",
     "LOOKUP_TIMEOUT",
     "MAX_QUERIES",
+    "MIN_STALL",
     "PATHS",
     "Lookup",
     "PeerState",
+    "RttEstimator",
 ]
 
 #: Concurrent queries of one lookup (see the module docstring).
@@ -62,6 +70,48 @@ PATHS = 3
 MAX_QUERIES = 120
 #: Longest a lookup runs, seconds.
 LOOKUP_TIMEOUT = 60.0
+#: Shortest stall time an :class:`RttEstimator` suggests, seconds.
+MIN_STALL = 0.5
+#: Shortest query timeout an :class:`RttEstimator` suggests, seconds.
+MIN_QUERY_TIMEOUT = 2.0
+
+
+class RttEstimator:
+    """Smoothed durations of answered queries (RFC 6298's estimator: ``srtt`` and
+    ``rttvar``), and the stall time and query timeout derived from them.
+
+    Before any sample both are ``None`` (use the configured timeout).
+    """
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.samples = 0
+
+    def observe(self, duration: float) -> None:
+        """An answered query took ``duration`` seconds (dial included, if it dialed)."""
+        self.samples += 1
+        if self.srtt is None:
+            self.srtt, self.rttvar = duration, duration / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - duration)
+            self.srtt = 0.875 * self.srtt + 0.125 * duration
+
+    def rto(self) -> float | None:
+        """``srtt + 4 rttvar`` (``None`` before the first sample)."""
+        return None if self.srtt is None else self.srtt + 4 * self.rttvar
+
+    def stall(self, cap: float) -> float:
+        """How long a lookup waits on one query before moving on: the RTO, at least
+        :data:`MIN_STALL`, at most ``cap``."""
+        rto = self.rto()
+        return cap if rto is None else min(cap, max(MIN_STALL, rto))
+
+    def timeout(self, cap: float) -> float:
+        """How long a query may take at all: three RTOs, at least
+        :data:`MIN_QUERY_TIMEOUT`, at most ``cap`` (the configured timeout)."""
+        rto = self.rto()
+        return cap if rto is None else min(cap, max(MIN_QUERY_TIMEOUT, 3 * rto))
 
 
 class PeerState(enum.Enum):
@@ -81,6 +131,7 @@ class _Candidate:
     path: int
     hop: int
     state: PeerState = PeerState.HEARD
+    sent: float = 0.0
 
 
 class Lookup:
@@ -99,8 +150,11 @@ class Lookup:
         paths: int = PATHS,
         max_queries: int = MAX_QUERIES,
         timeout: float = LOOKUP_TIMEOUT,
+        stall: float | None = None,
     ) -> None:
         self.target = target
+        self.stall = stall
+        self.now = now
         self.local = local
         self.alpha = alpha
         self.beta = beta
@@ -136,6 +190,7 @@ class Lookup:
     ) -> None:
         """``peer`` answered with ``closer`` peers.  Answers from peers we did not ask, or
         after the lookup ended, are ignored."""
+        self.now = max(self.now, now)
         cand = self._peers.get(peer)
         if cand is None or cand.state is not PeerState.WAITING:
             return
@@ -156,6 +211,7 @@ class Lookup:
 
     def on_failure(self, peer: PeerId, now: float) -> None:
         """Asking ``peer`` failed (no connection, timeout, bad answer)."""
+        self.now = max(self.now, now)
         cand = self._peers.get(peer)
         if cand is not None and cand.state is PeerState.WAITING:
             cand.state = PeerState.FAILED
@@ -167,12 +223,40 @@ class Lookup:
         cand = self._peers.get(peer)
         return None if cand is None else cand.state
 
+    def _stalled(self, c: _Candidate) -> bool:
+        return (
+            c.state is PeerState.WAITING
+            and self.stall is not None
+            and self.now >= c.sent + self.stall
+        )
+
     def _live(self, path: int | None = None) -> list[_Candidate]:
+        """Candidates neither failed nor stalled (of ``path``), closest first."""
+        failed, waiting = PeerState.FAILED, PeerState.WAITING
+        if self.stall is None:
+            return [
+                c for c in self._order if c.state is not failed and (path is None or c.path == path)
+            ]
+        stall, now = self.stall, self.now
         return [
             c
             for c in self._order
-            if c.state is not PeerState.FAILED and (path is None or c.path == path)
+            if c.state is not failed
+            and (path is None or c.path == path)
+            and not (c.state is waiting and now >= c.sent + stall)
         ]
+
+    def next_wakeup(self) -> float | None:
+        """When the next waiting query stalls (``None`` without ``stall`` or queries):
+        the adapter should call :meth:`next_queries` then, even without an answer."""
+        if self.stall is None:
+            return None
+        times = [
+            c.sent + self.stall
+            for c in self._peers.values()
+            if c.state is PeerState.WAITING and not self._stalled(c)
+        ]
+        return min(times, default=None)
 
     def _path_done(self, path: int) -> bool:
         live = self._live(path)
@@ -181,12 +265,15 @@ class Lookup:
         return all(c.state is PeerState.SUCCEEDED for c in live[: self.beta])
 
     def in_flight(self) -> int:
-        """Queries sent and not answered."""
-        return sum(1 for c in self._peers.values() if c.state is PeerState.WAITING)
+        """Queries sent, not answered and not stalled."""
+        return sum(
+            1 for c in self._peers.values() if c.state is PeerState.WAITING and not self._stalled(c)
+        )
 
     def finished(self, now: float) -> bool:
         """Whether the lookup is over: every path converged, nothing left to ask, the
         query budget is spent or the deadline passed."""
+        self.now = max(self.now, now)
         if now >= self.deadline:
             return True
         if self.queries >= self.max_queries and self.in_flight() == 0:
@@ -194,7 +281,8 @@ class Lookup:
         if all(self._path_done(p) for p in range(self.paths)):
             return True
         return not any(
-            c.state in (PeerState.HEARD, PeerState.WAITING) for c in self._peers.values()
+            c.state is PeerState.HEARD or (c.state is PeerState.WAITING and not self._stalled(c))
+            for c in self._peers.values()
         )
 
     def next_queries(self, now: float) -> list[tuple[PeerId, tuple[Multiaddr, ...]]]:
@@ -217,6 +305,7 @@ class Lookup:
             if choice is None:
                 break
             choice.state = PeerState.WAITING
+            choice.sent = now
             self._path_queries[choice.path] += 1
             self.queries += 1
             inflight += 1

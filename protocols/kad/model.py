@@ -28,7 +28,7 @@ from switchy.protocols.kad.routing import K, RoutingTable, kad_key
 from switchy.protocols.kad.service import QUERY_TIMEOUT
 from switchy.stack.identity import PeerId
 
-__all__ = ["KadModel", "LookupOutcome", "summarize"]
+__all__ = ["ChurnEpoch", "KadModel", "LookupOutcome", "summarize"]
 
 
 @attrs.frozen
@@ -54,10 +54,13 @@ class KadModel:
         max_rtt: float = 0.2,
         query_timeout: float = QUERY_TIMEOUT,
         refresh_buckets: int = 8,
+        stall: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.min_rtt, self.max_rtt = min_rtt, max_rtt
         self.query_timeout = query_timeout
+        #: The lookups' stall time (see :class:`~switchy.protocols.kad.lookup.Lookup`).
+        self.stall = stall
         self.ids = [
             PeerId(b"\x12\x20" + hashlib.sha256(b"%d:%d" % (seed, i)).digest()) for i in range(n)
         ]
@@ -65,6 +68,10 @@ class KadModel:
         self.tables = [RoutingTable(p, group_of=lambda _a: None) for p in self.ids]
         self.crashed: set[PeerId] = set()
         self.messages = 0
+        self.seed = seed
+        self.refresh_buckets = refresh_buckets
+        #: Record keys each node stores (for the churn simulation).
+        self.stored: dict[PeerId, set[int]] = {}
         for i in range(1, n):
             self._join(i, refresh_buckets)
 
@@ -109,6 +116,116 @@ class KadModel:
             ((table.local_key >> (bit + 1)) << (bit + 1)) | ((~table.local_key) & (1 << bit)) | low
         )
 
+    def add_node(self) -> PeerId:
+        """A new node joins (through node 0, as at construction); returns its id."""
+        i = len(self.ids)
+        me = PeerId(b"\x12\x20" + hashlib.sha256(b"%d:%d" % (self.seed, i)).digest())
+        self.ids.append(me)
+        self.index[me] = i
+        self.tables.append(RoutingTable(me, group_of=lambda _a: None))
+        self._join(i, self.refresh_buckets)
+        return me
+
+    def leave(self, peer: PeerId) -> None:
+        """``peer`` goes away silently (tables keep naming it until a query to it fails);
+        its records go with it."""
+        self.crashed.add(peer)
+        self.stored.pop(peer, None)
+
+    def put(self, source: PeerId, key: int) -> int:
+        """Store ``key`` at the k closest live nodes a lookup from ``source`` finds (as
+        ``put_value`` does); returns how many took it."""
+        result = self._walk(source, key, beta=K, holds=None)[0].result()
+        for peer, _ in result:
+            self.stored.setdefault(peer, set()).add(key)
+        return len(result)
+
+    def get(self, source: PeerId, key: int) -> LookupOutcome:
+        """Look ``key`` up from ``source`` until a live node holding it answers (as
+        ``get_value`` does)."""
+        lookup, found, now = self._walk(source, key, beta=3, holds=key)
+        return LookupOutcome(found, lookup.rounds(), lookup.queries, now)
+
+    def _walk(self, source: PeerId, key: int, *, beta: int, holds: int | None) -> Any:
+        """A lookup from ``source`` in virtual time; failed peers leave ``source``'s table
+        (as in ``KadDHT``).  Ends early when a node storing ``holds`` answers."""
+        table = self.tables[self.index[source]]
+        if holds is not None and holds in self.stored.get(source, ()):
+            return Lookup(key, [], now=0.0), True, 0.0
+        seeds = [(e.peer_id, ()) for e in table.closest(key)]
+        lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta, stall=self.stall)
+        events: list[tuple[float, int, PeerId]] = []
+        now = 0.0
+        seq = 0
+        while not lookup.finished(now):
+            for peer, _ in lookup.next_queries(now):
+                delay = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
+                seq += 1
+                heapq.heappush(events, (now + delay, seq, peer))
+            if not events:
+                break
+            wake = lookup.next_wakeup()
+            if wake is not None and wake < events[0][0]:
+                now = wake
+                continue
+            now, _, peer = heapq.heappop(events)
+            if peer in self.crashed:
+                lookup.on_failure(peer, now)
+                table.remove(peer)
+                continue
+            if holds is not None and holds in self.stored.get(peer, ()):
+                self.messages += 1
+                return lookup, True, now
+            lookup.on_response(peer, self.answer(peer, source, key, now), now)
+            table.add(peer, (), now)
+        return lookup, False, now
+
+    def churn(
+        self,
+        *,
+        epochs: int,
+        leave: float,
+        join: int,
+        records: int,
+        gets: int,
+        republish_every: int,
+    ) -> list[ChurnEpoch]:
+        """The churn simulation: ``records`` keys are put, then in each epoch a fraction
+        ``leave`` of the live nodes goes away, ``join`` new nodes arrive, every
+        ``republish_every`` epochs the putters put their keys again (as
+        ``KadDHT.republish`` does), and ``gets`` lookups of random keys from random
+        live nodes measure what is still found."""
+        rng = random.Random(self.seed + 99)
+        live = [p for p in self.ids if p not in self.crashed]
+        keys = [(rng.choice(live), kad_key(rng.randbytes(32))) for _ in range(records)]
+        for owner, key in keys:
+            self.put(owner, key)
+        out = []
+        for epoch in range(1, epochs + 1):
+            live = [p for p in self.ids if p not in self.crashed and p != self.ids[0]]
+            owners = {o for o, _ in keys}
+            leaving = rng.sample([p for p in live if p not in owners], int(len(live) * leave))
+            for p in leaving:
+                self.leave(p)
+            for _ in range(join):
+                self.add_node()
+            if epoch % republish_every == 0:
+                for owner, key in keys:
+                    self.put(owner, key)
+            live = [p for p in self.ids if p not in self.crashed]
+            outcomes = [self.get(rng.choice(live), rng.choice(keys)[1]) for _ in range(gets)]
+            found = [o for o in outcomes if o.found]
+            out.append(
+                ChurnEpoch(
+                    epoch,
+                    len(live),
+                    len(leaving),
+                    len(found) / len(outcomes) if outcomes else 1.0,
+                    statistics.median(o.latency for o in found) if found else float("nan"),
+                )
+            )
+        return out
+
     def crash(self, fraction: float) -> None:
         """Crash a random ``fraction`` of the nodes (tables keep naming them)."""
         count = int(len(self.ids) * fraction)
@@ -122,7 +239,8 @@ class KadModel:
         entry = table.get(target)
         if entry is not None:
             return LookupOutcome(True, 0, 0, 0.0)
-        lookup = Lookup(key, [(e.peer_id, ()) for e in table.closest(key)], now=0.0, local=source)
+        seeds = [(e.peer_id, ()) for e in table.closest(key)]
+        lookup = Lookup(key, seeds, now=0.0, local=source, stall=self.stall)
         events: list[tuple[float, int, PeerId]] = []
         now = 0.0
         seq = 0
@@ -133,6 +251,10 @@ class KadModel:
                 heapq.heappush(events, (now + delay, seq, peer))
             if not events:
                 return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
+            wake = lookup.next_wakeup()
+            if wake is not None and wake < events[0][0]:
+                now = wake  # a query stalls: ask the next peers
+                continue
             now, _, peer = heapq.heappop(events)
             if lookup.finished(now):
                 return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
@@ -150,7 +272,7 @@ class KadModel:
         node of the whole network is the first of the result."""
         table = self.tables[self.index[source]]
         seeds = [(e.peer_id, ()) for e in table.closest(key)]
-        lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta)
+        lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta, stall=self.stall)
         events: list[tuple[float, int, PeerId]] = []
         now = 0.0
         seq = 0
@@ -161,6 +283,10 @@ class KadModel:
                 heapq.heappush(events, (now + delay, seq, peer))
             if not events:
                 break
+            wake = lookup.next_wakeup()
+            if wake is not None and wake < events[0][0]:
+                now = wake  # a query stalls: ask the next peers
+                continue
             now, _, peer = heapq.heappop(events)
             if peer in self.crashed:
                 lookup.on_failure(peer, now)
@@ -171,6 +297,17 @@ class KadModel:
         result = lookup.result()
         found = bool(result) and result[0][0] == best
         return LookupOutcome(found, lookup.rounds(), lookup.queries, now)
+
+
+@attrs.frozen
+class ChurnEpoch:
+    """The figures of one epoch of :meth:`KadModel.churn`."""
+
+    epoch: int
+    live: int
+    left: int
+    found_ratio: float
+    latency_s_p50: float
 
 
 def summarize(outcomes: list[LookupOutcome], n: int) -> dict[str, Any]:

@@ -4,8 +4,16 @@ A DHT *server* registers :data:`~switchy.protocols.kad.pb.PROTOCOL` and answers
 requests; a *client* only asks.  Since the protocol list travels by identify,
 a client never enters other peers' routing tables: a peer is added to our table
 only when it answered one of our queries, or when identify says it serves the
-protocol.  ``mode="auto"`` (the default) is server when the node listens on a
-public address (until AutoNAT's reachability decides it), client otherwise.
+protocol.  ``mode="auto"`` (the default) follows the node's reachability
+(``node.addresses.reachability``, which AutoNAT reports): a server while it is
+``public``, a client while it is ``private``, and while it is ``unknown`` a server
+iff the node listens on a public address; it switches when the reachability
+changes (the protocol is registered or withdrawn, and identify tells the peers).
+
+Query timeouts adapt to the round trips seen (:class:`RttEstimator`): a query
+times out after three RTOs (at least 2 s, at most ``query_timeout``), and a
+lookup stops waiting on a query after one RTO (at least 0.5 s) and asks the next
+peer instead, so dead peers among the closest cost a lookup little.
 
 Requests are one message per stream: we open a stream, send the request and
 read one answer (ADD_PROVIDER has none).  As a server we answer every request
@@ -28,7 +36,7 @@ from multiaddr import Multiaddr
 
 from switchy.protocols.autonat.addrs import is_public_addr
 from switchy.protocols.identify import IdentifyService
-from switchy.protocols.kad.lookup import Lookup
+from switchy.protocols.kad.lookup import Lookup, RttEstimator
 from switchy.protocols.kad.pb import (
     MAX_MESSAGE_SIZE,
     MAX_PEERS_PER_MESSAGE,
@@ -56,6 +64,7 @@ from switchy.protocols.kad.records import (
     validate_record,
 )
 from switchy.protocols.kad.routing import AddOutcome, K, RoutingTable, kad_key
+from switchy.stack.addrbook import Reachability
 from switchy.stack.addresses import parse_multiaddr, split_peer
 from switchy.stack.errors import (
     ConnectionClosed,
@@ -139,6 +148,9 @@ class KadDHT(ProtocolService, PeerRouter):
         self.record_republish = record_republish
         self.provider_republish = provider_republish
         self.query_timeout = query_timeout
+        #: Durations of answered queries: the lookups' stall time and the query timeout
+        #: adapt to them (at most ``query_timeout``).
+        self.rtt = RttEstimator()
         self.refresh_interval = refresh_interval
         self.lookup_timeout = lookup_timeout
         self.node: Node | None = None
@@ -169,6 +181,28 @@ class KadDHT(ProtocolService, PeerRouter):
             self._server = True
             self._n.handle(PROTOCOL, self._handle)
 
+    def _become_client(self) -> None:
+        if self._server:
+            self._server = False
+            self._n.unhandle(PROTOCOL)
+
+    def _apply_reachability(self, state: Reachability) -> None:
+        """``auto`` mode: a server when AutoNAT says we are reachable (``public``), a
+        client when it says ``private``; while ``unknown``, a server iff a listen
+        address is public."""
+        if state is Reachability.PUBLIC:
+            self._become_server()
+        elif state is Reachability.PRIVATE:
+            self._become_client()
+        elif any(is_public_addr(a) for a in self._n.listen_addrs):
+            self._become_server()
+        else:
+            self._become_client()
+        log.debug("DHT auto mode: reachability %s, server %s", state.value, self._server)
+
+    def _on_reachability(self, _old: Reachability, new: Reachability) -> None:
+        self._apply_reachability(new)
+
     @property
     def is_server(self) -> bool:
         """Whether we answer DHT requests."""
@@ -176,8 +210,9 @@ class KadDHT(ProtocolService, PeerRouter):
 
     async def start(self) -> None:
         """Decide the mode (``auto``), then bootstrap and refresh in the background."""
-        if self.mode == "auto" and any(is_public_addr(a) for a in self._n.listen_addrs):
-            self._become_server()
+        if self.mode == "auto":
+            self._apply_reachability(self._n.addresses.reachability)
+            self._n.addresses.on_reachability_changed(self._on_reachability)
         self._spawn(self._maintain(), "kad-maintain")
 
     async def stop(self) -> None:
@@ -329,7 +364,8 @@ class KadDHT(ProtocolService, PeerRouter):
         elif not node.peerstore.addrs(peer) and not node.connections(peer):
             raise PeerNotFound(f"no addresses of {peer} to ask it")  # never route recursively
         data = encode_message(msg)
-        async with asyncio.timeout(self.query_timeout):
+        started = self._now()
+        async with asyncio.timeout(self.rtt.timeout(self.query_timeout)):
             stream = await node.open_stream(peer, PROTOCOL)
             try:
                 await stream.send_message(data, max_size=MAX_MESSAGE_SIZE)
@@ -344,6 +380,7 @@ class KadDHT(ProtocolService, PeerRouter):
         reply = decode_message(answer)
         if reply.type != msg.type:
             raise ProtocolError(f"{peer} answered a {msg.type} request with type {reply.type}")
+        self.rtt.observe(self._now() - started)
         return reply
 
     async def _lookup(
@@ -361,7 +398,13 @@ class KadDHT(ProtocolService, PeerRouter):
         seeds = [(e.peer_id, e.addrs) for e in self._t.closest(target, K)]
         kw: dict[str, Any] = {} if beta is None else {"beta": beta}
         lookup = Lookup(
-            target, seeds, now=now, local=self._n.peer_id, timeout=self.lookup_timeout, **kw
+            target,
+            seeds,
+            now=now,
+            local=self._n.peer_id,
+            timeout=self.lookup_timeout,
+            stall=self.rtt.stall(self.query_timeout),
+            **kw,
         )
         self._count("lookups")
         tasks: dict[asyncio.Task[KadMessage], PeerId] = {}
@@ -371,14 +414,19 @@ class KadDHT(ProtocolService, PeerRouter):
                 for peer, addrs in lookup.next_queries(self._now()):
                     task = asyncio.ensure_future(self._rpc(peer, addrs, request))
                     tasks[task] = peer
-                if not tasks:
-                    break
-                left = lookup.deadline - self._now()
+                if not tasks or (lookup.finished(self._now()) and not lookup.in_flight()):
+                    break  # done, or only stalled queries are left
+                wake = lookup.next_wakeup()
+                until = lookup.deadline if wake is None else min(wake, lookup.deadline)
                 done, _ = await asyncio.wait(
-                    tasks, timeout=max(left, 0.0), return_when=asyncio.FIRST_COMPLETED
+                    tasks,
+                    timeout=max(until - self._now(), 0.0),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not done:
-                    break
+                    if self._now() >= lookup.deadline:
+                        break
+                    continue  # a query stalled: ask the next peers
                 stop = False
                 for task in done:
                     peer = tasks.pop(task)

@@ -7,6 +7,7 @@
 from switchy.protocols.pubsub.core import (
     GOSSIPSUB_V10,
     GOSSIPSUB_V11,
+    GOSSIPSUB_V12,
     MAX_MESSAGE_SIZE,
     GossipParams,
     GossipSub,
@@ -20,6 +21,7 @@ from switchy.protocols.pubsub.service import PubSub, Subscription
 __all__ = [
     "GOSSIPSUB_V10",
     "GOSSIPSUB_V11",
+    "GOSSIPSUB_V12",
     "MAX_MESSAGE_SIZE",
     "GossipParams",
     "GossipSub",

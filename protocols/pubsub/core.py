@@ -16,9 +16,13 @@ peer exchange, flood publishing, the seen cache, message signing with strict
 verification, message ids, peer scoring with its thresholds
 (:mod:`~switchy.protocols.pubsub.score`), opportunistic grafting, IWANT
 promises, and the v1.1 limits on IHAVE (``max_ihave_messages`` per heartbeat,
-``max_ihave_length`` ids asked) and IWANT retransmissions.  Not implemented:
-direct peers, IDONTWANT (v1.2; received ones are parsed and ignored), signed peer
-records in peer exchange (we send and use peer ids only).
+``max_ihave_length`` ids asked) and IWANT retransmissions; IDONTWANT from v1.2
+(``/meshsub/1.2.0``, ``gossipsub-v1.2.md``): on the first copy of a message of at
+least ``idontwant_min_size`` bytes we tell our other v1.2 mesh peers of its topic
+not to send it, and we skip forwarding a message to a peer that told us so (at most
+``max_idontwant_messages`` ids per peer and heartbeat are taken, and they are kept
+``idontwant_ttl`` heartbeats).  Not implemented: direct peers, signed peer records
+in peer exchange (we send and use peer ids only).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Final
 import attrs
 
 from switchy.protocols.pubsub.pb import (
+    MAX_IDS_PER_ENTRY,
     MAX_PX_PEERS,
     MAX_RPC_SIZE,
     RPC,
@@ -62,6 +67,7 @@ from switchy.stack.identity import KeyPair, PeerId, PublicKey
 __all__ = [
     "GOSSIPSUB_V10",
     "GOSSIPSUB_V11",
+    "GOSSIPSUB_V12",
     "MAX_MESSAGE_SIZE",
     "GossipParams",
     "GossipSub",
@@ -71,9 +77,10 @@ __all__ = [
     "default_message_id",
 ]
 
-#: Gossipsub v1.0 and v1.1 protocol ids.
+#: Gossipsub v1.0, v1.1 and v1.2 protocol ids.
 GOSSIPSUB_V10: Final = "/meshsub/1.0.0"
 GOSSIPSUB_V11: Final = "/meshsub/1.1.0"
+GOSSIPSUB_V12: Final = "/meshsub/1.2.0"
 #: Largest message payload we publish or forward, in bytes (leaves room for the envelope).
 MAX_MESSAGE_SIZE: Final = MAX_RPC_SIZE - 4096
 #: Most topics a single peer may be subscribed to, as far as we keep track.
@@ -142,6 +149,13 @@ class GossipParams:
     gossip_retransmission: int = 3
     flood_publish: bool = True
     do_px: bool = True
+    #: v1.2: smallest message (payload bytes) for which we send IDONTWANT (the spec
+    #: leaves the policy open and warns that it costs more than it saves on small ones).
+    idontwant_min_size: int = 1024
+    #: v1.2: most IDONTWANT ids taken from one peer per heartbeat.
+    max_idontwant_messages: int = 1000
+    #: v1.2: heartbeats an IDONTWANT id is kept.
+    idontwant_ttl: int = 3
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.d_lo <= self.d <= self.d_hi:
@@ -178,15 +192,27 @@ class _Peer:
     ihave_count: int = 0
     iasked: int = 0
     subs: list[SubOpts] = attrs.field(factory=list)
-    msgs: list[bytes] = attrs.field(factory=list)
+    msgs: list[tuple[bytes, bytes]] = attrs.field(factory=list)
     ihave: dict[str, list[bytes]] = attrs.field(factory=dict)
     iwant: list[bytes] = attrs.field(factory=list)
     graft: list[str] = attrs.field(factory=list)
     prune: list[Prune] = attrs.field(factory=list)
     dropped: int = 0
+    #: v1.2: ids we tell the peer not to send; ids it told us not to send (expiry tick).
+    idontwant: list[bytes] = attrs.field(factory=list)
+    dont_send: dict[bytes, int] = attrs.field(factory=dict)
+    idontwant_taken: int = 0
 
     def pending(self) -> bool:
-        return bool(self.subs or self.msgs or self.ihave or self.iwant or self.graft or self.prune)
+        return bool(
+            self.subs
+            or self.msgs
+            or self.ihave
+            or self.iwant
+            or self.graft
+            or self.prune
+            or self.idontwant
+        )
 
 
 @attrs.define
@@ -360,7 +386,7 @@ class GossipSub:
             self._fanout_peers(topic, now)
             self._lastpub[topic] = now
         for p in targets:
-            self._queue_msg(p, encoded)
+            self._queue_msg(p, encoded, msg_id)
         return msg_id
 
     def _fanout_peers(self, topic: str, now: float) -> set[PeerId]:
@@ -423,11 +449,35 @@ class GossipSub:
             self._handle_iwant(peer, c.iwant, now)
             prunes = self._handle_graft(peer, c.graft, now)
             self._handle_prune(peer, c.prune, now)
+            self._handle_idontwant(st, c.idontwant)
             if iwant:
                 st.iwant.extend(iwant)
             for topic in prunes:
                 self._send_prune(topic, peer, now, px=False)
         return None
+
+    def _handle_idontwant(self, st: _Peer, entries: Iterable[IWant]) -> None:
+        """v1.2: note the ids the peer does not want (bounded per heartbeat)."""
+        expiry = self._ticks + self.params.idontwant_ttl
+        for entry in entries:
+            for mid in entry.ids:
+                if st.idontwant_taken >= self.params.max_idontwant_messages:
+                    self._drop("idontwant over limit")
+                    return
+                st.idontwant_taken += 1
+                st.dont_send[mid] = expiry
+
+    def _send_idontwant(self, topic: str, msg_id: bytes, skip: PeerId) -> None:
+        """v1.2: tell the other v1.2 mesh peers of ``topic`` that we have ``msg_id``."""
+        for p in self.mesh.get(topic, ()):
+            st = self.peers.get(p)
+            if (
+                p != skip
+                and st is not None
+                and st.protocol == GOSSIPSUB_V12
+                and len(st.idontwant) < MAX_PENDING_MESSAGES
+            ):
+                st.idontwant.append(msg_id)
 
     def _handle_sub(self, peer: PeerId, st: _Peer, sub: SubOpts) -> None:
         if sub.subscribe:
@@ -514,6 +564,8 @@ class GossipSub:
             self._drop("invalid signature")
             self.score.invalid_delivery(peer, m.topic)
             return
+        if len(m.data) >= self.params.idontwant_min_size:
+            self._send_idontwant(m.topic, msg_id, peer)  # before validation, as v1.2 allows
         received = self._received(m, msg_id, peer)
         validator = self._validators.get(m.topic)
         verdict = validator(received) if validator is not None else ValidationResult.ACCEPT
@@ -538,7 +590,11 @@ class GossipSub:
         origin = received.source
         for p in targets:
             if p != peer and p != origin:
-                self._queue_msg(p, encoded)
+                st_p = self.peers.get(p)
+                if st_p is not None and msg_id in st_p.dont_send:
+                    self._drop("idontwant")
+                    continue
+                self._queue_msg(p, encoded, msg_id)
 
     def _handle_ihave(
         self, peer: PeerId, st: _Peer, entries: Iterable[IHave], now: float
@@ -593,7 +649,7 @@ class GossipSub:
                     self._drop("iwant retransmission limit")
                     continue
                 c.served[peer] = n + 1
-                self._queue_msg(peer, c.encoded)
+                self._queue_msg(peer, c.encoded, i)
                 served += 1
                 if served >= self.params.max_ihave_length:
                     self._drop("iwant over limit")
@@ -714,6 +770,9 @@ class GossipSub:
         for st in self.peers.values():
             st.ihave_count = 0
             st.iasked = 0
+            st.idontwant_taken = 0
+            if st.dont_send:
+                st.dont_send = {m: t for m, t in st.dont_send.items() if t > self._ticks}
         while self._seen:
             mid, entry = next(iter(self._seen.items()))
             if entry.expiry > now:
@@ -854,7 +913,7 @@ class GossipSub:
         self._mcache[msg_id] = _Cached(m, encoded)
         self._windows[0].append((msg_id, m.topic))
 
-    def _queue_msg(self, peer: PeerId, encoded: bytes) -> None:
+    def _queue_msg(self, peer: PeerId, encoded: bytes, msg_id: bytes) -> None:
         st = self.peers.get(peer)
         if st is None:
             return
@@ -862,7 +921,7 @@ class GossipSub:
             st.dropped += 1
             self._drop("peer queue full")
             return
-        st.msgs.append(encoded)
+        st.msgs.append((msg_id, encoded))
 
     def _received(self, m: Message, msg_id: bytes, peer: PeerId) -> Received:
         source: PeerId | None = None
@@ -889,11 +948,23 @@ class GossipSub:
                 iwant=(IWant(tuple(st.iwant)),) if st.iwant else (),
                 graft=tuple(Graft(t) for t in st.graft),
                 prune=tuple(st.prune),
+                idontwant=tuple(
+                    IWant(tuple(st.idontwant[i : i + MAX_IDS_PER_ENTRY]))
+                    for i in range(0, len(st.idontwant), MAX_IDS_PER_ENTRY)
+                ),
             )
             head = encode_rpc(RPC(tuple(st.subs), (), control))
+            if st.idontwant:
+                # v1.2: IDONTWANT goes out at once, not behind the messages queued with it
+                out.append((peer, head))
+                head = b""
             st.subs, st.ihave, st.iwant, st.graft, st.prune = [], {}, [], [], []
+            st.idontwant = []
             buf = bytearray(head)
-            for enc in st.msgs:
+            for mid, enc in st.msgs:
+                if mid in st.dont_send:
+                    self._drop("idontwant")  # it said so after we queued it
+                    continue
                 piece = _publish_field(enc)
                 if len(buf) + len(piece) > MAX_RPC_SIZE:
                     if buf:

@@ -1,6 +1,7 @@
 """The asyncio adapter of the gossipsub router: :class:`PubSub`, a node service.
 
-Per peer it keeps one outbound stream (``/meshsub/1.1.0``, else ``/meshsub/1.0.0``)
+Per peer it keeps one outbound stream (``/meshsub/1.2.0``, else ``/meshsub/1.1.0``,
+else ``/meshsub/1.0.0``)
 written by a task of the service and reads whatever inbound streams the peer
 opens; every RPC is prefixed by its length as an unsigned varint.  All
 connection-level work (writes, heartbeats, peer-exchange dials) runs in tasks
@@ -23,6 +24,7 @@ from typing import Any, Final
 from switchy.protocols.pubsub.core import (
     GOSSIPSUB_V10,
     GOSSIPSUB_V11,
+    GOSSIPSUB_V12,
     GossipParams,
     GossipSub,
     Received,
@@ -167,6 +169,7 @@ class PubSub(ProtocolService):
             policy=self._policy,
             seqno_start=int.from_bytes(entropy(6), "big") << 16,
         )
+        node.handle(GOSSIPSUB_V12, self._on_stream)
         node.handle(GOSSIPSUB_V11, self._on_stream)
         node.handle(GOSSIPSUB_V10, self._on_stream)
         node.on_connection_event(self._on_event)
@@ -287,7 +290,7 @@ class PubSub(ProtocolService):
 
     async def _writer(self, peer: PeerId) -> None:
         try:
-            stream = await self.node.open_stream(peer, GOSSIPSUB_V11, GOSSIPSUB_V10)
+            stream = await self.node.open_stream(peer, GOSSIPSUB_V12, GOSSIPSUB_V11, GOSSIPSUB_V10)
         except P2PError as exc:
             log.debug("no pubsub stream to %s: %s", peer, exc)
             self._writers.pop(peer, None)

@@ -9,8 +9,14 @@ A chat message is a JSON object ``{"nick": str, "text": str}`` of at most
 :data:`MAX_CHAT_MESSAGE` bytes published on the topic ``switchy-chat/<room>``;
 anything else on the topic is rejected by the topic validator (and penalises its
 sender).  The author shown is the signed message's source peer id together with
-the claimed nickname.  Not here yet (issue 19): direct messages, history on join,
-a full-screen line editor (the input is plain lines: stdin, or any async iterator).
+the claimed nickname.
+
+:class:`ChatService` adds two stream protocols of our own (``specs/chat.md``):
+direct messages (``/switchy/chat/dm/1.0.0``: ``/dm NICK text`` in the chat) and the
+room's recent history for a peer that joins (``/switchy/chat/history/1.0.0``: the
+last :data:`HISTORY_SIZE` lines a member saw, shown marked as history: they are
+only as trustworthy as the member who tells them).  Not here yet (issue 19): a
+full-screen line editor (the input is plain lines: stdin, or any async iterator).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
@@ -26,13 +33,19 @@ from switchy.presets import default_node
 from switchy.protocols.discovery import RegistryBackend, connect_by_name, register_name
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.pubsub import PubSub, Received, ValidationResult
-from switchy.stack.errors import P2PError
+from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError
+from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
+from switchy.stack.stream import MuxedStream
 
 __all__ = [
+    "DM_PROTOCOL",
+    "HISTORY_PROTOCOL",
+    "HISTORY_SIZE",
     "MAX_CHAT_MESSAGE",
     "MAX_NICK",
     "ChatMessage",
+    "ChatService",
     "chat_main",
     "chat_topic",
     "decode_chat",
@@ -45,6 +58,16 @@ __all__ = [
 MAX_CHAT_MESSAGE: Final = 16 * 1024
 #: Longest nickname, in characters.
 MAX_NICK: Final = 32
+#: Direct messages: one length-prefixed chat message, answered ``ok`` or ``bad``.
+DM_PROTOCOL: Final = "/switchy/chat/dm/1.0.0"
+#: History: the room name asked, answered with a JSON list of recent lines.
+HISTORY_PROTOCOL: Final = "/switchy/chat/history/1.0.0"
+#: Lines of history a member keeps and hands out.
+HISTORY_SIZE: Final = 50
+#: Largest history answer, in bytes.
+MAX_HISTORY_ANSWER: Final = HISTORY_SIZE * (MAX_CHAT_MESSAGE + 128)
+#: Longest room name asked for, in bytes.
+MAX_ROOM: Final = 256
 
 
 def chat_topic(room: str) -> str:
@@ -78,10 +101,17 @@ def encode_chat(nick: str, text: str) -> bytes:
 
 def decode_chat(msg: Received) -> ChatMessage | None:
     """The chat line in ``msg``, or ``None`` when it is not a well-formed one."""
-    if len(msg.data) > MAX_CHAT_MESSAGE or msg.source is None:
+    if msg.source is None:
+        return None
+    return parse_chat(msg.data, str(msg.source))
+
+
+def parse_chat(data: bytes, source: str) -> ChatMessage | None:
+    """The chat line ``data`` (a ``{"nick", "text"}`` object) by ``source``, or ``None``."""
+    if len(data) > MAX_CHAT_MESSAGE:
         return None
     try:
-        obj = json.loads(msg.data)
+        obj = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(obj, dict) or set(obj) != {"nick", "text"}:
@@ -89,7 +119,103 @@ def decode_chat(msg: Received) -> ChatMessage | None:
     nick, text = obj["nick"], obj["text"]
     if not isinstance(nick, str) or not isinstance(text, str) or not 0 < len(nick) <= MAX_NICK:
         return None
-    return ChatMessage(nick, text, str(msg.source))
+    return ChatMessage(nick, text, source)
+
+
+class ChatService(ProtocolService):
+    """Direct messages and history for one room (see the module docstring)."""
+
+    def __init__(self, room: str, nick: str, show: Callable[[str], None] = print) -> None:
+        self.room, self.nick, self.show = room, nick, show
+        #: The last lines seen in the room (``ChatMessage``), oldest first.
+        self.history: deque[ChatMessage] = deque(maxlen=HISTORY_SIZE)
+        #: Nicknames seen, with the peer that signed their last line.
+        self.members: dict[str, PeerId] = {}
+        self._node: Node | None = None
+
+    def attach(self, node: Node) -> None:
+        """Serve the direct-message and history protocols."""
+        self._node = node
+        node.handle(DM_PROTOCOL, self._on_dm)
+        node.handle(HISTORY_PROTOCOL, self._on_history)
+
+    def note(self, chat: ChatMessage) -> None:
+        """Remember a line of the room (for history and for ``/dm NICK``)."""
+        self.history.append(chat)
+        with contextlib.suppress(InvalidPeerId):
+            self.members[chat.nick] = PeerId.from_string(chat.source)
+
+    def resolve(self, who: str) -> PeerId:
+        """The peer of nickname ``who`` (last seen), or ``who`` read as a peer id."""
+        if who in self.members:
+            return self.members[who]
+        try:
+            return PeerId.from_string(who)
+        except InvalidPeerId:
+            raise ProtocolError(f"nobody called {who!r} has spoken in this room") from None
+
+    def _n(self) -> Node:
+        assert self._node is not None, "ChatService is not attached to a node"
+        return self._node
+
+    async def send_dm(self, peer: PeerId, text: str) -> None:
+        """Send ``text`` to ``peer`` directly; raises :class:`ProtocolError` if refused."""
+        stream = await self._n().open_stream(peer, DM_PROTOCOL)
+        try:
+            await stream.send_message(encode_chat(self.nick, text), max_size=MAX_CHAT_MESSAGE)
+            answer = await stream.recv_message(max_size=16)
+        except BaseException:
+            await stream.reset()
+            raise
+        await stream.close()
+        if answer != b"ok":
+            raise ProtocolError(f"{peer} refused the direct message: {answer!r}")
+
+    async def _on_dm(self, stream: MuxedStream) -> None:
+        data = await stream.recv_message(max_size=MAX_CHAT_MESSAGE)
+        chat = parse_chat(data, str(stream.remote_peer))
+        if chat is None:
+            await stream.send_message(b"bad")
+            return
+        self.show(f"[dm] {chat}")
+        await stream.send_message(b"ok")
+
+    async def fetch_history(self, peer: PeerId) -> list[ChatMessage]:
+        """The room's recent lines as ``peer`` saw them (malformed entries are dropped)."""
+        stream = await self._n().open_stream(peer, HISTORY_PROTOCOL)
+        try:
+            await stream.send_message(self.room.encode(), max_size=MAX_ROOM)
+            data = await stream.recv_message(max_size=MAX_HISTORY_ANSWER)
+        except BaseException:
+            await stream.reset()
+            raise
+        await stream.close()
+        try:
+            items = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError(f"{peer} sent a history that is not JSON") from None
+        if not isinstance(items, list):
+            raise ProtocolError(f"{peer} sent a history that is not a list")
+        out = []
+        for item in items[:HISTORY_SIZE]:
+            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], str)):
+                continue
+            line = json.dumps({"nick": item[0], "text": item[1]}, ensure_ascii=False)
+            chat = parse_chat(line.encode(), item[2])
+            if chat is not None:
+                out.append(chat)
+        return out
+
+    async def _on_history(self, stream: MuxedStream) -> None:
+        room = await stream.recv_message(max_size=MAX_ROOM)
+        lines = (
+            [[c.nick, c.text, c.source] for c in self.history] if room == self.room.encode() else []
+        )
+        data = json.dumps(lines, ensure_ascii=False).encode()
+        while len(data) > MAX_HISTORY_ANSWER and lines:
+            lines.pop(0)
+            data = json.dumps(lines, ensure_ascii=False).encode()
+        await stream.send_message(data, max_size=MAX_HISTORY_ANSWER)
 
 
 def _validate(msg: Received) -> ValidationResult:
@@ -112,10 +238,13 @@ async def run_chat(
     nick: str,
     lines: AsyncIterator[str],
     show: Callable[[str], None] = print,
+    chat_service: ChatService | None = None,
 ) -> None:
     """Chat in ``room`` as ``nick``: publish every line of ``lines``, ``show`` every message.
 
-    Returns when ``lines`` ends or a line is ``/quit``; ``/peers`` shows the room's peers.
+    Returns when ``lines`` ends or a line is ``/quit``; ``/peers`` shows the room's peers;
+    with a ``chat_service``, ``/dm NICK TEXT`` sends a direct message and the room's
+    lines are kept for history.
     """
     topic = chat_topic(room)
     pubsub.set_validator(topic, _validate)
@@ -125,6 +254,8 @@ async def run_chat(
         async for msg in sub:
             chat = decode_chat(msg)
             if chat is not None and msg.source != node.peer_id:
+                if chat_service is not None:
+                    chat_service.note(chat)
                 show(str(chat))
 
     receiver = asyncio.ensure_future(receive())
@@ -135,11 +266,22 @@ async def run_chat(
             if line == "/peers":
                 show(f"* {len(pubsub.topic_peers(topic))} peers in {room}")
                 continue
+            if line.startswith("/dm ") and chat_service is not None:
+                _, who, text = [*line.split(" ", 2), "", ""][:3]
+                try:
+                    await chat_service.send_dm(chat_service.resolve(who), text)
+                    show(f"* sent to {who}")
+                except (P2PError, ValueError) as exc:
+                    show(f"* not sent to {who}: {exc}")
+                continue
             if line.strip():
                 try:
                     await pubsub.publish(topic, encode_chat(nick, line))
                 except ValueError as exc:
                     show(f"* not sent: {exc}")
+                    continue
+                if chat_service is not None:
+                    chat_service.note(ChatMessage(nick, line, str(node.peer_id)))
     finally:
         sub.close()
         receiver.cancel()
@@ -161,7 +303,8 @@ async def chat_main(
 ) -> int:
     """The ``switchy chat`` program: start a node, find peers, chat until input ends."""
     pubsub = PubSub()
-    services: list[ProtocolService] = [pubsub]
+    chat_service = ChatService(room, nick, show)
+    services: list[ProtocolService] = [pubsub, chat_service]
     found: list[MdnsPeer] = []
     mdns_service: MdnsService | None = None
     if mdns:
@@ -186,6 +329,12 @@ async def chat_main(
                     await connect_by_name(node, f"{room}/{join}")
                 except P2PError as exc:
                     show(f"* could not join {join}: {exc}")
+        for conn in node.connections()[:1]:
+            with contextlib.suppress(P2PError, TimeoutError):
+                async with asyncio.timeout(10):
+                    for old in await chat_service.fetch_history(conn.remote_peer):
+                        show(f"[history] {old}")
+                        chat_service.note(old)
         dials: set[asyncio.Task[None]] = set()
         if mdns_service is not None:
 
@@ -199,7 +348,7 @@ async def chat_main(
                 connect_found(heard)
             mdns_service.on_peer_found(connect_found)
         try:
-            await run_chat(node, pubsub, room, nick, lines or stdin_lines(), show)
+            await run_chat(node, pubsub, room, nick, lines or stdin_lines(), show, chat_service)
         finally:
             for task in dials:
                 task.cancel()

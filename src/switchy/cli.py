@@ -629,7 +629,9 @@ class _Progress:
         if self.total:
             frac = min(self.done / self.total, 1.0)
             bar = "#" * int(frac * 30)
-            text = f"[{bar:<30}] {frac:6.1%} {self.done}/{self.total} B {rate:.1f} MB/s"
+            left = (self.total - self.done) / (rate * 1e6) if rate > 0 else 0.0
+            eta = f" ETA {int(left) // 60}:{int(left) % 60:02d}" if self.done < self.total else ""
+            text = f"[{bar:<30}] {frac:6.1%} {self.done}/{self.total} B {rate:.1f} MB/s{eta}"
         else:
             text = f"{self.done} B {rate:.1f} MB/s"
         print(f"\r{text}", end="", file=sys.stderr, flush=True)
@@ -1148,7 +1150,8 @@ async def _cmd_send(args: argparse.Namespace) -> int:
 
     blobs = BlobService()
     async with default_node(services=[blobs], listen=args.listen or [DEFAULT_LISTEN]) as node:
-        ticket = blobs.add_file(args.file)
+        is_dir = Path(args.file).is_dir()
+        ticket = blobs.add_dir(args.file) if is_dir else blobs.add_file(args.file)
         print(ticket, flush=True)
         print(f"serving {args.file} as {node.peer_id}; Ctrl-C to stop", file=sys.stderr)
         await stop.wait()
@@ -1178,14 +1181,28 @@ async def _cmd_receive(args: argparse.Namespace) -> int:
 
     async with default_node() as node:
         path = await fetch(node, ticket, args.out, progress=show)
+        route = _route(node, ticket.peer)
     bar.finish()
+    if args.json:
+        print(_json.dumps({"route": route}), file=sys.stderr, flush=True)
+    else:
+        print(f"received {route}", file=sys.stderr)
     print(path)
     return 0
 
 
+def _route(node: Any, peer: Any) -> str:
+    """``"direct"`` or ``"relayed"``: how ``node`` is connected to ``peer`` (``"closed"``)."""
+    conns = node.connections(peer)
+    if not conns:
+        return "closed"
+    direct = any("/p2p-circuit" not in str(c.remote_addr) for c in conns)
+    return "direct" if direct else "relayed"
+
+
 def _add_transfer_parsers(sub: Any) -> None:
     s = sub.add_parser("send", help="serve a file and print its ticket (/switchy/blobs/1.0.0)")
-    s.add_argument("file", help="the file to send")
+    s.add_argument("file", help="the file or directory to send")
     s.add_argument("--listen", action="append", metavar="ADDR", help="listen address(es)")
     s.set_defaults(func=_cmd_send)
     s = sub.add_parser("receive", help="fetch the file of a ticket printed by send")

@@ -1,7 +1,7 @@
 """Send a file to another peer: verified chunk by chunk, resumable (``/switchy/blobs/1.0.0``).
 
-    python examples/send_file.py send FILE            # prints a ticket, serves until Ctrl-C
-    python examples/send_file.py receive TICKET --out DIR
+    python examples/file_transfer.py send FILE            # prints a ticket, serves until Ctrl-C
+    python examples/file_transfer.py receive TICKET --out DIR
 
 The same as ``switchy send`` / ``switchy receive``.
 """
