@@ -55,9 +55,10 @@ def default_node(
     config: NetworkConfig | None = None,
     **options: Any,
 ) -> Node:
-    """A node with TCP and QUIC (dialed in that order), ping, identify, echo, perf, AutoNAT, the circuit relay
-    client and automatic relays (:class:`~switchy.transports.relay.AutoRelay`: reservations
-    while AutoNAT finds the node private).  ``node.reachability`` tells what AutoNAT found.
+    """A node with TCP and QUIC (dialed in that order), ping, identify, echo, perf,
+    AutoNAT, the circuit relay client and automatic relays
+    (:class:`~switchy.transports.relay.AutoRelay`: reservations while AutoNAT finds the
+    node private).  ``node.reachability`` tells what AutoNAT found.
 
     ``transports`` replaces TCP + QUIC (:func:`default_transports`); ``services`` are
     added after the default ones (:func:`default_services`), and one of the same class as a
