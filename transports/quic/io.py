@@ -24,6 +24,7 @@ from switchy.stack.errors import ConnectionFailed
 __all__ = [
     "LOOPBACK_DATAGRAM_SIZE",
     "MAX_RECV_BATCH",
+    "MAX_RECV_BATCH_BYTES",
     "QUIC_V1_PROTOCOL",
     "SOCKET_BUFFER_SIZE",
     "BatchProtocol",
@@ -40,6 +41,12 @@ SOCKET_BUFFER_SIZE: Final = 4 * 1024 * 1024
 #: Most datagrams read from a socket in one turn of the event loop.  Measured: 8-16 is
 #: best; 32 and more hold acknowledgements back long enough to stall the sender.
 MAX_RECV_BATCH: Final = 16
+#: Most bytes read from a socket in one turn (the batch ends at the datagram that reaches
+#: it): what 16 datagrams of 1200 bytes were, whatever the packet size.  A turn's
+#: datagrams are handled before the node runs again, so this bounds how many new streams
+#: a burst can queue before the application accepts any (loopback packets of 16,000
+#: bytes could carry hundreds of stream openings each).
+MAX_RECV_BATCH_BYTES: Final = 16_000
 #: UDP payload sent on a loopback path once the handshake is done
 #: (:meth:`UdpNetwork.path_datagram_size`) (if the peer's
 #: ``max_udp_payload_size`` allows it): loopback's MTU is 64 KiB, and aioquic's cost is per
@@ -123,6 +130,7 @@ class UdpSocket(asyncio.DatagramTransport):
     def _read_ready(self) -> None:
         recvfrom = self._sock.recvfrom
         protocol = self._protocol
+        budget = MAX_RECV_BATCH_BYTES
         for _ in range(MAX_RECV_BATCH):
             try:
                 data, addr = recvfrom(MAX_UDP_DATAGRAM)
@@ -132,7 +140,8 @@ class UdpSocket(asyncio.DatagramTransport):
                 protocol.error_received(exc)
                 break
             protocol.datagram_received(data, addr)
-            if self._closed:
+            budget -= len(data)
+            if self._closed or budget <= 0:
                 break
         if isinstance(protocol, BatchProtocol):
             protocol.batch_received()
