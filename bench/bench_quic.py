@@ -36,6 +36,7 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived
 from multiaddr import Multiaddr
 
 from bench.common import CHUNK, SINK_PROTOCOL, sink_handler, sink_server_process
+from bench.common import run as run_loop
 from switchy.presets import default_node
 from switchy.stack.identity import KeyPair
 from switchy.transports.quic.tls import make_certificate
@@ -213,7 +214,7 @@ def _bare_server_process(q: Any) -> None:
         q.put(server._transport.get_extra_info("sockname")[1])
         await asyncio.sleep(120)
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 async def _two_process(total: int, out: dict[str, list[float]]) -> None:

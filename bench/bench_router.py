@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from bench.common import CHUNK, stream_throughput
+from bench.common import CHUNK, run, stream_throughput
 from switchy.presets import default_node
 from switchy.protocols.router import request
 
@@ -162,7 +162,7 @@ def _server_process(kind: str, q: Any) -> None:
             q.put(addr)
             await asyncio.Event().wait()  # until the parent terminates this process
 
-    asyncio.run(serve())
+    run(serve())
 
 
 async def _small_get(kind: str, count: int, processes: int) -> dict[str, Any]:

@@ -6,23 +6,40 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from switchy.presets import default_node
 
+T = TypeVar("T")
+
 __all__ = [
     "CHUNK",
+    "LOOP_ENV",
     "SINK_PROTOCOL",
     "ping_round_trips",
+    "run",
     "sink_handler",
     "sink_server_process",
     "stream_throughput",
 ]
 
+#: Environment variable naming the event loop of a benchmark process (``uvloop`` or unset):
+#: set by ``python -m bench --loop uvloop`` and inherited by every process a benchmark spawns.
+LOOP_ENV: Final = "SWITCHY_BENCH_LOOP"
+
 #: Size of each write in throughput measurements.
 CHUNK: Final = 256 * 1024
 #: The benchmarks' sink: reads everything, then (optionally) answers the byte count.
 SINK_PROTOCOL: Final = "/bench/sink/1.0.0"
+
+
+def run(main: Awaitable[T]) -> T:
+    """``asyncio.run(main)`` on the loop :data:`LOOP_ENV` names (uvloop or asyncio's own)."""
+    if os.environ.get(LOOP_ENV) == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)  # type: ignore[arg-type]
+    return asyncio.run(main)  # type: ignore[arg-type]
 
 
 def sink_handler(
@@ -58,7 +75,7 @@ def sink_server_process(q: Any, listen: str) -> None:
             q.put(str(server.full_addrs[0]))
             await finished.wait()
 
-    asyncio.run(main())
+    run(main())
 
 
 async def ping_round_trips(stream: Any, count: int, size: int = 32) -> list[float]:

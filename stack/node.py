@@ -536,7 +536,7 @@ class Node:
         )
 
     def _dial_rank(self, addr: Multiaddr) -> int:
-        """Addresses are tried in the order of ``transports`` (QUIC before TCP by default)."""
+        """Addresses are tried in the order of ``transports`` (the presets put TCP first)."""
         return next(
             (i for i, t in enumerate(self.transports) if t.can_dial(addr)), len(self.transports)
         )

@@ -12,6 +12,7 @@ from switchy.stack.errors import AuthenticationFailed
 from switchy.stack.identity import KeyPair
 from switchy.transports.quic.core import (
     BAD_CERTIFICATE_ERROR,
+    DEFAULT_MAX_UDP_PAYLOAD_SIZE,
     Libp2pQuicConnection,
     make_configuration,
 )
@@ -249,3 +250,29 @@ def test_resets_give_their_connection_credit_back() -> None:
         got = p.received("server", sid)
         p.server.consume(sid, len(got) - p.server._consumed.get(sid, 0))
     assert len(p.received("server", sid)) == 100_000
+
+
+def test_raised_packet_size_carries_data_and_never_exceeds_the_peers_limit() -> None:
+    p = Pair()
+    p.handshaken()
+    assert p.server is not None
+    # aioquic announces no max_udp_payload_size: RFC 9000's default applies
+    assert p.client._remote_max_udp_payload_size == DEFAULT_MAX_UDP_PAYLOAD_SIZE
+    assert p.client.raise_datagram_size(16000) == 16000
+    assert p.client.raise_datagram_size(4000) == 16000  # never shrinks
+    assert p.client._loss._pacer._max_datagram_size == 16000
+    sid = p.client.get_next_available_stream_id()
+    data = bytes(range(256)) * 200
+    p.client.send_stream_data(sid, data, end_stream=True)
+    sent = p.client.datagrams_to_send(p.now)
+    assert 1200 < max(len(d) for d, _ in sent) <= 16000
+    for d, _ in sent:
+        p.server.receive_datagram(d, A, p.now)
+    p.pump(50)
+    p._drain()
+    assert p.received("server", sid) == data
+    # a peer announcing a smaller limit caps the size
+    q = Pair()
+    q.handshaken()
+    q.client._remote_max_udp_payload_size = 1400
+    assert q.client.raise_datagram_size(16000) == 1400

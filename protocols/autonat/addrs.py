@@ -15,7 +15,6 @@ from collections.abc import Callable
 from multiaddr import Multiaddr
 
 from switchy.stack.config import NetworkConfig
-from switchy.transports.sim.network import SIM_PORT_SPAN
 
 __all__ = ["AddrPredicate", "addr_host", "is_public_addr", "is_relayed", "transport_shape"]
 
@@ -47,6 +46,9 @@ def addr_host(addr: Multiaddr) -> str | None:
             return f"ip4:{ip.ipv4_mapped}"
         return f"ip{ip.version}:{ip}"
     if name == "memory":
+        # imported here: only simulated addresses need it (the simulator is not small)
+        from switchy.transports.sim.network import SIM_PORT_SPAN
+
         try:
             return f"memory:{int(value) // SIM_PORT_SPAN}"
         except ValueError:

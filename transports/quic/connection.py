@@ -507,6 +507,9 @@ class QuicConnection(MuxedConnection):
             self._transmit()
             return False
         self._remote_peer = peer
+        path_size = self._endpoint.network.path_datagram_size(self._remote_sockaddr)
+        if path_size is not None:
+            self._quic.raise_datagram_size(path_size)
         if not self.established.done():
             self.established.set_result(None)
         self._start_keepalive()

@@ -27,10 +27,15 @@ from __future__ import annotations
 import ssl
 from typing import Any, Final
 
+from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import END_STATES, QuicConnection
 from aioquic.quic.events import ConnectionTerminated
-from aioquic.quic.packet import QuicErrorCode, QuicProtocolVersion
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicProtocolVersion,
+    pull_quic_transport_parameters,
+)
 
 from switchy.stack.errors import AuthenticationFailed
 from switchy.stack.identity import PeerId
@@ -40,6 +45,7 @@ __all__ = [
     "BAD_CERTIFICATE_ERROR",
     "CONNECTION_ID_LENGTH",
     "DEFAULT_CONNECTION_WINDOW",
+    "DEFAULT_MAX_UDP_PAYLOAD_SIZE",
     "DEFAULT_STREAM_WINDOW",
     "IDLE_TIMEOUT",
     "INITIAL_STREAM_WINDOW",
@@ -67,6 +73,8 @@ INITIAL_STREAM_WINDOW: Final = 256 * 1024
 DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 #: Largest DATAGRAM frame we accept (announced in the transport parameters, RFC 9221).
 MAX_DATAGRAM_FRAME_SIZE: Final = 65536
+#: The peer's ``max_udp_payload_size`` when its transport parameters leave it out (RFC 9000).
+DEFAULT_MAX_UDP_PAYLOAD_SIZE: Final = 65527
 #: A connection with no packet received for this long is closed (keep-alives prevent it).
 IDLE_TIMEOUT: Final = 30.0
 #: QUIC version 1 (RFC 9000), the one ``/quic-v1`` names.
@@ -134,8 +142,37 @@ class Libp2pQuicConnection(QuicConnection):
         self._consumed: dict[int, int] = {}
         self._windows: dict[int, int] = {}
         self._consumed_total = 0
+        self._remote_max_udp_payload_size = DEFAULT_MAX_UDP_PAYLOAD_SIZE
         #: The authenticated peer, once :meth:`verify_peer` succeeded.
         self.peer_id: PeerId | None = None
+
+    # --- packet size ---------------------------------------------------------------------
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        if not from_session_ticket:
+            params = pull_quic_transport_parameters(Buffer(data=data))
+            if params.max_udp_payload_size is not None:
+                self._remote_max_udp_payload_size = params.max_udp_payload_size
+
+    def raise_datagram_size(self, size: int) -> int:
+        """Send UDP payloads of up to ``size`` bytes from now on, never more than the peer's
+        ``max_udp_payload_size`` (its transport parameters, RFC 9000 section 18.2) and never
+        less than now; the caller knows the path carries them (loopback).  Returns the size
+        in force.  Congestion control and pacing count in the new size too."""
+        size = min(size, self._remote_max_udp_payload_size)
+        if size > self._max_datagram_size:
+            self._max_datagram_size = size
+            loss = self._loss
+            loss._pacer._max_datagram_size = size
+            cc = loss._cc
+            if hasattr(cc, "_max_datagram_size"):
+                cc._max_datagram_size = size
+            # RFC 9002 section 7.2's initial window for this size: a whole packet (a
+            # DATAGRAM frame cannot be split) must always fit the window.
+            initial = min(10 * size, max(14720, 2 * size))
+            cc.congestion_window = max(cc.congestion_window, initial)
+        return self._max_datagram_size
 
     # --- libp2p TLS ---------------------------------------------------------------------
 
