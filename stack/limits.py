@@ -194,16 +194,6 @@ def _fd_limit() -> int:
     return soft if soft > 0 else 1 << 20
 
 
-def _networks(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    nets = []
-    for item in items:
-        try:
-            nets.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise InvalidConfiguration(f"{item!r} is not an IP network") from None
-    return tuple(nets)
-
-
 @attrs.frozen(kw_only=True)
 class LimitConfig:
     """Every limit of a :class:`ResourceManager`; build one with :meth:`scaled` or
@@ -235,12 +225,12 @@ class LimitConfig:
     @property
     def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The allowlist's IP networks."""
-        return _networks(a for a in self.allowlist if not _looks_like_peer(a))
+        return _split_allowlist(self.allowlist)[0]
 
     @property
     def allowed_peers(self) -> frozenset[str]:
         """The allowlist's peer ids (text)."""
-        return frozenset(a for a in self.allowlist if _looks_like_peer(a))
+        return _split_allowlist(self.allowlist)[1]
 
     @classmethod
     def scaled(cls, memory: int | None = None, fds: int | None = None) -> LimitConfig:
@@ -325,8 +315,27 @@ class LimitConfig:
         )
 
 
-def _looks_like_peer(text: str) -> bool:
-    return "/" not in text and ":" not in text and not text[:1].isdigit()
+def _split_allowlist(
+    items: Iterable[str],
+) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], frozenset[str]]:
+    """The IP networks and the peer ids of an allowlist; raises for anything else."""
+    from switchy.stack.identity import PeerId
+
+    nets = []
+    peers = set()
+    for item in items:
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+            continue
+        except ValueError:
+            pass
+        try:
+            peers.add(str(PeerId.from_string(item)))
+        except Exception:
+            raise InvalidConfiguration(
+                f"allowlist: {item!r} is neither an IP network nor a peer id"
+            ) from None
+    return tuple(nets), frozenset(peers)
 
 
 @attrs.frozen
@@ -510,12 +519,15 @@ class StreamScope(_Span):
         self.direction: Direction = direction
         self.protocol: str | None = None
         self._middle: list[Scope] = [manager.transient]
+        # The peer (if the connection has one yet) is fixed when the stream opens, so a
+        # stream is always released from the scopes it was charged to.
+        self._peer: list[Scope] = [conn._peer_scope] if conn._peer_scope is not None else []
 
     def _keys(self) -> tuple[str, str]:
         return ("streams_" + self.direction, "streams")
 
     def _chain(self) -> list[Scope]:
-        return [self.conn.scope, *self.conn._chain()[:-1], *self._middle, self._manager.system]
+        return [self.conn.scope, *self._peer, *self._middle, self._manager.system]
 
     def set_protocol(self, protocol: str, service: str | None = None) -> None:
         """The stream was negotiated for ``protocol`` (served by ``service``): move it

@@ -33,6 +33,7 @@ def _import_the_package() -> None:
 
 _import_the_package()
 
+
 @pytest.fixture(autouse=True)
 def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The CLI's default key file (``$XDG_CONFIG_HOME/switchy``) goes to a temporary
