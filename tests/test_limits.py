@@ -12,12 +12,14 @@ from switchy.stack.errors import InvalidConfiguration, ResourceLimitExceeded
 from switchy.stack.identity import KeyPair
 from switchy.stack.limits import (
     BASE_LIMITS,
+    ConnectionScope,
     GiB,
     LimitConfig,
     LimitEvent,
     Limits,
     MiB,
     ResourceManager,
+    StreamScope,
     parse_size,
 )
 
@@ -234,8 +236,8 @@ def test_use_never_exceeds_limits_and_returns_to_zero(ops: list[tuple[str, int, 
         "stream.memory=400",
     )
     peers = [PEER_A, PEER_B]
-    conns: list = []
-    streams: list = []
+    conns: list[ConnectionScope] = []
+    streams: list[StreamScope] = []
     for op, i, n in ops:
         try:
             if op == "conn":

@@ -924,6 +924,8 @@ async def _cmd_forward(args: argparse.Namespace) -> int:
         finally:
             await forwarder.close()
     return 0
+
+
 async def _cmd_chat(args: argparse.Namespace) -> int:
     from switchy.chat import chat_main
 
@@ -965,8 +967,11 @@ async def _cmd_receive(args: argparse.Namespace) -> int:
 
     def show(p: Progress) -> None:
         if args.json:
-            print(_json.dumps({"done": p.done, "total": p.total, "resumed": p.resumed}),
-                  file=sys.stderr, flush=True)
+            print(
+                _json.dumps({"done": p.done, "total": p.total, "resumed": p.resumed}),
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             bar.total = p.total
             bar.update(p.done - bar.done)
