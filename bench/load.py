@@ -11,6 +11,7 @@ Used by ``bench/bench_load.py`` (full figures) and ``tests/test_load.py`` (small
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import multiprocessing as mp
 import os
@@ -47,10 +48,8 @@ def fd_targets() -> set[str]:
     """What this process's file descriptors point at (``socket:[…]``, paths)."""
     out = set()
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):
             out.add(f"{fd}:{os.readlink(f'/proc/self/fd/{fd}')}")
-        except OSError:
-            pass
     return out
 
 
