@@ -111,6 +111,7 @@ async def _client(pipe: Pipe, addr: str, server: PeerId, conns: int, streams: in
             up = Upgrader(key, [NoiseSecurity(cfg)], [Yamux()], cfg)
             try:
                 raw = await tcp.dial(target)
+                assert not isinstance(raw, MuxedConnection)
                 conn = await asyncio.wait_for(up.upgrade_outbound(raw, server), 30)
                 # the server may still refuse after the handshake: a ping tells
                 await conn.ping(timeout=30)  # type: ignore[attr-defined]
