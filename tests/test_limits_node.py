@@ -253,3 +253,29 @@ def test_idle_connections_are_closed() -> None:
             assert server.connmgr.idle_closed == 1
 
     run(main)
+
+
+def test_a_relay_we_hold_a_reservation_on_is_protected() -> None:
+    from switchy.transports.relay import RelayService, RelayTransport
+    from switchy.transports.relay.transport import RESERVATION_TAG
+
+    relay = Node(
+        transports=[TcpTransport()],
+        services=[RelayService()],
+        config=NetworkConfig(keepalive_interval=0),
+        listen=[LOOPBACK],
+    )
+    client = Node(
+        transports=[TcpTransport()],
+        services=[RelayTransport()],
+        config=NetworkConfig(keepalive_interval=0),
+        listen=[LOOPBACK],
+    )
+
+    async def main() -> None:
+        async with started(relay, client):
+            assert not client.connmgr.is_protected(relay.peer_id)
+            await client.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            assert client.connmgr.is_protected(relay.peer_id, RESERVATION_TAG)
+
+    run(main)
