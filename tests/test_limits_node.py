@@ -279,3 +279,54 @@ def test_a_relay_we_hold_a_reservation_on_is_protected() -> None:
             assert client.connmgr.is_protected(relay.peer_id, RESERVATION_TAG)
 
     run(main)
+
+
+def test_quic_streams_and_buffers_are_charged_and_refused_over_budget() -> None:
+    """The same budget holds over QUIC: unread streams stop at the memory limit, the
+    stream limit refuses the excess, and closing frees every charge."""
+    from switchy.transports.quic import QuicTransport
+
+    quic = "/ip4/127.0.0.1/udp/0/quic-v1"
+    held: list[MuxedStream] = []
+    release = asyncio.Event()
+
+    async def hold(stream: MuxedStream) -> None:
+        held.append(stream)
+        await release.wait()
+
+    cfg = NetworkConfig(
+        keepalive_interval=0, limits=("peer.memory=1MiB", "peer.streams_inbound=12")
+    )
+    server = Node(transports=[QuicTransport()], config=cfg, handlers={HOLD: hold}, listen=[quic])
+    client = Node(
+        transports=[QuicTransport()], config=NetworkConfig(keepalive_interval=0), listen=[quic]
+    )
+    size = 200 * 1024
+
+    async def main() -> None:
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            sent = []
+            for _ in range(16):
+                try:
+                    s = await client.open_stream(addr, HOLD)
+                    await asyncio.wait_for(s.write(b"y" * size), 10)
+                    sent.append(s)
+                except P2PError:
+                    pass
+            conn = client.connections(server.peer_id)[0]
+            await conn.ping(timeout=10)  # type: ignore[attr-defined]
+            usage = server.limits.usage()[f"peer:{client.peer_id}"]
+            assert usage["streams_inbound"] <= 12
+            assert usage.get("memory", 0) <= 1 * MiB
+            buffered = sum(len(getattr(s, "_buf", b"")) for s in held)
+            assert buffered <= 1 * MiB
+            blocked = server.limits.blocked
+            assert blocked[("peer", "memory")] + blocked[("peer", "streams_inbound")] > 0
+            gone = disconnections(server, 1)
+            release.set()
+            await client.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert server.limits.usage() == {"system": {}}
+
+    run(main)
