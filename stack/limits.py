@@ -91,6 +91,8 @@ BASE_FDS: Final = 256
 MAX_IP_BUCKETS: Final = 4096
 
 Direction = Literal["inbound", "outbound"]
+#: Scope kinds created on first use and dropped when they hold nothing.
+_DROPPABLE: Final = frozenset({"peer", "protocol", "service"})
 
 
 @attrs.frozen(kw_only=True)
@@ -403,7 +405,7 @@ class _Span:
             raise ResourceLimitExceeded(f"{self.scope.name} is done; cannot reserve memory")
         if n <= 0:
             return
-        self._manager._charge([self.scope, *self._chain()], ("memory",), n, self.allowlisted)
+        self._manager._charge_memory([self.scope, *self._chain()], n, self.allowlisted)
         self._memory += n
 
     def try_reserve_memory(self, n: int) -> bool:
@@ -420,7 +422,7 @@ class _Span:
         if n <= 0 or self._closed:
             return
         self._memory -= n
-        self._manager._release([self.scope, *self._chain()], ("memory",), n)
+        self._manager._release_memory([self.scope, *self._chain()], n)
 
     @property
     def is_done(self) -> bool:
@@ -757,12 +759,34 @@ class ResourceManager:
             for key in keys:
                 s._used[key] += n
 
+    def _charge_memory(self, chain: list[Scope], n: int, allow: bool) -> None:
+        """:meth:`_charge` of memory alone (the hot path: every received chunk)."""
+        if not allow:
+            for s in chain:
+                used = s._used["memory"]
+                if used + n > s.limits.memory:
+                    self._refused(s.kind, s.name, "memory", s.limits.memory, used, n)
+        for s in chain:
+            s._used["memory"] += n
+
+    def _release_memory(self, chain: list[Scope], n: int) -> None:
+        """:meth:`_release` of memory alone (the hot path: every chunk read)."""
+        for s in chain:
+            used = s._used
+            left = used["memory"] - n
+            if left > 0:
+                used["memory"] = left
+            else:
+                used["memory"] = 0
+                if s.kind in _DROPPABLE and s.is_empty:
+                    self._drop(s)
+
     def _release(self, chain: list[Scope], keys: tuple[str, ...], n: int) -> None:
         for s in chain:
             used = s._used
             for key in keys:
                 used[key] = max(0, used[key] - n)
-            if s.kind in ("peer", "protocol", "service") and s.is_empty:
+            if s.kind in _DROPPABLE and s.is_empty:
                 self._drop(s)
 
     def _drop(self, s: Scope) -> None:
