@@ -105,6 +105,35 @@ class NetworkConfig:
     #: ``SWITCHY_HOLE_PUNCHING=0`` turns it off.
     hole_punching: bool = attrs.field(default=True, converter=bool)
 
+    # --- resource manager (switchy.stack.limits) ------------------------------------
+    #: Overrides of the resource manager's limits, ``scope.resource=value`` each:
+    #: ``SWITCHY_LIMITS=system.conns=2000,peer.streams=1024,peer.memory=32MiB``
+    #: (see :meth:`switchy.stack.limits.LimitConfig.with_overrides`).
+    limits: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    #: Memory budget the default limits are scaled to (bytes); 0: an eighth of the RAM.
+    limits_memory: int = attrs.field(default=0, validator=_not_negative)
+    #: File descriptors the default limits are scaled to; 0: half of ``RLIMIT_NOFILE``.
+    limits_fds: int = attrs.field(default=0, validator=_not_negative)
+    #: Most inbound connections from one IP address.
+    max_inbound_per_ip: int = attrs.field(default=64, validator=_positive)
+    #: New inbound connections per second allowed from one IP (0: no rate limit), and
+    #: the burst allowed above that rate.
+    inbound_rate_per_ip: float = attrs.field(default=16.0, validator=_not_negative)
+    inbound_burst_per_ip: int = attrs.field(default=64, validator=_positive)
+    #: Loopback addresses skip the per-IP limits (by default they count like any other).
+    limits_exempt_loopback: bool = False
+    #: IP networks (CIDR) and peer ids whose connections are never refused by the limits.
+    limits_allowlist: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+
+    # --- connection manager (switchy.stack.connmgr) --------------------------------
+    #: Trimming brings the connections down to ``conn_low_water`` when there are more
+    #: than ``conn_high_water``; connections younger than ``conn_grace_period`` stay.
+    conn_low_water: int = attrs.field(default=160, validator=_not_negative)
+    conn_high_water: int = attrs.field(default=192, validator=_positive)
+    conn_grace_period: float = attrs.field(default=20.0, validator=_not_negative)
+    #: Close connections without streams after this many seconds; 0: never.
+    idle_timeout: float = attrs.field(default=0.0, validator=_not_negative)
+
     def is_public_ip(self, ip: str) -> bool:
         """Whether ``ip`` is globally routable or in :attr:`public_networks`."""
         import ipaddress

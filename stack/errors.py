@@ -131,7 +131,21 @@ class InvalidConfiguration(P2PError, ValueError):
 
 
 class ResourceLimitExceeded(P2PError):
-    """A configured limit (streams, connections, sizes, buffers) was hit."""
+    """A configured limit (streams, connections, sizes, buffers) was hit.
+
+    Refusals of the resource manager (:mod:`switchy.stack.limits`) set ``scope`` (the
+    scope's name: ``system``, ``peer:<id>``, ``ip:<address>``…), ``resource``
+    (``conns_inbound``, ``streams``, ``memory``, ``rate``…) and ``limit``; other
+    limits leave them empty.
+    """
+
+    def __init__(
+        self, message: str, *, scope: str = "", resource: str = "", limit: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.resource = resource
+        self.limit = limit
 
 
 class MessageTooLarge(ResourceLimitExceeded, ProtocolError):

@@ -47,6 +47,7 @@ from switchy.stack import __version__
 from switchy.stack.addrbook import AddressBook, Reachability
 from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
 from switchy.stack.config import NetworkConfig
+from switchy.stack.connmgr import ConnectionManager
 from switchy.stack.errors import (
     ConnectionClosed,
     ConnectionFailed,
@@ -56,8 +57,10 @@ from switchy.stack.errors import (
     ResourceLimitExceeded,
     UnsupportedAddress,
 )
+from switchy.stack.gater import ConnectionGater, ip_of
 from switchy.stack.identity import Entropy, KeyPair, PeerId
-from switchy.stack.metrics import MetricsRegistry, SwarmMetrics, measure_clock
+from switchy.stack.limits import ConnectionScope, LimitConfig, ResourceManager
+from switchy.stack.metrics import MetricsRegistry, SwarmMetrics, measure_clock, rcmgr_collector
 from switchy.stack.mux import MuxedConnection, StreamMuxer
 from switchy.stack.negotiation import (
     confirm_protocol,
@@ -152,6 +155,9 @@ class Node:
         listen: Iterable[str | Multiaddr] = (),
         entropy: Entropy | None = None,
         agent_version: str = AGENT_VERSION,
+        limits: ResourceManager | LimitConfig | None = None,
+        gater: ConnectionGater | None = None,
+        connmgr: ConnectionManager | None = None,
     ) -> None:
         self.config = config or NetworkConfig()
         self.entropy = entropy
@@ -188,6 +194,7 @@ class Node:
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
+        self._init_limits(limits, gater, connmgr)
         #: Our own addresses: observed, confirmed, announced; and our reachability.
         self.addresses = AddressBook(lambda: self.listen_addrs, spawn=self._spawn_callback)
         for t in self.transports:
@@ -223,6 +230,7 @@ class Node:
             await self.listen(*self._listen_on)
         for service in self.services:
             await service.start()
+        self.connmgr.start()
 
     async def close(self) -> None:
         """Close gracefully: stop listening, let in-flight handlers finish, close connections.
@@ -234,6 +242,7 @@ class Node:
             await self._closed.wait()
             return
         self._closing = True
+        self.connmgr.stop()
         for listener in self._listeners:
             with contextlib.suppress(Exception):
                 await listener.close()
@@ -650,23 +659,34 @@ class Node:
     async def _dial_upgrade(
         self, transport: Transport, addr: Multiaddr, peer: PeerId | None, *, initiator: bool
     ) -> MuxedConnection:
-        raw = await transport.dial(addr, remote_peer=peer)
-        if isinstance(raw, MuxedConnection):
-            conn = raw
-        else:
-            try:
-                conn = await (
-                    self.upgrader.upgrade_outbound(raw, peer)
-                    if initiator
-                    else self.upgrader.upgrade_inbound(raw, peer)
-                )
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await raw.reset()
-                raise
+        scope = self._admit_outbound(addr, peer)
+        try:
+            raw = await transport.dial(addr, remote_peer=peer)
+            if isinstance(raw, MuxedConnection):
+                conn = raw
+            else:
+                try:
+                    conn = await (
+                        self.upgrader.upgrade_outbound(raw, peer)
+                        if initiator
+                        else self.upgrader.upgrade_inbound(raw, peer)
+                    )
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await raw.reset()
+                    raise
+        except BaseException:
+            scope.done()
+            raise
         if peer is not None and conn.remote_peer != peer:
+            scope.done()
             await conn.abort()
             raise ConnectionFailed(f"remote is {conn.remote_peer}, expected {peer}")
+        if not self._admit_peer(conn, scope, "outbound"):
+            await conn.abort()
+            raise ConnectionFailed(
+                f"connection to {conn.remote_peer} refused: {self._last_refusal}"
+            )
         return conn
 
     async def _on_inbound(self, raw: Connection | MuxedConnection) -> None:
@@ -679,6 +699,10 @@ class Node:
                 raw.remote_addr,
                 ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),
             )
+            await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
+            return
+        scope = self._admit_inbound(raw)
+        if scope is None:
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
         clock = measure_clock()
@@ -694,7 +718,14 @@ class Node:
             else:
                 conn = await self.upgrader.upgrade_inbound(raw)
         except P2PError as exc:
+            scope.done()
             log.info("refused inbound connection from %s: %s", raw.remote_addr, exc)
+            return
+        except BaseException:
+            scope.done()
+            raise
+        if not self._admit_peer(conn, scope, "inbound"):
+            await conn.abort()
             return
         self._swarm_metrics.handshake.labels(
             *self._swarm_metrics.connection_labels(conn, self._transport_name(conn))
@@ -725,6 +756,8 @@ class Node:
         self._emit(ConnectionEvent("connected", peer, conn))
 
     def _remove_connection(self, conn: MuxedConnection) -> None:
+        if conn.resource_scope is not None:
+            conn.resource_scope.done()
         conns = self._connections.get(conn.remote_peer)
         if conns is not None and conn in conns:
             conns.remove(conn)
@@ -766,6 +799,9 @@ class Node:
             await stream.reset()
             return
         stream.protocol = protocol
+        if not self._charge_protocol(stream, protocol):
+            await stream.reset()
+            return
         stream.traffic = self._swarm_metrics.stream_opened("inbound", protocol)
         try:
             await handler(stream)
@@ -809,6 +845,7 @@ class Node:
         try:
             if len(protocol_ids) == 1:
                 # Optimistic: the proposal travels with the first data; checked on first read.
+                self._charge_protocol(stream, protocol_ids[0], raise_=True)
                 await select_protocol_lazy(stream, protocol_ids[0])
                 stream.traffic = self._swarm_metrics.stream_opened("outbound", protocol_ids[0])
                 if confirm:
@@ -817,12 +854,113 @@ class Node:
             protocol = await select_protocol(
                 stream, protocol_ids, timeout=self.config.negotiation_timeout
             )
+            self._charge_protocol(stream, protocol, raise_=True)
         except BaseException:
             await stream.reset()
             raise
         stream.protocol = protocol
         stream.traffic = self._swarm_metrics.stream_opened("outbound", protocol)
         return stream
+
+    # --- resource limits, gating, connection manager -------------------------------------
+
+    def _init_limits(
+        self,
+        limits: ResourceManager | LimitConfig | None,
+        gater: ConnectionGater | None,
+        connmgr: ConnectionManager | None,
+    ) -> None:
+        cfg = self.config
+        if not isinstance(limits, ResourceManager):
+            limits = ResourceManager(limits or LimitConfig.from_network_config(cfg), clock=_now)
+        #: The resource manager: every connection, stream and receive buffer is charged
+        #: to it (``node.limits.usage()`` shows the current use).
+        self.limits = limits
+        #: The connection gater (allow/deny lists of peers and networks, a callback).
+        self.gater = gater or ConnectionGater()
+        #: The connection manager (watermarks, protected peers, idle timeout).
+        self.connmgr = connmgr or ConnectionManager(
+            low_water=min(cfg.conn_low_water, cfg.conn_high_water),
+            high_water=cfg.conn_high_water,
+            grace_period=cfg.conn_grace_period,
+            idle_timeout=cfg.idle_timeout,
+        )
+        self.connmgr.attach(self)
+        self.metrics.add_collector(rcmgr_collector(limits.metrics_usage))
+        self._last_refusal = ""
+
+    def _limit_key(self, addr: Multiaddr, limited: bool) -> str | None:
+        """The per-IP key of a remote address: its IP, or the simulator's host; none for
+        relayed connections (the relay's address is not the peer's)."""
+        if limited:
+            return None
+        ip = ip_of(addr)
+        if ip is not None:
+            return ip
+        transport = next((t for t in self.transports if t.can_dial(addr)), None)
+        return transport.observer_group(addr) if transport is not None else None
+
+    def _admit_inbound(self, raw: Connection | MuxedConnection) -> ConnectionScope | None:
+        """The gater's address check and the resource manager's charge of a new inbound
+        connection, before its handshake; ``None``: refused (logged at debug level)."""
+        addr = raw.remote_addr
+        reason = self.gater.check_addr("inbound", addr)
+        if reason is not None:
+            log.debug("refused inbound connection from %s: %s", addr, reason)
+            return None
+        peer = raw.remote_peer if isinstance(raw, MuxedConnection) else None
+        try:
+            return self.limits.open_connection(
+                "inbound", self._limit_key(addr, raw.is_limited), peer=peer
+            )
+        except ResourceLimitExceeded as exc:
+            log.debug("refused inbound connection from %s: %s", addr, exc)
+            return None
+
+    def _admit_outbound(self, addr: Multiaddr, peer: PeerId | None) -> ConnectionScope:
+        """The gater's checks and the resource manager's charge of a dial; raises
+        :class:`ConnectionFailed` or :class:`ResourceLimitExceeded` when refused."""
+        reason = self.gater.check_addr("outbound", addr)
+        if reason is None and peer is not None:
+            reason = self.gater.check_peer("outbound", peer, addr)
+        if reason is not None:
+            raise ConnectionFailed(f"dial to {addr} refused by the connection gater: {reason}")
+        return self.limits.open_connection("outbound", self._limit_key(addr, False))
+
+    def _admit_peer(self, conn: MuxedConnection, scope: ConnectionScope, direction: str) -> bool:
+        """After the handshake: the gater's peer check and the move of ``scope`` to the
+        peer's scope; attaches ``scope`` to ``conn`` (the muxer charges streams to it)."""
+        conn.resource_scope = scope
+        peer = conn.remote_peer
+        reason = self.gater.check_peer(
+            "inbound" if direction == "inbound" else "outbound", peer, conn.remote_addr
+        )
+        if reason is None:
+            try:
+                scope.set_peer(peer)
+            except ResourceLimitExceeded as exc:
+                reason = str(exc)
+        if reason is not None:
+            self._last_refusal = reason
+            log.debug("refused %s connection with %s: %s", direction, peer, reason)
+            scope.done()
+            return False
+        return True
+
+    def _charge_protocol(self, stream: MuxedStream, protocol: str, *, raise_: bool = False) -> bool:
+        """Move ``stream`` into ``protocol``'s scope; ``False`` (or raises, with
+        ``raise_``) when the protocol's limits refuse it."""
+        scope = getattr(stream, "resource_scope", None)
+        if scope is None:
+            return True
+        try:
+            scope.set_protocol(protocol)
+        except ResourceLimitExceeded as exc:
+            if raise_:
+                raise
+            log.debug("refused a %s stream from %s: %s", protocol, stream.remote_peer, exc)
+            return False
+        return True
 
     # --- internals ----------------------------------------------------------------------
 
@@ -844,6 +982,16 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.peer_id.fmt_short()}>"
+
+
+def _now() -> float:
+    """The running loop's clock (virtual under the simulator), else the monotonic clock."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        import time
+
+        return time.monotonic()
 
 
 def _forget_dial(

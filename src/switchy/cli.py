@@ -777,6 +777,90 @@ def _add_common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         default=default,
         help="-v: --log-level info, -vv: --log-level debug",
     )
+    _add_limit_options(parser, default)
+
+
+# --- resource limits (switchy.stack.limits) -----------------------------------------------
+
+
+def _add_limit_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--limit`` and the per-IP options, before or after the subcommand."""
+    g = parser.add_argument_group("resource limits (before or after the subcommand)")
+    g.add_argument(
+        "--limit",
+        action="append",
+        default=default,
+        metavar="SCOPE.RESOURCE=VALUE",
+        help="override a resource limit, e.g. system.conns=2000, peer.memory=32MiB, "
+        "protocol:/ipfs/ping/1.0.0.streams=8 (repeat; added to SWITCHY_LIMITS); "
+        "`switchy limits` shows them",
+    )
+    g.add_argument(
+        "--max-inbound-per-ip",
+        type=int,
+        default=default,
+        metavar="N",
+        help="most inbound connections from one IP (default 64; SWITCHY_MAX_INBOUND_PER_IP)",
+    )
+    g.add_argument(
+        "--limits-allow",
+        dest="limits_allow",
+        action="append",
+        default=default,
+        metavar="CIDR_OR_PEER",
+        help="never refuse connections from this network or peer id (repeat)",
+    )
+
+
+def _limit_overrides(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The :class:`NetworkConfig` fields the limit options set (on top of the environment)."""
+    from switchy.stack.config import ENV_PREFIX
+
+    out: dict[str, Any] = {}
+    if getattr(args, "limit", None):
+        env = environ.get(ENV_PREFIX + "LIMITS", "")
+        out["limits"] = (*(x for x in env.split(",") if x.strip()), *args.limit)
+    if getattr(args, "max_inbound_per_ip", None) is not None:
+        out["max_inbound_per_ip"] = args.max_inbound_per_ip
+    if getattr(args, "limits_allow", None):
+        env = environ.get(ENV_PREFIX + "LIMITS_ALLOWLIST", "")
+        out["limits_allowlist"] = (*(x for x in env.split(",") if x.strip()), *args.limits_allow)
+    return out
+
+
+def _cmd_limits(args: argparse.Namespace) -> int:
+    """``switchy limits``: the resource limits a node started now would have."""
+    import attrs
+
+    from switchy.stack.limits import UNLIMITED, LimitConfig
+
+    lc = LimitConfig.from_network_config(args.config)
+
+    def show(v: int) -> int | str:
+        return "unlimited" if v >= UNLIMITED else v
+
+    table = {k: {r: show(v) for r, v in attrs.asdict(lim).items()} for k, lim in lc.scopes.items()}
+    info = {
+        "scopes": table,
+        "max_inbound_per_ip": lc.max_inbound_per_ip,
+        "inbound_rate_per_ip": lc.inbound_rate_per_ip,
+        "inbound_burst_per_ip": lc.inbound_burst_per_ip,
+        "exempt_loopback": lc.exempt_loopback,
+        "allowlist": list(lc.allowlist),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for kind, row in table.items():
+        print(f"{kind:10} " + " ".join(f"{r}={v}" for r, v in row.items()))
+    print(
+        f"per IP: {lc.max_inbound_per_ip} inbound connections, "
+        f"{lc.inbound_rate_per_ip:g}/s (burst {lc.inbound_burst_per_ip})"
+        + (", loopback exempt" if lc.exempt_loopback else "")
+    )
+    if lc.allowlist:
+        print("allowlist: " + ", ".join(lc.allowlist))
+    return 0
 
 
 # --- switchy dht --------------------------------------------------------------------------
@@ -1247,6 +1331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands = _Commands()
 
+    s = command("limits", help="show the resource limits a node would have on this machine")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_cmd_limits)
+
     s = command("id", help="create or show this machine's identity")
     s.add_argument("--key", help=f"key file (default {default_key_path()})")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -1539,7 +1627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     undo_logging: Callable[[], None] | None = None
     try:
         undo_logging = _setup_logging(args, os.environ)
-        args.config = NetworkConfig.from_env()
+        args.config = NetworkConfig.from_env(**_limit_overrides(args, os.environ))
         result = func(args)
         return result if isinstance(result, int) else asyncio.run(result)
     except KeyboardInterrupt:

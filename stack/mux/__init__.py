@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from switchy.stack.config import NetworkConfig
     from switchy.stack.errors import ConnectionClosed
     from switchy.stack.identity import PeerId
+    from switchy.stack.limits import ConnectionScope, Direction, StreamScope
     from switchy.stack.metrics import ByteCounter, ConnectionStats
     from switchy.stack.stream import Connection
 
@@ -36,6 +37,15 @@ class MuxedConnection(abc.ABC):
     security_protocol: str = ""
     muxer_protocol: str = ""
     stats: ConnectionStats
+    #: The resource manager's scope of this connection (set by the node when it keeps
+    #: the connection); muxers charge their streams and receive buffers to it.
+    resource_scope: ConnectionScope | None = None
+
+    def _open_stream_scope(self, direction: Direction) -> StreamScope | None:
+        """Charge a new stream to :attr:`resource_scope` (``None`` without one); raises
+        :class:`~switchy.stack.errors.ResourceLimitExceeded`."""
+        scope = self.resource_scope
+        return None if scope is None else scope.open_stream(direction)
 
     @abc.abstractmethod
     async def open_stream(self) -> MuxedStream:
@@ -100,6 +110,7 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         "_id",
         "_read_closed",
         "_read_waiter",
+        "_scope",
         "_write_closed",
         "_write_waiter",
         "max_message_size",
@@ -120,6 +131,30 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         self.protocol: str | None = None
         self.traffic: ByteCounter | None = None
         self.max_message_size = max_message_size
+        #: The resource manager's scope of this stream (its receive buffer is charged).
+        self._scope: StreamScope | None = None
+
+    @property
+    def resource_scope(self) -> StreamScope | None:
+        """The resource manager's scope of this stream, if its connection has one."""
+        return self._scope
+
+    def _reserve(self, n: int) -> bool:
+        """Charge ``n`` received bytes to the stream's scope; ``False``: over the budget."""
+        scope = self._scope
+        return scope is None or scope.try_reserve_memory(n)
+
+    def _release(self, n: int) -> None:
+        """``n`` buffered bytes left the receive buffer."""
+        scope = self._scope
+        if scope is not None and n > 0:
+            scope.release_memory(n)
+
+    def _scope_done(self) -> None:
+        """The stream is gone: release everything it held."""
+        scope = self._scope
+        if scope is not None:
+            scope.done()
 
     @property
     def stream_id(self) -> int:
@@ -170,6 +205,8 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         self._buf.push_front(data)
         if self.traffic is not None:  # counted again when read again
             self.traffic.received.dec(len(data))
+        if self._scope is not None:
+            self._scope.try_reserve_memory(len(data))
         return True
 
     async def read(self, max_bytes: int = -1) -> bytes:
@@ -184,6 +221,8 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
             self._read_waiter = waiter
             await waiter
         data = buf.take(max_bytes)
+        if self._scope is not None:
+            self._scope.release_memory(len(data))
         self._consumed(len(data))
         if self.traffic is not None:
             self.traffic.received.inc(len(data))

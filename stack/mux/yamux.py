@@ -69,6 +69,9 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         if self._read_closed:
             self._conn._consume(self._id, len(data))
             return
+        if not self._reserve(len(data)):
+            self._conn._over_budget(self, len(data))
+            return
         self._buf.append(data)
         self._wake_reader()
 
@@ -80,7 +83,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         if self._error is None:
             self._error = error
         if discard:
-            self._buf.clear()
+            self._release(self._buf.clear())
         self._drop_pending()
         self._write_closed = True
         self._wake_reader()
@@ -183,7 +186,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
     async def reset(self) -> None:
         if self._error is None:
             self._error = StreamReset(f"yamux stream {self._id} was reset locally")
-        self._buf.clear()
+        self._release(self._buf.clear())
         self._drop_pending()
         self._write_closed = True
         self._read_closed = True
@@ -197,6 +200,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         self._read_closed = True
         unread = self._buf.clear()
         if unread > 0:
+            self._release(unread)
             self._conn._consume(self._id, unread)
         await self.close_write()
         self._wake_reader()
@@ -366,7 +370,19 @@ class YamuxConnection(MuxedConnection):
             self._schedule_flush()
 
     def _forget(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
+        st = self._streams.pop(stream_id, None)
+        if st is not None:
+            st._scope_done()
+
+    def _over_budget(self, st: YamuxStream, n: int) -> None:
+        """Data for ``st`` does not fit the memory its scopes allow: reset the stream."""
+        log.debug("yamux: stream %d over its memory budget (%d bytes more); resetting", st._id, n)
+        self._session.consume(st._id, n, self._loop.time())
+        self._session.reset_stream(st._id)
+        st._on_reset(StreamReset(f"yamux stream {st._id} reset: over its memory budget"))
+        st._read_closed = True
+        self._forget(st._id)
+        self._schedule_flush()
 
     # --- reading --------------------------------------------------------------------
 
@@ -420,12 +436,18 @@ class YamuxConnection(MuxedConnection):
                 self._ack_waiters.clear()
             elif isinstance(ev, StreamOpened):
                 st = YamuxStream(self, ev.stream_id)
-                streams[ev.stream_id] = st
                 if len(self._accept_queue) >= self._config.max_ack_backlog:
                     self._session.reset_stream(ev.stream_id)
-                    streams.pop(ev.stream_id, None)
                     log.debug("yamux: accept backlog full, refusing stream %d", ev.stream_id)
                     continue
+                if self.resource_scope is not None:
+                    try:
+                        st._scope = self._open_stream_scope("inbound")
+                    except ResourceLimitExceeded as exc:
+                        self._session.reset_stream(ev.stream_id)
+                        log.debug("yamux: refusing stream %d: %s", ev.stream_id, exc)
+                        continue
+                streams[ev.stream_id] = st
                 self._accept_queue.append(st)
                 accept = self._accept_waiter
                 if accept is not None:
@@ -440,6 +462,7 @@ class YamuxConnection(MuxedConnection):
                 st = streams.pop(ev.stream_id, None)
                 if st is not None:
                     st._on_reset(StreamReset(f"yamux stream {ev.stream_id} was reset by the peer"))
+                    st._scope_done()
             elif isinstance(ev, PongReceived):
                 entry = self._pings.pop(ev.opaque, None)
                 if entry is not None and not entry[1].done():
@@ -456,7 +479,10 @@ class YamuxConnection(MuxedConnection):
         self.stats.closed_at = self.stats.closed_at or self._loop.time()
         for st in list(self._streams.values()):
             st._on_reset(StreamReset(f"connection closed: {reason}"), discard=False)
+            st._scope_done()
         self._streams.clear()
+        if self.resource_scope is not None:
+            self.resource_scope.done()
         w = self._accept_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -476,16 +502,20 @@ class YamuxConnection(MuxedConnection):
         while True:
             if self._closed:
                 raise ConnectionClosed(f"connection to {self.remote_peer} is closed")
-            try:
-                sid = self._session.open_stream(self._loop.time())
+            if self._session.unacked_outbound < self._session.max_ack_backlog:
                 break
-            except ResourceLimitExceeded:
-                if self._session.unacked_outbound < self._session.max_ack_backlog:
-                    raise
-                waiter = self._loop.create_future()
-                self._ack_waiters.append(waiter)
-                await waiter
+            waiter = self._loop.create_future()
+            self._ack_waiters.append(waiter)
+            await waiter
+        scope = self._open_stream_scope("outbound")
+        try:
+            sid = self._session.open_stream(self._loop.time())
+        except BaseException:
+            if scope is not None:
+                scope.done()
+            raise
         st = YamuxStream(self, sid)
+        st._scope = scope
         self._streams[sid] = st
         return st
 

@@ -123,6 +123,9 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
                     self._conn._quic.stop_stream(self._id, STREAM_RESET_CODE)
                 self._conn._schedule_transmit()
             return
+        if not self._reserve(len(data)):
+            self._conn._over_budget(self, len(data))
+            return
         self._buf.append(data)
         self._wake_reader()
 
@@ -137,6 +140,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
             self._error = error
         dropped = self._buf.clear()
         if dropped:
+            self._release(dropped)
             self._conn._credit(self._id, dropped)
         self._wake_reader()
         self._maybe_forget()
@@ -282,6 +286,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         conn = self._conn
         dropped = self._buf.clear()
         if dropped:
+            self._release(dropped)
             conn._credit(self._id, dropped)
         quic = conn._quic
         if not self._write_closed or self._pending is not None:
@@ -304,6 +309,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
             self._read_closed = True
             dropped = self._buf.clear()
             if dropped:
+                self._release(dropped)
                 self._conn._credit(self._id, dropped)
             self._wake_reader()
         await self.close_write()
@@ -566,8 +572,15 @@ class QuicConnection(MuxedConnection):
         else:
             return None  # a stream we already forgot
         st = QuicStream(self, sid)
-        if self._closed or len(self._accept_queue) >= self._config.max_ack_backlog:
-            log.debug("QUIC: accept backlog full, refusing stream %d", sid)
+        refusal = "accept backlog full"
+        if not self._closed and len(self._accept_queue) < self._config.max_ack_backlog:
+            try:
+                st._scope = self._open_stream_scope("inbound")
+                refusal = ""
+            except ResourceLimitExceeded as exc:
+                refusal = str(exc)
+        if refusal:
+            log.debug("QUIC: refusing stream %d: %s", sid, refusal)
             with contextlib.suppress(ValueError, RuntimeError, AssertionError):
                 self._quic.reset_stream(sid, STREAM_RESET_CODE)
                 self._quic.stop_stream(sid, STREAM_RESET_CODE)
@@ -600,8 +613,26 @@ class QuicConnection(MuxedConnection):
     def _forget(self, stream_id: int) -> None:
         st = self._streams.pop(stream_id, None)
         if st is not None:
+            st._scope_done()
             self._blocked_writers.discard(st)
             self._quic.forget_stream(stream_id)
+
+    def _over_budget(self, st: QuicStream, n: int) -> None:
+        """Data for ``st`` does not fit the memory its scopes allow: reset the stream."""
+        log.debug("QUIC: stream %d over its memory budget (%d bytes more); resetting", st._id, n)
+        self._credit(st._id, n)
+        st._error = st._error or StreamReset(f"QUIC stream {st._id} reset: over its memory budget")
+        st._release(st._buf.clear())
+        st._read_closed = True
+        st._write_closed = True
+        st._drop_pending()
+        with contextlib.suppress(ValueError, RuntimeError, AssertionError):
+            self._quic.reset_stream(st._id, STREAM_RESET_CODE)
+            self._quic.stop_stream(st._id, STREAM_RESET_CODE)
+        st._wake_reader()
+        st._wake_writer()
+        self._forget(st._id)
+        self._schedule_transmit()
 
     def _terminate(self, reason: ConnectionClosed, *, release: bool) -> None:
         """End local state; ``release`` also stops the core (no more packets to handle)."""
@@ -611,7 +642,10 @@ class QuicConnection(MuxedConnection):
             self.stats.closed_at = self.stats.closed_at or self._loop.time()
             for st in list(self._streams.values()):
                 st._on_connection_closed(reason)
+                st._scope_done()
             self._streams.clear()
+            if self.resource_scope is not None:
+                self.resource_scope.done()
             self._blocked_writers.clear()
             for w in (self._accept_waiter, self._datagram_waiter, self._flush_waiter):
                 if w is not None and not w.done():
@@ -658,10 +692,12 @@ class QuicConnection(MuxedConnection):
                 f"{len(self._streams)} streams open on this QUIC connection "
                 f"(max_streams_per_connection={self._config.max_streams_per_connection})"
             )
+        scope = self._open_stream_scope("outbound")
         quic = self._quic
         sid = quic.get_next_available_stream_id()
         quic.send_stream_data(sid, b"")  # creates the stream (sent with its first data)
         st = QuicStream(self, sid)
+        st._scope = scope
         self._streams[sid] = st
         return st
 

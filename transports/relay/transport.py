@@ -86,6 +86,8 @@ log = logging.getLogger(__name__)
 #: The multiaddr component marking a relayed hop.
 CIRCUIT: Final = "p2p-circuit"
 _CIRCUIT_MA: Final = Multiaddr("/" + CIRCUIT)
+#: The connection manager tag protecting connections to relays we hold a reservation on.
+RESERVATION_TAG: Final = "relay-reservation"
 #: Shortest pause between two reservation attempts on a relay (its expiry is in whole seconds).
 MIN_RENEW_INTERVAL: Final = 1.0
 
@@ -378,6 +380,8 @@ class RelayListener(Listener):
     async def close(self) -> None:
         """Stop renewing; the reservation lapses at its expiry."""
         self._closed = True
+        if self.reservation is not None and self.transport.node is not None:
+            self.transport.node.connmgr.unprotect(self.reservation.relay, RESERVATION_TAG)
         if self._task is not None:
             self._task.cancel()
             # wait() never raises the task's CancelledError, so a cancellation of our
@@ -584,6 +588,8 @@ class RelayTransport(Transport, ProtocolService):
             expires - loop.time(),
             ", ".join(map(str, addrs)),
         )
+        # the connection manager never trims the connection our reservation lives on
+        self._node().connmgr.protect(relay, RESERVATION_TAG)
         return ActiveReservation(relay, addrs, expires, reply.limit, voucher)
 
     async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:

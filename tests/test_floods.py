@@ -1,0 +1,154 @@
+"""Floods against one node over loopback, each bounded in count and time: the node stays
+within its limits, an honest peer keeps getting pings answered (measured during the
+flood), and afterwards connections, streams, memory charges, fds and tasks are back to
+the baseline.
+
+The attackers come from 127.0.0.2 (Linux routes all of 127/8 to the loopback), the
+honest peer from 127.0.0.1: the per-IP limits fall on the attacker only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+
+from switchy.protocols.ping import PingService, ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.node import Node
+from switchy.transports.tcp import TcpTransport
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+ATTACKER_IP = "127.0.0.2"
+
+
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro_fn(), timeout)
+
+    asyncio.run(bounded())
+
+
+def fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def plain_node(**config: object) -> Node:
+    cfg = NetworkConfig(keepalive_interval=0, **config)  # type: ignore[arg-type]
+    return Node(transports=[TcpTransport()], services=[PingService()], config=cfg)
+
+
+async def baseline_tasks() -> int:
+    await asyncio.sleep(0)
+    return len(asyncio.all_tasks())
+
+
+def test_slowloris_tcp_handshakes() -> None:
+    """100 TCP connections that never start the handshake: the per-IP limit refuses all but
+    20 at once, the handshake timeout frees those, honest pings go on meanwhile."""
+    server = plain_node(handshake_timeout=1.0, max_inbound_per_ip=20)
+    honest = plain_node()
+    flood = 100  # from one attacker address; the per-IP limit holds 20 of them
+
+    async def main() -> None:
+        async with server, honest:
+            await server.listen(LOOPBACK)
+            await honest.listen(LOOPBACK)
+            addr = server.full_addrs[0]
+            assert (await ping(honest, addr))[0] < 5.0  # connected before the flood
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            host, port = str(server.listen_addrs[0]).split("/")[2], server.listen_addrs[0]
+            tcp_port = int(str(port).split("/")[4])
+            ended = 0
+            refused_seen = asyncio.Event()
+            all_ended = asyncio.Event()
+            writers: list[asyncio.StreamWriter] = []
+
+            async def slow() -> None:
+                nonlocal ended
+                reader, writer = await asyncio.open_connection(
+                    host, tcp_port, local_addr=(ATTACKER_IP, 0)
+                )
+                writers.append(writer)
+                with contextlib.suppress(OSError):
+                    await reader.read()  # never sends: waits for the server to end it
+                ended += 1
+                if ended >= flood - 20:
+                    refused_seen.set()
+                if ended == flood:
+                    all_ended.set()
+
+            tasks = [asyncio.ensure_future(slow()) for _ in range(flood)]
+            await asyncio.wait_for(refused_seen.wait(), 20)
+            during = server.limits.usage()
+            assert during.get("transient", {}).get("conns_inbound", 0) <= 20
+            assert server.limits.blocked[("ip", "conns_inbound")] >= flood - 20
+            rtts = await ping(honest, addr, count=5)  # while 20 handshakes are held open
+            assert max(rtts) < 5.0
+            async with plain_node() as newcomer:  # a new honest connection gets through too
+                assert (await ping(newcomer, addr))[0] < 5.0
+            await asyncio.wait_for(all_ended.wait(), 20)  # the handshake timeout ended them
+            for w in writers:
+                w.close()
+            await asyncio.gather(*tasks)
+            for w in writers:
+                with contextlib.suppress(OSError):
+                    await w.wait_closed()
+            assert "transient" not in server.limits.usage()
+            assert server.limits.system.used("conns") == 1  # the honest peer only
+            assert fds() <= base_fds
+            assert await baseline_tasks() <= base_tasks
+            print(f"slowloris: honest ping during the flood {max(rtts) * 1000:.1f} ms (max of 5)")
+
+    run(main)
+
+
+def test_yamux_syn_flood() -> None:
+    """An attacker opening 3,000 streams as fast as its frames go (no ACK wait): the
+    backlog and stream limits refuse the excess, honest pings go on, all is freed after."""
+    server = plain_node(
+        negotiation_timeout=1.0, limits=("peer.streams_inbound=200", "peer.memory=8MiB")
+    )
+    honest = plain_node()
+    attacker = plain_node(
+        max_ack_backlog=100_000,
+        max_streams_per_connection=100_000,
+        limits=tuple(
+            f"{scope}.{r}=unlimited"
+            for scope in ("system", "transient", "peer")
+            for r in ("streams", "streams_outbound")
+        ),
+    )
+    flood = 3000
+
+    async def main() -> None:
+        async with server, honest, attacker:
+            await server.listen(LOOPBACK)
+            addr = server.full_addrs[0]
+            assert (await ping(honest, addr))[0] < 5.0
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            conn = await attacker.connect(addr)
+            for _ in range(flood):  # SYNs only: each stream waits for its negotiation
+                await conn.open_stream()
+            await conn.ping(timeout=20)  # type: ignore[attr-defined]  # all SYNs handled
+            usage = server.limits.usage()[f"peer:{attacker.peer_id}"]
+            assert 0 < usage["streams_inbound"] <= 200
+            assert usage.get("memory", 0) <= 8 * 1024 * 1024
+            refused = server.limits.blocked[("peer", "streams_inbound")]
+            assert refused > 0  # the rest were refused by yamux's accept backlog (256)
+            rtts = await ping(honest, addr, count=5)
+            assert max(rtts) < 5.0
+            gone = asyncio.Event()
+            server.on_connection_event(
+                lambda ev: gone.set() if ev.peer == attacker.peer_id else None
+            )
+            await conn.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert set(server.limits.usage()) == {"system", f"peer:{honest.peer_id}"}
+            assert server.limits.system.used("streams") == 0
+            assert fds() <= base_fds + 1  # the attacker's own connection is gone too
+            print(f"SYN flood: {refused} streams refused; honest ping {max(rtts) * 1000:.1f} ms")
+            del base_tasks
+
+    run(main)

@@ -1,0 +1,338 @@
+"""The resource manager, the gater and the connection manager in a node, over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from switchy.protocols.echo import EchoService, echo
+from switchy.protocols.ping import PingService, ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionFailed, P2PError
+from switchy.stack.gater import ConnectionGater
+from switchy.stack.identity import KeyPair
+from switchy.stack.limits import MiB
+from switchy.stack.node import ConnectionEvent, Node
+from switchy.stack.stream import MuxedStream
+from switchy.transports.tcp import TcpTransport
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+HOLD = "/test/hold/1.0.0"
+CHUNK = 256 * 1024
+
+
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro_fn(), timeout)
+
+    asyncio.run(bounded())
+
+
+def disconnections(node: Node, count: int) -> asyncio.Event:
+    """An event set once ``node`` saw ``count`` more disconnections."""
+    done = asyncio.Event()
+    seen = 0
+
+    def on_event(ev: ConnectionEvent) -> None:
+        nonlocal seen
+        if ev.kind == "disconnected":
+            seen += 1
+            if seen >= count:
+                done.set()
+
+    node.on_connection_event(on_event)
+    return done
+
+
+def make(**kwargs: Any) -> Node:
+    cfg = kwargs.pop("config", None) or NetworkConfig(keepalive_interval=0)
+    return Node(
+        transports=[TcpTransport()],
+        services=[PingService(), EchoService()],
+        config=cfg,
+        listen=[LOOPBACK],
+        **kwargs,
+    )
+
+
+@asynccontextmanager
+async def started(*made: Node) -> AsyncIterator[None]:
+    try:
+        for n in made:
+            await n.start()
+        yield
+    finally:
+        for n in made:
+            await n.close()
+
+
+def test_unread_streams_stay_within_the_memory_budget() -> None:
+    """6 peers x streams whose data the server never reads: buffers stop at the budget.
+
+    Before the resource manager every stream kept what its window allowed (6 x 1,000 echo
+    streams took 2.7 GB); now streams over the budget are reset and the rest is bounded.
+    """
+    held: list[MuxedStream] = []
+    release = asyncio.Event()
+
+    async def hold(stream: MuxedStream) -> None:
+        held.append(stream)
+        await release.wait()
+
+    cfg = NetworkConfig(keepalive_interval=0, limits=("system.memory=3MiB", "peer.memory=1MiB"))
+    server = make(config=cfg, handlers={HOLD: hold})
+    attackers = [make() for _ in range(6)]
+    honest = make()
+    per_peer = 10
+    size = CHUNK - 1024  # fits the first window: every write completes at once
+
+    async def main() -> None:
+        async with started(server, honest, *attackers):
+            addr = server.full_addrs[0]
+            sent: list[MuxedStream] = []
+            for a in attackers:
+                for _ in range(per_peer):
+                    s = await a.open_stream(addr, HOLD)
+                    await s.write(b"x" * size)
+                    sent.append(s)
+            for a in attackers:  # the server handled every frame before its pong
+                conn = a.connections(server.peer_id)[0]
+                await conn.ping(timeout=10)  # type: ignore[attr-defined]
+            resets = len([s for s in sent if getattr(s, "_error", None) is not None])
+            usage = server.limits.usage()
+            assert usage["system"]["memory"] <= 3 * MiB
+            buffered = sum(len(getattr(s, "_buf", b"")) for s in held)
+            assert buffered <= 3 * MiB
+            assert buffered == usage["system"]["memory"]
+            full = 3 * MiB // size
+            assert resets >= len(sent) - full
+            blocked = server.limits.blocked
+            assert blocked[("peer", "memory")] + blocked[("system", "memory")] >= resets
+            # an honest peer is still served while the budget is full
+            rtt = (await ping(honest, addr))[0]
+            assert rtt < 5.0
+            gone = disconnections(server, len(attackers))
+            release.set()
+            for a in attackers:
+                await a.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert server.limits.system.used("memory") == 0
+            assert set(server.limits.usage()) <= {"system", f"peer:{honest.peer_id}"}
+            assert server.limits.system.used("conns") == 1
+
+    run(main)
+
+
+def test_connection_limit_refuses_cleanly_and_keeps_serving() -> None:
+    cfg = NetworkConfig(keepalive_interval=0, limits=("system.conns_inbound=3",))
+    server = make(config=cfg)
+    clients = [make() for _ in range(5)]
+
+    async def main() -> None:
+        async with started(server, *clients):
+            addr = server.full_addrs[0]
+            for c in clients[:3]:
+                assert await echo(c, addr, b"in") == b"in"
+            for c in clients[3:]:
+                with pytest.raises(P2PError):
+                    await echo(c, addr, b"out")
+            assert server.limits.blocked[("system", "conns_inbound")] == 2
+            assert server.limits.usage()["system"]["conns_inbound"] == 3
+            # the node's metrics export the same (libp2p_rcmgr_*, as go-libp2p names them)
+            fams = {f.name: dict(f.samples) for f in server.metrics.collect()}
+            assert fams["libp2p_rcmgr_connections"][("inbound", "system")] == 3
+            assert fams["libp2p_rcmgr_limit"][("system", "connections_inbound")] == 3
+            blocked = fams["libp2p_rcmgr_blocked_resources"]
+            assert blocked[("inbound", "system", "connections_inbound")] == 2
+            for c in clients[:3]:  # the connections within the limit keep working
+                assert await echo(c, addr, b"again" * 1000) == b"again" * 1000
+            gone = disconnections(server, 1)
+            await clients[0].close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert await echo(clients[3], addr, b"now") == b"now"
+
+    run(main)
+
+
+def test_per_ip_limit_counts_loopback_unless_exempt() -> None:
+    async def attempt(exempt: bool) -> tuple[int, int]:
+        cfg = NetworkConfig(
+            keepalive_interval=0, max_inbound_per_ip=2, limits_exempt_loopback=exempt
+        )
+        server = make(config=cfg)
+        clients = [make() for _ in range(4)]
+        ok = failed = 0
+        async with started(server, *clients):
+            for c in clients:
+                try:
+                    await echo(c, server.full_addrs[0], b"hi")
+                    ok += 1
+                except P2PError:
+                    failed += 1
+            assert server.limits.blocked[("ip", "conns_inbound")] == failed
+        return ok, failed
+
+    async def main() -> None:
+        assert await attempt(False) == (2, 2)
+        assert await attempt(True) == (4, 0)
+
+    run(main)
+
+
+def test_gater_denies_before_and_after_the_handshake() -> None:
+    a_key = KeyPair.generate()
+    denied_net = make(gater=ConnectionGater(deny_networks=["127.0.0.0/8"]))
+    denied_peer = make(gater=ConnectionGater(deny_peers=[a_key.peer_id]))
+    a = make(key=a_key)
+    b = make()
+    checks: list[object] = []
+
+    def callback(check: object) -> bool:
+        checks.append(check)
+        return False
+
+    gated_out = make(gater=ConnectionGater(callback=callback))
+
+    async def main() -> None:
+        async with started(denied_net, denied_peer, a, b, gated_out):
+            with pytest.raises(P2PError):
+                await echo(a, denied_net.full_addrs[0], b"x")
+            assert denied_net.gater.refused["addr"] == 1
+            with pytest.raises(P2PError):
+                await echo(a, denied_peer.full_addrs[0], b"x")
+            assert denied_peer.gater.refused["peer"] == 1
+            assert await echo(b, denied_peer.full_addrs[0], b"ok") == b"ok"
+            with pytest.raises(ConnectionFailed, match="refused by the connection gater"):
+                await gated_out.connect(b.full_addrs[0])
+            assert checks and not b.connections(gated_out.peer_id)
+            assert denied_net.limits.usage() == {"system": {}}
+
+    run(main)
+
+
+def test_connection_manager_trims_to_the_low_watermark_sparing_protected_peers() -> None:
+    cfg = NetworkConfig(
+        keepalive_interval=0, conn_low_water=2, conn_high_water=3, conn_grace_period=0
+    )
+    server = make(config=cfg)
+    clients = [make() for _ in range(4)]
+
+    async def main() -> None:
+        async with started(server, *clients):
+            addr = server.full_addrs[0]
+            server.connmgr.protect(clients[0].peer_id, "test")
+            server.connmgr.tag_peer(clients[1].peer_id, "useful", 10)
+            gone = asyncio.Event()
+
+            def on_event(ev: ConnectionEvent) -> None:
+                if ev.kind == "disconnected" and len(server.connections()) <= 2:
+                    gone.set()
+
+            server.on_connection_event(on_event)
+            for c in clients:
+                await c.connect(addr)
+            await asyncio.wait_for(gone.wait(), 20)
+            left = set(server.connected_peers)
+            assert left == {clients[0].peer_id, clients[1].peer_id}
+            assert server.connmgr.trimmed == 2
+
+    run(main)
+
+
+def test_idle_connections_are_closed() -> None:
+    cfg = NetworkConfig(keepalive_interval=0, idle_timeout=0.2)
+    server = make(config=cfg)
+    client = make()
+
+    async def main() -> None:
+        async with started(server, client):
+            closed = asyncio.Event()
+            server.on_connection_event(
+                lambda ev: closed.set() if ev.kind == "disconnected" else None
+            )
+            assert await echo(client, server.full_addrs[0], b"hi") == b"hi"
+            await asyncio.wait_for(closed.wait(), 20)
+            assert server.connmgr.idle_closed == 1
+
+    run(main)
+
+
+def test_a_relay_we_hold_a_reservation_on_is_protected() -> None:
+    from switchy.transports.relay import RelayService, RelayTransport
+    from switchy.transports.relay.transport import RESERVATION_TAG
+
+    relay = Node(
+        transports=[TcpTransport()],
+        services=[RelayService()],
+        config=NetworkConfig(keepalive_interval=0),
+        listen=[LOOPBACK],
+    )
+    client = Node(
+        transports=[TcpTransport()],
+        services=[RelayTransport()],
+        config=NetworkConfig(keepalive_interval=0),
+        listen=[LOOPBACK],
+    )
+
+    async def main() -> None:
+        async with started(relay, client):
+            assert not client.connmgr.is_protected(relay.peer_id)
+            await client.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            assert client.connmgr.is_protected(relay.peer_id, RESERVATION_TAG)
+
+    run(main)
+
+
+def test_quic_streams_and_buffers_are_charged_and_refused_over_budget() -> None:
+    """The same budget holds over QUIC: unread streams stop at the memory limit, the
+    stream limit refuses the excess, and closing frees every charge."""
+    from switchy.transports.quic import QuicTransport
+
+    quic = "/ip4/127.0.0.1/udp/0/quic-v1"
+    held: list[MuxedStream] = []
+    release = asyncio.Event()
+
+    async def hold(stream: MuxedStream) -> None:
+        held.append(stream)
+        await release.wait()
+
+    cfg = NetworkConfig(
+        keepalive_interval=0, limits=("peer.memory=1MiB", "peer.streams_inbound=12")
+    )
+    server = Node(transports=[QuicTransport()], config=cfg, handlers={HOLD: hold}, listen=[quic])
+    client = Node(
+        transports=[QuicTransport()], config=NetworkConfig(keepalive_interval=0), listen=[quic]
+    )
+    size = 200 * 1024
+
+    async def main() -> None:
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            sent = []
+            for _ in range(16):
+                try:
+                    s = await client.open_stream(addr, HOLD)
+                    await asyncio.wait_for(s.write(b"y" * size), 10)
+                    sent.append(s)
+                except P2PError:
+                    pass
+            conn = client.connections(server.peer_id)[0]
+            await conn.ping(timeout=10)  # type: ignore[attr-defined]
+            usage = server.limits.usage()[f"peer:{client.peer_id}"]
+            assert usage["streams_inbound"] <= 12
+            assert usage.get("memory", 0) <= 1 * MiB
+            buffered = sum(len(getattr(s, "_buf", b"")) for s in held)
+            assert buffered <= 1 * MiB
+            blocked = server.limits.blocked
+            assert blocked[("peer", "memory")] + blocked[("peer", "streams_inbound")] > 0
+            gone = disconnections(server, 1)
+            release.set()
+            await client.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert server.limits.usage() == {"system": {}}
+
+    run(main)
