@@ -65,6 +65,7 @@ from switchy.stack.negotiation import (
     select_protocol_lazy,
 )
 from switchy.stack.peerstore import PeerStore
+from switchy.stack.ratelog import RateLimitedLog
 from switchy.stack.registry import ProtocolRegistry, StreamHandler
 from switchy.stack.security import SecurityTransport
 from switchy.stack.stream import Connection, MuxedStream
@@ -74,6 +75,8 @@ from switchy.stack.upgrader import Upgrader
 __all__ = ["ConnectionEvent", "Node", "PeerRouter", "ProtocolService"]
 
 log = logging.getLogger(__name__)
+#: Refusals a remote can repeat at will (one line per kind per interval).
+_refusals = RateLimitedLog(log)
 
 #: Default agent version sent by identify.
 AGENT_VERSION = f"switchy-p2p/{__version__}"
@@ -651,7 +654,8 @@ class Node:
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
         if len(self.connections()) >= self.config.max_connections:
-            log.warning(
+            _refusals.warning(
+                "max_connections",
                 "refused inbound connection from %s: %s",
                 raw.remote_addr,
                 ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),

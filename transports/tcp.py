@@ -118,6 +118,8 @@ class TcpConnection(Connection, asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if not self.connected.done():
             self.connected.set_result(None)
+        if self._write_closed:  # reset or closed before asyncio reported the socket
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._buf.append(data)

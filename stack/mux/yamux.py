@@ -420,7 +420,7 @@ class YamuxConnection(MuxedConnection):
                 st = YamuxStream(self, ev.stream_id)
                 streams[ev.stream_id] = st
                 if len(self._accept_queue) >= self._config.max_ack_backlog:
-                    self._session.reset_stream(ev.stream_id)
+                    self._session.reset_stream(ev.stream_id, refused=True)
                     streams.pop(ev.stream_id, None)
                     log.debug("yamux: accept backlog full, refusing stream %d", ev.stream_id)
                     continue

@@ -1,0 +1,164 @@
+"""Defects found by an outside attack on the default nodes (issue 17, section 0): each test
+here failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import pytest
+
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionClosed, ProtocolError
+from switchy.stack.identity import KeyPair
+from switchy.stack.mux.yamux import Yamux, YamuxConnection
+from switchy.stack.mux.yamux_core import (
+    FLAG_SYN,
+    HEADER,
+    MAX_QUEUED_ANSWERS,
+    TYPE_PING,
+    TYPE_WINDOW_UPDATE,
+    YamuxSession,
+)
+from switchy.stack.node import Node
+from switchy.stack.pipe import memory_pipe
+from switchy.stack.ratelog import RateLimitedLog
+from switchy.transports.tcp import TcpConnection, TcpTransport
+
+
+def _frame(type_: int, flags: int, sid: int, length: int) -> bytes:
+    return HEADER.pack(0, type_, flags, sid, length)
+
+
+# --- yamux: answers the remote never reads ---------------------------------------------------
+
+
+def test_yamux_ping_flood_without_reading_fails_the_session() -> None:
+    session = YamuxSession(False)
+    pings = b"".join(_frame(TYPE_PING, FLAG_SYN, 0, i) for i in range(MAX_QUEUED_ANSWERS))
+    session.receive_data(pings)  # up to the bound: answered
+    assert session.output_size == 12 * MAX_QUEUED_ANSWERS
+    with pytest.raises(ProtocolError, match="without reading"):
+        session.receive_data(_frame(TYPE_PING, FLAG_SYN, 0, 7))
+    assert session.terminated
+
+
+def test_yamux_answers_taken_by_the_writer_do_not_count() -> None:
+    session = YamuxSession(False)
+    for _ in range(5):
+        session.receive_data(
+            b"".join(_frame(TYPE_PING, FLAG_SYN, 0, i) for i in range(MAX_QUEUED_ANSWERS))
+        )
+        assert len(session.data_to_send()) == 12 * MAX_QUEUED_ANSWERS
+    assert not session.terminated
+
+
+def test_yamux_refused_syn_flood_without_reading_fails_the_session() -> None:
+    session = YamuxSession(False, max_streams=1)
+    syns = b"".join(
+        _frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 1, 0) for i in range(MAX_QUEUED_ANSWERS + 2)
+    )
+    with pytest.raises(ProtocolError, match="without reading"):
+        session.receive_data(syns)
+
+
+def test_yamux_connection_closes_a_peer_that_floods_pings_and_never_reads() -> None:
+    async def main() -> None:
+        from switchy.stack.security.noise import NoiseSecurity
+
+        a, b = memory_pipe()
+        ka, kb = KeyPair.generate(), KeyPair.generate()
+        sec = NoiseSecurity()
+        sa, sb = await asyncio.gather(sec.secure_outbound(a, ka, None), sec.secure_inbound(b, kb))
+        server = Yamux().create(sb, is_initiator=False, config=NetworkConfig(keepalive_interval=0))
+        assert isinstance(server, YamuxConnection)
+        burst = b"".join(_frame(TYPE_PING, FLAG_SYN, 0, i) for i in range(512))
+        try:
+            async with asyncio.timeout(30):
+                while not server.is_closed:  # the attacker writes and never reads
+                    try:
+                        await sa.write(burst)
+                    except ConnectionClosed:
+                        break
+                await server.wait_closed()
+            # what was queued for the attacker is bounded, not every ping it sent
+            assert server._session.output_size < 64 * 1024
+        finally:
+            await server.abort()
+            await sa.reset()
+
+    asyncio.run(main())
+
+
+# --- TCP: a connection refused before asyncio reported its socket ----------------------------
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1) if name in ("sockname", "peername") else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+def test_tcp_connection_ended_before_connection_made_is_aborted(how: str) -> None:
+    async def main() -> None:
+        conn = TcpConnection()
+        await (conn.reset() if how == "reset" else conn.close())
+        transport = _FakeTransport()
+        conn.connection_made(transport)
+        assert transport.aborted
+
+    asyncio.run(main())
+
+
+def test_inbound_connections_past_max_connections_are_closed() -> None:
+    """Past ``max_connections`` every refused socket is closed at once (each held an fd and
+    1 MiB of buffers for good)."""
+
+    async def main() -> None:
+        cfg = NetworkConfig(max_connections=1, keepalive_interval=0)
+        server = Node(transports=[TcpTransport()], config=cfg, listen=["/ip4/127.0.0.1/tcp/0"])
+        client = Node(transports=[TcpTransport()], config=cfg)
+        async with server, client:
+            await client.connect(server.full_addrs[0])
+            port = int(str(server.listen_addrs[0]).rsplit("/", 1)[1])
+            socks = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+            for reader, writer in socks:
+                async with asyncio.timeout(20):  # a bound, not a synchronisation
+                    with contextlib.suppress(ConnectionResetError):
+                        assert await reader.read(100) == b""
+                writer.close()
+            assert len(server.connections()) == 1
+
+    asyncio.run(main())
+
+
+# --- rate-limited warnings -------------------------------------------------------------------
+
+
+def test_rate_limited_log_drops_repeats_and_counts_them(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("test.ratelog"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="test.ratelog"):
+        assert rl.warning("k", "refused %s", "a")
+        for _ in range(99):
+            assert not rl.warning("k", "refused %s", "a")
+        assert rl.warning("other", "other key")
+        now[0] = 10.0
+        assert rl.warning("k", "refused %s", "b")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["refused a", "other key", "refused b (99 similar messages suppressed)"]
+    assert all(r.exc_info is None for r in caplog.records)
