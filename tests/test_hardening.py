@@ -162,3 +162,84 @@ def test_rate_limited_log_drops_repeats_and_counts_them(caplog: pytest.LogCaptur
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["refused a", "other key", "refused b (99 similar messages suppressed)"]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+# --- identify ----------------------------------------------------------------------------------
+
+
+def test_decode_identify_skips_addresses_the_multiaddr_package_parses_lazily() -> None:
+    from switchy.protocols.identify import decode_identify
+    from switchy.stack.codec import pb_bytes
+
+    bad = bytes.fromhex("2a151515")  # str() works, len() raises BinaryParseError
+    info = decode_identify(pb_bytes(2, bad) + pb_bytes(4, bad))
+    assert info.listen_addrs == [] and info.observed_addr is None
+
+
+def test_identify_of_a_peer_that_never_answers_is_no_error_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from switchy.protocols.identify import IDENTIFY_PROTOCOL, IdentifyService
+    from switchy.stack.stream import MuxedStream
+    from switchy.transports.sim import Simulation, run_simulation
+    from tests.sim_nodes import sim_node
+
+    async def silent(stream: MuxedStream) -> None:
+        await stream.read_all(limit=10)  # never answers; the asker gives up first
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_hosts(["a", "b"])
+        sim.network.add_link("a", "b", latency=0.01)
+        asker = IdentifyService()
+        async with sim_node(sim, "a", "tcp", asker) as a, sim_node(sim, "b", "tcp") as b:
+            b.handle(IDENTIFY_PROTOCOL, silent)
+            await a.connect(b.full_addrs[0])
+            with pytest.raises(TimeoutError):
+                await asker.wait_identified(b.peer_id, timeout=2 * a.config.request_timeout)
+
+    with caplog.at_level(logging.DEBUG):
+        run_simulation(main, seed=1)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("identify of" in r.getMessage() for r in caplog.records)
+
+
+# --- StaticFiles -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a" * 256, "b" * 4000, "\u00e9" * 200])
+def test_static_files_answers_404_to_a_name_too_long_for_the_file_system(
+    tmp_path: object, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pathlib import Path
+
+    from switchy.protocols.router.messages import Request
+    from switchy.protocols.router.router import Router
+    from switchy.protocols.router.static import StaticFiles
+
+    assert isinstance(tmp_path, Path)
+    router = Router().with_service(StaticFiles(tmp_path))
+
+    async def run() -> int:
+        resp = await router.dispatch(Request("GET", "/files/" + name))
+        await resp.read(limit=10**6)
+        return resp.status
+
+    with caplog.at_level(logging.DEBUG):
+        assert asyncio.run(run()) == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- libp2p TLS certificates -------------------------------------------------------------------
+
+
+def test_verify_certificate_chain_refuses_an_invalid_x509_version() -> None:
+    from switchy.stack.errors import AuthenticationFailed
+    from switchy.transports.quic.tls import make_certificate, verify_certificate_chain
+
+    der = make_certificate(KeyPair.generate()).der
+    at = der.find(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (v3)
+    assert at > 0
+    bad = der[: at + 4] + b"\x05" + der[at + 5 :]
+    with pytest.raises(AuthenticationFailed, match="not a valid X509 version"):
+        verify_certificate_chain([bad])
