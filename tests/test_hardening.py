@@ -243,3 +243,115 @@ def test_verify_certificate_chain_refuses_an_invalid_x509_version() -> None:
     bad = der[: at + 4] + b"\x05" + der[at + 5 :]
     with pytest.raises(AuthenticationFailed, match="not a valid X509 version"):
         verify_certificate_chain([bad])
+
+
+# --- JSON nested deeper than the recursion limit (found by fuzz/fuzz_router.py's seeds) ------
+
+
+def test_router_json_body_nested_too_deep_is_a_serialization_error() -> None:
+    from switchy.protocols.router.messages import Request
+    from switchy.stack.errors import SerializationError
+
+    with pytest.raises(SerializationError, match="not JSON"):
+        Request("POST", "/x", body=b"[" * 100_000).json()
+
+
+def test_chat_line_nested_too_deep_is_ignored() -> None:
+    from switchy.chat import MAX_CHAT_MESSAGE, decode_chat
+    from switchy.protocols.pubsub.core import Received
+
+    peer = KeyPair.generate().peer_id
+    msg = Received("t", b"[" * MAX_CHAT_MESSAGE, b"id", peer, None, peer)
+    assert decode_chat(msg) is None
+
+
+# --- QUIC: spoofed and garbage Initials --------------------------------------------------------
+
+
+def _client_initial(port: int, now: float) -> bytes:
+    from switchy.transports.quic.core import Libp2pQuicConnection, make_configuration
+    from switchy.transports.quic.tls import make_certificate
+
+    quic = Libp2pQuicConnection(
+        configuration=make_configuration(make_certificate(KeyPair.generate()), is_client=True),
+        max_inbound_streams=4,
+    )
+    quic.connect(("127.0.0.1", port), now)
+    return quic.datagrams_to_send(now)[0][0]
+
+
+def test_quic_initials_that_do_not_decrypt_take_no_handshake_slot() -> None:
+    """An Initial with a valid header and a payload that does not decrypt (what a spoofer
+    sends for free) held a handshake slot for handshake_timeout (10 s); 256 of them locked
+    every new connection out.  Some even raised IndexError out of the endpoint."""
+    import socket
+
+    from multiaddr import Multiaddr
+
+    from switchy.transports.quic import QuicConnection, QuicTransport
+
+    async def main() -> None:
+        server_t, client_t = (
+            QuicTransport(key=KeyPair.generate()),
+            QuicTransport(key=KeyPair.generate()),
+        )
+        accepted: asyncio.Queue[object] = asyncio.Queue()
+
+        async def handler(conn: object) -> None:
+            await accepted.put(conn)
+
+        listener = await server_t.listen(Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"), handler)
+        addr = listener.addrs[0]
+        port = int(addr.value_for_protocol("udp"))
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        try:
+            for _ in range(300):
+                good = _client_initial(port, loop.time())
+                sock.sendto(good[:40] + bytes(len(good) - 40), ("127.0.0.1", port))
+            conn = await client_t.dial(addr)  # served at once: no slot was taken
+            assert isinstance(conn, QuicConnection)
+            ep = server_t.endpoints[0]
+            assert ep.counters.undecryptable_initials == 300
+            assert len(ep._handshakes) == 0
+            await conn.close()
+        finally:
+            sock.close()
+            client_t.close()
+            server_t.close()
+
+    asyncio.run(main())
+
+
+def test_quic_under_load_new_clients_prove_their_address_with_a_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from multiaddr import Multiaddr
+
+    import switchy.transports.quic.endpoint as endpoint_module
+    from switchy.transports.quic import QuicTransport
+
+    monkeypatch.setattr(endpoint_module, "RETRY_THRESHOLD", 0)  # always "under load"
+
+    async def main() -> None:
+        server_t, client_t = (
+            QuicTransport(key=KeyPair.generate()),
+            QuicTransport(key=KeyPair.generate()),
+        )
+
+        async def handler(conn: object) -> None:
+            pass
+
+        listener = await server_t.listen(Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"), handler)
+        try:
+            conn = await client_t.dial(listener.addrs[0])
+            await conn.ping()
+            counters = server_t.endpoints[0].counters
+            assert counters.retries == 1 and counters.invalid_tokens == 0
+            await conn.close()
+        finally:
+            client_t.close()
+            server_t.close()
+
+    asyncio.run(main())

@@ -111,7 +111,7 @@ class Manifest:
         try:
             header = json.loads(raw)
             name, size, chunk = header["name"], header["size"], header["chunk"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise SerializationError("malformed manifest header") from None
         if not isinstance(name, str) or not isinstance(size, int) or chunk != CHUNK_SIZE:
             raise SerializationError("manifest header has wrong types or chunk size")
@@ -170,7 +170,7 @@ class Ticket:
             root = bytes.fromhex(obj["r"])
             peer = PeerId.from_string(obj["p"])
             addrs = tuple(Multiaddr(a) for a in obj["a"])
-        except (ValueError, KeyError, TypeError, P2PError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, P2PError) as exc:
             raise SerializationError(f"malformed ticket: {exc}") from None
         if len(root) != 32:
             raise SerializationError("a ticket's root hash has 32 bytes")
@@ -200,7 +200,7 @@ class _Frames:
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[" nested a few thousand deep
         raise SerializationError(f"{what} is not JSON") from None
     if not isinstance(obj, dict):
         raise SerializationError(f"{what} is not a JSON object")

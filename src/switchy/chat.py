@@ -82,7 +82,7 @@ def decode_chat(msg: Received) -> ChatMessage | None:
         return None
     try:
         obj = json.loads(msg.data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(obj, dict) or set(obj) != {"nick", "text"}:
         return None
