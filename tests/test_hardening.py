@@ -330,7 +330,7 @@ def test_quic_under_load_new_clients_prove_their_address_with_a_retry(
     from multiaddr import Multiaddr
 
     import switchy.transports.quic.endpoint as endpoint_module
-    from switchy.transports.quic import QuicTransport
+    from switchy.transports.quic import QuicConnection, QuicTransport
 
     monkeypatch.setattr(endpoint_module, "RETRY_THRESHOLD", 0)  # always "under load"
 
@@ -346,6 +346,7 @@ def test_quic_under_load_new_clients_prove_their_address_with_a_retry(
         listener = await server_t.listen(Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"), handler)
         try:
             conn = await client_t.dial(listener.addrs[0])
+            assert isinstance(conn, QuicConnection)
             await conn.ping()
             counters = server_t.endpoints[0].counters
             assert counters.retries == 1 and counters.invalid_tokens == 0
