@@ -356,3 +356,79 @@ def test_quic_under_load_new_clients_prove_their_address_with_a_retry(
             server_t.close()
 
     asyncio.run(main())
+
+
+# --- router: slow bodies hold no slot ---------------------------------------------------------
+
+
+def _trickle_test(min_rate: float | None) -> tuple[int | None, float, str]:
+    """A client that sends a request head then one body byte every 5 s (virtual time):
+    (status answered, seconds it took, message)."""
+    from switchy.protocols.router import ROUTER_PROTOCOL, Router
+    from switchy.protocols.router.core import MessageReader, ResponseHead, encode_request_head
+    from switchy.stack.codec import encode_uvarint
+    from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
+
+    router = Router(min_request_rate=min_rate)
+
+    @router.post("/upload")
+    def upload(req: object) -> str:
+        return "ok"
+
+    result: list[tuple[int | None, float, str]] = []
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_hosts(["c", "s"])
+        sim.network.add_link("c", "s", latency=0.005)
+
+        def make(host: str, svcs: list[object]) -> Node:
+            return Node(
+                transports=[SimTransport(sim.network, host)],
+                services=svcs,  # type: ignore[arg-type]
+                entropy=sim.entropy_source(host),
+                listen=["/memory/4001"],
+            )
+
+        async with make("s", [router]) as server, make("c", []) as client:
+            stream = await client.open_stream(server.full_addrs[0], ROUTER_PROTOCOL)
+            await stream.write(encode_request_head("POST", "/upload", length=1000))
+            await stream.write(encode_uvarint(1000))  # one data frame of 1000 bytes
+            start = sim.now
+            reader = MessageReader("response")
+
+            async def trickle() -> None:
+                for _ in range(200):  # the attacker's pace, 1 byte / 5 s (not a sync)
+                    await asyncio.sleep(5)
+                    await stream.write(b"x")
+
+            sender = asyncio.ensure_future(trickle())
+            try:
+                async with asyncio.timeout(600):
+                    while True:
+                        data = await stream.read(65536)
+                        events = reader.receive_data(data) if data else []
+                        heads = [e for e in events if isinstance(e, ResponseHead)]
+                        if heads or not data:
+                            status = heads[0].status if heads else None
+                            result.append((status, sim.now - start, ""))
+                            break
+            except TimeoutError:
+                result.append((None, sim.now - start, "no answer in 600 s"))
+            finally:
+                sender.cancel()
+                await stream.reset()
+
+    run_simulation(main, seed=3, config=SimConfig(default_packet_loss=0.0))
+    return result[0]
+
+
+def test_router_answers_408_to_a_body_trickled_below_the_minimum_rate() -> None:
+    status, took, _ = _trickle_test(1024.0)
+    assert status == 408
+    assert took < 30  # the 10 s grace, then the next check
+
+
+def test_router_without_a_minimum_rate_lets_a_trickle_hold_its_slot() -> None:
+    """The behaviour before the fix (the read timeout restarts with every byte)."""
+    status, took, why = _trickle_test(None)
+    assert status is None and took >= 600, why
