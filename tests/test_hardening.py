@@ -432,3 +432,41 @@ def test_router_without_a_minimum_rate_lets_a_trickle_hold_its_slot() -> None:
     """The behaviour before the fix (the read timeout restarts with every byte)."""
     status, took, why = _trickle_test(None)
     assert status is None and took >= 600, why
+
+
+# --- closed connections are freed without the cyclic GC ---------------------------------------
+
+
+def test_closed_connections_are_freed_by_reference_counting_alone() -> None:
+    """Stored errors (a connection's close reason, a failed negotiation) raised again and
+    again kept their tracebacks, whose frames referenced the connection: every closed
+    connection waited for the cyclic GC (hundreds of MiB after a flood)."""
+    import gc
+    import weakref
+
+    async def main() -> None:
+        cfg = NetworkConfig(keepalive_interval=0)
+        server = Node(transports=[TcpTransport()], config=cfg, listen=["/ip4/127.0.0.1/tcp/0"])
+        client = Node(transports=[TcpTransport()], config=cfg)
+        async with server, client:
+            gc.collect()
+            gc.disable()
+            try:
+                conn = await client.connect(server.full_addrs[0])
+                stream = await conn.open_stream()
+                await stream.write(b"not multistream")  # the server's negotiation fails
+                await stream.close()
+                refs = [weakref.ref(conn), *(weakref.ref(c) for c in server.connections())]
+                assert len(refs) == 2
+                del stream
+                await conn.close()
+                del conn
+                for _ in range(10_000):  # until both sides let go (bounded, no timing)
+                    if all(r() is None for r in refs):
+                        break
+                    await asyncio.sleep(0)
+                assert [r() is None for r in refs] == [True, True]
+            finally:
+                gc.enable()
+
+    asyncio.run(main())
