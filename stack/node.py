@@ -75,6 +75,28 @@ from switchy.stack.upgrader import Upgrader
 __all__ = ["ConnectionEvent", "Node", "PeerRouter", "ProtocolService"]
 
 log = logging.getLogger(__name__)
+#: File descriptors kept free of inbound connections (listeners, files, DNS, dials).
+FD_RESERVE = 64
+#: Inbound handshakes allowed at once however low the file-descriptor limit.
+MIN_PENDING_HANDSHAKES = 8
+
+
+def fd_budget() -> int:
+    """File descriptors inbound connections may use: RLIMIT_NOFILE's soft limit less
+    :data:`FD_RESERVE` (very large where there is no limit).  Inbound handshakes in
+    progress are held to a quarter of it, so idle sockets that never handshake cannot run
+    the process out of descriptors (asyncio's accept loop then spins on EMFILE)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1 << 30
+    return max(2 * MIN_PENDING_HANDSHAKES, soft - FD_RESERVE)
+
+
 #: Refusals a remote can repeat at will (one line per kind per interval).
 _refusals = RateLimitedLog(log)
 
@@ -185,6 +207,7 @@ class Node:
         self._subscribers: list[asyncio.Queue[ConnectionEvent | None]] = []
         self._started = False
         self._closing = False
+        self._pending_inbound = 0  # inbound connections being upgraded (_on_inbound)
         self._closed = asyncio.Event()
         #: Our own addresses: observed, confirmed, announced; and our reachability.
         self.addresses = AddressBook(lambda: self.listen_addrs, spawn=self._spawn_callback)
@@ -653,6 +676,23 @@ class Node:
         if self._closing:
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
+        budget = fd_budget()
+        if (
+            self._pending_inbound >= max(MIN_PENDING_HANDSHAKES, budget // 4)
+            or len(self.connections()) + self._pending_inbound >= budget
+        ):
+            _refusals.warning(
+                "fd_budget",
+                "refused inbound connection from %s: %s",
+                raw.remote_addr,
+                ResourceLimitExceeded(
+                    f"{self._pending_inbound} handshakes in progress and "
+                    f"{len(self.connections())} connections, near the limit of {budget} "
+                    "file descriptors (RLIMIT_NOFILE)"
+                ),
+            )
+            await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
+            return
         if len(self.connections()) >= self.config.max_connections:
             _refusals.warning(
                 "max_connections",
@@ -662,6 +702,7 @@ class Node:
             )
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
+        self._pending_inbound += 1
         try:
             if isinstance(raw, MuxedConnection):
                 conn = raw
@@ -675,6 +716,8 @@ class Node:
         except P2PError as exc:
             log.info("refused inbound connection from %s: %s", raw.remote_addr, exc)
             return
+        finally:
+            self._pending_inbound -= 1
         self._add_connection(conn)
 
     def _add_connection(self, conn: MuxedConnection) -> None:

@@ -470,3 +470,57 @@ def test_closed_connections_are_freed_by_reference_counting_alone() -> None:
                 gc.enable()
 
     asyncio.run(main())
+
+
+# --- file descriptors: idle sockets that never handshake ---------------------------------------
+
+
+def test_fd_budget_follows_rlimit_nofile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from switchy.stack.node import FD_RESERVE, fd_budget
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (1024, 4096))
+    assert fd_budget() == 1024 - FD_RESERVE
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (resource.RLIM_INFINITY, 0))
+    assert fd_budget() > 10**6
+
+
+def test_idle_sockets_past_the_handshake_budget_are_closed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With RLIMIT_NOFILE at 1,024, 1,100 idle sockets ran the process out of descriptors
+    (asyncio's accept loop logged EMFILE 23,392 times); handshakes in progress are now held
+    to a quarter of the descriptor budget, and established connections keep working."""
+    import switchy.stack.node as node_module
+    from switchy.protocols.ping import PingService, ping
+
+    monkeypatch.setattr(node_module, "fd_budget", lambda: 32)  # 8 pending handshakes at most
+
+    async def main() -> None:
+        cfg = NetworkConfig(keepalive_interval=0, handshake_timeout=60)
+        server = Node(
+            transports=[TcpTransport()],
+            config=cfg,
+            services=[PingService()],
+            listen=["/ip4/127.0.0.1/tcp/0"],
+        )
+        client = Node(transports=[TcpTransport()], config=cfg, services=[PingService()])
+        async with server, client:
+            await client.connect(server.full_addrs[0])
+            port = int(str(server.listen_addrs[0]).rsplit("/", 1)[1])
+            socks = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
+            closed = 0
+            for reader, _ in socks[8:]:  # beyond the 8 in handshake: refused, closed
+                async with asyncio.timeout(20):  # a bound, not a synchronisation
+                    try:
+                        closed += await reader.read(100) == b""
+                    except ConnectionResetError:
+                        closed += 1
+            assert closed == 22
+            assert len(await ping(client, server.peer_id)) == 1  # served on
+            assert len(server.connections()) == 1
+            for _, writer in socks:
+                writer.close()
+
+    asyncio.run(main())
