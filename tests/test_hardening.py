@@ -524,3 +524,50 @@ def test_idle_sockets_past_the_handshake_budget_are_closed_at_once(
                 writer.close()
 
     asyncio.run(main())
+
+
+# --- relay: idle circuits and circuits per source IP -------------------------------------------
+
+
+def test_relay_circuits_per_source_ip_are_limited() -> None:
+    from switchy.transports.relay.config import RelayConfig
+    from switchy.transports.relay.pb import Status
+    from switchy.transports.relay.resources import RelayResources
+
+    res = RelayResources(RelayConfig(max_circuits_per_ip=2))
+    target = KeyPair.generate().peer_id
+    assert res.reserve(target, "10.0.0.9", 0.0)[0] == Status.OK
+    fresh = [KeyPair.generate().peer_id for _ in range(4)]  # fresh identities, one host
+    got = [res.open_circuit(p, target, 1.0, "10.0.0.1") for p in fresh]
+    assert got == [Status.OK, Status.OK] + [Status.RESOURCE_LIMIT_EXCEEDED] * 2
+    assert res.open_circuit(fresh[2], target, 1.0, "10.0.0.2") == Status.OK  # another host
+    res.close_circuit(fresh[0], target, "10.0.0.1")
+    assert res.open_circuit(fresh[3], target, 1.0, "10.0.0.1") == Status.OK
+    assert res.circuits == 3
+
+
+def test_relay_reaps_a_circuit_that_carries_nothing() -> None:
+    """16 idle circuits from fresh identities to one target blocked every other relayed
+    connection to it for up to 120 s; a circuit idle for circuit_idle_timeout is closed."""
+    from switchy.presets import default_node
+    from switchy.transports.relay import RelayService, RelayTransport
+    from switchy.transports.relay.config import RelayConfig
+
+    async def main() -> None:
+        quiet = NetworkConfig(keepalive_interval=0)
+        svc = RelayService(RelayConfig(limit_data=0, limit_duration=0, circuit_idle_timeout=1.0))
+        async with (
+            default_node(services=[svc], listen=["/ip4/127.0.0.1/tcp/0"]) as r,
+            default_node(services=[RelayTransport()], config=quiet) as b,
+            default_node(services=[RelayTransport()], config=quiet) as a,
+        ):
+            await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+            conn = await a.connect(b.full_addrs[0])
+            assert conn.is_limited
+            async with asyncio.timeout(30):  # a bound: the reaper acts after 1 s idle
+                await conn.wait_closed()
+            (circuit,) = svc.history
+            assert "idle for 1.0s" in circuit.end_reason
+            assert svc.resources.circuits == 0
+
+    asyncio.run(main())
