@@ -571,3 +571,72 @@ def test_relay_reaps_a_circuit_that_carries_nothing() -> None:
             assert svc.resources.circuits == 0
 
     asyncio.run(main())
+
+
+# --- discovery registry: Sybil fill ------------------------------------------------------------
+
+
+def _register(registry: object, key: KeyPair, name: str, now: float, sources: object) -> object:
+    from multiaddr import Multiaddr
+
+    from switchy.protocols.discovery.claims import seal_name_claim
+    from switchy.protocols.discovery.codec import Register
+    from switchy.protocols.discovery.registry import NameRegistry
+
+    assert isinstance(registry, NameRegistry)
+    claim = seal_name_claim(key, name, (Multiaddr("/ip4/192.0.2.1/tcp/1"),), 1)
+    return registry.handle(key.peer_id, Register(name, 3600, claim), now, sources)  # type: ignore[arg-type]
+
+
+def test_registry_limits_names_per_ip_and_per_network() -> None:
+    """1,251 fresh identities from one host filled all 10,000 names in 17 s."""
+    from multiaddr import Multiaddr
+
+    from switchy.protocols.discovery.codec import Status
+    from switchy.protocols.discovery.registry import NameRegistry, RegistryLimits, source_keys
+
+    registry = NameRegistry(RegistryLimits(max_names_per_ip=4, max_names_per_prefix=6))
+    host = source_keys(Multiaddr("/ip4/198.51.100.7/tcp/4001"))
+    assert host == ("ip4/198.51.100.7", "ip4/198.51.100.0/24")
+    statuses = [
+        _register(registry, KeyPair.generate(), f"sybil{i}", 0.0, host).status  # type: ignore[attr-defined]
+        for i in range(6)
+    ]
+    assert statuses == [Status.OK] * 4 + [Status.LIMIT_EXCEEDED] * 2
+    neighbour = source_keys(Multiaddr("/ip4/198.51.100.8/tcp/4001"))
+    statuses = [
+        _register(registry, KeyPair.generate(), f"n{i}", 0.0, neighbour).status  # type: ignore[attr-defined]
+        for i in range(3)
+    ]
+    assert statuses == [Status.OK, Status.OK, Status.LIMIT_EXCEEDED]  # the /24 is full
+    elsewhere = source_keys(Multiaddr("/ip4/203.0.113.9/tcp/4001"))
+    ok = _register(registry, KeyPair.generate(), "honest", 0.0, elsewhere)
+    assert ok.status == Status.OK  # type: ignore[attr-defined]
+    assert len(registry) == 7
+
+
+def test_registry_under_pressure_ages_out_names_of_disconnected_peers() -> None:
+    from multiaddr import Multiaddr
+
+    from switchy.protocols.discovery.codec import Lookup, Status
+    from switchy.protocols.discovery.registry import (
+        PRESSURE_GRACE,
+        NameRegistry,
+        RegistryLimits,
+        source_keys,
+    )
+
+    registry = NameRegistry(RegistryLimits(max_registrations=4))
+    keys = [KeyPair.generate() for _ in range(4)]
+    for i, key in enumerate(keys[:2]):
+        src = source_keys(Multiaddr(f"/ip4/10.0.{i}.1/tcp/1"))
+        _register(registry, key, f"name{i}", 0.0, src)
+    assert registry.peer_gone(keys[0].peer_id, 10.0) == 0  # half full: no pressure
+    _register(registry, keys[2], "name2", 0.0, source_keys(Multiaddr("/ip4/10.0.2.1/tcp/1")))
+    assert registry.under_pressure
+    assert registry.peer_gone(keys[0].peer_id, 10.0) == 1
+    asker = keys[3].peer_id
+    assert registry.handle(asker, Lookup("name0"), 10.0 + PRESSURE_GRACE + 1).status == (
+        Status.NOT_FOUND
+    )
+    assert registry.handle(asker, Lookup("name1"), 10.0 + PRESSURE_GRACE + 1).status == Status.OK
