@@ -94,8 +94,12 @@ def _addr(raw: bytes) -> Multiaddr | None:
     if len(raw) > MAX_ADDR_BYTES:
         return None
     try:
-        addr = Multiaddr(raw)
-        str(addr)  # Multiaddr(bytes) parses lazily: force the full parse here
+        # Multiaddr(bytes) parses lazily and leniently (``str`` of 2a151515 works, ``len``
+        # raises): keep only bytes that round-trip through the text form.
+        addr = Multiaddr(str(Multiaddr(raw)))
+        if addr.to_bytes() != raw:
+            return None
+        len(addr)
         return addr
     except Exception:  # the multiaddr package raises several types; skip what we cannot parse
         return None
@@ -115,7 +119,7 @@ def decode_identify(data: bytes, into: IdentifyInfo | None = None) -> IdentifyIn
             if field == 1:
                 info.public_key = PublicKey.from_protobuf(value)
             elif field == 2:
-                if len(info.listen_addrs) < MAX_IDENTIFY_ADDRS and (a := _addr(value)):
+                if len(info.listen_addrs) < MAX_IDENTIFY_ADDRS and (a := _addr(value)) is not None:
                     info.listen_addrs.append(a)
             elif field == 3:
                 if len(info.protocols) < MAX_IDENTIFY_PROTOCOLS:
@@ -294,8 +298,8 @@ class IdentifyService(ProtocolService):
         try:
             info = await identify_connection(self.node, event.connection)
             self._apply(event.peer, info, conn=event.connection)
-        except P2PError as exc:
-            log.debug("identify of %s failed: %s", event.peer, exc)
+        except (P2PError, TimeoutError) as exc:  # a peer that does not answer in time
+            log.debug("identify of %s failed: %s", event.peer, exc or "timed out")
 
     async def wait_identified(self, peer: PeerId, timeout: float | None = None) -> None:
         """Wait until an identify answer from ``peer`` was applied."""

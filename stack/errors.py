@@ -7,7 +7,9 @@ precise condition.  Each error's message names what was wrong.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import TypeVar, overload
 
 __all__ = [
     "AuthenticationFailed",
@@ -32,7 +34,33 @@ __all__ = [
     "SimulationDeadlock",
     "StreamReset",
     "UnsupportedAddress",
+    "fresh",
 ]
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+@overload
+def fresh(exc: _E) -> _E: ...
+@overload
+def fresh(exc: None) -> None: ...
+def fresh(exc: _E | None) -> _E | None:
+    """A copy of the stored error ``exc`` without a traceback, to raise in its place.
+
+    An object that keeps the error that ended it (a connection's close reason) and raises
+    it on every later call would attach each raise's traceback, and with it the frames
+    that reference the object itself, to the stored error: a reference cycle only the
+    cyclic garbage collector frees (hundreds of MiB after a flood of connections).
+    ``None`` gives ``None`` (``raise fresh(self._error) or Other(...)``).
+    """
+    if exc is None:
+        return None
+    try:
+        new = copy.copy(exc)
+    except Exception:  # an error whose constructor wants more than its args
+        return exc.with_traceback(None)
+    new.__traceback__ = None
+    return new
 
 
 class P2PError(Exception):

@@ -58,6 +58,7 @@ from switchy.stack.errors import (
     P2PTimeout,
     ProtocolError,
     SerializationError,
+    fresh,
 )
 from switchy.stack.stream import MuxedStream, Stream
 
@@ -346,7 +347,7 @@ class _Core:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
         """Feed bytes from the peer (any chunking); return what they meant."""
         if self._error is not None:
-            raise self._error
+            raise fresh(self._error)
         if self.done:
             raise ProtocolError("multistream-select negotiation already finished")
         try:
@@ -355,7 +356,7 @@ class _Core:
                 self._on_message(payload, events)
             return events
         except P2PError as exc:
-            self._error = exc
+            self._error = fresh(exc)  # the raised one carries frames that reference us
             raise
 
     def _payloads(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:

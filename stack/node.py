@@ -69,6 +69,7 @@ from switchy.stack.negotiation import (
     select_protocol_lazy,
 )
 from switchy.stack.peerstore import PeerStore
+from switchy.stack.ratelog import RateLimitedLog
 from switchy.stack.registry import ProtocolRegistry, StreamHandler
 from switchy.stack.security import SecurityTransport
 from switchy.stack.stream import Connection, MuxedStream
@@ -78,6 +79,30 @@ from switchy.stack.upgrader import Upgrader
 __all__ = ["ConnectionEvent", "Node", "PeerRouter", "ProtocolService"]
 
 log = logging.getLogger(__name__)
+#: File descriptors kept free of inbound connections (listeners, files, DNS, dials).
+FD_RESERVE = 64
+#: Inbound handshakes allowed at once however low the file-descriptor limit.
+MIN_PENDING_HANDSHAKES = 8
+
+
+def fd_budget() -> int:
+    """File descriptors inbound connections may use: RLIMIT_NOFILE's soft limit less
+    :data:`FD_RESERVE` (very large where there is no limit).  Inbound handshakes in
+    progress are held to a quarter of it, so idle sockets that never handshake cannot run
+    the process out of descriptors (asyncio's accept loop then spins on EMFILE)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1 << 30
+    return max(2 * MIN_PENDING_HANDSHAKES, soft - FD_RESERVE)
+
+
+#: Refusals a remote can repeat at will (one line per kind per interval).
+_refusals = RateLimitedLog(log)
 
 #: Default agent version sent by identify.
 AGENT_VERSION = f"switchy-p2p/{__version__}"
@@ -193,6 +218,7 @@ class Node:
         self._subscribers: list[asyncio.Queue[ConnectionEvent | None]] = []
         self._started = False
         self._closing = False
+        self._pending_inbound = 0  # inbound connections being upgraded (_on_inbound)
         self._closed = asyncio.Event()
         self._init_limits(limits, gater, connmgr)
         #: Our own addresses: observed, confirmed, announced; and our reachability.
@@ -693,8 +719,26 @@ class Node:
         if self._closing:
             await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
             return
+        budget = fd_budget()
+        if (
+            self._pending_inbound >= max(MIN_PENDING_HANDSHAKES, budget // 4)
+            or len(self.connections()) + self._pending_inbound >= budget
+        ):
+            _refusals.warning(
+                "fd_budget",
+                "refused inbound connection from %s: %s",
+                raw.remote_addr,
+                ResourceLimitExceeded(
+                    f"{self._pending_inbound} handshakes in progress and "
+                    f"{len(self.connections())} connections, near the limit of {budget} "
+                    "file descriptors (RLIMIT_NOFILE)"
+                ),
+            )
+            await (raw.abort() if isinstance(raw, MuxedConnection) else raw.reset())
+            return
         if len(self.connections()) >= self.config.max_connections:
-            log.warning(
+            _refusals.warning(
+                "max_connections",
                 "refused inbound connection from %s: %s",
                 raw.remote_addr,
                 ResourceLimitExceeded(f"max_connections={self.config.max_connections} reached"),
@@ -707,6 +751,7 @@ class Node:
             return
         clock = measure_clock()
         start = clock()
+        self._pending_inbound += 1
         try:
             if isinstance(raw, MuxedConnection):
                 conn = raw
@@ -724,6 +769,8 @@ class Node:
         except BaseException:
             scope.done()
             raise
+        finally:
+            self._pending_inbound -= 1
         if not self._admit_peer(conn, scope, "inbound"):
             await conn.abort()
             return

@@ -29,6 +29,7 @@ from switchy.stack.errors import (
     P2PTimeout,
     StreamReset,
     UnsupportedAddress,
+    fresh,
 )
 from switchy.stack.stream import Connection
 from switchy.stack.transport import ConnectionHandler, Listener, Transport
@@ -118,6 +119,8 @@ class TcpConnection(Connection, asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if not self.connected.done():
             self.connected.set_result(None)
+        if self._write_closed:  # reset or closed before asyncio reported the socket
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._buf.append(data)
@@ -184,7 +187,7 @@ class TcpConnection(Connection, asyncio.Protocol):
         buf = self._buf
         while not buf:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._eof:
                 return b""
             waiter = self._loop.create_future()
@@ -208,7 +211,7 @@ class TcpConnection(Connection, asyncio.Protocol):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._write_closed or self._transport is None:
-            raise self._error or ConnectionClosed("write on a closed TCP connection")
+            raise fresh(self._error) or ConnectionClosed("write on a closed TCP connection")
         self._transport.write(data)
         if self._write_paused:
             while self._write_paused and not self._lost:
@@ -216,7 +219,7 @@ class TcpConnection(Connection, asyncio.Protocol):
                 self._drain_waiter = waiter
                 await waiter
             if self._lost:
-                raise self._error or ConnectionClosed("TCP connection closed while writing")
+                raise fresh(self._error) or ConnectionClosed("TCP connection closed while writing")
 
     async def close_write(self) -> None:
         if self._write_closed or self._transport is None:

@@ -238,7 +238,7 @@ def _decode_dir(header: dict[str, Any], rest: bytes) -> DirManifest:
         raise SerializationError("directory listing is truncated or followed by extra bytes")
     try:
         listing = json.loads(frame[0])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise SerializationError("directory listing is not JSON") from None
     if not isinstance(listing, list) or len(listing) != count:
         raise SerializationError(f"directory listing does not hold {count} entries")
@@ -290,7 +290,7 @@ class Ticket:
             root = bytes.fromhex(obj["r"])
             peer = PeerId.from_string(obj["p"])
             addrs = tuple(Multiaddr(a) for a in obj["a"])
-        except (ValueError, KeyError, TypeError, P2PError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, P2PError) as exc:
             raise SerializationError(f"malformed ticket: {exc}") from None
         if len(root) != 32:
             raise SerializationError("a ticket's root hash has 32 bytes")
@@ -300,7 +300,7 @@ class Ticket:
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[" nested a few thousand deep
         raise SerializationError(f"{what} is not JSON") from None
     if not isinstance(obj, dict):
         raise SerializationError(f"{what} is not a JSON object")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import ipaddress
 import logging
 import math
 from typing import TYPE_CHECKING, Final
@@ -31,19 +32,25 @@ from switchy.protocols.discovery.codec import (
 )
 from switchy.protocols.discovery.metrics import record_request
 from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, ProtocolError
-from switchy.stack.node import Node, ProtocolService
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
+    from multiaddr import Multiaddr
+
     from switchy.stack.identity import PeerId
     from switchy.stack.stream import MuxedStream
 
 __all__ = [
+    "DEFAULT_MAX_NAMES_PER_IP",
     "DEFAULT_MAX_NAMES_PER_PEER",
+    "DEFAULT_MAX_NAMES_PER_PREFIX",
     "DEFAULT_MAX_REGISTRATIONS",
     "DEFAULT_MAX_TTL",
+    "PRESSURE_GRACE",
     "NameRegistry",
     "RegistryLimits",
     "RegistryService",
+    "source_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_NAMES_PER_PEER: Final = 8
 #: Names the registry holds at once (bounds its memory: each is at most a few KiB).
 DEFAULT_MAX_REGISTRATIONS: Final = 10_000
+#: Names held at once by peers connecting from one IP address (fresh identities are free:
+#: 1,251 of them from one host filled a 10,000-name registry in 17 s).
+DEFAULT_MAX_NAMES_PER_IP: Final = 32
+#: Names held at once by peers connecting from one network (IPv4 /24, IPv6 /48).
+DEFAULT_MAX_NAMES_PER_PREFIX: Final = 128
+#: Under pressure (the registry three quarters full) the names of a peer that
+#: disconnected expire this many seconds later at most, not at their TTL.
+PRESSURE_GRACE: Final = 300.0
 #: Longest TTL granted, in seconds (longer requests are shortened).
 DEFAULT_MAX_TTL: Final = 2 * 3600
 
@@ -70,10 +85,35 @@ class RegistryLimits:
     )
     max_registrations: int = attrs.field(default=DEFAULT_MAX_REGISTRATIONS, validator=_positive_int)
     max_ttl: int = attrs.field(default=DEFAULT_MAX_TTL, validator=_positive_int)
+    max_names_per_ip: int = attrs.field(default=DEFAULT_MAX_NAMES_PER_IP, validator=_positive_int)
+    max_names_per_prefix: int = attrs.field(
+        default=DEFAULT_MAX_NAMES_PER_PREFIX, validator=_positive_int
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_ttl > MAX_TTL:
             raise InvalidConfiguration(f"max_ttl must be <= {MAX_TTL}, got {self.max_ttl}")
+
+
+def source_keys(addr: Multiaddr) -> tuple[str, str]:
+    """``(address, network)`` a connection comes from, for the per-IP and per-prefix
+    limits: ``ip4/1.2.3.4`` and ``ip4/1.2.3.0/24`` (IPv6: the /48), else the first
+    component of ``addr`` for both (a simulated host, a DNS name)."""
+    items = list(addr.items())
+    if not items:
+        return str(addr), str(addr)
+    proto, value = items[0]
+    key = f"{proto.name}/{value}"
+    if proto.name in ("ip4", "ip6"):
+        bits = 24 if proto.name == "ip4" else 48
+        net = ipaddress.ip_network(f"{value}/{bits}", strict=False)
+        return key, f"{proto.name}/{net}"
+    if proto.name == "memory":  # simulated hosts: one port range per host
+        from switchy.transports.sim.network import SIM_PORT_SPAN
+
+        host = f"memory/{int(value) // SIM_PORT_SPAN}"
+        return host, host
+    return key, key
 
 
 @attrs.define
@@ -82,6 +122,8 @@ class _Entry:
     claim: bytes
     seq: int
     expires: float
+    #: The per-IP / per-network counters this name counts in.
+    sources: tuple[str, ...] = ()
 
 
 class NameRegistry:
@@ -95,6 +137,7 @@ class NameRegistry:
         self.limits = limits or RegistryLimits()
         self._entries: dict[str, _Entry] = {}
         self._per_peer: dict[PeerId, int] = {}
+        self._per_source: dict[str, int] = {}  # names per IP and per network
         self._expiry: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
@@ -129,16 +172,49 @@ class NameRegistry:
             self._per_peer[entry.owner] = left
         else:
             del self._per_peer[entry.owner]
+        for key in entry.sources:
+            n = self._per_source[key] - 1
+            if n:
+                self._per_source[key] = n
+            else:
+                del self._per_source[key]
+
+    @property
+    def under_pressure(self) -> bool:
+        """Whether the registry is at least three quarters full."""
+        return 4 * len(self._entries) >= 3 * self.limits.max_registrations
+
+    def peer_gone(self, peer: PeerId, now: float) -> int:
+        """``peer`` disconnected: under pressure its names expire within PRESSURE_GRACE
+        seconds instead of at their TTL (it may reconnect and refresh them).  Returns how
+        many names were shortened."""
+        if not self.under_pressure or peer not in self._per_peer:
+            return 0
+        shortened = 0
+        for name, entry in self._entries.items():
+            if entry.owner == peer and entry.expires > now + PRESSURE_GRACE:
+                self._set_expiry(name, entry, now + PRESSURE_GRACE)
+                shortened += 1
+        return shortened
 
     def _set_expiry(self, name: str, entry: _Entry, expires: float) -> None:
         entry.expires = expires
         heapq.heappush(self._expiry, (expires, name))
 
-    def handle(self, peer: PeerId, request: Request, now: float) -> Response:
-        """Apply ``request`` from the authenticated ``peer`` at time ``now``; the response."""
+    def handle(
+        self,
+        peer: PeerId,
+        request: Request,
+        now: float,
+        sources: tuple[str, str] | None = None,
+    ) -> Response:
+        """Apply ``request`` from the authenticated ``peer`` at time ``now``; the response.
+
+        ``sources`` (:func:`source_keys` of the connection) subjects new names to the
+        per-IP and per-network limits."""
         self.purge(now)
         if isinstance(request, Register):
-            return self._register(peer, request, now)
+            return self._register(peer, request, now, sources)
         entry = self._entries.get(request.name)
         if entry is None:
             return Response(Status.NOT_FOUND, f"{request.name!r} is not registered")
@@ -155,7 +231,9 @@ class NameRegistry:
         self._remove(request.name, entry)
         return Response(Status.OK)
 
-    def _register(self, peer: PeerId, request: Register, now: float) -> Response:
+    def _register(
+        self, peer: PeerId, request: Register, now: float, sources: tuple[str, str] | None
+    ) -> Response:
         name = request.name
         try:
             claim = open_name_claim(request.claim, name)
@@ -187,7 +265,23 @@ class NameRegistry:
                     Status.LIMIT_EXCEEDED,
                     f"the registry is full ({self.limits.max_registrations} names)",
                 )
-            entry = _Entry(peer, request.claim, claim.seq, now)
+            if sources is not None:
+                ip, net = sources
+                limits = self.limits
+                if self._per_source.get(ip, 0) >= limits.max_names_per_ip:
+                    return Response(
+                        Status.LIMIT_EXCEEDED,
+                        f"peers at {ip} may hold at most {limits.max_names_per_ip} names",
+                    )
+                if net != ip and self._per_source.get(net, 0) >= limits.max_names_per_prefix:
+                    return Response(
+                        Status.LIMIT_EXCEEDED,
+                        f"peers in {net} may hold at most {limits.max_names_per_prefix} names",
+                    )
+            keys: tuple[str, ...] = () if sources is None else tuple(dict.fromkeys(sources))
+            for key in keys:
+                self._per_source[key] = self._per_source.get(key, 0) + 1
+            entry = _Entry(peer, request.claim, claim.seq, now, keys)
             self._entries[name] = entry
             self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         entry.claim = request.claim
@@ -213,6 +307,13 @@ class RegistryService(ProtocolService):
         """Serve the registry protocol on ``node``."""
         self.node = node
         node.handle(DISCOVERY_PROTOCOL, self.handle_stream)
+        node.on_connection_event(self._on_event)
+
+    def _on_event(self, event: ConnectionEvent) -> None:
+        """A peer's last connection closed: its names age out faster under pressure."""
+        node = self.node
+        if event.kind == "disconnected" and node is not None and not node.connections(event.peer):
+            self.registry.peer_gone(event.peer, asyncio.get_running_loop().time())
 
     async def handle_stream(self, stream: MuxedStream) -> None:
         """Answer the requests of one stream until the client closes it."""
@@ -236,8 +337,9 @@ class RegistryService(ProtocolService):
                 core.fail(str(exc))
                 await stream.write(core.data_to_send())
                 return
+            sources = source_keys(stream.muxed_conn.remote_addr)
             for request in requests:
-                response = self.registry.handle(peer, request, clock())
+                response = self.registry.handle(peer, request, clock(), sources)
                 if self.node is not None:
                     kind, status = type(request).__name__.lower(), response.status.name.lower()
                     record_request(self.node.metrics, "server", kind, status)

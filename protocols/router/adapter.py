@@ -34,12 +34,14 @@ from switchy.stack.errors import (
 from switchy.stack.negotiation import DialerNegotiation, ProtocolAgreed
 from switchy.stack.stream import Stream
 
-__all__ = ["READ_SIZE", "SINGLE_WRITE_LIMIT", "MessageStream", "write_message"]
+__all__ = ["MIN_RATE_GRACE", "READ_SIZE", "SINGLE_WRITE_LIMIT", "MessageStream", "write_message"]
 
 #: Most bytes asked from the stream per read.
 READ_SIZE: Final = 1024 * 1024
 #: A bytes body up to this size goes out with its head in one write.
 SINGLE_WRITE_LIMIT: Final = 1024 * 1024
+#: Seconds of waiting a peer is credited before :attr:`MessageStream.min_rate` applies.
+MIN_RATE_GRACE: Final = 10.0
 
 
 class MessageStream:
@@ -57,10 +59,15 @@ class MessageStream:
         "_expired",
         "_last_data",
         "_reader_task",
+        "_received",
         "_timer",
+        "_too_slow",
+        "_wait_began",
+        "_waited",
         "_waiting",
         "charged",
         "failure",
+        "min_rate",
         "negotiation",
         "paused_deadline",
         "read_timeout",
@@ -74,6 +81,8 @@ class MessageStream:
         reader: MessageReader,
         read_timeout: float | None = None,
         negotiation: DialerNegotiation | None = None,
+        *,
+        min_rate: float | None = None,
     ) -> None:
         self.stream = stream
         #: An optimistic multistream-select proposal whose answer precedes the message
@@ -81,6 +90,14 @@ class MessageStream:
         self.negotiation = negotiation
         self.reader = reader
         self.read_timeout = read_timeout
+        #: Bytes per second of waiting the peer must keep up, after MIN_RATE_GRACE seconds
+        #: of credit (``None``: no minimum; needs ``read_timeout``).  A peer trickling a
+        #: byte now and then (slowloris) would otherwise hold its slot for good.
+        self.min_rate = min_rate
+        self._received = 0
+        self._waited = 0.0
+        self._wait_began = 0.0
+        self._too_slow = False
         #: The error this message stream raised, if any.
         self.failure: BaseException | None = None
         self._events: deque[Event] = deque()
@@ -136,28 +153,48 @@ class MessageStream:
         if paused is not None:
             assert deadline is not None
             deadline.reschedule(None)  # the peer's time, not the handler's
-        began = loop.time()
+        began = self._wait_began = loop.time()
         try:
             data = await self.stream.read(READ_SIZE)
         except asyncio.CancelledError:
             if self._expired and task is not None and task.uncancel() == 0:
                 self._expired = False
+                if self._too_slow:
+                    raise P2PTimeout(
+                        f"the peer sent {self._received} bytes in {self._waited:.1f} s, "
+                        f"below the minimum of {self.min_rate:.0f} bytes/s"
+                    ) from None
                 raise P2PTimeout(f"no data from the peer within {timeout} s") from None
             raise
         finally:
             self._waiting = False
+            self._waited += loop.time() - began
             if paused is not None and deadline is self.paused_deadline:
                 assert deadline is not None
                 deadline.reschedule(paused + (loop.time() - began))
         self._last_data = loop.time()
+        self._received += len(data)
         return data
+
+    def _below_min_rate(self, now: float) -> bool:
+        rate = self.min_rate
+        if rate is None:
+            return False
+        waited = self._waited + (now - self._wait_began if self._waiting else 0.0)
+        return self._received + rate * MIN_RATE_GRACE < rate * waited
 
     def _check(self) -> None:
         """Timer: fire if a read has waited ``read_timeout`` with no data, else re-arm."""
         assert self.read_timeout is not None
         loop = asyncio.get_running_loop()
         deadline = self._last_data + self.read_timeout
-        if self._waiting and loop.time() >= deadline and self._reader_task is not None:
+        now = loop.time()
+        if (
+            self._waiting
+            and self._reader_task is not None
+            and (now >= deadline or self._below_min_rate(now))
+        ):
+            self._too_slow = now < deadline
             self._timer = None
             self._expired = True
             self._reader_task.cancel()

@@ -41,14 +41,14 @@ def encode_json(obj: Any) -> bytes:
     """``obj`` as compact JSON (UTF-8); :class:`SerializationError` if it has no JSON form."""
     try:
         return _json.dumps(obj, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"cannot encode as JSON: {exc}") from None
 
 
 def _decode_json(data: bytes) -> Any:
     try:
         return _json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # "[" * 10**5 recurses
         raise SerializationError(f"body is not JSON: {exc}") from None
 
 

@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a server waits for the next bytes of a request head or body before answering 408.
 DEFAULT_READ_TIMEOUT = 10.0
+#: Bytes per second (averaged over the time spent waiting for them, after 10 s of credit)
+#: a client must send its request at; slower is answered 408 (slowloris).
+DEFAULT_MIN_REQUEST_RATE = 1024.0
 #: Seconds a handler may run before the server answers 503.
 DEFAULT_HANDLER_TIMEOUT = 30.0
 #: Requests served at once by one router; more are answered 503 at once.
@@ -181,8 +184,9 @@ class Router(ProtocolService):
     or call :meth:`attach`.  Limits: ``max_body_size`` for bodies read into memory,
     ``read_timeout`` for each wait on the client's next bytes (408), ``handler_timeout``
     for a handler (503; time a streaming handler spends waiting for the request body is
-    not counted: the read timeout bounds that), ``max_concurrent`` requests in progress
-    (503 beyond).
+    not counted: the read timeout bounds that), ``min_request_rate`` for the whole request,
+    head and body, in bytes per second of waiting (408 below; ``None``: no minimum),
+    ``max_concurrent`` requests in progress (503 beyond).
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class Router(ProtocolService):
         handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        min_request_rate: float | None = DEFAULT_MIN_REQUEST_RATE,
     ) -> None:
         if max_body_size < 0 or max_concurrent < 1 or max_buffered < 0:
             raise InvalidConfiguration(
@@ -203,6 +208,7 @@ class Router(ProtocolService):
         #: Bytes of request bodies held right now (buffered routes).
         self.buffered = 0
         self.read_timeout = read_timeout
+        self.min_request_rate = min_request_rate
         self.handler_timeout = handler_timeout
         self.max_concurrent = max_concurrent
         self._routes: list[Route] = []
@@ -477,7 +483,9 @@ class Router(ProtocolService):
             self._in_flight -= 1
 
     async def _serve(self, stream: MuxedStream) -> None:
-        source = MessageStream(stream, MessageReader("request"), self.read_timeout)
+        source = MessageStream(
+            stream, MessageReader("request"), self.read_timeout, min_rate=self.min_request_rate
+        )
         try:
             await self._serve_message(stream, source)
         finally:

@@ -22,8 +22,10 @@ from switchy.stack.errors import InvalidConfiguration
 if TYPE_CHECKING:
     from switchy.protocols.router.router import Router
 
-__all__ = ["FILE_CHUNK_SIZE", "StaticFiles", "file_response"]
+__all__ = ["FILE_CHUNK_SIZE", "MAX_NAME_BYTES", "StaticFiles", "file_response"]
 
+#: Longest file name served (bytes; the usual file-system limit, NAME_MAX).
+MAX_NAME_BYTES: Final = 255
 #: Bytes read from a file per chunk.
 FILE_CHUNK_SIZE: Final = 256 * 1024
 
@@ -78,11 +80,16 @@ class StaticFiles:
             or _ENCODED_SEPARATOR.search(name)
         ):
             return Response.error(403, "forbidden name")
-        real = Path(os.path.realpath(self.root / name))
-        if real.parent != self.root:
-            return Response.error(403, "outside the served folder")
-        if not real.is_file():
-            return Response.not_found(f"no file {name}")
+        try:
+            if len(os.fsencode(name)) > MAX_NAME_BYTES:
+                return Response.not_found(f"no file {name[:64]}... (name too long)")
+            real = Path(os.path.realpath(self.root / name))
+            if real.parent != self.root:
+                return Response.error(403, "outside the served folder")
+            if not real.is_file():
+                return Response.not_found(f"no file {name}")
+        except (OSError, ValueError):  # a name the file system rejects is a name not served
+            return Response.not_found(f"no file {name[:64]}")
         return real
 
     def listing(self, request: Request) -> Response:

@@ -112,7 +112,7 @@ def parse_chat(data: bytes, source: str) -> ChatMessage | None:
         return None
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(obj, dict) or set(obj) != {"nick", "text"}:
         return None
@@ -192,7 +192,7 @@ class ChatService(ProtocolService):
         await stream.close()
         try:
             items = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ProtocolError(f"{peer} sent a history that is not JSON") from None
         if not isinstance(items, list):
             raise ProtocolError(f"{peer} sent a history that is not a list")

@@ -7,6 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from switchy.stack.buffer import ChunkBuffer, shared_waiter
+from switchy.stack.errors import fresh
 from switchy.stack.stream import MuxedStream
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         buf = self._buf
         while not buf:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._eof or self._read_closed:
                 return b""
             self._before_read_wait()

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
+from switchy.stack.errors import (
+    ConnectionClosed,
+    P2PError,
+    ResourceLimitExceeded,
+    StreamReset,
+    fresh,
+)
 from switchy.stack.metrics import ConnectionStats, measure_clock
 from switchy.stack.mux import BufferedMuxedStream, MuxedConnection, StreamMuxer
 from switchy.stack.mux.yamux_core import (
@@ -147,7 +153,9 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
 
     async def _send(self, data: bytes | bytearray | memoryview, *, last: bool, soon: bool) -> None:
         if self._write_closed:
-            raise self._error or ConnectionClosed(f"yamux stream {self._id} is closed for writing")
+            raise fresh(self._error) or ConnectionClosed(
+                f"yamux stream {self._id} is closed for writing"
+            )
         if not data:
             return
         # Our turn comes once an earlier (perhaps cancelled) write is all framed; nothing
@@ -155,7 +163,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         while self._pending is not None:
             await self._wait_writer()
             if self._write_closed:
-                raise self._error or ConnectionClosed(f"yamux stream {self._id} was closed")
+                raise fresh(self._error) or ConnectionClosed(f"yamux stream {self._id} was closed")
         self._commit(data, last=last)
         conn = self._conn
         if soon:
@@ -171,7 +179,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         """Wait for the pending write to be framed (or the stream to fail)."""
         await super()._wait_writer()
         if self._error is not None:
-            raise self._error
+            raise fresh(self._error)
 
     async def close_write(self) -> None:
         if self._write_closed:
@@ -344,7 +352,7 @@ class YamuxConnection(MuxedConnection):
         if writer is not None:
             await asyncio.shield(writer)
         if self._close_reason is not None:
-            raise self._close_reason
+            raise fresh(self._close_reason)
 
     def _schedule_flush(self) -> None:
         """Send queued control frames soon without blocking the caller.
@@ -437,14 +445,15 @@ class YamuxConnection(MuxedConnection):
             elif isinstance(ev, StreamOpened):
                 st = YamuxStream(self, ev.stream_id)
                 if len(self._accept_queue) >= self._config.max_ack_backlog:
-                    self._session.reset_stream(ev.stream_id)
+                    self._session.reset_stream(ev.stream_id, refused=True)
+                    streams.pop(ev.stream_id, None)
                     log.debug("yamux: accept backlog full, refusing stream %d", ev.stream_id)
                     continue
                 if self.resource_scope is not None:
                     try:
                         st._scope = self._open_stream_scope("inbound")
                     except ResourceLimitExceeded as exc:
-                        self._session.reset_stream(ev.stream_id)
+                        self._session.reset_stream(ev.stream_id, refused=True)
                         log.debug("yamux: refusing stream %d: %s", ev.stream_id, exc)
                         continue
                 streams[ev.stream_id] = st
@@ -474,7 +483,7 @@ class YamuxConnection(MuxedConnection):
         if self._closed:
             return
         self._closed = True
-        self._close_reason = reason
+        self._close_reason = reason.with_traceback(None)  # no frames kept (see fresh)
         self._session.terminated = True
         self.stats.closed_at = self.stats.closed_at or self._loop.time()
         for st in list(self._streams.values()):
@@ -522,7 +531,7 @@ class YamuxConnection(MuxedConnection):
     async def accept_stream(self) -> MuxedStream:
         while not self._accept_queue:
             if self._closed:
-                raise self._close_reason or ConnectionClosed("connection closed")
+                raise fresh(self._close_reason) or ConnectionClosed("connection closed")
             waiter = self._loop.create_future()
             self._accept_waiter = waiter
             await waiter

@@ -63,6 +63,11 @@ MAX_DATA_FRAME: Final = 65535 - 16 - 12
 #: Shortest interval in which consuming half a window counts as "fast" (seconds).
 MIN_TUNE_INTERVAL: Final = 0.05
 _MAX_STREAM_ID: Final = (1 << 32) - 1
+#: Frames answering the remote (ping ACKs, RSTs of refused streams) that may wait unsent.
+#: A remote that keeps asking while it does not read our answers (the writer is stuck
+#: behind its full receive buffer) would otherwise grow the queue without bound: past this
+#: the session fails with a protocol error.
+MAX_QUEUED_ANSWERS: Final = 1024
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
 
@@ -182,6 +187,7 @@ class YamuxSession:
         self._out: list[bytes | memoryview] = []
         self._out_size = 0
         self._next_ping = 1
+        self._answers = 0  # answer frames in _out (MAX_QUEUED_ANSWERS)
         self.unacked_outbound = 0
         self.rtt: float | None = None
         self.local_go_away = False
@@ -193,6 +199,16 @@ class YamuxSession:
     def _frame(self, type_: int, flags: int, stream_id: int, length: int) -> None:
         self._out.append(_pack_header(VERSION, type_, flags, stream_id, length))
         self._out_size += HEADER_SIZE
+
+    def _answer(self, type_: int, flags: int, stream_id: int, length: int) -> None:
+        """Queue a frame the remote's own frame asked for, within MAX_QUEUED_ANSWERS."""
+        self._answers += 1
+        if self._answers > MAX_QUEUED_ANSWERS:
+            raise self._fail(
+                f"remote asked for more than {MAX_QUEUED_ANSWERS} answers (pings, refused "
+                "streams) without reading them"
+            )
+        self._frame(type_, flags, stream_id, length)
 
     def has_output(self) -> bool:
         """Whether :meth:`data_to_send` has anything."""
@@ -211,6 +227,7 @@ class YamuxSession:
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
         self._out_size = 0
+        self._answers = 0
         return bytes(data) if isinstance(data, memoryview) else data
 
     # --- application actions --------------------------------------------------------
@@ -303,14 +320,18 @@ class YamuxSession:
         self._frame(TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0)
         self._maybe_forget(stream_id, st)
 
-    def reset_stream(self, stream_id: int) -> None:
-        """Abort a stream (RST)."""
+    def reset_stream(self, stream_id: int, *, refused: bool = False) -> None:
+        """Abort a stream (RST); ``refused``: a stream the remote just opened that we turn
+        down (counts against MAX_QUEUED_ANSWERS, may raise :class:`ProtocolError`)."""
         st = self._streams.pop(stream_id, None)
         if st is None:
             return
         if st.outbound and not st.acked:
             self.unacked_outbound -= 1
-        self._frame(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)
+        if refused:
+            self._answer(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)
+        else:
+            self._frame(TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0)
 
     def ping(self) -> int:
         """Queue a ping; returns its opaque value (answered by :class:`PongReceived`)."""
@@ -383,7 +404,7 @@ class YamuxSession:
                 if sid != 0:
                     raise self._fail(f"ping on stream {sid}")
                 if flags & FLAG_SYN:
-                    self._frame(TYPE_PING, FLAG_ACK, 0, length)
+                    self._answer(TYPE_PING, FLAG_ACK, 0, length)
                 elif flags & FLAG_ACK:
                     events.append(PongReceived(length))
             elif type_ == TYPE_GO_AWAY:
@@ -404,7 +425,7 @@ class YamuxSession:
         if sid in self._streams:
             raise self._fail(f"remote reopened live stream {sid}")
         if self.local_go_away or len(self._streams) >= self.max_streams:
-            self._frame(TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0)
+            self._answer(TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0)
             events.append(StreamReset(sid, by_us=True))
             return None
         st = _Stream(False, now)

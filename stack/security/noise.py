@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from switchy.stack.buffer import ChunkBuffer, shared_waiter
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout, fresh
 from switchy.stack.identity import Entropy, KeyPair, PeerId, PublicKey
 from switchy.stack.security import SecurityTransport
 from switchy.stack.security.noise_core import (
@@ -125,7 +125,7 @@ class NoiseConnection(Connection):
         plain = self._plain
         while not plain:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._eof or max_bytes == 0:
                 return b""
             data = await self._raw.read(-1)
@@ -137,12 +137,12 @@ class NoiseConnection(Connection):
                         f"connection from {self.remote_peer} ended inside a Noise frame "
                         f"(truncated frame, {pending} bytes of it received)"
                     )
-                    raise self._error
+                    raise fresh(self._error)
                 return b""
             try:
                 self._feed(data)
             except P2PError as exc:
-                self._error = exc
+                self._error = fresh(exc)
                 self._plain.clear()
                 await _abort(self._raw)
                 raise
@@ -187,7 +187,7 @@ class NoiseConnection(Connection):
                 for off in range(0, len(plain), MAX_WRITE_BATCH):
                     await self._raw.write(encrypt(plain[off : off + MAX_WRITE_BATCH]))
         except P2PError as exc:
-            self._write_error = exc
+            self._write_error = fresh(exc)
         self._writer_done(None)  # idle now, not in the done callback a turn later
 
     def _writer_done(self, task: asyncio.Task[None] | None) -> None:
@@ -220,13 +220,13 @@ class NoiseConnection(Connection):
             return
         await self._wait_idle()  # our turn; nothing of ``data`` is committed before it
         if self._write_error is not None:
-            raise self._write_error
+            raise fresh(self._write_error)
         if self._write_closed:
             raise ConnectionClosed(f"Noise connection to {self.remote_peer} is closed for writing")
         self._commit(data)
         await self._wait_idle()  # committed: a cancellation here still sends all of it
         if self._write_error is not None:
-            raise self._write_error
+            raise fresh(self._write_error)
 
     async def close_write(self) -> None:
         """Half-close after every committed write went out (frames are self-delimiting)."""

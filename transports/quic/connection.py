@@ -39,6 +39,7 @@ from switchy.stack.errors import (
     MessageTooLarge,
     ResourceLimitExceeded,
     StreamReset,
+    fresh,
 )
 from switchy.stack.identity import PeerId
 from switchy.stack.metrics import ConnectionStats, measure_clock
@@ -251,7 +252,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         while self._pending is not None and not self._write_closed:
             await self._wait_writer()
         if self._write_closed:
-            raise self._write_error or ConnectionClosed(
+            raise fresh(self._write_error) or ConnectionClosed(
                 f"QUIC stream {self._id} is closed for writing"
             )
         target = self._written + len(data)
@@ -261,7 +262,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         while self._pending is not None:
             await self._wait_writer()
         if self._written < target:  # dropped by a reset, STOP_SENDING or the connection's end
-            raise self._write_error or ConnectionClosed(
+            raise fresh(self._write_error) or ConnectionClosed(
                 f"QUIC stream {self._id} was closed while writing"
             )
 
@@ -638,7 +639,7 @@ class QuicConnection(MuxedConnection):
         """End local state; ``release`` also stops the core (no more packets to handle)."""
         if not self._closed:
             self._closed = True
-            self._close_reason = reason
+            self._close_reason = reason.with_traceback(None)  # no frames kept (see fresh)
             self.stats.closed_at = self.stats.closed_at or self._loop.time()
             for st in list(self._streams.values()):
                 st._on_connection_closed(reason)
@@ -686,7 +687,7 @@ class QuicConnection(MuxedConnection):
 
     async def open_stream(self) -> MuxedStream:
         if self._closed:
-            raise self._close_reason or ConnectionClosed("QUIC connection is closed")
+            raise fresh(self._close_reason) or ConnectionClosed("QUIC connection is closed")
         if len(self._streams) >= self._config.max_streams_per_connection:
             raise ResourceLimitExceeded(
                 f"{len(self._streams)} streams open on this QUIC connection "
@@ -704,7 +705,7 @@ class QuicConnection(MuxedConnection):
     async def accept_stream(self) -> MuxedStream:
         while not self._accept_queue:
             if self._closed:
-                raise self._close_reason or ConnectionClosed("QUIC connection closed")
+                raise fresh(self._close_reason) or ConnectionClosed("QUIC connection closed")
             waiter = self._loop.create_future()
             self._accept_waiter = waiter
             await waiter
@@ -713,7 +714,7 @@ class QuicConnection(MuxedConnection):
     async def ping(self, timeout: float | None = None) -> float:
         """Measure one round trip with a QUIC PING (also recorded in ``stats``)."""
         if self._closed:
-            raise self._close_reason or ConnectionClosed("QUIC connection closed")
+            raise fresh(self._close_reason) or ConnectionClosed("QUIC connection closed")
         uid = self._next_ping
         self._next_ping += 1
         fut: asyncio.Future[float] = self._loop.create_future()
@@ -752,7 +753,7 @@ class QuicConnection(MuxedConnection):
     def send_datagram(self, data: bytes) -> None:
         """Send one unreliable datagram; it may be lost, duplicated never, reordered maybe."""
         if self._closed:
-            raise self._close_reason or ConnectionClosed("QUIC connection closed")
+            raise fresh(self._close_reason) or ConnectionClosed("QUIC connection closed")
         limit = self.max_datagram_size
         if len(data) > limit:
             raise MessageTooLarge(
@@ -767,7 +768,7 @@ class QuicConnection(MuxedConnection):
             self.max_datagram_size  # noqa: B018 - raises the explanatory error
         while not self._datagrams:
             if self._closed:
-                raise self._close_reason or ConnectionClosed("QUIC connection closed")
+                raise fresh(self._close_reason) or ConnectionClosed("QUIC connection closed")
             waiter = self._loop.create_future()
             self._datagram_waiter = waiter
             await waiter

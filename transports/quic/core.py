@@ -124,10 +124,12 @@ class Libp2pQuicConnection(QuicConnection):
         configuration: QuicConfiguration,
         max_inbound_streams: int,
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
     ) -> None:
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         bidi = self._local_max_streams_bidi
         bidi.value = bidi.sent = max_inbound_streams
@@ -173,6 +175,16 @@ class Libp2pQuicConnection(QuicConnection):
             initial = min(10 * size, max(14720, 2 * size))
             cc.congestion_window = max(cc.congestion_window, initial)
         return self._max_datagram_size
+
+    @property
+    def decrypted_any(self) -> bool:
+        """Whether any packet received so far decrypted (an inbound connection whose first
+        datagram did not is garbage or spoofed, and holds no handshake slot).  Reads
+        aioquic's private packet-number spaces, like the overrides above."""
+        # a packet that decrypted is acknowledged, or made us close (wrong ALPN, ...)
+        return self._close_event is not None or any(
+            len(space.ack_queue) for space in self._spaces.values()
+        )
 
     # --- libp2p TLS ---------------------------------------------------------------------
 

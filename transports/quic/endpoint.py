@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -22,9 +23,11 @@ from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.packet import (
     QuicErrorCode,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.retry import QuicRetryTokenHandler
 
 from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
 from switchy.transports.quic.connection import QuicConnection
@@ -38,12 +41,24 @@ if TYPE_CHECKING:
     from switchy.stack.transport import ConnectionHandler
     from switchy.transports.quic.transport import QuicTransport
 
-__all__ = ["MAX_PENDING_HANDSHAKES", "MIN_INITIAL_SIZE", "EndpointCounters", "QuicEndpoint"]
+__all__ = [
+    "MAX_PENDING_HANDSHAKES",
+    "MAX_PENDING_HANDSHAKES_PER_SOURCE",
+    "MIN_INITIAL_SIZE",
+    "RETRY_THRESHOLD",
+    "EndpointCounters",
+    "QuicEndpoint",
+]
 
 log = logging.getLogger(__name__)
 
 #: Inbound handshakes in progress per socket; further new connections are dropped.
 MAX_PENDING_HANDSHAKES: Final = 256
+#: Inbound handshakes in progress per source IP address.
+MAX_PENDING_HANDSHAKES_PER_SOURCE: Final = 32
+#: Past this many handshakes in progress, a new client must first prove its address with a
+#: Retry token (RFC 9000 section 8.1.2): spoofed sources never see the token.
+RETRY_THRESHOLD: Final = MAX_PENDING_HANDSHAKES // 4
 #: A client's first datagram must be at least this large (RFC 9000 section 14.1).
 MIN_INITIAL_SIZE: Final = SMALLEST_MAX_DATAGRAM_SIZE
 
@@ -56,6 +71,11 @@ class EndpointCounters:
     unknown_connection: int = 0
     refused_handshakes: int = 0
     version_negotiations: int = 0
+    #: Initials that did not decrypt (dropped at once, holding no handshake slot).
+    undecryptable_initials: int = 0
+    #: Retry packets sent (address validation under load), and tokens that did not validate.
+    retries: int = 0
+    invalid_tokens: int = 0
 
 
 class QuicEndpoint(BatchProtocol):
@@ -78,6 +98,9 @@ class QuicEndpoint(BatchProtocol):
         self._batches = False
         self._touched: set[QuicConnection] = set()
         self.counters = EndpointCounters()
+        self._retry: QuicRetryTokenHandler | None = None
+        self._pending_by_source: dict[object, int] = {}
+        self._source_of: dict[QuicConnection, object] = {}
 
     @classmethod
     async def open(
@@ -164,10 +187,59 @@ class QuicEndpoint(BatchProtocol):
         ):
             self.counters.unknown_connection += 1
             return
-        if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+        if (
+            len(self._handshakes) >= MAX_PENDING_HANDSHAKES
+            or self._pending_by_source.get(addr[0], 0) >= MAX_PENDING_HANDSHAKES_PER_SOURCE
+        ):
             self.counters.refused_handshakes += 1
             return
-        self._accept_initial(header.destination_cid, data, addr)
+        odcid, retry_scid = header.destination_cid, None
+        if header.token or len(self._handshakes) >= RETRY_THRESHOLD:
+            validated = self._validate_address(header, addr)
+            if validated is None:
+                return
+            odcid, retry_scid = validated
+        self._accept_initial(header.destination_cid, data, addr, odcid, retry_scid)
+
+    def _validate_address(
+        self, header: Any, addr: SockAddr
+    ) -> tuple[bytes, bytes | None] | None:
+        """Under load: answer a token-less Initial with a Retry (``None``); with a token,
+        ``(original destination cid, retry source cid)`` when it is valid, else ``None``."""
+        now = asyncio.get_running_loop().time()
+        if self._retry is None:
+            self._retry = QuicRetryTokenHandler()
+        if not header.token:
+            source_cid = os.urandom(CONNECTION_ID_LENGTH)
+            try:
+                token = self._retry.create_token(
+                    address=addr,
+                    original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid,
+                    now=now,
+                )
+            except (ValueError, TypeError, IndexError):  # not an IP address: no Retry
+                return bytes(header.destination_cid), None
+            self.counters.retries += 1
+            self.send(
+                encode_quic_retry(
+                    version=header.version,
+                    source_cid=source_cid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid,
+                    retry_token=token,
+                ),
+                addr,
+            )
+            return None
+        try:
+            odcid = self._retry.validate_token(
+                address=addr, destination_cid=header.destination_cid, token=header.token, now=now
+            )
+        except (ValueError, TypeError, IndexError):
+            self.counters.invalid_tokens += 1
+            return None
+        return odcid, header.destination_cid
 
     def _feed(self, conn: QuicConnection, data: bytes, addr: SockAddr) -> None:
         try:
@@ -233,23 +305,56 @@ class QuicEndpoint(BatchProtocol):
         self._live.add(conn)
         return conn
 
-    def _accept_initial(self, odcid: bytes, data: bytes, addr: SockAddr) -> None:
+    def _accept_initial(
+        self,
+        dcid: bytes,
+        data: bytes,
+        addr: SockAddr,
+        odcid: bytes | None = None,
+        retry_scid: bytes | None = None,
+    ) -> None:
         owner = self._owner
         quic = Libp2pQuicConnection(
             configuration=owner.quic_configuration(is_client=False),
             max_inbound_streams=owner.config.max_streams_per_connection,
-            original_destination_connection_id=odcid,
+            original_destination_connection_id=odcid or dcid,
+            retry_source_connection_id=retry_scid,
         )
+        loop = asyncio.get_running_loop()
+        # The first datagram decides whether this is a handshake at all: one that does not
+        # decrypt (garbage, spoofed) is dropped before it takes a slot or a timer.
+        quic.receive_datagram(data, addr, loop.time())
+        if not quic.decrypted_any:
+            self.counters.undecryptable_initials += 1
+            return
         conn = self._new_connection(quic, addr, is_initiator=False, expected=None)
-        self._register(odcid, conn)
+        self._register(dcid, conn)
         self._register(quic.host_cid, conn)
         timeout = owner.config.handshake_timeout
-        loop = asyncio.get_running_loop()
         self._handshakes[conn] = loop.call_later(timeout, self._handshake_timed_out, conn)
-        conn._datagram_received(data, addr)
+        source = self._source_of[conn] = addr[0]
+        self._pending_by_source[source] = self._pending_by_source.get(source, 0) + 1
+        try:
+            conn._process_events()
+            conn._transmit()
+        except Exception:  # a core bug must not take the socket down
+            log.exception("QUIC: error handling a datagram for %r", conn)
+            self._drop(conn)
+
+    def _end_handshake(self, conn: QuicConnection) -> asyncio.TimerHandle | None:
+        """Forget ``conn``'s handshake slot (and its source's count); its timer, if any."""
+        timer = self._handshakes.pop(conn, None)
+        source = self._source_of.pop(conn, None)
+        if source is not None:
+            left = self._pending_by_source.get(source, 0) - 1
+            if left > 0:
+                self._pending_by_source[source] = left
+            else:
+                self._pending_by_source.pop(source, None)
+        return timer
 
     def _handshake_timed_out(self, conn: QuicConnection) -> None:
-        self._handshakes.pop(conn, None)
+        self._end_handshake(conn)
         if conn.established.done():
             return
         log.debug("QUIC: inbound handshake from %s stalled; dropping it", conn._remote_sockaddr)
@@ -310,7 +415,7 @@ class QuicEndpoint(BatchProtocol):
 
     def _established(self, conn: QuicConnection) -> None:
         """Called by a connection once its peer is authenticated."""
-        timer = self._handshakes.pop(conn, None)
+        timer = self._end_handshake(conn)
         if timer is not None:
             timer.cancel()
         if not conn.is_initiator:
@@ -332,7 +437,7 @@ class QuicEndpoint(BatchProtocol):
 
     def _connection_closed(self, conn: QuicConnection) -> None:
         """Called when a connection's local state ended (it may still drain)."""
-        timer = self._handshakes.pop(conn, None)
+        timer = self._end_handshake(conn)
         if timer is not None:
             timer.cancel()
         self._live.discard(conn)
@@ -374,6 +479,8 @@ class QuicEndpoint(BatchProtocol):
         for timer in self._handshakes.values():
             timer.cancel()
         self._handshakes.clear()
+        self._pending_by_source.clear()
+        self._source_of.clear()
         self._by_cid.clear()
         self._cids.clear()
         sock = self._socket

@@ -248,7 +248,7 @@ def _verify_chain(
             )
         try:
             cert = x509.load_der_x509_certificate(item)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion: no ValueError
             raise AuthenticationFailed(f"certificate does not parse: {exc}") from None
         der = item
     else:

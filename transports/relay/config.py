@@ -58,6 +58,11 @@ class RelayConfig:
     max_circuits: int = attrs.field(default=256, validator=_positive)
     #: Relayed connections open at once from or to one peer.
     max_circuits_per_peer: int = attrs.field(default=16, validator=_positive)
+    #: Relayed connections open at once from sources at one IP address (fresh identities
+    #: are free: a per-peer limit alone lets one host take every circuit to a target).
+    max_circuits_per_ip: int = attrs.field(default=8, validator=_positive)
+    #: A circuit that forwards no byte either way for this long is closed (0: never).
+    circuit_idle_timeout: float = attrs.field(default=60.0, validator=_non_negative)
     #: Hop requests being read or answered at once from one peer (streams that never send).
     max_pending_per_peer: int = attrs.field(default=8, validator=_positive)
     #: Time allowed for reading a request and for the target's stop answer.

@@ -38,6 +38,7 @@ class RelayResources:
         self._per_ip: Counter[Hashable] = Counter()
         self.circuits = 0
         self._circuits_per_peer: Counter[PeerId] = Counter()
+        self._circuits_per_ip: Counter[Hashable] = Counter()
         self._pending: Counter[PeerId] = Counter()
 
     # --- reservations ---------------------------------------------------------------------
@@ -99,8 +100,10 @@ class RelayResources:
 
     # --- circuits -------------------------------------------------------------------------
 
-    def open_circuit(self, src: PeerId, dst: PeerId, now: float) -> Status:
-        """Account for a circuit ``src → dst``.
+    def open_circuit(
+        self, src: PeerId, dst: PeerId, now: float, src_ip: Hashable | None = None
+    ) -> Status:
+        """Account for a circuit ``src → dst`` (from ``src_ip``, when known).
 
         OK, PERMISSION_DENIED (to itself), NO_RESERVATION or RESOURCE_LIMIT_EXCEEDED.
         """
@@ -113,13 +116,21 @@ class RelayResources:
         per_peer = self.config.max_circuits_per_peer
         if self._circuits_per_peer[src] >= per_peer or self._circuits_per_peer[dst] >= per_peer:
             return Status.RESOURCE_LIMIT_EXCEEDED
+        if src_ip is not None:
+            if self._circuits_per_ip[src_ip] >= self.config.max_circuits_per_ip:
+                return Status.RESOURCE_LIMIT_EXCEEDED
+            self._circuits_per_ip[src_ip] += 1
         self.circuits += 1
         self._circuits_per_peer[src] += 1
         self._circuits_per_peer[dst] += 1
         return Status.OK
 
-    def close_circuit(self, src: PeerId, dst: PeerId) -> None:
-        """Release a circuit accounted by :meth:`open_circuit`."""
+    def close_circuit(self, src: PeerId, dst: PeerId, src_ip: Hashable | None = None) -> None:
+        """Release a circuit accounted by :meth:`open_circuit` (with the same ``src_ip``)."""
+        if src_ip is not None:
+            self._circuits_per_ip[src_ip] -= 1
+            if self._circuits_per_ip[src_ip] <= 0:
+                del self._circuits_per_ip[src_ip]
         self.circuits -= 1
         for p in (src, dst):
             self._circuits_per_peer[p] -= 1

@@ -246,7 +246,8 @@ class RelayService(ProtocolService):
         targets = [c for c in self.node.connections(dst) if not c.is_limited]
         if not targets:
             self.resources.drop(dst)
-        status = self.resources.open_circuit(src, dst, now)
+        src_ip = ip_key(stream.muxed_conn.remote_addr)
+        status = self.resources.open_circuit(src, dst, now, src_ip)
         if self.metrics is not None:
             self.metrics.circuit_request(status)
         if status != Status.OK:
@@ -270,7 +271,7 @@ class RelayService(ProtocolService):
             task.add_done_callback(self._bridges.discard)
             await task
         finally:
-            self.resources.close_circuit(src, dst)
+            self.resources.close_circuit(src, dst, src_ip)
 
     async def _open_stop(self, conn: object, src: PeerId) -> MuxedStream | None:
         from switchy.stack.mux import MuxedConnection
@@ -297,15 +298,24 @@ class RelayService(ProtocolService):
     # --- forwarding -----------------------------------------------------------------------
 
     async def _pump(
-        self, circuit: Circuit, reader: MuxedStream, writer: MuxedStream, from_src: bool
+        self,
+        circuit: Circuit,
+        reader: MuxedStream,
+        writer: MuxedStream,
+        from_src: bool,
+        idle: asyncio.Timeout | None = None,
     ) -> None:
         limit = self.config.limit_data
+        idle_for = self.config.circuit_idle_timeout
+        loop = asyncio.get_running_loop()
         size = self.config.buffer_size
         key = "src" if from_src else "dst"
         tap = self.tap
         sent = 0
         while True:
             chunk = await reader.read(size if not limit else min(size, limit - sent + 1))
+            if idle is not None:
+                idle.reschedule(loop.time() + idle_for)  # traffic: not idle
             if not chunk:
                 await writer.close_write()
                 return
@@ -330,17 +340,23 @@ class RelayService(ProtocolService):
             self.metrics.circuit_opened()
         for s in (src, dst):  # backpressure from the slower leg reaches the sender
             s.limit_buffering(self.config.circuit_window)
+        idle_for = self.config.circuit_idle_timeout
+        loop = asyncio.get_running_loop()
+        idle = asyncio.timeout_at(loop.time() + idle_for if idle_for else None)
         pumps = [
-            asyncio.ensure_future(self._pump(circuit, src, dst, True)),
-            asyncio.ensure_future(self._pump(circuit, dst, src, False)),
+            asyncio.ensure_future(self._pump(circuit, src, dst, True, idle if idle_for else None)),
+            asyncio.ensure_future(self._pump(circuit, dst, src, False, idle if idle_for else None)),
         ]
         duration = self.config.limit_duration or None
         status, reason = Status.OK, "both sides closed"
         try:
-            async with asyncio.timeout(duration):
+            async with asyncio.timeout(duration), idle:
                 await asyncio.gather(*pumps)
         except TimeoutError:
-            status, reason = Status.RESOURCE_LIMIT_EXCEEDED, f"duration limit of {duration}s"
+            if idle.expired():
+                status, reason = Status.CONNECTION_FAILED, f"idle for {idle_for}s"
+            else:
+                status, reason = Status.RESOURCE_LIMIT_EXCEEDED, f"duration limit of {duration}s"
         except _LimitHit as exc:
             status, reason = Status.RESOURCE_LIMIT_EXCEEDED, str(exc)
         except P2PError as exc:

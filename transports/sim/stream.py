@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Final
 from multiaddr import Multiaddr
 
 from switchy.stack.buffer import ChunkBuffer, shared_waiter
-from switchy.stack.errors import ConnectionClosed, StreamReset
+from switchy.stack.errors import ConnectionClosed, StreamReset, fresh
 from switchy.stack.stream import Connection
 from switchy.stack.transport import Listener
 from switchy.transports.sim.network import (
@@ -143,7 +143,7 @@ class SimConnection(Connection):
         buf = self._buf
         while not buf:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._eof:
                 return b""
             waiter = self._loop.create_future()
@@ -153,7 +153,7 @@ class SimConnection(Connection):
             finally:
                 self._read_waiter = None
         if self._error is not None:
-            raise self._error
+            raise fresh(self._error)
         data = buf.take(max_bytes)
         self.peer._freed(len(data))
         return data
@@ -202,7 +202,7 @@ class SimConnection(Connection):
         """
         while True:
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._write_closed:
                 raise ConnectionClosed(f"write after close on sim connection {self.conn_id}")
             if self._pending is None:
@@ -214,7 +214,7 @@ class SimConnection(Connection):
         while self._pending is not None:
             await self._wait_writer()
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
 
     async def close_write(self) -> None:
         """Send end-of-stream after everything written so far."""
