@@ -10,8 +10,11 @@ Modes (TCP + Noise + yamux, or QUIC-v1 with ``--quic``; Ed25519 identity):
   ping ADDR [-c N]                    {"ok", "rtts_us"}
   circuit-ping ADDR [-c N]            ping through a circuit relay v2
                                       (ADDR = …/p2p/<relay>/p2p-circuit/p2p/<peer>)
-  dcutr ADDR [--wait S]               dial a circuit address with DCUtR running; wait up to S
-                                      seconds for a direct connection; {"ok", "direct", "rtts_us"}
+  dcutr ADDR [--wait S] [--ip IP --port P]
+                                      listen on IP:P (default 127.0.0.1, any port), dial a
+                                      circuit address with DCUtR running; wait up to S seconds
+                                      for a direct connection; {"ok", "direct", "direct_addr",
+                                      "rtts_us"}
   dcutr-listen RELAY [--ip IP --port P]
                                       reserve on RELAY with DCUtR running (py-libp2p is B for
                                       whoever dials it through RELAY); print {"peer_id", "addrs":
@@ -389,7 +392,8 @@ async def dcutr_dial(args: argparse.Namespace) -> int:
     from libp2p.tools.anyio_service import background_trio_service
 
     host = make_host(None)
-    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+    listen = multiaddr.Multiaddr(f"/ip4/{args.ip}/tcp/{args.port}")
+    async with host.run(listen_addrs=[listen]):
         client = CircuitV2Protocol(host, allow_hop=False)
         dcutr = DCUtRProtocol(host)
         async with background_trio_service(client), background_trio_service(dcutr):
@@ -408,8 +412,18 @@ async def dcutr_dial(args: argparse.Namespace) -> int:
                         if not direct:
                             await trio.sleep(0.1)
                 result = await do_ping(host, peer, args)
-            emit({"ok": True, "direct": direct, **result})
+            emit({"ok": True, "direct": direct, "direct_addr": _direct_addr(host, peer), **result})
     return 0
+
+
+def _direct_addr(host: Any, peer: Any) -> str | None:
+    """The remote address of a non-relayed connection to ``peer``, if any."""
+    conns = host.get_network().connections.get(peer) or []
+    for conn in conns if isinstance(conns, list) else [conns]:
+        for addr in conn.get_transport_addresses():
+            if "/p2p-circuit" not in str(addr):
+                return str(addr)
+    return None
 
 
 async def dcutr_listen(args: argparse.Namespace) -> int:
@@ -493,7 +507,7 @@ def main() -> int:
             s.add_argument("-c", "--count", type=int, default=3)
         if name == "dcutr":
             s.add_argument("--wait", type=float, default=15)
-        if name == "dcutr-listen":
+        if name in ("dcutr", "dcutr-listen"):
             s.add_argument("--ip", default="127.0.0.1", help="IPv4 address to listen on")
             s.add_argument("--port", type=int, default=0)
         if name == "echo":
