@@ -18,8 +18,12 @@ loss and over several seeds with 2 % loss.  Reported per transport:
 
 With ``--lab`` (root, ``ip`` and ``nft``: the namespace lab of
 ``tests/test_nat_lab_punch.py``, two home routers, wall time): ``--lab-runs`` punches per
-transport, each ``switchy ping`` through the relay; the same figures from ``B``'s punch
-events and the ping's relayed and direct round trips.
+transport (``tests/netns_punch_peer.py a`` dials ``B`` through the relay); the time to
+direct from ``B``'s punch events, and, measured by ``A`` once the connection is direct,
+on the relayed connection (still up for its grace period) and then on the direct one:
+the median ping round trip (``rtt_relayed_s``, the same run's anchor, and
+``rtt_direct_s``) and the throughput of one 4 MiB stream. The lab adds no link
+latency (no netem in the kernel), so these are software and kernel costs.
 
 Usage: ``python -m bench.bench_punch [--quick] [--seeds N] [--lab [--lab-runs N]]``.
 """
@@ -46,11 +50,14 @@ QUIET = SimConfig(default_packet_loss=0.0)
 WAN_LATENCY = 0.05
 #: Bytes sent over each connection for the throughput figures.
 THROUGHPUT_BYTES = 512 * 1024
+#: Bytes per connection for the lab's (wall time) throughput figures.
+LAB_THROUGHPUT_BYTES = 4 * 1024 * 1024
 
 
-async def _send(conn: MuxedConnection, total: int) -> float | None:
-    """Bytes/s of ``total`` bytes on one new sink stream of ``conn``, until the answer;
-    None when the connection closed first."""
+async def connection_throughput(conn: MuxedConnection, total: int) -> float | None:
+    """Bytes/s of ``total`` bytes on one new sink stream of ``conn`` (the peer serves
+    :data:`~bench.common.SINK_PROTOCOL`), until the answer; None when the connection
+    closed first."""
     try:
         return await _send_or_fail(conn, total)
     except P2PError:
@@ -76,8 +83,8 @@ async def _throughput(
 ) -> dict[str, Any]:
     b.handle(SINK_PROTOCOL, sink_handler())
     return {
-        "throughput_relayed_Bps": await _send(relayed, THROUGHPUT_BYTES),
-        "throughput_direct_Bps": await _send(direct, THROUGHPUT_BYTES),
+        "throughput_relayed_Bps": await connection_throughput(relayed, THROUGHPUT_BYTES),
+        "throughput_direct_Bps": await connection_throughput(direct, THROUGHPUT_BYTES),
     }
 
 
@@ -129,6 +136,10 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
 def _lab(runs: int) -> dict[str, Any]:
     """The namespace lab's figures (wall time), or why there are none."""
     import os
@@ -136,35 +147,46 @@ def _lab(runs: int) -> dict[str, Any]:
 
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
         return {"skipped": "the lab needs root, ip and nft"}
-    from tests.test_nat_lab_punch import LabUnavailable, build_punch_lab, lab_relay, punch
+    from tests.test_nat_lab_punch import LabUnavailable, build_punch_lab, lab_relay, measure
 
-    out: dict[str, Any] = {"clock": "wall", "nat": "home router vs home router (nftables)"}
+    out: dict[str, Any] = {
+        "clock": "wall",
+        "nat": "home router vs home router (nftables)",
+        "link_latency": "none added (no netem in this kernel)",
+    }
     try:
         with build_punch_lab() as lab, lab_relay(lab) as relay:
             for kind in PUNCH_TRANSPORTS:
-                times, relayed, direct, firsts = [], [], [], 0
+                times, firsts = [], 0
+                paths: dict[str, dict[str, list[float]]] = {
+                    p: {"rtt_s": [], "throughput_Bps": []} for p in ("relayed", "direct")
+                }
                 for _ in range(runs):
-                    got, events = punch(lab, relay[kind], kind, 1, 2, 3)
+                    got, events = measure(lab, relay[kind], kind, 1, 2)
                     ok = [e for e in events if e["kind"] == "succeeded"]
                     if ok:
                         times.append(ok[0]["elapsed"])
                         firsts += ok[0]["attempt"] <= 1
-                    relayed += got["relayed_rtts_ms"]
-                    direct += got["direct_rtts_ms"]
-                rtt = statistics.median(relayed) / 1e3 if relayed else None
+                    for path, figures in paths.items():
+                        for key, values in figures.items():
+                            value = got.get(path, {}).get(key)
+                            if value is not None:
+                                values.append(value)
+                rtt = _median(paths["relayed"]["rtt_s"])
+                t = _median(times)
                 out[kind] = {
                     "runs": runs,
                     "success_rate": len(times) / runs,
                     "first_attempt_rate": firsts / runs,
-                    "time_to_direct_s": {
-                        "median": statistics.median(times),
-                        "min": min(times),
-                        "max": max(times),
-                    }
+                    "time_to_direct_s": {"median": t, "min": min(times), "max": max(times)}
                     if times
                     else None,
                     "rtt_relayed_s": rtt,
-                    "rtt_direct_s": statistics.median(direct) / 1e3 if direct else None,
+                    "rtt_direct_s": _median(paths["direct"]["rtt_s"]),
+                    "time_to_direct_in_relayed_rtts": t / rtt if t and rtt else None,
+                    "throughput_relayed_Bps": _median(paths["relayed"]["throughput_Bps"]),
+                    "throughput_direct_Bps": _median(paths["direct"]["throughput_Bps"]),
+                    "throughput_bytes": LAB_THROUGHPUT_BYTES,
                 }
     except LabUnavailable as exc:
         return {"skipped": str(exc)}

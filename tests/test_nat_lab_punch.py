@@ -218,6 +218,25 @@ def punch(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int, count: int)
     return json.loads(ping.stdout), events
 
 
+def measure(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int) -> Any:
+    """``B`` in LAN ``b`` reserves on the relay; the measuring ``A`` in LAN ``a``
+    (``netns_punch_peer.py a``) dials its circuit address, waits for the punch and
+    measures ping round trips and one stream's throughput on the relayed connection,
+    then on the direct one.  Returns (A's JSON, B's events)."""
+    peer = _spawn(lab.hosts[b - 1], "b", kind, relay_addr)
+    try:
+        circuit = _line(peer)["circuit"]
+        a_side = _spawn(lab.hosts[a - 1], "a", circuit)
+        try:
+            got = _line(a_side)
+        finally:
+            _finish(a_side)
+        events = _line(peer)["events"]
+    finally:
+        _finish(peer)
+    return got, events
+
+
 @pytest.mark.parametrize("kind", ["tcp", "quic"])
 def test_two_home_routers_punch_to_a_direct_connection(
     punch_lab: PunchLab, relay: dict[str, str], kind: str
@@ -255,3 +274,20 @@ def test_behind_a_symmetric_nat_the_connection_stays_relayed_and_works(
     assert got["direct_after_ms"] is None, got
     assert got["count"] == count and len(got["relayed_rtts_ms"]) == count, got
     assert got["direct_rtts_ms"] == [], got
+
+
+@pytest.mark.parametrize("kind", ["tcp", "quic"])
+def test_after_the_punch_both_connections_carry_pings_and_a_stream(
+    punch_lab: PunchLab, relay: dict[str, str], kind: str
+) -> None:
+    """The benchmark's measurement: once the punch made the connection direct, the
+    relayed one (still up for its grace period) and the direct one each carry pings and
+    a stream (``LAB_THROUGHPUT_BYTES``), measured from ``A``; the figures themselves are
+    the benchmark's."""
+    got, events = measure(punch_lab, relay[kind], kind, 1, 2)
+    assert [e for e in events if e["kind"] == "succeeded"], events
+    assert got["direct_after_s"] is not None, got
+    assert got["direct_addr"].startswith("/ip4/10.77.0.12/"), got
+    for path in ("relayed", "direct"):
+        assert 0 < got[path]["rtt_min_s"] <= got[path]["rtt_s"], got
+        assert got[path]["throughput_Bps"] is not None and got[path]["throughput_Bps"] > 0, got
