@@ -62,7 +62,12 @@ def check_invariants(net: Net) -> None:
             assert mesh <= set(r.peers), "mesh peers are connected"
             assert mesh <= r.topics.get(topic, set()), "mesh peers are subscribed"
             assert len(mesh) <= p.d_hi
-            eligible = [x for x in r.topics.get(topic, ()) if r.peer_score(x, net.now) >= 0]
+            assert not mesh & r.direct, "direct peers stay outside the mesh"
+            eligible = [
+                x
+                for x in r.topics.get(topic, ())
+                if r.peer_score(x, net.now) >= 0 and x not in r.direct
+            ]
             if len(eligible) >= p.d_lo:
                 assert len(mesh) >= p.d_lo, (len(mesh), len(eligible))
             for x in mesh:
@@ -73,7 +78,7 @@ def check_invariants(net: Net) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32), st.lists(st.integers(0, 5), min_size=5, max_size=40))
+@given(st.integers(0, 2**32), st.lists(st.integers(0, 6), min_size=5, max_size=40))
 def test_mesh_invariants_under_random_events(seed: int, ops: list[int]) -> None:
     rng = random.Random(seed)
     n = 16
@@ -93,6 +98,10 @@ def test_mesh_invariants_under_random_events(seed: int, ops: list[int]) -> None:
             net.routers[a].leave(T, net.now)
         elif op == 4:
             net.routers[a].publish(T, rng.randbytes(8), net.now)
+        elif op == 6 and a != b:  # a reciprocal direct peering agreement
+            ra, rb = net.routers[a], net.routers[b]
+            ra.set_direct(ra.direct | {rb.local}, net.now)
+            rb.set_direct(rb.direct | {ra.local}, net.now)
         net.pump()
         net.heartbeat()
         check_invariants(net)
