@@ -162,15 +162,7 @@ class PubSub(ProtocolService):
         self._changed = asyncio.Event()
         self._direct: dict[PeerId, list[Any]] = {}
         for target in direct_peers:
-            if isinstance(target, PeerId):
-                self._direct.setdefault(target, [])
-                continue
-            addr, peer = split_peer(target)
-            if peer is None:
-                raise InvalidConfiguration(f"direct peer {target} lacks /p2p/<peer id>")
-            addrs = self._direct.setdefault(peer, [])
-            if addr.to_bytes():
-                addrs.append(addr)
+            self._add_direct(target)
         self._async_validators: dict[str, AsyncValidator] = {}
         #: RPC frames dropped because a peer's queue was full.
         self.dropped = 0
@@ -285,6 +277,30 @@ class PubSub(ProtocolService):
     def direct_peers(self) -> set[PeerId]:
         """The peers of our explicit peering agreements."""
         return set(self._direct)
+
+    def add_direct_peer(self, target: Target) -> None:
+        """Add a direct peer (as in ``direct_peers``) to a running service: it leaves our
+        meshes at once and is dialled now if not connected."""
+        peer = self._add_direct(target)
+        if self._node is not None:
+            self.node.peerstore.add_addrs(peer, self._direct[peer])
+        if self._router is not None:
+            self._router.set_direct(self._direct, self._now())
+            self._flush()
+        if self._running and not self.node.connections(peer):
+            self._spawn(self._dial(peer, px=False))
+
+    def _add_direct(self, target: Target) -> PeerId:
+        if isinstance(target, PeerId):
+            self._direct.setdefault(target, [])
+            return target
+        addr, peer = split_peer(target)
+        if peer is None:
+            raise InvalidConfiguration(f"direct peer {target} lacks /p2p/<peer id>")
+        addrs = self._direct.setdefault(peer, [])
+        if addr.to_bytes():
+            addrs.append(addr)
+        return peer
 
     def set_validator(self, topic: str, validator: Validator | AsyncValidator | None) -> None:
         """Validate every message of ``topic`` with ``validator``, which returns a
