@@ -370,7 +370,7 @@ class GossipSub:
 
     def _direct_in(self, topic: str) -> set[PeerId]:
         """The direct peers subscribed to ``topic``."""
-        return self.direct & self.topics.get(topic, set()) if self.direct else set()
+        return self.direct & self.topics.get(topic, set())
 
     def peer_score(self, peer: PeerId, now: float) -> float:
         """The current score of ``peer``."""
@@ -448,7 +448,9 @@ class GossipSub:
         if topic not in self.joined:
             self._fanout_peers(topic, now)
             self._lastpub[topic] = now
-        for p in targets | self._direct_in(topic):
+        if self.direct:
+            targets = targets | self._direct_in(topic)
+        for p in targets:
             self._queue_msg(p, encoded, msg_id)
         return msg_id
 
@@ -501,8 +503,11 @@ class GossipSub:
             invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
             self._handle_message(peer, m, now)
             now_invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
-            graylisted = self.score.score(peer, now) < self.thresholds.graylist
-            if now_invalid > invalid and not direct and graylisted:
+            if (
+                now_invalid > invalid
+                and not direct
+                and self.score.score(peer, now) < self.thresholds.graylist
+            ):
                 # The peer fell into the graylist inside this RPC: the rest is not looked at.
                 self.dropped["graylisted"] = (
                     self.dropped.get("graylisted", 0) + len(rpc.publish) - k - 1
@@ -696,7 +701,9 @@ class GossipSub:
         if targets is None:
             targets = self.fanout.get(m.topic, set())
         origin = received.source
-        for p in targets | self._direct_in(m.topic):
+        if self.direct:
+            targets = targets | self._direct_in(m.topic)
+        for p in targets:
             if p != peer and p != origin and p not in others:
                 st_p = self.peers.get(p)
                 if st_p is not None and msg_id in st_p.dont_send:
