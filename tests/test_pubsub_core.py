@@ -62,7 +62,12 @@ def check_invariants(net: Net) -> None:
             assert mesh <= set(r.peers), "mesh peers are connected"
             assert mesh <= r.topics.get(topic, set()), "mesh peers are subscribed"
             assert len(mesh) <= p.d_hi
-            eligible = [x for x in r.topics.get(topic, ()) if r.peer_score(x, net.now) >= 0]
+            assert not mesh & r.direct, "direct peers stay outside the mesh"
+            eligible = [
+                x
+                for x in r.topics.get(topic, ())
+                if r.peer_score(x, net.now) >= 0 and x not in r.direct
+            ]
             if len(eligible) >= p.d_lo:
                 assert len(mesh) >= p.d_lo, (len(mesh), len(eligible))
             for x in mesh:
@@ -73,7 +78,7 @@ def check_invariants(net: Net) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32), st.lists(st.integers(0, 5), min_size=5, max_size=40))
+@given(st.integers(0, 2**32), st.lists(st.integers(0, 6), min_size=5, max_size=40))
 def test_mesh_invariants_under_random_events(seed: int, ops: list[int]) -> None:
     rng = random.Random(seed)
     n = 16
@@ -93,6 +98,10 @@ def test_mesh_invariants_under_random_events(seed: int, ops: list[int]) -> None:
             net.routers[a].leave(T, net.now)
         elif op == 4:
             net.routers[a].publish(T, rng.randbytes(8), net.now)
+        elif op == 6 and a != b:  # a reciprocal direct peering agreement
+            ra, rb = net.routers[a], net.routers[b]
+            ra.set_direct(ra.direct | {rb.local}, net.now)
+            rb.set_direct(rb.direct | {ra.local}, net.now)
         net.pump()
         net.heartbeat()
         check_invariants(net)
@@ -434,3 +443,191 @@ def test_idontwant_rules() -> None:
     assert a.dropped["idontwant over limit"] == 1
     net.heartbeat(GossipParams().idontwant_ttl + 1)
     assert a.peers[src.local].dont_send == {}
+
+
+# --- v1.1 direct peers ------------------------------------------------------------------
+
+
+def direct_net(flood_publish: bool = False) -> Net:
+    """a - b - c in a line, plus a direct agreement between a and c (also linked)."""
+    net = Net(3, 5, params=GossipParams(flood_publish=flood_publish))
+    a, _b, c = net.routers
+    a.set_direct([c.local], net.now)
+    c.set_direct([a.local], net.now)
+    net.connect(0, 1)
+    net.connect(1, 2)
+    net.connect(0, 2)
+    for r in net.routers:
+        r.join(T, net.now)
+    net.pump()
+    net.heartbeat(3)
+    return net
+
+
+def test_direct_peers_are_never_in_the_mesh_but_get_every_message() -> None:
+    net = direct_net()
+    a, b, c = net.routers
+    assert c.local not in a.mesh[T] and a.local not in c.mesh[T]
+    assert a.local in b.mesh[T] and c.local in b.mesh[T]  # b has no agreement
+    # Cut b off: the direct link alone carries a's message to c, both ways.
+    net.links -= {frozenset((a.local, b.local)), frozenset((b.local, c.local))}
+    a.publish(T, b"to c", net.now)
+    c.publish(T, b"to a", net.now)
+    net.pump()
+    for r in (a, c):
+        assert sorted(m.data for m in net.got[r.local]) == [b"to a", b"to c"]
+
+
+def test_messages_received_are_forwarded_to_direct_peers() -> None:
+    net = direct_net()
+    a, b, c = net.routers
+    net.links.discard(frozenset((b.local, c.local)))
+    b.publish(T, b"via a", net.now)  # b -> a (mesh) -> c (direct, not in a's mesh)
+    net.pump()
+    assert [m.data for m in net.got[c.local]] == [b"via a"]
+    assert c.local not in a.mesh[T]
+
+
+def test_a_graft_from_a_direct_peer_is_answered_with_prune() -> None:
+    net = direct_net()
+    a, _b, c = net.routers
+    a.handle_rpc(c.local, RPC(control=Control(graft=(Graft(T),))), net.now)
+    assert c.local not in a.mesh[T]
+    assert a.dropped["graft from a direct peer"] == 1
+    [(peer, data)] = a.outgoing()
+    ctl = decode_rpc(data).control
+    assert peer == c.local and ctl is not None and [p.topic for p in ctl.prune] == [T]
+    assert ctl.prune[0].peers == ()  # no peer exchange for it
+    assert a.peer_score(c.local, net.now) == 0  # refused, not penalised
+
+
+def test_direct_peers_get_no_gossip_and_are_not_graylisted() -> None:
+    net = direct_net()
+    a, _b, c = net.routers
+    a.publish(T, b"x", net.now)
+    net.pump()
+    a.heartbeat(net.now + 1)
+    for peer, data in a.outgoing():
+        ctl = decode_rpc(data).control
+        assert peer != c.local or ctl is None or not ctl.ihave
+    a.score.add_penalty(c.local, 100.0)
+    assert a.peer_score(c.local, net.now) < a.thresholds.graylist
+    a.handle_rpc(c.local, RPC(publish=(Message(topic=T, data=b"junk"),)), net.now)
+    assert "graylisted" not in a.dropped  # handled (and refused: unsigned), not graylisted
+    assert a.dropped["invalid signature"] == 1
+
+
+def test_set_direct_prunes_a_meshed_peer() -> None:
+    net = full_mesh_net(3)
+    a, b, _c = net.routers
+    assert b.local in a.mesh[T]
+    a.set_direct([b.local], net.now)
+    assert b.local not in a.mesh[T]
+    net.pump()
+    assert a.local not in b.mesh[T]  # b got the PRUNE
+
+
+def test_disconnected_direct_peers_are_offered_for_reconnects() -> None:
+    net = direct_net()
+    a, _b, c = net.routers
+    net.disconnect(0, 2)
+    ticks = a.params.direct_connect_ticks
+    seen: list[list[Any]] = []
+    for _ in range(2 * ticks):
+        net.heartbeat()
+        seen.append(a.direct_to_connect())
+    offered = [i for i, x in enumerate(seen) if x]
+    assert len(offered) == 2 and offered[1] - offered[0] == ticks
+    assert seen[offered[0]] == [c.local]
+    net.connect(0, 2)
+    for _ in range(ticks):
+        net.heartbeat()
+        assert a.direct_to_connect() == []  # attached again: nothing to do
+
+
+# --- deferred (asynchronous) validation -----------------------------------------------
+
+
+def deferred_net() -> Net:
+    net = full_mesh_net(3)
+    net.routers[1].defer_validation(T)
+    return net
+
+
+def test_deferred_validation_accept_delivers_and_forwards_on_the_verdict() -> None:
+    net = deferred_net()
+    a, b, c = net.routers
+    net.links.discard(frozenset((a.local, c.local)))  # c hears only through b
+    msg_id = a.publish(T, b"wait", net.now)
+    net.pump()
+    [waiting] = b.validations()
+    assert waiting.msg_id == msg_id and waiting.data == b"wait"
+    assert net.got[b.local] == [] and net.got[c.local] == []
+    assert b.validation_result(msg_id, ValidationResult.ACCEPT, net.now)
+    net.pump()
+    assert [m.data for m in net.got[b.local]] == [b"wait"]
+    assert [m.data for m in net.got[c.local]] == [b"wait"]
+    assert not b.validation_result(msg_id, ValidationResult.ACCEPT, net.now)  # once
+
+
+def test_deferred_reject_penalises_the_sender_and_the_copies() -> None:
+    net = deferred_net()
+    a, b, c = net.routers
+    msg_id = a.publish(T, b"bad", net.now)
+    net.pump()  # c forwards its copy to b while b still validates
+    assert len(b.validations()) == 1  # the copy is not validated twice
+    assert b.dropped["duplicate"] >= 1
+    b.validation_result(msg_id, ValidationResult.REJECT, net.now)
+    net.pump()
+    assert net.got[b.local] == []
+    assert b.peer_score(a.local, net.now) < 0 and b.peer_score(c.local, net.now) < 0  # P4
+    assert b.dropped["rejected"] == 1
+
+
+def test_deferred_ignore_and_timeout_drop_without_penalty() -> None:
+    net = deferred_net()
+    a, b, _c = net.routers
+    first = a.publish(T, b"meh", net.now)
+    a.publish(T, b"slow", net.now)
+    net.pump()
+    assert len(b.validations()) == 2
+    b.validation_result(first, ValidationResult.IGNORE, net.now)
+    net.now += b.params.validation_timeout
+    b.heartbeat(net.now)
+    assert b.dropped["validation timeout"] == 1 and b.dropped["ignored"] == 2
+    assert b._pending == {}
+    assert net.got[b.local] == []
+    assert b.peer_score(a.local, net.now) >= 0
+
+
+def test_deferred_validations_are_bounded() -> None:
+    net = Net(2, params=GossipParams(max_pending_validations=3))
+    net.connect(0, 1)
+    a, b = net.routers
+    for r in net.routers:
+        r.join(T, net.now)
+    b.defer_validation(T)
+    net.pump()
+    for k in range(5):
+        a.publish(T, bytes([k]), net.now)
+    net.pump()
+    assert len(b.validations()) == 3
+    assert b.dropped["validation throttled"] == 2
+    assert b.peer_score(a.local, net.now) >= 0
+
+
+def test_a_sync_validator_runs_before_the_deferred_one() -> None:
+    net = deferred_net()
+    a, b, _c = net.routers
+    b.set_validator(T, lambda m: ValidationResult.REJECT)
+    a.publish(T, b"x", net.now)
+    net.pump()
+    assert b.validations() == [] and b.dropped["rejected"] == 1
+
+
+def test_bad_direct_and_validation_parameters_are_refused() -> None:
+    for kw in ({"direct_connect_ticks": 0}, {"max_pending_validations": 0}):
+        with pytest.raises(InvalidConfiguration):
+            GossipParams(**kw)  # type: ignore[arg-type]
+    with pytest.raises(InvalidConfiguration):
+        GossipParams(validation_timeout=0.0)

@@ -1,4 +1,4 @@
-"""Publish/subscribe: gossipsub v1.1 (``/meshsub/1.1.0``, ``/meshsub/1.0.0``).
+"""Publish/subscribe: gossipsub v1.1/v1.2 (``/meshsub/1.2.0``, ``1.1.0``, ``1.0.0``).
 
 ``PubSub`` is the node service (``subscribe(topic)`` / ``await publish(topic, data)``);
 ``GossipSub`` is its sans-IO router; ``pb`` the RPC codec; ``score`` peer scoring.
@@ -16,13 +16,14 @@ from switchy.protocols.pubsub.core import (
     ValidationResult,
 )
 from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds, TopicScoreParams
-from switchy.protocols.pubsub.service import PubSub, Subscription
+from switchy.protocols.pubsub.service import AsyncValidator, PubSub, Subscription
 
 __all__ = [
     "GOSSIPSUB_V10",
     "GOSSIPSUB_V11",
     "GOSSIPSUB_V12",
     "MAX_MESSAGE_SIZE",
+    "AsyncValidator",
     "GossipParams",
     "GossipSub",
     "PeerScoreParams",

@@ -21,8 +21,16 @@ promises, and the v1.1 limits on IHAVE (``max_ihave_messages`` per heartbeat,
 least ``idontwant_min_size`` bytes we tell our other v1.2 mesh peers of its topic
 not to send it, and we skip forwarding a message to a peer that told us so (at most
 ``max_idontwant_messages`` ids per peer and heartbeat are taken, and they are kept
-``idontwant_ttl`` heartbeats).  Not implemented: direct peers, signed peer records
-in peer exchange (we send and use peer ids only).
+``idontwant_ttl`` heartbeats); direct peers (v1.1 explicit peering,
+:meth:`~GossipSub.set_direct`): always sent every message of their topics, never
+grafted into a mesh nor sent gossip, a GRAFT from one is answered with PRUNE, never
+graylisted, and every ``direct_connect_ticks`` heartbeats those not attached are
+offered for a reconnect (:meth:`~GossipSub.direct_to_connect`); deferred (asynchronous)
+validation (:meth:`~GossipSub.defer_validation`): a message of such a topic waits in
+:meth:`~GossipSub.validations` until the adapter reports its verdict
+(:meth:`~GossipSub.validation_result`), at most ``max_pending_validations`` at once and
+for at most ``validation_timeout`` seconds (then it counts as ignored).  Not
+implemented: signed peer records in peer exchange (we send and use peer ids only).
 """
 
 from __future__ import annotations
@@ -156,6 +164,13 @@ class GossipParams:
     max_idontwant_messages: int = 1000
     #: v1.2: heartbeats an IDONTWANT id is kept.
     idontwant_ttl: int = 3
+    #: v1.1 direct peers: heartbeats between reconnect attempts (go's default, 5 min).
+    direct_connect_ticks: int = 300
+    #: Most messages waiting for a deferred (asynchronous) validator at once; more are
+    #: dropped unvalidated and unpenalised ("validation throttled").
+    max_pending_validations: int = 1024
+    #: Seconds a deferred validation may take before the message counts as ignored.
+    validation_timeout: float = 10.0
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.d_lo <= self.d <= self.d_hi:
@@ -170,6 +185,10 @@ class GossipParams:
             raise InvalidConfiguration("heartbeat_interval must be > 0")
         if not 0 <= self.prune_peers <= MAX_PX_PEERS:
             raise InvalidConfiguration(f"prune_peers must be in 0..{MAX_PX_PEERS}")
+        if self.direct_connect_ticks <= 0:
+            raise InvalidConfiguration("direct_connect_ticks must be > 0")
+        if self.max_pending_validations <= 0 or self.validation_timeout <= 0:
+            raise InvalidConfiguration("max_pending_validations and validation_timeout must be > 0")
 
 
 @attrs.frozen
@@ -225,6 +244,17 @@ class _Seen:
 
 
 @attrs.define
+class _Pending:
+    """A message waiting for its deferred validator."""
+
+    msg: Message
+    received: Received
+    started: float
+    #: Peers that sent the message again while it was being validated.
+    peers: set[PeerId] = attrs.field(factory=set)
+
+
+@attrs.define
 class _Cached:
     msg: Message
     encoded: bytes
@@ -268,6 +298,12 @@ class GossipSub:
         self._windows: list[list[tuple[bytes, str]]] = [[]]
         self._promises: dict[bytes, dict[PeerId, float]] = {}
         self._validators: dict[str, Validator] = {}
+        self._deferred: set[str] = set()
+        self._pending: dict[bytes, _Pending] = {}
+        self._validations: list[Received] = []
+        #: v1.1 direct peers (explicit peering agreements).
+        self.direct: set[PeerId] = set()
+        self._reconnect: list[PeerId] = []
         self._deliveries: list[Received] = []
         self._px: list[PeerId] = []
         self._ticks = 0
@@ -311,6 +347,31 @@ class GossipSub:
         else:
             self._validators[topic] = validator
 
+    def defer_validation(self, topic: str, enabled: bool = True) -> None:
+        """Hold messages of ``topic`` (after any synchronous validator accepted them)
+        until :meth:`validation_result` gives the verdict; they appear in
+        :meth:`validations` meanwhile."""
+        if enabled:
+            self._deferred.add(topic)
+        else:
+            self._deferred.discard(topic)
+
+    def set_direct(self, peers: Iterable[PeerId], now: float) -> None:
+        """Make ``peers`` our direct peers (replacing the previous set): removed from
+        every mesh and fanout, always forwarded to, never grafted."""
+        self.direct = {p for p in peers if p != self.local}
+        for topic, mesh in self.mesh.items():
+            for peer in mesh & self.direct:
+                mesh.discard(peer)
+                self.score.prune(peer, topic)
+                self._send_prune(topic, peer, now, px=False)
+        for fan in self.fanout.values():
+            fan -= self.direct
+
+    def _direct_in(self, topic: str) -> set[PeerId]:
+        """The direct peers subscribed to ``topic``."""
+        return self.direct & self.topics.get(topic, set())
+
     def peer_score(self, peer: PeerId, now: float) -> float:
         """The current score of ``peer``."""
         return self.score.score(peer, now)
@@ -324,6 +385,8 @@ class GossipSub:
             st.subs.append(SubOpts(True, topic))
         mesh: set[PeerId] = set()
         for p in _ordered(self.fanout.pop(topic, ())):
+            if p in self.direct:
+                continue
             if self.score.score(p, now) >= 0 and len(mesh) < self.params.d:
                 mesh.add(p)
         self._lastpub.pop(topic, None)
@@ -385,6 +448,8 @@ class GossipSub:
         if topic not in self.joined:
             self._fanout_peers(topic, now)
             self._lastpub[topic] = now
+        if self.direct:
+            targets = targets | self._direct_in(topic)
         for p in targets:
             self._queue_msg(p, encoded, msg_id)
         return msg_id
@@ -428,7 +493,8 @@ class GossipSub:
         st = self.peers.get(peer)
         if st is None:
             return "RPC from a peer that is not attached"
-        if self.score.score(peer, now) < self.thresholds.graylist:
+        direct = peer in self.direct  # never graylisted
+        if not direct and self.score.score(peer, now) < self.thresholds.graylist:
             self._drop("graylisted")
             return "peer is graylisted"
         for sub in rpc.subscriptions:
@@ -437,7 +503,11 @@ class GossipSub:
             invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
             self._handle_message(peer, m, now)
             now_invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
-            if now_invalid > invalid and self.score.score(peer, now) < self.thresholds.graylist:
+            if (
+                now_invalid > invalid
+                and not direct
+                and self.score.score(peer, now) < self.thresholds.graylist
+            ):
                 # The peer fell into the graylist inside this RPC: the rest is not looked at.
                 self.dropped["graylisted"] = (
                     self.dropped.get("graylisted", 0) + len(rpc.publish) - k - 1
@@ -539,6 +609,13 @@ class GossipSub:
             self._drop("message id")
             return
         self._promises.pop(msg_id, None)
+        pending = self._pending.get(msg_id)
+        if pending is not None:
+            # Being validated: remember who else sent it; the verdict applies to them too.
+            self._drop("duplicate")
+            if peer not in pending.peers and len(pending.peers) < self.params.d_hi * 2:
+                pending.peers.add(peer)
+            return
         seen = self._seen.get(msg_id)
         if seen is not None:
             self._drop("duplicate")
@@ -569,16 +646,52 @@ class GossipSub:
         received = self._received(m, msg_id, peer)
         validator = self._validators.get(m.topic)
         verdict = validator(received) if validator is not None else ValidationResult.ACCEPT
+        if verdict is ValidationResult.ACCEPT and m.topic in self._deferred:
+            if len(self._pending) >= self.params.max_pending_validations:
+                # Not marked seen and not penalised: a later copy may still get through.
+                self._drop("validation throttled")
+                return
+            self._pending[msg_id] = _Pending(m, received, now)
+            self._validations.append(received)
+            return
+        self._conclude(m, received, verdict, now, set())
+
+    def validation_result(self, msg_id: bytes, verdict: ValidationResult, now: float) -> bool:
+        """The deferred validator's ``verdict`` on ``msg_id``: deliver and forward it
+        (ACCEPT), drop it and penalise every peer that sent it (REJECT, P4), or drop it
+        (IGNORE).  Returns ``False`` when the message is no longer waiting (it timed out)."""
+        pending = self._pending.pop(msg_id, None)
+        if pending is None:
+            return False
+        self._conclude(pending.msg, pending.received, verdict, now, pending.peers)
+        if verdict is ValidationResult.ACCEPT:
+            for p in pending.peers:
+                self.score.near_first_delivery(p, pending.msg.topic, now - pending.started)
+        return True
+
+    def _conclude(
+        self,
+        m: Message,
+        received: Received,
+        verdict: ValidationResult,
+        now: float,
+        others: set[PeerId],
+    ) -> None:
+        """Act on a validation verdict; ``others`` sent copies while it was validated."""
+        msg_id, peer = received.msg_id, received.received_from
         if verdict is ValidationResult.REJECT:
             self._drop("rejected")
             self._mark_seen(msg_id, m.topic, now, valid=False, peer=peer)
-            self.score.invalid_delivery(peer, m.topic)
+            self._seen[msg_id].peers |= others
+            for p in {peer} | others:
+                self.score.invalid_delivery(p, m.topic)
             return
         if verdict is ValidationResult.IGNORE:
             self._drop("ignored")
             self._mark_seen(msg_id, m.topic, now, valid=False, peer=peer, penalise=False)
             return
         self._mark_seen(msg_id, m.topic, now, valid=True, peer=peer)
+        self._seen[msg_id].peers |= others
         self.score.first_delivery(peer, m.topic)
         encoded = encode_message(m)
         self._cache(msg_id, m, encoded)
@@ -588,8 +701,10 @@ class GossipSub:
         if targets is None:
             targets = self.fanout.get(m.topic, set())
         origin = received.source
+        if self.direct:
+            targets = targets | self._direct_in(m.topic)
         for p in targets:
-            if p != peer and p != origin:
+            if p != peer and p != origin and p not in others:
                 st_p = self.peers.get(p)
                 if st_p is not None and msg_id in st_p.dont_send:
                     self._drop("idontwant")
@@ -668,6 +783,11 @@ class GossipSub:
                 continue
             if peer in mesh:
                 continue
+            if peer in self.direct:
+                # v1.1: a direct peer must not graft; answer PRUNE (no penalty).
+                self._drop("graft from a direct peer")
+                prune.append(g.topic)
+                continue
             until = self._backoff.get((g.topic, peer))
             if until is not None and now < until:
                 self.score.add_penalty(peer)
@@ -720,9 +840,17 @@ class GossipSub:
                     self.score.add_penalty(peer)
             if not promised:
                 del self._promises[mid]
+        for mid, pending in list(self._pending.items()):
+            if now - pending.started >= p.validation_timeout:
+                self._drop("validation timeout")
+                self.validation_result(mid, ValidationResult.IGNORE, now)
+        if self._ticks % p.direct_connect_ticks == 0:
+            for peer in _ordered(self.direct):
+                if peer not in self.peers and peer not in self._reconnect:
+                    self._reconnect.append(peer)
         scores = {peer: self.score.score(peer, now) for peer in self.peers}
         for topic, mesh in self.mesh.items():
-            for peer in [x for x in mesh if scores.get(x, 0.0) < 0]:
+            for peer in [x for x in mesh if scores.get(x, 0.0) < 0 or x in self.direct]:
                 mesh.discard(peer)
                 self.score.prune(peer, topic)
                 self._send_prune(topic, peer, now, px=False)
@@ -815,7 +943,9 @@ class GossipSub:
         candidates = [
             x
             for x in _ordered(self.topics.get(topic, ()))
-            if x not in exclude and scores.get(x, 0.0) >= self.thresholds.gossip
+            if x not in exclude
+            and x not in self.direct
+            and scores.get(x, 0.0) >= self.thresholds.gossip
         ]
         n = max(p.d_lazy, int(p.gossip_factor * len(candidates)))
         self.rng.shuffle(candidates)
@@ -844,7 +974,7 @@ class GossipSub:
             return []
         out = []
         for peer in _ordered(self.topics.get(topic, ())):
-            if peer in exclude:
+            if peer in exclude or peer in self.direct:
                 continue
             if outbound_only and not self.peers[peer].outbound:
                 continue
@@ -982,6 +1112,16 @@ class GossipSub:
     def deliveries(self) -> list[Received]:
         """Drain the messages for local subscribers."""
         out, self._deliveries = self._deliveries, []
+        return out
+
+    def validations(self) -> list[Received]:
+        """Drain the messages waiting for a deferred validator (see :meth:`defer_validation`)."""
+        out, self._validations = self._validations, []
+        return out
+
+    def direct_to_connect(self) -> list[PeerId]:
+        """Drain the direct peers not attached at the last reconnect tick."""
+        out, self._reconnect = self._reconnect, []
         return out
 
     def px_candidates(self) -> list[PeerId]:

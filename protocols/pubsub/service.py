@@ -9,16 +9,23 @@ of the service, never in the application's: :meth:`PubSub.publish` only hands
 the message to the router and queues the frames, so cancelling it never leaves
 a partial frame.  Every queue has a bound; a peer that does not keep up loses
 RPCs (counted in :attr:`PubSub.dropped`) instead of growing memory.
+
+Direct peers (``direct_peers=``, gossipsub v1.1 explicit peering) are dialled at
+start and again every ``direct_connect_ticks`` heartbeats while not connected.  A
+validator may be a coroutine function: its messages wait in the router while it runs
+in a task of the service, at most ``max_pending_validations`` at once and for at most
+``validation_timeout`` seconds (a timeout or an exception counts as IGNORE).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final
 
 from switchy.protocols.pubsub.core import (
@@ -29,17 +36,25 @@ from switchy.protocols.pubsub.core import (
     GossipSub,
     Received,
     SignaturePolicy,
+    ValidationResult,
     Validator,
 )
 from switchy.protocols.pubsub.pb import MAX_RPC_SIZE
 from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds
+from switchy.stack.addresses import split_peer
 from switchy.stack.codec import frame_message, split_frame
-from switchy.stack.errors import MessageTooLarge, P2PError
+from switchy.stack.errors import InvalidConfiguration, MessageTooLarge, P2PError
 from switchy.stack.identity import PeerId
-from switchy.stack.node import ConnectionEvent, Node, ProtocolService
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService, Target
 from switchy.stack.stream import MuxedStream
 
-__all__ = ["OUTBOUND_QUEUE_SIZE", "SUBSCRIPTION_QUEUE_SIZE", "PubSub", "Subscription"]
+__all__ = [
+    "OUTBOUND_QUEUE_SIZE",
+    "SUBSCRIPTION_QUEUE_SIZE",
+    "AsyncValidator",
+    "PubSub",
+    "Subscription",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +66,9 @@ SUBSCRIPTION_QUEUE_SIZE: Final = 1024
 MAX_PX_DIALS: Final = 8
 #: How long one peer-exchange dial may take, in seconds.
 PX_DIAL_TIMEOUT: Final = 10.0
+
+#: A validator written as a coroutine function (see :meth:`PubSub.set_validator`).
+AsyncValidator = Callable[[Received], Awaitable[ValidationResult]]
 
 
 class Subscription:
@@ -109,7 +127,11 @@ class PubSub(ProtocolService):
 
     ``params``, ``score_params`` and ``thresholds`` tune the router
     (:class:`~switchy.protocols.pubsub.core.GossipSub`); messages are signed and
-    verified strictly unless ``policy`` says otherwise.
+    verified strictly unless ``policy`` says otherwise.  ``direct_peers`` are peer
+    ids (addresses from the peer store) or multiaddrs ending in ``/p2p/<id>``: peers
+    with which we have an explicit peering agreement (they should list us too); we
+    send them every message of their topics outside the mesh and keep reconnecting
+    to them.
     """
 
     def __init__(
@@ -120,6 +142,7 @@ class PubSub(ProtocolService):
         thresholds: PeerScoreThresholds | None = None,
         policy: SignaturePolicy = SignaturePolicy.STRICT_SIGN,
         connect_px: bool = True,
+        direct_peers: Iterable[Target] = (),
     ) -> None:
         self._params = params or GossipParams()
         self._score_params = score_params
@@ -137,6 +160,10 @@ class PubSub(ProtocolService):
         self._px_dials = 0
         self._running = False
         self._changed = asyncio.Event()
+        self._direct: dict[PeerId, list[Any]] = {}
+        for target in direct_peers:
+            self._add_direct(target)
+        self._async_validators: dict[str, AsyncValidator] = {}
         #: RPC frames dropped because a peer's queue was full.
         self.dropped = 0
 
@@ -169,6 +196,10 @@ class PubSub(ProtocolService):
             policy=self._policy,
             seqno_start=int.from_bytes(entropy(6), "big") << 16,
         )
+        for peer, addrs in self._direct.items():
+            if addrs:
+                node.peerstore.add_addrs(peer, addrs)
+        self._router.set_direct(self._direct, 0.0)
         node.handle(GOSSIPSUB_V12, self._on_stream)
         node.handle(GOSSIPSUB_V11, self._on_stream)
         node.handle(GOSSIPSUB_V10, self._on_stream)
@@ -180,6 +211,10 @@ class PubSub(ProtocolService):
         self._spawn(self._heartbeat())
         for peer in self.node.connected_peers:
             self._ensure_writer(peer)
+        connected = set(self.node.connected_peers)
+        for peer in self._direct:
+            if peer not in connected:
+                self._spawn(self._dial(peer, px=False))
 
     async def stop(self) -> None:
         """Stop every task of the service and end the subscriptions."""
@@ -238,9 +273,70 @@ class PubSub(ProtocolService):
         self._flush()
         return msg_id
 
-    def set_validator(self, topic: str, validator: Validator | None) -> None:
-        """Validate every message of ``topic`` with ``validator`` (returns a ValidationResult)."""
-        self.router.set_validator(topic, validator)
+    @property
+    def direct_peers(self) -> set[PeerId]:
+        """The peers of our explicit peering agreements."""
+        return set(self._direct)
+
+    def add_direct_peer(self, target: Target) -> None:
+        """Add a direct peer (as in ``direct_peers``) to a running service: it leaves our
+        meshes at once and is dialled now if not connected."""
+        peer = self._add_direct(target)
+        if self._node is not None:
+            self.node.peerstore.add_addrs(peer, self._direct[peer])
+        if self._router is not None:
+            self._router.set_direct(self._direct, self._now())
+            self._flush()
+        if self._running and not self.node.connections(peer):
+            self._spawn(self._dial(peer, px=False))
+
+    def _add_direct(self, target: Target) -> PeerId:
+        if isinstance(target, PeerId):
+            self._direct.setdefault(target, [])
+            return target
+        addr, peer = split_peer(target)
+        if peer is None:
+            raise InvalidConfiguration(f"direct peer {target} lacks /p2p/<peer id>")
+        addrs = self._direct.setdefault(peer, [])
+        if addr.to_bytes():
+            addrs.append(addr)
+        return peer
+
+    def set_validator(self, topic: str, validator: Validator | AsyncValidator | None) -> None:
+        """Validate every message of ``topic`` with ``validator``, which returns a
+        :class:`~switchy.protocols.pubsub.core.ValidationResult`; a coroutine function
+        is awaited in a task of the service (ACCEPT delivers and forwards, REJECT drops
+        and penalises the senders, IGNORE drops; a timeout or an exception is IGNORE).
+        ``None`` removes the validator."""
+        router = self.router
+        if validator is not None and inspect.iscoroutinefunction(validator):
+            router.set_validator(topic, None)
+            router.defer_validation(topic)
+            self._async_validators[topic] = validator
+            return
+        router.defer_validation(topic, False)
+        self._async_validators.pop(topic, None)
+        router.set_validator(topic, validator)  # type: ignore[arg-type]
+
+    async def _validate(self, msg: Received) -> None:
+        verdict = ValidationResult.ACCEPT
+        validator = self._async_validators.get(msg.topic)
+        if validator is not None:
+            try:
+                async with asyncio.timeout(self._params.validation_timeout):
+                    verdict = await validator(msg)
+            except TimeoutError:
+                log.info("pubsub: the validator of %r timed out", msg.topic)
+                verdict = ValidationResult.IGNORE
+            except Exception:
+                log.warning("pubsub: the validator of %r raised", msg.topic, exc_info=True)
+                verdict = ValidationResult.IGNORE
+            if not isinstance(verdict, ValidationResult):
+                log.warning("pubsub: the validator of %r returned %r", msg.topic, verdict)
+                verdict = ValidationResult.IGNORE
+        if self._router is not None and self._running:
+            self._router.validation_result(msg.msg_id, verdict, self._now())
+            self._flush()
 
     def mesh_peers(self, topic: str) -> set[PeerId]:
         """The peers in our mesh of ``topic``."""
@@ -374,21 +470,29 @@ class PubSub(ProtocolService):
         for msg in router.deliveries():
             for sub in self._subs.get(msg.topic, ()):
                 sub._push(msg)
+        for msg in router.validations():  # at most max_pending_validations at once
+            self._spawn(self._validate(msg))
+        for peer in router.direct_to_connect():
+            if not self.node.connections(peer):
+                self._spawn(self._dial(peer, px=False))
         if self._connect_px:
             for peer in router.px_candidates():
                 if self._px_dials >= MAX_PX_DIALS or not self.node.peerstore.addrs(peer):
                     continue
                 self._px_dials += 1
-                self._spawn(self._px_dial(peer))
+                self._spawn(self._dial(peer, px=True))
 
-    async def _px_dial(self, peer: PeerId) -> None:
+    async def _dial(self, peer: PeerId, *, px: bool) -> None:
+        """Dial a peer offered by peer exchange (``px``) or a direct peer."""
         try:
             async with asyncio.timeout(PX_DIAL_TIMEOUT):
                 await self.node.connect(peer)
         except (P2PError, TimeoutError) as exc:
-            log.debug("pubsub: peer exchange dial to %s failed: %s", peer, exc)
+            kind = "peer exchange" if px else "direct peer"
+            log.debug("pubsub: %s dial to %s failed: %s", kind, peer, exc)
         finally:
-            self._px_dials -= 1
+            if px:
+                self._px_dials -= 1
 
     async def _heartbeat(self) -> None:
         interval = self._params.heartbeat_interval

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
-from switchy.presets import default_node
+from switchy.presets import default_node, listen_with_relays, relay_client
 from switchy.protocols.discovery import RegistryBackend, connect_by_name, register_name
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.pubsub import PubSub, Received, ValidationResult
@@ -300,8 +300,12 @@ async def chat_main(
     join: str | None = None,
     lines: AsyncIterator[str] | None = None,
     show: Callable[[str], None] = print,
+    relays: Sequence[str] = (),
 ) -> int:
-    """The ``switchy chat`` program: start a node, find peers, chat until input ends."""
+    """The ``switchy chat`` program: start a node, find peers, chat until input ends.
+
+    ``relays`` (multiaddrs ending in ``/p2p/<relay id>``): also listen through them,
+    so that peers behind NATs reach us at the ``/p2p-circuit`` addresses shown."""
     pubsub = PubSub()
     chat_service = ChatService(room, nick, show)
     services: list[ProtocolService] = [pubsub, chat_service]
@@ -313,7 +317,10 @@ async def chat_main(
         services.append(mdns_service)
     if registry is not None:
         services.append(RegistryBackend([registry]))
-    async with default_node(services=services, listen=list(listen)) as node:
+    if relays:
+        services.append(relay_client(relays))
+    async with default_node(services=services) as node:
+        await listen_with_relays(node, list(listen), relays)
         show(f"* {nick} in room {room!r} as {node.peer_id}")
         for addr in node.full_addrs:
             show(f"* listening on {addr}")

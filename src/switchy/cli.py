@@ -152,7 +152,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
     """``switchy listen``: serve the default protocols; optionally also through relays
     (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
     stop = _stop_signal()
-    from switchy.presets import default_node
+    from switchy.presets import default_node, listen_with_relays, relay_client
 
     if args.register is not None and not args.registry:
         raise InvalidConfiguration("--register needs --registry MULTIADDR")
@@ -164,9 +164,7 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
     services: list[Any] = []
     backend = None
     if args.relay:
-        from switchy.transports.relay import RelayTransport
-
-        services.append(RelayTransport(args.relay))
+        services.append(relay_client(args.relay))
     if args.register is not None:
         from switchy.protocols.discovery.backends import RegistryBackend, register_name
 
@@ -177,10 +175,8 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
         default_node(key=key, services=services, config=config) as node,
         _metrics_server(node, args),
     ):
-        if args.addrs or not args.relay:
-            await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
-        for _ in args.relay:  # one reservation per relay; each falls back to the others
-            await node.listen("/p2p-circuit")
+        addrs = args.addrs or ([] if args.relay else [DEFAULT_LISTEN])
+        await listen_with_relays(node, addrs, args.relay)
         for addr in node.full_addrs:
             print(addr)
         sys.stdout.flush()
@@ -1057,7 +1053,7 @@ def _show_refusals() -> None:
 async def _cmd_expose(args: argparse.Namespace) -> int:
     """``switchy expose http://HOST:PORT[/PREFIX]`` or ``switchy expose tcp HOST:PORT``."""
     stop = _stop_signal()
-    from switchy.presets import default_node
+    from switchy.presets import default_node, listen_with_relays, relay_client
     from switchy.protocols.http.proxy import HttpProxyService
     from switchy.protocols.http.tcp import TcpExposeService
 
@@ -1086,19 +1082,15 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         raise InvalidConfiguration("--register needs --registry MULTIADDR or --mdns")
     services: list[Any] = [service]
     if args.relay:
-        from switchy.transports.relay import RelayTransport
-
-        services.append(RelayTransport(args.relay))
+        services.append(relay_client(args.relay))
     if args.register is not None:
         from switchy.protocols.discovery.backends import register_name
 
         services += _name_backends(args)
     key = _stable_key(args.key)
     async with default_node(key=key, services=services, config=args.config) as node:
-        if args.listen or not args.relay:
-            await node.listen(*(args.listen or [DEFAULT_LISTEN]))
-        for _ in args.relay:
-            await node.listen("/p2p-circuit")
+        addrs = args.listen or ([] if args.relay else [DEFAULT_LISTEN])
+        await listen_with_relays(node, addrs, args.relay)
         if args.register is not None:  # before the addresses: they tell the name is found
             await register_name(node, args.register)
             print(f"registered {args.register!r}", file=sys.stderr)
@@ -1223,17 +1215,23 @@ async def _cmd_chat(args: argparse.Namespace) -> int:
         mdns=args.mdns,
         registry=args.registry,
         join=args.join,
+        relays=args.relay,
     )
 
 
 async def _cmd_send(args: argparse.Namespace) -> int:
     """``switchy send FILE``: print the file's ticket and serve it until interrupted."""
     stop = _stop_signal()
-    from switchy.presets import default_node
+    from switchy.presets import default_node, listen_with_relays, relay_client
     from switchy.protocols.blobs import BlobService
 
     blobs = BlobService()
-    async with default_node(services=[blobs], listen=args.listen or [DEFAULT_LISTEN]) as node:
+    services: list[Any] = [blobs]
+    if args.relay:
+        services.append(relay_client(args.relay))
+    async with default_node(services=services) as node:
+        # the ticket takes the addresses of this moment: the circuit ones included
+        await listen_with_relays(node, args.listen or [DEFAULT_LISTEN], args.relay)
         is_dir = Path(args.file).is_dir()
         ticket = blobs.add_dir(args.file) if is_dir else blobs.add_file(args.file)
         print(ticket, flush=True)
@@ -1288,6 +1286,7 @@ def _add_transfer_parsers(sub: Any) -> None:
     s = sub.add_parser("send", help="serve a file and print its ticket (/switchy/blobs/1.0.0)")
     s.add_argument("file", help="the file or directory to send")
     s.add_argument("--listen", action="append", metavar="ADDR", help="listen address(es)")
+    _add_relay_listen_option(s)
     s.set_defaults(func=_cmd_send)
     s = sub.add_parser("receive", help="fetch the file of a ticket printed by send")
     s.add_argument("ticket")
@@ -1305,7 +1304,20 @@ def _add_chat_parser(sub: Any) -> None:
     s.add_argument("--mdns", action="store_true", help="find peers on the LAN by mDNS")
     s.add_argument("--registry", metavar="ADDR", help="a name registry to register with")
     s.add_argument("--join", metavar="NICK", help="with --registry: dial this member")
+    _add_relay_listen_option(s)
     s.set_defaults(func=_cmd_chat)
+
+
+def _add_relay_listen_option(s: Any) -> None:
+    """``--relay MULTIADDR`` of ``chat`` and ``send``: listen through relays as well."""
+    s.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="also listen through this relay (…/p2p/<relay id>; repeatable): the ticket or "
+        "the listening addresses then carry a /p2p-circuit address",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,13 @@ from switchy.stack.transport import Transport
 # ``from switchy import default_node`` stays cheap (QUIC alone is aioquic and its TLS,
 # tens of milliseconds), and a program pays for them once, when it makes its first node.
 
-__all__ = ["default_node", "default_services", "default_transports"]
+__all__ = [
+    "default_node",
+    "default_services",
+    "default_transports",
+    "listen_with_relays",
+    "relay_client",
+]
 
 
 def default_transports(config: NetworkConfig) -> list[Transport]:
@@ -97,3 +103,22 @@ def default_node(
     if punch and not any(isinstance(s, DCUtRService) for s in all_services):
         all_services.append(DCUtRService())
     return Node(transports=chosen, services=all_services, config=config, **options)
+
+
+def relay_client(relays: Sequence[Any]) -> ProtocolService:
+    """The circuit relay client of a node that listens through ``relays`` (multiaddrs
+    ending in ``/p2p/<relay id>``): give it to :func:`default_node` in ``services``,
+    then call :func:`listen_with_relays`."""
+    from switchy.transports.relay import RelayTransport
+
+    return RelayTransport(list(relays))
+
+
+async def listen_with_relays(node: Node, addrs: Sequence[Any], relays: Sequence[Any]) -> None:
+    """Listen on ``addrs`` (if any) and once on ``/p2p-circuit`` per relay: one
+    reservation each, so that ``node.full_addrs`` carries a circuit address through
+    every relay (the node needs :func:`relay_client` of ``relays``)."""
+    if addrs:
+        await node.listen(*addrs)
+    for _ in relays:  # each listen takes a relay not yet used; each falls back to the others
+        await node.listen("/p2p-circuit")

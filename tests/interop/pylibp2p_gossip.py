@@ -1,9 +1,10 @@
 """A py-libp2p gossipsub peer for interop tests.  Runs under the interop venv's Python only.
 
-    pylibp2p_gossip.py [--dial ADDR] [--topic T]
+    pylibp2p_gossip.py [--dial ADDR] [--direct ADDR] [--topic T]
 
 TCP + Noise + yamux, gossipsub /meshsub/1.1.0 and /1.0.0 with a 1 s heartbeat (py-libp2p's
-default is 120 s), strict signing.  Prints {"peer_id", "addrs"} once it listens and is
+default is 120 s), strict signing; ``--direct ADDR``: that peer is a direct peer (v1.1
+explicit peering, dialled by py-libp2p itself).  Prints {"peer_id", "addrs"} once it listens and is
 subscribed, then one JSON line per event: {"event": "message", "data": HEX, "from": ID}
 for every message of the topic, {"event": "published"} after each publish.  Reads
 commands from stdin, one JSON object a line: {"cmd": "publish", "data": HEX}.  Ends when
@@ -32,6 +33,7 @@ from pylibp2p_peer import emit, local_addr, make_host
 
 async def run(args: argparse.Namespace) -> int:
     host = make_host(None)
+    direct = [info_from_p2p_addr(multiaddr.Multiaddr(args.direct))] if args.direct else None
     router = GossipSub(
         protocols=[PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=6,
@@ -39,6 +41,7 @@ async def run(args: argparse.Namespace) -> int:
         degree_high=12,
         heartbeat_interval=1,
         do_px=True,
+        direct_peers=direct,
     )
     pubsub = Pubsub(host, router, strict_signing=True)
     async with (
@@ -79,6 +82,7 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dial")
+    p.add_argument("--direct")
     p.add_argument("--topic", default="room")
     return trio.run(run, p.parse_args())
 

@@ -14,7 +14,7 @@ import attrs
 import pytest
 
 from switchy.presets import default_node
-from switchy.protocols.pubsub import PubSub
+from switchy.protocols.pubsub import GossipParams, PubSub
 from switchy.stack.identity import PeerId
 from switchy.transports.tcp import TcpTransport
 from tests.interop.harness import PEER_TIMEOUT, VENV
@@ -45,10 +45,14 @@ class GossipPeer:
 
 
 @asynccontextmanager
-async def gossip_peer(dial: str | None = None) -> AsyncIterator[GossipPeer]:
+async def gossip_peer(
+    dial: str | None = None, direct: str | None = None
+) -> AsyncIterator[GossipPeer]:
     args = [str(VENV / "bin" / "python"), str(SCRIPT)]
     if dial is not None:
         args += ["--dial", dial]
+    if direct is not None:
+        args += ["--direct", direct]
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,
@@ -134,5 +138,30 @@ def test_we_dial_pylibp2p_in_a_mixed_mesh(interop_python: Path) -> None:
                 for s in (sa, sb):
                     got = [(await asyncio.wait_for(s.get(), 30)).data for _ in range(1 + (s is sa))]
                     assert got[-1] == b"theirs to all"
+
+    run(main)
+
+
+def test_a_direct_peering_with_pylibp2p_delivers_outside_the_mesh(interop_python: Path) -> None:
+    # Reciprocal direct peers, outside each other's mesh: each message crosses because
+    # each side forwards to its direct peer (we do not flood-publish here).
+    async def main() -> None:
+        ps = PubSub(params=GossipParams(flood_publish=False))
+        async with node(ps) as ours:
+            sub = ps.subscribe("room")
+            async with gossip_peer(direct=str(ours.full_addrs[0])) as theirs:
+                ps.add_direct_peer(theirs.addr)
+                assert ps.direct_peers == {theirs.peer_id}
+                await asyncio.wait_for(ps.wait_for_peers("room", 1), 30)
+                await ps.publish("room", b"direct from switchy")
+                ev = await theirs.next_message()
+                assert bytes.fromhex(ev["data"]) == b"direct from switchy"
+                await theirs.publish(b"direct from py-libp2p")
+                assert (await asyncio.wait_for(sub.get(), 30)).data == b"direct from switchy"
+                msg = await asyncio.wait_for(sub.get(), 30)
+                assert msg.data == b"direct from py-libp2p" and msg.source == theirs.peer_id
+                # py-libp2p 0.8.1 grafts its direct peers all the same (its join and
+                # heartbeat do not leave them out): we answer PRUNE and stay out of meshes.
+                assert ps.mesh_peers("room") == set()
 
     run(main)
