@@ -13,10 +13,13 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from multiaddr import Multiaddr
 
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionClosed
+from switchy.stack.errors import ConnectionClosed, P2PError
 from switchy.stack.node import Node
 from switchy.transports.tcp import TcpTransport
 
@@ -171,5 +174,103 @@ def test_yamux_syn_flood() -> None:
                 f"{ended_by_server}; honest ping {max(rtts) * 1000:.1f} ms"
             )
             del base_tasks
+
+    run(main)
+
+
+async def honest_pings_while(
+    honest: Node, addr: Multiaddr, flood: asyncio.Future[Any], sample: Callable[[], None]
+) -> list[float]:
+    """Ping ``addr`` from ``honest`` one after another until ``flood`` is done, calling
+    ``sample()`` after each (the memory checks); the round trips, at least one."""
+    rtts: list[float] = []
+    while not flood.done() or not rtts:
+        rtts += await ping(honest, addr, count=1)
+        sample()
+    return rtts
+
+
+async def wait_gone(server: Node, *peers: Node) -> None:
+    """Close ``peers`` and wait until ``server`` saw each one's last connection end."""
+    for peer in peers:
+        gone = asyncio.Event()
+        pid = peer.peer_id
+        server.on_connection_event(
+            lambda ev, pid=pid, gone=gone: (  # type: ignore[misc]
+                gone.set() if ev.peer == pid and not server.connections(pid) else None
+            )
+        )
+        await peer.close()
+        if server.connections(pid):
+            await asyncio.wait_for(gone.wait(), 20)
+
+
+def test_ping_flood() -> None:
+    """An attacker sends 60,000 yamux pings (in bursts below the answer queue's bound)
+    and then runs 300 /ipfs/ping streams of 40 pings each at once: the stream limit
+    refuses the excess, the peer's memory stays within its budget, an honest peer's pings
+    go on meanwhile, and everything is freed afterwards."""
+    budget = 8 * 1024 * 1024
+    server = plain_node(limits=("peer.streams_inbound=64", f"peer.memory={budget}"))
+    honest = plain_node()
+    attacker = plain_node()
+    bursts, burst, streams, per_stream = 120, 500, 300, 40
+
+    async def main() -> None:
+        async with server, honest, attacker:
+            await server.listen(LOOPBACK)
+            addr = server.full_addrs[0]
+            assert (await ping(honest, addr))[0] < 5.0
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            conn = await attacker.connect(addr)
+            peak = 0
+
+            def sample() -> None:
+                nonlocal peak
+                use = server.limits.usage().get(f"peer:{attacker.peer_id}", {})
+                peak = max(peak, use.get("memory", 0))
+                assert peak <= budget
+                assert use.get("streams_inbound", 0) <= 64
+
+            async def yamux_pings() -> None:
+                for _ in range(bursts):
+                    for _ in range(burst - 1):
+                        conn._session.ping()  # type: ignore[attr-defined]  # no wait
+                    await conn.ping(timeout=20)  # type: ignore[attr-defined]  # the burst's last
+
+            flood = asyncio.ensure_future(yamux_pings())
+            yamux_rtts = await honest_pings_while(honest, addr, flood, sample)
+            await flood  # the session carried every burst
+            assert not conn.is_closed
+
+            async def one_stream() -> bool:
+                try:
+                    await ping(attacker, addr, count=per_stream)
+                except P2PError:
+                    return False  # refused by the stream limit
+                return True
+
+            async def stream_pings() -> list[bool]:
+                return await asyncio.gather(*(one_stream() for _ in range(streams)))
+
+            flood2 = asyncio.ensure_future(stream_pings())
+            stream_rtts = await honest_pings_while(honest, addr, flood2, sample)
+            served = sum(await flood2)
+            refused = server.limits.blocked[("peer", "streams_inbound")]
+            assert served > 0
+            assert served + refused >= streams  # each stream served or refused
+            assert max(yamux_rtts) < 5.0 and max(stream_rtts) < 5.0
+            await wait_gone(server, attacker, honest)
+            assert set(server.limits.usage()) == {"system"}
+            assert server.limits.system.used("streams") == 0
+            assert fds() <= base_fds
+            assert await baseline_tasks() <= base_tasks
+            print(
+                f"ping flood: {bursts * burst} yamux pings, honest ping max "
+                f"{max(yamux_rtts) * 1000:.1f} ms over {len(yamux_rtts)}; {streams} ping "
+                f"streams ({served} served, {refused} refused), honest ping max "
+                f"{max(stream_rtts) * 1000:.1f} ms over {len(stream_rtts)}; peer memory "
+                f"peak {peak / 1024:.0f} KiB of {budget // 1024} KiB"
+            )
 
     run(main)
