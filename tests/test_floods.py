@@ -12,15 +12,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from multiaddr import Multiaddr
 
+from switchy.protocols.discovery import DISCOVERY_PROTOCOL
+from switchy.protocols.discovery.client import registry_request
+from switchy.protocols.discovery.codec import (
+    MAX_PIPELINED_REQUESTS,
+    ClientCore,
+    Lookup,
+    Register,
+)
+from switchy.protocols.discovery.registry import RegistryService
 from switchy.protocols.ping import PingService, ping
+from switchy.protocols.router import Request, Router
+from switchy.protocols.router.client import request
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionClosed, P2PError
-from switchy.stack.node import Node
+from switchy.stack.node import Node, ProtocolService
 from switchy.transports.tcp import TcpTransport
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -271,6 +283,166 @@ def test_ping_flood() -> None:
                 f"streams ({served} served, {refused} refused), honest ping max "
                 f"{max(stream_rtts) * 1000:.1f} ms over {len(stream_rtts)}; peer memory "
                 f"peak {peak / 1024:.0f} KiB of {budget // 1024} KiB"
+            )
+
+    run(main)
+
+
+def service_node(*services: ProtocolService, **config: object) -> Node:
+    """A TCP node serving ping and ``services``."""
+    cfg = NetworkConfig(keepalive_interval=0, **config)  # type: ignore[arg-type]
+    return Node(transports=[TcpTransport()], services=[PingService(), *services], config=cfg)
+
+
+def test_router_request_flood() -> None:
+    """An attacker posts 1,200 requests of 32 KiB bodies in three waves of 400 at once:
+    the stream limit, ``max_concurrent`` and ``max_buffered`` refuse the excess (the
+    bodies in memory never pass ``max_buffered``), an honest peer's pings and requests are
+    answered meanwhile, and everything is freed afterwards."""
+    router = Router(max_concurrent=32, max_buffered=256 * 1024)
+    peak = 0
+
+    def echo(request: Request) -> bytes:
+        nonlocal peak  # the bodies held while this one is
+        peak = max(peak, router.buffered)
+        assert router.buffered <= router.max_buffered
+        assert isinstance(request.body, bytes)  # a buffered route
+        return request.body
+
+    router.post("/echo")(echo)
+    router.get("/hello")(lambda request: "hello")
+    budget = 8 * 1024 * 1024
+    server = service_node(router, limits=("peer.streams_inbound=64", f"peer.memory={budget}"))
+    honest = plain_node()
+    attacker = plain_node()
+    waves, per_wave, body = 3, 400, os.urandom(32 * 1024)
+
+    async def main() -> None:
+        async with server, honest, attacker:
+            await server.listen(LOOPBACK)
+            addr = server.full_addrs[0]
+            assert (await ping(honest, addr))[0] < 5.0
+            assert (await request(honest, addr, "GET", "/hello")).status == 200
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            await attacker.connect(addr)
+            statuses: Counter[int | str] = Counter()
+            honest_statuses: Counter[int] = Counter()
+
+            def sample() -> None:
+                use = server.limits.usage().get(f"peer:{attacker.peer_id}", {})
+                assert use.get("memory", 0) <= budget
+
+            async def one() -> None:
+                try:
+                    res = await request(attacker, addr, "POST", "/echo", body=body, timeout=20)
+                except P2PError as exc:
+                    statuses[type(exc).__name__] += 1
+                else:
+                    statuses[res.status] += 1
+                    assert res.status != 200 or res.body == body
+
+            async def flood() -> None:
+                for _ in range(waves):
+                    await asyncio.gather(*(one() for _ in range(per_wave)))
+
+            task = asyncio.ensure_future(flood())
+            rtts: list[float] = []
+            while not task.done() or not rtts:
+                rtts += await ping(honest, addr)
+                res = await request(honest, addr, "GET", "/hello", timeout=10)
+                honest_statuses[res.status] += 1
+                sample()
+            await task
+            assert sum(statuses.values()) == waves * per_wave
+            assert statuses[200] > 0 and len(statuses) > 1  # served some, refused others
+            assert max(rtts) < 5.0
+            assert honest_statuses[200] > 0
+            await wait_gone(server, attacker, honest)
+            assert router.buffered == 0
+            assert set(server.limits.usage()) == {"system"}
+            assert fds() <= base_fds
+            assert await baseline_tasks() <= base_tasks
+            print(
+                f"router flood: attacker {dict(statuses)}; honest ping max "
+                f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest requests "
+                f"{dict(honest_statuses)}; bodies in memory peak {peak // 1024} KiB "
+                f"of {router.max_buffered // 1024} KiB"
+            )
+
+    run(main)
+
+
+def test_discovery_request_flood() -> None:
+    """An attacker opens 200 registry streams at once, each sending 64 requests
+    pipelined 8 deep (lookups and registrations with bad claims): the stream limit refuses
+    the excess, the registry holds no name of the attacker, an honest peer's pings and lookups are
+    answered meanwhile, and everything is freed afterwards."""
+    registry = RegistryService()
+    budget = 8 * 1024 * 1024
+    server = service_node(registry, limits=("peer.streams_inbound=64", f"peer.memory={budget}"))
+    honest = plain_node()
+    attacker = plain_node()
+    streams, per_stream = 200, 64
+
+    async def main() -> None:
+        async with server, honest, attacker:
+            await server.listen(LOOPBACK)
+            addr = server.full_addrs[0]
+            assert (await ping(honest, addr))[0] < 5.0
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            await attacker.connect(addr)
+            answers: Counter[str] = Counter()
+
+            def sample() -> None:
+                use = server.limits.usage().get(f"peer:{attacker.peer_id}", {})
+                assert use.get("memory", 0) <= budget
+                assert use.get("streams_inbound", 0) <= 64
+                assert len(registry.registry) == 0
+
+            async def one(k: int) -> None:
+                core = ClientCore()
+                try:
+                    stream = await attacker.open_stream(addr, DISCOVERY_PROTOCOL)
+                    for i in range(per_stream):  # pipelined as deep as the protocol allows
+                        if i % 2:
+                            core.send_request(Lookup(f"name{k}-{i}"))
+                        else:
+                            core.send_request(Register(f"name{k}-{i}", 60, b"\x00" * 64))
+                        if core.pending < MAX_PIPELINED_REQUESTS and i < per_stream - 1:
+                            continue
+                        await stream.write(core.data_to_send())
+                        while core.pending:
+                            data = await stream.read(65536)
+                            if not data:
+                                raise ConnectionClosed("the registry ended the stream")
+                            for response in core.receive_data(data):
+                                answers[response.status.name] += 1
+                    await stream.close()
+                except P2PError as exc:
+                    answers[type(exc).__name__] += 1
+
+            task = asyncio.ensure_future(asyncio.gather(*(one(k) for k in range(streams))))
+            rtts: list[float] = []
+            honest_answers: Counter[str] = Counter()
+            while not task.done() or not rtts:
+                rtts += await ping(honest, addr)
+                res = await registry_request(honest, addr, Lookup("honest-name"))
+                honest_answers[res.status.name] += 1
+                sample()
+            await task
+            assert answers["NOT_FOUND"] > 0  # some streams were served
+            assert answers["OK"] == 0  # no bad claim was taken
+            assert max(rtts) < 5.0
+            assert honest_answers["NOT_FOUND"] > 0
+            await wait_gone(server, attacker, honest)
+            assert len(registry.registry) == 0
+            assert set(server.limits.usage()) == {"system"}
+            assert fds() <= base_fds
+            assert await baseline_tasks() <= base_tasks
+            print(
+                f"discovery flood: attacker answers {dict(answers)}; honest ping max "
+                f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest lookups "
+                f"{dict(honest_answers)}"
             )
 
     run(main)
