@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,7 +33,12 @@ from switchy.protocols.router import Request, Router
 from switchy.protocols.router.client import request
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionClosed, P2PError
+from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node, ProtocolService
+from switchy.transports.quic import QuicTransport
+from switchy.transports.quic.core import Libp2pQuicConnection, make_configuration
+from switchy.transports.quic.endpoint import MAX_PENDING_HANDSHAKES_PER_SOURCE, RETRY_THRESHOLD
+from switchy.transports.quic.tls import make_certificate
 from switchy.transports.tcp import TcpTransport
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -443,6 +449,95 @@ def test_discovery_request_flood() -> None:
                 f"discovery flood: attacker answers {dict(answers)}; honest ping max "
                 f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest lookups "
                 f"{dict(honest_answers)}"
+            )
+
+    run(main)
+
+
+def quic_node(**config: object) -> Node:
+    """A QUIC node serving ping."""
+    cfg = NetworkConfig(keepalive_interval=0, **config)  # type: ignore[arg-type]
+    return Node(transports=[QuicTransport()], services=[PingService()], config=cfg)
+
+
+def client_initial(port: int, now: float) -> bytes:
+    """A real client's first datagram to ``127.0.0.1:port`` (it decrypts, so the server
+    starts a handshake that this client never continues)."""
+    quic = Libp2pQuicConnection(
+        configuration=make_configuration(make_certificate(KeyPair.generate()), is_client=True),
+        max_inbound_streams=4,
+    )
+    quic.connect(("127.0.0.1", port), now)
+    return quic.datagrams_to_send(now)[0][0]
+
+
+def test_quic_handshake_slowloris() -> None:
+    """Three attacker addresses each start 100 QUIC handshakes and never finish them: the
+    per-source cap holds 32 of each, past RETRY_THRESHOLD the rest must prove their address
+    with a Retry (which the attacker ignores), an honest dial still succeeds and honest
+    pings go on, and the handshake timeout frees every slot."""
+    server = quic_node(handshake_timeout=2.0)
+    honest = quic_node()
+    sources, per_source = ("127.0.0.2", "127.0.0.3", "127.0.0.4"), 100
+
+    async def main() -> None:
+        async with server, honest:
+            await server.listen("/ip4/127.0.0.1/udp/0/quic-v1")
+            addr = server.full_addrs[0]
+            assert (await ping(honest, addr))[0] < 5.0
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            ep = server.transports[0].endpoints[0]  # type: ignore[attr-defined]
+            port = int(addr.value_for_protocol("udp"))
+            held = MAX_PENDING_HANDSHAKES_PER_SOURCE * 2  # .2 and .3; .4 meets the Retry
+            assert held >= RETRY_THRESHOLD
+            timed_out = 0
+            all_timed_out = asyncio.Event()
+            original = ep._handshake_timed_out
+
+            def counted(conn: object) -> None:
+                nonlocal timed_out
+                original(conn)
+                timed_out += 1
+                if timed_out == held:
+                    all_timed_out.set()
+
+            ep._handshake_timed_out = counted
+            loop = asyncio.get_running_loop()
+            socks = []
+            for ip in sources:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((ip, 0))
+                sock.setblocking(False)
+                socks.append(sock)
+            try:
+                for sock in socks:
+                    for _ in range(per_source):
+                        sock.sendto(client_initial(port, loop.time()), ("127.0.0.1", port))
+                # every datagram sent is answered or dropped before a ping's round trip
+                rtts = await ping(honest, addr, count=5)
+                counters = ep.counters
+                assert len(ep._handshakes) == held
+                assert max(ep._pending_by_source.values()) <= MAX_PENDING_HANDSHAKES_PER_SOURCE
+                assert counters.refused_handshakes == 2 * (per_source - 32)
+                assert counters.retries == per_source  # the third source met the Retry
+                async with quic_node() as newcomer:  # proves its address, then is served
+                    new_rtt = (await ping(newcomer, addr))[0]
+                assert counters.retries == per_source + 1 and counters.invalid_tokens == 0
+                assert max(rtts) < 5.0 and new_rtt < 5.0
+                await asyncio.wait_for(all_timed_out.wait(), 20)
+            finally:
+                for sock in socks:
+                    sock.close()
+            assert not ep._handshakes and not ep._pending_by_source
+            assert (await ping(honest, addr))[0] < 5.0
+            assert server.limits.system.used("conns") == 1  # the honest peer only
+            assert fds() <= base_fds
+            assert await baseline_tasks() <= base_tasks
+            print(
+                f"QUIC slowloris: {len(sources) * per_source} handshakes started, {held} held, "
+                f"{counters.refused_handshakes} refused, {counters.retries - 1} sent a Retry; "
+                f"honest ping max {max(rtts) * 1000:.1f} ms, new honest dial + ping "
+                f"{new_rtt * 1000:.1f} ms"
             )
 
     run(main)
