@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from multiaddr import Multiaddr
 
 from switchy.protocols.discovery import DISCOVERY_PROTOCOL
@@ -538,6 +539,77 @@ def test_quic_handshake_slowloris() -> None:
                 f"{counters.refused_handshakes} refused, {counters.retries - 1} sent a Retry; "
                 f"honest ping max {max(rtts) * 1000:.1f} ms, new honest dial + ping "
                 f"{new_rtt * 1000:.1f} ms"
+            )
+
+    run(main)
+
+
+def test_idle_socket_flood_leaves_room_for_honest_handshakes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attacker at 127.0.0.2 keeps 60 idle TCP sockets open, more than the 8 pending
+    handshakes a descriptor budget of 32 allows: new honest clients from 127.0.0.1 are
+    still served (each hangs up the attacker's oldest pending handshake), the attacker's
+    own excess is refused at once, and the handshake timeout frees the rest."""
+    import switchy.stack.node as node_module
+
+    monkeypatch.setattr(node_module, "fd_budget", lambda: 32)  # 8 pending handshakes at most
+    server = plain_node(handshake_timeout=3.0)
+    flood, cap, newcomers = 60, 8, 5
+
+    async def main() -> None:
+        async with server:
+            await server.listen(LOOPBACK)
+            addr = server.full_addrs[0]
+            tcp_port = int(str(server.listen_addrs[0]).split("/")[4])
+            base_fds, base_tasks = fds(), await baseline_tasks()
+            ended = 0
+            all_ended = asyncio.Event()
+            writers: list[asyncio.StreamWriter] = []
+            first_refusals = asyncio.Event()
+
+            async def idle() -> None:
+                nonlocal ended
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", tcp_port, local_addr=(ATTACKER_IP, 0)
+                )
+                writers.append(writer)
+                with contextlib.suppress(OSError):
+                    await reader.read()  # never sends: waits for the server to end it
+                ended += 1
+                if ended >= flood - cap:
+                    first_refusals.set()
+                if ended == flood:
+                    all_ended.set()
+
+            tasks = [asyncio.ensure_future(idle()) for _ in range(flood)]
+            await asyncio.wait_for(first_refusals.wait(), 20)  # the cap is full
+            assert server._pending_inbound == cap
+            rtts = []
+            for _ in range(newcomers):  # each a new connection, its handshake included
+                async with plain_node() as honest:
+                    start = asyncio.get_running_loop().time()
+                    rtts.append((await ping(honest, addr))[0])
+                    connect_time = asyncio.get_running_loop().time() - start
+                assert server._pending_inbound <= cap
+                transient = server.limits.usage().get("transient", {})
+                assert transient.get("conns_inbound", 0) <= cap
+            assert max(rtts) < 5.0
+            await asyncio.wait_for(all_ended.wait(), 20)  # evicted, refused or timed out
+            for w in writers:
+                w.close()
+            await asyncio.gather(*tasks)
+            for w in writers:
+                with contextlib.suppress(OSError):
+                    await w.wait_closed()
+            assert server._pending_inbound == 0 and not server._pending_by_ip
+            assert "transient" not in server.limits.usage()
+            assert fds() <= base_fds
+            assert await baseline_tasks() <= base_tasks
+            print(
+                f"idle-socket flood: {flood} sockets, {cap} pending at most; {newcomers} new "
+                f"honest clients served, ping max {max(rtts) * 1000:.1f} ms (last connect + "
+                f"ping {connect_time * 1000:.1f} ms)"
             )
 
     run(main)
