@@ -12,7 +12,7 @@ import pytest
 from switchy.protocols.echo import EchoService, echo
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionFailed, P2PError
+from switchy.stack.errors import ConnectionClosed, ConnectionFailed, P2PError
 from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import KeyPair
 from switchy.stack.limits import MiB
@@ -334,5 +334,50 @@ def test_quic_streams_and_buffers_are_charged_and_refused_over_budget() -> None:
             await client.close()
             await asyncio.wait_for(gone.wait(), 20)
             assert server.limits.usage() == {"system": {}}
+
+    run(main)
+
+
+def test_router_bodies_in_memory_are_charged_to_the_peer_and_released() -> None:
+    """A request body read into memory is charged to its stream's scope (and so to the
+    peer's): within the peer's budget it is served, past it the answer is 503 naming the
+    scope (or, when the receive buffer's charge is the one past it, the stream is reset),
+    and once answered nothing stays charged."""
+    from switchy.protocols.router import Request, Router
+    from switchy.protocols.router.client import request
+
+    router = Router(max_body_size=64 * MiB)
+    server = Node(
+        transports=[TcpTransport()],
+        services=[PingService(), router],
+        config=NetworkConfig(keepalive_interval=0, limits=("peer.memory=4MiB",)),
+        listen=[LOOPBACK],
+    )
+    client = make()
+    held: list[int] = []
+
+    @router.post("/upload")
+    def upload(req: Request) -> str:
+        assert isinstance(req.body, bytes)
+        held.append(server.limits.usage()[f"peer:{client.peer_id}"].get("memory", 0))
+        return str(len(req.body))
+
+    async def main() -> None:
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            small = await request(client, addr, "POST", "/upload", body=b"x" * 300_000)
+            assert small.status == 200 and small.body == b"300000"
+            assert held[0] >= 300_000  # the body, while the handler ran
+            try:  # past the budget: the body's charge (503) or the receive buffer's refuses
+                big = await request(client, addr, "POST", "/upload", body=b"x" * 12_000_000)
+            except ConnectionClosed:
+                pass
+            else:
+                assert big.status == 503 and isinstance(big.body, bytes)
+                assert b"peer" in big.body and b"memory" in big.body, big.body
+            assert len(held) == 1  # the handler never saw the big one
+            assert len(await ping(client, addr)) == 1  # the connection serves on
+            usage = server.limits.usage().get(f"peer:{client.peer_id}", {})
+            assert usage.get("memory", 0) == 0
 
     run(main)

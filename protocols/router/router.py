@@ -50,10 +50,12 @@ from switchy.stack.errors import (
     ProtocolError,
     ResourceLimitExceeded,
 )
+from switchy.stack.mux import BufferedMuxedStream
 from switchy.stack.node import Node, ProtocolService
 
 if TYPE_CHECKING:
     from switchy.stack.identity import PeerId
+    from switchy.stack.limits import StreamScope
     from switchy.stack.metrics import MetricsRegistry
     from switchy.stack.stream import MuxedStream
 
@@ -404,11 +406,15 @@ class Router(ProtocolService):
         return await entry(request)
 
     def _charger(self, source: MessageStream) -> Callable[[int], None]:
+        scope = _stream_scope(source)
+
         def charge(n: int) -> None:
             if self.buffered + n > self.max_buffered:
                 raise ResourceLimitExceeded(
                     f"request bodies in memory would exceed {self.max_buffered} bytes"
                 )
+            if scope is not None:  # the stream's, peer's, protocol's and system's budget
+                scope.reserve_memory(n)
             self.buffered += n
             source.charged += n
 
@@ -491,6 +497,9 @@ class Router(ProtocolService):
         finally:
             source.stop_timer()
             self.buffered -= source.charged
+            scope = _stream_scope(source)
+            if scope is not None:
+                scope.release_memory(source.charged)
 
     async def _serve_message(self, stream: MuxedStream, source: MessageStream) -> None:
         try:
@@ -520,6 +529,13 @@ class Router(ProtocolService):
             await stream.reset()
             return
         await _send(stream, response)
+
+
+def _stream_scope(source: MessageStream) -> StreamScope | None:
+    """The resource manager's scope of the request's stream (bodies read into memory are
+    charged to it), ``None`` when the stream has none."""
+    stream = source.stream
+    return stream.resource_scope if isinstance(stream, BufferedMuxedStream) else None
 
 
 def _handler_step(handler: Handler) -> Next:
