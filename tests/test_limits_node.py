@@ -381,3 +381,61 @@ def test_router_bodies_in_memory_are_charged_to_the_peer_and_released() -> None:
             assert usage.get("memory", 0) == 0
 
     run(main)
+
+
+def _relay_trio(buffer_size: int) -> tuple[Node, Node, Node]:
+    from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
+
+    cfg = NetworkConfig(keepalive_interval=0, limits=("peer.memory=4MiB",))
+    config = RelayConfig(limit_data=0, limit_duration=0, buffer_size=buffer_size)
+    relay = Node(
+        transports=[TcpTransport()],
+        services=[PingService(), RelayService(config)],
+        config=cfg,
+        listen=[LOOPBACK],
+    )
+    ends = [
+        Node(
+            transports=[TcpTransport()],
+            services=[PingService(), RelayTransport()],
+            config=NetworkConfig(keepalive_interval=0),
+        )
+        for _ in range(2)
+    ]
+    return relay, ends[0], ends[1]
+
+
+def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
+    """A circuit's two in-flight chunks (2 x buffer_size) are charged to the source
+    peer's scope while it is open and given back when it ends; a circuit whose buffers do
+    not fit the peer's budget is refused with RESOURCE_LIMIT_EXCEEDED."""
+    from switchy.stack.errors import RelayRefused
+
+    relay, b, a = _relay_trio(64 * 1024)
+
+    async def main() -> None:
+        async with started(relay, b, a):
+            await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            circuit_addr = next(x for x in b.full_addrs if "/p2p-circuit/" in str(x))
+            assert len(await ping(a, circuit_addr)) == 1
+            usage = relay.limits.usage()[f"peer:{a.peer_id}"]
+            assert usage["memory"] >= 2 * 64 * 1024
+            gone = disconnections(relay, 1)
+            await a.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert f"peer:{a.peer_id}" not in relay.limits.usage()
+
+    run(main)
+
+    relay, b, a = _relay_trio(4 * MiB)  # 8 MiB of buffers for a peer allowed 4 MiB
+
+    async def refused() -> None:
+        async with started(relay, b, a):
+            await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            circuit_addr = next(x for x in b.full_addrs if "/p2p-circuit/" in str(x))
+            with pytest.raises((RelayRefused, ConnectionFailed)) as info:
+                await a.connect(circuit_addr)
+            assert "RESOURCE_LIMIT_EXCEEDED" in str(info.value)
+            assert len(await ping(a, relay.full_addrs[0])) == 1  # the relay serves on
+
+    run(refused)

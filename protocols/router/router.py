@@ -50,14 +50,13 @@ from switchy.stack.errors import (
     ProtocolError,
     ResourceLimitExceeded,
 )
-from switchy.stack.mux import BufferedMuxedStream
 from switchy.stack.node import Node, ProtocolService
+from switchy.stack.stream import MuxedStream
 
 if TYPE_CHECKING:
     from switchy.stack.identity import PeerId
     from switchy.stack.limits import StreamScope
     from switchy.stack.metrics import MetricsRegistry
-    from switchy.stack.stream import MuxedStream
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
@@ -535,7 +534,7 @@ def _stream_scope(source: MessageStream) -> StreamScope | None:
     """The resource manager's scope of the request's stream (bodies read into memory are
     charged to it), ``None`` when the stream has none."""
     stream = source.stream
-    return stream.resource_scope if isinstance(stream, BufferedMuxedStream) else None
+    return stream.resource_scope if isinstance(stream, MuxedStream) else None
 
 
 def _handler_step(handler: Handler) -> Next:
