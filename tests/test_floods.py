@@ -34,13 +34,11 @@ from switchy.protocols.router import Request, Router
 from switchy.protocols.router.client import request
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionClosed, P2PError
-from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node, ProtocolService
 from switchy.transports.quic import QuicTransport
-from switchy.transports.quic.core import Libp2pQuicConnection, make_configuration
 from switchy.transports.quic.endpoint import MAX_PENDING_HANDSHAKES_PER_SOURCE, RETRY_THRESHOLD
-from switchy.transports.quic.tls import make_certificate
 from switchy.transports.tcp import TcpTransport
+from tests.test_hardening import _client_initial
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 ATTACKER_IP = "127.0.0.2"
@@ -461,17 +459,6 @@ def quic_node(**config: object) -> Node:
     return Node(transports=[QuicTransport()], services=[PingService()], config=cfg)
 
 
-def client_initial(port: int, now: float) -> bytes:
-    """A real client's first datagram to ``127.0.0.1:port`` (it decrypts, so the server
-    starts a handshake that this client never continues)."""
-    quic = Libp2pQuicConnection(
-        configuration=make_configuration(make_certificate(KeyPair.generate()), is_client=True),
-        max_inbound_streams=4,
-    )
-    quic.connect(("127.0.0.1", port), now)
-    return quic.datagrams_to_send(now)[0][0]
-
-
 def test_quic_handshake_slowloris() -> None:
     """Three attacker addresses each start 100 QUIC handshakes and never finish them: the
     per-source cap holds 32 of each, past RETRY_THRESHOLD the rest must prove their address
@@ -513,7 +500,7 @@ def test_quic_handshake_slowloris() -> None:
             try:
                 for sock in socks:
                     for _ in range(per_source):
-                        sock.sendto(client_initial(port, loop.time()), ("127.0.0.1", port))
+                        sock.sendto(_client_initial(port, loop.time()), ("127.0.0.1", port))
                 # every datagram sent is answered or dropped before a ping's round trip
                 rtts = await ping(honest, addr, count=5)
                 counters = ep.counters
@@ -537,7 +524,7 @@ def test_quic_handshake_slowloris() -> None:
             print(
                 f"QUIC slowloris: {len(sources) * per_source} handshakes started, {held} held, "
                 f"{counters.refused_handshakes} refused, {counters.retries - 1} sent a Retry; "
-                f"honest ping max {max(rtts) * 1000:.1f} ms, new honest dial + ping "
+                f"honest ping max {max(rtts) * 1000:.1f} ms, a new honest client (after its Retry) "
                 f"{new_rtt * 1000:.1f} ms"
             )
 
