@@ -439,3 +439,51 @@ def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
             assert len(await ping(a, relay.full_addrs[0])) == 1  # the relay serves on
 
     run(refused)
+
+
+def test_registry_streams_charge_their_buffers() -> None:
+    """Each served registry stream holds STREAM_BUFFERS of the peer's memory: with room
+    for two, a third stream is reset while two are open, and served once one ended."""
+    from switchy.protocols.discovery import DISCOVERY_PROTOCOL
+    from switchy.protocols.discovery.codec import ClientCore, Lookup
+    from switchy.protocols.discovery.registry import STREAM_BUFFERS, RegistryService
+
+    server = Node(
+        transports=[TcpTransport()],
+        services=[RegistryService()],
+        config=NetworkConfig(
+            keepalive_interval=0, limits=(f"peer.memory={2 * STREAM_BUFFERS + 4096}",)
+        ),
+        listen=[LOOPBACK],
+    )
+    client = make()
+
+    async def lookup_on(stream: MuxedStream) -> None:
+        core = ClientCore()
+        core.send_request(Lookup("nobody"))
+        await stream.write(core.data_to_send())
+        while not core.receive_data(await stream.read(65536) or b"\0"):
+            pass
+
+    async def main() -> None:
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            held = [await client.open_stream(addr, DISCOVERY_PROTOCOL) for _ in range(2)]
+            for s in held:
+                await lookup_on(s)  # answered: its handler runs and holds its buffers
+            usage = server.limits.usage()[f"peer:{client.peer_id}"]
+            assert usage["memory"] >= 2 * STREAM_BUFFERS
+            third = await client.open_stream(addr, DISCOVERY_PROTOCOL)
+            with pytest.raises(P2PError):
+                await lookup_on(third)
+            await held[0].close_write()
+            assert await held[0].read_all() == b""  # its handler ended: buffers released
+            fourth = await client.open_stream(addr, DISCOVERY_PROTOCOL)
+            await lookup_on(fourth)
+            for s in (held[1], fourth):
+                await s.close_write()
+                assert await s.read_all() == b""
+            usage = server.limits.usage().get(f"peer:{client.peer_id}", {})
+            assert usage.get("memory", 0) == 0
+
+    run(main)
