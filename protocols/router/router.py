@@ -187,7 +187,9 @@ class Router(ProtocolService):
     for a handler (503; time a streaming handler spends waiting for the request body is
     not counted: the read timeout bounds that), ``min_request_rate`` for the whole request,
     head and body, in bytes per second of waiting (408 below; ``None``: no minimum),
-    ``max_concurrent`` requests in progress (503 beyond).
+    ``max_concurrent`` requests in progress (503 beyond).  Bodies read into memory count
+    against ``max_buffered`` and are charged to the stream's resource scope (the peer's
+    and the system's memory budgets; 503 naming the scope when one is full).
     """
 
     def __init__(
