@@ -55,6 +55,29 @@ def fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+class Rss:
+    """The process's resident memory (MiB): at the start, its peak over :meth:`sample`
+    calls, and now (printed next to each flood's figures; not asserted: the allocator
+    keeps freed pages, and the resource manager's charges are what the tests check)."""
+
+    def __init__(self) -> None:
+        self.base = self.peak = rss_mib()
+
+    def sample(self) -> None:
+        """Note the current resident memory."""
+        self.peak = max(self.peak, rss_mib())
+
+    def report(self) -> str:
+        """``RSS base -> peak -> now``."""
+        return f"RSS {self.base:.0f} -> {self.peak:.0f} -> {rss_mib():.0f} MiB"
+
+
+def rss_mib() -> float:
+    """Resident memory of this process in MiB (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
 def plain_node(**config: object) -> Node:
     cfg = NetworkConfig(keepalive_interval=0, **config)  # type: ignore[arg-type]
     return Node(transports=[TcpTransport()], services=[PingService()], config=cfg)
@@ -239,11 +262,13 @@ def test_ping_flood() -> None:
             addr = server.full_addrs[0]
             assert (await ping(honest, addr))[0] < 5.0
             base_fds, base_tasks = fds(), await baseline_tasks()
+            rss = Rss()
             conn = await attacker.connect(addr)
             peak = 0
 
             def sample() -> None:
                 nonlocal peak
+                rss.sample()
                 use = server.limits.usage().get(f"peer:{attacker.peer_id}", {})
                 peak = max(peak, use.get("memory", 0))
                 assert peak <= budget
@@ -287,7 +312,7 @@ def test_ping_flood() -> None:
                 f"{max(yamux_rtts) * 1000:.1f} ms over {len(yamux_rtts)}; {streams} ping "
                 f"streams ({served} served, {refused} refused), honest ping max "
                 f"{max(stream_rtts) * 1000:.1f} ms over {len(stream_rtts)}; peer memory "
-                f"peak {peak / 1024:.0f} KiB of {budget // 1024} KiB"
+                f"peak {peak / 1024:.0f} KiB of {budget // 1024} KiB; {rss.report()}"
             )
 
     run(main)
@@ -329,11 +354,13 @@ def test_router_request_flood() -> None:
             assert (await ping(honest, addr))[0] < 5.0
             assert (await request(honest, addr, "GET", "/hello")).status == 200
             base_fds, base_tasks = fds(), await baseline_tasks()
+            rss = Rss()
             await attacker.connect(addr)
             statuses: Counter[int | str] = Counter()
             honest_statuses: Counter[int] = Counter()
 
             def sample() -> None:
+                rss.sample()
                 use = server.limits.usage().get(f"peer:{attacker.peer_id}", {})
                 assert use.get("memory", 0) <= budget
 
@@ -371,7 +398,7 @@ def test_router_request_flood() -> None:
                 f"router flood: attacker {dict(statuses)}; honest ping max "
                 f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest requests "
                 f"{dict(honest_statuses)}; bodies in memory peak {peak // 1024} KiB "
-                f"of {router.max_buffered // 1024} KiB"
+                f"of {router.max_buffered // 1024} KiB; {rss.report()}"
             )
 
     run(main)
@@ -395,10 +422,12 @@ def test_discovery_request_flood() -> None:
             addr = server.full_addrs[0]
             assert (await ping(honest, addr))[0] < 5.0
             base_fds, base_tasks = fds(), await baseline_tasks()
+            rss = Rss()
             await attacker.connect(addr)
             answers: Counter[str] = Counter()
 
             def sample() -> None:
+                rss.sample()
                 use = server.limits.usage().get(f"peer:{attacker.peer_id}", {})
                 assert use.get("memory", 0) <= budget
                 assert use.get("streams_inbound", 0) <= 64
@@ -447,7 +476,7 @@ def test_discovery_request_flood() -> None:
             print(
                 f"discovery flood: attacker answers {dict(answers)}; honest ping max "
                 f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest lookups "
-                f"{dict(honest_answers)}"
+                f"{dict(honest_answers)}; {rss.report()}"
             )
 
     run(main)
@@ -474,6 +503,7 @@ def test_quic_handshake_slowloris() -> None:
             addr = server.full_addrs[0]
             assert (await ping(honest, addr))[0] < 5.0
             base_fds, base_tasks = fds(), await baseline_tasks()
+            rss = Rss()
             ep = server.transports[0].endpoints[0]  # type: ignore[attr-defined]
             port = int(addr.value_for_protocol("udp"))
             held = MAX_PENDING_HANDSHAKES_PER_SOURCE * 2  # .2 and .3; .4 meets the Retry
@@ -503,6 +533,7 @@ def test_quic_handshake_slowloris() -> None:
                         sock.sendto(_client_initial(port, loop.time()), ("127.0.0.1", port))
                 # every datagram sent is answered or dropped before a ping's round trip
                 rtts = await ping(honest, addr, count=5)
+                rss.sample()
                 counters = ep.counters
                 assert len(ep._handshakes) == held
                 assert max(ep._pending_by_source.values()) <= MAX_PENDING_HANDSHAKES_PER_SOURCE
@@ -525,7 +556,7 @@ def test_quic_handshake_slowloris() -> None:
                 f"QUIC slowloris: {len(sources) * per_source} handshakes started, {held} held, "
                 f"{counters.refused_handshakes} refused, {counters.retries - 1} sent a Retry; "
                 f"honest ping max {max(rtts) * 1000:.1f} ms, a new honest client (after its Retry) "
-                f"{new_rtt * 1000:.1f} ms"
+                f"{new_rtt * 1000:.1f} ms; {rss.report()}"
             )
 
     run(main)
@@ -550,6 +581,7 @@ def test_idle_socket_flood_leaves_room_for_honest_handshakes(
             addr = server.full_addrs[0]
             tcp_port = int(str(server.listen_addrs[0]).split("/")[4])
             base_fds, base_tasks = fds(), await baseline_tasks()
+            rss = Rss()
             ended = 0
             all_ended = asyncio.Event()
             writers: list[asyncio.StreamWriter] = []
@@ -579,6 +611,7 @@ def test_idle_socket_flood_leaves_room_for_honest_handshakes(
                     rtts.append((await ping(honest, addr))[0])
                     connect_time = asyncio.get_running_loop().time() - start
                 assert server._pending_inbound <= cap
+                rss.sample()
                 transient = server.limits.usage().get("transient", {})
                 assert transient.get("conns_inbound", 0) <= cap
             assert max(rtts) < 5.0
@@ -596,7 +629,7 @@ def test_idle_socket_flood_leaves_room_for_honest_handshakes(
             print(
                 f"idle-socket flood: {flood} sockets, {cap} pending at most; {newcomers} new "
                 f"honest clients served, ping max {max(rtts) * 1000:.1f} ms (last connect + "
-                f"ping {connect_time * 1000:.1f} ms)"
+                f"ping {connect_time * 1000:.1f} ms); {rss.report()}"
             )
 
     run(main)
