@@ -10,7 +10,9 @@ Every connection, stream and receive buffer a node keeps is charged to a chain o
   that serves it), once negotiated;
 - ``peer:<id>``: everything one remote peer holds;
 - ``conn:<n>``: one connection (its streams and their buffers);
-- ``stream:<n>``: one stream (its receive buffer).
+- ``stream:<n>``: one stream (its receive buffer, and what a protocol holds for it:
+  a router request body read into memory, a relay circuit's in-flight chunks, a
+  registry stream's frame buffers; ``MuxedStream.resource_scope``).
 
 Each scope has :class:`Limits` on inbound, outbound and total connections and streams
 and on memory.  A refusal raises :class:`~switchy.stack.errors.ResourceLimitExceeded`

@@ -219,6 +219,8 @@ class Node:
         self._started = False
         self._closing = False
         self._pending_inbound = 0  # inbound connections being upgraded (_on_inbound)
+        #: The same, by per-IP key, oldest first (the eviction under an idle-socket flood).
+        self._pending_by_ip: dict[str | None, dict[Connection | MuxedConnection, None]] = {}
         self._closed = asyncio.Event()
         self._init_limits(limits, gater, connmgr)
         #: Our own addresses: observed, confirmed, announced; and our reachability.
@@ -723,7 +725,7 @@ class Node:
         if (
             self._pending_inbound >= max(MIN_PENDING_HANDSHAKES, budget // 4)
             or len(self.connections()) + self._pending_inbound >= budget
-        ):
+        ) and not self._evict_pending_for(raw):
             _refusals.warning(
                 "fd_budget",
                 "refused inbound connection from %s: %s",
@@ -752,6 +754,8 @@ class Node:
         clock = measure_clock()
         start = clock()
         self._pending_inbound += 1
+        ip_key = self._limit_key(raw.remote_addr, raw.is_limited)
+        self._pending_by_ip.setdefault(ip_key, {})[raw] = None
         try:
             if isinstance(raw, MuxedConnection):
                 conn = raw
@@ -770,7 +774,7 @@ class Node:
             scope.done()
             raise
         finally:
-            self._pending_inbound -= 1
+            self._pending_done(ip_key, raw)
         if not self._admit_peer(conn, scope, "inbound"):
             await conn.abort()
             return
@@ -778,6 +782,43 @@ class Node:
             *self._swarm_metrics.connection_labels(conn, self._transport_name(conn))
         ).observe(clock() - start)
         self._add_connection(conn)
+
+    def _pending_done(self, ip_key: str | None, raw: Connection | MuxedConnection) -> None:
+        """``raw``'s handshake ended (or it was evicted): it holds no pending slot."""
+        pending = self._pending_by_ip.get(ip_key)
+        if pending is None or raw not in pending:
+            return  # evicted: already counted out
+        del pending[raw]
+        if not pending:
+            del self._pending_by_ip[ip_key]
+        self._pending_inbound -= 1
+
+    def _evict_pending_for(self, raw: Connection | MuxedConnection) -> bool:
+        """The pending handshakes are at their cap: make room for ``raw`` by hanging up the
+        oldest pending handshake of the address holding the most, when that address holds
+        more than ``raw``'s own (so a flood of idle sockets from one address cannot lock
+        others out, and only delays itself).  Whether room was made."""
+        if not self._pending_by_ip:
+            return False
+        key = self._limit_key(raw.remote_addr, raw.is_limited)
+        heaviest = max(self._pending_by_ip, key=lambda k: len(self._pending_by_ip[k]))
+        if len(self._pending_by_ip[heaviest]) <= len(self._pending_by_ip.get(key, ())):
+            return False
+        victim = next(iter(self._pending_by_ip[heaviest]))
+        self._pending_done(heaviest, victim)
+        _refusals.warning(
+            "handshake_evicted",
+            "hung up the oldest pending handshake from %s (%s holds %d): room for %s",
+            victim.remote_addr,
+            heaviest,
+            len(self._pending_by_ip.get(heaviest, ())) + 1,
+            raw.remote_addr,
+        )
+        self._spawn(
+            victim.abort() if isinstance(victim, MuxedConnection) else victim.reset(),
+            "switchy-evict-handshake",
+        )
+        return True
 
     def _transport_name(self, conn: MuxedConnection) -> str:
         """The name of the transport ``conn`` runs on (a metrics label)."""

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
     from switchy.stack.identity import PeerId
+    from switchy.stack.limits import StreamScope
     from switchy.stack.metrics import ByteCounter, ConnectionStats
     from switchy.stack.mux import MuxedConnection
 
@@ -329,6 +330,13 @@ class MuxedStream(Stream):
     #: Where the muxer counts this stream's payload bytes (the node's per-protocol
     #: ``libp2p_swarm_stream_bytes_total`` series); ``None``: not counted.
     traffic: ByteCounter | None = None
+
+    @property
+    def resource_scope(self) -> StreamScope | None:
+        """The resource manager's scope of this stream (what holds memory for it charges
+        it there: its receive buffer, a router body, a relay circuit); ``None`` where the
+        stream has none."""
+        return None
 
     @property
     @abc.abstractmethod

@@ -12,7 +12,7 @@ import pytest
 from switchy.protocols.echo import EchoService, echo
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionFailed, P2PError
+from switchy.stack.errors import ConnectionClosed, ConnectionFailed, P2PError
 from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import KeyPair
 from switchy.stack.limits import MiB
@@ -334,5 +334,156 @@ def test_quic_streams_and_buffers_are_charged_and_refused_over_budget() -> None:
             await client.close()
             await asyncio.wait_for(gone.wait(), 20)
             assert server.limits.usage() == {"system": {}}
+
+    run(main)
+
+
+def test_router_bodies_in_memory_are_charged_to_the_peer_and_released() -> None:
+    """A request body read into memory is charged to its stream's scope (and so to the
+    peer's): within the peer's budget it is served, past it the answer is 503 naming the
+    scope (or, when the receive buffer's charge is the one past it, the stream is reset),
+    and once answered nothing stays charged."""
+    from switchy.protocols.router import Request, Router
+    from switchy.protocols.router.client import request
+
+    router = Router(max_body_size=64 * MiB)
+    server = Node(
+        transports=[TcpTransport()],
+        services=[PingService(), router],
+        config=NetworkConfig(keepalive_interval=0, limits=("peer.memory=4MiB",)),
+        listen=[LOOPBACK],
+    )
+    client = make()
+    held: list[int] = []
+
+    @router.post("/upload")
+    def upload(req: Request) -> str:
+        assert isinstance(req.body, bytes)
+        held.append(server.limits.usage()[f"peer:{client.peer_id}"].get("memory", 0))
+        return str(len(req.body))
+
+    async def main() -> None:
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            small = await request(client, addr, "POST", "/upload", body=b"x" * 300_000)
+            assert small.status == 200 and small.body == b"300000"
+            assert held[0] >= 300_000  # the body, while the handler ran
+            try:  # past the budget: the body's charge (503) or the receive buffer's refuses
+                big = await request(client, addr, "POST", "/upload", body=b"x" * 12_000_000)
+            except ConnectionClosed:
+                pass
+            else:
+                assert big.status == 503 and isinstance(big.body, bytes)
+                assert b"peer" in big.body and b"memory" in big.body, big.body
+            assert len(held) == 1  # the handler never saw the big one
+            assert len(await ping(client, addr)) == 1  # the connection serves on
+            usage = server.limits.usage().get(f"peer:{client.peer_id}", {})
+            assert usage.get("memory", 0) == 0
+
+    run(main)
+
+
+def _relay_trio(buffer_size: int) -> tuple[Node, Node, Node]:
+    from switchy.transports.relay import RelayConfig, RelayService, RelayTransport
+
+    cfg = NetworkConfig(keepalive_interval=0, limits=("peer.memory=4MiB",))
+    config = RelayConfig(limit_data=0, limit_duration=0, buffer_size=buffer_size)
+    relay = Node(
+        transports=[TcpTransport()],
+        services=[PingService(), RelayService(config)],
+        config=cfg,
+        listen=[LOOPBACK],
+    )
+    ends = [
+        Node(
+            transports=[TcpTransport()],
+            services=[PingService(), RelayTransport()],
+            config=NetworkConfig(keepalive_interval=0),
+        )
+        for _ in range(2)
+    ]
+    return relay, ends[0], ends[1]
+
+
+def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
+    """A circuit's two in-flight chunks (2 x buffer_size) are charged to the source
+    peer's scope while it is open and given back when it ends; a circuit whose buffers do
+    not fit the peer's budget is refused with RESOURCE_LIMIT_EXCEEDED."""
+    from switchy.stack.errors import RelayRefused
+
+    relay, b, a = _relay_trio(64 * 1024)
+
+    async def main() -> None:
+        async with started(relay, b, a):
+            await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            circuit_addr = next(x for x in b.full_addrs if "/p2p-circuit/" in str(x))
+            assert len(await ping(a, circuit_addr)) == 1
+            usage = relay.limits.usage()[f"peer:{a.peer_id}"]
+            assert usage["memory"] >= 2 * 64 * 1024
+            gone = disconnections(relay, 1)
+            await a.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert f"peer:{a.peer_id}" not in relay.limits.usage()
+
+    run(main)
+
+    relay, b, a = _relay_trio(4 * MiB)  # 8 MiB of buffers for a peer allowed 4 MiB
+
+    async def refused() -> None:
+        async with started(relay, b, a):
+            await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
+            circuit_addr = next(x for x in b.full_addrs if "/p2p-circuit/" in str(x))
+            with pytest.raises((RelayRefused, ConnectionFailed)) as info:
+                await a.connect(circuit_addr)
+            assert "RESOURCE_LIMIT_EXCEEDED" in str(info.value)
+            assert len(await ping(a, relay.full_addrs[0])) == 1  # the relay serves on
+
+    run(refused)
+
+
+def test_registry_streams_charge_their_buffers() -> None:
+    """Each served registry stream holds STREAM_BUFFERS of the peer's memory: with room
+    for two, a third stream is reset while two are open, and served once one ended."""
+    from switchy.protocols.discovery import DISCOVERY_PROTOCOL
+    from switchy.protocols.discovery.codec import ClientCore, Lookup
+    from switchy.protocols.discovery.registry import STREAM_BUFFERS, RegistryService
+
+    server = Node(
+        transports=[TcpTransport()],
+        services=[RegistryService()],
+        config=NetworkConfig(
+            keepalive_interval=0, limits=(f"peer.memory={2 * STREAM_BUFFERS + 4096}",)
+        ),
+        listen=[LOOPBACK],
+    )
+    client = make()
+
+    async def lookup_on(stream: MuxedStream) -> None:
+        core = ClientCore()
+        core.send_request(Lookup("nobody"))
+        await stream.write(core.data_to_send())
+        while not core.receive_data(await stream.read(65536) or b"\0"):
+            pass
+
+    async def main() -> None:
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            held = [await client.open_stream(addr, DISCOVERY_PROTOCOL) for _ in range(2)]
+            for s in held:
+                await lookup_on(s)  # answered: its handler runs and holds its buffers
+            usage = server.limits.usage()[f"peer:{client.peer_id}"]
+            assert usage["memory"] >= 2 * STREAM_BUFFERS
+            third = await client.open_stream(addr, DISCOVERY_PROTOCOL)
+            with pytest.raises(P2PError):
+                await lookup_on(third)
+            await held[0].close_write()
+            assert await held[0].read_all() == b""  # its handler ended: buffers released
+            fourth = await client.open_stream(addr, DISCOVERY_PROTOCOL)
+            await lookup_on(fourth)
+            for s in (held[1], fourth):
+                await s.close_write()
+                assert await s.read_all() == b""
+            usage = server.limits.usage().get(f"peer:{client.peer_id}", {})
+            assert usage.get("memory", 0) == 0
 
     run(main)

@@ -31,7 +31,13 @@ from switchy.protocols.discovery.codec import (
     Unregister,
 )
 from switchy.protocols.discovery.metrics import record_request
-from switchy.stack.errors import AuthenticationFailed, InvalidConfiguration, P2PError, ProtocolError
+from switchy.stack.errors import (
+    AuthenticationFailed,
+    InvalidConfiguration,
+    P2PError,
+    ProtocolError,
+    ResourceLimitExceeded,
+)
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -47,6 +53,7 @@ __all__ = [
     "DEFAULT_MAX_REGISTRATIONS",
     "DEFAULT_MAX_TTL",
     "PRESSURE_GRACE",
+    "STREAM_BUFFERS",
     "NameRegistry",
     "RegistryLimits",
     "RegistryService",
@@ -69,6 +76,9 @@ DEFAULT_MAX_NAMES_PER_PREFIX: Final = 128
 PRESSURE_GRACE: Final = 300.0
 #: Longest TTL granted, in seconds (longer requests are shortened).
 DEFAULT_MAX_TTL: Final = 2 * 3600
+#: Memory a served registry stream holds at most: one read and one incomplete frame,
+#: charged to the stream's resource scope.
+STREAM_BUFFERS: Final = 2 * MAX_FRAME_SIZE
 
 
 def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -316,7 +326,26 @@ class RegistryService(ProtocolService):
             self.registry.peer_gone(event.peer, asyncio.get_running_loop().time())
 
     async def handle_stream(self, stream: MuxedStream) -> None:
-        """Answer the requests of one stream until the client closes it."""
+        """Answer the requests of one stream until the client closes it.
+
+        The stream's buffers (a read and an incomplete frame, :data:`STREAM_BUFFERS`
+        bytes) are charged to its resource scope while it is served; a stream they do not
+        fit is reset."""
+        scope = stream.resource_scope
+        if scope is not None:
+            try:
+                scope.reserve_memory(STREAM_BUFFERS)
+            except ResourceLimitExceeded as exc:
+                log.debug("discovery stream from %s refused: %s", stream.remote_peer, exc)
+                await stream.reset()
+                return
+        try:
+            await self._serve(stream)
+        finally:
+            if scope is not None:
+                scope.release_memory(STREAM_BUFFERS)
+
+    async def _serve(self, stream: MuxedStream) -> None:
         idle = self.node.config.request_timeout if self.node else 30.0
         clock = asyncio.get_running_loop().time
         core = ServerCore()

@@ -51,11 +51,12 @@ from switchy.stack.errors import (
     ResourceLimitExceeded,
 )
 from switchy.stack.node import Node, ProtocolService
+from switchy.stack.stream import MuxedStream
 
 if TYPE_CHECKING:
     from switchy.stack.identity import PeerId
+    from switchy.stack.limits import StreamScope
     from switchy.stack.metrics import MetricsRegistry
-    from switchy.stack.stream import MuxedStream
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
@@ -186,7 +187,9 @@ class Router(ProtocolService):
     for a handler (503; time a streaming handler spends waiting for the request body is
     not counted: the read timeout bounds that), ``min_request_rate`` for the whole request,
     head and body, in bytes per second of waiting (408 below; ``None``: no minimum),
-    ``max_concurrent`` requests in progress (503 beyond).
+    ``max_concurrent`` requests in progress (503 beyond).  Bodies read into memory count
+    against ``max_buffered`` and are charged to the stream's resource scope (the peer's
+    and the system's memory budgets; 503 naming the scope when one is full).
     """
 
     def __init__(
@@ -404,11 +407,15 @@ class Router(ProtocolService):
         return await entry(request)
 
     def _charger(self, source: MessageStream) -> Callable[[int], None]:
+        scope = _stream_scope(source)
+
         def charge(n: int) -> None:
             if self.buffered + n > self.max_buffered:
                 raise ResourceLimitExceeded(
                     f"request bodies in memory would exceed {self.max_buffered} bytes"
                 )
+            if scope is not None:  # the stream's, peer's, protocol's and system's budget
+                scope.reserve_memory(n)
             self.buffered += n
             source.charged += n
 
@@ -491,6 +498,9 @@ class Router(ProtocolService):
         finally:
             source.stop_timer()
             self.buffered -= source.charged
+            scope = _stream_scope(source)
+            if scope is not None:
+                scope.release_memory(source.charged)
 
     async def _serve_message(self, stream: MuxedStream, source: MessageStream) -> None:
         try:
@@ -520,6 +530,13 @@ class Router(ProtocolService):
             await stream.reset()
             return
         await _send(stream, response)
+
+
+def _stream_scope(source: MessageStream) -> StreamScope | None:
+    """The resource manager's scope of the request's stream (bodies read into memory are
+    charged to it), ``None`` when the stream has none."""
+    stream = source.stream
+    return stream.resource_scope if isinstance(stream, MuxedStream) else None
 
 
 def _handler_step(handler: Handler) -> Next:

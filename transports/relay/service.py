@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 from multiaddr import Multiaddr
 
-from switchy.stack.errors import P2PError, ProtocolError
+from switchy.stack.errors import P2PError, ProtocolError, ResourceLimitExceeded
 from switchy.stack.identity import PeerId
 from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
@@ -254,6 +254,11 @@ class RelayService(ProtocolService):
             log.info("relay: refused a circuit %s -> %s: %s", src, dst, status.name)
             await self._reply(stream, status)
             return
+        buffers = self._reserve_circuit_buffers(stream, src, dst)
+        if buffers is None:
+            self.resources.close_circuit(src, dst, src_ip)
+            await self._reply(stream, Status.RESOURCE_LIMIT_EXCEEDED)
+            return
         try:
             dst_stream = await self._open_stop(targets[0], src)
             if dst_stream is None:
@@ -272,6 +277,23 @@ class RelayService(ProtocolService):
             await task
         finally:
             self.resources.close_circuit(src, dst, src_ip)
+            if stream.resource_scope is not None:
+                stream.resource_scope.release_memory(buffers)
+
+    def _reserve_circuit_buffers(self, stream: MuxedStream, src: PeerId, dst: PeerId) -> int | None:
+        """Charge the two chunks a circuit holds in flight (one per direction, up to
+        ``buffer_size`` each) to the source's stream scope (its peer, the hop protocol, the
+        system); the bytes charged, ``None`` when a scope is full (logged)."""
+        scope = stream.resource_scope
+        if scope is None:
+            return 0
+        need = 2 * self.config.buffer_size
+        try:
+            scope.reserve_memory(need)
+        except ResourceLimitExceeded as exc:
+            log.info("relay: refused a circuit %s -> %s: %s", src, dst, exc)
+            return None
+        return need
 
     async def _open_stop(self, conn: object, src: PeerId) -> MuxedStream | None:
         from switchy.stack.mux import MuxedConnection
