@@ -200,7 +200,8 @@ class Node:
         self.transports = list(transports)
         self.upgrader = Upgrader(self.key, security, muxers, self.config)
         self.registry: ProtocolRegistry[StreamHandler] = ProtocolRegistry()
-        self.peerstore = PeerStore()
+        # connected peers' records are never forgotten (the store is bounded: MAX_PEERS)
+        self.peerstore = PeerStore(keep=lambda peer: peer in self._connections)
         #: The node's metrics (``libp2p_swarm_*`` here; protocols register theirs);
         #: :func:`switchy.monitoring.serve_metrics` exports them for Prometheus.
         self.metrics = MetricsRegistry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -12,7 +13,12 @@ from switchy.stack.identity import PeerId, PublicKey
 if TYPE_CHECKING:
     from switchy.stack.envelope import PeerRecord
 
-__all__ = ["MAX_ADDRS_PER_PEER", "MAX_PROTOCOLS_PER_PEER", "PeerInfo", "PeerStore"]
+__all__ = ["MAX_ADDRS_PER_PEER", "MAX_PEERS", "MAX_PROTOCOLS_PER_PEER", "PeerInfo", "PeerStore"]
+
+#: Peers with a record kept at most; past it the least recently used records of peers the
+#: store may forget (not connected) go first.  Without a bound, a stream of fresh
+#: identities (churn, or an attacker) grew the store, and the node's memory, for good.
+MAX_PEERS = 4096
 
 #: Addresses kept per peer; older ones are dropped first.
 MAX_ADDRS_PER_PEER = 64
@@ -37,18 +43,40 @@ class PeerInfo:
 
 
 class PeerStore:
-    """An in-memory peer store with bounded per-peer lists."""
+    """An in-memory peer store with bounded per-peer lists and a bounded number of peers.
 
-    def __init__(self) -> None:
+    ``max_peers`` records are kept at most; when a new peer would pass it, the least
+    recently used records go first, except those of peers ``keep(peer)`` says to keep (the
+    node keeps its connected peers).  Should every record be kept, the store grows past
+    ``max_peers`` rather than forget a connected peer.
+    """
+
+    def __init__(
+        self, max_peers: int = MAX_PEERS, keep: Callable[[PeerId], bool] | None = None
+    ) -> None:
         self._peers: dict[PeerId, PeerInfo] = {}
         self._observed: list[Multiaddr] = []
+        self._max_peers = max_peers
+        self._keep = keep
 
     def get(self, peer: PeerId) -> PeerInfo:
-        """The record of ``peer`` (created empty if unknown)."""
-        info = self._peers.get(peer)
+        """The record of ``peer`` (created empty if unknown); marks it recently used."""
+        peers = self._peers
+        info = peers.pop(peer, None)
         if info is None:
-            info = self._peers[peer] = PeerInfo(peer)
+            info = PeerInfo(peer)
+            if len(peers) >= self._max_peers:
+                self._forget_oldest()
+        peers[peer] = info
         return info
+
+    def _forget_oldest(self) -> None:
+        """Drop the least recently used record the node may forget, if there is one."""
+        keep = self._keep
+        for old in self._peers:
+            if keep is None or not keep(old):
+                del self._peers[old]
+                return
 
     def __contains__(self, peer: object) -> bool:
         return peer in self._peers
