@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from switchy.protocols.echo import EchoService, echo
 from switchy.protocols.identify import IdentifyService, identify
 from switchy.protocols.ping import PingService, ping
+from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import P2PError
 from switchy.stack.node import Node
 from switchy.transports.quic import QuicConnection
 from switchy.transports.quic.sim import sim_quic_transport
@@ -129,3 +132,58 @@ def test_datagrams_over_a_lossy_simulated_link() -> None:
             assert all(d == d[:2] * 10 for d in got)  # never corrupted
 
     run_simulation(main, seed=5, config=QUIET)
+
+
+def test_streams_reset_over_their_memory_budget_give_back_the_connection_window() -> None:
+    """A stream reset because its unread data went over its memory budget returns the
+    connection-level credit of everything it discarded (what it held as well as the chunk
+    that did not fit): many such streams, together far more than the connection window,
+    still leave room for an honest transfer on the same connection.  (Before the fix
+    the held bytes were released from the budget but never credited, so every such
+    stream shrank the connection window for good, until the connection stalled.)"""
+    hold = "/test/hold/1.0.0"
+    window = 256 * 1024
+
+    async def main(sim: Simulation) -> None:
+        net = sim.network
+        net.add_hosts(["a", "b"])
+        net.add_link("a", "b", latency=0.005)
+        release = asyncio.Event()
+        held = 0
+
+        async def never_read(stream: Any) -> None:
+            nonlocal held
+            held += 1
+            await release.wait()
+
+        nb = Node(
+            transports=[sim_quic_transport(sim.network, "b", connection_window=window)],
+            services=[PingService(), EchoService()],
+            handlers={hold: never_read},
+            config=NetworkConfig(limits=("stream.memory=32KiB",)),
+            entropy=sim.entropy_source("b"),
+            listen=[LISTEN],
+        )
+        async with make_node(sim, "a") as na, nb:
+            conn = await na.connect(nb.full_addrs[0])
+            await ping(na, nb.peer_id)  # b has taken the connection in (and charges it)
+            for _ in range(12):  # 12 x 128 KiB: six times the connection window
+                s = await na.open_stream(nb.peer_id, hold)
+                with contextlib.suppress(P2PError):
+                    await asyncio.wait_for(s.write(b"x" * (128 * 1024)), 30)
+                    await s.close_write()
+                with contextlib.suppress(P2PError):
+                    await asyncio.wait_for(s.read(), 30)  # the reset arrives
+            assert held == 12
+            assert nb.limits.blocked[("stream", "memory")] >= 12
+            data = bytes(range(256)) * 1200  # 300 KiB, more than the whole window
+            got = await asyncio.wait_for(echo(na, nb.peer_id, data), 60)
+            assert got == data
+            (inbound,) = [c for c in nb.connections(na.peer_id) if isinstance(c, QuicConnection)]
+            quic = inbound._quic
+            # every byte that arrived was credited back to the connection window
+            assert quic._consumed_total == quic._local_max_data.used
+            assert conn.remote_peer == nb.peer_id
+            release.set()
+
+    run_simulation(main, seed=9, config=QUIET)

@@ -621,9 +621,12 @@ class QuicConnection(MuxedConnection):
     def _over_budget(self, st: QuicStream, n: int) -> None:
         """Data for ``st`` does not fit the memory its scopes allow: reset the stream."""
         log.debug("QUIC: stream %d over its memory budget (%d bytes more); resetting", st._id, n)
-        self._credit(st._id, n)
+        # Discarded, never read: the chunk and everything the stream held give their
+        # connection-level credit back (else each such reset shrinks the window for good).
+        held = st._buf.clear()
+        st._release(held)
+        self._credit(st._id, n + held)
         st._error = st._error or StreamReset(f"QUIC stream {st._id} reset: over its memory budget")
-        st._release(st._buf.clear())
         st._read_closed = True
         st._write_closed = True
         st._drop_pending()
