@@ -51,6 +51,7 @@ from switchy.transports.relay.pb import (
     encode_hop,
     encode_stop,
 )
+from switchy.transports.relay.transport import RESERVATION_TAG
 from switchy.transports.relay.voucher import open_voucher
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
@@ -591,6 +592,42 @@ def test_relay_crash_closes_circuits_and_the_listener_moves_to_another_relay() -
                 (via_r2,) = listener.addrs
                 assert f"/p2p/{r2.peer_id}/p2p-circuit" in str(via_r2)
                 assert await echo(a, Multiaddr(f"{via_r2}/p2p/{b.peer_id}"), b"hi") == b"hi"
+
+    run_simulation(main, seed=5, config=QUIET)
+
+
+def test_a_relay_is_protected_only_while_a_reservation_is_held_on_it() -> None:
+    """The connection manager's protection of a relay's connection follows the
+    reservation: it moves with the listener to the next relay when the first goes away,
+    and ends with the listener.  (Before the fix it was never removed: a relay that went
+    away stayed protected, and would be again without a reservation once back.)"""
+
+    async def main(sim: Simulation) -> None:
+        star(sim, "b")
+        quick = NetworkConfig(keepalive_interval=5)
+        async with (
+            sim_node(sim, "r", RelayService(UNLIMITED), config=quick) as r1,
+            sim_node(sim, "r2", RelayService(UNLIMITED), config=quick) as r2,
+        ):
+            b = sim_node(
+                sim,
+                "b",
+                RelayTransport([r2.full_addrs[0]], config=RelayClientConfig(retry_interval=2)),
+                config=quick,
+            )
+            async with b:
+                connmgr = b.connmgr
+                assert not connmgr.is_protected(r1.peer_id)
+                await b.listen(f"{r1.full_addrs[0]}/p2p-circuit")
+                assert connmgr.is_protected(r1.peer_id, RESERVATION_TAG)
+                assert not connmgr.is_protected(r2.peer_id)
+                sim.network.crash("r")
+                (listener,) = transport(b).listeners
+                await listener.wait_reservation(r2.peer_id)
+                assert connmgr.is_protected(r2.peer_id, RESERVATION_TAG)
+                assert not connmgr.is_protected(r1.peer_id)
+                await listener.close()
+                assert not connmgr.is_protected(r2.peer_id)
 
     run_simulation(main, seed=5, config=QUIET)
 

@@ -322,16 +322,27 @@ class RelayListener(Listener):
         for k in range(n):
             i = (start + k) % n
             try:
-                self.reservation = await self.transport.reserve(self.candidates[i])
+                reservation = await self.transport.reserve(self.candidates[i])
             except (P2PError, OSError) as exc:
                 errors.append(f"{self.candidates[i]}: {exc}")
                 continue
+            self._set_reservation(reservation)
             self._index = i
             self.reservations_made += 1
             self._notify()
             self._lost.clear()
             return True, errors
         return False, errors
+
+    def _set_reservation(self, reservation: ActiveReservation | None) -> None:
+        """Hold ``reservation`` (``None``: none) instead of the current one; the relays'
+        connection protection follows (the old relay's is dropped when no listener
+        holds a reservation on it any more)."""
+        old, self.reservation = self.reservation, reservation
+        if old is not None and (reservation is None or reservation.relay != old.relay):
+            self.transport._protect_relay(old.relay)
+        if reservation is not None:
+            self.transport._protect_relay(reservation.relay)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -350,7 +361,7 @@ class RelayListener(Listener):
         """Called when our connection to ``peer`` is gone."""
         if self.reservation is not None and self.reservation.relay == peer:
             log.info("relay %s went away; reserving elsewhere", peer)
-            self.reservation = None
+            self._set_reservation(None)
             self._lost.set()
             self.transport._addresses_changed()
 
@@ -372,7 +383,7 @@ class RelayListener(Listener):
             ok, errors = await self._reserve_round(start)
             if not ok:
                 if self.reservation is not None:
-                    self.reservation = None
+                    self._set_reservation(None)
                     self.transport._addresses_changed()
                 log.warning("no relay granted a reservation: %s", "; ".join(errors))
                 await asyncio.sleep(cfg.retry_interval)
@@ -380,8 +391,8 @@ class RelayListener(Listener):
     async def close(self) -> None:
         """Stop renewing; the reservation lapses at its expiry."""
         self._closed = True
-        if self.reservation is not None and self.transport.node is not None:
-            self.transport.node.connmgr.unprotect(self.reservation.relay, RESERVATION_TAG)
+        if self.reservation is not None:  # a closed listener protects nothing
+            self.transport._protect_relay(self.reservation.relay)
         if self._task is not None:
             self._task.cancel()
             # wait() never raises the task's CancelledError, so a cancellation of our
@@ -449,6 +460,20 @@ class RelayTransport(Transport, ProtocolService):
             return
         for listener in list(self._listeners):
             listener.relay_lost(event.peer)
+
+    def _protect_relay(self, relay: PeerId) -> None:
+        """Protect the connection to ``relay`` from the connection manager while an open
+        listener holds a reservation on it, and only then."""
+        node = self.node
+        if node is None:
+            return
+        if any(
+            not lst._closed and lst.reservation is not None and lst.reservation.relay == relay
+            for lst in self._listeners
+        ):
+            node.connmgr.protect(relay, RESERVATION_TAG)
+        else:
+            node.connmgr.unprotect(relay, RESERVATION_TAG)
 
     def _addresses_changed(self) -> None:
         """A listener's circuit addresses changed: the node re-announces."""
@@ -588,8 +613,6 @@ class RelayTransport(Transport, ProtocolService):
             expires - loop.time(),
             ", ".join(map(str, addrs)),
         )
-        # the connection manager never trims the connection our reservation lives on
-        self._node().connmgr.protect(relay, RESERVATION_TAG)
         return ActiveReservation(relay, addrs, expires, reply.limit, voucher)
 
     async def listen(self, addr: Multiaddr, handler: ConnectionHandler) -> Listener:
