@@ -335,6 +335,51 @@ def test_reset_and_half_close() -> None:
     asyncio.run(main())
 
 
+def test_an_inbound_syn_over_the_resource_budget_is_reset_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SYN the resource manager refuses is answered with a RST; the refusing side keeps
+    no stream for it: no stream object is even made, the session forgets it, nothing
+    stays charged, and the connection serves on."""
+    from switchy.stack.limits import LimitConfig, ResourceManager
+    from switchy.stack.mux import yamux
+
+    made: list[tuple[YamuxConnection, int]] = []
+    init = yamux.YamuxStream.__init__
+
+    def counting_init(self: yamux.YamuxStream, conn: YamuxConnection, stream_id: int) -> None:
+        made.append((conn, stream_id))
+        init(self, conn, stream_id)
+
+    monkeypatch.setattr(yamux.YamuxStream, "__init__", counting_init)
+    limits = ResourceManager(LimitConfig.scaled().with_overrides(["connection.streams_inbound=1"]))
+
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+            mb.resource_scope = limits.open_connection("inbound")
+            first = await ma.open_stream()
+            await first.write(b"one")
+            accepted = await mb.accept_stream()
+            assert await accepted.read_exactly(3) == b"one"
+            refused = await ma.open_stream()
+            await refused.write(b"two")
+            with pytest.raises(StreamReset):
+                while await refused.read():
+                    pass
+            assert limits.blocked[("connection", "streams_inbound")] == 1
+            assert [sid for conn, sid in made if conn is mb] == [accepted.stream_id]
+            assert list(mb._streams) == [accepted.stream_id]
+            assert mb._session.stream_ids() == [accepted.stream_id]
+            assert not mb._accept_queue
+            assert mb.resource_scope.scope.used("streams_inbound") == 1
+            await first.write(b"still served")
+            assert await accepted.read_exactly(12) == b"still served"
+            await accepted.reset()
+        assert limits.usage() == {"system": {}}
+
+    asyncio.run(main())
+
+
 def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):

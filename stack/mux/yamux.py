@@ -443,20 +443,21 @@ class YamuxConnection(MuxedConnection):
                         w.set_result(None)
                 self._ack_waiters.clear()
             elif isinstance(ev, StreamOpened):
-                st = YamuxStream(self, ev.stream_id)
+                # A stream object only for a SYN we accept: a refused one leaves nothing.
+                sid = ev.stream_id
                 if len(self._accept_queue) >= self._config.max_ack_backlog:
-                    self._session.reset_stream(ev.stream_id, refused=True)
-                    streams.pop(ev.stream_id, None)
-                    log.debug("yamux: accept backlog full, refusing stream %d", ev.stream_id)
+                    self._session.reset_stream(sid, refused=True)
+                    log.debug("yamux: accept backlog full, refusing stream %d", sid)
                     continue
-                if self.resource_scope is not None:
-                    try:
-                        st._scope = self._open_stream_scope("inbound")
-                    except ResourceLimitExceeded as exc:
-                        self._session.reset_stream(ev.stream_id, refused=True)
-                        log.debug("yamux: refusing stream %d: %s", ev.stream_id, exc)
-                        continue
-                streams[ev.stream_id] = st
+                try:
+                    scope = self._open_stream_scope("inbound")
+                except ResourceLimitExceeded as exc:
+                    self._session.reset_stream(sid, refused=True)
+                    log.debug("yamux: refusing stream %d: %s", sid, exc)
+                    continue
+                st = YamuxStream(self, sid)
+                st._scope = scope
+                streams[sid] = st
                 self._accept_queue.append(st)
                 accept = self._accept_waiter
                 if accept is not None:

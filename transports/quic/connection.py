@@ -572,11 +572,11 @@ class QuicConnection(MuxedConnection):
             self._inbound_implicit.discard(sid)
         else:
             return None  # a stream we already forgot
-        st = QuicStream(self, sid)
+        scope = None
         refusal = "accept backlog full"
         if not self._closed and len(self._accept_queue) < self._config.max_ack_backlog:
             try:
-                st._scope = self._open_stream_scope("inbound")
+                scope = self._open_stream_scope("inbound")
                 refusal = ""
             except ResourceLimitExceeded as exc:
                 refusal = str(exc)
@@ -586,6 +586,8 @@ class QuicConnection(MuxedConnection):
                 self._quic.reset_stream(sid, STREAM_RESET_CODE)
                 self._quic.stop_stream(sid, STREAM_RESET_CODE)
             return None
+        st = QuicStream(self, sid)  # only for a stream we accept
+        st._scope = scope
         self._streams[sid] = st
         self._accept_queue.append(st)
         w = self._accept_waiter
