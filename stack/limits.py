@@ -405,9 +405,16 @@ class _Span:
         self.allowlisted = allowlisted
         self._memory = 0
         self._closed = False
+        #: ``[scope, *_chain()]``, kept by :meth:`_rechain` (memory is charged on every
+        #: received chunk and released on every read: the chain is not rebuilt each time).
+        self._path: list[Scope] = [own]
 
     def _chain(self) -> list[Scope]:
         raise NotImplementedError
+
+    def _rechain(self) -> None:
+        """The span moved to other scopes (or was just made): cache its chain again."""
+        self._path = [self.scope, *self._chain()]
 
     @property
     def memory(self) -> int:
@@ -420,7 +427,7 @@ class _Span:
             raise ResourceLimitExceeded(f"{self.scope.name} is done; cannot reserve memory")
         if n <= 0:
             return
-        self._manager._charge_memory([self.scope, *self._chain()], n, self.allowlisted)
+        self._manager._charge_memory(self._path, n, self.allowlisted)
         self._memory += n
 
     def try_reserve_memory(self, n: int) -> bool:
@@ -437,7 +444,7 @@ class _Span:
         if n <= 0 or self._closed:
             return
         self._memory -= n
-        self._manager._release_memory([self.scope, *self._chain()], n)
+        self._manager._release_memory(self._path, n)
 
     @property
     def is_done(self) -> bool:
@@ -462,6 +469,7 @@ class ConnectionScope(_Span):
         self.peer: PeerId | None = None
         self._peer_scope: Scope | None = None
         self.streams: set[StreamScope] = set()
+        self._rechain()
 
     def _keys(self) -> tuple[str, str]:
         return ("conns_" + self.direction, "conns")
@@ -498,6 +506,7 @@ class ConnectionScope(_Span):
         self.allowlisted = allow
         self.peer = peer
         self._peer_scope = target
+        self._rechain()
 
     def open_stream(self, direction: Direction) -> StreamScope:
         """Charge a new stream of this connection; raises :class:`ResourceLimitExceeded`."""
@@ -539,6 +548,7 @@ class StreamScope(_Span):
         # The peer (if the connection has one yet) is fixed when the stream opens, so a
         # stream is always released from the scopes it was charged to.
         self._peer: list[Scope] = [conn._peer_scope] if conn._peer_scope is not None else []
+        self._rechain()
 
     def _keys(self) -> tuple[str, str]:
         return ("streams_" + self.direction, "streams")
@@ -567,6 +577,7 @@ class StreamScope(_Span):
             m._release(self._middle, ("memory",), self._memory)
         self._middle = target
         self.protocol = protocol
+        self._rechain()
 
     def done(self) -> None:
         """Release the stream and its memory (idempotent)."""

@@ -156,6 +156,43 @@ def test_streams_protocols_and_memory() -> None:
     assert rm.usage() == {"system": {}}
 
 
+def test_memory_follows_a_connection_and_a_stream_into_their_new_scopes() -> None:
+    """A span's scope chain is kept, not rebuilt per charge: after a connection moves from
+    ``transient`` to its peer and a stream from ``transient`` to its protocol and
+    service, memory is charged to and released from the new scopes only, and the limits
+    of the new scopes apply."""
+    rm = manager("protocol:/p/1.memory=300", "transient.memory=1000")
+    conn = rm.open_connection("inbound", "10.0.0.1")
+    conn.reserve_memory(10)
+    assert rm.usage()["transient"] == {"conns_inbound": 1, "conns": 1, "memory": 10}
+    conn.set_peer(PEER_A)
+    conn.reserve_memory(5)
+    peer = f"peer:{PEER_A}"
+    assert "transient" not in rm.usage()
+    assert rm.usage()[peer]["memory"] == 15 and rm.system.used("memory") == 15
+    stream = conn.open_stream("inbound")
+    stream.reserve_memory(100)
+    assert rm.usage()["transient"] == {"streams_inbound": 1, "streams": 1, "memory": 100}
+    assert rm.usage()[peer]["memory"] == 115 and conn.scope.used("memory") == 115
+    stream.set_protocol("/p/1", "svc")
+    stream.reserve_memory(150)
+    usage = rm.usage()
+    assert "transient" not in usage
+    assert usage["protocol:/p/1"] == {"streams_inbound": 1, "streams": 1, "memory": 250}
+    assert usage["service:svc"]["memory"] == 250
+    assert usage[peer]["memory"] == 265 and rm.system.used("memory") == 265
+    with pytest.raises(ResourceLimitExceeded, match="protocol:/p/1, memory limit 300"):
+        stream.reserve_memory(51)  # the protocol's limit holds now, not the transient's
+    stream.release_memory(250)
+    conn.release_memory(15)
+    usage = rm.usage()
+    assert "protocol:/p/1" not in usage or "memory" not in usage["protocol:/p/1"]
+    assert "memory" not in usage["service:svc"] and "memory" not in usage[peer]
+    assert rm.system.used("memory") == 0 and rm.transient.is_empty
+    conn.done()
+    assert rm.usage() == {"system": {}}
+
+
 def test_per_ip_limit_rate_loopback_and_allowlist() -> None:
     t = [0.0]
     rm = manager(clock=t, max_inbound_per_ip=2, inbound_rate_per_ip=1.0, inbound_burst_per_ip=3)
