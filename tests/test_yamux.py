@@ -360,6 +360,7 @@ def test_an_inbound_syn_over_the_resource_budget_is_reset_and_leaves_nothing(
             first = await ma.open_stream()
             await first.write(b"one")
             accepted = await mb.accept_stream()
+            assert isinstance(accepted, yamux.YamuxStream)
             assert await accepted.read_exactly(3) == b"one"
             refused = await ma.open_stream()
             await refused.write(b"two")
