@@ -37,6 +37,7 @@ from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import MuxedStream
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "DM_PROTOCOL",
@@ -284,9 +285,7 @@ async def run_chat(
                     chat_service.note(ChatMessage(nick, line, str(node.peer_id)))
     finally:
         sub.close()
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiver
+        await cancel_and_wait(receiver)
 
 
 async def chat_main(
