@@ -10,8 +10,10 @@ present and against an explicit limit.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from switchy.stack.errors import MessageTooLarge, SerializationError
 
@@ -21,6 +23,7 @@ __all__ = [
     "PB_FIXED64",
     "PB_LEN",
     "PB_VARINT",
+    "decode_json",
     "decode_uvarint",
     "encode_uvarint",
     "frame_message",
@@ -110,6 +113,19 @@ def split_frame(
     if len(data) - pos < length:
         return None
     return bytes(data[pos : pos + length]), pos + length
+
+
+def decode_json(data: bytes | str, what: str = "data") -> Any:
+    """The JSON value in ``data`` (UTF-8 bytes or text), for input from a peer.
+
+    Every way it can be wrong is a :class:`SerializationError` naming ``what``: not
+    JSON or not UTF-8 (``ValueError``, ``UnicodeError``), nested too deep for the
+    decoder (``RecursionError``: ``"[" * 100_000``).  The caller bounds the size.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise SerializationError(f"{what} is not JSON: {exc}") from None
 
 
 # --- protobuf wire format -------------------------------------------------------------

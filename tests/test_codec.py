@@ -13,6 +13,7 @@ from switchy.stack.codec import (
     PB_FIXED64,
     PB_LEN,
     PB_VARINT,
+    decode_json,
     decode_uvarint,
     encode_uvarint,
     pb_bytes,
@@ -125,3 +126,19 @@ def test_pb_want_takes_the_right_wire_type_and_names_the_field_otherwise(
             with pytest.raises(SerializationError, match=r"^Msg\.f must be a .* \(wire type"):
                 getter("Msg.f", wt, item)
     pb_expect("Msg.f", wt, wire_type)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"{not json", b"[" * 100_000, b'"\xff\xfe"', "[1,", b"", b"\xef\xbb\xbf\xff"],
+)
+def test_decode_json_maps_every_failure_to_the_codec_error_naming_the_input(
+    bad: bytes | str,
+) -> None:
+    with pytest.raises(SerializationError, match=r"^the listing is not JSON"):
+        decode_json(bad, "the listing")
+
+
+def test_decode_json_takes_bytes_and_text() -> None:
+    assert decode_json(b'{"a": [1, "\xc3\xa9"]}') == {"a": [1, "\u00e9"]}
+    assert decode_json('["x"]') == ["x"]

@@ -33,7 +33,8 @@ from switchy.presets import default_node, listen_with_relays, relay_client
 from switchy.protocols.discovery import RegistryBackend, connect_by_name, register_name
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.pubsub import PubSub, Received, ValidationResult
-from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError
+from switchy.stack.codec import decode_json
+from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError, SerializationError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import MuxedStream
@@ -112,8 +113,8 @@ def parse_chat(data: bytes, source: str) -> ChatMessage | None:
     if len(data) > MAX_CHAT_MESSAGE:
         return None
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = decode_json(data, "chat line")
+    except SerializationError:
         return None
     if not isinstance(obj, dict) or set(obj) != {"nick", "text"}:
         return None
@@ -192,8 +193,8 @@ class ChatService(ProtocolService):
             raise
         await stream.close()
         try:
-            items = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            items = decode_json(data, "history")
+        except SerializationError:
             raise ProtocolError(f"{peer} sent a history that is not JSON") from None
         if not isinstance(items, list):
             raise ProtocolError(f"{peer} sent a history that is not a list")
