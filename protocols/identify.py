@@ -20,7 +20,7 @@ import attrs
 from multiaddr import Multiaddr
 
 from switchy.stack.addresses import split_peer
-from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields
+from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields_typed, pb_want_bytes
 from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
 from switchy.stack.identity import PeerId, PublicKey
 from switchy.stack.negotiation import select_protocol_lazy
@@ -105,17 +105,31 @@ def _addr(raw: bytes) -> Multiaddr | None:
         return None
 
 
+#: The fields of ``Identify`` we read, all length-delimited, by number.
+_FIELD_NAMES = {
+    1: "Identify.publicKey",
+    2: "Identify.listenAddrs",
+    3: "Identify.protocols",
+    4: "Identify.observedAddr",
+    5: "Identify.protocolVersion",
+    6: "Identify.agentVersion",
+    8: "Identify.signedPeerRecord",
+}
+
+
 def decode_identify(data: bytes, into: IdentifyInfo | None = None) -> IdentifyInfo:
     """Decode one ``Identify`` protobuf, merging into ``into`` when given.
 
-    Unparseable addresses are skipped; malformed protobuf or text raises
-    :class:`SerializationError`.
+    Unparseable addresses are skipped; malformed protobuf or text, or a known field of
+    the wrong wire type, raises :class:`SerializationError`.
     """
     info = into or IdentifyInfo()
     try:
-        for field, value in pb_fields(data, max_size=MAX_IDENTIFY_SIZE):
-            if not isinstance(value, bytes):
-                continue
+        for field, wire_type, item in pb_fields_typed(data, max_size=MAX_IDENTIFY_SIZE):
+            name = _FIELD_NAMES.get(field)
+            if name is None:
+                continue  # unknown fields are skipped (protobuf semantics)
+            value = pb_want_bytes(name, wire_type, item)  # no fixed64 taken as an address
             if field == 1:
                 info.public_key = PublicKey.from_protobuf(value)
             elif field == 2:

@@ -10,21 +10,32 @@ present and against an explicit limit.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from switchy.stack.errors import MessageTooLarge, SerializationError
 
 __all__ = [
     "MAX_VARINT_BYTES",
+    "PB_FIXED32",
+    "PB_FIXED64",
+    "PB_LEN",
+    "PB_VARINT",
+    "decode_json",
     "decode_uvarint",
     "encode_uvarint",
     "frame_message",
     "pb_bytes",
+    "pb_expect",
     "pb_fields",
     "pb_fields_typed",
     "pb_fixed64",
     "pb_varint",
+    "pb_want_bytes",
+    "pb_want_fixed64",
+    "pb_want_int",
     "split_frame",
 ]
 
@@ -104,12 +115,40 @@ def split_frame(
     return bytes(data[pos : pos + length]), pos + length
 
 
+def decode_json(data: bytes | str, what: str = "data") -> Any:
+    """The JSON value in ``data`` (UTF-8 bytes or text), for input from a peer.
+
+    Every way it can be wrong is a :class:`SerializationError` naming ``what``: not
+    JSON or not UTF-8 (``ValueError``, ``UnicodeError``), nested too deep for the
+    decoder (``RecursionError``: ``"[" * 100_000``).  The caller bounds the size.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise SerializationError(f"{what} is not JSON: {exc}") from None
+
+
 # --- protobuf wire format -------------------------------------------------------------
 
-_WT_VARINT = 0
-_WT_I64 = 1
-_WT_LEN = 2
-_WT_I32 = 5
+#: Protobuf wire type of a varint field (int32/uint64/enum/bool).
+PB_VARINT = 0
+#: Protobuf wire type of a fixed 64-bit field (fixed64/sfixed64/double).
+PB_FIXED64 = 1
+#: Protobuf wire type of a length-delimited field (bytes/string/sub-message).
+PB_LEN = 2
+#: Protobuf wire type of a fixed 32-bit field (fixed32/sfixed32/float).
+PB_FIXED32 = 5
+_WT_VARINT = PB_VARINT
+_WT_I64 = PB_FIXED64
+_WT_LEN = PB_LEN
+_WT_I32 = PB_FIXED32
+
+_WIRE_TYPE_NAMES = {
+    PB_VARINT: "a varint",
+    PB_FIXED64: "a fixed64",
+    PB_LEN: "a length-delimited",
+    PB_FIXED32: "a fixed32",
+}
 
 
 def pb_varint(field: int, value: int) -> bytes:
@@ -188,3 +227,38 @@ def pb_fields_typed(
             pos += size
         else:
             raise SerializationError(f"unsupported protobuf wire type {wire_type} (field {field})")
+
+
+def pb_expect(where: str, wire_type: int, want: int) -> None:
+    """Check that the field ``where`` (e.g. ``"HolePunch.ObsAddrs"``) came with wire type
+    ``want``; :class:`SerializationError` naming the field and both types otherwise.
+
+    For decoders on :func:`pb_fields_typed`: a known field sent with another wire type is
+    malformed, not something to reinterpret (the raw bytes of a fixed64 are no address).
+    """
+    if wire_type != want:
+        raise SerializationError(
+            f"{where} must be {_WIRE_TYPE_NAMES.get(want, f'a wire type {want}')} field"
+            f" (wire type {wire_type})"
+        )
+
+
+def pb_want_int(where: str, wire_type: int, value: int | bytes) -> int:
+    """The value of the varint field ``where`` (see :func:`pb_expect`)."""
+    pb_expect(where, wire_type, PB_VARINT)
+    assert isinstance(value, int)
+    return value
+
+
+def pb_want_bytes(where: str, wire_type: int, value: int | bytes) -> bytes:
+    """The value of the length-delimited field ``where`` (see :func:`pb_expect`)."""
+    pb_expect(where, wire_type, PB_LEN)
+    assert isinstance(value, bytes)
+    return value
+
+
+def pb_want_fixed64(where: str, wire_type: int, value: int | bytes) -> int:
+    """The value of the fixed64 field ``where``, as an unsigned int (see :func:`pb_expect`)."""
+    pb_expect(where, wire_type, PB_FIXED64)
+    assert isinstance(value, bytes)
+    return int(struct.unpack("<Q", value)[0])

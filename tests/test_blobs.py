@@ -373,3 +373,48 @@ def test_manifests_decode_and_reject_malformed_input() -> None:
             decode_manifest(bad)
     with pytest.raises(SerializationError):
         decode_manifest(m.encode()[:-1])
+
+
+def test_the_manifest_is_encoded_and_hashed_once_not_per_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_file(tmp_path, 2 * CHUNK_SIZE)
+    hashed: list[bytes] = []
+    framed: list[str] = []
+    real_blake3, real_frame = blobs_module.blake3, blobs_module.frame_message
+
+    def blake3(data: bytes = b"") -> Any:
+        hashed.append(bytes(data))
+        return real_blake3(data)
+
+    def frame_message(message: bytes, max_size: int, what: str = "message") -> bytes:
+        framed.append(what)
+        return real_frame(message, max_size, what)
+
+    monkeypatch.setattr(blobs_module, "blake3", blake3)
+    monkeypatch.setattr(blobs_module, "frame_message", frame_message)
+    manifest = Manifest.of_file(src)
+    hashed.clear()
+    assert manifest.root == manifest.root and manifest.encode() == manifest.encode()
+    assert hashed == [manifest.encode()] and framed == ["manifest header"]
+
+    async def main() -> None:
+        blobs = BlobService()
+        async with node(blobs) as a, node() as b:
+            hashed.clear()
+            framed.clear()
+            ticket = blobs.add_file(src)  # hashes the chunks and, once, the manifest
+            encoding = Manifest.of_file(src).encode()
+            assert hashed.count(encoding) == 1
+            for n in range(2):
+                out = tmp_path / f"out{n}"
+                out.mkdir()
+                assert (await fetch(b, ticket, out)).read_bytes() == src.read_bytes()
+            # each receiver checks the manifest against the root once; the provider
+            # neither encodes nor hashes it again (one "manifest header" above, for the
+            # second Manifest.of_file)
+            assert hashed.count(encoding) == 1 + 2
+            assert framed.count("manifest header") == 2
+            del a
+
+    run(main())

@@ -37,7 +37,7 @@ from switchy.protocols.identify import IdentifyService
 from switchy.protocols.ping import PingService, ping
 from switchy.punch import PUNCH_PRESETS, PUNCH_TRANSPORTS, expected_direct, punch_pair
 from switchy.scenarios import run_scenario
-from switchy.stack.codec import encode_uvarint, pb_bytes, pb_varint
+from switchy.stack.codec import encode_uvarint, pb_bytes, pb_fixed64, pb_varint
 from switchy.stack.errors import MessageTooLarge, P2PError, ProtocolError, SerializationError
 from switchy.stack.mux import MuxedConnection
 from switchy.stack.negotiation import select_protocol_lazy
@@ -89,6 +89,35 @@ def test_wire_bytes_match_the_spec_schema() -> None:
     raw = encode_holepunch(HolePunch(HolePunchType.CONNECT, (PUB,)))
     assert raw == b"\x08\x64" + pb_bytes(2, PUB.to_bytes())
     assert DCUTR_PROTOCOL == "/libp2p/dcutr"
+
+
+def _field_with_wire_type(field: int, wire_type: int, raw: bytes) -> bytes:
+    """Field ``field`` of wire type 1 (the 8 bytes of ``raw``), 5 (its first 4) or 0."""
+    if wire_type == 1:
+        return pb_fixed64(field, int.from_bytes(raw[:8].ljust(8, b"\0"), "little"))
+    if wire_type == 5:
+        return encode_uvarint(field << 3 | 5) + raw[:4].ljust(4, b"\0")
+    return pb_varint(field, int.from_bytes(raw[:8], "little") >> 1)
+
+
+def test_obs_addrs_as_a_fixed64_is_refused_not_taken_as_an_address() -> None:
+    # the 8 bytes of /ip4/1.2.3.4/tcp/80 in a fixed64 field: no address, a malformed message
+    raw = Multiaddr("/ip4/1.2.3.4/tcp/80").to_bytes()
+    assert len(raw) == 8
+    with pytest.raises(SerializationError, match=r"HolePunch\.ObsAddrs must be a length-delim"):
+        decode_holepunch(pb_varint(1, 100) + _field_with_wire_type(2, 1, raw))
+
+
+@given(st.sampled_from([0, 1, 5]), st.binary(min_size=8, max_size=8))
+def test_obs_addrs_of_any_wrong_wire_type_is_refused(wire_type: int, raw: bytes) -> None:
+    with pytest.raises(SerializationError, match=r"HolePunch\.ObsAddrs .*wire type"):
+        decode_holepunch(pb_varint(1, 100) + _field_with_wire_type(2, wire_type, raw))
+
+
+@given(st.sampled_from([1, 5]), st.binary(min_size=8, max_size=8))
+def test_type_of_a_wrong_wire_type_is_refused(wire_type: int, raw: bytes) -> None:
+    with pytest.raises(SerializationError, match=r"HolePunch\.type must be a varint"):
+        decode_holepunch(_field_with_wire_type(1, wire_type, raw))
 
 
 def test_malformed_messages_are_refused_with_the_reason() -> None:

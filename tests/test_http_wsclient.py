@@ -1,6 +1,6 @@
 """The WebSocket client over switchy (protocols/http/wsclient.py): to an ASGI app on a node,
 through expose to a local server, by URL on the httpx transport; refusals, size limit,
-the peer closing."""
+the peer closing; failing the WebSocket (a reset), fragments across a cancelled receive."""
 
 from __future__ import annotations
 
@@ -9,11 +9,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Request,
+    TextMessage,
+)
 
 from switchy.presets import default_node
 from switchy.protocols.http import HttpError, HttpLimits, HttpService
+from switchy.protocols.http.core import DEFAULT_LIMITS
 from switchy.protocols.http.proxy import HttpProxyService
-from switchy.protocols.http.wsclient import WebSocketClosed, connect_websocket
+from switchy.protocols.http.websocket import MessageAssembler
+from switchy.protocols.http.wsclient import WebSocket, WebSocketClosed, connect_websocket
+from switchy.stack.errors import MessageTooLarge
+from switchy.stack.stream import Stream
 from tests.http_apps import App
 from tests.test_http_proxy import local_http_server
 
@@ -79,6 +92,8 @@ def test_a_websocket_through_expose_and_a_message_over_the_limit() -> None:
                 # we closed: the server's application stops producing
                 await asyncio.wait_for(app.flood_stopped.wait(), 30)
 
+    run(main)
+
 
 def test_the_peer_closing_ends_the_message_iteration() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -104,3 +119,145 @@ def test_the_peer_closing_ends_the_message_iteration() -> None:
             assert (err.value.code, err.value.reason) == (4000, "done")
 
     run(main)
+
+
+class _FakeStream(Stream):
+    """A stream fed by the test: ``read`` waits for :meth:`feed` (``waiting`` says when it
+    does), writes are recorded, and so is how it ended."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.waiting = asyncio.Event()
+        self.written = bytearray()
+        self.ended: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        self.incoming.put_nowait(data)
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        if self.incoming.empty():
+            self.waiting.set()
+        data = await self.incoming.get()
+        self.waiting.clear()
+        return data
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        self.written += data
+        return True
+
+    async def close_write(self) -> None:
+        self.ended.append("close_write")
+
+    async def reset(self) -> None:
+        self.ended.append("reset")
+
+    async def close(self) -> None:
+        self.ended.append("close")
+
+
+def _open_websocket(
+    limits: HttpLimits = DEFAULT_LIMITS,
+) -> tuple[WebSocket, WSConnection, _FakeStream]:
+    """A client WebSocket on a fake stream, and the server's wsproto end of it."""
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="p2p", target="/ws")))
+    assert isinstance(next(server.events()), Request)
+    client.receive_data(server.send(AcceptConnection()))
+    accepted = next(client.events())
+    assert isinstance(accepted, AcceptConnection)
+    stream = _FakeStream()
+    return WebSocket(stream, client, accepted, limits), server, stream
+
+
+def _frames_to_server(server: WSConnection, stream: _FakeStream) -> list[object]:
+    server.receive_data(bytes(stream.written))
+    stream.written.clear()
+    return list(server.events())
+
+
+def test_a_message_over_the_limit_fails_the_websocket_with_a_reset() -> None:
+    async def main() -> None:
+        ws, server, stream = _open_websocket(HttpLimits(max_ws_message=10))
+        stream.feed(server.send(Message(data=b"x" * 11)))
+        with pytest.raises(WebSocketClosed) as err:
+            await ws.receive()
+        assert err.value.code == 1009
+        # the close frame went out without waiting, then the stream was reset, not closed
+        assert stream.ended == ["reset"]
+        [close] = _frames_to_server(server, stream)
+        assert isinstance(close, CloseConnection) and close.code == 1009
+        with pytest.raises(WebSocketClosed):
+            await ws.send("after the failure")
+
+    asyncio.run(main())
+
+
+def test_data_breaking_the_protocol_fails_the_websocket_with_a_reset() -> None:
+    async def main() -> None:
+        ws, _server, stream = _open_websocket()
+        stream.feed(b"\x83\x00")  # opcode 3 is reserved: a protocol error
+        with pytest.raises(WebSocketClosed) as err:
+            await ws.receive()
+        assert err.value.code == 1002
+        assert stream.ended == ["reset"]
+
+    asyncio.run(main())
+
+
+def test_the_peer_closing_is_answered_and_the_stream_closed_not_reset() -> None:
+    async def main() -> None:
+        ws, server, stream = _open_websocket()
+        stream.feed(server.send(CloseConnection(code=1000, reason="bye")))
+        with pytest.raises(WebSocketClosed) as err:
+            await ws.receive()
+        assert (err.value.code, err.value.reason) == (1000, "bye")
+        assert stream.ended == ["close"]
+        [answer] = _frames_to_server(server, stream)
+        assert isinstance(answer, CloseConnection) and answer.code == 1000
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_a_cancelled_receive_keeps_the_fragments_already_received(text: bool) -> None:
+    async def main() -> None:
+        ws, server, stream = _open_websocket(HttpLimits(max_ws_message=10))
+        kind: type[TextMessage] | type[BytesMessage] = TextMessage if text else BytesMessage
+        first, second = ("ab", "cd") if text else (b"ab", b"cd")
+        stream.feed(server.send(kind(data=first, message_finished=False)))  # type: ignore[arg-type]
+        receiving = asyncio.create_task(ws.receive())
+        await stream.waiting.wait()  # the first fragment is taken, the next is awaited
+        receiving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+        stream.feed(server.send(kind(data=second, message_finished=True)))  # type: ignore[arg-type]
+        assert await ws.receive() == first + second  # type: ignore[operator]
+        # the limit counts the whole message across the cancelled receive too
+        stream.feed(server.send(Message(data=b"x" * 6, message_finished=False)))
+        receiving = asyncio.create_task(ws.receive())
+        await stream.waiting.wait()
+        receiving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+        stream.feed(server.send(Message(data=b"y" * 6, message_finished=True)))
+        with pytest.raises(WebSocketClosed) as err:
+            await ws.receive()
+        assert err.value.code == 1009
+
+    asyncio.run(main())
+
+
+def test_the_message_assembler() -> None:
+    assembler = MessageAssembler(5)
+    assert assembler.add(TextMessage(data="ab", message_finished=False)) is None
+    assert assembler.add(TextMessage(data="cd", message_finished=True)) == "abcd"
+    assert assembler.add(BytesMessage(data=b"abcde", message_finished=True)) == b"abcde"
+    assert assembler.add(BytesMessage(data=b"abc", message_finished=False)) is None
+    with pytest.raises(MessageTooLarge):
+        assembler.add(BytesMessage(data=b"def", message_finished=True))
+    # dropped on the error: a new message starts empty
+    assert assembler.add(BytesMessage(data=b"z", message_finished=True)) == b"z"

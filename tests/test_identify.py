@@ -16,10 +16,12 @@ from switchy.protocols.identify import (
     MAX_IDENTIFY_SIZE,
     IdentifyInfo,
     IdentifyService,
+    decode_identify,
     decode_identify_stream,
 )
 from switchy.stack.addresses import with_peer
-from switchy.stack.errors import P2PError
+from switchy.stack.codec import encode_uvarint, pb_bytes, pb_fixed64, pb_varint
+from switchy.stack.errors import P2PError, SerializationError
 from switchy.stack.identity import KeyPair
 from switchy.stack.stream import MuxedStream
 from switchy.transports.sim import SimConfig, Simulation, run_simulation
@@ -182,3 +184,18 @@ def test_finish_waits_for_the_remote_end_within_its_bound(kind: str) -> None:
                 await stream.finish()
 
     run_simulation(main, seed=8, config=QUIET)
+
+
+@pytest.mark.parametrize(
+    ("field", "name"), [(2, "listenAddrs"), (4, "observedAddr"), (3, "protocols")]
+)
+def test_a_known_field_of_the_wrong_wire_type_is_refused_naming_it(field: int, name: str) -> None:
+    raw = Multiaddr("/ip4/1.2.3.4/tcp/80").to_bytes()  # 8 bytes: they fit a fixed64
+    fixed64 = pb_fixed64(field, int.from_bytes(raw, "little"))
+    fixed32 = encode_uvarint(field << 3 | 5) + raw[:4]
+    for wrong in (fixed64, fixed32, pb_varint(field, 7)):
+        with pytest.raises(SerializationError, match=rf"Identify\.{name} must be a length-delim"):
+            decode_identify(pb_bytes(5, b"ipfs/0.1.0") + wrong)
+    # the right wire type is read, unknown fields of any type are skipped
+    info = decode_identify(pb_bytes(2, raw) + pb_fixed64(7, 1) + pb_varint(9, 1))
+    assert info.listen_addrs == [Multiaddr("/ip4/1.2.3.4/tcp/80")]

@@ -631,3 +631,30 @@ def test_bad_direct_and_validation_parameters_are_refused() -> None:
             GossipParams(**kw)  # type: ignore[arg-type]
     with pytest.raises(InvalidConfiguration):
         GossipParams(validation_timeout=0.0)
+
+
+def test_rejected_messages_end_in_the_graylist() -> None:
+    # validly signed messages that the validator REJECTs: each costs P4, and after enough
+    # of them the sender is graylisted (its RPCs no longer looked at), one RPC at a time
+    # or packed into one
+    for packed in (False, True):
+        net = full_mesh_net(2)
+        a, b = net.routers
+        b.set_validator(T, lambda m: ValidationResult.REJECT)
+        msgs = []
+        for k in range(100):
+            m = Message(topic=T, data=b"x", from_=a.local.to_bytes(), seqno=k.to_bytes(8, "big"))
+            msgs.append(attrs.evolve(m, signature=a.key.sign(signing_bytes(m))))
+        if packed:
+            assert b.handle_rpc(a.local, RPC(publish=tuple(msgs)), net.now) == (
+                "peer is graylisted"
+            )
+        else:
+            answers = [b.handle_rpc(a.local, RPC(publish=(m,)), net.now) for m in msgs]
+            assert answers[:2] == [None, None]
+            assert answers[3:] == ["peer is graylisted"] * 97
+        assert b.dropped["rejected"] == 3, packed
+        assert b.dropped["graylisted"] == 97
+        assert "invalid signature" not in b.dropped
+        assert b.peer_score(a.local, net.now) < b.thresholds.graylist
+        assert net.got[b.local] == []

@@ -295,6 +295,12 @@ def test_busy_server_answers_503(kind: str) -> None:
         assert (busy.status, busy.text()) == (503, "too many requests in progress")
         gate["release"].set()
         assert (await first).text() == "held"
+        # the refused request is in the request metric too (counted before its method
+        # is read: "other"), next to the one served
+        requests = server.metrics.get("switchy_router_requests_total")
+        assert requests is not None
+        assert requests.value("other", "503") == 1
+        assert requests.value("GET", "200") == 1
 
     run_pair(kind, router, scenario)
 

@@ -19,7 +19,6 @@ protocol, so an address we cannot parse must still hold its place.
 from __future__ import annotations
 
 import enum
-import struct
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -33,6 +32,9 @@ from switchy.stack.codec import (
     pb_fields_typed,
     pb_fixed64,
     pb_varint,
+    pb_want_bytes,
+    pb_want_fixed64,
+    pb_want_int,
     split_frame,
 )
 from switchy.stack.errors import MessageTooLarge, SerializationError
@@ -291,30 +293,15 @@ def _fields(kind: str, data: bytes) -> list[tuple[int, int, int | bytes]]:
     return list(pb_fields_typed(_checked(kind, data), max_size=MAX_MESSAGE_SIZE))
 
 
-def _want(where: str, wire_type: int, want: int, value: int | bytes) -> None:
-    if wire_type != want:
-        names = {_WT_VARINT: "a varint", _WT_I64: "a fixed64", _WT_LEN: "a length-delimited"}
-        raise SerializationError(f"{where} must be {names[want]} field (wire type {wire_type})")
-
-
 def _int(where: str, wt: int, value: int | bytes, top: int) -> int:
-    _want(where, wt, _WT_VARINT, value)
-    assert isinstance(value, int)
-    if value > top:
-        raise SerializationError(f"{where} {value} is out of range [0, {top}]")
-    return value
+    number = pb_want_int(where, wt, value)
+    if number > top:
+        raise SerializationError(f"{where} {number} is out of range [0, {top}]")
+    return number
 
 
-def _fixed64(where: str, wt: int, value: int | bytes) -> int:
-    _want(where, wt, _WT_I64, value)
-    assert isinstance(value, bytes)
-    return int(struct.unpack("<Q", value)[0])
-
-
-def _bytes(where: str, wt: int, value: int | bytes) -> bytes:
-    _want(where, wt, _WT_LEN, value)
-    assert isinstance(value, bytes)
-    return value
+_fixed64 = pb_want_fixed64
+_bytes = pb_want_bytes
 
 
 def _add_addr(where: str, raw: bytes, out: list[bytes]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 from collections import deque
@@ -32,7 +33,7 @@ import attrs
 from blake3 import blake3
 from multiaddr import Multiaddr
 
-from switchy.stack.codec import decode_uvarint, frame_message, split_frame
+from switchy.stack.codec import decode_json, decode_uvarint, frame_message, split_frame
 from switchy.stack.errors import MessageTooLarge, P2PError, ProtocolError, SerializationError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
@@ -135,16 +136,21 @@ class Manifest:
     hashes: tuple[bytes, ...]
 
     def encode(self) -> bytes:
-        """The manifest encoding: a length-prefixed JSON header, then the hashes."""
+        """The manifest encoding: a length-prefixed JSON header, then the hashes (made
+        once: a provider sends it for every request)."""
+        return self._encoding
+
+    @functools.cached_property
+    def _encoding(self) -> bytes:
         header = {"name": self.name, "size": self.size, "chunk": CHUNK_SIZE, "hash": HASH}
         return frame_message(json.dumps(header).encode(), MAX_HEADER_SIZE, "manifest header") + (
             b"".join(self.hashes)
         )
 
-    @property
+    @functools.cached_property
     def root(self) -> bytes:
-        """The BLAKE3 hash of the encoding: what a ticket names."""
-        return blake3(self.encode()).digest()
+        """The BLAKE3 hash of the encoding: what a ticket names (computed once)."""
+        return blake3(self._encoding).digest()
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -186,7 +192,11 @@ class DirManifest:
 
     def encode(self) -> bytes:
         """A length-prefixed JSON header ``{"kind": "dir", ...}``, then a length-prefixed
-        JSON list of ``[path, size, root hex]``."""
+        JSON list of ``[path, size, root hex]`` (made once)."""
+        return self._encoding
+
+    @functools.cached_property
+    def _encoding(self) -> bytes:
         header = json.dumps({"kind": "dir", "name": self.name, "count": len(self.entries)})
         body = json.dumps(
             [[e.path, e.size, e.root.hex()] for e in self.entries], separators=(",", ":")
@@ -195,10 +205,10 @@ class DirManifest:
             body, MAX_MANIFEST_SIZE, "directory listing"
         )
 
-    @property
+    @functools.cached_property
     def root(self) -> bytes:
-        """The BLAKE3 hash of the encoding: what a ticket names."""
-        return blake3(self.encode()).digest()
+        """The BLAKE3 hash of the encoding: what a ticket names (computed once)."""
+        return blake3(self._encoding).digest()
 
     @property
     def size(self) -> int:
@@ -236,10 +246,7 @@ def _decode_dir(header: dict[str, Any], rest: bytes) -> DirManifest:
     frame = split_frame(rest, MAX_MANIFEST_SIZE, "directory listing")
     if frame is None or frame[1] != len(rest):
         raise SerializationError("directory listing is truncated or followed by extra bytes")
-    try:
-        listing = json.loads(frame[0])
-    except (ValueError, RecursionError):
-        raise SerializationError("directory listing is not JSON") from None
+    listing = decode_json(frame[0], "directory listing")
     if not isinstance(listing, list) or len(listing) != count:
         raise SerializationError(f"directory listing does not hold {count} entries")
     entries = []
@@ -286,11 +293,11 @@ class Ticket:
             raise SerializationError(f"a ticket starts with {TICKET_PREFIX!r} (max 8 KiB)")
         raw = text[len(TICKET_PREFIX) :]
         try:
-            obj = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            obj = decode_json(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)), "ticket")
             root = bytes.fromhex(obj["r"])
             peer = PeerId.from_string(obj["p"])
             addrs = tuple(Multiaddr(a) for a in obj["a"])
-        except (ValueError, KeyError, TypeError, RecursionError, P2PError) as exc:
+        except (ValueError, KeyError, TypeError, P2PError) as exc:
             raise SerializationError(f"malformed ticket: {exc}") from None
         if len(root) != 32:
             raise SerializationError("a ticket's root hash has 32 bytes")
@@ -298,10 +305,7 @@ class Ticket:
 
 
 def _json(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: "[" nested a few thousand deep
-        raise SerializationError(f"{what} is not JSON") from None
+    obj = decode_json(data, what)
     if not isinstance(obj, dict):
         raise SerializationError(f"{what} is not a JSON object")
     return obj

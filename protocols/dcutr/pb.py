@@ -23,7 +23,15 @@ import attrs
 from multiaddr import Multiaddr
 
 from switchy.stack.addresses import multiaddr_from_bytes
-from switchy.stack.codec import frame_message, pb_bytes, pb_fields, pb_varint, split_frame
+from switchy.stack.codec import (
+    frame_message,
+    pb_bytes,
+    pb_fields_typed,
+    pb_varint,
+    pb_want_bytes,
+    pb_want_int,
+    split_frame,
+)
 from switchy.stack.errors import MessageTooLarge, SerializationError
 
 __all__ = [
@@ -94,14 +102,11 @@ def decode_holepunch(data: bytes) -> HolePunch:
     kind: int | None = None
     addrs: list[Multiaddr] = []
     count = 0
-    for field, value in pb_fields(data, max_size=MAX_MESSAGE_SIZE):
+    for field, wire_type, item in pb_fields_typed(data, max_size=MAX_MESSAGE_SIZE):
         if field == 1:
-            if not isinstance(value, int):
-                raise SerializationError("HolePunch.type must be a varint field")
-            kind = value
+            kind = pb_want_int("HolePunch.type", wire_type, item)
         elif field == 2:
-            if not isinstance(value, bytes):
-                raise SerializationError("HolePunch.ObsAddrs must be a length-delimited field")
+            value = pb_want_bytes("HolePunch.ObsAddrs", wire_type, item)
             count += 1
             if count > MAX_OBS_ADDRS:
                 raise MessageTooLarge(f"HolePunch carries more than {MAX_OBS_ADDRS} addresses")

@@ -50,6 +50,7 @@ from switchy.protocols.discovery.dns import (
 from switchy.stack.addresses import split_peer, with_peer
 from switchy.stack.errors import DiscoveryFailed, P2PError
 from switchy.stack.identity import Entropy, PeerId
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "MDNS_GROUP",
@@ -426,9 +427,7 @@ class MdnsService(DiscoveryBackend):
     async def stop(self) -> None:
         """Stop querying and close the socket."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for task in list(self._callback_tasks):
             task.cancel()
         if self._deferred is not None:

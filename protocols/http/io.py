@@ -11,6 +11,7 @@ from switchy.protocols.http.core import Event, HttpError, HttpLimits, ServerCore
 from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
 from switchy.stack.identity import PeerId
 from switchy.stack.stream import Stream
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "PIPE_CHUNK",
@@ -100,11 +101,7 @@ async def pipe(a: Stream, b: Stream, *, a_to_b: bytes = b"", b_to_a: bytes = b""
                 failed = True
                 break
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await cancel_and_wait(*tasks)
         for s in (a, b):
             with contextlib.suppress(P2PError, OSError):
                 await (s.reset() if failed else s.close())

@@ -53,6 +53,7 @@ from switchy.stack.errors import ConnectionClosed, InvalidConfiguration, P2PErro
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import Stream
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "ASGIApp",
@@ -144,9 +145,7 @@ class HttpService(ProtocolService):
         answer = await self._lifespan_answer()
         if answer is not None and answer["type"] == "lifespan.shutdown.failed":
             log.warning("ASGI shutdown failed: %s", answer.get("message", ""))
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     async def _lifespan_answer(self) -> Message | None:
         """The application's next lifespan message, or ``None`` when it ended without one."""

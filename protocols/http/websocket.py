@@ -13,6 +13,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -29,7 +30,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from switchy.protocols.http.io import peer_of, write_timed
-from switchy.stack.errors import InvalidConfiguration, P2PError
+from switchy.stack.errors import InvalidConfiguration, MessageTooLarge, P2PError
 from switchy.stack.stream import Stream
 
 if TYPE_CHECKING:
@@ -37,7 +38,13 @@ if TYPE_CHECKING:
     from switchy.protocols.http.server import HttpService
     from switchy.protocols.http.server import Message as AsgiMessage
 
-__all__ = ["serve_websocket"]
+__all__ = [
+    "CLOSE_ABNORMAL",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_TOO_BIG",
+    "MessageAssembler",
+    "serve_websocket",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,47 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_BIG = 1009
 #: Close code when the stream ended without a close frame.
 CLOSE_ABNORMAL = 1006
+#: Close code for data that breaks the WebSocket protocol (RFC 6455 "protocol error").
+CLOSE_PROTOCOL_ERROR = 1002
+
+
+@attrs.define
+class MessageAssembler:
+    """Joins the fragments of one WebSocket message, at most ``limit`` bytes (characters
+    for text) in all.
+
+    It lives as long as the WebSocket, not one receive call: a receive cancelled between
+    two fragments loses none, the next receive goes on where it stopped.
+    """
+
+    #: The largest message taken, in bytes (characters for a text message).
+    limit: int
+    _parts: list[str | bytes] = attrs.field(factory=list, init=False)
+    _size: int = attrs.field(default=0, init=False)
+
+    def add(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        """Add the fragment ``event``: the whole message once it is finished, else ``None``.
+
+        Raises :class:`~switchy.stack.errors.MessageTooLarge` when the message grows past
+        :attr:`limit` (the fragments are dropped then).
+        """
+        self._size += len(event.data)
+        if self._size > self.limit:
+            self.clear()
+            raise MessageTooLarge(f"a WebSocket message of more than {self.limit} bytes")
+        self._parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
+        if not event.message_finished:
+            return None
+        parts = self._parts
+        self.clear()
+        if isinstance(event, TextMessage):
+            return "".join(p for p in parts if isinstance(p, str))
+        return b"".join(p for p in parts if isinstance(p, bytes))
+
+    def clear(self) -> None:
+        """Drop the fragments gathered so far."""
+        self._parts = []
+        self._size = 0
 
 
 async def serve_websocket(
@@ -67,8 +115,7 @@ async def serve_websocket(
         return
     trailing = core.trailing_data
     state: dict[str, Any] = {"connected": False, "accepted": False, "closed": False}
-    parts: list[bytes | str] = []
-    size = 0
+    assembler = MessageAssembler(limits.max_ws_message)
 
     async def write(data: bytes) -> None:
         try:
@@ -78,36 +125,25 @@ async def serve_websocket(
             raise ClientDisconnected(f"the WebSocket peer went away: {exc}") from None
 
     async def receive() -> AsgiMessage:
-        nonlocal trailing, size
+        nonlocal trailing
         if not state["connected"]:
             state["connected"] = True
             return {"type": "websocket.connect"}
         while True:
             for event in ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
-                    size += len(event.data)
-                    if size > limits.max_ws_message:
+                    try:
+                        whole = assembler.add(event)
+                    except MessageTooLarge:
                         log.info("WebSocket message from %s too large", peer_of(stream))
                         with contextlib.suppress(ClientDisconnected, LocalProtocolError):
                             await write(ws.send(CloseConnection(code=CLOSE_TOO_BIG)))
                         state["closed"] = True
                         return {"type": "websocket.disconnect", "code": CLOSE_TOO_BIG}
-                    parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
-                    if event.message_finished:
-                        message: AsgiMessage
-                        if isinstance(event, TextMessage):
-                            message = {
-                                "type": "websocket.receive",
-                                "text": "".join(p for p in parts if isinstance(p, str)),
-                            }
-                        else:
-                            message = {
-                                "type": "websocket.receive",
-                                "bytes": b"".join(p for p in parts if isinstance(p, bytes)),
-                            }
-                        parts.clear()
-                        size = 0
-                        return message
+                    if whole is not None:
+                        if isinstance(whole, str):
+                            return {"type": "websocket.receive", "text": whole}
+                        return {"type": "websocket.receive", "bytes": whole}
                 elif isinstance(event, Ping):
                     with contextlib.suppress(ClientDisconnected):
                         await write(ws.send(event.response()))
@@ -134,7 +170,7 @@ async def serve_websocket(
             except RemoteProtocolError as exc:
                 log.info("bad WebSocket data from %s: %s", peer_of(stream), exc)
                 state["closed"] = True
-                return {"type": "websocket.disconnect", "code": 1002}
+                return {"type": "websocket.disconnect", "code": CLOSE_PROTOCOL_ERROR}
 
     async def send(message: AsgiMessage) -> None:
         kind = message["type"]

@@ -12,8 +12,10 @@ WebSocket on it (the tunnel's clients use ``/ws``).  It needs no extra package::
 With a :class:`~switchy.protocols.http.client.SwitchyTransport`, a URL is enough:
 ``await transport.connect_websocket("ws://media/ws")`` (its host resolved as for HTTP).
 
-Bounds: a message larger than ``limits.max_ws_message`` closes the WebSocket (1009)
-and raises :class:`WebSocketClosed`; the handshake must complete within
+Bounds: a message larger than ``limits.max_ws_message`` fails the WebSocket (1009) and
+raises :class:`WebSocketClosed`; so does data that breaks the protocol (1002).  Failing
+(RFC 6455 7.1.7) sends the close frame if it can leave at once and resets the stream:
+no close handshake is awaited from a peer that misbehaves; the handshake must complete within
 ``limits.head_timeout``; a peer that stops reading makes :meth:`WebSocket.send` reset
 the stream after ``limits.write_timeout``.  Pings are answered.
 """
@@ -40,8 +42,13 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from switchy.protocols.http.core import DEFAULT_LIMITS, HTTP_PROTOCOL, HttpError, HttpLimits
 from switchy.protocols.http.io import write_timed
-from switchy.protocols.http.websocket import CLOSE_ABNORMAL, CLOSE_TOO_BIG
-from switchy.stack.errors import ConnectionClosed, P2PError, P2PTimeout
+from switchy.protocols.http.websocket import (
+    CLOSE_ABNORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    MessageAssembler,
+)
+from switchy.stack.errors import ConnectionClosed, MessageTooLarge, P2PError, P2PTimeout
 from switchy.stack.node import Node, Target
 from switchy.stack.stream import Stream
 
@@ -73,6 +80,8 @@ class WebSocket:
         #: The extra headers of the server's ``101`` answer.
         self.headers = list(accepted.extra_headers)
         self._closed: WebSocketClosed | None = None
+        # fragments of the message being received: they outlive a cancelled receive()
+        self._assembler = MessageAssembler(limits.max_ws_message)
 
     async def _write(self, data: bytes) -> None:
         try:
@@ -97,29 +106,33 @@ class WebSocket:
         Raises :class:`WebSocketClosed` when the peer closed (its close is answered) or
         the stream ended, or the message is larger than ``limits.max_ws_message``.
         """
-        parts: list[str | bytes] = []
-        size = 0
         while True:
             if self._closed is not None:
                 raise self._closed
             for event in self._ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
-                    size += len(event.data)
-                    if size > self.limits.max_ws_message:
-                        await self._close_with(CLOSE_TOO_BIG, "message too big")
-                        raise WebSocketClosed(
-                            f"a message of more than {self.limits.max_ws_message} bytes",
+                    try:
+                        message = self._assembler.add(event)
+                    except MessageTooLarge:
+                        raise await self._fail(
                             CLOSE_TOO_BIG,
-                        )
-                    parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
-                    if event.message_finished:
-                        if isinstance(event, TextMessage):
-                            return "".join(p for p in parts if isinstance(p, str))
-                        return b"".join(p for p in parts if isinstance(p, bytes))
+                            "message too big",
+                            f"a message of more than {self.limits.max_ws_message} bytes",
+                        ) from None
+                    if message is not None:
+                        return message
                 elif isinstance(event, Ping):
                     with contextlib.suppress(WebSocketClosed):
                         await self._write(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # wsproto reports data it cannot parse as a close "from" the peer
+                        # while the state stays open (a real close frame changes it)
+                        raise await self._fail(
+                            event.code,
+                            event.reason,
+                            f"bad WebSocket data from the peer ({event.code}): {event.reason}",
+                        )
                     if self._ws.state is not ConnectionState.CLOSED:
                         with contextlib.suppress(WebSocketClosed, LocalProtocolError):
                             await self._write(self._ws.send(event.response()))
@@ -139,8 +152,22 @@ class WebSocket:
             try:
                 self._ws.receive_data(data)
             except RemoteProtocolError as exc:
-                await self._close_with(1002, "protocol error")
-                raise WebSocketClosed(f"bad WebSocket data from the peer: {exc}", 1002) from None
+                raise await self._fail(
+                    CLOSE_PROTOCOL_ERROR,
+                    "protocol error",
+                    f"bad WebSocket data from the peer: {exc}",
+                ) from None
+
+    async def _fail(self, code: int, reason: str | None, message: str) -> WebSocketClosed:
+        """Fail the WebSocket connection (RFC 6455 7.1.7): the close frame if it can leave
+        without waiting, then reset the stream; the error to raise."""
+        if self._closed is None:
+            self._closed = WebSocketClosed(message, code, reason)
+            with contextlib.suppress(LocalProtocolError):
+                self.stream.try_write_nowait(self._ws.send(CloseConnection(code, reason)))
+        with contextlib.suppress(P2PError, OSError):
+            await self.stream.reset()
+        return self._closed
 
     async def _close_with(self, code: int, reason: str | None) -> None:
         if self._closed is None:

@@ -29,7 +29,15 @@ import attrs
 from multiaddr import Multiaddr
 
 from switchy.stack.addresses import multiaddr_from_bytes
-from switchy.stack.codec import frame_message, pb_bytes, pb_fields_typed, pb_varint, split_frame
+from switchy.stack.codec import (
+    frame_message,
+    pb_bytes,
+    pb_fields_typed,
+    pb_varint,
+    pb_want_bytes,
+    pb_want_int,
+    split_frame,
+)
 from switchy.stack.errors import InvalidPeerId, MessageTooLarge, SerializationError
 from switchy.stack.identity import PeerId
 
@@ -201,11 +209,6 @@ def encode_frame(msg: KadMessage) -> bytes:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def _want(field: str, wire: int, expected: int) -> None:
-    if wire != expected:
-        raise SerializationError(f"kad field {field} has wire type {wire}, expected {expected}")
-
-
 def _decode_peer(data: bytes) -> KadPeer | None:
     raw_id: bytes | None = None
     addrs: list[Multiaddr] = []
@@ -213,16 +216,14 @@ def _decode_peer(data: bytes) -> KadPeer | None:
     connection = 0
     for field, wire, value in pb_fields_typed(data, max_size=MAX_MESSAGE_SIZE):
         if field == 1:
-            _want("Peer.id", wire, 2)
-            assert isinstance(value, bytes)
+            value = pb_want_bytes("Peer.id", wire, value)
             if len(value) > MAX_PEER_ID_SIZE:
                 raise SerializationError(
                     f"kad peer id of {len(value)} bytes exceeds {MAX_PEER_ID_SIZE}"
                 )
             raw_id = value
         elif field == 2:
-            _want("Peer.addrs", wire, 2)
-            assert isinstance(value, bytes)
+            value = pb_want_bytes("Peer.addrs", wire, value)
             count += 1
             if count > MAX_ADDRS_PER_PEER:
                 raise SerializationError(f"kad peer with more than {MAX_ADDRS_PER_PEER} addresses")
@@ -230,8 +231,7 @@ def _decode_peer(data: bytes) -> KadPeer | None:
             if addr is not None:
                 addrs.append(addr)
         elif field == 3:
-            _want("Peer.connection", wire, 0)
-            assert isinstance(value, int)
+            value = pb_want_int("Peer.connection", wire, value)
             connection = value
     if raw_id is None:
         raise SerializationError("kad peer without an id")
@@ -248,8 +248,7 @@ def _decode_record(data: bytes) -> Record:
     time_received = ""
     for field, wire, item in pb_fields_typed(data, max_size=MAX_MESSAGE_SIZE):
         if field in (1, 2, 5):
-            _want(f"Record.{field}", wire, 2)
-            assert isinstance(item, bytes)
+            item = pb_want_bytes(f"Record.{field}", wire, item)
             if field == 1:
                 if len(item) > MAX_KEY_SIZE:
                     raise SerializationError(
@@ -289,22 +288,18 @@ def decode_message(data: bytes) -> KadMessage:
     cluster = 0
     for field, wire, value in pb_fields_typed(data, max_size=MAX_MESSAGE_SIZE):
         if field == 1:
-            _want("Message.type", wire, 0)
-            assert isinstance(value, int)
+            value = pb_want_int("Message.type", wire, value)
             kind = value
         elif field == 2:
-            _want("Message.key", wire, 2)
-            assert isinstance(value, bytes)
+            value = pb_want_bytes("Message.key", wire, value)
             if len(value) > MAX_KEY_SIZE:
                 raise SerializationError(f"kad key of {len(value)} bytes exceeds {MAX_KEY_SIZE}")
             key = value
         elif field == 3:
-            _want("Message.record", wire, 2)
-            assert isinstance(value, bytes)
+            value = pb_want_bytes("Message.record", wire, value)
             record = _decode_record(value)
         elif field in (8, 9):
-            _want("Message.closerPeers/providerPeers", wire, 2)
-            assert isinstance(value, bytes)
+            value = pb_want_bytes("Message.closerPeers/providerPeers", wire, value)
             peers_seen += 1
             if peers_seen > MAX_PEERS_PER_MESSAGE:
                 raise SerializationError(
@@ -314,8 +309,7 @@ def decode_message(data: bytes) -> KadMessage:
             if peer is not None:
                 (closer if field == 8 else providers).append(peer)
         elif field == 10:
-            _want("Message.clusterLevelRaw", wire, 0)
-            assert isinstance(value, int)
+            value = pb_want_int("Message.clusterLevelRaw", wire, value)
             cluster = value & 0xFFFFFFFF
     return KadMessage(kind, key, record, tuple(closer), tuple(providers), cluster)
 

@@ -77,6 +77,7 @@ from switchy.stack.errors import (
 from switchy.stack.identity import PeerId
 from switchy.stack.node import ConnectionEvent, Node, PeerRouter, ProtocolService
 from switchy.stack.stream import MuxedStream
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "MAX_REQUESTS_PER_STREAM",
@@ -217,11 +218,7 @@ class KadDHT(ProtocolService, PeerRouter):
 
     async def stop(self) -> None:
         """Cancel the background work."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     @property
     def _n(self) -> Node:
@@ -445,11 +442,7 @@ class KadDHT(ProtocolService, PeerRouter):
                 if stop:
                     break
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(*tasks)
         self._t.touch_key(target, self._now())
         return lookup
 

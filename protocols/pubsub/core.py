@@ -257,7 +257,8 @@ class _Pending:
 @attrs.define
 class _Cached:
     msg: Message
-    encoded: bytes
+    #: The message as an ``RPC.publish`` field, ready to join any peer's RPC.
+    field: bytes
     served: dict[PeerId, int] = attrs.field(factory=dict)
 
 
@@ -434,8 +435,7 @@ class GossipSub:
         if msg_id in self._seen:
             raise InvalidConfiguration("this message id was already published or seen")
         self._mark_seen(msg_id, topic, now, valid=True)
-        encoded = encode_message(m)
-        self._cache(msg_id, m, encoded)
+        field = self._cache(msg_id, m)
         if topic in self.joined:
             self._deliveries.append(self._received(m, msg_id, self.local))
         subs = self.topics.get(topic, set())
@@ -451,7 +451,7 @@ class GossipSub:
         if self.direct:
             targets = targets | self._direct_in(topic)
         for p in targets:
-            self._queue_msg(p, encoded, msg_id)
+            self._queue_msg(p, field, msg_id)
         return msg_id
 
     def _fanout_peers(self, topic: str, now: float) -> set[PeerId]:
@@ -500,11 +500,8 @@ class GossipSub:
         for sub in rpc.subscriptions:
             self._handle_sub(peer, st, sub)
         for k, m in enumerate(rpc.publish):
-            invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
-            self._handle_message(peer, m, now)
-            now_invalid = self.dropped.get("invalid signature", 0) + self.dropped.get("rejected", 0)
             if (
-                now_invalid > invalid
+                self._handle_message(peer, m, now)
                 and not direct
                 and self.score.score(peer, now) < self.thresholds.graylist
             ):
@@ -602,12 +599,14 @@ class GossipSub:
             return "invalid message signature"
         return None
 
-    def _handle_message(self, peer: PeerId, m: Message, now: float) -> None:
+    def _handle_message(self, peer: PeerId, m: Message, now: float) -> bool:
+        """Take one message from ``peer``; returns whether it was invalid (a bad signature,
+        or rejected by a validator): what may push the peer into the graylist."""
         try:
             msg_id = self.message_id(m)
         except Exception:  # a user-supplied id function refusing the message
             self._drop("message id")
-            return
+            return False
         self._promises.pop(msg_id, None)
         pending = self._pending.get(msg_id)
         if pending is not None:
@@ -615,7 +614,7 @@ class GossipSub:
             self._drop("duplicate")
             if peer not in pending.peers and len(pending.peers) < self.params.d_hi * 2:
                 pending.peers.add(peer)
-            return
+            return False
         seen = self._seen.get(msg_id)
         if seen is not None:
             self._drop("duplicate")
@@ -626,21 +625,21 @@ class GossipSub:
             elif not seen.valid and peer not in seen.peers:
                 seen.peers.add(peer)
                 self.score.invalid_delivery(peer, m.topic)
-            return
+            return False
         if m.from_ == self._local_bytes:
             self._drop("self origin")
-            return
+            return False
         if len(m.data) > MAX_MESSAGE_SIZE:
             self._drop("oversized message")
             self.score.invalid_delivery(peer, m.topic)
-            return
+            return False
         problem = self._verify(m)
         if problem is not None:
             # Not marked seen: the id of a badly signed message may be a forgery of a
             # real one's, which must still get through (only the sender is penalised).
             self._drop("invalid signature")
             self.score.invalid_delivery(peer, m.topic)
-            return
+            return True
         if len(m.data) >= self.params.idontwant_min_size:
             self._send_idontwant(m.topic, msg_id, peer)  # before validation, as v1.2 allows
         received = self._received(m, msg_id, peer)
@@ -650,11 +649,11 @@ class GossipSub:
             if len(self._pending) >= self.params.max_pending_validations:
                 # Not marked seen and not penalised: a later copy may still get through.
                 self._drop("validation throttled")
-                return
+                return False
             self._pending[msg_id] = _Pending(m, received, now)
             self._validations.append(received)
-            return
-        self._conclude(m, received, verdict, now, set())
+            return False
+        return self._conclude(m, received, verdict, now, set())
 
     def validation_result(self, msg_id: bytes, verdict: ValidationResult, now: float) -> bool:
         """The deferred validator's ``verdict`` on ``msg_id``: deliver and forward it
@@ -676,8 +675,9 @@ class GossipSub:
         verdict: ValidationResult,
         now: float,
         others: set[PeerId],
-    ) -> None:
-        """Act on a validation verdict; ``others`` sent copies while it was validated."""
+    ) -> bool:
+        """Act on a validation verdict; ``others`` sent copies while it was validated.
+        Returns whether the message was rejected."""
         msg_id, peer = received.msg_id, received.received_from
         if verdict is ValidationResult.REJECT:
             self._drop("rejected")
@@ -685,16 +685,15 @@ class GossipSub:
             self._seen[msg_id].peers |= others
             for p in {peer} | others:
                 self.score.invalid_delivery(p, m.topic)
-            return
+            return True
         if verdict is ValidationResult.IGNORE:
             self._drop("ignored")
             self._mark_seen(msg_id, m.topic, now, valid=False, peer=peer, penalise=False)
-            return
+            return False
         self._mark_seen(msg_id, m.topic, now, valid=True, peer=peer)
         self._seen[msg_id].peers |= others
         self.score.first_delivery(peer, m.topic)
-        encoded = encode_message(m)
-        self._cache(msg_id, m, encoded)
+        field = self._cache(msg_id, m)
         if m.topic in self.joined:
             self._deliveries.append(received)
         targets = self.mesh.get(m.topic)
@@ -709,7 +708,8 @@ class GossipSub:
                 if st_p is not None and msg_id in st_p.dont_send:
                     self._drop("idontwant")
                     continue
-                self._queue_msg(p, encoded, msg_id)
+                self._queue_msg(p, field, msg_id)
+        return False
 
     def _handle_ihave(
         self, peer: PeerId, st: _Peer, entries: Iterable[IHave], now: float
@@ -764,7 +764,7 @@ class GossipSub:
                     self._drop("iwant retransmission limit")
                     continue
                 c.served[peer] = n + 1
-                self._queue_msg(peer, c.encoded, i)
+                self._queue_msg(peer, c.field, i)
                 served += 1
                 if served >= self.params.max_ihave_length:
                     self._drop("iwant over limit")
@@ -1039,11 +1039,15 @@ class GossipSub:
             entry.peers = set(self.peers)
         self._seen[msg_id] = entry
 
-    def _cache(self, msg_id: bytes, m: Message, encoded: bytes) -> None:
-        self._mcache[msg_id] = _Cached(m, encoded)
+    def _cache(self, msg_id: bytes, m: Message) -> bytes:
+        """Keep ``m`` for gossip; returns its ``RPC.publish`` field, encoded here once for
+        every peer it is sent to (queued as is, joined into their RPCs)."""
+        field = _publish_field(encode_message(m))
+        self._mcache[msg_id] = _Cached(m, field)
         self._windows[0].append((msg_id, m.topic))
+        return field
 
-    def _queue_msg(self, peer: PeerId, encoded: bytes, msg_id: bytes) -> None:
+    def _queue_msg(self, peer: PeerId, field: bytes, msg_id: bytes) -> None:
         st = self.peers.get(peer)
         if st is None:
             return
@@ -1051,7 +1055,7 @@ class GossipSub:
             st.dropped += 1
             self._drop("peer queue full")
             return
-        st.msgs.append((msg_id, encoded))
+        st.msgs.append((msg_id, field))
 
     def _received(self, m: Message, msg_id: bytes, peer: PeerId) -> Received:
         source: PeerId | None = None
@@ -1091,11 +1095,10 @@ class GossipSub:
             st.subs, st.ihave, st.iwant, st.graft, st.prune = [], {}, [], [], []
             st.idontwant = []
             buf = bytearray(head)
-            for mid, enc in st.msgs:
+            for mid, piece in st.msgs:
                 if mid in st.dont_send:
                     self._drop("idontwant")  # it said so after we queued it
                     continue
-                piece = _publish_field(enc)
                 if len(buf) + len(piece) > MAX_RPC_SIZE:
                     if buf:
                         out.append((peer, bytes(buf)))

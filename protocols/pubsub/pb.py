@@ -24,7 +24,7 @@ from typing import Final
 
 import attrs
 
-from switchy.stack.codec import pb_bytes, pb_fields_typed, pb_varint
+from switchy.stack.codec import pb_bytes, pb_fields_typed, pb_varint, pb_want_bytes, pb_want_int
 from switchy.stack.errors import SerializationError
 
 __all__ = [
@@ -234,20 +234,8 @@ def _fields(data: bytes, what: str) -> Iterator[tuple[int, int, int | bytes]]:
         raise SerializationError(f"malformed {what}: {exc}") from None
 
 
-def _want_bytes(value: int | bytes, wt: int, what: str) -> bytes:
-    if wt != 2 or not isinstance(value, bytes):
-        raise SerializationError(f"{what} must be length-delimited")
-    return value
-
-
-def _want_int(value: int | bytes, wt: int, what: str) -> int:
-    if wt != 0 or not isinstance(value, int):
-        raise SerializationError(f"{what} must be a varint")
-    return value
-
-
 def _topic(value: int | bytes, wt: int, what: str) -> str:
-    raw = _want_bytes(value, wt, what)
+    raw = pb_want_bytes(what, wt, value)
     if len(raw) > MAX_TOPIC_SIZE:
         raise SerializationError(f"{what} of {len(raw)} bytes exceeds {MAX_TOPIC_SIZE}")
     try:
@@ -257,7 +245,7 @@ def _topic(value: int | bytes, wt: int, what: str) -> str:
 
 
 def _msg_id(value: int | bytes, wt: int, what: str) -> bytes:
-    raw = _want_bytes(value, wt, what)
+    raw = pb_want_bytes(what, wt, value)
     if len(raw) > MAX_MESSAGE_ID_SIZE:
         raise SerializationError(f"{what} of {len(raw)} bytes exceeds {MAX_MESSAGE_ID_SIZE}")
     return raw
@@ -273,7 +261,7 @@ def _decode_subopts(data: bytes) -> SubOpts:
     topic: str | None = None
     for f, wt, v in _fields(data, "SubOpts"):
         if f == 1:
-            subscribe = bool(_want_int(v, wt, "SubOpts.subscribe"))
+            subscribe = bool(pb_want_int("SubOpts.subscribe", wt, v))
         elif f == 2:
             topic = _topic(v, wt, "SubOpts.topicid")
     if topic is None:
@@ -291,7 +279,7 @@ def decode_message(data: bytes) -> Message:
                 raise SerializationError("a Message with more than one topic")
             topic = _topic(v, wt, "Message.topic")
         elif f in (1, 2, 3, 5, 6):
-            vals[f] = _want_bytes(v, wt, f"Message field {f}")
+            vals[f] = pb_want_bytes(f"Message field {f}", wt, v)
     if topic is None:
         raise SerializationError("Message lacks a topic")
     return Message(
@@ -324,13 +312,13 @@ def _decode_prune(data: bytes) -> Prune:
         elif f == 2:
             pid: bytes | None = None
             rec: bytes | None = None
-            for pf, pwt, pv in _fields(_want_bytes(v, wt, "PRUNE.peers"), "PeerInfo"):
+            for pf, pwt, pv in _fields(pb_want_bytes("PRUNE.peers", wt, v), "PeerInfo"):
                 if pf == 1:
-                    pid = _want_bytes(pv, pwt, "PeerInfo.peerID")
+                    pid = pb_want_bytes("PeerInfo.peerID", pwt, pv)
                     if len(pid) > MAX_MESSAGE_ID_SIZE:
                         raise SerializationError(f"PeerInfo.peerID of {len(pid)} bytes")
                 elif pf == 2:
-                    rec = _want_bytes(pv, pwt, "PeerInfo.signedPeerRecord")
+                    rec = pb_want_bytes("PeerInfo.signedPeerRecord", pwt, pv)
                     if len(rec) > MAX_PEER_RECORD_SIZE:
                         raise SerializationError(
                             f"signed peer record of {len(rec)} bytes exceeds {MAX_PEER_RECORD_SIZE}"
@@ -340,7 +328,7 @@ def _decode_prune(data: bytes) -> Prune:
                 if len(peers) > MAX_PX_PEERS:
                     raise SerializationError(f"more than {MAX_PX_PEERS} peers in one PRUNE")
         elif f == 3:
-            backoff = _want_int(v, wt, "PRUNE.backoff")
+            backoff = pb_want_int("PRUNE.backoff", wt, v)
     if topic is None:
         raise SerializationError("PRUNE lacks a topic")
     return Prune(topic, tuple(peers), backoff)
@@ -354,7 +342,7 @@ def _decode_control(data: bytes) -> Control:
     idontwant: list[IWant] = []
     for f, wt, v in _fields(data, "ControlMessage"):
         if f == 1:
-            body = _want_bytes(v, wt, "IHAVE")
+            body = pb_want_bytes("IHAVE", wt, v)
             topic = ""
             for hf, hwt, hv in _fields(body, "IHAVE"):
                 if hf == 1:
@@ -362,11 +350,11 @@ def _decode_control(data: bytes) -> Control:
             ihave.append(IHave(topic, _ids(body, 2, "IHAVE")))
             _count(ihave, MAX_CONTROL_ENTRIES, "IHAVE entries")
         elif f == 2:
-            iwant.append(IWant(_ids(_want_bytes(v, wt, "IWANT"), 1, "IWANT")))
+            iwant.append(IWant(_ids(pb_want_bytes("IWANT", wt, v), 1, "IWANT")))
             _count(iwant, MAX_CONTROL_ENTRIES, "IWANT entries")
         elif f == 3:
             gtopic: str | None = None
-            for gf, gwt, gv in _fields(_want_bytes(v, wt, "GRAFT"), "GRAFT"):
+            for gf, gwt, gv in _fields(pb_want_bytes("GRAFT", wt, v), "GRAFT"):
                 if gf == 1:
                     gtopic = _topic(gv, gwt, "GRAFT.topicID")
             if gtopic is None:
@@ -374,10 +362,10 @@ def _decode_control(data: bytes) -> Control:
             graft.append(Graft(gtopic))
             _count(graft, MAX_CONTROL_ENTRIES, "GRAFT entries")
         elif f == 4:
-            prune.append(_decode_prune(_want_bytes(v, wt, "PRUNE")))
+            prune.append(_decode_prune(pb_want_bytes("PRUNE", wt, v)))
             _count(prune, MAX_CONTROL_ENTRIES, "PRUNE entries")
         elif f == 5:
-            idontwant.append(IWant(_ids(_want_bytes(v, wt, "IDONTWANT"), 1, "IDONTWANT")))
+            idontwant.append(IWant(_ids(pb_want_bytes("IDONTWANT", wt, v), 1, "IDONTWANT")))
             _count(idontwant, MAX_CONTROL_ENTRIES, "IDONTWANT entries")
     return Control(tuple(ihave), tuple(iwant), tuple(graft), tuple(prune), tuple(idontwant))
 
@@ -393,13 +381,13 @@ def decode_rpc(data: bytes) -> RPC:
     control: Control | None = None
     for f, wt, v in pb_fields_typed(data, max_size=MAX_RPC_SIZE):
         if f == 1:
-            subs.append(_decode_subopts(_want_bytes(v, wt, "RPC.subscriptions")))
+            subs.append(_decode_subopts(pb_want_bytes("RPC.subscriptions", wt, v)))
             _count(subs, MAX_SUBSCRIPTIONS_PER_RPC, "subscriptions")
         elif f == 2:
-            msgs.append(decode_message(_want_bytes(v, wt, "RPC.publish")))
+            msgs.append(decode_message(pb_want_bytes("RPC.publish", wt, v)))
             _count(msgs, MAX_MESSAGES_PER_RPC, "messages")
         elif f == 3:
             if control is not None:
                 raise SerializationError("an RPC with more than one control message")
-            control = _decode_control(_want_bytes(v, wt, "RPC.control"))
+            control = _decode_control(pb_want_bytes("RPC.control", wt, v))
     return RPC(tuple(subs), tuple(msgs), control)

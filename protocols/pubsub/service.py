@@ -47,6 +47,7 @@ from switchy.stack.errors import InvalidConfiguration, MessageTooLarge, P2PError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService, Target
 from switchy.stack.stream import MuxedStream
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "OUTBOUND_QUEUE_SIZE",
@@ -220,12 +221,7 @@ class PubSub(ProtocolService):
         """Stop every task of the service and end the subscriptions."""
         self._running = False
         self._stopped = True
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        await cancel_and_wait(*self._tasks)
         # The peers' streams stay open while they live: end them, or the node's close
         # would wait for these handlers.
         for stream in list(self._inbound):

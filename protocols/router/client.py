@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -19,6 +18,7 @@ from switchy.protocols.router.core import (
 from switchy.protocols.router.messages import CONTENT_JSON, Response, encode_json
 from switchy.stack.errors import ConnectionClosed, InvalidConfiguration, P2PError, P2PTimeout
 from switchy.stack.negotiation import DialerNegotiation, explain_failure
+from switchy.stack.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from switchy.stack.node import Node, Target
@@ -156,20 +156,14 @@ async def _upload(s: MuxedStream, head: bytes, body: bytes | AsyncIterable[bytes
 async def _abort(s: MuxedStream, upload: asyncio.Task[None] | None) -> None:
     """Give up the exchange: stop sending, reset the stream."""
     if upload is not None:
-        if not upload.done():
-            upload.cancel()
-        with contextlib.suppress(BaseException):
-            await upload  # (also retrieves its exception, if it failed)
+        await cancel_and_wait(upload)  # (also retrieves its exception, if it failed)
     await s.reset()
 
 
 async def _finish(s: MuxedStream, upload: asyncio.Task[None] | None) -> None:
     """The response is complete: stop a body still being sent, close the stream."""
     if upload is not None:
-        if not upload.done():
-            upload.cancel()
-        with contextlib.suppress(BaseException):
-            await upload
+        await cancel_and_wait(upload)
     await s.close()
 
 

@@ -10,6 +10,7 @@ import attrs
 import msgpack
 
 from switchy.protocols.router.core import DEFAULT_MAX_BODY_SIZE, reason_phrase
+from switchy.stack.codec import decode_json
 from switchy.stack.errors import MessageTooLarge, ProtocolError, SerializationError
 
 if TYPE_CHECKING:
@@ -43,13 +44,6 @@ def encode_json(obj: Any) -> bytes:
         return _json.dumps(obj, separators=(",", ":")).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(f"cannot encode as JSON: {exc}") from None
-
-
-def _decode_json(data: bytes) -> Any:
-    try:
-        return _json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # "[" * 10**5 recurses
-        raise SerializationError(f"body is not JSON: {exc}") from None
 
 
 def _decode_msgpack(data: bytes) -> Any:
@@ -116,7 +110,7 @@ class _BodyMixin:
 
     def json(self) -> Any:
         """The body decoded as JSON."""
-        return _decode_json(self._bytes())
+        return decode_json(self._bytes(), "body")
 
     def msgpack(self) -> Any:
         """The body decoded as msgpack."""

@@ -10,44 +10,51 @@ if TYPE_CHECKING:
     from switchy.protocols.router.messages import Request, Response
     from switchy.protocols.router.router import Middleware, Next
 
-__all__ = ["METHODS", "metrics_middleware"]
+__all__ = ["METHODS", "RouterMetrics"]
 
 #: Methods counted by name; any other is counted as ``other`` (a bounded label).
 METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 
-def metrics_middleware(registry: MetricsRegistry) -> Middleware:
-    """A middleware counting every request in ``switchy_router_requests_total{method,
-    status}`` and timing it (to the response head) in
-    ``switchy_router_request_duration_seconds{method}``."""
-    requests = registry.counter(
-        "switchy_router_requests_total", "Router requests answered", ("method", "status")
-    )
-    latency = registry.histogram(
-        "switchy_router_request_duration_seconds",
-        "Time from a request's head to its response head",
-        ("method",),
-        buckets=LATENCY_BUCKETS,
-    )
+class RouterMetrics:
+    """The router's metrics on ``registry``, declared once (here):
+    ``switchy_router_requests_total{method, status}`` and
+    ``switchy_router_request_duration_seconds{method}`` (to the response head)."""
 
-    async def count(request: Request, call_next: Next) -> Response:
-        method = request.method if request.method in METHODS else "other"
-        clock = measure_clock()
-        start = clock()
-        status = "500"
-        try:
-            response = await call_next(request)
-            status = str(response.status)
-            return response
-        finally:
-            requests.labels(method, status).inc()
-            latency.labels(method).observe(clock() - start)
+    def __init__(self, registry: MetricsRegistry) -> None:
+        #: Requests answered, by method and status.
+        self.requests = registry.counter(
+            "switchy_router_requests_total", "Router requests answered", ("method", "status")
+        )
+        #: Time from a request's head to its response head, by method.
+        self.latency = registry.histogram(
+            "switchy_router_request_duration_seconds",
+            "Time from a request's head to its response head",
+            ("method",),
+            buckets=LATENCY_BUCKETS,
+        )
 
-    return count
+    def middleware(self) -> Middleware:
+        """A middleware counting and timing every request it passes on."""
+        requests, latency = self.requests, self.latency
 
+        async def count(request: Request, call_next: Next) -> Response:
+            method = request.method if request.method in METHODS else "other"
+            clock = measure_clock()
+            start = clock()
+            status = "500"
+            try:
+                response = await call_next(request)
+                status = str(response.status)
+                return response
+            finally:
+                requests.labels(method, status).inc()
+                latency.labels(method).observe(clock() - start)
 
-def count_refused(registry: MetricsRegistry, status: int) -> None:
-    """Count a request answered before dispatch (``status``: 503 when too busy)."""
-    registry.counter(
-        "switchy_router_requests_total", "Router requests answered", ("method", "status")
-    ).labels("other", str(status)).inc()
+        return count
+
+    def count_refused(self, status: int) -> None:
+        """Count a request answered before dispatch (``status``: 503 when too busy); its
+        method is not read then, so it counts as ``other``."""
+        self.requests.labels("other", str(status)).inc()
+

@@ -54,9 +54,9 @@ from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import MuxedStream
 
 if TYPE_CHECKING:
+    from switchy.protocols.router.metrics import RouterMetrics
     from switchy.stack.identity import PeerId
     from switchy.stack.limits import StreamScope
-    from switchy.stack.metrics import MetricsRegistry
 
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
@@ -221,7 +221,7 @@ class Router(ProtocolService):
         self._middleware: list[Middleware] = []
         self._entry: Next | None = None
         self._in_flight = 0
-        self._metrics: MetricsRegistry | None = None
+        self._metrics: RouterMetrics | None = None
 
     # --- registration -------------------------------------------------------------------
 
@@ -364,11 +364,11 @@ class Router(ProtocolService):
 
     def attach(self, node: Node) -> None:
         """Serve this router on ``node`` under :data:`ROUTER_PROTOCOL`."""
-        from switchy.protocols.router.metrics import metrics_middleware
+        from switchy.protocols.router.metrics import RouterMetrics
 
         node.handle(ROUTER_PROTOCOL, self.handle_stream)
-        self._metrics = node.metrics
-        self._middleware.insert(0, metrics_middleware(node.metrics))  # outermost: sees all
+        self._metrics = RouterMetrics(node.metrics)
+        self._middleware.insert(0, self._metrics.middleware())  # outermost: sees all
         self._entry = None
 
     # --- dispatch ---------------------------------------------------------------------
@@ -478,9 +478,7 @@ class Router(ProtocolService):
         """Serve one request on a negotiated ``/switchy/router/1.0.0`` stream."""
         if self._in_flight >= self.max_concurrent:
             if self._metrics is not None:
-                from switchy.protocols.router.metrics import count_refused
-
-                count_refused(self._metrics, 503)
+                self._metrics.count_refused(503)
             await _send(stream, Response.error(503, "too many requests in progress"))
             return
         self._in_flight += 1

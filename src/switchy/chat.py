@@ -33,10 +33,12 @@ from switchy.presets import default_node, listen_with_relays, relay_client
 from switchy.protocols.discovery import RegistryBackend, connect_by_name, register_name
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.pubsub import PubSub, Received, ValidationResult
-from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError
+from switchy.stack.codec import decode_json
+from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError, SerializationError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
 from switchy.stack.stream import MuxedStream
+from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
     "DM_PROTOCOL",
@@ -111,8 +113,8 @@ def parse_chat(data: bytes, source: str) -> ChatMessage | None:
     if len(data) > MAX_CHAT_MESSAGE:
         return None
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        obj = decode_json(data, "chat line")
+    except SerializationError:
         return None
     if not isinstance(obj, dict) or set(obj) != {"nick", "text"}:
         return None
@@ -191,8 +193,8 @@ class ChatService(ProtocolService):
             raise
         await stream.close()
         try:
-            items = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            items = decode_json(data, "history")
+        except SerializationError:
             raise ProtocolError(f"{peer} sent a history that is not JSON") from None
         if not isinstance(items, list):
             raise ProtocolError(f"{peer} sent a history that is not a list")
@@ -284,9 +286,7 @@ async def run_chat(
                     chat_service.note(ChatMessage(nick, line, str(node.peer_id)))
     finally:
         sub.close()
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiver
+        await cancel_and_wait(receiver)
 
 
 async def chat_main(
