@@ -297,6 +297,9 @@ class GossipSub:
         self.message_id = message_id
         self._seqno = seqno_start
         self.peers: dict[PeerId, _Peer] = {}
+        #: Peers with something queued for them, in the order it was queued (an ordered
+        #: set: :meth:`outgoing` looks at these only, not at every peer).
+        self._dirty: dict[PeerId, None] = {}
         self.topics: dict[str, set[PeerId]] = {}
         self.mesh: dict[str, set[PeerId]] = {}
         self.fanout: dict[str, set[PeerId]] = {}
@@ -335,6 +338,7 @@ class GossipSub:
         st = self.peers[peer] = _Peer(protocol, outbound)
         self.score.add_peer(peer, ips)
         st.subs = [SubOpts(True, t) for t in sorted(self.joined)]
+        self._dirty[peer] = None
 
     def remove_peer(self, peer: PeerId, now: float) -> None:
         """The peer's stream or connection is gone."""
@@ -398,6 +402,7 @@ class GossipSub:
         self.joined.add(topic)
         for st in self.peers.values():
             st.subs.append(SubOpts(True, topic))
+        self._dirty.update(dict.fromkeys(self.peers))
         mesh: set[PeerId] = set()
         for p in _ordered(self.fanout.pop(topic, ())):
             if p in self.direct:
@@ -419,6 +424,7 @@ class GossipSub:
         self.joined.discard(topic)
         for st in self.peers.values():
             st.subs.append(SubOpts(False, topic))
+        self._dirty.update(dict.fromkeys(self.peers))
         for p in self.mesh.pop(topic, set()):
             self.score.prune(p, topic)
             self._send_prune(topic, p, now, backoff=self.params.unsubscribe_backoff)
@@ -537,6 +543,7 @@ class GossipSub:
             self._handle_idontwant(st, c.idontwant)
             if iwant:
                 st.iwant.extend(iwant)
+                self._dirty[peer] = None
             for topic in prunes:
                 self._send_prune(topic, peer, now, px=False)
         return None
@@ -563,6 +570,7 @@ class GossipSub:
                 and len(st.idontwant) < MAX_PENDING_MESSAGES
             ):
                 st.idontwant.append(msg_id)
+                self._dirty[p] = None
 
     def _handle_sub(self, peer: PeerId, st: _Peer, sub: SubOpts) -> None:
         if sub.subscribe:
@@ -986,6 +994,7 @@ class GossipSub:
                 self.rng.shuffle(chosen)
                 chosen = chosen[: p.max_ihave_length]
             self.peers[peer].ihave.setdefault(topic, []).extend(chosen)
+            self._dirty[peer] = None
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -1022,6 +1031,7 @@ class GossipSub:
         self.mesh.setdefault(topic, set()).add(peer)
         self.score.graft(peer, topic, now)
         self.peers[peer].graft.append(topic)
+        self._dirty[peer] = None
 
     def _send_prune(
         self, topic: str, peer: PeerId, now: float, *, px: bool = True, backoff: float | None = None
@@ -1031,6 +1041,7 @@ class GossipSub:
             return
         b = self.params.prune_backoff if backoff is None else backoff
         self._set_backoff(topic, peer, now + b)
+        self._dirty[peer] = None
         if st.protocol == GOSSIPSUB_V10:
             st.prune.append(Prune(topic))
             return
@@ -1089,6 +1100,7 @@ class GossipSub:
             self._drop("peer queue full")
             return
         st.msgs.append((msg_id, encoded))
+        self._dirty[peer] = None
 
     def _received(self, m: Message, msg_id: bytes, peer: PeerId) -> Received:
         source: PeerId | None = None
@@ -1107,8 +1119,10 @@ class GossipSub:
     def outgoing(self) -> list[tuple[PeerId, bytes]]:
         """Drain the RPCs to send: ``(peer, encoded RPC)``, each within :data:`MAX_RPC_SIZE`."""
         out: list[tuple[PeerId, bytes]] = []
-        for peer, st in self.peers.items():
-            if not st.pending():
+        dirty, self._dirty = self._dirty, {}
+        for peer in dirty:
+            st = self.peers.get(peer)
+            if st is None or not st.pending():  # gone, or its queue emptied meanwhile
                 continue
             control = Control(
                 ihave=tuple(IHave(t, tuple(ids)) for t, ids in st.ihave.items()),
