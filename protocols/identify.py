@@ -304,6 +304,7 @@ class IdentifyService(ProtocolService):
         rec = self.node.peerstore.get(peer)
         if rec.peer_record is None or rec.peer_record.seq < record.seq:
             rec.peer_record = record
+            rec.signed_peer_record = bytes(data)
 
     async def _on_event(self, event: ConnectionEvent) -> None:
         if event.kind != "connected":

@@ -40,6 +40,8 @@ class PeerInfo:
     protocol_version: str | None = None
     #: The newest signed peer record (RFC 0003) the peer sent us, verified.
     peer_record: PeerRecord | None = None
+    #: The envelope of :attr:`peer_record` as received (to pass on, still verifiable).
+    signed_peer_record: bytes | None = None
 
 
 class PeerStore:

@@ -46,6 +46,8 @@ class Net:
         for _ in range(rounds):
             moved = False
             for r in self.routers:
+                # whatever is queued for a peer is found by outgoing(): the peer is marked
+                assert all(p in r._dirty for p, st in r.peers.items() if st.pending())
                 for peer, data in r.outgoing():
                     if frozenset((r.local, peer)) in self.links:
                         moved = True

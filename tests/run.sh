@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev,docs,uvloop,http,bench,metrics,iroh,fuzz]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev,docs,uvloop,http,bench,metrics,iroh,fuzz,chat]'
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -22,7 +22,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: import name -> distribution name, where they differ
-DISTRIBUTIONS = {"nacl": "pynacl", "prometheus_client": "prometheus-client"}
+DISTRIBUTIONS = {
+    "nacl": "pynacl",
+    "prometheus_client": "prometheus-client",
+    "prompt_toolkit": "prompt-toolkit",
+}
 #: third-party imports of the shipped conformance suites only (the `conformance` extra)
 SUITE_ONLY = {"pytest", "hypothesis"}
 #: third-party imports of optional modules -> (the extra declaring them, the files allowed)
@@ -30,6 +34,7 @@ EXTRA_ONLY = {
     "httpx": ("http", {"protocols/http/client.py"}),
     "prometheus_client": ("metrics", {"src/switchy/monitoring.py"}),
     "iroh": ("iroh", {"transports/iroh/ffi.py"}),
+    "prompt_toolkit": ("chat", {"src/switchy/chat.py"}),
 }
 #: the venv and install steps reach the package index: generous, for a slow machine
 INSTALL_TIMEOUT = 600

@@ -325,7 +325,7 @@ def test_peer_exchange_only_from_well_scored_peers() -> None:
     b2 = GossipSub(key(7), thresholds=PeerScoreThresholds(accept_px=0.0))
     b2.add_peer(a.local, "/meshsub/1.1.0", outbound=True)
     b2.handle_rpc(a.local, RPC(control=Control(prune=(Prune(T, offered, 60),))), 0.0)
-    assert b2.px_candidates() == [key(50 + i).peer_id for i in range(3)]
+    assert b2.px_candidates() == [(key(50 + i).peer_id, None) for i in range(3)]
 
 
 def test_v10_peers_get_prunes_without_px_or_backoff() -> None:

@@ -29,8 +29,12 @@ offered for a reconnect (:meth:`~GossipSub.direct_to_connect`); deferred (asynch
 validation (:meth:`~GossipSub.defer_validation`): a message of such a topic waits in
 :meth:`~GossipSub.validations` until the adapter reports its verdict
 (:meth:`~GossipSub.validation_result`), at most ``max_pending_validations`` at once and
-for at most ``validation_timeout`` seconds (then it counts as ignored).  Not
-implemented: signed peer records in peer exchange (we send and use peer ids only).
+for at most ``validation_timeout`` seconds (then it counts as ignored); peer exchange
+with signed peer records (v1.1): a PRUNE's PX entries carry the signed peer record
+(RFC 0003 envelope) of each peer offered when ``signed_records`` knows one, and a
+record received is used only when its signature verifies and its peer id is the
+entry's (else the entry is dropped, counted as ``"invalid peer record"``); an entry
+without a record offers the peer id alone (:meth:`~GossipSub.px_candidates`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import attrs
 
 from switchy.protocols.pubsub.pb import (
     MAX_IDS_PER_ENTRY,
+    MAX_PEER_RECORD_SIZE,
     MAX_PX_PEERS,
     MAX_RPC_SIZE,
     RPC,
@@ -64,10 +69,12 @@ from switchy.protocols.pubsub.pb import (
 )
 from switchy.protocols.pubsub.score import PeerScore, PeerScoreParams, PeerScoreThresholds
 from switchy.stack.codec import pb_bytes
+from switchy.stack.envelope import PeerRecord, open_peer_record
 from switchy.stack.errors import (
     InvalidConfiguration,
     InvalidPeerId,
     MessageTooLarge,
+    P2PError,
     SerializationError,
 )
 from switchy.stack.identity import KeyPair, PeerId, PublicKey
@@ -122,6 +129,8 @@ class SignaturePolicy(enum.Enum):
 
 Validator = Callable[["Received"], ValidationResult]
 MessageIdFn = Callable[[Message], bytes]
+#: The signed peer record (envelope bytes, as received) of a peer, if one is known.
+SignedRecords = Callable[[PeerId], bytes | None]
 
 
 def default_message_id(m: Message) -> bytes:
@@ -276,6 +285,7 @@ class GossipSub:
         policy: SignaturePolicy = SignaturePolicy.STRICT_SIGN,
         message_id: MessageIdFn = default_message_id,
         seqno_start: int = 0,
+        signed_records: SignedRecords | None = None,
     ) -> None:
         self.key = key
         self.local = key.peer_id
@@ -288,6 +298,9 @@ class GossipSub:
         self.message_id = message_id
         self._seqno = seqno_start
         self.peers: dict[PeerId, _Peer] = {}
+        #: Peers with something queued for them, in the order it was queued (an ordered
+        #: set: :meth:`outgoing` looks at these only, not at every peer).
+        self._dirty: dict[PeerId, None] = {}
         self.topics: dict[str, set[PeerId]] = {}
         self.mesh: dict[str, set[PeerId]] = {}
         self.fanout: dict[str, set[PeerId]] = {}
@@ -306,7 +319,9 @@ class GossipSub:
         self.direct: set[PeerId] = set()
         self._reconnect: list[PeerId] = []
         self._deliveries: list[Received] = []
-        self._px: list[PeerId] = []
+        #: Where PX finds the signed peer records of the peers it offers.
+        self.signed_records = signed_records
+        self._px: list[tuple[PeerId, PeerRecord | None]] = []
         self._ticks = 0
         self._last_decay = 0.0
         #: Counters of what was dropped, by reason (for tests and metrics).
@@ -314,13 +329,17 @@ class GossipSub:
 
     # --- peers and topics ---------------------------------------------------------------
 
-    def add_peer(self, peer: PeerId, protocol: str, *, outbound: bool) -> None:
-        """A peer speaks ``protocol`` with us; ``outbound`` when we dialled it."""
+    def add_peer(
+        self, peer: PeerId, protocol: str, *, outbound: bool, ips: Iterable[str] = ()
+    ) -> None:
+        """A peer speaks ``protocol`` with us; ``outbound`` when we dialled it; ``ips``: the
+        IP addresses it connects from (for the IP colocation score, P6)."""
         if peer in self.peers or peer == self.local:
             return
         st = self.peers[peer] = _Peer(protocol, outbound)
-        self.score.add_peer(peer)
+        self.score.add_peer(peer, ips)
         st.subs = [SubOpts(True, t) for t in sorted(self.joined)]
+        self._dirty[peer] = None
 
     def remove_peer(self, peer: PeerId, now: float) -> None:
         """The peer's stream or connection is gone."""
@@ -384,6 +403,7 @@ class GossipSub:
         self.joined.add(topic)
         for st in self.peers.values():
             st.subs.append(SubOpts(True, topic))
+        self._dirty.update(dict.fromkeys(self.peers))
         mesh: set[PeerId] = set()
         for p in _ordered(self.fanout.pop(topic, ())):
             if p in self.direct:
@@ -405,6 +425,7 @@ class GossipSub:
         self.joined.discard(topic)
         for st in self.peers.values():
             st.subs.append(SubOpts(False, topic))
+        self._dirty.update(dict.fromkeys(self.peers))
         for p in self.mesh.pop(topic, set()):
             self.score.prune(p, topic)
             self._send_prune(topic, p, now, backoff=self.params.unsubscribe_backoff)
@@ -519,6 +540,7 @@ class GossipSub:
             self._handle_idontwant(st, c.idontwant)
             if iwant:
                 st.iwant.extend(iwant)
+                self._dirty[peer] = None
             for topic in prunes:
                 self._send_prune(topic, peer, now, px=False)
         return None
@@ -545,6 +567,7 @@ class GossipSub:
                 and len(st.idontwant) < MAX_PENDING_MESSAGES
             ):
                 st.idontwant.append(msg_id)
+                self._dirty[p] = None
 
     def _handle_sub(self, peer: PeerId, st: _Peer, sub: SubOpts) -> None:
         if sub.subscribe:
@@ -816,13 +839,29 @@ class GossipSub:
             self._set_backoff(pr.topic, peer, now + min(float(backoff), 3600.0))
             if pr.peers and self.score.score(peer, now) >= self.thresholds.accept_px:
                 for info in pr.peers[: self.params.prune_peers]:
-                    try:
-                        pid = PeerId.from_bytes(info.peer_id)
-                    except InvalidPeerId:
-                        continue
-                    fresh = pid not in self.peers and pid != self.local and pid not in self._px
-                    if fresh and len(self._px) < MAX_PX_CANDIDATES:
-                        self._px.append(pid)
+                    self._take_px(info)
+
+    def _take_px(self, info: PeerInfo) -> None:
+        """One PX entry: a candidate when new to us; its record only once verified."""
+        if len(self._px) >= MAX_PX_CANDIDATES:
+            return
+        try:
+            pid = PeerId.from_bytes(info.peer_id)
+        except InvalidPeerId:
+            return
+        if pid in self.peers or pid == self.local or any(pid == c for c, _ in self._px):
+            return
+        record: PeerRecord | None = None
+        if info.signed_record is not None:
+            try:
+                record = open_peer_record(info.signed_record)
+            except P2PError:
+                self._drop("invalid peer record")  # forged, tampered or malformed
+                return
+            if record.peer_id != pid:
+                self._drop("invalid peer record")  # a valid record of someone else
+                return
+        self._px.append((pid, record))
 
     # --- heartbeat ----------------------------------------------------------------------
 
@@ -955,6 +994,7 @@ class GossipSub:
                 self.rng.shuffle(chosen)
                 chosen = chosen[: p.max_ihave_length]
             self.peers[peer].ihave.setdefault(topic, []).extend(chosen)
+            self._dirty[peer] = None
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -991,6 +1031,7 @@ class GossipSub:
         self.mesh.setdefault(topic, set()).add(peer)
         self.score.graft(peer, topic, now)
         self.peers[peer].graft.append(topic)
+        self._dirty[peer] = None
 
     def _send_prune(
         self, topic: str, peer: PeerId, now: float, *, px: bool = True, backoff: float | None = None
@@ -1000,6 +1041,7 @@ class GossipSub:
             return
         b = self.params.prune_backoff if backoff is None else backoff
         self._set_backoff(topic, peer, now + b)
+        self._dirty[peer] = None
         if st.protocol == GOSSIPSUB_V10:
             st.prune.append(Prune(topic))
             return
@@ -1011,8 +1053,14 @@ class GossipSub:
                 if x != peer and self.score.score(x, now) >= 0
             ]
             self.rng.shuffle(cands)
-            infos = tuple(PeerInfo(x.to_bytes()) for x in cands[: self.params.prune_peers])
+            chosen = cands[: self.params.prune_peers]
+            infos = tuple(PeerInfo(x.to_bytes(), self._record(x)) for x in chosen)
         st.prune.append(Prune(topic, infos, int(b)))
+
+    def _record(self, peer: PeerId) -> bytes | None:
+        """The signed peer record of ``peer`` to offer in PX (none above the wire's limit)."""
+        record = self.signed_records(peer) if self.signed_records is not None else None
+        return record if record is not None and len(record) <= MAX_PEER_RECORD_SIZE else None
 
     def _set_backoff(self, topic: str, peer: PeerId, until: float) -> None:
         key = (topic, peer)
@@ -1056,6 +1104,7 @@ class GossipSub:
             self._drop("peer queue full")
             return
         st.msgs.append((msg_id, field))
+        self._dirty[peer] = None
 
     def _received(self, m: Message, msg_id: bytes, peer: PeerId) -> Received:
         source: PeerId | None = None
@@ -1074,8 +1123,10 @@ class GossipSub:
     def outgoing(self) -> list[tuple[PeerId, bytes]]:
         """Drain the RPCs to send: ``(peer, encoded RPC)``, each within :data:`MAX_RPC_SIZE`."""
         out: list[tuple[PeerId, bytes]] = []
-        for peer, st in self.peers.items():
-            if not st.pending():
+        dirty, self._dirty = self._dirty, {}
+        for peer in dirty:
+            st = self.peers.get(peer)
+            if st is None or not st.pending():  # gone, or its queue emptied meanwhile
                 continue
             control = Control(
                 ihave=tuple(IHave(t, tuple(ids)) for t, ids in st.ihave.items()),
@@ -1127,8 +1178,10 @@ class GossipSub:
         out, self._reconnect = self._reconnect, []
         return out
 
-    def px_candidates(self) -> list[PeerId]:
-        """Drain the peers offered by peer exchange that we are not connected to."""
+    def px_candidates(self) -> list[tuple[PeerId, PeerRecord | None]]:
+        """Drain the peers offered by peer exchange that we are not connected to, each with
+        its signed peer record when the entry carried a valid one (else ``None``: the
+        peer id alone, to be reached through addresses known otherwise)."""
         out, self._px = self._px, []
         return out
 

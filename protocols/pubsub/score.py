@@ -3,13 +3,16 @@
 The score of a peer is::
 
     min(topic_score_cap, Σ_topics topic_weight · (w1·P1 + w2·P2 + w3·P3 + w3b·P3b + w4·P4))
-        + w5·P5 + w7·P7
+        + w5·P5 + w6·P6 + w7·P7
 
 with P1 time in mesh, P2 first message deliveries, P3 the square of the mesh
 message delivery deficit, P3b the mesh failure penalty, P4 the square of invalid
-messages, P5 an application-specific score and P7 the square of the behaviour
-penalty above its threshold.  P6 (IP colocation) is not computed: the sans-IO
-core does not see addresses.  Counters decay every ``decay_interval``; a peer
+messages, P5 an application-specific score, P6 the IP colocation factor (the
+square of the number of scored peers sharing one of the peer's IP addresses beyond
+``ip_colocation_factor_threshold``; addresses in ``ip_colocation_factor_whitelist``
+never count; the adapter tells the IPs with :meth:`PeerScore.add_peer`) and P7 the
+square of the behaviour penalty above its threshold.  Counters decay every
+``decay_interval``; a peer
 that disconnects keeps its counters for ``retain_score`` seconds so that it
 cannot reset a bad score by reconnecting.
 
@@ -18,7 +21,8 @@ Pure state, driven by the router with explicit ``now`` values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -36,6 +40,24 @@ __all__ = [
 
 #: Most peers whose score counters are kept, connected or retained.
 MAX_SCORED_PEERS: Final = 10_000
+#: Most IP addresses counted for one peer (P6).
+MAX_IPS_PER_PEER: Final = 8
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The default P6 whitelist: loopback (peers on this machine share its address by
+#: nature; a local test mesh is not a sybil attack).
+LOOPBACK_NETWORKS: Final[tuple[IpNetwork, ...]] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+def _networks(value: Iterable[str | IpNetwork]) -> tuple[IpNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(v) for v in value)
+    except ValueError as exc:
+        raise InvalidConfiguration(f"ip_colocation_factor_whitelist: {exc}") from None
 
 
 @attrs.frozen
@@ -90,6 +112,13 @@ class PeerScoreParams:
     topic_score_cap: float = 100.0
     app_specific_weight: float = 1.0
     app_specific_score: Callable[[PeerId], float] | None = None
+    #: P6: weight (<= 0; 0 turns P6 off), threshold (peers per IP tolerated) and the
+    #: networks whose addresses never count (loopback by default; ``()`` for none).
+    ip_colocation_factor_weight: float = -1.0
+    ip_colocation_factor_threshold: float = 10.0
+    ip_colocation_factor_whitelist: tuple[IpNetwork, ...] = attrs.field(
+        default=LOOPBACK_NETWORKS, converter=_networks
+    )
     behaviour_penalty_weight: float = -10.0
     behaviour_penalty_threshold: float = 6.0
     behaviour_penalty_decay: float = 0.9
@@ -100,6 +129,10 @@ class PeerScoreParams:
     def __attrs_post_init__(self) -> None:
         if self.behaviour_penalty_weight > 0:
             raise InvalidConfiguration("behaviour_penalty_weight must be <= 0")
+        if self.ip_colocation_factor_weight > 0:
+            raise InvalidConfiguration("ip_colocation_factor_weight must be <= 0")
+        if self.ip_colocation_factor_threshold < 1:
+            raise InvalidConfiguration("ip_colocation_factor_threshold must be >= 1")
         if not 0 < self.behaviour_penalty_decay < 1:
             raise InvalidConfiguration("behaviour_penalty_decay must be in (0, 1)")
         if self.decay_interval <= 0:
@@ -155,6 +188,8 @@ class _PeerStats:
     expire: float = 0.0
     topics: dict[str, _TopicStats] = attrs.field(factory=dict)
     behaviour_penalty: float = 0.0
+    #: The peer's IP addresses that count for P6 (whitelisted ones left out).
+    ips: tuple[str, ...] = ()
 
 
 class PeerScore:
@@ -163,6 +198,8 @@ class PeerScore:
     def __init__(self, params: PeerScoreParams) -> None:
         self.params = params
         self._peers: dict[PeerId, _PeerStats] = {}
+        #: P6: the scored peers (connected or retained) seen at each IP address.
+        self._ip_peers: dict[str, set[PeerId]] = {}
 
     def _stats(self, peer: PeerId) -> _PeerStats | None:
         return self._peers.get(peer)
@@ -176,20 +213,56 @@ class PeerScore:
             ts = st.topics[topic] = _TopicStats()
         return ts
 
-    def add_peer(self, peer: PeerId) -> None:
-        """A peer connected (its retained counters, if any, come back)."""
+    def add_peer(self, peer: PeerId, ips: Iterable[str] = ()) -> None:
+        """A peer connected (its retained counters, if any, come back) from ``ips``
+        (the IP addresses of its connections, for P6; relayed ones are not its own)."""
         st = self._peers.get(peer)
         if st is None:
             if len(self._peers) >= MAX_SCORED_PEERS:
                 self._evict()
-            self._peers[peer] = _PeerStats()
+            st = self._peers[peer] = _PeerStats()
         else:
             st.connected = True
+        self.set_ips(peer, ips)
+
+    def set_ips(self, peer: PeerId, ips: Iterable[str]) -> None:
+        """Replace the IP addresses of ``peer`` (P6); malformed ones are ignored."""
+        st = self._peers.get(peer)
+        if st is None:
+            return
+        counted: list[str] = []
+        for ip in ips:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                continue
+            if any(addr in net for net in self.params.ip_colocation_factor_whitelist):
+                continue
+            if str(addr) not in counted and len(counted) < MAX_IPS_PER_PEER:
+                counted.append(str(addr))
+        self._forget_ips(peer, st)
+        st.ips = tuple(counted)
+        for ip in st.ips:
+            self._ip_peers.setdefault(ip, set()).add(peer)
+
+    def _forget_ips(self, peer: PeerId, st: _PeerStats) -> None:
+        for ip in st.ips:
+            peers = self._ip_peers.get(ip)
+            if peers is not None:
+                peers.discard(peer)
+                if not peers:
+                    del self._ip_peers[ip]
+        st.ips = ()
+
+    def _delete(self, peer: PeerId) -> None:
+        st = self._peers.pop(peer, None)
+        if st is not None:
+            self._forget_ips(peer, st)
 
     def _evict(self) -> None:
         for p, st in list(self._peers.items()):
             if not st.connected:
-                del self._peers[p]
+                self._delete(p)
                 return
 
     def remove_peer(self, peer: PeerId, now: float) -> None:
@@ -198,7 +271,7 @@ class PeerScore:
         if st is None:
             return
         if self.score(peer, now) > 0:
-            del self._peers[peer]
+            self._delete(peer)
             return
         for topic, ts in st.topics.items():
             if ts.in_mesh:
@@ -270,7 +343,7 @@ class PeerScore:
 
         for peer, st in list(self._peers.items()):
             if not st.connected and now >= st.expire:
-                del self._peers[peer]
+                self._delete(peer)
                 continue
             for topic, ts in st.topics.items():
                 tp = p.for_topic(topic)
@@ -311,10 +384,26 @@ class PeerScore:
         total = min(total, p.topic_score_cap) if p.topic_score_cap > 0 else total
         if p.app_specific_score is not None:
             total += p.app_specific_weight * p.app_specific_score(peer)
+        if st.ips and p.ip_colocation_factor_weight:
+            total += p.ip_colocation_factor_weight * self.ip_colocation(peer)
         excess = st.behaviour_penalty - p.behaviour_penalty_threshold
         if excess > 0:
             total += p.behaviour_penalty_weight * excess * excess
         return total
+
+    def ip_colocation(self, peer: PeerId) -> float:
+        """P6 of ``peer``: for each of its (not whitelisted) IP addresses shared by more
+        than ``ip_colocation_factor_threshold`` scored peers, the square of the surplus."""
+        st = self._peers.get(peer)
+        if st is None:
+            return 0.0
+        threshold = self.params.ip_colocation_factor_threshold
+        p6 = 0.0
+        for ip in st.ips:
+            surplus = len(self._ip_peers.get(ip, ())) - threshold
+            if surplus > 0:
+                p6 += surplus * surplus
+        return p6
 
     def __len__(self) -> int:
         return len(self._peers)

@@ -43,7 +43,9 @@ from switchy.protocols.pubsub.pb import MAX_RPC_SIZE
 from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds
 from switchy.stack.addresses import split_peer
 from switchy.stack.codec import frame_message, split_frame
+from switchy.stack.envelope import PeerRecord
 from switchy.stack.errors import InvalidConfiguration, MessageTooLarge, P2PError
+from switchy.stack.gater import ip_of
 from switchy.stack.identity import PeerId
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService, Target
 from switchy.stack.stream import MuxedStream
@@ -65,6 +67,8 @@ OUTBOUND_QUEUE_SIZE: Final = 256
 SUBSCRIPTION_QUEUE_SIZE: Final = 1024
 #: Most peer-exchange dials in flight at once.
 MAX_PX_DIALS: Final = 8
+#: Most addresses taken from one signed peer record offered by peer exchange.
+MAX_PX_ADDRS: Final = 8
 #: How long one peer-exchange dial may take, in seconds.
 PX_DIAL_TIMEOUT: Final = 10.0
 
@@ -196,6 +200,7 @@ class PubSub(ProtocolService):
             rng=random.Random(int.from_bytes(entropy(16), "big")),
             policy=self._policy,
             seqno_start=int.from_bytes(entropy(6), "big") << 16,
+            signed_records=self._signed_record,
         )
         for peer, addrs in self._direct.items():
             if addrs:
@@ -362,9 +367,22 @@ class PubSub(ProtocolService):
         elif not self.node.connections(event.peer):
             self._drop_peer(event.peer)
 
-    def _outbound(self, peer: PeerId) -> bool:
+    def _add_peer(self, peer: PeerId, protocol: str | None) -> None:
+        """Attach ``peer`` to the router: its direction and the IPs it connects from (P6;
+        relayed connections name the relay's address, not the peer's: left out)."""
         conns = self.node.connections(peer)
-        return bool(conns) and conns[0].is_initiator
+        ips = [ip for c in conns if not c.is_limited and (ip := ip_of(c.remote_addr)) is not None]
+        self.router.add_peer(
+            peer,
+            protocol or GOSSIPSUB_V11,
+            outbound=bool(conns) and conns[0].is_initiator,
+            ips=ips,
+        )
+
+    def _signed_record(self, peer: PeerId) -> bytes | None:
+        """The signed peer record ``peer`` gave us (identify), to offer it in PX."""
+        store = self.node.peerstore
+        return store.get(peer).signed_peer_record if peer in store else None
 
     def _ensure_writer(self, peer: PeerId) -> None:
         if peer in self._writers or peer == self.node.peer_id:
@@ -392,7 +410,7 @@ class PubSub(ProtocolService):
         if queue is None:
             await stream.reset()
             return
-        self.router.add_peer(peer, stream.protocol or GOSSIPSUB_V11, outbound=self._outbound(peer))
+        self._add_peer(peer, stream.protocol)
         self._flush()
         try:
             while True:
@@ -438,9 +456,7 @@ class PubSub(ProtocolService):
                     del buf[:used]
                     if peer not in router.peers:
                         # Our outbound stream is not negotiated yet: serve the peer already.
-                        router.add_peer(
-                            peer, stream.protocol or GOSSIPSUB_V11, outbound=self._outbound(peer)
-                        )
+                        self._add_peer(peer, stream.protocol)
                     problem = router.handle_bytes(peer, rpc, self._now())
                     if problem is not None:
                         log.debug("pubsub: RPC from %s dropped: %s", peer, problem)
@@ -472,11 +488,23 @@ class PubSub(ProtocolService):
             if not self.node.connections(peer):
                 self._spawn(self._dial(peer, px=False))
         if self._connect_px:
-            for peer in router.px_candidates():
-                if self._px_dials >= MAX_PX_DIALS or not self.node.peerstore.addrs(peer):
-                    continue
+            for peer, record in router.px_candidates():
+                if self._px_dials >= MAX_PX_DIALS:
+                    break
+                if record is not None and record.addrs:
+                    self._learn_record(peer, record)
+                if not self.node.peerstore.addrs(peer):
+                    continue  # an entry without a record, for a peer we cannot reach
                 self._px_dials += 1
                 self._spawn(self._dial(peer, px=True))
+
+    def _learn_record(self, peer: PeerId, record: PeerRecord) -> None:
+        """Keep the addresses of a verified peer record offered by PX (at most
+        :data:`MAX_PX_ADDRS` of them), unless we hold a newer record of the peer."""
+        info = self.node.peerstore.get(peer)
+        if info.peer_record is not None and info.peer_record.seq > record.seq:
+            return  # the peer told us of newer addresses itself
+        self.node.peerstore.add_addrs(peer, list(record.addrs[:MAX_PX_ADDRS]))
 
     async def _dial(self, peer: PeerId, *, px: bool) -> None:
         """Dial a peer offered by peer exchange (``px``) or a direct peer."""

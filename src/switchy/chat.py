@@ -15,18 +15,24 @@ the claimed nickname.
 direct messages (``/switchy/chat/dm/1.0.0``: ``/dm NICK text`` in the chat) and the
 room's recent history for a peer that joins (``/switchy/chat/history/1.0.0``: the
 last :data:`HISTORY_SIZE` lines a member saw, shown marked as history: they are
-only as trustworthy as the member who tells them).  Not here yet (issue 19): a
-full-screen line editor (the input is plain lines: stdin, or any async iterator).
+only as trustworthy as the member who tells them).
+
+Input: on a terminal, with prompt_toolkit installed (the ``chat`` extra), lines are
+typed at a prompt that incoming messages do not break: they are printed above it,
+and the line being typed stays as it was (:func:`terminal_lines`).  Otherwise (not a
+terminal, prompt_toolkit absent, or ``plain=True``) input is plain lines from stdin
+(:func:`stdin_lines`); a program may hand :func:`run_chat` any async iterator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Final
 
 from switchy.presets import default_node, listen_with_relays, relay_client
@@ -52,8 +58,10 @@ __all__ = [
     "chat_topic",
     "decode_chat",
     "encode_chat",
+    "line_editor_available",
     "run_chat",
     "stdin_lines",
+    "terminal_lines",
 ]
 
 #: Largest chat message on the wire, in bytes.
@@ -233,6 +241,44 @@ async def stdin_lines() -> AsyncIterator[str]:
         yield line.rstrip("\n")
 
 
+def line_editor_available() -> bool:
+    """Whether :func:`terminal_lines` can run here: stdin and stdout are terminals and
+    prompt_toolkit (the ``chat`` extra) is installed."""
+    try:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            return False
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+    try:
+        return importlib.util.find_spec("prompt_toolkit") is not None
+    except (ImportError, ValueError):  # a broken install, or blocked in sys.modules
+        return False
+
+
+@contextlib.contextmanager
+def _above_the_prompt() -> Iterator[None]:
+    """While inside, whatever is printed goes above the prompt_toolkit prompt."""
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    with patch_stdout(raw=True):
+        yield
+
+
+async def terminal_lines(prompt: str = "> ") -> AsyncIterator[str]:
+    """Lines typed at a prompt_toolkit prompt (history, editing keys); Ctrl-D or Ctrl-C
+    ends them.  Run it inside :func:`_above_the_prompt` so that output printed meanwhile
+    (incoming messages) appears above the prompt and leaves the line being typed intact."""
+    from prompt_toolkit import PromptSession
+
+    session: PromptSession[str] = PromptSession()
+    while True:
+        try:
+            line = await session.prompt_async(prompt)
+        except (EOFError, KeyboardInterrupt):
+            return
+        yield line
+
+
 async def run_chat(
     node: Node,
     pubsub: PubSub,
@@ -301,11 +347,35 @@ async def chat_main(
     lines: AsyncIterator[str] | None = None,
     show: Callable[[str], None] = print,
     relays: Sequence[str] = (),
+    plain: bool = False,
 ) -> int:
     """The ``switchy chat`` program: start a node, find peers, chat until input ends.
 
     ``relays`` (multiaddrs ending in ``/p2p/<relay id>``): also listen through them,
-    so that peers behind NATs reach us at the ``/p2p-circuit`` addresses shown."""
+    so that peers behind NATs reach us at the ``/p2p-circuit`` addresses shown.
+    Without ``lines``, input comes from the line editor when
+    :func:`line_editor_available` (and not ``plain``), else from stdin."""
+    editor = lines is None and not plain and line_editor_available()
+    with _above_the_prompt() if editor else contextlib.nullcontext():
+        if editor:
+            lines = terminal_lines(f"{nick}> ")
+        return await _chat_program(
+            room, nick, listen, peers, mdns, registry, join, lines, show, relays
+        )
+
+
+async def _chat_program(
+    room: str,
+    nick: str,
+    listen: Sequence[str],
+    peers: Sequence[str],
+    mdns: bool,
+    registry: str | None,
+    join: str | None,
+    lines: AsyncIterator[str] | None,
+    show: Callable[[str], None],
+    relays: Sequence[str],
+) -> int:
     pubsub = PubSub()
     chat_service = ChatService(room, nick, show)
     services: list[ProtocolService] = [pubsub, chat_service]

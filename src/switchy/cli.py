@@ -1216,6 +1216,7 @@ async def _cmd_chat(args: argparse.Namespace) -> int:
         registry=args.registry,
         join=args.join,
         relays=args.relay,
+        plain=args.plain,
     )
 
 
@@ -1304,6 +1305,11 @@ def _add_chat_parser(sub: Any) -> None:
     s.add_argument("--mdns", action="store_true", help="find peers on the LAN by mDNS")
     s.add_argument("--registry", metavar="ADDR", help="a name registry to register with")
     s.add_argument("--join", metavar="NICK", help="with --registry: dial this member")
+    s.add_argument(
+        "--plain",
+        action="store_true",
+        help="read plain lines from stdin even on a terminal (no line editor)",
+    )
     _add_relay_listen_option(s)
     s.set_defaults(func=_cmd_chat)
 
