@@ -409,6 +409,10 @@ class _Span:
     def _chain(self) -> list[Scope]:
         raise NotImplementedError
 
+    def _memory_chain(self) -> list[Scope]:
+        """This span's own scope, then :meth:`_chain`: where its memory is charged."""
+        return [self.scope, *self._chain()]
+
     @property
     def memory(self) -> int:
         """Bytes this span holds now."""
@@ -420,7 +424,7 @@ class _Span:
             raise ResourceLimitExceeded(f"{self.scope.name} is done; cannot reserve memory")
         if n <= 0:
             return
-        self._manager._charge_memory([self.scope, *self._chain()], n, self.allowlisted)
+        self._manager._charge_memory(self._memory_chain(), n, self.allowlisted)
         self._memory += n
 
     def try_reserve_memory(self, n: int) -> bool:
@@ -437,7 +441,7 @@ class _Span:
         if n <= 0 or self._closed:
             return
         self._memory -= n
-        self._manager._release_memory([self.scope, *self._chain()], n)
+        self._manager._release_memory(self._memory_chain(), n)
 
     @property
     def is_done(self) -> bool:
@@ -539,12 +543,25 @@ class StreamScope(_Span):
         # The peer (if the connection has one yet) is fixed when the stream opens, so a
         # stream is always released from the scopes it was charged to.
         self._peer: list[Scope] = [conn._peer_scope] if conn._peer_scope is not None else []
+        # Every received chunk is charged to these and released when read: built once,
+        # and again when set_protocol moves the stream (the only change of its chain).
+        self._chain_now: list[Scope] = []
+        self._memory_chain_now: list[Scope] = []
+        self._rebuild_chain()
+
+    def _rebuild_chain(self) -> None:
+        chain = [self.conn.scope, *self._peer, *self._middle, self._manager.system]
+        self._chain_now = chain
+        self._memory_chain_now = [self.scope, *chain]
 
     def _keys(self) -> tuple[str, str]:
         return ("streams_" + self.direction, "streams")
 
     def _chain(self) -> list[Scope]:
-        return [self.conn.scope, *self._peer, *self._middle, self._manager.system]
+        return self._chain_now
+
+    def _memory_chain(self) -> list[Scope]:
+        return self._memory_chain_now
 
     def set_protocol(self, protocol: str, service: str | None = None) -> None:
         """The stream was negotiated for ``protocol`` (served by ``service``): move it
@@ -566,6 +583,7 @@ class StreamScope(_Span):
         if self._memory:
             m._release(self._middle, ("memory",), self._memory)
         self._middle = target
+        self._rebuild_chain()
         self.protocol = protocol
 
     def done(self) -> None:
@@ -575,7 +593,7 @@ class StreamScope(_Span):
         m = self._manager
         chain = self._chain()
         if self._memory:
-            m._release([self.scope, *chain], ("memory",), self._memory)
+            m._release(self._memory_chain_now, ("memory",), self._memory)
             self._memory = 0
         m._release(chain, self._keys(), 1)
         self._closed = True
@@ -792,9 +810,10 @@ class ResourceManager:
     def _charge(self, chain: list[Scope], keys: tuple[str, ...], n: int, allow: bool) -> None:
         if not allow:
             for s in chain:
+                limits = s.limits
                 for key in keys:
                     used = s._used[key]
-                    limit = s.limits.get(key)
+                    limit: int = getattr(limits, key)
                     if used + n > limit:
                         self._refused(s.kind, s.name, key, limit, used, n)
         for s in chain:
@@ -827,7 +846,8 @@ class ResourceManager:
         for s in chain:
             used = s._used
             for key in keys:
-                used[key] = max(0, used[key] - n)
+                left = used[key] - n
+                used[key] = left if left > 0 else 0
             if s.kind in _DROPPABLE and s.is_empty:
                 self._drop(s)
 
