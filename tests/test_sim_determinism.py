@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from switchy.transports.sim import SimConfig, SimConnection, SimTransport, Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,11 +192,8 @@ def test_run_sets_the_collector_thresholds_and_restores_them_after() -> None:
         seen.append(gc.get_threshold())
         raise ValueError("boom")
 
-    with Simulation(1) as sim:
-        try:
-            sim.run(main())
-        except ValueError:
-            pass
+    with Simulation(1) as sim, pytest.raises(ValueError, match="boom"):
+        sim.run(main())
     assert seen == [GC_THRESHOLDS]
     assert gc.get_threshold() == before
 
