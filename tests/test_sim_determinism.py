@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from switchy.transports.sim import SimConfig, SimConnection, SimTransport, Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,3 +178,29 @@ def test_a_failing_simulation_prints_its_seed_and_the_seed_reproduces_it() -> No
     assert f"simulation seed: {match.group(1)}" in again.stderr
     assert again.stdout == first.stdout  # the same digest: the same run
     assert first.stdout.startswith("digest ")
+
+
+def test_run_sets_the_collector_thresholds_and_restores_them_after() -> None:
+    import gc
+
+    from switchy.transports.sim.simulation import GC_THRESHOLDS
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+
+    async def main() -> None:
+        seen.append(gc.get_threshold())
+        raise ValueError("boom")
+
+    with Simulation(1) as sim, pytest.raises(ValueError, match="boom"):
+        sim.run(main())
+    assert seen == [GC_THRESHOLDS]
+    assert gc.get_threshold() == before
+
+    async def look() -> None:
+        seen.append(gc.get_threshold())
+
+    seen.clear()
+    with Simulation(1, gc_thresholds=None) as sim:  # None leaves the collector alone
+        sim.run(look())
+    assert seen == [before]

@@ -131,6 +131,11 @@ def test_sim_addresses_are_never_real_addresses() -> None:
         listener = await t.listen(Multiaddr("/memory/0"), lambda c: c.close())
         assert parse_sim_multiaddr(listener.addrs[0]) == (1, 49152)
         await listener.close()
+        # parses are remembered: asking again (a new object, same address) gives the same
+        for _ in range(2):
+            assert parse_sim_multiaddr(Multiaddr("/memory/104001")) == (1, 4001)
+            assert parse_sim_multiaddr(Multiaddr("/ip4/127.0.0.1/tcp/4001")) is None
+            assert parse_sim_multiaddr(Multiaddr("/memory/199999999")) is None  # port too big
 
     run_simulation(main, seed=1, config=QUIET)
 

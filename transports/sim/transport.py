@@ -15,6 +15,7 @@ real one and no real packet can leave the process.  Host number 0 means
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING, Final
 
 from multiaddr import Multiaddr
@@ -43,10 +44,20 @@ __all__ = ["SIM_PROTOCOL", "SimTransport", "parse_sim_multiaddr", "sim_multiaddr
 SIM_PROTOCOL: Final = "memory"
 
 
+#: Distinct addresses whose parse is remembered (every dial, accept and connection
+#: bookkeeping step asks whether an address is a sim one; parsing a multiaddr is slow).
+_PARSE_CACHE_SIZE: Final = 8192
+
+
 def parse_sim_multiaddr(addr: Multiaddr) -> tuple[int, int] | None:
     """``(host_number, port)`` of a sim multiaddr (trailing ``/p2p`` allowed), else None."""
+    return _parse_packed(addr.to_bytes())
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def _parse_packed(packed: bytes) -> tuple[int, int] | None:
     try:
-        base, _ = split_peer(addr)
+        base, _ = split_peer(Multiaddr(packed))
     except Exception:
         return None
     items = list(base.items())
