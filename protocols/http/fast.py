@@ -390,8 +390,13 @@ class FastConnection:
         headers, length, keep_alive, hosts = _check_headers(cb.headers)
         if request:
             method = parser.get_method()
-            if method in (b"HEAD", b"CONNECT") or hosts != 1 or _TARGET.fullmatch(cb.url) is None:
-                raise _Delegate
+            if (
+                method in (b"HEAD", b"CONNECT")
+                or hosts != 1
+                or _TARGET.fullmatch(cb.url) is None
+                or not head.startswith(b"%s %s HTTP/1.1\r\n" % (method, cb.url))
+            ):
+                raise _Delegate  # (llhttp also takes several spaces in the request line)
             event: Any = h11.Request(
                 method=method,
                 target=cb.url,
@@ -402,7 +407,12 @@ class FastConnection:
             self._server = _SEND_RESPONSE
         else:
             status = parser.get_status_code()
-            if status < 200 or _REASON.fullmatch(cb.reason) is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, cb.reason)
+            if (
+                not 200 <= status <= 999
+                or _REASON.fullmatch(cb.reason) is None
+                or not (head.startswith(line) or head.startswith(b"HTTP/1.1 %d\r\n" % status))
+            ):
                 raise _Delegate
             if status in _NO_BODY:
                 length = 0
