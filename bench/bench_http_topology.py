@@ -77,8 +77,7 @@ class _H11Client:
     async def get(self, path: str) -> tuple[int, bytes]:
         core = self.core
         await self.stream.write(
-            core.request(b"GET", path.encode(), [(b"host", b"tunnel")])
-            + core.send(h11.EndOfMessage())
+            core.request(b"GET", path.encode(), [(b"host", b"tunnel")]) + core.end()
         )
         head = await next_event(core, self.stream, 60)
         assert isinstance(head, h11.Response), head
@@ -86,8 +85,8 @@ class _H11Client:
         while not isinstance(event := await next_event(core, self.stream, 60), h11.EndOfMessage):
             assert isinstance(event, h11.Data), event
             body += event.data
-        if core.h11.our_state is h11.DONE and core.h11.their_state is h11.DONE:
-            core.h11.start_next_cycle()  # keep-alive; else the server closes (424)
+        if core.conn.our_state is h11.DONE and core.conn.their_state is h11.DONE:
+            core.conn.start_next_cycle()  # keep-alive; else the server closes (424)
         return head.status_code, bytes(body)
 
 

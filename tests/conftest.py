@@ -47,3 +47,40 @@ def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
             os.environ.pop("XDG_CONFIG_HOME", None)
         else:
             os.environ["XDG_CONFIG_HOME"] = saved
+
+
+#: Test modules of HTTP over switchy: each of their tests runs with both HTTP/1.1 parsers.
+_HTTP_TEST_MODULES = ("test_http_", "test_example_migration", "test_tunnel_baseline")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the HTTP tests with h11 and with httptools (when installed)."""
+    name = metafunc.module.__name__.rpartition(".")[2]
+    both = name.startswith(_HTTP_TEST_MODULES) and name != "test_http_fast"  # that one: both
+    if "http_parser" in metafunc.fixturenames and both:
+        metafunc.parametrize("http_parser", ["h11", "httptools"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def http_parser(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The HTTP/1.1 parser of this test (``None``: left as it is); subprocesses (the CLI
+    tests) get it through ``SWITCHY_HTTP_PARSER``."""
+    wanted = getattr(request, "param", None)
+    if wanted is None:
+        yield None
+        return
+    from switchy.protocols.http import core
+
+    if wanted == "httptools":
+        pytest.importorskip("httptools")
+    saved, saved_env = core.HTTP_PARSER, os.environ.get(core.HTTP_PARSER_ENV)
+    core.HTTP_PARSER = wanted
+    os.environ[core.HTTP_PARSER_ENV] = wanted
+    try:
+        yield wanted
+    finally:
+        core.HTTP_PARSER = saved
+        if saved_env is None:
+            os.environ.pop(core.HTTP_PARSER_ENV, None)
+        else:
+            os.environ[core.HTTP_PARSER_ENV] = saved_env

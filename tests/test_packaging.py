@@ -32,6 +32,7 @@ SUITE_ONLY = {"pytest", "hypothesis"}
 #: third-party imports of optional modules -> (the extra declaring them, the files allowed)
 EXTRA_ONLY = {
     "httpx": ("http", {"protocols/http/client.py"}),
+    "httptools": ("http", {"protocols/http/fast.py", "protocols/http/core.py"}),
     "prometheus_client": ("metrics", {"src/switchy/monitoring.py"}),
     "iroh": ("iroh", {"transports/iroh/ffi.py"}),
     "prompt_toolkit": ("chat", {"src/switchy/chat.py"}),

@@ -381,6 +381,30 @@ def test_an_inbound_syn_over_the_resource_budget_is_reset_and_leaves_nothing(
     asyncio.run(main())
 
 
+def test_a_stream_closed_before_the_peers_fin_is_forgotten_when_the_fin_comes() -> None:
+    """One request per stream, answered and closed before the asker's FIN (HTTP expose):
+    the stream and its resource scope go when the FIN comes (they stayed until the
+    connection closed: 512 such requests exhausted the peer's inbound stream limit)."""
+
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+            for _ in range(3):
+                s = await ma.open_stream()
+                await s.write(b"question")
+                r = await mb.accept_stream()
+                assert await r.read_exactly(8) == b"question"
+                await r.write_last(b"answer")
+                await r.close()
+                assert r._id in mb._streams  # the asker has not closed yet
+                assert await s.read_all(limit=100) == b"answer"
+                await s.close()
+                await mb.ping()  # the pong comes after the FIN
+                assert r._id not in mb._streams
+                assert s._id not in ma._streams
+
+    asyncio.run(main())
+
+
 def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):

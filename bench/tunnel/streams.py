@@ -97,7 +97,7 @@ class StreamTunnel:
         core = ServerCore()
         try:
             while await self._one(stream, core):
-                core.h11.start_next_cycle()
+                core.conn.start_next_cycle()
         except (P2PError, OSError):
             await stream.reset()
 
@@ -150,12 +150,12 @@ class StreamTunnel:
                     answer = [(k.encode(), v.encode()) for k, v in packet.headers.items()]
                     out = core.response(packet.status, answer, close=False)
                 if packet.body:
-                    out += core.send(h11.Data(data=packet.body))
+                    out += core.data(packet.body)
                 if packet.last:
-                    out += core.send(h11.EndOfMessage())
+                    out += core.end()
                 await stream.write(out)
                 if packet.last:
-                    return core.h11.our_state is h11.DONE and core.h11.their_state is h11.DONE
+                    return core.conn.our_state is h11.DONE and core.conn.their_state is h11.DONE
         except (P2PError, OSError):
             with contextlib.suppress(P2PError, OSError):
                 async with self._send_lock:

@@ -125,10 +125,10 @@ class SwitchyTransport(httpx.AsyncBaseTransport):
             data = core.request(request.method.encode(), request.url.raw_path, headers)
             async for chunk in request.stream:  # type: ignore[union-attr]
                 if chunk:
-                    data += core.send(h11.Data(data=chunk))
+                    data += core.data(chunk)
                     await write_timed(stream, data, self.limits.write_timeout)
                     data = b""
-            data += core.send(h11.EndOfMessage())
+            data += core.end()
             await write_timed(stream, data, self.limits.write_timeout)
             event = await next_event(core, stream, self.limits.head_timeout)
             while isinstance(event, h11.InformationalResponse):

@@ -10,9 +10,10 @@ give h11 events and bytes out, and every limit is a named constant of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import h11
@@ -21,6 +22,8 @@ from switchy.stack.errors import ProtocolError
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "HTTP_PARSER",
+    "HTTP_PARSER_ENV",
     "HTTP_PROTOCOL",
     "PEER_ID_HEADER",
     "WELL_KNOWN_PROTOCOLS_PATH",
@@ -41,6 +44,9 @@ WELL_KNOWN_PROTOCOLS_PATH: Final = "/.well-known/libp2p/protocols"
 #: The header a proxying server adds to a request it forwards to a local HTTP server:
 #: the authenticated peer id of the remote peer (any such header the peer sent is removed).
 PEER_ID_HEADER: Final = "x-switchy-peer-id"
+
+#: The environment variable that picks the HTTP/1.1 parser: ``h11`` or ``httptools``.
+HTTP_PARSER_ENV: Final = "SWITCHY_HTTP_PARSER"
 
 Headers: TypeAlias = list[tuple[bytes, bytes]]
 Event: TypeAlias = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
@@ -141,28 +147,85 @@ def reason(status: int) -> bytes:
         return b""
 
 
+def _default_parser() -> str:
+    wanted = os.environ.get(HTTP_PARSER_ENV, "")
+    if wanted == "h11":
+        return "h11"
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        if wanted == "httptools":
+            raise ImportError(
+                f"{HTTP_PARSER_ENV}=httptools but httptools is not installed"
+            ) from None
+        return "h11"
+    return "httptools"
+
+
+#: The HTTP/1.1 parser of new cores: ``"httptools"`` (llhttp, in C; the ``fast`` extra)
+#: when installed, else ``"h11"`` (pure Python); :data:`HTTP_PARSER_ENV` overrides it.
+#: Both give the same events and errors (:mod:`switchy.protocols.http.fast`).
+HTTP_PARSER: str = _default_parser()
+
+
+class _H11Connection(h11.Connection):
+    """h11's connection with the head-writing calls of
+    :class:`~switchy.protocols.http.fast.FastConnection`."""
+
+    def send_request(self, method: bytes, target: bytes, headers: Headers) -> bytes:
+        """A request head."""
+        return self.send(h11.Request(method=method, target=target, headers=headers)) or b""
+
+    def send_response(self, status: int, headers: Headers, reason: bytes) -> bytes:
+        """A response head."""
+        event = h11.Response(status_code=status, headers=headers, reason=reason)
+        return self.send(event) or b""
+
+    def send_data(self, data: bytes) -> bytes:
+        """Body bytes."""
+        return self.send(h11.Data(data=data)) or b""
+
+    def send_eom(self) -> bytes:
+        """The end of the message."""
+        return self.send(h11.EndOfMessage()) or b""
+
+
+_fast: Any = None
+
+
+def _connection(role: type[h11.CLIENT] | type[h11.SERVER], limits: HttpLimits) -> Any:
+    global _fast
+    if HTTP_PARSER == "httptools":
+        if _fast is None:
+            from switchy.protocols.http.fast import FastConnection as _fast
+        return _fast(role, limits.max_head_size)
+    return _H11Connection(role, max_incomplete_event_size=limits.max_head_size)
+
+
 class _Core:
     """What the server and client cores share: feeding, events, limit checks."""
 
     def __init__(self, role: type[h11.CLIENT] | type[h11.SERVER], limits: HttpLimits) -> None:
         self.limits = limits
-        self.h11 = h11.Connection(role, max_incomplete_event_size=limits.max_head_size)
+        #: The HTTP/1.1 connection state: h11's, or the httptools one (:data:`HTTP_PARSER`).
+        self.conn: _H11Connection = _connection(role, limits)
 
     def receive(self, data: bytes) -> None:
         """Feed bytes from the peer (``b""`` at its end of stream)."""
-        self.h11.receive_data(data)
+        self.conn.receive_data(data)
 
     def next_event(self) -> Event:
         """The next h11 event; raises :class:`HttpError` for bad input or a limit passed."""
         try:
-            event = self.h11.next_event()
+            event = self.conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             raise HttpError(f"malformed HTTP from the peer: {exc}", status) from None
-        heads = h11.Request | h11.Response | h11.InformationalResponse
-        if isinstance(event, heads) and len(event.headers) > self.limits.max_headers:
+        if (
+            type(event) in _HEADS and len(event.headers) > self.limits.max_headers  # type: ignore[union-attr]
+        ):
             raise HttpError(
-                f"{len(event.headers)} header fields, more than the limit of "
+                f"{len(event.headers)} header fields, more than the limit of "  # type: ignore[union-attr]
                 f"{self.limits.max_headers}",
                 431,
             )
@@ -170,13 +233,33 @@ class _Core:
 
     def send(self, event: h11.Event) -> bytes:
         """The bytes of ``event`` (h11 checks it fits the message state)."""
-        data = self.h11.send(event)
+        data = self.conn.send(event)
         return data or b""
+
+    def data(self, data: bytes) -> bytes:
+        """The bytes of a body part (framed as the head said)."""
+        return self.conn.send_data(data)
+
+    def end(self) -> bytes:
+        """The bytes that end the message (the last chunk of a chunked body)."""
+        return self.conn.send_eom()
+
+    def ready_for_next(self) -> bool:
+        """Whether both sides finished the exchange and keep the connection alive."""
+        conn = self.conn
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        """Start the next exchange on a kept-alive connection (after :meth:`ready_for_next`)."""
+        self.conn.start_next_cycle()
 
     @property
     def trailing_data(self) -> bytes:
         """Bytes after the message h11 did not consume (after a protocol switch)."""
-        return bytes(self.h11.trailing_data[0])
+        return bytes(self.conn.trailing_data[0])
+
+
+_HEADS: Final = (h11.Request, h11.Response, h11.InformationalResponse)
 
 
 class ServerCore(_Core):
@@ -215,7 +298,7 @@ class ServerCore(_Core):
         """The bytes of a response head; adds ``Connection: close`` (one request per stream)."""
         if close and header_value(headers, b"connection") is None:
             headers = [*headers, (b"connection", b"close")]
-        return self.send(h11.Response(status_code=status, headers=headers, reason=reason(status)))
+        return self.conn.send_response(status, headers, reason(status))
 
     def simple_response(self, status: int, body: bytes, content_type: bytes) -> bytes:
         """A complete response with ``body`` (for errors and small documents)."""
@@ -223,11 +306,11 @@ class ServerCore(_Core):
             status,
             [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
         )
-        return head + self.send(h11.Data(data=body)) + self.send(h11.EndOfMessage())
+        return head + self.data(body) + self.end()
 
     def error_response(self, status: int, message: str) -> bytes:
         """A plain-text error response, or ``b""`` when a response was already started."""
-        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return b""
         return self.simple_response(status, (message + "\n").encode(), b"text/plain")
 
@@ -248,4 +331,4 @@ class ClientCore(_Core):
         """The bytes of a request head (a ``Host`` header is added when missing)."""
         if header_value(headers, b"host") is None:
             headers = [(b"host", b"p2p"), *headers]
-        return self.send(h11.Request(method=method, target=target, headers=headers))
+        return self.conn.send_request(method, target, headers)

@@ -109,7 +109,7 @@ async def pipe(a: Stream, b: Stream, *, a_to_b: bytes = b"", b_to_a: bytes = b""
 
 async def continue_if_asked(stream: Stream, core: ServerCore) -> None:
     """Answer ``100 Continue`` when the client waits for it before sending its body."""
-    if core.h11.they_are_waiting_for_100_continue:
+    if core.conn.they_are_waiting_for_100_continue:
         data = core.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
         await write_timed(stream, data, core.limits.write_timeout)
 

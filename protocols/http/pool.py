@@ -1,7 +1,7 @@
 """A bounded keep-alive pool of HTTP/1.1 connections to one local server (``expose``).
 
 :class:`HttpProxyService` takes a connection from :class:`UpstreamPool` for each request it
-forwards and gives it back when the exchange ended cleanly (both h11 sides ``DONE``, no
+forwards and gives it back when the exchange ended cleanly (both sides ``DONE``, no
 ``Connection: close``, no stray bytes): the next request skips the TCP handshake and the
 server's accept.  Bounds: at most ``max_idle`` connections wait in the pool, each at most
 ``idle_expiry`` seconds (shorter than the keep-alive timeouts of common servers, so the
@@ -22,7 +22,6 @@ import time
 from typing import Final
 
 import attrs
-import h11
 from multiaddr import Multiaddr
 
 from switchy.protocols.http.core import DEFAULT_LIMITS, ClientCore, HttpLimits
@@ -51,11 +50,11 @@ DEFAULT_POOL: Final = PoolLimits()
 
 @attrs.define(eq=False)
 class PooledConnection:
-    """One connection to the server and its h11 client state."""
+    """One connection to the server and its HTTP client state."""
 
     #: The byte stream to the server.
     stream: Stream
-    #: The h11 client side (a fresh cycle when taken from the pool).
+    #: The HTTP client side (a fresh cycle when taken from the pool).
     core: ClientCore
     #: Whether it served an earlier request (may have been closed by the server since).
     reused: bool = False
@@ -65,7 +64,7 @@ class PooledConnection:
 
 
 class UpstreamPool:
-    """Keep-alive connections from ``transport`` to ``addr`` (h11 client state each, with
+    """Keep-alive connections from ``transport`` to ``addr`` (HTTP client state each, with
     ``http_limits``); bounded by ``limits``."""
 
     #: Requests on these connections keep the connection open (no ``Connection: close``).
@@ -116,17 +115,12 @@ class UpstreamPool:
             return
         conn.given_back = True
         self._slots.release()
-        h = conn.core.h11
-        clean = (
-            h.our_state is h11.DONE
-            and h.their_state is h11.DONE
-            and not h.trailing_data[0]
-            and not h.trailing_data[1]
-        )
+        data, closed = conn.core.conn.trailing_data
+        clean = conn.core.ready_for_next() and not data and not closed
         if not clean or len(self._idle) >= self.limits.max_idle:
             await _close(conn.stream)
             return
-        h.start_next_cycle()
+        conn.core.start_next_cycle()
         conn.reused = True
         conn._since = time.monotonic()
         self._idle.append(conn)

@@ -182,7 +182,7 @@ async def _send_bodiless(
     is not half-closed (go's ``net/http`` takes an early EOF as a client gone away)."""
     while True:
         core = conn.core
-        out = core.request(head.method, target, headers) + core.send(h11.EndOfMessage())
+        out = core.request(head.method, target, headers) + core.end()
         try:
             await write_timed(conn.stream, out, core.limits.write_timeout)
             async with asyncio.timeout(core.limits.idle_timeout):
@@ -305,9 +305,8 @@ async def forward_exchange(
         await down.reset()
         return False
     await upstream.release(conn)
-    h = down_core.h11
-    if keep_alive and h.our_state is h11.DONE and h.their_state is h11.DONE:
-        h.start_next_cycle()
+    if keep_alive and down_core.ready_for_next():
+        down_core.start_next_cycle()
         return True
     with contextlib.suppress(P2PError, OSError):
         await down.close()
@@ -428,9 +427,9 @@ async def _relay_body(
             out = b""
             event = await next_event(src_core, src, limits.idle_timeout)
         if isinstance(event, h11.Data):
-            out += dst_core.send(h11.Data(data=event.data))
+            out += dst_core.data(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            out += dst_core.send(h11.EndOfMessage())
+            out += dst_core.end()
             await write_timed(dst, out, limits.write_timeout, last=last)
             return
         else:

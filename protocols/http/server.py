@@ -408,9 +408,9 @@ class _HttpExchange:
         out = self._pending
         self._pending = b""
         if body and not self._head_only:
-            out += self.core.send(h11.Data(data=body))
+            out += self.core.data(body)
         if not more:
-            out += self.core.send(h11.EndOfMessage())
+            out += self.core.end()
             self.response_done = True
         try:
             await write_timed(self.stream, out, self.limits.write_timeout)

@@ -84,6 +84,8 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
     def _on_fin(self) -> None:
         self._eof = True
         self._wake_reader()
+        if self._read_closed and self._write_closed and self._pending is None:
+            self._conn._forget(self._id)  # closed here before the peer's FIN came
 
     def _on_reset(self, error: ConnectionClosed, *, discard: bool = True) -> None:
         if self._error is None:
