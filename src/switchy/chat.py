@@ -33,6 +33,7 @@ from switchy.presets import default_node, listen_with_relays, relay_client
 from switchy.protocols.discovery import RegistryBackend, connect_by_name, register_name
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.pubsub import PubSub, Received, ValidationResult
+from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
@@ -301,11 +302,14 @@ async def chat_main(
     lines: AsyncIterator[str] | None = None,
     show: Callable[[str], None] = print,
     relays: Sequence[str] = (),
+    config: NetworkConfig | None = None,
 ) -> int:
     """The ``switchy chat`` program: start a node, find peers, chat until input ends.
 
     ``relays`` (multiaddrs ending in ``/p2p/<relay id>``): also listen through them,
-    so that peers behind NATs reach us at the ``/p2p-circuit`` addresses shown."""
+    so that peers behind NATs reach us at the ``/p2p-circuit`` addresses shown.
+    ``config``: the node's network configuration (``switchy chat`` passes the one of
+    ``SWITCHY_*`` and ``--limit``; default :class:`NetworkConfig`)."""
     pubsub = PubSub()
     chat_service = ChatService(room, nick, show)
     services: list[ProtocolService] = [pubsub, chat_service]
@@ -319,7 +323,7 @@ async def chat_main(
         services.append(RegistryBackend([registry]))
     if relays:
         services.append(relay_client(relays))
-    async with default_node(services=services) as node:
+    async with default_node(services=services, config=config) as node:
         await listen_with_relays(node, list(listen), relays)
         show(f"* {nick} in room {room!r} as {node.peer_id}")
         for addr in node.full_addrs:
