@@ -700,10 +700,6 @@ def _seconds(*, zero: bool) -> Callable[[str], float]:
     return parse
 
 
-_positive_float = _seconds(zero=False)
-_not_negative_float = _seconds(zero=True)
-
-
 def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer within ``low``..``high``."""
 
@@ -1405,7 +1401,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "-i",
         "--interval",
-        type=_not_negative_float,
+        type=_seconds(zero=True),
         default=None,
         metavar="S",
         help="seconds between pings (default 1 through a relay, to see it become direct; else 0)",
@@ -1445,7 +1441,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", metavar="FILE", help="write the body here (default stdout)")
     s.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_seconds(zero=False),
         default=None,
         help="seconds to wait for the answer (> 0; default SWITCHY_REQUEST_TIMEOUT, else 30)",
     )
