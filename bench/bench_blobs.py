@@ -3,7 +3,7 @@
 One process, default node pairs.  For each transport, alternating ``--rounds`` times:
 
 - ``raw``: ``--size`` bytes written in 256 KiB writes on one stream and counted by the
-  other side (the anchor; bench.common.stream_throughput's measurement on that transport);
+  other side (the anchor: :func:`bench.common.stream_throughput` on that transport);
 - ``blobs``: one ``/switchy/blobs/1.0.0`` fetch of a ``--size`` file (manifest, pipelined
   chunk requests, every chunk BLAKE3-verified and written to disk), timed from the
   manifest request on an established connection, so that it compares with the anchor
@@ -13,7 +13,8 @@ Then the resume figure: a fetch killed (cancelled) once half the bytes arrived, 
 second fetch; ``resume_moved_fraction`` is the share of the file the provider served
 again (the goal is <= 0.51).
 
-Usage: ``python -m bench.bench_blobs [--size BYTES] [--rounds N] [--transport tcp|quic|both]``.
+Usage: ``python -m bench.bench_blobs [--size BYTES] [--rounds N] [--transport tcp|quic|both]``
+(on uvloop with ``SWITCHY_BENCH_LOOP=uvloop``, as every benchmark run by ``bench.common.run``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CHUNK, SINK_PROTOCOL, sink_handler
+from bench.common import CHUNK, run, stream_throughput
 from switchy.presets import default_node
 from switchy.protocols.blobs import CHUNK_SIZE, BlobService, Progress, Ticket, fetch
 
@@ -41,23 +42,6 @@ def _random_file(path: Path, size: int) -> Path:
         for _ in range(size // CHUNK):
             f.write(os.urandom(CHUNK))
     return path
-
-
-async def raw_throughput(listen: str, total: int) -> float:
-    """Bytes/s written in CHUNK writes on one stream of a node pair on ``listen``."""
-    async with default_node(listen=[listen]) as server, default_node() as client:
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
-        stream = await client.open_stream(server.full_addrs[0], SINK_PROTOCOL)
-        data = bytes(CHUNK)
-        start = time.perf_counter()
-        for _ in range(total // CHUNK):
-            await stream.write(data)
-        await stream.close_write()
-        n = await done
-        elapsed = time.perf_counter() - start
-        assert n == total
-        return total / elapsed
 
 
 async def blob_throughput(listen: str, src: Path, out: Path) -> tuple[float, float]:
@@ -111,7 +95,7 @@ async def resume_fraction(listen: str, src: Path, out: Path) -> dict[str, float]
     return {"first_fetch_served": first / size, "resume_moved_fraction": blobs.served / size}
 
 
-async def run(transport: str, size: int, rounds: int, tmp: Path) -> dict[str, Any]:
+async def measure(transport: str, size: int, rounds: int, tmp: Path) -> dict[str, Any]:
     """Alternate raw and blobs rounds on ``transport``; medians and the resume figure."""
     listen = LISTEN[transport]
     src = _random_file(tmp / "file.bin", size)
@@ -119,7 +103,7 @@ async def run(transport: str, size: int, rounds: int, tmp: Path) -> dict[str, An
     out.mkdir(exist_ok=True)
     raw, blob, dialed = [], [], []
     for _ in range(rounds):
-        raw.append(await raw_throughput(listen, size))
+        raw.append(await stream_throughput(size, listen))
         b, d = await blob_throughput(listen, src, out)
         blob.append(b)
         dialed.append(d)
@@ -148,7 +132,7 @@ def main() -> None:
     transports = ["tcp", "quic"] if args.transport == "both" else [args.transport]
     with tempfile.TemporaryDirectory() as tmp:
         for t in transports:
-            print(json.dumps(asyncio.run(run(t, size, args.rounds, Path(tmp)))), flush=True)
+            print(json.dumps(run(measure(t, size, args.rounds, Path(tmp)))), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from bench.common import LOOP_ENV, loop_name, run
 from bench.tunnel.sender import Sender
 from bench.tunnel.server import TunnelServer
 from switchy.presets import default_node
@@ -286,16 +287,14 @@ def main() -> None:
     """Run the benchmark; print the JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 MiB file, fewer requests")
-    parser.add_argument("--uvloop", action="store_true", help="run every way on uvloop")
+    parser.add_argument(
+        "--uvloop", action="store_true", help=f"run every way on uvloop (as {LOOP_ENV}=uvloop)"
+    )
     args = parser.parse_args()
     if args.uvloop:
-        import uvloop
-
-        results = uvloop.run(_main(args.quick))
-        results["loop"] = "uvloop"
-    else:
-        results = asyncio.run(_main(args.quick))
-        results["loop"] = "asyncio"
+        os.environ[LOOP_ENV] = "uvloop"
+    results = run(_main(args.quick))
+    results["loop"] = loop_name()
     print(json.dumps(results, indent=2))
 
 

@@ -147,7 +147,8 @@ def _lab(runs: int) -> dict[str, Any]:
 
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
         return {"skipped": "the lab needs root, ip and nft"}
-    from tests.test_nat_lab_punch import LabUnavailable, build_punch_lab, lab_relay, measure
+    from tests.nat_lab_helpers import LabUnavailable
+    from tests.test_nat_lab_punch import build_punch_lab, lab_relay, measure
 
     out: dict[str, Any] = {
         "clock": "wall",

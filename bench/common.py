@@ -16,6 +16,7 @@ __all__ = [
     "CHUNK",
     "LOOP_ENV",
     "SINK_PROTOCOL",
+    "loop_name",
     "ping_round_trips",
     "run",
     "sink_handler",
@@ -33,9 +34,14 @@ CHUNK: Final = 256 * 1024
 SINK_PROTOCOL: Final = "/bench/sink/1.0.0"
 
 
+def loop_name() -> str:
+    """The event loop :func:`run` uses: ``"uvloop"`` or ``"asyncio"``."""
+    return "uvloop" if os.environ.get(LOOP_ENV) == "uvloop" else "asyncio"
+
+
 def run(main: Awaitable[T]) -> T:
     """``asyncio.run(main)`` on the loop :data:`LOOP_ENV` names (uvloop or asyncio's own)."""
-    if os.environ.get(LOOP_ENV) == "uvloop":
+    if loop_name() == "uvloop":
         import uvloop
 
         return uvloop.run(main)  # type: ignore[arg-type]
@@ -91,10 +97,15 @@ async def ping_round_trips(stream: Any, count: int, size: int = 32) -> list[floa
     return rtts
 
 
-async def stream_throughput(total: int) -> float:
-    """Bytes/s written in CHUNK writes on one stream of a default node pair (one process)."""
+#: Where :func:`stream_throughput`'s server listens unless told otherwise.
+LOOPBACK_TCP: Final = "/ip4/127.0.0.1/tcp/0"
 
-    async with default_node(listen=["/ip4/127.0.0.1/tcp/0"]) as server, default_node() as client:
+
+async def stream_throughput(total: int, listen: str = LOOPBACK_TCP) -> float:
+    """Bytes/s written in CHUNK writes on one stream of a default node pair (one process),
+    the server listening on ``listen`` (loopback TCP; a QUIC address for QUIC): the raw
+    stream anchor."""
+    async with default_node(listen=[listen]) as server, default_node() as client:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         server.handle(SINK_PROTOCOL, sink_handler(done.set_result, answer=False))
         stream = await client.open_stream(server.full_addrs[0], SINK_PROTOCOL)

@@ -12,7 +12,13 @@ from switchy.protocols.identify import IdentifyService
 from switchy.stack.addrbook import Reachability
 from switchy.stack.errors import InvalidConfiguration
 from switchy.stack.node import Node, ProtocolService
-from switchy.transports.relay import AutoRelay, RelayConfig, RelayService, RelayTransport
+from switchy.transports.relay import (
+    HOP_PROTOCOL,
+    AutoRelay,
+    RelayConfig,
+    RelayService,
+    RelayTransport,
+)
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0)
@@ -44,9 +50,12 @@ def test_private_reserves_on_static_relays_first_then_discovered_up_to_max() -> 
                 await stack.enter_async_context(r)
             auto = AutoRelay([relays[2].full_addrs[0]])  # r3 is configured
             alice = await stack.enter_async_context(_node(sim, "alice", RelayTransport(), auto))
+            ident = next(s for s in alice.services if isinstance(s, IdentifyService))
             for r in relays[:2]:  # r1, r2 are just connected peers announcing the hop protocol
                 await alice.connect(r.full_addrs[0])
-            await asyncio.sleep(2)  # identify has told alice their protocols
+                # the precondition: identify told alice their protocols (discovery reads them)
+                await ident.wait_identified(r.peer_id, timeout=60)
+                assert HOP_PROTOCOL in alice.peerstore.protocols(r.peer_id)
             assert auto.relays == []  # unknown reachability: nothing reserved
             alice.addresses.report_reachability(Reachability.PRIVATE)
             async with asyncio.timeout(60):

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import pytest
 from multiaddr import Multiaddr
 
@@ -83,9 +84,83 @@ def plain_node(**config: object) -> Node:
     return Node(transports=[TcpTransport()], services=[PingService()], config=cfg)
 
 
-async def baseline_tasks() -> int:
-    await asyncio.sleep(0)
-    return len(asyncio.all_tasks())
+#: Turns of the event loop :meth:`Baseline.reached` gives ending tasks to finish.
+SETTLE_TURNS = 100
+
+
+@attrs.frozen
+class Baseline:
+    """The process's open file descriptors and the loop's tasks at a quiet moment (taken
+    before a flood; :meth:`reached` checks that everything came back to it)."""
+
+    fds: int
+    tasks: int
+
+    @classmethod
+    async def take(cls) -> Baseline:
+        """The counts now (after one turn of the loop)."""
+        await asyncio.sleep(0)
+        return cls(fds(), len(asyncio.all_tasks()))
+
+    async def reached(self, *, extra_fds: int = 0) -> None:
+        """Assert that fds (``extra_fds`` more allowed) and tasks are back at or below the
+        baseline; tasks that are ending get up to :data:`SETTLE_TURNS` turns of the loop
+        (no timer: the loop runs what is ready)."""
+        for _ in range(SETTLE_TURNS):
+            if len(asyncio.all_tasks()) <= self.tasks:
+                break
+            await asyncio.sleep(0)
+        now = Baseline(fds(), len(asyncio.all_tasks()))
+        assert now.fds <= self.fds + extra_fds, f"{now.fds} fds open, baseline {self.fds}"
+        assert now.tasks <= self.tasks, (
+            f"{now.tasks} tasks, baseline {self.tasks}: "
+            + ", ".join(sorted({t.get_coro().__qualname__ for t in asyncio.all_tasks()}))  # type: ignore[union-attr]
+        )
+
+
+async def before_the_flood(server: Node, honest: Node, listen: str = LOOPBACK) -> Multiaddr:
+    """``server`` listens on ``listen``, ``honest`` connects and pings it once (its
+    connection is part of the baseline); the server's address."""
+    await server.listen(listen)
+    addr = server.full_addrs[0]
+    assert (await ping(honest, addr))[0] < 5.0
+    return addr
+
+
+class SilentSockets:
+    """``count`` TCP connections to ``127.0.0.1:port`` from :data:`ATTACKER_IP` that never
+    send a byte, each waiting for the server to end it: :attr:`some_ended` is set once
+    ``first`` of them were ended, :attr:`all_ended` once all were."""
+
+    def __init__(self, port: int, count: int, first: int) -> None:
+        self.ended = 0
+        self.some_ended = asyncio.Event()
+        self.all_ended = asyncio.Event()
+        self._count, self._first = count, first
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks = [asyncio.ensure_future(self._silent(port)) for _ in range(count)]
+
+    async def _silent(self, port: int) -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(ATTACKER_IP, 0)
+        )
+        self._writers.append(writer)
+        with contextlib.suppress(OSError):
+            await reader.read()  # never sends: waits for the server to end it
+        self.ended += 1
+        if self.ended >= self._first:
+            self.some_ended.set()
+        if self.ended == self._count:
+            self.all_ended.set()
+
+    async def close(self) -> None:
+        """Close our ends (after :attr:`all_ended`) and wait until each is closed."""
+        for w in self._writers:
+            w.close()
+        await asyncio.gather(*self._tasks)
+        for w in self._writers:
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
 
 
 def test_slowloris_tcp_handshakes() -> None:
@@ -97,34 +172,12 @@ def test_slowloris_tcp_handshakes() -> None:
 
     async def main() -> None:
         async with server, honest:
-            await server.listen(LOOPBACK)
             await honest.listen(LOOPBACK)
-            addr = server.full_addrs[0]
-            assert (await ping(honest, addr))[0] < 5.0  # connected before the flood
-            base_fds, base_tasks = fds(), await baseline_tasks()
-            host, port = str(server.listen_addrs[0]).split("/")[2], server.listen_addrs[0]
-            tcp_port = int(str(port).split("/")[4])
-            ended = 0
-            refused_seen = asyncio.Event()
-            all_ended = asyncio.Event()
-            writers: list[asyncio.StreamWriter] = []
-
-            async def slow() -> None:
-                nonlocal ended
-                reader, writer = await asyncio.open_connection(
-                    host, tcp_port, local_addr=(ATTACKER_IP, 0)
-                )
-                writers.append(writer)
-                with contextlib.suppress(OSError):
-                    await reader.read()  # never sends: waits for the server to end it
-                ended += 1
-                if ended >= flood - 20:
-                    refused_seen.set()
-                if ended == flood:
-                    all_ended.set()
-
-            tasks = [asyncio.ensure_future(slow()) for _ in range(flood)]
-            await asyncio.wait_for(refused_seen.wait(), 20)
+            addr = await before_the_flood(server, honest)
+            base = await Baseline.take()
+            tcp_port = int(addr.value_for_protocol("tcp"))
+            silent = SilentSockets(tcp_port, flood, first=flood - 20)  # the refused ones
+            await asyncio.wait_for(silent.some_ended.wait(), 20)
             during = server.limits.usage()
             assert during.get("transient", {}).get("conns_inbound", 0) <= 20
             assert server.limits.blocked[("ip", "conns_inbound")] >= flood - 20
@@ -132,17 +185,11 @@ def test_slowloris_tcp_handshakes() -> None:
             assert max(rtts) < 5.0
             async with plain_node() as newcomer:  # a new honest connection gets through too
                 assert (await ping(newcomer, addr))[0] < 5.0
-            await asyncio.wait_for(all_ended.wait(), 20)  # the handshake timeout ended them
-            for w in writers:
-                w.close()
-            await asyncio.gather(*tasks)
-            for w in writers:
-                with contextlib.suppress(OSError):
-                    await w.wait_closed()
+            await asyncio.wait_for(silent.all_ended.wait(), 20)  # the handshake timeout ended them
+            await silent.close()
             assert "transient" not in server.limits.usage()
             assert server.limits.system.used("conns") == 1  # the honest peer only
-            assert fds() <= base_fds
-            assert await baseline_tasks() <= base_tasks
+            await base.reached()
             print(f"slowloris: honest ping during the flood {max(rtts) * 1000:.1f} ms (max of 5)")
 
     run(main)
@@ -168,10 +215,8 @@ def test_yamux_syn_flood() -> None:
 
     async def main() -> None:
         async with server, honest, attacker:
-            await server.listen(LOOPBACK)
-            addr = server.full_addrs[0]
-            assert (await ping(honest, addr))[0] < 5.0
-            base_fds, base_tasks = fds(), await baseline_tasks()
+            addr = await before_the_flood(server, honest)
+            base = await Baseline.take()
             gone = asyncio.Event()
             server.on_connection_event(
                 lambda ev: gone.set() if ev.peer == attacker.peer_id else None
@@ -208,12 +253,11 @@ def test_yamux_syn_flood() -> None:
             await asyncio.wait_for(honest_gone.wait(), 20)
             assert set(server.limits.usage()) == {"system"}
             assert server.limits.system.used("streams") == 0
-            assert fds() <= base_fds + 1  # the attacker's own connection is gone too
+            await base.reached(extra_fds=1)  # the attacker's own connection is gone too
             print(
                 f"SYN flood: {refused} streams refused, session ended by the server: "
                 f"{ended_by_server}; honest ping {max(rtts) * 1000:.1f} ms"
             )
-            del base_tasks
 
     run(main)
 
@@ -258,10 +302,8 @@ def test_ping_flood() -> None:
 
     async def main() -> None:
         async with server, honest, attacker:
-            await server.listen(LOOPBACK)
-            addr = server.full_addrs[0]
-            assert (await ping(honest, addr))[0] < 5.0
-            base_fds, base_tasks = fds(), await baseline_tasks()
+            addr = await before_the_flood(server, honest)
+            base = await Baseline.take()
             rss = Rss()
             conn = await attacker.connect(addr)
             peak = 0
@@ -305,8 +347,7 @@ def test_ping_flood() -> None:
             await wait_gone(server, attacker, honest)
             assert set(server.limits.usage()) == {"system"}
             assert server.limits.system.used("streams") == 0
-            assert fds() <= base_fds
-            assert await baseline_tasks() <= base_tasks
+            await base.reached()
             print(
                 f"ping flood: {bursts * burst} yamux pings, honest ping max "
                 f"{max(yamux_rtts) * 1000:.1f} ms over {len(yamux_rtts)}; {streams} ping "
@@ -349,11 +390,9 @@ def test_router_request_flood() -> None:
 
     async def main() -> None:
         async with server, honest, attacker:
-            await server.listen(LOOPBACK)
-            addr = server.full_addrs[0]
-            assert (await ping(honest, addr))[0] < 5.0
+            addr = await before_the_flood(server, honest)
             assert (await request(honest, addr, "GET", "/hello")).status == 200
-            base_fds, base_tasks = fds(), await baseline_tasks()
+            base = await Baseline.take()
             rss = Rss()
             await attacker.connect(addr)
             statuses: Counter[int | str] = Counter()
@@ -392,8 +431,7 @@ def test_router_request_flood() -> None:
             await wait_gone(server, attacker, honest)
             assert router.buffered == 0
             assert set(server.limits.usage()) == {"system"}
-            assert fds() <= base_fds
-            assert await baseline_tasks() <= base_tasks
+            await base.reached()
             print(
                 f"router flood: attacker {dict(statuses)}; honest ping max "
                 f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest requests "
@@ -418,10 +456,8 @@ def test_discovery_request_flood() -> None:
 
     async def main() -> None:
         async with server, honest, attacker:
-            await server.listen(LOOPBACK)
-            addr = server.full_addrs[0]
-            assert (await ping(honest, addr))[0] < 5.0
-            base_fds, base_tasks = fds(), await baseline_tasks()
+            addr = await before_the_flood(server, honest)
+            base = await Baseline.take()
             rss = Rss()
             await attacker.connect(addr)
             answers: Counter[str] = Counter()
@@ -471,8 +507,7 @@ def test_discovery_request_flood() -> None:
             await wait_gone(server, attacker, honest)
             assert len(registry.registry) == 0
             assert set(server.limits.usage()) == {"system"}
-            assert fds() <= base_fds
-            assert await baseline_tasks() <= base_tasks
+            await base.reached()
             print(
                 f"discovery flood: attacker answers {dict(answers)}; honest ping max "
                 f"{max(rtts) * 1000:.1f} ms over {len(rtts)}, honest lookups "
@@ -499,10 +534,8 @@ def test_quic_handshake_slowloris() -> None:
 
     async def main() -> None:
         async with server, honest:
-            await server.listen("/ip4/127.0.0.1/udp/0/quic-v1")
-            addr = server.full_addrs[0]
-            assert (await ping(honest, addr))[0] < 5.0
-            base_fds, base_tasks = fds(), await baseline_tasks()
+            addr = await before_the_flood(server, honest, "/ip4/127.0.0.1/udp/0/quic-v1")
+            base = await Baseline.take()
             rss = Rss()
             ep = server.transports[0].endpoints[0]  # type: ignore[attr-defined]
             port = int(addr.value_for_protocol("udp"))
@@ -553,8 +586,7 @@ def test_quic_handshake_slowloris() -> None:
             assert not ep._handshakes and not ep._pending_by_source
             assert (await ping(honest, addr))[0] < 5.0
             assert server.limits.system.used("conns") == 1  # the honest peer only
-            assert fds() <= base_fds
-            assert await baseline_tasks() <= base_tasks
+            await base.reached()
             print(
                 f"QUIC slowloris: {len(sources) * per_source} handshakes started, {held} held, "
                 f"{counters.refused_handshakes} refused, {counters.retries - 1} sent a Retry; "
@@ -582,30 +614,11 @@ def test_idle_socket_flood_leaves_room_for_honest_handshakes(
         async with server:
             await server.listen(LOOPBACK)
             addr = server.full_addrs[0]
-            tcp_port = int(str(server.listen_addrs[0]).split("/")[4])
-            base_fds, base_tasks = fds(), await baseline_tasks()
+            tcp_port = int(addr.value_for_protocol("tcp"))
+            base = await Baseline.take()
             rss = Rss()
-            ended = 0
-            all_ended = asyncio.Event()
-            writers: list[asyncio.StreamWriter] = []
-            first_refusals = asyncio.Event()
-
-            async def idle() -> None:
-                nonlocal ended
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", tcp_port, local_addr=(ATTACKER_IP, 0)
-                )
-                writers.append(writer)
-                with contextlib.suppress(OSError):
-                    await reader.read()  # never sends: waits for the server to end it
-                ended += 1
-                if ended >= flood - cap:
-                    first_refusals.set()
-                if ended == flood:
-                    all_ended.set()
-
-            tasks = [asyncio.ensure_future(idle()) for _ in range(flood)]
-            await asyncio.wait_for(first_refusals.wait(), 20)  # the cap is full
+            silent = SilentSockets(tcp_port, flood, first=flood - cap)  # the refused ones
+            await asyncio.wait_for(silent.some_ended.wait(), 20)  # the cap is full
             assert server._pending_inbound == cap
             rtts = []
             for _ in range(newcomers):  # each a new connection, its handshake included
@@ -618,17 +631,11 @@ def test_idle_socket_flood_leaves_room_for_honest_handshakes(
                 transient = server.limits.usage().get("transient", {})
                 assert transient.get("conns_inbound", 0) <= cap
             assert max(rtts) < 5.0
-            await asyncio.wait_for(all_ended.wait(), 20)  # evicted, refused or timed out
-            for w in writers:
-                w.close()
-            await asyncio.gather(*tasks)
-            for w in writers:
-                with contextlib.suppress(OSError):
-                    await w.wait_closed()
+            await asyncio.wait_for(silent.all_ended.wait(), 20)  # evicted, refused or timed out
+            await silent.close()
             assert server._pending_inbound == 0 and not server._pending_by_ip
             assert "transient" not in server.limits.usage()
-            assert fds() <= base_fds
-            assert await baseline_tasks() <= base_tasks
+            await base.reached()
             print(
                 f"idle-socket flood: {flood} sockets, {cap} pending at most; {newcomers} new "
                 f"honest clients served, ping max {max(rtts) * 1000:.1f} ms (last connect + "

@@ -10,20 +10,18 @@ failing dial ends at the node's dial timeout, with our error.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import test_nat_lab
+from tests.nat_lab_helpers import next_json, spawn
 from tests.test_nat_lab import PUBLIC_CLIENT_IP, Lab
 
 pytest.importorskip("iroh", reason="the iroh wheel (extra switchy-p2p[iroh]) is not installed")
 
-ROOT = str(Path(__file__).parent.parent)
 SCRIPT = str(Path(__file__).with_name("netns_iroh_peer.py"))
 
 
@@ -32,25 +30,7 @@ nat_lab = test_nat_lab.lab
 
 
 def _peer(ns: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, SCRIPT, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        cwd=ROOT,
-    )
-
-
-def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"lab peer failed: {err}")
-    out: dict[str, Any] = json.loads(line)
-    return out
+    return spawn(ns, SCRIPT, *args)
 
 
 def _dial(ns: str, addr: str, timeout: float) -> dict[str, Any]:
@@ -64,7 +44,7 @@ def _dial(ns: str, addr: str, timeout: float) -> dict[str, Any]:
 def test_from_behind_a_nat_an_iroh_dial_to_a_public_node_pings(nat_lab: Lab) -> None:
     server = _peer(nat_lab.inet, "listen", PUBLIC_CLIENT_IP)
     try:
-        addr = _line(server)["addr"]
+        addr = next_json(server)["addr"]
         got = _dial(nat_lab.h1, addr, 10.0)
         assert got["ok"], got
     finally:
@@ -74,7 +54,7 @@ def test_from_behind_a_nat_an_iroh_dial_to_a_public_node_pings(nat_lab: Lab) -> 
 def test_without_a_relay_a_node_behind_a_nat_cannot_be_reached(nat_lab: Lab) -> None:
     server = _peer(nat_lab.h1, "listen", "192.168.71.2")
     try:
-        addr = _line(server)["addr"]
+        addr = next_json(server)["addr"]
         # its address as the internet would see it: r1 preserves ports, but only lets in
         # flows h1 started
         outside = addr.replace("/ip4/192.168.71.2/", "/ip4/10.77.0.11/")

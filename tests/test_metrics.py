@@ -42,7 +42,6 @@ def test_recent_samples_are_bounded() -> None:
 # --- the node's metrics registry ---------------------------------------------------------
 
 
-
 def test_registration_is_get_or_create_and_checks_kind_and_labels() -> None:
     reg = MetricsRegistry()
     c = reg.counter("x_total", "x", ("a",))

@@ -123,9 +123,11 @@ def test_scrape_after_connections_streams_pings_relay_discovery_and_router() -> 
             s = await scrape(server)
             opened = "libp2p_swarm_connections_opened_total"
             assert total(s, opened, dir="inbound") == 2  # behind and dialer dialed the hub
-            assert total(s, opened, dir="inbound", transport="quic", security="tls") + total(
-                s, opened, dir="inbound", transport="tcp", muxer="/yamux/1.0.0"
-            ) == 2
+            assert (
+                total(s, opened, dir="inbound", transport="quic", security="tls")
+                + total(s, opened, dir="inbound", transport="tcp", muxer="/yamux/1.0.0")
+                == 2
+            )
             assert total(s, "libp2p_swarm_connections_closed_total") == 0
             assert total(s, "libp2p_swarm_handshake_latency_seconds_count", dir="inbound") == 2
             streams = "libp2p_swarm_streams_opened_total"
@@ -246,12 +248,11 @@ def test_healthz_404_bad_requests_and_closed_node() -> None:
             assert health["status"] == "ok" and health["peer_id"] == str(node.peer_id)
             status, _, body = await get(base + "/other")
             assert status == 404 and b"/metrics" in body
-            # an oversized request head gets no answer and the connection is closed
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (MAX_REQUEST_HEAD * 2))
-            await writer.drain()
-            assert await asyncio.wait_for(reader.read(), 20) == b""
-            writer.close()
+            # an oversized request head is answered 431 and the connection is closed
+            answer = await exchange(
+                server, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (MAX_REQUEST_HEAD * 2)
+            )
+            assert answer.startswith(b"HTTP/1.1 431 ")
             await node.close()
             status, _, body = await get(base + "/healthz")
             assert status == 503 and json.loads(body)["status"] == "closed"
@@ -260,11 +261,58 @@ def test_healthz_404_bad_requests_and_closed_node() -> None:
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
+async def exchange(server: MetricsServer, request: bytes) -> bytes:
+    """Send raw ``request`` bytes; everything the server answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 20)
+    finally:
+        writer.close()
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def test_head_is_get_without_the_body_and_other_methods_are_405() -> None:
+    async def main() -> None:
+        async with default_node(listen=[LOCAL]) as node, MetricsServer(node, "127.0.0.1", 0) as s:
+            for path in (b"/metrics", b"/healthz", b"/nope"):
+                get_status, get_headers, get_body = split_response(
+                    await exchange(s, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                )
+                raw = await exchange(s, b"HEAD " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                status, headers, body = split_response(raw)
+                assert (status, body) == (get_status, b""), raw
+                assert headers["content-type"] == get_headers["content-type"]
+                assert int(headers["content-length"]) > 0 and get_body
+            assert [get_status, status] == [404, 404]  # the last path
+            for method in (b"POST", b"PUT", b"DELETE"):
+                request = method + b" /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                status, headers, body = split_response(await exchange(s, request))
+                assert status == 405 and headers["allow"] == "GET, HEAD", (method, headers)
+                assert b"GET and HEAD" in body
+            # the server still serves after all of them
+            status, _, body = await get(s.url.removesuffix("/metrics") + "/healthz")
+            assert status == 200 and json.loads(body)["status"] == "ok"
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_render_and_address_parsing() -> None:
     reg = MetricsRegistry()
     reg.counter("demo_total", "a demo", ("k",)).labels("v").inc(3)
     text = render_metrics(reg, process=False).decode()
-    assert '# TYPE demo_total counter' in text and 'demo_total{k="v"} 3.0' in text
+    assert "# TYPE demo_total counter" in text and 'demo_total{k="v"} 3.0' in text
     assert parse_host_port("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert parse_host_port("[::1]:0") == ("::1", 0)
     for bad in ("9464", "host:", "host:99999", ":1"):

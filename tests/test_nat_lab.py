@@ -18,19 +18,16 @@ pairs or nftables cannot be used.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
 
-ROOT = str(Path(__file__).parent.parent)
+from tests.nat_lab_helpers import build_lab, finish, lab_or_skip, next_json, run_in, spawn
+
 SCRIPT = str(Path(__file__).with_name("netns_nat_peer.py"))
 SERVER_IPS = ["10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4", "10.77.0.5"]
 PUBLIC_CLIENT_IP = "10.77.0.6"
@@ -45,126 +42,28 @@ class Lab:
     h2: str
 
 
-def _run(*cmd: str, stdin: str | None = None) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=20, input=stdin)
-
-
-def _nat_rules(wan: str, lan: str, symmetric: bool) -> str:
-    flags = " random,fully-random" if symmetric else ""
-    return f"""
-table ip lab {{
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "{wan}" masquerade{flags}
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy drop;
-        ct state established,related accept
-        iifname "{lan}" oifname "{wan}" accept
-    }}
-}}
-"""
-
-
-def lab_prerequisites() -> None:
-    """Skip (with the reason) where the lab cannot be built: not Linux, no ``ip``, no
-    ``nft``, not root."""
-    if sys.platform != "linux" or shutil.which("ip") is None:
-        pytest.skip("the NAT lab needs Linux and iproute2 ('ip')")
-    if shutil.which("nft") is None:
-        pytest.skip("the NAT lab needs nftables ('nft'); .ci/run installs it")
-    if os.geteuid() != 0:
-        pytest.skip("the NAT lab needs root to create network namespaces (ip netns)")
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab_prerequisites()
     tag = uuid.uuid4().hex[:5]
     names = Lab(*(f"sn{k}-{tag}" for k in ("inet", "r1", "r2", "h1", "h2")))
-    made: list[str] = []
-
-    def veth(a: str, dev_a: str, b: str, dev_b: str) -> None:
-        _run("ip", "link", "add", dev_a, "netns", a, "type", "veth", "peer", "name", dev_b,
-             "netns", b)  # fmt: skip
-
-    try:
-        for n in attrs.astuple(names):
-            _run("ip", "netns", "add", n)
-            made.append(n)
-            _run("ip", "-n", n, "link", "set", "lo", "up")
-        inet = names.inet
-        _run("ip", "-n", inet, "link", "add", "br0", "type", "bridge")
-        _run("ip", "-n", inet, "link", "set", "br0", "up")
-        for ip in [*SERVER_IPS, PUBLIC_CLIENT_IP]:
-            _run("ip", "-n", inet, "addr", "add", f"{ip}/24", "dev", "br0")
-        for i, (router, host, sym) in enumerate(
-            ((names.r1, names.h1, False), (names.r2, names.h2, True)), start=1
-        ):
-            wan, up, lan, hdev = f"w{i}{tag}", f"u{i}{tag}", f"l{i}{tag}", f"h{i}{tag}"
-            veth(router, wan, inet, up)
-            _run("ip", "-n", inet, "link", "set", up, "master", "br0")
-            _run("ip", "-n", inet, "link", "set", up, "up")
-            _run("ip", "-n", router, "addr", "add", f"10.77.0.1{i}/24", "dev", wan)
-            _run("ip", "-n", router, "link", "set", wan, "up")
-            veth(router, lan, host, hdev)
-            _run("ip", "-n", router, "addr", "add", f"192.168.7{i}.1/24", "dev", lan)
-            _run("ip", "-n", router, "link", "set", lan, "up")
-            _run("ip", "-n", host, "addr", "add", f"192.168.7{i}.2/24", "dev", hdev)
-            _run("ip", "-n", host, "link", "set", hdev, "up")
-            _run("ip", "-n", host, "route", "add", "default", "via", f"192.168.7{i}.1")
-            _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            _run("ip", "netns", "exec", router, "nft", "-f", "-",
-                 stdin=_nat_rules(wan, lan, sym))  # fmt: skip
-    except (subprocess.CalledProcessError, OSError) as exc:
-        for n in made:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
-        reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
-        pytest.skip(f"cannot build the NAT lab here: {reason}")
-    try:
+    lans = [(names.r1, names.h1, False), (names.r2, names.h2, True)]
+    with lab_or_skip(build_lab(names.inet, [*SERVER_IPS, PUBLIC_CLIENT_IP], lans, tag)):
         yield names
-    finally:
-        for n in made:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
 
 
 def _peer(ns: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, SCRIPT, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        cwd=ROOT,
-    )
-
-
-def _first_json(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"lab peer failed: {err}")
-    out: dict[str, Any] = json.loads(line)
-    return out
-
-
-def _finish(proc: subprocess.Popen[str]) -> None:
-    _, err = proc.communicate(input="", timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err, err
+    return spawn(ns, SCRIPT, *args)
 
 
 @pytest.fixture(scope="module")
 def servers(lab: Lab) -> Iterator[list[str]]:
     proc = _peer(lab.inet, "servers", *SERVER_IPS)
     try:
-        addrs = _first_json(proc)["addrs"]
+        addrs = next_json(proc)["addrs"]
         assert isinstance(addrs, list)
         yield [str(a) for a in addrs]
     finally:
-        _finish(proc)
+        finish(proc)
 
 
 def test_the_lab_has_no_way_out(lab: Lab) -> None:
@@ -184,9 +83,9 @@ def test_a_node_in_the_internet_finds_it_is_public(lab: Lab, servers: list[str])
     listen = f"/ip4/{PUBLIC_CLIENT_IP}/tcp/4002"
     proc = _peer(lab.inet, "client", "public", listen, *servers)
     try:
-        got = _first_json(proc)
+        got = next_json(proc)
     finally:
-        _finish(proc)
+        finish(proc)
     assert got["reachability"] == "public"
     assert got["relays"] == []
     announced = [str(a) for a in got["announced"]]
@@ -200,7 +99,7 @@ def test_a_node_behind_the_nat_is_private_and_reserves_on_the_relay(
 ) -> None:
     proc = _peer(getattr(lab, host), "client", "private", "/ip4/0.0.0.0/tcp/4001", *servers)
     try:
-        got = _first_json(proc)
+        got = next_json(proc)
         assert got["reachability"] == "private"
         announced = [str(a) for a in got["announced"]]
         assert not any("/0.0.0.0/" in a for a in announced)  # the wildcard is expanded
@@ -221,15 +120,8 @@ def test_a_node_behind_the_nat_is_private_and_reserves_on_the_relay(
         else:  # fully random: one mapping per server
             assert len(candidates) > 1
         # a public node reaches her through the relay
-        ping = subprocess.run(
-            ["ip", "netns", "exec", lab.inet, sys.executable, SCRIPT, "ping", circuits[0]],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONPATH": ROOT},
-            cwd=ROOT,
-        )
+        ping = run_in(lab.inet, SCRIPT, "ping", circuits[0], timeout=60)
         assert ping.returncode == 0, ping.stderr
         assert json.loads(ping.stdout)["rtt"] > 0
     finally:
-        _finish(proc)
+        finish(proc)

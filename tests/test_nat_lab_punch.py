@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,40 +30,22 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.test_nat_lab import _run, lab_prerequisites
+from tests.nat_lab_helpers import (
+    ROOT,
+    build_lab,
+    finish,
+    lab_or_skip,
+    next_json,
+    run_in,
+    spawn,
+)
 
-ROOT = str(Path(__file__).parent.parent)
 SCRIPT = str(Path(__file__).with_name("netns_punch_peer.py"))
 RELAY_IP = "10.77.0.1"
 #: (router, host, symmetric) of the four LANs.
 LANS = ((1, False), (2, False), (3, True), (4, True))
 #: Bound on one lab peer's run.
 PEER_TIMEOUT = 120
-
-
-def _router_rules(wan: str, lan: str, symmetric: bool) -> str:
-    """A home router's nftables rules: masquerade (port-preserving, or with
-    ``symmetric`` a random port per destination); forward and accept from the WAN only
-    what belongs to a flow from the LAN; drop anything else from the WAN (no RST)."""
-    flags = " random,fully-random" if symmetric else ""
-    return f"""
-table ip lab {{
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "{wan}" masquerade{flags}
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy drop;
-        ct state established,related accept
-        iifname "{lan}" oifname "{wan}" accept
-    }}
-    chain input {{
-        type filter hook input priority filter; policy accept;
-        iifname "{wan}" ct state established,related accept
-        iifname "{wan}" drop
-    }}
-}}
-"""
 
 
 @attrs.frozen
@@ -77,62 +58,22 @@ class PunchLab:
 @contextlib.contextmanager
 def build_punch_lab() -> Iterator[PunchLab]:
     """Build the lab (module docstring), remove it on exit; raises
-    :class:`LabUnavailable` with the reason where it cannot be built."""
+    :class:`~tests.nat_lab_helpers.LabUnavailable` with the reason where it cannot be built."""
     tag = uuid.uuid4().hex[:5]
-    inet = f"sp-inet-{tag}"
-    routers = tuple(f"sp-r{i}-{tag}" for i, _ in LANS)
-    hosts = tuple(f"sp-h{i}-{tag}" for i, _ in LANS)
-    made: list[str] = []
-    try:
-        for n in (inet, *routers, *hosts):
-            _run("ip", "netns", "add", n)
-            made.append(n)
-            _run("ip", "-n", n, "link", "set", "lo", "up")
-        _run("ip", "-n", inet, "link", "add", "br0", "type", "bridge")
-        _run("ip", "-n", inet, "link", "set", "br0", "up")
-        _run("ip", "-n", inet, "addr", "add", f"{RELAY_IP}/24", "dev", "br0")
-        for (i, sym), router, host in zip(LANS, routers, hosts, strict=True):
-            wan, up, lan, hdev = f"w{i}{tag}", f"u{i}{tag}", f"l{i}{tag}", f"h{i}{tag}"
-            _run("ip", "link", "add", wan, "netns", router, "type", "veth", "peer", "name", up,
-                 "netns", inet)  # fmt: skip
-            _run("ip", "-n", inet, "link", "set", up, "master", "br0")
-            _run("ip", "-n", inet, "link", "set", up, "up")
-            _run("ip", "-n", router, "addr", "add", f"10.77.0.1{i}/24", "dev", wan)
-            _run("ip", "-n", router, "link", "set", wan, "up")
-            _run("ip", "link", "add", lan, "netns", router, "type", "veth", "peer", "name", hdev,
-                 "netns", host)  # fmt: skip
-            _run("ip", "-n", router, "addr", "add", f"192.168.7{i}.1/24", "dev", lan)
-            _run("ip", "-n", router, "link", "set", lan, "up")
-            _run("ip", "-n", host, "addr", "add", f"192.168.7{i}.2/24", "dev", hdev)
-            _run("ip", "-n", host, "link", "set", hdev, "up")
-            _run("ip", "-n", host, "route", "add", "default", "via", f"192.168.7{i}.1")
-            _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            _run("ip", "netns", "exec", router, "nft", "-f", "-",
-                 stdin=_router_rules(wan, lan, sym))  # fmt: skip
-    except (subprocess.CalledProcessError, OSError) as exc:
-        for n in made:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
-        reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
-        raise LabUnavailable(f"cannot build the punching lab here: {reason}") from None
-    try:
-        yield PunchLab(inet, routers, hosts)
-    finally:
-        for n in made:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True, check=False)
-
-
-class LabUnavailable(Exception):
-    """The lab cannot be built on this machine (the message says why)."""
+    lab = PunchLab(
+        f"sp-inet-{tag}",
+        tuple(f"sp-r{i}-{tag}" for i, _ in LANS),
+        tuple(f"sp-h{i}-{tag}" for i, _ in LANS),
+    )
+    lans = [(r, h, sym) for (_, sym), r, h in zip(LANS, lab.routers, lab.hosts, strict=True)]
+    with build_lab(lab.inet, [RELAY_IP], lans, tag, guard_routers=True):
+        yield lab
 
 
 @pytest.fixture(scope="module")
 def punch_lab() -> Iterator[PunchLab]:
-    lab_prerequisites()
-    try:
-        with build_punch_lab() as lab:
-            yield lab
-    except LabUnavailable as exc:
-        pytest.skip(str(exc))
+    with lab_or_skip(build_punch_lab()) as lab:
+        yield lab
 
 
 def _env() -> dict[str, str]:
@@ -140,38 +81,8 @@ def _env() -> dict[str, str]:
 
 
 def _spawn(ns: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, SCRIPT, *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        cwd=ROOT,
-    )
-
-
-def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    """The next JSON line of a lab peer (its own waits are bounded, and so is this)."""
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"lab peer failed: {err}")
-    out: dict[str, Any] = json.loads(line)
-    return out
-
-
-def _finish(proc: subprocess.Popen[str]) -> None:
-    try:
-        _, err = proc.communicate(input="", timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"lab peer did not stop: {err}") from None
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err, err
+    """A lab peer (tests/netns_punch_peer.py) in ``ns``."""
+    return spawn(ns, SCRIPT, *args, env=_env())
 
 
 @contextlib.contextmanager
@@ -179,13 +90,13 @@ def lab_relay(lab: PunchLab) -> Iterator[dict[str, str]]:
     """The relay in the lab's internet: its TCP and QUIC addresses."""
     proc = _spawn(lab.inet, "relay", RELAY_IP)
     try:
-        addrs = [str(a) for a in _line(proc)["addrs"]]
+        addrs = [str(a) for a in next_json(proc)["addrs"]]
         yield {
             "quic": next(a for a in addrs if "/quic-v1" in a),
             "tcp": next(a for a in addrs if "/tcp/" in a),
         }
     finally:
-        _finish(proc)
+        finish(proc)
 
 
 @pytest.fixture(scope="module")
@@ -199,22 +110,15 @@ def punch(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int, count: int)
     circuit address ``count`` times, once a second.  Returns (ping's JSON, B's events)."""
     peer = _spawn(lab.hosts[b - 1], "b", kind, relay_addr)
     try:
-        circuit = _line(peer)["circuit"]
+        circuit = next_json(peer)["circuit"]
         argv = ["-m", "switchy", "ping", circuit, "-c", str(count), "-i", "1", "--json"]
-        ping = subprocess.run(
-            ["ip", "netns", "exec", lab.hosts[a - 1], sys.executable, *argv],
-            capture_output=True,
-            text=True,
-            timeout=PEER_TIMEOUT,
-            env=_env(),
-            cwd=ROOT,
-        )
+        ping = run_in(lab.hosts[a - 1], *argv, timeout=PEER_TIMEOUT, env=_env())
         assert ping.returncode == 0, ping.stderr
-        events = _line(peer)["events"]
+        events = next_json(peer)["events"]
         if os.environ.get("LAB_DEBUG"):
             print(ping.stdout, json.dumps(events, indent=1))
     finally:
-        _finish(peer)
+        finish(peer)
     return json.loads(ping.stdout), events
 
 
@@ -225,15 +129,15 @@ def measure(lab: PunchLab, relay_addr: str, kind: str, a: int, b: int) -> Any:
     then on the direct one.  Returns (A's JSON, B's events)."""
     peer = _spawn(lab.hosts[b - 1], "b", kind, relay_addr)
     try:
-        circuit = _line(peer)["circuit"]
+        circuit = next_json(peer)["circuit"]
         a_side = _spawn(lab.hosts[a - 1], "a", circuit)
         try:
-            got = _line(a_side)
+            got = next_json(a_side)
         finally:
-            _finish(a_side)
-        events = _line(peer)["events"]
+            finish(a_side)
+        events = next_json(peer)["events"]
     finally:
-        _finish(peer)
+        finish(peer)
     return got, events
 
 

@@ -589,6 +589,8 @@ def test_cgnat_two_layers_and_a_shared_carrier() -> None:
         with pytest.raises(ConnectionFailed, match="0 udp mappings"):
             net.public_address("bob", 5000, proto="udp")
 
+    run_simulation(main, seed=12, config=QUIET)
+
 
 def test_a_crashed_nat_forgets_its_mappings_and_connections_through_it_break() -> None:
     async def main(sim: Simulation) -> None:
@@ -614,8 +616,6 @@ def test_a_crashed_nat_forgets_its_mappings_and_connections_through_it_break() -
         assert sim.now >= sim.config.connection_timeout
 
     run_simulation(main, seed=13, config=QUIET)
-
-    run_simulation(main, seed=12, config=QUIET)
 
 
 # --- configuration errors ---------------------------------------------------------------

@@ -40,6 +40,7 @@ from switchy.protocols.discovery import RegistryBackend, connect_by_name, regist
 from switchy.protocols.discovery.mdns import MdnsPeer, MdnsService
 from switchy.protocols.pubsub import PubSub, Received, ValidationResult
 from switchy.stack.codec import decode_json
+from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import InvalidPeerId, P2PError, ProtocolError, SerializationError
 from switchy.stack.identity import PeerId
 from switchy.stack.node import Node, ProtocolService
@@ -348,19 +349,22 @@ async def chat_main(
     show: Callable[[str], None] = print,
     relays: Sequence[str] = (),
     plain: bool = False,
+    config: NetworkConfig | None = None,
 ) -> int:
     """The ``switchy chat`` program: start a node, find peers, chat until input ends.
 
     ``relays`` (multiaddrs ending in ``/p2p/<relay id>``): also listen through them,
     so that peers behind NATs reach us at the ``/p2p-circuit`` addresses shown.
     Without ``lines``, input comes from the line editor when
-    :func:`line_editor_available` (and not ``plain``), else from stdin."""
+    :func:`line_editor_available` (and not ``plain``), else from stdin.
+    ``config``: the node's network configuration (``switchy chat`` passes the one of
+    ``SWITCHY_*`` and ``--limit``; default :class:`NetworkConfig`)."""
     editor = lines is None and not plain and line_editor_available()
     with _above_the_prompt() if editor else contextlib.nullcontext():
         if editor:
             lines = terminal_lines(f"{nick}> ")
         return await _chat_program(
-            room, nick, listen, peers, mdns, registry, join, lines, show, relays
+            room, nick, listen, peers, mdns, registry, join, lines, show, relays, config
         )
 
 
@@ -375,6 +379,7 @@ async def _chat_program(
     lines: AsyncIterator[str] | None,
     show: Callable[[str], None],
     relays: Sequence[str],
+    config: NetworkConfig | None,
 ) -> int:
     pubsub = PubSub()
     chat_service = ChatService(room, nick, show)
@@ -389,7 +394,7 @@ async def _chat_program(
         services.append(RegistryBackend([registry]))
     if relays:
         services.append(relay_client(relays))
-    async with default_node(services=services) as node:
+    async with default_node(services=services, config=config) as node:
         await listen_with_relays(node, list(listen), relays)
         show(f"* {nick} in room {room!r} as {node.peer_id}")
         for addr in node.full_addrs:

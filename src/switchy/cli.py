@@ -148,11 +148,55 @@ def _stop_signal() -> asyncio.Event:
     return stop
 
 
+def _node(
+    args: argparse.Namespace,
+    *,
+    key: Any = None,
+    services: Sequence[Any] = (),
+    config: Any = None,
+) -> Any:
+    """The node of a command: :func:`~switchy.presets.default_node` with the command's
+    network configuration (``SWITCHY_*``, ``--limit`` and the other limit options, read by
+    :func:`main`) unless ``config`` (derived from it) is given.  Every command that starts
+    a node starts it here."""
+    from switchy.presets import default_node
+
+    return default_node(
+        key=key, services=services, config=args.config if config is None else config
+    )
+
+
+def _print_addrs(node: Any) -> None:
+    """The node's listen addresses (with its peer id) on stdout, one a line."""
+    for addr in node.full_addrs:
+        print(addr)
+    sys.stdout.flush()
+
+
+async def _until_stopped(stop: asyncio.Event, doing: str) -> None:
+    """Say what is served (stderr) and wait for Ctrl-C or SIGTERM."""
+    print(f"{doing}; Ctrl-C to stop", file=sys.stderr)
+    await stop.wait()
+    print("shutting down", file=sys.stderr)
+
+
+async def _serve_one_service(args: argparse.Namespace, service: Any, doing: str) -> int:
+    """``relay``, ``registry``, ``serve``: a node (the key file ``--key``, else a fresh
+    identity) with ``service`` on ``args.addrs``, with ``--metrics``, until stopped."""
+    stop = _stop_signal()
+    key = _load_key(args.key, create=True)
+    async with _node(args, key=key, services=[service]) as node, _metrics_server(node, args):
+        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
+        _print_addrs(node)
+        await _until_stopped(stop, doing)
+    return 0
+
+
 async def _cmd_listen(args: argparse.Namespace) -> int:
     """``switchy listen``: serve the default protocols; optionally also through relays
     (``--relay``) and under a name at registries (``--register NAME --registry ADDR``)."""
     stop = _stop_signal()
-    from switchy.presets import default_node, listen_with_relays, relay_client
+    from switchy.presets import listen_with_relays, relay_client
 
     if args.register is not None and not args.registry:
         raise InvalidConfiguration("--register needs --registry MULTIADDR")
@@ -172,25 +216,18 @@ async def _cmd_listen(args: argparse.Namespace) -> int:
         services.append(backend)
     config = _punch_config(args, _reach_config(args))
     async with (
-        default_node(key=key, services=services, config=config) as node,
+        _node(args, key=key, services=services, config=config) as node,
         _metrics_server(node, args),
     ):
         addrs = args.addrs or ([] if args.relay else [DEFAULT_LISTEN])
         await listen_with_relays(node, addrs, args.relay)
-        for addr in node.full_addrs:
-            print(addr)
-        sys.stdout.flush()
+        _print_addrs(node)
         _report_reachability(node)
         if backend is not None:
             await register_name(node, args.register)
             print(f"registered {args.register!r} with {backend.label}", file=sys.stderr)
         who = f"key file {key_file}" if key_file else "an ephemeral identity"
-        print(
-            f"serving {', '.join(node.protocols)} as {node.peer_id} ({who}); Ctrl-C to stop",
-            file=sys.stderr,
-        )
-        await stop.wait()
-        print("shutting down", file=sys.stderr)
+        await _until_stopped(stop, f"serving {', '.join(node.protocols)} as {node.peer_id} ({who})")
     return 0
 
 
@@ -241,13 +278,12 @@ def _report_reachability(node: Any) -> None:
 async def _cmd_nat_status(args: argparse.Namespace) -> int:
     """``switchy nat-status SERVER...``: ask AutoNAT servers whether our addresses are
     reachable; one line (or JSON object) per server and address."""
-    from switchy.presets import default_node
     from switchy.protocols.autonat import AutoNATService, Verdict, probe
     from switchy.protocols.identify import IdentifyService
 
     autonat = AutoNATService(server=False, probe_automatically=False)
     key = _load_key(args.key, create=False)
-    async with default_node(key=key, services=[autonat], config=_reach_config(args)) as node:
+    async with _node(args, key=key, services=[autonat], config=_reach_config(args)) as node:
         await node.listen(*(args.listen or ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"]))
         ident = next(s for s in node.services if isinstance(s, IdentifyService))
         for server in args.servers:  # connect and identify: our observed addresses
@@ -256,13 +292,11 @@ async def _cmd_nat_status(args: argparse.Namespace) -> int:
                 await ident.wait_identified(conn.remote_peer, timeout=10)
         addrs = args.addr or autonat.candidate_addrs()
         if not addrs:
-            print(
-                "switchy: error: none of our addresses is public "
+            raise InvalidConfiguration(
+                "none of our addresses is public "
                 f"({', '.join(map(str, node.announced_addrs))}); "
-                "give --addr, or --public-network for a private network",
-                file=sys.stderr,
+                "give --addr, or --public-network for a private network"
             )
-            return 2
         results = await probe(node, args.servers, addrs)
     rows = [
         {
@@ -317,11 +351,10 @@ def _ms_summary(label: str, ms: Sequence[float]) -> str:
 
 
 async def _cmd_ping(args: argparse.Namespace) -> int:
-    from switchy.presets import default_node
     from switchy.protocols.ping import ping
 
     config = _punch_config(args, args.config)
-    async with default_node(key=_load_key(args.key, create=False), config=config) as node:
+    async with _node(args, key=_load_key(args.key, create=False), config=config) as node:
         relayed_target = "/p2p-circuit" in args.addr
         if relayed_target and config.hole_punching:
             # a listening port to dial from and to punch (the peer's dials meet ours)
@@ -400,14 +433,13 @@ def _add_hole_punching_option(s: argparse.ArgumentParser) -> None:
 
 
 async def _cmd_perf(args: argparse.Namespace) -> int:
-    from switchy.presets import default_node
     from switchy.protocols.perf import perf
 
     if not args.upload and not args.download:
         raise InvalidConfiguration(
             "perf needs --upload SIZE and/or --download SIZE (e.g. --download 10M)"
         )
-    async with default_node(key=_load_key(args.key, create=False), config=args.config) as node:
+    async with _node(args, key=_load_key(args.key, create=False)) as node:
         r = await perf(node, args.addr, args.upload, args.download)
     up = r.upload_bytes / r.upload_seconds / 1e6 if r.upload_seconds else 0.0
     down = r.download_bytes / r.download_seconds / 1e6 if r.download_seconds else 0.0
@@ -431,8 +463,6 @@ async def _cmd_perf(args: argparse.Namespace) -> int:
 
 
 async def _cmd_relay(args: argparse.Namespace) -> int:
-    stop = _stop_signal()
-    from switchy.presets import default_node
     from switchy.transports.relay import RelayConfig, RelayService
 
     config = RelayConfig(
@@ -440,22 +470,10 @@ async def _cmd_relay(args: argparse.Namespace) -> int:
         limit_duration=args.limit_duration,
         max_reservations=args.max_reservations,
     )
-    key = _load_key(args.key, create=True)
-    async with (
-        default_node(key=key, services=[RelayService(config)], config=args.config) as node,
-        _metrics_server(node, args),
-    ):
-        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
-        for addr in node.full_addrs:
-            print(addr)
-        sys.stdout.flush()
-        limits = f"{config.limit_data or 'unlimited'} bytes, {config.limit_duration or 'no'} s"
-        print(
-            f"relaying (circuit v2, limits per circuit: {limits}); Ctrl-C to stop", file=sys.stderr
-        )
-        await stop.wait()
-        print("shutting down", file=sys.stderr)
-    return 0
+    limits = f"{config.limit_data or 'unlimited'} bytes, {config.limit_duration or 'no'} s"
+    return await _serve_one_service(
+        args, RelayService(config), f"relaying (circuit v2, limits per circuit: {limits})"
+    )
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -536,28 +554,13 @@ def _write_sim_report(args: argparse.Namespace, result: Any, trace: str) -> None
 
 
 async def _cmd_registry(args: argparse.Namespace) -> int:
-    stop = _stop_signal()
-    from switchy.presets import default_node
     from switchy.protocols.discovery.registry import RegistryService
 
-    key = _load_key(args.key, create=True)
-    async with (
-        default_node(key=key, services=[RegistryService()], config=args.config) as node,
-        _metrics_server(node, args),
-    ):
-        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
-        for addr in node.full_addrs:
-            print(addr)
-        sys.stdout.flush()
-        print("serving the name registry; Ctrl-C to stop", file=sys.stderr)
-        await stop.wait()
-        print("shutting down", file=sys.stderr)
-    return 0
+    return await _serve_one_service(args, RegistryService(), "serving the name registry")
 
 
 async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
     """``switchy ping``: with ``--registry``, a non-multiaddr target is a name to resolve first."""
-    from switchy.presets import default_node
     from switchy.protocols.discovery.backends import RegistryBackend, discover
     from switchy.stack.addresses import with_peer
 
@@ -569,7 +572,7 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
             "(/ip4/192.0.2.1/tcp/4001/p2p/<peer id>); to ping it as a name, give --registry"
         )
     services = [RegistryBackend(args.registry)]
-    async with default_node(services=services, config=args.config) as resolver:
+    async with _node(args, services=services) as resolver:
         found = await discover(resolver, args.addr)
         peer, addrs = found.peer_id, list(found.addrs)
     if not addrs:
@@ -583,25 +586,12 @@ async def _cmd_ping_by_name(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
-    stop = _stop_signal()
-    from switchy.presets import default_node
     from switchy.protocols.router import Router
     from switchy.protocols.router.static import StaticFiles
 
     router = Router().with_service(StaticFiles(args.static))
-    key = _load_key(args.key, create=True)
-    async with (
-        default_node(key=key, services=[router], config=args.config) as node,
-        _metrics_server(node, args),
-    ):
-        await node.listen(*(args.addrs or [DEFAULT_LISTEN]))
-        for addr in node.full_addrs:
-            print(addr)
-        sys.stdout.flush()
-        print(f"serving {args.static} at GET /files and /files/{{name}}", file=sys.stderr)
-        await stop.wait()
-        print("shutting down", file=sys.stderr)
-    return 0
+    doing = f"serving {args.static} at GET /files and /files/{{name}}"
+    return await _serve_one_service(args, router, doing)
 
 
 class _Progress:
@@ -645,7 +635,6 @@ async def _file_body(path: str) -> Any:
 
 
 async def _cmd_request(args: argparse.Namespace) -> int:
-    from switchy.presets import default_node
     from switchy.protocols.router import request
 
     headers: dict[str, str] = {}
@@ -663,7 +652,7 @@ async def _cmd_request(args: argparse.Namespace) -> int:
             body = _file_body(path)
         else:
             body = args.data.encode()
-    async with default_node(key=_load_key(args.key, create=False), config=args.config) as node:
+    async with _node(args, key=_load_key(args.key, create=False)) as node:
         resp = await request(
             node,
             args.addr,
@@ -695,26 +684,20 @@ async def _cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a number of seconds greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+def _seconds(*, zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, greater than 0 (or 0 too, ``zero``)."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value >= 0 if zero else value > 0) or value == float("inf"):
+            want = "0 or more seconds" if zero else "a positive number of seconds"
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}")
+        return value
 
-def _not_negative_float(text: str) -> float:
-    """An argparse type: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
-    return value
+    return parse
 
 
 def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -875,29 +858,20 @@ async def _cmd_dht(args: argparse.Namespace) -> int:
     """``switchy dht``: a DHT server (``serve``) or one client operation through bootstrap
     peers (put, get, find-peer, provide, find-providers)."""
     stop = _stop_signal()
-    from switchy.presets import default_node
     from switchy.protocols.kad.service import KadDHT
     from switchy.stack.identity import PeerId
 
     if args.dht_cmd != "serve" and not args.bootstrap:
-        print("switchy: error: give --bootstrap MULTIADDR (a DHT server)", file=sys.stderr)
-        return 2
+        raise InvalidConfiguration("give --bootstrap MULTIADDR (a DHT server)")
     key = _load_key(args.key, create=True)
     serve = args.dht_cmd in ("serve", "provide")  # a provider must be reachable as a server
     dht = KadDHT(mode="server" if serve else "client", bootstrap=args.bootstrap)
-    async with default_node(key=key, services=[dht], config=args.config) as node:
+    async with _node(args, key=key, services=[dht]) as node:
         await node.listen(*(getattr(args, "addrs", None) or [DEFAULT_LISTEN]))
         await dht.bootstrap()
         if args.dht_cmd == "serve":
-            for addr in node.full_addrs:
-                print(addr)
-            sys.stdout.flush()
-            print(
-                f"serving the DHT ({len(dht.table or [])} peers known); Ctrl-C to stop",
-                file=sys.stderr,
-            )
-            await stop.wait()
-            print("shutting down", file=sys.stderr)
+            _print_addrs(node)
+            await _until_stopped(stop, f"serving the DHT ({len(dht.table or [])} peers known)")
             return 0
         if args.dht_cmd == "put":
             stored = await dht.put_value(_dht_bytes(args.record_key), _dht_bytes(args.value))
@@ -916,6 +890,36 @@ async def _cmd_dht(args: argparse.Namespace) -> int:
             rows = [{"peer_id": str(p), "addrs": [str(a) for a in addrs]} for p, addrs in found]
             _dht_print(args, {"providers": rows}, "\n".join(str(p) for p, _ in found))
     return 0
+
+
+#: ``--key`` of the commands that keep their identity (``switchy id``'s key file).
+_STABLE_KEY_HELP = f"key file (created if missing); default {default_key_path()}, as for switchy id"
+
+
+def _add_client_options(s: argparse.ArgumentParser, *, json_help: str | None) -> None:
+    """``--key`` (a throwaway identity without it) and, with ``json_help``, ``--json``."""
+    s.add_argument("--key", help="key file to use (default: a fresh identity)")
+    if json_help is not None:
+        s.add_argument("--json", action="store_true", help=json_help)
+
+
+def _add_server_options(s: argparse.ArgumentParser) -> None:
+    """``relay``, ``registry``, ``serve``: listen addresses, ``--key``, ``--metrics``."""
+    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
+    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    _add_metrics_option(s)
+
+
+def _add_list_option(
+    s: argparse.ArgumentParser, flag: str, help_text: str, metavar: str = "MULTIADDR"
+) -> None:
+    """A repeatable option (``action="append"``) whose value is a list, empty by default."""
+    s.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
+
+
+def _add_registry_option(s: argparse.ArgumentParser, help_text: str) -> None:
+    """``--registry MULTIADDR`` (repeatable): a name registry."""
+    s.add_argument("--registry", metavar="MULTIADDR", action="append", help=help_text)
 
 
 def _add_dht_parser(sub: Any) -> None:
@@ -938,15 +942,8 @@ def _add_dht_parser(sub: Any) -> None:
             d.add_argument("record_key", metavar="KEY", help="text, or hex:... for bytes")
         if name == "put":
             d.add_argument("value", metavar="VALUE", help="text, or hex:... for bytes")
-        d.add_argument(
-            "--bootstrap",
-            action="append",
-            default=[],
-            metavar="MULTIADDR",
-            help="a DHT server to join through (repeatable)",
-        )
-        d.add_argument("--key", help="key file to use (default: a fresh identity)")
-        d.add_argument("--json", action="store_true", help="print one JSON object")
+        _add_list_option(d, "--bootstrap", "a DHT server to join through (repeatable)")
+        _add_client_options(d, json_help="print one JSON object")
         d.set_defaults(func=_cmd_dht)
 
 
@@ -985,12 +982,11 @@ async def _metrics_server(node: Any, args: argparse.Namespace) -> Any:
 
 
 def _add_public_network(s: argparse.ArgumentParser) -> None:
-    s.add_argument(
+    _add_list_option(
+        s,
         "--public-network",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="count this IP network as public (AutoNAT, announced addresses); repeatable",
+        "count this IP network as public (AutoNAT, announced addresses); repeatable",
+        "CIDR",
     )
 
 
@@ -1011,8 +1007,7 @@ def _add_nat_status_parser(sub: Any) -> None:
         metavar="MULTIADDR",
         help="the address to test (default: our public listen and observed ones); repeatable",
     )
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--key", help="key file to use (default: a fresh identity)")
+    _add_client_options(s, json_help="print one JSON object")
     _add_public_network(s)
     s.set_defaults(func=_cmd_nat_status)
 
@@ -1053,7 +1048,7 @@ def _show_refusals() -> None:
 async def _cmd_expose(args: argparse.Namespace) -> int:
     """``switchy expose http://HOST:PORT[/PREFIX]`` or ``switchy expose tcp HOST:PORT``."""
     stop = _stop_signal()
-    from switchy.presets import default_node, listen_with_relays, relay_client
+    from switchy.presets import listen_with_relays, relay_client
     from switchy.protocols.http.proxy import HttpProxyService
     from switchy.protocols.http.tcp import TcpExposeService
 
@@ -1063,8 +1058,7 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         try:
             host, port = _host_port(spec[1])
         except argparse.ArgumentTypeError as exc:
-            print(f"switchy: error: {exc}", file=sys.stderr)
-            return 2
+            raise InvalidConfiguration(str(exc)) from None
         kind = f"TCP service {host}:{port}"
         service = TcpExposeService(host, port, allow=_peer_ids(args.allow) if args.allow else None)
     elif len(spec) == 1 and spec[0].startswith("http://"):
@@ -1072,11 +1066,7 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         allow = _peer_ids(args.allow) if args.allow else None
         service = HttpProxyService(spec[0], allow=allow, limits=_http_limits(args))
     else:
-        print(
-            "switchy: error: expose http://HOST:PORT[/PREFIX] or expose tcp HOST:PORT",
-            file=sys.stderr,
-        )
-        return 2
+        raise InvalidConfiguration("expose http://HOST:PORT[/PREFIX] or expose tcp HOST:PORT")
     _show_refusals()
     if args.register is not None and not (args.registry or args.mdns):
         raise InvalidConfiguration("--register needs --registry MULTIADDR or --mdns")
@@ -1087,19 +1077,15 @@ async def _cmd_expose(args: argparse.Namespace) -> int:
         from switchy.protocols.discovery.backends import register_name
 
         services += _name_backends(args)
-    key = _stable_key(args.key)
-    async with default_node(key=key, services=services, config=args.config) as node:
+    async with _node(args, key=_stable_key(args.key), services=services) as node:
         addrs = args.listen or ([] if args.relay else [DEFAULT_LISTEN])
         await listen_with_relays(node, addrs, args.relay)
         if args.register is not None:  # before the addresses: they tell the name is found
             await register_name(node, args.register)
             print(f"registered {args.register!r}", file=sys.stderr)
-        for addr in node.full_addrs:
-            print(addr)
-        sys.stdout.flush()
+        _print_addrs(node)
         who = f"{len(args.allow)} allowed peer(s)" if args.allow else "every peer (no --allow)"
-        print(f"exposing the {kind} to {who}; Ctrl-C to stop", file=sys.stderr)
-        await stop.wait()
+        await _until_stopped(stop, f"exposing the {kind} to {who}")
     return 0
 
 
@@ -1134,24 +1120,45 @@ def _loopback_note(host: str, what: str) -> None:
         )
 
 
+def _peer_addr(text: str, what: str) -> tuple[Any, Any]:
+    """``text`` as a multiaddr and the peer id it ends in; :class:`InvalidConfiguration`
+    (naming ``what``, the option or argument) when it has none."""
+    from switchy.stack.addresses import parse_multiaddr, split_peer
+
+    addr = parse_multiaddr(text)
+    _, peer = split_peer(addr)
+    if peer is None:
+        raise InvalidConfiguration(f"{what}{text} has no /p2p/<peer-id>")
+    return addr, peer
+
+
+async def _serve_local_port(
+    stop: asyncio.Event, port: Any, listen: tuple[str, int], shown: str, what: str, doing: str
+) -> int:
+    """``gateway``, ``forward``: listen on the local TCP ``port`` object (``listen``:
+    host and port), print ``shown`` (formatted with ``host`` and ``port`` bound) and serve
+    until stopped."""
+    bound_host, bound_port = await port.listen(*listen)
+    print(shown.format(host=bound_host, port=bound_port))
+    sys.stdout.flush()
+    _loopback_note(bound_host, what)
+    try:
+        await _until_stopped(stop, doing)
+    finally:
+        await port.close()
+    return 0
+
+
 async def _cmd_gateway(args: argparse.Namespace) -> int:
     """``switchy gateway``: HTTP clients reach peers at ``/p2p/<peer-id>/path``."""
     stop = _stop_signal()
-    from switchy.presets import default_node
     from switchy.protocols.http.proxy import Gateway
-    from switchy.stack.addresses import parse_multiaddr, split_peer
 
-    host, port = args.listen
+    peers = [_peer_addr(text, "--peer ") for text in args.peer]
     services: list[Any] = _name_backends(args)
     resolve = None
-    key = _stable_key(args.key)
-    async with default_node(key=key, services=services, config=args.config) as node:
-        for text in args.peer:
-            addr = parse_multiaddr(text)
-            _, peer = split_peer(addr)
-            if peer is None:
-                print(f"switchy: error: --peer {text} has no /p2p/<peer-id>", file=sys.stderr)
-                return 2
+    async with _node(args, key=_stable_key(args.key), services=services) as node:
+        for addr, peer in peers:
             node.peerstore.add_addrs(peer, [addr])
         if services:
             from switchy.protocols.discovery.backends import discover
@@ -1162,46 +1169,32 @@ async def _cmd_gateway(args: argparse.Namespace) -> int:
                 return found.peer_id
 
         gateway = Gateway(node, resolve=resolve, limits=_http_limits(args))
-        bound_host, bound_port = await gateway.listen(host, port)
-        print(f"http://{bound_host}:{bound_port}/p2p/<peer-id>/")
-        sys.stdout.flush()
-        _loopback_note(bound_host, "the gateway")
-        print(
-            "it reaches peers over switchy only, never other hosts; Ctrl-C to stop", file=sys.stderr
+        return await _serve_local_port(
+            stop,
+            gateway,
+            args.listen,
+            "http://{host}:{port}/p2p/<peer-id>/",
+            "the gateway",
+            "it reaches peers over switchy only, never other hosts",
         )
-        try:
-            await stop.wait()
-        finally:
-            await gateway.close()
-    return 0
 
 
 async def _cmd_forward(args: argparse.Namespace) -> int:
     """``switchy forward HOST:PORT PEER-ADDR``: a local port to a peer's exposed TCP service."""
     stop = _stop_signal()
-    from switchy.presets import default_node
     from switchy.protocols.http.tcp import TcpForwarder
-    from switchy.stack.addresses import parse_multiaddr, split_peer
 
-    host, port = args.local
-    addr = parse_multiaddr(args.peer)
-    _, peer = split_peer(addr)
-    if peer is None:
-        print(f"switchy: error: {args.peer} has no /p2p/<peer-id>", file=sys.stderr)
-        return 2
-    async with default_node(key=_stable_key(args.key), config=args.config) as node:
+    addr, peer = _peer_addr(args.peer, "")
+    async with _node(args, key=_stable_key(args.key)) as node:
         node.peerstore.add_addrs(peer, [addr])
-        forwarder = TcpForwarder(node, peer)
-        bound_host, bound_port = await forwarder.listen(host, port)
-        print(f"{bound_host}:{bound_port}")
-        sys.stdout.flush()
-        _loopback_note(bound_host, "the forwarded port")
-        print(f"each connection opens a stream to {peer}; Ctrl-C to stop", file=sys.stderr)
-        try:
-            await stop.wait()
-        finally:
-            await forwarder.close()
-    return 0
+        return await _serve_local_port(
+            stop,
+            TcpForwarder(node, peer),
+            args.local,
+            "{host}:{port}",
+            "the forwarded port",
+            f"each connection opens a stream to {peer}",
+        )
 
 
 async def _cmd_chat(args: argparse.Namespace) -> int:
@@ -1217,27 +1210,27 @@ async def _cmd_chat(args: argparse.Namespace) -> int:
         join=args.join,
         relays=args.relay,
         plain=args.plain,
+        config=args.config,
     )
 
 
 async def _cmd_send(args: argparse.Namespace) -> int:
     """``switchy send FILE``: print the file's ticket and serve it until interrupted."""
     stop = _stop_signal()
-    from switchy.presets import default_node, listen_with_relays, relay_client
+    from switchy.presets import listen_with_relays, relay_client
     from switchy.protocols.blobs import BlobService
 
     blobs = BlobService()
     services: list[Any] = [blobs]
     if args.relay:
         services.append(relay_client(args.relay))
-    async with default_node(services=services) as node:
+    async with _node(args, services=services) as node:
         # the ticket takes the addresses of this moment: the circuit ones included
         await listen_with_relays(node, args.listen or [DEFAULT_LISTEN], args.relay)
         is_dir = Path(args.file).is_dir()
         ticket = blobs.add_dir(args.file) if is_dir else blobs.add_file(args.file)
         print(ticket, flush=True)
-        print(f"serving {args.file} as {node.peer_id}; Ctrl-C to stop", file=sys.stderr)
-        await stop.wait()
+        await _until_stopped(stop, f"serving {args.file} as {node.peer_id}")
     return 0
 
 
@@ -1245,7 +1238,6 @@ async def _cmd_receive(args: argparse.Namespace) -> int:
     """``switchy receive TICKET``: fetch, verify and save the file (resumes a .part file)."""
     import json as _json
 
-    from switchy.presets import default_node
     from switchy.protocols.blobs import Progress, Ticket, fetch
 
     ticket = Ticket.parse(args.ticket)
@@ -1262,7 +1254,7 @@ async def _cmd_receive(args: argparse.Namespace) -> int:
             bar.total = p.total
             bar.update(p.done - bar.done)
 
-    async with default_node() as node:
+    async with _node(args) as node:
         path = await fetch(node, ticket, args.out, progress=show)
         route = _route(node, ticket.peer)
     bar.finish()
@@ -1303,7 +1295,7 @@ def _add_chat_parser(sub: Any) -> None:
     s.add_argument("--listen", action="append", metavar="ADDR", help="listen address(es)")
     s.add_argument("--peer", action="append", default=[], metavar="ADDR", help="peer to dial")
     s.add_argument("--mdns", action="store_true", help="find peers on the LAN by mDNS")
-    s.add_argument("--registry", metavar="ADDR", help="a name registry to register with")
+    s.add_argument("--registry", metavar="MULTIADDR", help="a name registry to register with")
     s.add_argument("--join", metavar="NICK", help="with --registry: dial this member")
     s.add_argument(
         "--plain",
@@ -1315,14 +1307,13 @@ def _add_chat_parser(sub: Any) -> None:
 
 
 def _add_relay_listen_option(s: Any) -> None:
-    """``--relay MULTIADDR`` of ``chat`` and ``send``: listen through relays as well."""
-    s.add_argument(
+    """``--relay MULTIADDR`` of ``listen``, ``expose``, ``chat`` and ``send``: listen
+    through relays as well."""
+    _add_list_option(
+        s,
         "--relay",
-        action="append",
-        default=[],
-        metavar="MULTIADDR",
-        help="also listen through this relay (…/p2p/<relay id>; repeatable): the ticket or "
-        "the listening addresses then carry a /p2p-circuit address",
+        "also listen through this relay (…/p2p/<relay id>; repeatable): the listening "
+        "addresses (and send's ticket) then carry a /p2p-circuit address",
     )
 
 
@@ -1365,22 +1356,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MULTIADDR",
         help=f"TCP (/ip4/…/tcp/N) or QUIC (/ip4/…/udp/N/quic-v1); default {DEFAULT_LISTEN}",
     )
-    s.add_argument(
-        "--key",
-        help=f"key file (created if missing); default {default_key_path()}, as for switchy id",
-    )
+    s.add_argument("--key", help=_STABLE_KEY_HELP)
     s.add_argument(
         "--ephemeral", action="store_true", help="use a fresh throwaway identity, not a key file"
     )
     s.add_argument("--register", metavar="NAME", help="register NAME with --registry")
-    s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
-    s.add_argument(
-        "--relay",
-        action="append",
-        default=[],
-        metavar="MULTIADDR",
-        help="also listen through this relay (…/p2p/<relay id>; repeat for several relays)",
-    )
+    _add_registry_option(s, "a name registry")
+    _add_relay_listen_option(s)
     _add_public_network(s)
     _add_metrics_option(s)
     _add_hole_punching_option(s)
@@ -1392,8 +1374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     relay_defaults = RelayConfig()
     s = command("relay", help="run a circuit relay (v2) for peers that cannot be reached")
-    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
-    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
+    _add_server_options(s)
     s.add_argument(
         "--limit-data",
         type=parse_size,
@@ -1412,7 +1393,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=relay_defaults.max_reservations,
         help="reservations held at once (default %(default)s)",
     )
-    _add_metrics_option(s)
     s.set_defaults(func=_cmd_relay)
 
     s = command(
@@ -1422,13 +1402,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "-c", "--count", type=_int_at_least(1), default=5, help="number of pings (default 5)"
     )
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--key", help="key file to use (default: a fresh identity)")
-    s.add_argument("--registry", metavar="MULTIADDR", action="append", help="resolve NAME here")
+    _add_client_options(s, json_help="print one JSON object")
+    _add_registry_option(s, "resolve NAME here")
     s.add_argument(
         "-i",
         "--interval",
-        type=_not_negative_float,
+        type=_seconds(zero=True),
         default=None,
         metavar="S",
         help="seconds between pings (default 1 through a relay, to see it become direct; else 0)",
@@ -1437,9 +1416,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_ping_by_name)
 
     s = command("registry", help="run a name registry (/switchy/discovery/1.0.0)")
-    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
-    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
-    _add_metrics_option(s)
+    _add_server_options(s)
     s.set_defaults(func=_cmd_registry)
 
     s = command("perf", help="measure throughput to a peer (libp2p perf)")
@@ -1453,15 +1430,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="bytes to receive; default 0 (give at least one of --upload, --download)",
     )
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--key", help="key file to use (default: a fresh identity)")
+    _add_client_options(s, json_help="print one JSON object")
     s.set_defaults(func=_cmd_perf)
 
     s = command("serve", help="serve a folder's files over the request router")
     s.add_argument("--static", required=True, metavar="DIR", help="folder to serve")
-    s.add_argument("addrs", nargs="*", metavar="MULTIADDR", help=f"default {DEFAULT_LISTEN}")
-    s.add_argument("--key", help="key file (created if missing); default: a fresh identity")
-    _add_metrics_option(s)
+    _add_server_options(s)
     s.set_defaults(func=_cmd_serve)
 
     s = command("request", help="send a request to a peer's router")
@@ -1473,11 +1447,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", metavar="FILE", help="write the body here (default stdout)")
     s.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_seconds(zero=False),
         default=None,
         help="seconds to wait for the answer (> 0; default SWITCHY_REQUEST_TIMEOUT, else 30)",
     )
-    s.add_argument("--key", help="key file to use (default: a fresh identity)")
+    _add_client_options(s, json_help=None)
     s.set_defaults(func=_cmd_request)
 
     s = command("demo", help="run several nodes in this process and show them talking")
@@ -1568,36 +1542,19 @@ def _setup_logging(args: argparse.Namespace, environ: Mapping[str, str]) -> Call
 
 def _add_http_commands(sub: Any) -> None:
     """The parser entries of ``expose``, ``gateway`` and ``forward``."""
-    key_help = f"key file (created if missing; default {default_key_path()}, as switchy id)"
     max_upload_help = "refuse request bodies larger than this with 413 (default: no limit)"
     s = sub.add_parser(
         "expose", help="serve a local HTTP server (http://HOST:PORT) or TCP service to peers"
     )
     s.add_argument("target", nargs="+", metavar="http://HOST:PORT | tcp HOST:PORT")
-    s.add_argument(
-        "--listen",
-        action="append",
-        default=[],
-        metavar="MULTIADDR",
-        help=f"listen address (repeatable; default {DEFAULT_LISTEN})",
+    _add_list_option(s, "--listen", f"listen address (repeatable; default {DEFAULT_LISTEN})")
+    _add_list_option(
+        s, "--allow", "serve only this peer id (repeatable; default: every peer)", "PEER"
     )
-    s.add_argument(
-        "--allow",
-        action="append",
-        default=[],
-        metavar="PEER",
-        help="serve only this peer id (repeatable; default: every peer)",
-    )
-    s.add_argument(
-        "--relay",
-        action="append",
-        default=[],
-        metavar="MULTIADDR",
-        help="also listen through this relay (repeatable)",
-    )
-    s.add_argument("--key", help=key_help)
+    _add_relay_listen_option(s)
+    s.add_argument("--key", help=_STABLE_KEY_HELP)
     s.add_argument("--register", metavar="NAME", help="register NAME (--registry, --mdns)")
-    s.add_argument("--registry", metavar="MULTIADDR", action="append", help="a name registry")
+    _add_registry_option(s, "a name registry")
     s.add_argument("--mdns", action="store_true", help="announce NAME on the LAN by mDNS")
     s.add_argument("--max-upload", type=int, metavar="BYTES", help=max_upload_help)
     s.set_defaults(func=_cmd_expose)
@@ -1610,28 +1567,17 @@ def _add_http_commands(sub: Any) -> None:
         metavar="HOST:PORT",
         help="where to listen (default 127.0.0.1:8080: loopback only)",
     )
-    s.add_argument(
-        "--peer",
-        action="append",
-        default=[],
-        metavar="MULTIADDR",
-        help="a peer's address …/p2p/<peer-id> (repeatable)",
-    )
-    s.add_argument(
-        "--registry",
-        metavar="MULTIADDR",
-        action="append",
-        help="resolve /p2p/<name>/ at this registry",
-    )
+    _add_list_option(s, "--peer", "a peer's address …/p2p/<peer-id> (repeatable)")
+    _add_registry_option(s, "resolve /p2p/<name>/ at this registry")
     s.add_argument("--mdns", action="store_true", help="resolve /p2p/<name>/ by mDNS on the LAN")
-    s.add_argument("--key", help=key_help)
+    s.add_argument("--key", help=_STABLE_KEY_HELP)
     s.add_argument("--max-upload", type=int, metavar="BYTES", help=max_upload_help)
     s.set_defaults(func=_cmd_gateway)
 
     s = sub.add_parser("forward", help="a local TCP port leading to a peer's exposed TCP service")
     s.add_argument("local", type=_host_port, metavar="HOST:PORT")
     s.add_argument("peer", metavar="PEER-ADDR", help="the peer's address …/p2p/<peer-id>")
-    s.add_argument("--key", help=key_help)
+    s.add_argument("--key", help=_STABLE_KEY_HELP)
     s.set_defaults(func=_cmd_forward)
 
 

@@ -10,7 +10,9 @@ A node keeps its metrics in :attr:`Node.metrics <switchy.stack.node.Node.metrics
 
 ``switchy listen|relay|registry|serve --metrics 127.0.0.1:9464`` does the same.  The
 server runs on the node's event loop (a scrape reads the node's state where it lives),
-answers one request per connection and bounds the request head in size and time.
+speaks HTTP through :class:`~switchy.protocols.http.core.ServerCore` (``GET`` and
+``HEAD``; ``405`` for other methods), answers one request per connection and bounds the
+request head in size and time.
 ``/healthz`` answers 200 with a small JSON object (peer id, open connections) while the
 node runs and 503 once it closes.
 
@@ -21,16 +23,21 @@ Grafana dashboard reading them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import h11
 
-from switchy.stack.errors import InvalidConfiguration
+from switchy.protocols.http.core import HttpError, HttpLimits, ServerCore
+from switchy.protocols.http.io import read_head, write_timed
+from switchy.protocols.http.proxy import tcp_multiaddr
+from switchy.stack.errors import InvalidConfiguration, P2PError
 from switchy.stack.metrics import HistogramValue, MetricFamily, MetricsRegistry
+from switchy.stack.stream import Stream
+from switchy.stack.transport import Listener
+from switchy.transports.tcp import TcpTransport
 
 if TYPE_CHECKING:
     from switchy.stack.node import Node
@@ -123,21 +130,26 @@ def render_metrics(registry: MetricsRegistry, *, process: bool = True) -> bytes:
 class MetricsServer:
     """Serves ``/metrics`` and ``/healthz`` of ``node`` on ``host:port`` (port 0: any
     free port; :attr:`port` tells which).  Use as an async context manager, or call
-    :meth:`start` and :meth:`close`."""
+    :meth:`start` and :meth:`close`.
+
+    The HTTP is :class:`~switchy.protocols.http.core.ServerCore`'s (the sans-IO core the
+    other HTTP servers use), one request per connection: ``GET`` and ``HEAD`` (the same
+    head, no body); any other method is answered ``405`` with ``Allow: GET, HEAD``; a
+    malformed or oversized request head gets its ``4xx`` answer."""
 
     def __init__(self, node: Node, host: str = "127.0.0.1", port: int = 9464) -> None:
         _prometheus()  # fail at once (InvalidConfiguration) when the extra is missing
         self.node = node
         self.host = host
         self._port = port
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
         """The port listened on (after :meth:`start`)."""
-        if self._server is not None and self._server.sockets:
-            return int(self._server.sockets[0].getsockname()[1])
+        if self._listener is not None and self._listener.addrs:
+            return int(self._listener.addrs[0].value_for_protocol("tcp"))
         return self._port
 
     @property
@@ -147,22 +159,24 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     async def start(self) -> None:
-        """Listen; raises :class:`OSError` when the address cannot be used."""
-        if self._server is None:
-            self._server = await asyncio.start_server(self._client, self.host, self._port)
+        """Listen; raises :class:`~switchy.stack.errors.ConnectionFailed` when the address
+        cannot be used and :class:`~switchy.stack.errors.InvalidConfiguration` when the
+        host is not an IP address (nor ``localhost``)."""
+        if self._listener is None:
+            # no SO_REUSEPORT: a second server on a port in use fails instead of sharing it
+            tcp = TcpTransport(reuse_port=False)
+            self._listener = await tcp.listen(tcp_multiaddr(self.host, self._port), self._client)
             log.info("serving metrics at %s", self.url)
 
     async def close(self) -> None:
         """Stop listening and end the requests in progress."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
         for task in list(self._clients):
             task.cancel()
         if self._clients:
             await asyncio.wait(list(self._clients))
-        if server is not None:
-            await server.wait_closed()
 
     async def __aenter__(self) -> MetricsServer:
         await self.start()
@@ -171,57 +185,53 @@ class MetricsServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _client(self, conn: object) -> None:
+        assert isinstance(conn, Stream)
         task = asyncio.current_task()
         if task is not None:
             self._clients.add(task)
+        core = ServerCore(_LIMITS)
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
-                status, ctype, body = await self._answer(conn, reader)
-                headers = [
-                    ("Content-Type", ctype),
-                    ("Content-Length", str(len(body))),
-                    ("Connection", "close"),
-                ]
-                writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-                writer.write(conn.send(h11.Data(data=body)))
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
-        except (TimeoutError, OSError, h11.ProtocolError) as exc:
+            try:
+                head = await read_head(core, conn, _LIMITS)
+                if not isinstance(head, h11.Request):  # the client left before asking
+                    await conn.close()
+                    return
+                answer = self._answer(core, head)
+            except HttpError as exc:
+                log.debug("metrics client: %s", exc)
+                answer = core.error_response(exc.status, str(exc))
+            await write_timed(conn, answer, _LIMITS.write_timeout, last=True)
+            await conn.close()
+        except (P2PError, OSError) as exc:
             log.debug("metrics client: %s", exc)
+            await conn.reset()
+        except asyncio.CancelledError:  # close(): the request in progress ends here
+            await conn.reset()
+            raise
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
             if task is not None:
                 self._clients.discard(task)
 
-    async def _answer(
-        self, parser: h11.Connection, reader: asyncio.StreamReader
-    ) -> tuple[int, str, bytes]:
-        while True:
-            event = parser.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(4096)
-                parser.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                break
-            if isinstance(event, h11.ConnectionClosed):
-                raise OSError("client closed before its request")
-        path = event.target.decode("latin-1").split("?", 1)[0]
-        if event.method not in (b"GET", b"HEAD"):
-            return 405, "text/plain; charset=utf-8", b"only GET\n"
-        if path == "/metrics":
+    def _answer(self, core: ServerCore, head: h11.Request) -> bytes:
+        """The whole response to ``head`` (a body only for ``GET``)."""
+        if head.method not in (b"GET", b"HEAD"):
+            body = b"only GET and HEAD\n"
+            return _response(core, 405, _TEXT, body, extra=[(b"allow", b"GET, HEAD")])
+        status, ctype, body = self._resource(head.target.split(b"?", 1)[0])
+        return _response(core, status, ctype, body, head_only=head.method == b"HEAD")
+
+    def _resource(self, path: bytes) -> tuple[int, bytes, bytes]:
+        """Status, content type and body of ``path``."""
+        if path == b"/metrics":
             prom = _prometheus()
             try:
                 text = render_metrics(self.node.metrics)
             except Exception:  # a collector's bug: our own, so a traceback
                 log.exception("collecting metrics failed")
-                return 500, "text/plain; charset=utf-8", b"collecting metrics failed\n"
-            return 200, prom.CONTENT_TYPE_LATEST, text
-        if path == "/healthz":
+                return 500, _TEXT, b"collecting metrics failed\n"
+            return 200, prom.CONTENT_TYPE_LATEST.encode(), text
+        if path == b"/healthz":
             node = self.node
             healthy = not node.is_closed
             body = {
@@ -231,8 +241,41 @@ class MetricsServer:
                 "listen_addrs": [str(a) for a in node.listen_addrs],
             }
             text = json.dumps(body).encode() + b"\n"
-            return (200 if healthy else 503), "application/json", text
-        return 404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n"
+            return (200 if healthy else 503), b"application/json", text
+        return 404, _TEXT, b"not found: try /metrics or /healthz\n"
+
+
+_TEXT: Final = b"text/plain; charset=utf-8"
+#: The HTTP limits of the metrics server: a small request head, read within
+#: :data:`REQUEST_TIMEOUT`.
+_LIMITS: Final = HttpLimits(
+    max_head_size=MAX_REQUEST_HEAD,
+    head_timeout=REQUEST_TIMEOUT,
+    idle_timeout=REQUEST_TIMEOUT,
+    write_timeout=REQUEST_TIMEOUT,
+)
+
+
+def _response(
+    core: ServerCore,
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    *,
+    head_only: bool = False,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """A complete response: its head (with the body's length) and, unless ``head_only``
+    (the answer to ``HEAD``), its body."""
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    data = core.response(status, headers)
+    if not head_only:
+        data += core.send(h11.Data(data=body))
+    return data + core.send(h11.EndOfMessage())
 
 
 def serve_metrics(node: Node, host: str = "127.0.0.1", port: int = 9464) -> MetricsServer:

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -96,13 +96,63 @@ class PeerProcess:
     events: list[dict[str, Any]]
 
 
+def tcp_addr(info: dict[str, Any]) -> str:
+    """The TCP address (with ``/p2p/<id>``) in a py-libp2p script's first line."""
+    addr: str = next(a for a in info["addrs"] if "/tcp/" in a)
+    return addr if "/p2p/" in addr else f"{addr}/p2p/{info['peer_id']}"
+
+
+@asynccontextmanager
+async def pylibp2p_process(
+    script: Path, *args: str, on_event: Callable[[dict[str, Any]], None]
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, Any]]]:
+    """Run a py-libp2p peer script of the interop venv (``script`` with ``args``): wait for
+    the JSON line it prints once listening (its peer id and addresses), hand each JSON
+    line after it to ``on_event``; yield the process and that first line.  On exit its
+    stdin is closed (the scripts stop then; killed after 10 s)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(_python()),
+        str(script),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    collector: asyncio.Future[None] | None = None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), PEER_TIMEOUT)
+        if not line:
+            raise AssertionError(f"py-libp2p {script.name} exited before printing its addresses")
+        info = json.loads(line)
+
+        async def collect() -> None:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                if raw.startswith(b"{"):
+                    on_event(json.loads(raw))
+
+        collector = asyncio.ensure_future(collect())
+        yield proc, info
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if collector is not None:  # its stdout ended with it
+            await asyncio.wait_for(collector, 10)
+
+
 @asynccontextmanager
 async def pylibp2p_listener(
     seed: bytes | None = None, *, relay: bool = False, quic: bool = False, autonat: bool = False
 ) -> AsyncIterator[PeerProcess]:
     """Start a py-libp2p peer listening on loopback (TCP, or QUIC-v1 with ``quic``; also a
     circuit relay with ``relay``, an AutoNAT v1 server with ``autonat``); stop it on exit."""
-    args = [str(_python()), str(PEER_SCRIPT), "listen"]
+    args = ["listen"]
     if seed is not None:
         args += ["--seed", seed.hex()]
     if relay:
@@ -111,38 +161,9 @@ async def pylibp2p_listener(
         args.append("--quic")
     if autonat:
         args.append("--autonat")
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), PEER_TIMEOUT)
-        if not line:
-            raise AssertionError("py-libp2p listener exited before printing its addresses")
-        info = json.loads(line)
-        peer = PeerProcess(info["peer_id"], info["addrs"], [])
-
-        async def collect() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                if raw.startswith(b"{"):
-                    peer.events.append(json.loads(raw))
-
-        collector = asyncio.ensure_future(collect())
-        yield peer
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if "collector" in locals():
-            await asyncio.wait_for(collector, 10)
+    events: list[dict[str, Any]] = []
+    async with pylibp2p_process(PEER_SCRIPT, *args, on_event=events.append) as (_, info):
+        yield PeerProcess(info["peer_id"], info["addrs"], events)
 
 
 class PyLibp2pRemoteHarness(RemotePeerHarness):
@@ -151,7 +172,4 @@ class PyLibp2pRemoteHarness(RemotePeerHarness):
     @asynccontextmanager
     async def remote(self) -> AsyncIterator[str]:
         async with pylibp2p_listener() as peer:
-            addr = next(a for a in peer.addrs if "/tcp/" in a)
-            if "/p2p/" not in addr:
-                addr += f"/p2p/{peer.peer_id}"
-            yield addr
+            yield tcp_addr({"peer_id": peer.peer_id, "addrs": peer.addrs})

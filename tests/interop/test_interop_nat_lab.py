@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import PEER_SCRIPT
-from tests.test_nat_lab import ROOT, SCRIPT, Lab, lab
+from tests.nat_lab_helpers import ROOT
+from tests.test_nat_lab import SCRIPT, Lab, lab
 
 pytestmark = pytest.mark.interop
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import PEER_SCRIPT
-from tests.test_nat_lab_punch import ROOT, PunchLab, _env, punch_lab, relay
+from tests.nat_lab_helpers import ROOT
+from tests.test_nat_lab_punch import PunchLab, _env, punch_lab, relay
 
 pytestmark = pytest.mark.interop
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import PEER_SCRIPT
-from tests.test_nat_lab_punch import PunchLab, _finish, _line, _spawn, punch_lab, relay
+from tests.nat_lab_helpers import finish, next_json
+from tests.test_nat_lab_punch import PunchLab, _spawn, punch_lab, relay
 
 pytestmark = pytest.mark.interop
 
@@ -27,7 +28,7 @@ def test_pylibp2p_as_a_behind_a_home_router_punches_with_us(
 ) -> None:
     b = _spawn(punch_lab.hosts[1], "b", "tcp", relay["tcp"])
     try:
-        circuit = _line(b)["circuit"]
+        circuit = next_json(b)["circuit"]
         argv = ["dcutr", circuit, "--ip", "0.0.0.0", "--port", "4001", "--wait", "30",
                 "-c", "3", "--timeout", "90"]  # fmt: skip
         cmd = ["ip", "netns", "exec", punch_lab.hosts[0], str(interop_python), str(PEER_SCRIPT)]
@@ -39,9 +40,9 @@ def test_pylibp2p_as_a_behind_a_home_router_punches_with_us(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         got = json.loads(a.stdout.splitlines()[-1])
-        events = _line(b)["events"]
+        events = next_json(b)["events"]
     finally:
-        _finish(b)
+        finish(b)
     assert a.returncode == 0 and got["ok"], (got, a.stderr[-2000:])
     ok = [e for e in events if e["kind"] == "succeeded"]
     assert ok, events

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from switchy.presets import default_node
 from switchy.protocols.pubsub import GossipParams, PubSub
 from switchy.stack.identity import PeerId
 from switchy.transports.tcp import TcpTransport
-from tests.interop.harness import PEER_TIMEOUT, VENV
+from tests.interop.harness import pylibp2p_process, tcp_addr
 
 pytestmark = pytest.mark.interop
 
@@ -48,46 +47,14 @@ class GossipPeer:
 async def gossip_peer(
     dial: str | None = None, direct: str | None = None
 ) -> AsyncIterator[GossipPeer]:
-    args = [str(VENV / "bin" / "python"), str(SCRIPT)]
+    args: list[str] = []
     if dial is not None:
         args += ["--dial", dial]
     if direct is not None:
         args += ["--direct", direct]
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), PEER_TIMEOUT)
-        if not line:
-            raise AssertionError("the py-libp2p gossip peer exited before listening")
-        info = json.loads(line)
-        addr = next(a for a in info["addrs"] if "/tcp/" in a)
-        if "/p2p/" not in addr:
-            addr += f"/p2p/{info['peer_id']}"
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        async def collect() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                if raw.startswith(b"{"):
-                    events.put_nowait(json.loads(raw))
-
-        collector = asyncio.ensure_future(collect())
-        yield GossipPeer(PeerId.from_string(info["peer_id"]), addr, proc, events)
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if "collector" in locals():
-            collector.cancel()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    async with pylibp2p_process(SCRIPT, *args, on_event=events.put_nowait) as (proc, info):
+        yield GossipPeer(PeerId.from_string(info["peer_id"]), tcp_addr(info), proc, events)
 
 
 def node(ps: PubSub) -> Any:

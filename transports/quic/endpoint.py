@@ -201,9 +201,7 @@ class QuicEndpoint(BatchProtocol):
             odcid, retry_scid = validated
         self._accept_initial(header.destination_cid, data, addr, odcid, retry_scid)
 
-    def _validate_address(
-        self, header: Any, addr: SockAddr
-    ) -> tuple[bytes, bytes | None] | None:
+    def _validate_address(self, header: Any, addr: SockAddr) -> tuple[bytes, bytes | None] | None:
         """Under load: answer a token-less Initial with a Retry (``None``); with a token,
         ``(original destination cid, retry source cid)`` when it is valid, else ``None``."""
         now = asyncio.get_running_loop().time()

@@ -241,8 +241,7 @@ def report_data(
             "total": total,
             "drops": drop_bins,  # drops, duplicates and retransmissions per bin
             "pairs": [
-                {"src": s, "dst": d, "bytes": series}
-                for (s, d), series in busiest[:MAX_FLOW_PAIRS]
+                {"src": s, "dst": d, "bytes": series} for (s, d), series in busiest[:MAX_FLOW_PAIRS]
             ],
         },
         "faults": faults,
