@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 from multiaddr import Multiaddr
 
-from switchy.stack.addresses import split_peer
+from switchy.stack.addresses import multiaddr_from_bytes, split_peer
 from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields_typed, pb_want_bytes
 from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
 from switchy.stack.identity import PeerId, PublicKey
@@ -90,21 +90,6 @@ def encode_identify(info: IdentifyInfo) -> bytes:
     return bytes(out)
 
 
-def _addr(raw: bytes) -> Multiaddr | None:
-    if len(raw) > MAX_ADDR_BYTES:
-        return None
-    try:
-        # Multiaddr(bytes) parses lazily and leniently (``str`` of 2a151515 works, ``len``
-        # raises): keep only bytes that round-trip through the text form.
-        addr = Multiaddr(str(Multiaddr(raw)))
-        if addr.to_bytes() != raw:
-            return None
-        len(addr)
-        return addr
-    except Exception:  # the multiaddr package raises several types; skip what we cannot parse
-        return None
-
-
 #: The fields of ``Identify`` we read, all length-delimited, by number.
 _FIELD_NAMES = {
     1: "Identify.publicKey",
@@ -133,13 +118,16 @@ def decode_identify(data: bytes, into: IdentifyInfo | None = None) -> IdentifyIn
             if field == 1:
                 info.public_key = PublicKey.from_protobuf(value)
             elif field == 2:
-                if len(info.listen_addrs) < MAX_IDENTIFY_ADDRS and (a := _addr(value)) is not None:
-                    info.listen_addrs.append(a)
+                if len(info.listen_addrs) >= MAX_IDENTIFY_ADDRS:
+                    continue  # the rest is not even parsed
+                addr = multiaddr_from_bytes(value, MAX_ADDR_BYTES)
+                if addr is not None:
+                    info.listen_addrs.append(addr)
             elif field == 3:
                 if len(info.protocols) < MAX_IDENTIFY_PROTOCOLS:
                     info.protocols.append(value.decode())
             elif field == 4:
-                info.observed_addr = _addr(value)
+                info.observed_addr = multiaddr_from_bytes(value, MAX_ADDR_BYTES)
             elif field == 5:
                 info.protocol_version = value.decode()
             elif field == 6:

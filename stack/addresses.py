@@ -30,12 +30,19 @@ def parse_multiaddr(addr: str | bytes | Multiaddr) -> Multiaddr:
 
 def multiaddr_from_bytes(raw: bytes, max_size: int) -> Multiaddr | None:
     """The multiaddr in ``raw`` (a peer's binary address), or ``None`` when it is longer than
-    ``max_size`` bytes or does not parse: for decoders that skip what they cannot read."""
+    ``max_size`` bytes, does not parse, or does not round-trip: for decoders that skip what
+    they cannot read.
+
+    ``Multiaddr(bytes)`` parses lazily and leniently (``str`` of ``2a151515`` works, ``len``
+    raises), so only bytes that come back unchanged through the text form are taken.
+    """
     if len(raw) > max_size:
         return None
     try:
-        addr = Multiaddr(raw)
-        str(addr)  # Multiaddr(bytes) parses lazily: force the full parse here
+        addr = Multiaddr(str(Multiaddr(raw)))
+        if addr.to_bytes() != raw:
+            return None
+        len(addr)  # every component decodes
     except Exception:  # the multiaddr package raises several types for bad input
         return None
     return addr

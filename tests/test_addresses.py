@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multiaddr import Multiaddr
 
-from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
+from switchy.stack.addresses import multiaddr_from_bytes, parse_multiaddr, split_peer, with_peer
 from switchy.stack.errors import InvalidConfiguration, InvalidPeerId
 from switchy.stack.identity import KeyPair
 
@@ -40,3 +40,38 @@ def test_errors() -> None:
         parse_multiaddr("not an address")
     with pytest.raises((InvalidPeerId, InvalidConfiguration)):
         split_peer("/ip4/1.2.3.4/tcp/1/p2p/QmNotARealPeerIdAtAll")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes.fromhex("2a151515"),  # str() "works" (/ip6zone/...), len() raises
+        bytes.fromhex("04010203"),  # /ip4 cut short
+        bytes.fromhex("ffff"),  # no such protocol
+        Multiaddr("/ip4/1.2.3.4/tcp/80").to_bytes() + b"\x06",  # a trailing half component
+    ],
+)
+def test_multiaddr_from_bytes_takes_only_bytes_that_round_trip(raw: bytes) -> None:
+    assert multiaddr_from_bytes(raw, 1024) is None
+
+
+def test_multiaddr_from_bytes_takes_good_addresses_within_the_size() -> None:
+    for text in ("/ip4/1.2.3.4/tcp/80", "/ip6/::1/udp/4001/quic-v1", "/dns4/example.com/tcp/1"):
+        raw = Multiaddr(text).to_bytes()
+        assert multiaddr_from_bytes(raw, len(raw)) == Multiaddr(text)
+        assert multiaddr_from_bytes(raw, len(raw) - 1) is None
+
+
+def test_the_decoders_skip_an_address_that_does_not_round_trip() -> None:
+    from switchy.protocols.dcutr.pb import HolePunchType, decode_holepunch
+    from switchy.protocols.kad.pb import KadPeer, decode_message
+    from switchy.stack.codec import pb_bytes, pb_varint
+
+    lazy = bytes.fromhex("2a151515")
+    good = Multiaddr("/ip4/1.2.3.4/tcp/80")
+    punch = decode_holepunch(pb_varint(1, 100) + pb_bytes(2, lazy) + pb_bytes(2, good.to_bytes()))
+    assert (punch.type, punch.obs_addrs) == (HolePunchType.CONNECT, (good,))
+    peer_id = KeyPair.generate().peer_id
+    kad_peer = pb_bytes(1, peer_id.to_bytes()) + pb_bytes(2, lazy) + pb_bytes(2, good.to_bytes())
+    message = decode_message(pb_varint(1, 4) + pb_bytes(8, kad_peer))
+    assert message.closer_peers == (KadPeer(peer_id, (good,), 0),)

@@ -219,3 +219,66 @@ def test_a_connection_given_back_twice_frees_its_slot_once() -> None:
         await srv.wait_closed()
 
     run(main)
+
+
+def test_idle_expiry_follows_the_loop_clock_so_virtual_time_ages_connections() -> None:
+    from multiaddr import Multiaddr
+
+    from switchy.protocols.http.pool import PooledConnection, UpstreamPool
+    from switchy.stack.stream import Connection
+    from switchy.transports.sim import Simulation, run_simulation
+
+    class _Conn(Connection):
+        """A connection that is never read or written: the pool only keeps and closes it."""
+
+        local_addr = remote_addr = Multiaddr("/ip4/127.0.0.1/tcp/1")
+        closed = False
+
+        async def read(self, max_bytes: int = -1) -> bytes:
+            return b""
+
+        async def write(self, data: bytes | bytearray | memoryview) -> None:
+            pass
+
+        async def close_write(self) -> None:
+            pass
+
+        async def reset(self) -> None:
+            self.closed = True
+
+        async def close(self) -> None:
+            self.closed = True
+
+    class _Dialer:
+        async def dial(self, addr: Multiaddr) -> Connection:
+            return _Conn()
+
+    def exchange(conn: PooledConnection) -> None:
+        """One complete request and response on ``conn``'s h11 state (so it may be kept)."""
+        h = conn.core.h11
+        h.send(h11.Request(method="GET", target="/", headers=[("host", "p2p")]))
+        h.send(h11.EndOfMessage())
+        h.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        while h.their_state is not h11.DONE:
+            h.next_event()
+
+    async def main(sim: Simulation) -> None:
+        pool = UpstreamPool(
+            _Dialer(),  # type: ignore[arg-type]
+            Multiaddr("/ip4/127.0.0.1/tcp/1"),
+            PoolLimits(idle_expiry=2.0),
+        )
+        first = await pool.acquire()
+        exchange(first)
+        await pool.release(first)
+        await asyncio.sleep(1.5)  # virtual seconds: within the expiry
+        assert (await pool.acquire()) is first
+        exchange(first)
+        await pool.release(first)
+        await asyncio.sleep(2.5)  # past the expiry, in virtual time only
+        second = await pool.acquire()
+        assert second is not first and pool.dialled == 2
+        assert isinstance(first.stream, _Conn) and first.stream.closed
+        await pool.discard(second)
+
+    run_simulation(main)

@@ -6,7 +6,8 @@ forwards and gives it back when the exchange ended cleanly (both sides ``DONE``,
 server's accept.  Bounds: at most ``max_idle`` connections wait in the pool, each at most
 ``idle_expiry`` seconds (shorter than the keep-alive timeouts of common servers, so the
 server rarely closes a connection just as it is reused), and at most ``max_connections``
-are open at once (more requests wait for one).
+are open at once (more requests wait for one).  Ages are read on the event loop's clock,
+so the simulator's virtual time ages them too.
 
 A server may still close an idle connection under us: the proxy then sends a request
 without a body once more on a fresh connection (see
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import time
 from typing import Final
 
 import attrs
@@ -94,7 +94,7 @@ class UpstreamPool:
         """
         await self._slots.acquire()
         try:
-            now = time.monotonic()
+            now = asyncio.get_running_loop().time()
             while self._idle and not fresh:
                 conn = self._idle.pop()  # the most recently used: the least likely closed
                 if now - conn._since <= self.limits.idle_expiry:
@@ -122,7 +122,7 @@ class UpstreamPool:
             return
         conn.core.start_next_cycle()
         conn.reused = True
-        conn._since = time.monotonic()
+        conn._since = asyncio.get_running_loop().time()
         self._idle.append(conn)
 
     async def discard(self, conn: PooledConnection) -> None:

@@ -19,6 +19,7 @@ import heapq
 import math
 import random
 import statistics
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -40,6 +41,13 @@ class LookupOutcome:
     rounds: int
     queries: int
     latency: float
+
+
+@attrs.define
+class _Clock:
+    """The virtual time of one lookup (set by :meth:`KadModel._replies`)."""
+
+    now: float = 0.0
 
 
 class KadModel:
@@ -154,21 +162,9 @@ class KadModel:
             return Lookup(key, [], now=0.0), True, 0.0
         seeds = [(e.peer_id, ()) for e in table.closest(key)]
         lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta, stall=self.stall)
-        events: list[tuple[float, int, PeerId]] = []
-        now = 0.0
-        seq = 0
-        while not lookup.finished(now):
-            for peer, _ in lookup.next_queries(now):
-                delay = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
-                seq += 1
-                heapq.heappush(events, (now + delay, seq, peer))
-            if not events:
-                break
-            wake = lookup.next_wakeup()
-            if wake is not None and wake < events[0][0]:
-                now = wake
-                continue
-            now, _, peer = heapq.heappop(events)
+        clock = _Clock()
+        for peer in self._replies(source, lookup, clock, stop_when_finished=True):
+            now = clock.now
             if peer in self.crashed:
                 lookup.on_failure(peer, now)
                 table.remove(peer)
@@ -178,7 +174,35 @@ class KadModel:
                 return lookup, True, now
             lookup.on_response(peer, self.answer(peer, source, key, now), now)
             table.add(peer, (), now)
-        return lookup, False, now
+        return lookup, False, clock.now
+
+    def _replies(
+        self, source: PeerId, lookup: Lookup, clock: _Clock, *, stop_when_finished: bool
+    ) -> Iterator[PeerId]:
+        """The one loop of a lookup from ``source`` in virtual time: sends the queries
+        ``lookup`` asks for and yields each asked peer when its answer is due (a live
+        peer after the pair's round trip, a crashed one after the query timeout), with
+        ``clock.now`` set to that time; the caller feeds the answer or the failure to
+        ``lookup``.  A stalled query (``lookup.next_wakeup()``) lets the next queries go.
+
+        Ends when no query is in flight, or (``stop_when_finished``) as soon as the
+        lookup is finished before the next query goes out.
+        """
+        events: list[tuple[float, int, PeerId]] = []
+        seq = 0
+        while not (stop_when_finished and lookup.finished(clock.now)):
+            for peer, _ in lookup.next_queries(clock.now):
+                due = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
+                seq += 1
+                heapq.heappush(events, (clock.now + due, seq, peer))
+            if not events:
+                return
+            wake = lookup.next_wakeup()
+            if wake is not None and wake < events[0][0]:
+                clock.now = wake  # a query stalls: ask the next peers
+                continue
+            clock.now, _, peer = heapq.heappop(events)
+            yield peer
 
     def churn(
         self,
@@ -241,23 +265,12 @@ class KadModel:
             return LookupOutcome(True, 0, 0, 0.0)
         seeds = [(e.peer_id, ()) for e in table.closest(key)]
         lookup = Lookup(key, seeds, now=0.0, local=source, stall=self.stall)
-        events: list[tuple[float, int, PeerId]] = []
-        now = 0.0
-        seq = 0
-        while True:
-            for peer, _ in lookup.next_queries(now):
-                delay = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
-                seq += 1
-                heapq.heappush(events, (now + delay, seq, peer))
-            if not events:
-                return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
-            wake = lookup.next_wakeup()
-            if wake is not None and wake < events[0][0]:
-                now = wake  # a query stalls: ask the next peers
-                continue
-            now, _, peer = heapq.heappop(events)
+        clock = _Clock()
+        # find_peer looks at the lookup's end only when an answer comes
+        for peer in self._replies(source, lookup, clock, stop_when_finished=False):
+            now = clock.now
             if lookup.finished(now):
-                return LookupOutcome(False, lookup.rounds(), lookup.queries, now)
+                break
             if peer in self.crashed:
                 lookup.on_failure(peer, now)
                 continue
@@ -265,6 +278,7 @@ class KadModel:
             if any(p == target for p, _ in closer):
                 return LookupOutcome(True, lookup.hop_of(peer), lookup.queries, now)
             lookup.on_response(peer, closer, now)
+        return LookupOutcome(False, lookup.rounds(), lookup.queries, clock.now)
 
     def closest(self, source: PeerId, key: int, *, beta: int = K) -> LookupOutcome:
         """Look up the k closest live nodes to ``key`` from ``source`` until the lookup ends
@@ -273,25 +287,13 @@ class KadModel:
         table = self.tables[self.index[source]]
         seeds = [(e.peer_id, ()) for e in table.closest(key)]
         lookup = Lookup(key, seeds, now=0.0, local=source, beta=beta, stall=self.stall)
-        events: list[tuple[float, int, PeerId]] = []
-        now = 0.0
-        seq = 0
-        while not lookup.finished(now):
-            for peer, _ in lookup.next_queries(now):
-                delay = self.query_timeout if peer in self.crashed else self._rtt(source, peer)
-                seq += 1
-                heapq.heappush(events, (now + delay, seq, peer))
-            if not events:
-                break
-            wake = lookup.next_wakeup()
-            if wake is not None and wake < events[0][0]:
-                now = wake  # a query stalls: ask the next peers
-                continue
-            now, _, peer = heapq.heappop(events)
+        clock = _Clock()
+        for peer in self._replies(source, lookup, clock, stop_when_finished=True):
             if peer in self.crashed:
-                lookup.on_failure(peer, now)
+                lookup.on_failure(peer, clock.now)
             else:
-                lookup.on_response(peer, self.answer(peer, None, key, now), now)
+                lookup.on_response(peer, self.answer(peer, None, key, clock.now), clock.now)
+        now = clock.now
         live = (p for p in self.ids if p not in self.crashed and p != source)
         best = min(live, key=lambda p: kad_key(p.multihash) ^ key)
         result = lookup.result()

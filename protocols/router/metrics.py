@@ -57,4 +57,3 @@ class RouterMetrics:
         """Count a request answered before dispatch (``status``: 503 when too busy); its
         method is not read then, so it counts as ``other``."""
         self.requests.labels("other", str(status)).inc()
-
