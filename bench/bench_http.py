@@ -39,7 +39,6 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from bench.common import LOOP_ENV, loop_name, run
 from bench.tunnel.sender import Sender
 from bench.tunnel.server import TunnelServer
 from switchy.presets import default_node
@@ -283,19 +282,65 @@ async def _main(quick: bool) -> dict[str, Any]:
     return results
 
 
+def _run_once(quick: bool, use_uvloop: bool) -> dict[str, Any]:
+    if use_uvloop:
+        import uvloop
+
+        results = uvloop.run(_main(quick))
+        results["loop"] = "uvloop"
+    else:
+        results = asyncio.run(_main(quick))
+        results["loop"] = "asyncio"
+    return results
+
+
+def _compare_parsers(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """httptools against h11, way by way: each figure's ratio of the two passes, and the
+    ratio of their ratios to the tunnel of their own pass (steadier on a drifting machine)."""
+    fast, slow = runs["httptools"], runs["h11"]
+    out: dict[str, Any] = {}
+    for way in ("direct", "relay", "asgi"):
+        out[way] = {
+            k: round(fast[way][k] / slow[way][k], 2)
+            for k in ("rps_1", "rps_64", "median_ms_1", "cpu_ms_per_request_1", "download_MBps")
+        }
+        out[way]["rps_1_vs_tunnel"] = round(
+            fast["relative_to_tunnel"][way]["rps_1"] / slow["relative_to_tunnel"][way]["rps_1"], 2
+        )
+        out[way]["rps_64_vs_tunnel"] = round(
+            fast["relative_to_tunnel"][way]["rps_64"] / slow["relative_to_tunnel"][way]["rps_64"],
+            2,
+        )
+    return out
+
+
 def main() -> None:
     """Run the benchmark; print the JSON."""
+    from switchy.protocols.http import core
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 MiB file, fewer requests")
+    parser.add_argument("--uvloop", action="store_true", help="run every way on uvloop")
     parser.add_argument(
-        "--uvloop", action="store_true", help=f"run every way on uvloop (as {LOOP_ENV}=uvloop)"
+        "--parser",
+        choices=("default", "h11", "httptools", "both"),
+        default="default",
+        help="the HTTP/1.1 parser of switchy's side (both: an h11 pass, then httptools)",
     )
     args = parser.parse_args()
-    if args.uvloop:
-        os.environ[LOOP_ENV] = "uvloop"
-    results = run(_main(args.quick))
-    results["loop"] = loop_name()
-    print(json.dumps(results, indent=2))
+    if args.parser != "both":
+        if args.parser != "default":
+            core.HTTP_PARSER = args.parser
+        results = _run_once(args.quick, args.uvloop)
+        results["http_parser"] = core.HTTP_PARSER
+        print(json.dumps(results, indent=2))
+        return
+    runs: dict[str, dict[str, Any]] = {}
+    for name in ("h11", "httptools"):
+        core.HTTP_PARSER = name
+        runs[name] = _run_once(args.quick, args.uvloop)
+    doc: dict[str, Any] = {"parsers": runs, "httptools_vs_h11": _compare_parsers(runs)}
+    print(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import ConnectionClosed, P2PError, ProtocolError, StreamReset
 from switchy.stack.identity import KeyPair
-from switchy.stack.mux.yamux import Yamux, YamuxConnection
+from switchy.stack.mux.yamux import Yamux, YamuxConnection, YamuxStream
 from switchy.stack.mux.yamux_core import (
     FLAG_SYN,
     HEADER,
@@ -392,6 +392,7 @@ def test_a_stream_closed_before_the_peers_fin_is_forgotten_when_the_fin_comes() 
                 s = await ma.open_stream()
                 await s.write(b"question")
                 r = await mb.accept_stream()
+                assert isinstance(s, YamuxStream) and isinstance(r, YamuxStream)
                 assert await r.read_exactly(8) == b"question"
                 await r.write_last(b"answer")
                 await r.close()

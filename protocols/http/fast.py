@@ -165,29 +165,46 @@ def _simple_out(headers: list[tuple[bytes, bytes]]) -> bool:
     return True
 
 
+def _probe_headers() -> Any:
+    """h11's ``Headers`` class with an iteration at C speed (h11's goes through
+    ``Sequence.__iter__``, one ``__getitem__`` call per field), or ``None`` when building
+    it from items does not give what h11 builds (h11 does not export the class: checked
+    once; then h11's own normalisation builds them)."""
+    made = h11.Request(method=b"GET", target=b"/", headers=[(b"Host", b"x"), (b"A-B", b"1")])
+    base: Any = type(made.headers)
+
+    class ListedHeaders(base):  # type: ignore[misc]
+        __slots__ = ("_pairs",)
+
+        def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+            super().__init__(items)
+            self._pairs = [(name, value) for _, name, value in items]
+
+        def __iter__(self) -> Any:
+            return iter(self._pairs)
+
+    try:
+        same = ListedHeaders([(b"Host", b"host", b"x"), (b"A-B", b"a-b", b"1")])
+        ok = (
+            same == made.headers
+            and list(same) == list(made.headers)
+            and same.raw_items() == made.headers.raw_items()
+            and isinstance(same, base)
+        )
+    except Exception:  # a later h11 changed the class
+        ok = False
+    return ListedHeaders if ok else None
+
+
+_Headers: Any = _probe_headers()
+
+
 def _headers(items: list[tuple[bytes, bytes, bytes]]) -> Any:
     """h11's ``Headers`` of received ``items`` (what h11's parser would build)."""
-    if _HEADERS_OK:
+    if _Headers is not None:
         return _Headers(items)
-    return h11.Request(
-        method=b"GET", target=b"/", headers=[(r, v) for r, _, v in items], _parsed=True
-    ).headers
-
-
-def _probe_headers() -> tuple[Any, bool]:
-    """h11's ``Headers`` class, and whether building it from items gives what h11
-    builds (h11 does not export it: checked once, else its normalisation is used)."""
-    made = h11.Request(method=b"GET", target=b"/", headers=[(b"Host", b"x"), (b"A-B", b"1")])
-    cls = type(made.headers)
-    try:
-        same = cls([(b"Host", b"host", b"x"), (b"A-B", b"a-b", b"1")])
-        ok = same == made.headers and same.raw_items() == made.headers.raw_items()
-    except Exception:  # a later h11 changed the class: use its normalisation
-        ok = False
-    return cls, ok
-
-
-_Headers, _HEADERS_OK = _probe_headers()
+    raw = [(r, v) for r, _, v in items]
+    return h11.Request(method=b"GET", target=b"/", headers=raw, _parsed=True).headers
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None, bool]:

@@ -28,16 +28,20 @@ __all__ = [
 PIPE_CHUNK = 64 * 1024
 
 
-async def next_event(core: _Core, stream: Stream, timeout: float) -> Event:
+async def next_event(core: _Core, stream: Stream, timeout: float | None) -> Event:
     """The next event of ``core``, reading from ``stream`` as needed (pull: backpressure).
 
-    Each read waits at most ``timeout`` seconds (:class:`P2PTimeout`).  Raises
-    :class:`HttpError` for bad input and what the stream's ``read`` raises.
+    Each read waits at most ``timeout`` seconds (:class:`P2PTimeout`; ``None``: the
+    caller bounds the whole wait).  Raises :class:`HttpError` for bad input and what the
+    stream's ``read`` raises.
     """
     while True:
         event = core.next_event()
         if event is not h11.NEED_DATA:
             return event
+        if timeout is None:
+            core.receive(await stream.read(core.limits.read_size))
+            continue
         try:
             async with asyncio.timeout(timeout):
                 data = await stream.read(core.limits.read_size)
@@ -49,8 +53,8 @@ async def next_event(core: _Core, stream: Stream, timeout: float) -> Event:
 async def read_head(core: _Core, stream: Stream, limits: HttpLimits) -> Event:
     """The first event of a message (its head), within ``limits.head_timeout`` in all."""
     try:
-        async with asyncio.timeout(limits.head_timeout):
-            return await next_event(core, stream, limits.head_timeout)
+        async with asyncio.timeout(limits.head_timeout):  # one timer for all the reads
+            return await next_event(core, stream, None)
     except TimeoutError:
         raise HttpError(f"no complete request head within {limits.head_timeout}s", 408) from None
 
