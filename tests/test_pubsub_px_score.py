@@ -132,7 +132,10 @@ def test_px_from_a_peer_below_accept_px_is_not_even_verified() -> None:
 
 def test_pubsub_dials_the_addresses_of_a_verified_record_only() -> None:
     async def main() -> None:
-        ps = PubSub(thresholds=PeerScoreThresholds(accept_px=0.0))
+        ps = PubSub(
+            thresholds=PeerScoreThresholds(accept_px=0.0),
+            score_params=PeerScoreParams(ip_colocation_factor_whitelist=()),
+        )
         listen = ["/ip4/127.0.0.1/tcp/0"]
         async with (
             default_node(services=[ps], listen=listen) as b,
@@ -156,6 +159,8 @@ def test_pubsub_dials_the_addresses_of_a_verified_record_only() -> None:
             await asyncio.wait_for(connected.wait(), 20)
             assert b.connections(c.peer_id)
             assert ps.router.dropped["invalid peer record"] == 1
+            # the service told the router where the pruner connects from (P6)
+            assert ps.router.score._peers[pruner.peer_id].ips == ("127.0.0.1",)
             # the forged entry came first and was handled before c's: it was never used
             assert not b.connections(d.peer_id) and not b.peerstore.addrs(d.peer_id)
             await stream.reset()
