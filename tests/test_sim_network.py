@@ -427,9 +427,9 @@ def test_routes_of_leaves_are_the_routes_a_full_search_finds(
                 net.set_link_up(link.src.name, link.dst.name, False, both=False)
         for i in crashed:
             net.crash(names[i % len(names)])
-        for a in names:
-            for b in names:
-                assert net.find_path(a, b) == _searched_path(net, a, b), (a, b)
+        for x in names:
+            for y in names:
+                assert net.find_path(x, y) == _searched_path(net, x, y), (x, y)
 
 
 def test_routes_between_the_leaves_of_a_star_search_only_from_the_hub() -> None:
