@@ -72,7 +72,8 @@ def bench_mesh(nodes: int, peers: int = 5, pings: int = 10, seed: int = 1) -> di
 
         async def run_one(i: int) -> None:
             nonlocal failures, rounds
-            targets = sim.random.sample([j for j in range(nodes) if j != i], peers)
+            # ``peers`` others than i, drawn without building a list of every node
+            targets = [j + (j >= i) for j in sim.random.sample(range(nodes - 1), peers)]
             for j in targets:
                 try:
                     await ping(all_nodes[i], addrs[j], count=pings)

@@ -14,6 +14,7 @@ peer using them can still authenticate.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import stat
@@ -288,6 +289,16 @@ def load_or_create_key(path: str | os.PathLike[str]) -> KeyPair:
     return pair
 
 
+#: Peer ids whose text form is remembered across instances (each connection makes a
+#: new PeerId for the same remote; base58 encoding is slow pure Python).
+_TEXT_CACHE_SIZE: Final = 4096
+
+
+@functools.lru_cache(maxsize=_TEXT_CACHE_SIZE)
+def _base58_text(multihash: bytes) -> str:
+    return base58.b58encode(multihash).decode("ascii")
+
+
 class PeerId:
     """A libp2p peer id: the multihash of a public key."""
 
@@ -357,7 +368,7 @@ class PeerId:
     def to_base58(self) -> str:
         """The canonical text form."""
         if self._str is None:
-            self._str = base58.b58encode(self.multihash).decode("ascii")
+            self._str = _base58_text(self.multihash)
         return self._str
 
     def to_cid(self) -> str:

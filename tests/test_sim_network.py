@@ -370,3 +370,84 @@ def test_link_properties_validate_and_take_effect() -> None:
         assert not ab.held
 
     run_simulation(main, seed=1, config=QUIET)
+
+
+def _searched_path(net: Network, a: str, b: str) -> list[str] | None:
+    """The route from ``a`` to ``b`` by a full search from ``a`` (no leaf shortcut)."""
+    src, dst = net.host(a), net.host(b)
+    if src is dst:
+        return [a]
+    prev = net._tree(src)
+    if prev[dst.number] is None:
+        return None
+    hosts = [dst.name]
+    v = dst.number
+    while v != src.number:
+        link = prev[v]
+        assert link is not None
+        hosts.append(link.src.name)
+        v = link.src.number
+    return hosts[::-1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    edges=st.lists(
+        st.tuples(st.integers(0, 7), st.integers(0, 7), st.sampled_from([0.001, 0.002, 0.005])),
+        max_size=14,
+    ),
+    leaves=st.lists(st.tuples(st.integers(0, 7), st.sampled_from([0.001, 0.003])), max_size=6),
+    down=st.lists(st.integers(0, 30), max_size=3),
+    crashed=st.lists(st.integers(0, 13), max_size=2),
+)
+def test_routes_of_leaves_are_the_routes_a_full_search_finds(
+    edges: list[tuple[int, int, float]],
+    leaves: list[tuple[int, float]],
+    down: list[int],
+    crashed: list[int],
+) -> None:
+    # A leaf's route is its one link plus its neighbour's route: the same as searching.
+    with Simulation(1, config=SimConfig(default_packet_loss=0.0)) as sim:
+        net = sim.network
+        core = [f"c{i}" for i in range(8)]
+        net.add_hosts(core)
+        for a, b, latency in edges:
+            if a != b and not net.has_link(core[a], core[b]):
+                net.add_link(core[a], core[b], latency=latency)
+        names = list(core)
+        for i, (at, latency) in enumerate(leaves):
+            leaf = f"l{i}"
+            net.add_host(leaf)
+            net.add_link(leaf, core[at], latency=latency)
+            names.append(leaf)
+        links = net.links
+        for i in down:
+            if links:
+                link = links[i % len(links)]
+                net.set_link_up(link.src.name, link.dst.name, False, both=False)
+        for i in crashed:
+            net.crash(names[i % len(names)])
+        for x in names:
+            for y in names:
+                assert net.find_path(x, y) == _searched_path(net, x, y), (x, y)
+
+
+def test_routes_between_the_leaves_of_a_star_search_only_from_the_hub() -> None:
+    # One search per host made a large star quadratic in time and memory.
+    with Simulation(1, config=SimConfig(default_packet_loss=0.0)) as sim:
+        net = sim.network
+        net.add_host("hub")
+        for i in range(50):
+            net.add_host(f"h{i}")
+            net.add_link(f"h{i}", "hub", latency=0.005)
+        for i in range(50):
+            assert net.find_path(f"h{i}", f"h{(i + 1) % 50}") == [
+                f"h{i}",
+                "hub",
+                f"h{(i + 1) % 50}",
+            ]
+            assert net.path_latency(f"h{i}", "hub") == pytest.approx(0.005)
+        assert list(net._trees) == [net.host("hub").number]
+        net.crash("hub")
+        assert net.find_path("h0", "h1") is None
+        assert net.find_path("h0", "hub") == ["h0", "hub"]

@@ -93,9 +93,13 @@ class _FifoTimerHandle(asyncio.TimerHandle):
         self._seq = seq
 
     def __lt__(self, other: object) -> bool:
-        w = self._when  # type: ignore[attr-defined]
-        ow = other._when  # type: ignore[attr-defined]
-        return bool(w < ow or (w == ow and self._seq < other._seq))  # type: ignore[attr-defined]
+        # every heap push and pop compares timers: kept to the fewest operations
+        w: float = self._when  # type: ignore[attr-defined]
+        ow: float = other._when  # type: ignore[attr-defined]
+        if w != ow:
+            return w < ow
+        seq: int = other._seq  # type: ignore[attr-defined]
+        return self._seq < seq
 
 
 class _VirtualSelector:

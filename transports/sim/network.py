@@ -36,6 +36,7 @@ Randomness (loss, jitter, duplication, reordering) comes from the one
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -112,6 +113,12 @@ QUEUE_FULL: Final = "queue_full"
 PORT_UNREACHABLE: Final = "port_unreachable"
 
 
+#: Distinct (host, port) addresses remembered by :func:`sim_multiaddr` (each connection
+#: names both of its ends; parsing the text form of a multiaddr is slow).
+_ADDRESS_CACHE_SIZE: Final = 16384
+
+
+@functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
 def sim_multiaddr(host_number: int, port: int) -> Multiaddr:
     """The sim multiaddr ``/memory/<host_number * 100000 + port>``."""
     if not 0 <= port <= MAX_PORT:
@@ -670,6 +677,16 @@ class Network:
         self._trees[src.number] = prev
         return prev
 
+    def _only_link(self, host: Host) -> Link | None:
+        """The one link out of ``host`` that is up, or None when it has none or several."""
+        found: Link | None = None
+        for link in self._out[host.number]:
+            if link._up:
+                if found is not None:
+                    return None
+                found = link
+        return found
+
     def _route(self, src: Host, dst: Host) -> _Route | None:
         key = (src.number, dst.number)
         try:
@@ -677,8 +694,25 @@ class Network:
         except KeyError:
             pass
         route: _Route | None
+        only = self._only_link(src) if src is not dst else None
         if src is dst:
             route = _Route((), (src.name,))
+        elif only is not None and (only.dst is dst or self._only_link(only.dst) is None):
+            # A host with one way out (a leaf: every host of a star) reaches everything
+            # through that link, and its neighbour's shortest routes never come back
+            # through it: the route is the link and the neighbour's route, the one a
+            # search from ``src`` would find.  No search (and no tree) per leaf: a search
+            # walks the whole network, so one per host made a large mesh quadratic.
+            nb = only.dst
+            if nb is dst:
+                route = _Route((only,), (src.name, dst.name))
+            elif not nb.up:
+                route = None  # a crashed host does not forward
+            else:
+                rest = self._route(nb, dst)
+                route = (
+                    None if rest is None else _Route((only, *rest.links), (src.name, *rest.hosts))
+                )
         else:
             prev = self._tree(src)
             if prev[dst.number] is None:
