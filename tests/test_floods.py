@@ -528,7 +528,7 @@ def test_quic_handshake_slowloris() -> None:
     per-source cap holds 32 of each, past RETRY_THRESHOLD the rest must prove their address
     with a Retry (which the attacker ignores), an honest dial still succeeds and honest
     pings go on, and the handshake timeout frees every slot."""
-    server = quic_node(handshake_timeout=2.0)
+    server = quic_node(handshake_timeout=10.0)
     honest = quic_node()
     sources, per_source = ("127.0.0.2", "127.0.0.3", "127.0.0.4"), 100  # 4 rounds of 25
 
@@ -579,7 +579,7 @@ def test_quic_handshake_slowloris() -> None:
                     new_rtt = (await ping(newcomer, addr))[0]
                 assert counters.retries == per_source + 1 and counters.invalid_tokens == 0
                 assert max(rtts) < 5.0 and new_rtt < 5.0
-                await asyncio.wait_for(all_timed_out.wait(), 20)
+                await asyncio.wait_for(all_timed_out.wait(), 60)
             finally:
                 for sock in socks:
                     sock.close()

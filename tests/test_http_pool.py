@@ -255,7 +255,7 @@ def test_idle_expiry_follows_the_loop_clock_so_virtual_time_ages_connections() -
 
     def exchange(conn: PooledConnection) -> None:
         """One complete request and response on ``conn``'s h11 state (so it may be kept)."""
-        h = conn.core.h11
+        h = conn.core.conn
         h.send(h11.Request(method="GET", target="/", headers=[("host", "p2p")]))
         h.send(h11.EndOfMessage())
         h.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
