@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from bench.common import LOOP_ENV, loop_name, run
 from bench.tunnel.sender import Sender
 from bench.tunnel.server import TunnelServer
 from switchy.presets import default_node
@@ -282,15 +283,9 @@ async def _main(quick: bool) -> dict[str, Any]:
     return results
 
 
-def _run_once(quick: bool, use_uvloop: bool) -> dict[str, Any]:
-    if use_uvloop:
-        import uvloop
-
-        results = uvloop.run(_main(quick))
-        results["loop"] = "uvloop"
-    else:
-        results = asyncio.run(_main(quick))
-        results["loop"] = "asyncio"
+def _run_once(quick: bool) -> dict[str, Any]:
+    results = run(_main(quick))
+    results["loop"] = loop_name()
     return results
 
 
@@ -320,7 +315,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="16 MiB file, fewer requests")
-    parser.add_argument("--uvloop", action="store_true", help="run every way on uvloop")
+    parser.add_argument(
+        "--uvloop", action="store_true", help=f"run every way on uvloop (as {LOOP_ENV}=uvloop)"
+    )
     parser.add_argument(
         "--parser",
         choices=("default", "h11", "httptools", "both"),
@@ -328,17 +325,19 @@ def main() -> None:
         help="the HTTP/1.1 parser of switchy's side (both: an h11 pass, then httptools)",
     )
     args = parser.parse_args()
+    if args.uvloop:
+        os.environ[LOOP_ENV] = "uvloop"
     if args.parser != "both":
         if args.parser != "default":
             core.HTTP_PARSER = args.parser
-        results = _run_once(args.quick, args.uvloop)
+        results = _run_once(args.quick)
         results["http_parser"] = core.HTTP_PARSER
         print(json.dumps(results, indent=2))
         return
     runs: dict[str, dict[str, Any]] = {}
     for name in ("h11", "httptools"):
         core.HTTP_PARSER = name
-        runs[name] = _run_once(args.quick, args.uvloop)
+        runs[name] = _run_once(args.quick)
     doc: dict[str, Any] = {"parsers": runs, "httptools_vs_h11": _compare_parsers(runs)}
     print(json.dumps(doc, indent=2))
 
