@@ -49,9 +49,14 @@ class _Stop(InvalidConfiguration):
     """Raised by the fake node factory once it has seen the configuration."""
 
 
+@pytest.mark.parametrize("where", ["after the command name", "at the end"])
 @pytest.mark.parametrize("name", sorted(commands(Path("/nonexistent"))))
 def test_every_command_builds_its_node_with_the_environment_and_limit_options(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    name: str,
+    where: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     seen: list[Any] = []
 
@@ -66,7 +71,9 @@ def test_every_command_builds_its_node_with_the_environment_and_limit_options(
     (tmp_path / "f.txt").write_text("hello")
     argv = commands(tmp_path)[name]
     limits = ["--limit", "system.conns=3", "--max-inbound-per-ip", "5"]
-    assert main([argv[0], *limits, *argv[1:]]) == 2  # the options after the command name
+    # the options right after the command name, or after everything (`dht serve --limit`)
+    at_end = where == "at the end"
+    assert main([*argv, *limits] if at_end else [argv[0], *limits, *argv[1:]]) == 2
     assert "stopped before starting" in capsys.readouterr().err
     (config,) = seen
     assert config is not None, f"switchy {name} built its node without the configuration"

@@ -27,6 +27,7 @@ from switchy.protocols.http import HTTP_PROTOCOL, PEER_ID_HEADER, HttpLimits, Ht
 from switchy.protocols.http.proxy import Gateway, HttpProxyService, tcp_multiaddr
 from switchy.protocols.http.tcp import TcpExposeService, TcpForwarder
 from switchy.stack.config import NetworkConfig
+from switchy.stack.errors import ConnectionFailed
 from switchy.stack.node import Node
 from switchy.stack.stream import Stream
 from switchy.transports.tcp import TcpTransport
@@ -411,5 +412,22 @@ def test_the_gateway_keeps_the_request_side_open_until_the_answer() -> None:
                 assert resp.status_code == 200 and resp.content == b"ok"
             await gateway.close()
         assert seen == ["open"]
+
+    run(main)
+
+
+def test_second_gateway_on_a_port_in_use_fails() -> None:
+    """A gateway or forwarder does not share its port: the second listen on it is refused."""
+
+    async def main() -> None:
+        async with default_node() as client:
+            first = Gateway(client)
+            _, port = await first.listen()
+            try:
+                for second in (Gateway(client), TcpForwarder(client, client.peer_id)):
+                    with pytest.raises(ConnectionFailed, match="cannot listen"):
+                        await second.listen(port=port)
+            finally:
+                await first.close()
 
     run(main)

@@ -440,7 +440,9 @@ class LocalTcpPort(abc.ABC):
     """A local TCP port whose connections go to :meth:`_serve` (the gateway, a forwarder)."""
 
     def __init__(self) -> None:
-        self._tcp = TcpTransport(NetworkConfig())
+        # no SO_REUSEPORT: a second gateway or forwarder on a port in use must fail, not
+        # silently share the port with the first (the kernel would split connections)
+        self._tcp = TcpTransport(NetworkConfig(), reuse_port=False)
         self._listener: Listener | None = None
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:

@@ -933,7 +933,8 @@ def _add_dht_parser(sub: Any) -> None:
         ("provide", "announce that this node provides KEY"),
         ("find-providers", "find who provides KEY"),
     ):
-        d = dsub.add_parser(name, help=help_text)
+        # the common options (--limit, --log-level, ...) after `serve` etc. as well
+        d = dsub.add_parser(name, help=help_text, parents=sub.parents)
         if name == "serve":
             d.add_argument("addrs", nargs="*", help=f"listen addresses (default {DEFAULT_LISTEN})")
         elif name == "find-peer":
@@ -1337,6 +1338,8 @@ def build_parser() -> argparse.ArgumentParser:
         """What the ``_add_*`` helpers get: their subcommands take the common options too."""
 
         add_parser = staticmethod(command)
+        #: For nested subcommands (``switchy dht serve``): they take the common options too.
+        parents = [common]
 
     commands = _Commands()
 
