@@ -45,7 +45,7 @@ from multiaddr import Multiaddr
 
 from switchy.stack import __version__
 from switchy.stack.addrbook import AddressBook, Reachability
-from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
+from switchy.stack.addresses import ip_of, parse_multiaddr, split_peer, with_peer
 from switchy.stack.config import NetworkConfig
 from switchy.stack.connmgr import ConnectionManager
 from switchy.stack.errors import (
@@ -57,7 +57,7 @@ from switchy.stack.errors import (
     ResourceLimitExceeded,
     UnsupportedAddress,
 )
-from switchy.stack.gater import ConnectionGater, ip_of
+from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import Entropy, KeyPair, PeerId
 from switchy.stack.limits import ConnectionScope, LimitConfig, ResourceManager
 from switchy.stack.metrics import MetricsRegistry, SwarmMetrics, measure_clock, rcmgr_collector

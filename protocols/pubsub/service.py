@@ -41,11 +41,10 @@ from switchy.protocols.pubsub.core import (
 )
 from switchy.protocols.pubsub.pb import MAX_RPC_SIZE
 from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds
-from switchy.stack.addresses import split_peer
+from switchy.stack.addresses import ip_of, split_peer
 from switchy.stack.codec import frame_message, split_frame
 from switchy.stack.envelope import PeerRecord
 from switchy.stack.errors import InvalidConfiguration, MessageTooLarge, P2PError
-from switchy.stack.gater import ip_of
 from switchy.stack.identity import PeerId
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService, Target
 from switchy.stack.stream import MuxedStream
