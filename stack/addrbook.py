@@ -42,6 +42,7 @@ from multiaddr import Multiaddr
 
 from switchy.stack.addresses import ip_address_of, normalized_ip, split_peer
 from switchy.stack.interfaces import expand_wildcard, is_wildcard
+from switchy.stack.metrics import loop_time
 
 __all__ = [
     "CONFIRM_THRESHOLD",
@@ -156,16 +157,7 @@ class AddressBook:
     # --- time and callbacks ---------------------------------------------------------------
 
     def _now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        import asyncio
-
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            import time
-
-            return time.monotonic()
+        return self._clock() if self._clock is not None else loop_time()
 
     def _call(self, callbacks: list[Callback], *args: Any) -> None:
         for cb in list(callbacks):
