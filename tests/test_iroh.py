@@ -7,6 +7,7 @@ Every endpoint uses iroh's minimal preset with relays disabled: nothing goes onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -33,10 +34,13 @@ from switchy.stack.errors import (  # noqa: E402
     ConnectionFailed,
     InvalidConfiguration,
     InvalidPeerId,
+    P2PError,
+    StreamReset,
 )
 from switchy.stack.identity import KeyPair  # noqa: E402
 from switchy.stack.mux import MuxedConnection  # noqa: E402
 from switchy.stack.node import Node  # noqa: E402
+from switchy.stack.stream import MuxedStream  # noqa: E402
 from switchy.transports.iroh import ALPN, IrohTransport, endpoint_id_of, ffi, peer_id_of  # noqa: E402
 
 pytest_plugins = ["pytester"]
@@ -289,6 +293,33 @@ def test_iroh_errors_map_to_ours_with_kind_and_message() -> None:
     assert str(err).startswith("parsing an endpoint id: iroh key_parsing error: ")
     assert len(str(err)) > len("parsing an endpoint id: iroh key_parsing error: ")
     assert err.__cause__ is info.value
+
+
+def test_an_iroh_stream_over_its_memory_budget_is_reset_and_releases_it() -> None:
+    """A peer that sends more than the stream's memory limit while the application does not
+    read gets the stream reset (named so), and the memory held is given back."""
+    flood_protocol = "/switchy-test/flood/1.0.0"
+    limited = _config(limits=("stream.memory=256KiB",))
+
+    async def flood(stream: MuxedStream) -> None:
+        with contextlib.suppress(P2PError):
+            await stream.write(b"x" * (2 * 1024 * 1024))
+            await stream.close()
+
+    async def main() -> None:
+        server = _node()
+        server.handle(flood_protocol, flood)
+        client = _node(config=limited)
+        async with server, client, asyncio.timeout(60):
+            stream = await client.open_stream(server.full_addrs[0], flood_protocol)
+            await stream.write(b"go")  # the lazy negotiation goes out with it
+            await asyncio.wait([stream._reader])  # type: ignore[attr-defined]
+            with pytest.raises(StreamReset, match="over its memory budget"):
+                await stream.read()
+            scope = stream.resource_scope
+            assert scope is not None and scope.memory == 0
+
+    _run(main)
 
 
 def test_a_fresh_connection_failing_at_once_raises_our_mapped_error_and_is_closed() -> None:
