@@ -40,8 +40,9 @@ from typing import Any, Final
 import attrs
 from multiaddr import Multiaddr
 
-from switchy.stack.addresses import split_peer
+from switchy.stack.addresses import ip_address_of, normalized_ip, split_peer
 from switchy.stack.interfaces import expand_wildcard, is_wildcard
+from switchy.stack.metrics import loop_time
 
 __all__ = [
     "CONFIRM_THRESHOLD",
@@ -85,34 +86,18 @@ class Observation:
     at: float
 
 
-def _first_ip(addr: Multiaddr) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        first = next(iter(addr.items()), None)
-    except Exception:  # the multiaddr package raises several types for bad input
-        return None
-    if first is None or first[0].name not in ("ip4", "ip6"):
-        return None
-    try:
-        return ipaddress.ip_address(str(first[1]))
-    except ValueError:
-        return None
-
-
 def is_loopback_addr(addr: Multiaddr) -> bool:
     """Whether ``addr`` names a loopback IP."""
-    ip = _first_ip(addr)
+    ip = ip_address_of(addr)
     return ip is not None and ip.is_loopback
 
 
 def ip_observer_group(host: str) -> str | None:
     """The observer group of an IP: the IPv4 address itself, or the IPv6 /56 prefix."""
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
+    ip = normalized_ip(host)
+    if ip is None:
         return None
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return f"ip4:{ip.ipv4_mapped}"
         net = ipaddress.IPv6Network(f"{ip}/{IPV6_OBSERVER_PREFIX}", strict=False)
         return f"ip6:{net}"
     return f"ip4:{ip}"
@@ -172,16 +157,7 @@ class AddressBook:
     # --- time and callbacks ---------------------------------------------------------------
 
     def _now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        import asyncio
-
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            import time
-
-            return time.monotonic()
+        return self._clock() if self._clock is not None else loop_time()
 
     def _call(self, callbacks: list[Callback], *args: Any) -> None:
         for cb in list(callbacks):

@@ -1,8 +1,10 @@
-"""Multiaddr helpers: parsing with clear errors and ``/p2p/<id>`` handling."""
+"""Multiaddr helpers: parsing with clear errors, ``/p2p/<id>`` handling, and the IP
+address of a multiaddr or of a textual (socket) address."""
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 
 from multiaddr import Multiaddr
 from multiaddr.exceptions import Error as MultiaddrError
@@ -10,10 +12,26 @@ from multiaddr.exceptions import Error as MultiaddrError
 from switchy.stack.errors import InvalidConfiguration, InvalidPeerId
 from switchy.stack.identity import PeerId
 
-__all__ = ["P2P", "multiaddr_from_bytes", "parse_multiaddr", "split_peer", "with_peer"]
+__all__ = [
+    "IP_PROTOCOLS",
+    "P2P",
+    "IPAddress",
+    "ip_address_of",
+    "ip_of",
+    "multiaddr_from_bytes",
+    "normalized_ip",
+    "parse_multiaddr",
+    "split_peer",
+    "with_peer",
+]
 
 #: The multiaddr protocol naming a peer id.
 P2P = "p2p"
+#: The multiaddr protocols carrying an IP address.
+IP_PROTOCOLS = frozenset({"ip4", "ip6"})
+
+#: An IPv4 or IPv6 address.
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_multiaddr(addr: str | bytes | Multiaddr) -> Multiaddr:
@@ -85,3 +103,44 @@ def with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr:
     """``addr`` with ``/p2p/<peer>`` appended (replacing a trailing one)."""
     base, _ = split_peer(addr)
     return base.encapsulate(Multiaddr(f"/{P2P}/{peer}"))
+
+
+def normalized_ip(text: str) -> IPAddress | None:
+    """The IP address written in ``text`` (``"1.2.3.4"``, ``"fe80::1%eth0"``), or ``None``
+    when it is not one.
+
+    An IPv6 zone (``%eth0``) is dropped and an IPv4-mapped IPv6 address
+    (``::ffff:1.2.3.4``, what a dual-stack socket reports for an IPv4 peer) is the IPv4
+    address it carries, so one host has one address whichever socket saw it.
+    """
+    try:
+        ip = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def ip_of(addr: Multiaddr) -> str | None:
+    """The IP address ``addr`` starts with (``/ip4/…`` or ``/ip6/…``), as written, else
+    ``None`` (DNS names, relay circuits, the simulator's ``/memory``, malformed addresses)."""
+    try:
+        first = next(iter(addr.items()), None)
+    except Exception:  # the multiaddr package raises several types for bad input
+        return None
+    if first is None or first[0].name not in IP_PROTOCOLS or first[1] is None:
+        return None
+    return str(first[1])
+
+
+def ip_address_of(addr: Multiaddr) -> IPAddress | None:
+    """The IP address ``addr`` starts with, parsed as written (an IPv4-mapped IPv6 address
+    stays IPv6; :func:`normalized_ip` of :func:`ip_of` unwraps it), else ``None``."""
+    text = ip_of(addr)
+    if text is None:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from switchy.stack.addresses import normalized_ip
 from switchy.stack.errors import InvalidConfiguration
 
 __all__ = ["ENV_PREFIX", "NetworkConfig"]
@@ -34,13 +37,23 @@ def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def _networks(values: tuple[str, ...]) -> None:
-    import ipaddress
-
     for v in values:
         try:
             ipaddress.ip_network(v, strict=False)
         except (ValueError, TypeError):
             raise InvalidConfiguration(f"public_networks: {v!r} is not an IP network") from None
+
+
+#: Distinct ``public_networks`` tuples whose parsed networks are remembered.
+_NETWORKS_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=_NETWORKS_CACHE_SIZE)
+def _parsed_networks(
+    values: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``public_networks`` parsed once (the validator has checked each)."""
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -136,17 +149,12 @@ class NetworkConfig:
 
     def is_public_ip(self, ip: str) -> bool:
         """Whether ``ip`` is globally routable or in :attr:`public_networks`."""
-        import ipaddress
-
-        try:
-            addr = ipaddress.ip_address(ip.split("%")[0])
-        except ValueError:
+        addr = normalized_ip(ip)
+        if addr is None:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
         if addr.is_global:
             return True
-        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.public_networks)
+        return any(addr in n for n in _parsed_networks(self.public_networks))
 
     def __attrs_post_init__(self) -> None:
         if self.max_stream_window < self.initial_stream_window:

@@ -20,28 +20,13 @@ from typing import Literal
 import attrs
 from multiaddr import Multiaddr
 
+from switchy.stack.addresses import ip_of, normalized_ip
 from switchy.stack.errors import InvalidConfiguration
 from switchy.stack.identity import PeerId
 
-__all__ = ["ConnectionGater", "GateCheck", "ip_of"]
+__all__ = ["ConnectionGater", "GateCheck"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_IP_CODES = {4: "ip4", 41: "ip6"}
-
-
-def ip_of(addr: Multiaddr) -> str | None:
-    """The IP address a multiaddr starts with (``/ip4/…`` or ``/ip6/…``), else ``None``."""
-    try:
-        first = next(iter(addr.protocols()), None)
-    except Exception:  # a malformed address names no IP
-        return None
-    if first is None or first.code not in _IP_CODES:
-        return None
-    try:
-        return str(addr.value_for_protocol(first.code))
-    except Exception:
-        return None
 
 
 @attrs.frozen
@@ -91,11 +76,9 @@ class ConnectionGater:
 
     def _addr_refusal(self, addr: Multiaddr) -> str | None:
         ip = ip_of(addr)
-        if ip is None:
+        a = None if ip is None else normalized_ip(ip)
+        if ip is None or a is None:
             return None  # not an IP address (a relay circuit, the simulator's names…)
-        a = ipaddress.ip_address(ip.split("%")[0])
-        if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-            a = a.ipv4_mapped
         for n in self.deny_networks:
             if a in n:
                 return f"address {ip} is in the denied network {n}"

@@ -20,6 +20,8 @@ from typing import Final
 
 from multiaddr import Multiaddr
 
+from switchy.stack.addresses import IPAddress, ip_address_of
+
 __all__ = [
     "INTERFACE_CACHE_TTL",
     "expand_wildcard",
@@ -34,7 +36,6 @@ _SIOCGIFADDR: Final = 0x8915
 #: Interfaces considered at most (bounds the work of one lookup).
 MAX_INTERFACES: Final = 256
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _cache: tuple[float, tuple[IPAddress, ...]] | None = None
 
 
@@ -96,16 +97,8 @@ def interface_addresses() -> list[IPAddress]:
 
 def is_wildcard(addr: Multiaddr) -> bool:
     """Whether ``addr`` starts with the unspecified address (``0.0.0.0`` or ``::``)."""
-    try:
-        first = next(iter(addr.items()), None)
-    except Exception:  # the multiaddr package raises several types for bad input
-        return False
-    if first is None or first[0].name not in ("ip4", "ip6"):
-        return False
-    try:
-        return ipaddress.ip_address(str(first[1])).is_unspecified
-    except ValueError:
-        return False
+    ip = ip_address_of(addr)
+    return ip is not None and ip.is_unspecified
 
 
 def expand_wildcard(addr: Multiaddr) -> list[Multiaddr]:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 
+from switchy.stack.addresses import normalized_ip
 from switchy.stack.errors import InvalidConfiguration, ResourceLimitExceeded
 
 if TYPE_CHECKING:
@@ -708,7 +709,7 @@ class ResourceManager:
         """Whether ``ip`` is in an allowlisted network."""
         if ip is None or not self._networks:
             return False
-        addr = _ip(ip)
+        addr = normalized_ip(ip)
         return addr is not None and any(addr in n for n in self._networks)
 
     def is_allowlisted_peer(self, peer: PeerId) -> bool:
@@ -743,7 +744,7 @@ class ResourceManager:
 
     def _check_ip(self, ip: str) -> None:
         cfg = self.config
-        if cfg.exempt_loopback and (a := _ip(ip)) is not None and a.is_loopback:
+        if cfg.exempt_loopback and (a := normalized_ip(ip)) is not None and a.is_loopback:
             return
         held = self._ip_conns[ip]
         if held >= cfg.max_inbound_per_ip:
@@ -886,13 +887,3 @@ class ResourceManager:
 
     def __repr__(self) -> str:
         return f"<ResourceManager {self.system.usage()}>"
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(text.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr

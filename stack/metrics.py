@@ -30,6 +30,7 @@ __all__ = [
     "MetricsRegistry",
     "ResourceUsage",
     "SwarmMetrics",
+    "loop_time",
     "measure_clock",
     "quantile",
     "rcmgr_collector",
@@ -71,8 +72,10 @@ def quantile(samples: Iterable[float], q: float) -> float | None:
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
-def _now() -> float:
-    """The running loop's clock (virtual under the simulator), else the monotonic clock."""
+def loop_time() -> float:
+    """The running loop's clock in seconds (virtual under the simulator), else
+    :func:`time.monotonic` when no loop runs: for timestamps and deadlines (to time a
+    measurement, :func:`measure_clock`)."""
     try:
         return asyncio.get_running_loop().time()
     except RuntimeError:
@@ -95,7 +98,7 @@ class ConnectionStats:
     transfer) do not drag the way they drag the mean.
     """
 
-    opened_at: float = attrs.field(factory=lambda: _now())
+    opened_at: float = attrs.field(factory=lambda: loop_time())
     closed_at: float | None = None
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -108,7 +111,7 @@ class ConnectionStats:
     @property
     def duration(self) -> float:
         """Seconds the connection has been (or was) open."""
-        end = self.closed_at if self.closed_at is not None else _now()
+        end = self.closed_at if self.closed_at is not None else loop_time()
         return end - self.opened_at
 
     @property

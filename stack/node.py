@@ -45,7 +45,7 @@ from multiaddr import Multiaddr
 
 from switchy.stack import __version__
 from switchy.stack.addrbook import AddressBook, Reachability
-from switchy.stack.addresses import parse_multiaddr, split_peer, with_peer
+from switchy.stack.addresses import ip_of, parse_multiaddr, split_peer, with_peer
 from switchy.stack.config import NetworkConfig
 from switchy.stack.connmgr import ConnectionManager
 from switchy.stack.errors import (
@@ -57,10 +57,16 @@ from switchy.stack.errors import (
     ResourceLimitExceeded,
     UnsupportedAddress,
 )
-from switchy.stack.gater import ConnectionGater, ip_of
+from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import Entropy, KeyPair, PeerId
 from switchy.stack.limits import ConnectionScope, LimitConfig, ResourceManager
-from switchy.stack.metrics import MetricsRegistry, SwarmMetrics, measure_clock, rcmgr_collector
+from switchy.stack.metrics import (
+    MetricsRegistry,
+    SwarmMetrics,
+    loop_time,
+    measure_clock,
+    rcmgr_collector,
+)
 from switchy.stack.mux import MuxedConnection, StreamMuxer
 from switchy.stack.negotiation import (
     confirm_protocol,
@@ -961,7 +967,9 @@ class Node:
     ) -> None:
         cfg = self.config
         if not isinstance(limits, ResourceManager):
-            limits = ResourceManager(limits or LimitConfig.from_network_config(cfg), clock=_now)
+            limits = ResourceManager(
+                limits or LimitConfig.from_network_config(cfg), clock=loop_time
+            )
         #: The resource manager: every connection, stream and receive buffer is charged
         #: to it (``node.limits.usage()`` shows the current use).
         self.limits = limits
@@ -1071,16 +1079,6 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.peer_id.fmt_short()}>"
-
-
-def _now() -> float:
-    """The running loop's clock (virtual under the simulator), else the monotonic clock."""
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:
-        import time
-
-        return time.monotonic()
 
 
 def _forget_dial(

@@ -1,11 +1,23 @@
-"""Multiaddr helpers."""
+"""Multiaddr helpers and the IP helpers."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
-from switchy.stack.addresses import multiaddr_from_bytes, parse_multiaddr, split_peer, with_peer
+from switchy.stack.addresses import (
+    ip_address_of,
+    ip_of,
+    multiaddr_from_bytes,
+    normalized_ip,
+    parse_multiaddr,
+    split_peer,
+    with_peer,
+)
 from switchy.stack.errors import InvalidConfiguration, InvalidPeerId
 from switchy.stack.identity import KeyPair
 
@@ -75,3 +87,70 @@ def test_the_decoders_skip_an_address_that_does_not_round_trip() -> None:
     kad_peer = pb_bytes(1, peer_id.to_bytes()) + pb_bytes(2, lazy) + pb_bytes(2, good.to_bytes())
     message = decode_message(pb_varint(1, 4) + pb_bytes(8, kad_peer))
     assert message.closer_peers == (KadPeer(peer_id, (good,), 0),)
+
+
+# --- IP helpers -----------------------------------------------------------------------------
+
+
+def test_normalized_ip_drops_the_zone_and_unwraps_ipv4_mapped_addresses() -> None:
+    assert normalized_ip("1.2.3.4") == ipaddress.IPv4Address("1.2.3.4")
+    assert normalized_ip("::ffff:1.2.3.4") == ipaddress.IPv4Address("1.2.3.4")
+    assert normalized_ip("fe80::1%eth0") == ipaddress.IPv6Address("fe80::1")
+    assert normalized_ip("2001:db8::1") == ipaddress.IPv6Address("2001:db8::1")
+    for bad in ("", "example.com", "1.2.3", "1.2.3.4.5", "::g", "%eth0", "/ip4/1.2.3.4"):
+        assert normalized_ip(bad) is None, bad
+
+
+def test_ip_of_and_ip_address_of_read_the_first_component_only() -> None:
+    assert ip_of(Multiaddr("/ip4/1.2.3.4/tcp/1")) == "1.2.3.4"
+    assert ip_of(Multiaddr("/ip6/::1/udp/1/quic-v1")) == "::1"
+    mapped = Multiaddr("/ip6/::ffff:1.2.3.4/tcp/1")
+    assert ip_of(mapped) == "::ffff:1.2.3.4"
+    # as written: the mapped address stays IPv6 (normalized_ip unwraps it)
+    assert ip_address_of(mapped) == ipaddress.IPv6Address("::ffff:1.2.3.4")
+    assert normalized_ip(ip_of(mapped) or "") == ipaddress.IPv4Address("1.2.3.4")
+    for other in (
+        "/dns4/example.com/tcp/1",
+        "/memory/7",
+        f"/p2p/{PID}/p2p-circuit",
+        f"/p2p/{PID}/ip4/1.2.3.4/tcp/1",  # an IP that is not first
+        "",
+    ):
+        assert ip_of(Multiaddr(other)) is None, other
+        assert ip_address_of(Multiaddr(other)) is None, other
+
+
+def test_ip_of_a_malformed_address_is_none() -> None:
+    lenient = Multiaddr(bytes.fromhex("2a151515"))  # parses lazily; its components do not
+    assert ip_of(lenient) is None
+    assert ip_address_of(lenient) is None
+
+
+@given(st.ip_addresses())
+def test_normalized_ip_round_trips_every_address(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    got = normalized_ip(str(ip))
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        assert got == ip.ipv4_mapped
+    else:
+        assert got == ip
+    if isinstance(ip, ipaddress.IPv6Address):
+        assert normalized_ip(f"{ip}%eth0") == got
+
+
+@given(st.ip_addresses(), st.integers(min_value=0, max_value=65535))
+def test_ip_of_finds_the_ip_of_any_ip_multiaddr(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
+) -> None:
+    addr = Multiaddr(f"/ip{ip.version}/{ip}/tcp/{port}")
+    text = ip_of(addr)
+    assert text is not None
+    assert ipaddress.ip_address(text) == ip
+    assert ip_address_of(addr) == ip
+
+
+@given(st.text(max_size=40))
+def test_normalized_ip_never_raises(text: str) -> None:
+    got = normalized_ip(text)
+    assert got is None or isinstance(got, ipaddress.IPv4Address | ipaddress.IPv6Address)

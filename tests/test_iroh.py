@@ -7,6 +7,7 @@ Every endpoint uses iroh's minimal preset with relays disabled: nothing goes onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -33,15 +34,19 @@ from switchy.stack.errors import (  # noqa: E402
     ConnectionFailed,
     InvalidConfiguration,
     InvalidPeerId,
+    P2PError,
+    StreamReset,
 )
 from switchy.stack.identity import KeyPair  # noqa: E402
 from switchy.stack.mux import MuxedConnection  # noqa: E402
 from switchy.stack.node import Node  # noqa: E402
+from switchy.stack.stream import MuxedStream  # noqa: E402
 from switchy.transports.iroh import ALPN, IrohTransport, endpoint_id_of, ffi, peer_id_of  # noqa: E402
 
 pytest_plugins = ["pytester"]
 
 LISTEN = "/ip4/127.0.0.1/udp/0/iroh"
+LOCAL_IROH = "/ip4/127.0.0.1/udp/1/iroh"
 
 
 def _config(**kw: Any) -> NetworkConfig:
@@ -152,6 +157,43 @@ def test_the_endpoint_id_is_the_node_key() -> None:
     _run(main)
 
 
+def test_iroh_streams_are_counted_and_charged_like_other_streams() -> None:
+    """Bytes written on an iroh stream count in the protocol's stream byte metric (both
+    directions, both ends), and each stream is charged to its connection's resource scope
+    (what the connection manager counts) while open and released once it has ended.
+    (Before: sent bytes were not counted, and iroh streams were never charged.)"""
+    data = b"switchy" * 20_000
+
+    async def main() -> None:
+        server = _node(services=[EchoService()])
+        client = _node()
+        async with server, client:
+            for _ in range(3):  # released each time: the scope does not fill up
+                stream = await client.open_stream(server.full_addrs[0], ECHO_PROTOCOL)
+                scope = stream.muxed_conn.resource_scope
+                assert scope is not None
+                assert len(scope.streams) == 1
+                assert stream.resource_scope is not None
+                await stream.write(data)
+                await stream.close_write()
+                assert await stream.read_all(2 * len(data)) == data
+                await stream.close()
+                tasks = [t for t in (stream._reader, stream._writer) if t is not None]  # type: ignore[attr-defined]
+                await asyncio.wait(tasks)
+                assert len(scope.streams) == 0
+                assert stream not in stream.muxed_conn._streams  # type: ignore[attr-defined]
+            for node in (client, server):
+                counted = node._swarm_metrics.stream_bytes
+                assert counted.value(ECHO_PROTOCOL, "out") == 3 * len(data)
+            served = server._swarm_metrics.stream_bytes.value(ECHO_PROTOCOL, "in")
+            assert served == 3 * len(data)
+            # the dialer's count also has the listener's lazily read negotiation answers
+            got = client._swarm_metrics.stream_bytes.value(ECHO_PROTOCOL, "in")
+            assert 3 * len(data) <= got <= 3 * (len(data) + 64)
+
+    _run(main)
+
+
 # --- a plain iroh endpoint (what a Rust iroh app does) -------------------------------------
 
 
@@ -251,6 +293,60 @@ def test_iroh_errors_map_to_ours_with_kind_and_message() -> None:
     assert str(err).startswith("parsing an endpoint id: iroh key_parsing error: ")
     assert len(str(err)) > len("parsing an endpoint id: iroh key_parsing error: ")
     assert err.__cause__ is info.value
+
+
+def test_an_iroh_stream_over_its_memory_budget_is_reset_and_releases_it() -> None:
+    """A peer that sends more than the stream's memory limit while the application does not
+    read gets the stream reset (named so), and the memory held is given back."""
+    flood_protocol = "/switchy-test/flood/1.0.0"
+    limited = _config(limits=("stream.memory=256KiB",))
+
+    async def flood(stream: MuxedStream) -> None:
+        with contextlib.suppress(P2PError):
+            await stream.write(b"x" * (2 * 1024 * 1024))
+            await stream.close()
+
+    async def main() -> None:
+        server = _node()
+        server.handle(flood_protocol, flood)
+        client = _node(config=limited)
+        async with server, client, asyncio.timeout(60):
+            stream = await client.open_stream(server.full_addrs[0], flood_protocol)
+            await stream.write(b"go")  # the lazy negotiation goes out with it
+            await asyncio.wait([stream._reader])  # type: ignore[attr-defined]
+            with pytest.raises(StreamReset, match="over its memory budget"):
+                await stream.read()
+            scope = stream.resource_scope
+            assert scope is not None and scope.memory == 0
+
+    _run(main)
+
+
+def test_a_fresh_connection_failing_at_once_raises_our_mapped_error_and_is_closed() -> None:
+    """A connection that is gone by the time we wrap it (its remote id fails) gives the
+    dial our error for the iroh error, naming the dial, and is closed; nothing is kept."""
+    with pytest.raises(iroh.IrohError) as info:
+        iroh.EndpointId.from_string("not-an-id")
+    failure = info.value
+
+    class Gone:
+        closed: tuple[int, bytes] | None = None
+
+        def remote_id(self) -> Any:
+            raise failure
+
+        def close(self, code: int, reason: bytes) -> None:
+            self.closed = (code, reason)
+
+    transport = IrohTransport(_config(), key=KeyPair.generate())
+    gone = Gone()
+    with pytest.raises(InvalidPeerId, match=r"^iroh dial of X: iroh key_parsing error: ") as err:
+        transport._wrap(
+            gone, is_initiator=True, remote_addr=Multiaddr(LOCAL_IROH), doing="iroh dial of X"
+        )
+    assert err.value.__cause__ is failure
+    assert gone.closed is not None
+    assert not transport._connections
 
 
 def test_an_endpoint_without_our_alpn_fails_the_dial_within_the_dial_timeout() -> None:

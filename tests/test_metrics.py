@@ -3,6 +3,9 @@ node's metrics registry (registration, label bounds, histograms, the rcmgr colle
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from switchy.stack.metrics import (
@@ -11,8 +14,10 @@ from switchy.stack.metrics import (
     OVERFLOW_LABEL,
     ConnectionStats,
     MetricsRegistry,
+    loop_time,
     rcmgr_collector,
 )
+from switchy.transports.sim import Simulation, run_simulation
 
 
 def test_median_and_p90_are_not_dragged_by_one_slow_sample() -> None:
@@ -107,3 +112,21 @@ def test_rcmgr_collector_exports_use_limits_and_refusals_of_a_fake_manager() -> 
     state["system"]["memory"] = (0, 128 << 20, 2)  # read again at each scrape
     fams = {f.name: dict(f.samples) for f in reg.collect()}
     assert fams["libp2p_rcmgr_memory"] == {("system",): 0.0}
+
+
+def test_loop_time_is_the_running_loops_clock_else_the_monotonic_clock() -> None:
+    before = time.monotonic()
+    outside = loop_time()
+    assert before <= outside <= time.monotonic()
+
+    async def main(sim: Simulation) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop_time()
+        assert start == loop.time() == sim.now
+        await asyncio.sleep(3600)  # virtual: the loop's clock, not the wall's, moves
+        assert loop_time() == loop.time()
+        assert loop_time() - start == pytest.approx(3600)
+        stats = ConnectionStats()
+        assert stats.opened_at == loop.time()
+
+    run_simulation(main, seed=1)

@@ -7,6 +7,7 @@ renewal, duration limits, timeouts and crashes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -630,6 +631,46 @@ def test_a_relay_is_protected_only_while_a_reservation_is_held_on_it() -> None:
                 assert not connmgr.is_protected(r2.peer_id)
 
     run_simulation(main, seed=5, config=QUIET)
+
+
+def test_a_relay_is_unprotected_when_the_reservation_expires_and_again_protected_on_renewal() -> (
+    None
+):
+    """A reservation that lapses while its renewal hangs (the relay stays connected but
+    does not answer) ends the protection at its expiry, and takes the circuit address
+    away; the next reservation protects the relay again.  (Before the fix the listener
+    kept the expired reservation, and the protection, until the renewal gave up.)"""
+
+    async def main(sim: Simulation) -> None:
+        star(sim, "b")
+        config = RelayConfig(reservation_ttl=20, limit_data=0, limit_duration=0)
+        async with sim_node(sim, "r", RelayService(config)) as r:
+            relay_service = service(r)
+            client_cfg = RelayClientConfig(handshake_timeout=60, retry_interval=2)
+            async with sim_node(sim, "b", RelayTransport(config=client_cfg)) as b:
+                await b.listen(f"{r.full_addrs[0]}/p2p-circuit")
+                (listener,) = transport(b).listeners
+                first = listener.reservation
+                assert first is not None
+                assert b.connmgr.is_protected(r.peer_id, RESERVATION_TAG)
+
+                async def silent(stream: MuxedStream) -> None:
+                    await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+                    with contextlib.suppress(Exception):
+                        await stream.read()  # until the client gives up and resets
+
+                r.handle(HOP_PROTOCOL, silent)  # renewals now hang (60 s client timeout)
+                await asyncio.sleep(first.expires - sim.now + 1)
+                assert listener.reservation is None
+                assert listener.addrs == []
+                assert not b.connmgr.is_protected(r.peer_id)
+                assert any(c for c in b.connections(r.peer_id))  # still connected
+                r.handle(HOP_PROTOCOL, relay_service._handle_hop)
+                renewed = await listener.wait_reservation(r.peer_id)
+                assert renewed is not first
+                assert b.connmgr.is_protected(r.peer_id, RESERVATION_TAG)
+
+    run_simulation(main, seed=6, config=QUIET)
 
 
 def test_reservations_on_several_relays_and_bare_circuit_listen() -> None:

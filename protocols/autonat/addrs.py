@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from multiaddr import Multiaddr
 
+from switchy.stack.addresses import normalized_ip
 from switchy.stack.config import NetworkConfig
 
 __all__ = ["AddrPredicate", "addr_host", "is_public_addr", "is_relayed", "transport_shape"]
@@ -38,13 +39,8 @@ def addr_host(addr: Multiaddr) -> str | None:
     if value is None:
         return None
     if name in ("ip4", "ip6"):
-        try:
-            ip = ipaddress.ip_address(value)
-        except ValueError:
-            return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return f"ip4:{ip.ipv4_mapped}"
-        return f"ip{ip.version}:{ip}"
+        ip = normalized_ip(value)
+        return None if ip is None else f"ip{ip.version}:{ip}"
     if name == "memory":
         # imported here: only simulated addresses need it (the simulator is not small)
         from switchy.transports.sim.network import SIM_PORT_SPAN

@@ -63,6 +63,7 @@ from switchy.protocols.dcutr.pb import (
 from switchy.protocols.identify import IdentifyService
 from switchy.stack.errors import P2PError, P2PTimeout, ProtocolError, RequestRefused
 from switchy.stack.identity import PeerId
+from switchy.stack.metrics import loop_time
 from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
@@ -236,9 +237,6 @@ class DCUtRService(ProtocolService):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
-
     def _random(self) -> random.Random:
         if self._rng is None:
             entropy = self._node().entropy or os.urandom
@@ -278,7 +276,7 @@ class DCUtRService(ProtocolService):
         running = self._running.get(peer)
         if running is not None and not running.done():
             return None
-        if not self.backoff.allowed(peer, self._now()):
+        if not self.backoff.allowed(peer, loop_time()):
             log.debug("dcutr: %s is backed off until %s", peer, self.backoff.retry_at(peer))
             return None
         task = self._spawn(self._upgrade(conn), f"switchy-dcutr-{peer.fmt_short()}")
@@ -323,7 +321,7 @@ class DCUtRService(ProtocolService):
 
     async def _upgrade(self, conn: MuxedConnection) -> MuxedConnection | None:
         peer = conn.remote_peer
-        start = self._now()
+        start = loop_time()
         # The unilateral dial needs the peer's addresses (identify, one relayed round trip
         # away); the exchange does not: both start now, whichever is first wins.
         unilateral = (
@@ -360,7 +358,7 @@ class DCUtRService(ProtocolService):
                     self._succeeded(peer, Role.B, 0, start, direct, conn, None)
                     break
             attempt += 1
-            self._emit(PunchEvent("started", peer, Role.B, attempt, self._now() - start))
+            self._emit(PunchEvent("started", peer, Role.B, attempt, loop_time() - start))
             rtt: float | None = None
             try:
                 direct, rtt = await self._attempt(conn, peer)
@@ -370,20 +368,20 @@ class DCUtRService(ProtocolService):
             if direct is None:
                 self._emit(
                     PunchEvent(
-                        "failed", peer, Role.B, attempt, self._now() - start, reason, rtt=rtt
+                        "failed", peer, Role.B, attempt, loop_time() - start, reason, rtt=rtt
                     )
                 )
             else:
                 self._succeeded(peer, Role.B, attempt, start, direct, conn, rtt)
         if direct is None:
-            delay = self.backoff.failed(peer, self._now())
+            delay = self.backoff.failed(peer, loop_time())
             self._emit(
                 PunchEvent(
                     "failed",
                     peer,
                     Role.B,
                     attempt,
-                    self._now() - start,
+                    loop_time() - start,
                     f"{reason} (backing off {delay:g}s)",
                     final=True,
                 )
@@ -417,9 +415,9 @@ class DCUtRService(ProtocolService):
         stream = await select_protocol_lazy(await conn.open_stream(), DCUTR_PROTOCOL)
         try:
             async with _timeout(self.config.exchange_timeout, f"DCUtR exchange with {peer}"):
-                await _send(stream, machine.start(self._now()))
+                await _send(stream, machine.start(loop_time()))
                 reply = await _recv(stream)
-                sync, rtt, addrs = machine.receive(reply, self._now())
+                sync, rtt, addrs = machine.receive(reply, loop_time())
                 await _send(stream, sync)
         except BaseException:
             await stream.reset()
@@ -437,7 +435,7 @@ class DCUtRService(ProtocolService):
         peer = stream.remote_peer
         if not stream.muxed_conn.is_limited:
             raise RequestRefused(f"DCUtR from {peer} over a direct connection")
-        refusal = self._limiter.admit(peer, self._now())
+        refusal = self._limiter.admit(peer, loop_time())
         if refusal is not None:
             raise RequestRefused(f"DCUtR from {peer} refused: {refusal}")
         # A new exchange may overlap the previous one still punching (its dial may yet
@@ -448,7 +446,7 @@ class DCUtRService(ProtocolService):
             self._limiter.release(peer)
 
     async def _answer(self, stream: MuxedStream, peer: PeerId) -> None:
-        start = self._now()
+        start = loop_time()
         machine = PunchResponder(self._our_addrs())
         async with _timeout(self.config.exchange_timeout, f"DCUtR exchange with {peer}"):
             out = machine.receive(await _recv(stream))
@@ -465,7 +463,7 @@ class DCUtRService(ProtocolService):
         relayed = stream.muxed_conn
         if direct is None:
             why = "no direct connection came up" if plan.addrs else "no address to punch"
-            self._emit(PunchEvent("failed", peer, Role.A, attempt, self._now() - start, why))
+            self._emit(PunchEvent("failed", peer, Role.A, attempt, loop_time() - start, why))
         else:
             self._succeeded(peer, Role.A, attempt, start, direct, relayed, None)
 
@@ -570,7 +568,7 @@ class DCUtRService(ProtocolService):
         self.backoff.succeeded(peer)
         self._emit(
             PunchEvent(
-                "succeeded", peer, role, attempt, self._now() - start, rtt=rtt, connection=direct
+                "succeeded", peer, role, attempt, loop_time() - start, rtt=rtt, connection=direct
             )
         )
         self._spawn(self._retire(relayed), "switchy-dcutr-retire")

@@ -31,6 +31,7 @@ from switchy.protocols.discovery.codec import (
     Unregister,
 )
 from switchy.protocols.discovery.metrics import record_request
+from switchy.stack.addresses import ip_address_of
 from switchy.stack.errors import (
     AuthenticationFailed,
     InvalidConfiguration,
@@ -114,9 +115,9 @@ def source_keys(addr: Multiaddr) -> tuple[str, str]:
         return str(addr), str(addr)
     proto, value = items[0]
     key = f"{proto.name}/{value}"
-    if proto.name in ("ip4", "ip6"):
-        bits = 24 if proto.name == "ip4" else 48
-        net = ipaddress.ip_network(f"{value}/{bits}", strict=False)
+    ip = ip_address_of(addr)
+    if ip is not None:
+        net = ipaddress.ip_network((ip, 24 if ip.version == 4 else 48), strict=False)
         return key, f"{proto.name}/{net}"
     if proto.name == "memory":  # simulated hosts: one port range per host
         from switchy.transports.sim.network import SIM_PORT_SPAN

@@ -41,12 +41,12 @@ from switchy.protocols.pubsub.core import (
 )
 from switchy.protocols.pubsub.pb import MAX_RPC_SIZE
 from switchy.protocols.pubsub.score import PeerScoreParams, PeerScoreThresholds
-from switchy.stack.addresses import split_peer
+from switchy.stack.addresses import ip_of, split_peer
 from switchy.stack.codec import frame_message, split_frame
 from switchy.stack.envelope import PeerRecord
 from switchy.stack.errors import InvalidConfiguration, MessageTooLarge, P2PError
-from switchy.stack.gater import ip_of
 from switchy.stack.identity import PeerId
+from switchy.stack.metrics import loop_time
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService, Target
 from switchy.stack.stream import MuxedStream
 from switchy.stack.tasks import cancel_and_wait
@@ -242,16 +242,13 @@ class PubSub(ProtocolService):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
-
     # --- application API ------------------------------------------------------------------
 
     def subscribe(self, topic: str) -> Subscription:
         """Join ``topic`` (if not yet) and return a new :class:`Subscription` to it."""
         sub = Subscription(self, topic)
         self._subs.setdefault(topic, []).append(sub)
-        self.router.join(topic, self._now())
+        self.router.join(topic, loop_time())
         self._flush()
         return sub
 
@@ -262,7 +259,7 @@ class PubSub(ProtocolService):
         if not subs:
             self._subs.pop(sub.topic, None)
             if self._router is not None and self._running:
-                self._router.leave(sub.topic, self._now())
+                self._router.leave(sub.topic, loop_time())
                 self._flush()
 
     async def publish(self, topic: str, data: bytes) -> bytes:
@@ -270,7 +267,7 @@ class PubSub(ProtocolService):
 
         Raises :class:`~switchy.stack.errors.MessageTooLarge` above the size limit.
         """
-        msg_id = self.router.publish(topic, data, self._now())
+        msg_id = self.router.publish(topic, data, loop_time())
         self._flush()
         return msg_id
 
@@ -286,7 +283,7 @@ class PubSub(ProtocolService):
         if self._node is not None:
             self.node.peerstore.add_addrs(peer, self._direct[peer])
         if self._router is not None:
-            self._router.set_direct(self._direct, self._now())
+            self._router.set_direct(self._direct, loop_time())
             self._flush()
         if self._running and not self.node.connections(peer):
             self._spawn(self._dial(peer, px=False))
@@ -336,7 +333,7 @@ class PubSub(ProtocolService):
                 log.warning("pubsub: the validator of %r returned %r", msg.topic, verdict)
                 verdict = ValidationResult.IGNORE
         if self._router is not None and self._running:
-            self._router.validation_result(msg.msg_id, verdict, self._now())
+            self._router.validation_result(msg.msg_id, verdict, loop_time())
             self._flush()
 
     def mesh_peers(self, topic: str) -> set[PeerId]:
@@ -396,7 +393,7 @@ class PubSub(ProtocolService):
         if task is not None:
             task.cancel()
         if self._router is not None:
-            self._router.remove_peer(peer, self._now())
+            self._router.remove_peer(peer, loop_time())
 
     async def _writer(self, peer: PeerId) -> None:
         try:
@@ -425,7 +422,7 @@ class PubSub(ProtocolService):
                 self._writers.pop(peer, None)
                 self._queues.pop(peer, None)
                 if self._router is not None:
-                    self._router.remove_peer(peer, self._now())
+                    self._router.remove_peer(peer, loop_time())
 
     async def _on_stream(self, stream: MuxedStream) -> None:
         peer = stream.remote_peer
@@ -457,7 +454,7 @@ class PubSub(ProtocolService):
                     if peer not in router.peers:
                         # Our outbound stream is not negotiated yet: serve the peer already.
                         self._add_peer(peer, stream.protocol)
-                    problem = router.handle_bytes(peer, rpc, self._now())
+                    problem = router.handle_bytes(peer, rpc, loop_time())
                     if problem is not None:
                         log.debug("pubsub: RPC from %s dropped: %s", peer, problem)
                     self._flush()
@@ -522,6 +519,6 @@ class PubSub(ProtocolService):
         interval = self._params.heartbeat_interval
         await asyncio.sleep(min(0.1, interval))
         while True:
-            self.router.heartbeat(self._now())
+            self.router.heartbeat(loop_time())
             self._flush()
             await asyncio.sleep(interval)

@@ -157,6 +157,15 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
         if scope is not None:
             scope.done()
 
+    def _count_sent(self, n: int) -> None:
+        """One write committed ``n`` bytes: count them in the connection's statistics and
+        the protocol's stream byte metric."""
+        stats = self._conn.stats
+        stats.bytes_sent += n
+        stats.messages_sent += 1
+        if self.traffic is not None:
+            self.traffic.sent.inc(n)
+
     @property
     def stream_id(self) -> int:
         """The muxer's id of this stream."""

@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from switchy.stack.errors import ConnectionClosed, P2PError, StreamReset
+from switchy.stack.errors import ConnectionClosed, P2PError, ResourceLimitExceeded, StreamReset
 from switchy.stack.metrics import ConnectionStats
 from switchy.stack.mux import BufferedMuxedStream, MuxedConnection
 from switchy.stack.stream import MuxedStream
@@ -91,6 +91,7 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
         self._room: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._reader = conn._spawn(self._read_loop(), f"iroh-read-{stream_id}")
+        self._reader.add_done_callback(self._task_done)
 
     # --- connection-level tasks ---------------------------------------------------------
 
@@ -109,6 +110,9 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
                 stats.messages_received += 1
                 if self._read_closed or self._error is not None:
                     continue
+                if not self._reserve(len(data)):
+                    self._over_budget(len(data))
+                    return
                 self._buf.append(data)
                 self._wake_reader()
         except asyncio.CancelledError:
@@ -119,7 +123,6 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
                 self._error = err if isinstance(err, ConnectionClosed) else StreamReset(str(err))
         finally:
             self._wake_reader()
-            self._conn._maybe_forget(self)
 
     async def _write_loop(self) -> None:
         send = self._send
@@ -149,13 +152,24 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
             self._write_closed = True
             self._pending = None
             self._wake_writer()
-        finally:
-            self._conn._maybe_forget(self)
 
     def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = self._conn._spawn(self._write_loop(), f"iroh-write-{self._id}")
+            self._writer.add_done_callback(self._task_done)
         self._kick.set()
+
+    def _task_done(self, _task: asyncio.Task[None]) -> None:
+        # a done callback, not the loops' ``finally``: there the task is not done yet
+        self._conn._maybe_forget(self)
+
+    def _over_budget(self, n: int) -> None:
+        """Received data does not fit the memory the stream's scopes allow: reset it."""
+        log.debug("iroh stream %d over its memory budget (%d bytes more); resetting", self._id, n)
+        self._error = self._error or StreamReset(
+            f"iroh stream {self._id} reset: over its memory budget"
+        )
+        self._reset_now()
 
     def _on_connection_closed(self, error: ConnectionClosed) -> None:
         if self._error is None and not self._eof:
@@ -194,9 +208,7 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
                 f"iroh stream {self._id} is closed for writing"
             )
         self._pending = bytes(data)
-        stats = self._conn.stats
-        stats.bytes_sent += len(data)
-        stats.messages_sent += 1
+        self._count_sent(len(data))
         self._start_writer()
         # Committed: the writer task sends all of it even if this task is cancelled now.
         while self._pending is not None:
@@ -214,7 +226,10 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
     async def reset(self) -> None:
         if self._error is None:
             self._error = StreamReset(f"iroh stream {self._id} was reset locally")
-        self._buf.clear()
+        self._reset_now()
+
+    def _reset_now(self) -> None:
+        self._release(self._buf.clear())
         write_open = (
             not self._write_closed
             or self._pending is not None
@@ -235,7 +250,7 @@ class IrohStream(BufferedMuxedStream["IrohConnection"]):
     async def close(self) -> None:
         if not self._read_closed:
             self._read_closed = True
-            self._buf.clear()
+            self._release(self._buf.clear())
             self._consumed(0)
             self._wake_reader()
             if not self._eof and not self._reader.done():
@@ -308,6 +323,7 @@ class IrohConnection(MuxedConnection):
     def _maybe_forget(self, stream: IrohStream) -> None:
         if stream._done:
             self._streams.discard(stream)
+            stream._scope_done()
 
     async def _accept_loop(self) -> None:
         try:
@@ -315,8 +331,16 @@ class IrohConnection(MuxedConnection):
                 bi = await self._conn.accept_bi()
                 st = IrohStream(self, bi, next(self._ids))
                 self._streams.add(st)
+                refusal = ""
                 if len(self._inbound) >= MAX_PENDING_INBOUND:
-                    log.debug("%r: too many unaccepted streams, resetting one", self)
+                    refusal = "too many unaccepted streams"
+                else:
+                    try:
+                        st._scope = self._open_stream_scope("inbound")
+                    except ResourceLimitExceeded as exc:
+                        refusal = str(exc)
+                if refusal:
+                    log.debug("%r: refusing stream %d: %s", self, st._id, refusal)
                     await st.reset()
                     continue
                 self._inbound.append(st)
@@ -346,6 +370,7 @@ class IrohConnection(MuxedConnection):
         self._close_error = self._close_error or error
         for st in list(self._streams):
             st._on_connection_closed(error)
+            st._scope_done()
         self._streams.clear()
         self.stats.closed_at = self.stats.closed_at or asyncio.get_running_loop().time()
         self._done.set()
@@ -361,15 +386,22 @@ class IrohConnection(MuxedConnection):
     async def open_stream(self) -> MuxedStream:
         if self._closing:
             raise self._close_error or ConnectionClosed("iroh connection is closed")
+        scope = self._open_stream_scope("outbound")  # raises ResourceLimitExceeded
         try:
-            bi = await self._conn.open_bi()
-        except P2PError:
+            try:
+                bi = await self._conn.open_bi()
+            except P2PError:
+                raise
+            except Exception as exc:
+                raise ffi.map_error(exc, "iroh open_bi") from None
+            if self._closing:
+                raise self._close_error or ConnectionClosed("iroh connection is closed")
+        except BaseException:
+            if scope is not None:
+                scope.done()
             raise
-        except Exception as exc:
-            raise ffi.map_error(exc, "iroh open_bi") from None
-        if self._closing:
-            raise self._close_error or ConnectionClosed("iroh connection is closed")
         st = IrohStream(self, bi, next(self._ids))
+        st._scope = scope
         self._streams.add(st)
         return st
 

@@ -36,7 +36,7 @@ from switchy.transports.iroh.address import (
     iroh_multiaddr,
     parse_iroh_addr,
 )
-from switchy.transports.iroh.connection import IrohConnection
+from switchy.transports.iroh.connection import ABORT_CODE, IrohConnection
 
 if TYPE_CHECKING:
     from switchy.stack.identity import KeyPair, PeerId
@@ -217,20 +217,30 @@ class IrohTransport(Transport):
         except Exception as exc:
             raise ffi.map_error(exc, f"iroh dial of {addr}") from None
         remote = iroh_multiaddr(parsed.direct or _selected_path(conn), relay_url=parsed.relay_url)
-        return self._wrap(conn, is_initiator=True, remote_addr=remote)
+        return self._wrap(conn, is_initiator=True, remote_addr=remote, doing=f"iroh dial of {addr}")
 
-    def _wrap(self, conn: Any, *, is_initiator: bool, remote_addr: Multiaddr) -> IrohConnection:
+    def _wrap(
+        self, conn: Any, *, is_initiator: bool, remote_addr: Multiaddr, doing: str
+    ) -> IrohConnection:
+        """Our connection around a fresh one of the bindings.  Its first calls (the remote
+        id, the bound sockets) fail when it closed at once: their errors are mapped like
+        every other iroh error (``doing`` names the dial or accept), and it is closed."""
         assert self._key is not None
-        local = self._local_addr()
-        c = IrohConnection(
-            conn,
-            is_initiator=is_initiator,
-            local_peer=self._key.peer_id,
-            local_addr=local,
-            remote_addr=remote_addr,
-            config=self.config,
-            on_closed=self._connections.discard,
-        )
+        try:
+            local = self._local_addr()
+            c = IrohConnection(
+                conn,
+                is_initiator=is_initiator,
+                local_peer=self._key.peer_id,
+                local_addr=local,
+                remote_addr=remote_addr,
+                config=self.config,
+                on_closed=self._connections.discard,
+            )
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                conn.close(ABORT_CODE, b"failed")
+            raise ffi.map_error(exc, doing) from exc
         self._connections.add(c)
         return c
 
@@ -258,13 +268,26 @@ class IrohTransport(Transport):
         except Exception as exc:  # a peer that fails its handshake is not our error
             log.debug("iroh handshake failed: %s", ffi.map_error(exc, "accepting"))
             return
-        if conn.alpn() != self.alpn or self._handler is None:
-            conn.close(1, b"unexpected ALPN")
+        try:
+            alpn = conn.alpn()
+        except Exception as exc:
+            log.debug("iroh handshake failed: %s", ffi.map_error(exc, "accepting"))
+            return
+        if alpn != self.alpn or self._handler is None:
+            with contextlib.suppress(Exception):
+                conn.close(ABORT_CODE, b"unexpected ALPN")
             return
         sock = getattr(remote, "addr", None)
-        wrapped = self._wrap(
-            conn, is_initiator=False, remote_addr=iroh_multiaddr(str(sock) if sock else None)
-        )
+        try:
+            wrapped = self._wrap(
+                conn,
+                is_initiator=False,
+                remote_addr=iroh_multiaddr(str(sock) if sock else None),
+                doing="accepting",
+            )
+        except P2PError as exc:  # the peer's connection failed at once: not our error
+            log.debug("iroh handshake failed: %s", exc)
+            return
         try:
             await self._handler(wrapped)
         except Exception:

@@ -296,6 +296,7 @@ class RelayListener(Listener):
         self._lost = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -337,12 +338,25 @@ class RelayListener(Listener):
     def _set_reservation(self, reservation: ActiveReservation | None) -> None:
         """Hold ``reservation`` (``None``: none) instead of the current one; the relays'
         connection protection follows (the old relay's is dropped when no listener
-        holds a reservation on it any more)."""
+        holds a reservation on it any more).  A reservation not renewed by its expiry is
+        dropped then, even while a renewal is still under way."""
         old, self.reservation = self.reservation, reservation
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if old is not None and (reservation is None or reservation.relay != old.relay):
             self.transport._protect_relay(old.relay)
         if reservation is not None:
             self.transport._protect_relay(reservation.relay)
+            if not self._closed:
+                loop = asyncio.get_running_loop()
+                self._expiry = loop.call_at(reservation.expires, self._expired, reservation)
+
+    def _expired(self, reservation: ActiveReservation) -> None:
+        if self.reservation is reservation:
+            log.info("reservation on relay %s expired before it was renewed", reservation.relay)
+            self._set_reservation(None)
+            self.transport._addresses_changed()
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
@@ -391,6 +405,9 @@ class RelayListener(Listener):
     async def close(self) -> None:
         """Stop renewing; the reservation lapses at its expiry."""
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self.reservation is not None:  # a closed listener protects nothing
             self.transport._protect_relay(self.reservation.relay)
         if self._task is not None:
