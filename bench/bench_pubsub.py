@@ -189,6 +189,8 @@ def scenario(name: str, n: int, degree: int, messages: int, seed: int) -> dict[s
                 sim.network.heal(part)
                 healed_at = loop.time()
                 await asyncio.sleep(15)
+                # the copies counted are those of the messages published after the heal
+                base.update({i: pubsubs[i].router.dropped.get("duplicate", 0) for i in live})
                 for k in range(messages // 2, messages):
                     await publish(k, "after")
 
