@@ -268,6 +268,8 @@ class _Cached:
     msg: Message
     #: The message as an ``RPC.publish`` field, ready to join any peer's RPC.
     field: bytes
+    #: The encoded message (the field's value): further copies arriving so are not decoded.
+    encoded: bytes
     served: dict[PeerId, int] = attrs.field(factory=dict)
 
 
@@ -309,6 +311,8 @@ class GossipSub:
         self._backoff: dict[tuple[str, PeerId], float] = {}
         self._seen: OrderedDict[bytes, _Seen] = OrderedDict()
         self._mcache: dict[bytes, _Cached] = {}
+        #: The messages of the cache by their encoding (see :func:`decode_rpc`'s ``known``).
+        self._decoded: dict[bytes, Message] = {}
         self._windows: list[list[tuple[bytes, str]]] = [[]]
         self._promises: dict[bytes, dict[PeerId, float]] = {}
         self._validators: dict[str, Validator] = {}
@@ -502,7 +506,7 @@ class GossipSub:
         A malformed RPC counts as misbehaviour (P7).
         """
         try:
-            rpc = decode_rpc(data)
+            rpc = decode_rpc(data, self._decoded)
         except (SerializationError, MessageTooLarge) as exc:
             self.score.add_penalty(peer)
             self._drop("malformed rpc")
@@ -933,7 +937,9 @@ class GossipSub:
         self._windows.insert(0, [])
         while len(self._windows) > p.mcache_len:
             for mid, _topic in self._windows.pop():
-                self._mcache.pop(mid, None)
+                cached = self._mcache.pop(mid, None)
+                if cached is not None:
+                    self._decoded.pop(cached.encoded, None)
         for st in self.peers.values():
             st.ihave_count = 0
             st.iasked = 0
@@ -1090,8 +1096,10 @@ class GossipSub:
     def _cache(self, msg_id: bytes, m: Message) -> bytes:
         """Keep ``m`` for gossip; returns its ``RPC.publish`` field, encoded here once for
         every peer it is sent to (queued as is, joined into their RPCs)."""
-        field = _publish_field(encode_message(m))
-        self._mcache[msg_id] = _Cached(m, field)
+        encoded = encode_message(m)
+        field = _publish_field(encoded)
+        self._mcache[msg_id] = _Cached(m, field, encoded)
+        self._decoded[encoded] = m
         self._windows[0].append((msg_id, m.topic))
         return field
 

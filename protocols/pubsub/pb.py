@@ -19,7 +19,7 @@ errors name what was wrong.  Unknown fields are skipped (protobuf semantics).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Final
 
 import attrs
@@ -370,9 +370,11 @@ def _decode_control(data: bytes) -> Control:
     return Control(tuple(ihave), tuple(iwant), tuple(graft), tuple(prune), tuple(idontwant))
 
 
-def decode_rpc(data: bytes) -> RPC:
+def decode_rpc(data: bytes, known: Mapping[bytes, Message] | None = None) -> RPC:
     """Decode one RPC (without its length prefix).
 
+    ``known`` maps encoded messages to their decoded form: a ``publish`` entry found
+    there (a further copy of a message we hold) is taken from it, not decoded again.
     Raises :class:`SerializationError` when it is malformed or exceeds a limit,
     and :class:`~switchy.stack.errors.MessageTooLarge` above :data:`MAX_RPC_SIZE`.
     """
@@ -384,7 +386,9 @@ def decode_rpc(data: bytes) -> RPC:
             subs.append(_decode_subopts(pb_want_bytes("RPC.subscriptions", wt, v)))
             _count(subs, MAX_SUBSCRIPTIONS_PER_RPC, "subscriptions")
         elif f == 2:
-            msgs.append(decode_message(pb_want_bytes("RPC.publish", wt, v)))
+            raw = pb_want_bytes("RPC.publish", wt, v)
+            m = known.get(raw) if known is not None else None
+            msgs.append(decode_message(raw) if m is None else m)
             _count(msgs, MAX_MESSAGES_PER_RPC, "messages")
         elif f == 3:
             if control is not None:

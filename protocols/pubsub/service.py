@@ -159,6 +159,10 @@ class PubSub(ProtocolService):
         self._subs: dict[str, list[Subscription]] = {}
         self._queues: dict[PeerId, asyncio.Queue[bytes]] = {}
         self._writers: dict[PeerId, asyncio.Task[None]] = {}
+        #: The negotiated outbound stream of each peer whose writer runs, and the peers
+        #: whose writer is inside a write (then frames queue behind it, keeping order).
+        self._streams: dict[PeerId, MuxedStream] = {}
+        self._writing: set[PeerId] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbound: set[MuxedStream] = set()
         self._stopped = False
@@ -389,6 +393,7 @@ class PubSub(ProtocolService):
 
     def _drop_peer(self, peer: PeerId) -> None:
         self._queues.pop(peer, None)
+        self._streams.pop(peer, None)
         task = self._writers.pop(peer, None)
         if task is not None:
             task.cancel()
@@ -408,14 +413,21 @@ class PubSub(ProtocolService):
             await stream.reset()
             return
         self._add_peer(peer, stream.protocol)
+        self._streams[peer] = stream
         self._flush()
         try:
             while True:
                 frame = await queue.get()
-                await stream.write(frame)
+                self._writing.add(peer)
+                try:
+                    await stream.write(frame)
+                finally:
+                    self._writing.discard(peer)
         except P2PError as exc:
             log.debug("pubsub stream to %s ended: %s", peer, exc)
         finally:
+            if self._streams.get(peer) is stream:
+                del self._streams[peer]
             with contextlib.suppress(P2PError):
                 await stream.reset()
             if self._writers.get(peer) is asyncio.current_task():
@@ -472,10 +484,19 @@ class PubSub(ProtocolService):
             q = self._queues.get(peer)
             if q is None:
                 continue
+            frame = frame_message(rpc, MAX_RPC_SIZE + 16, "pubsub RPC")
+            stream = self._streams.get(peer)
+            if (
+                stream is not None
+                and q.empty()
+                and peer not in self._writing
+                and stream.try_write_nowait(frame)
+            ):
+                continue  # taken by the stream at once: no wake-up of the writer task
             if q.full():
                 self.dropped += 1
                 continue
-            q.put_nowait(frame_message(rpc, MAX_RPC_SIZE + 16, "pubsub RPC"))
+            q.put_nowait(frame)
         for msg in router.deliveries():
             for sub in self._subs.get(msg.topic, ()):
                 sub._push(msg)
