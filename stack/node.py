@@ -1026,8 +1026,8 @@ class Node:
 
     def _admit_peer(self, conn: MuxedConnection, scope: ConnectionScope, direction: str) -> bool:
         """After the handshake: the gater's peer check and the move of ``scope`` to the
-        peer's scope; attaches ``scope`` to ``conn`` (the muxer charges streams to it)."""
-        conn.resource_scope = scope
+        peer's scope; then attaches ``scope`` to ``conn`` (the muxer charges streams to it,
+        those it already has too: after the move, so they count in the peer's scope)."""
         peer = conn.remote_peer
         reason = self.gater.check_peer(
             "inbound" if direction == "inbound" else "outbound", peer, conn.remote_addr
@@ -1042,6 +1042,7 @@ class Node:
             log.debug("refused %s connection with %s: %s", direction, peer, reason)
             scope.done()
             return False
+        conn.resource_scope = scope
         return True
 
     def _charge_protocol(self, stream: MuxedStream, protocol: str, *, raise_: bool = False) -> bool:

@@ -28,6 +28,7 @@ from switchy.stack.errors import (
     UnsupportedAddress,
 )
 from switchy.stack.identity import KeyPair
+from switchy.stack.limits import LimitConfig, ResourceManager
 from switchy.transports.quic import QuicConnection, QuicStream, QuicTransport
 from switchy.transports.quic.connection import WRITE_HIGH_WATER
 from switchy.transports.quic.core import (
@@ -782,5 +783,145 @@ def test_streams_beyond_the_accept_backlog_are_refused() -> None:
             assert await inbound.read_exactly(1) == bytes([i])
         assert not s.client.is_closed
         await s.close()
+
+    run(main)
+
+
+def test_refused_streams_make_no_stream_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer-initiated stream beyond the accept backlog is refused before any stream
+    object exists: the server makes exactly as many objects as it accepted."""
+    from switchy.transports.quic import connection as quic_connection
+
+    made: list[tuple[QuicConnection, int]] = []
+    init = quic_connection.QuicStream.__init__
+
+    def counting_init(self: QuicStream, conn: QuicConnection, stream_id: int) -> None:
+        made.append((conn, stream_id))
+        init(self, conn, stream_id)
+
+    monkeypatch.setattr(quic_connection.QuicStream, "__init__", counting_init)
+
+    async def main() -> None:
+        s = await setup(server_kw={"config": NetworkConfig(max_ack_backlog=2)})
+        streams = []
+        for i in range(6):
+            st = await s.client.open_stream()
+            assert isinstance(st, QuicStream)
+            await st.write(bytes([i]))
+            streams.append(st)
+        for st in streams[2:]:
+            with pytest.raises(StreamReset, match="reset by the peer"):
+                await st.read()
+        kept = [st.stream_id for st in streams[:2]]
+        assert [sid for conn, sid in made if conn is s.server] == kept
+        assert sorted(s.server._streams) == kept
+        await s.close()
+
+    run(main)
+
+
+def test_streams_opened_before_the_scope_is_attached_are_charged_to_it() -> None:
+    """Streams the peer opens between the handshake and the node's admission (before the
+    connection has a resource scope) are charged when the scope is attached, their
+    buffered data too; those over the limits are reset and never reach accept_stream."""
+    limits = ResourceManager(LimitConfig.scaled().with_overrides(["connection.streams_inbound=2"]))
+
+    async def main() -> None:
+        s = await setup()
+        streams = []
+        for i in range(3):
+            st = await s.client.open_stream()
+            assert isinstance(st, QuicStream)
+            await st.write(bytes([i]) * 100)
+            streams.append(st)
+        await s.client.ping()
+        await s.client.ping()
+        assert len(s.server._accept_queue) == 3  # no scope yet: nothing was charged
+        scope = limits.open_connection("inbound")
+        s.server.resource_scope = scope
+        assert scope.scope.used("streams_inbound") == 2
+        assert scope.scope.used("memory") == 200
+        assert limits.blocked[("connection", "streams_inbound")] == 1
+        with pytest.raises(StreamReset, match="reset by the peer"):
+            await streams[2].read()
+        for i in range(2):
+            inbound = await s.server.accept_stream()
+            assert inbound.resource_scope is not None
+            assert await inbound.read_exactly(100) == bytes([i]) * 100
+        assert not s.server._accept_queue
+        assert sorted(s.server._streams) == [st.stream_id for st in streams[:2]]
+        assert scope.scope.used("memory") == 0  # read: released
+        await s.client.close()
+        await s.server.wait_closed()
+        assert limits.usage() == {"system": {}}
+        await s.close()
+
+    run(main)
+
+
+def test_forged_expired_and_misaddressed_retry_tokens_are_refused() -> None:
+    """An Initial carrying a token is admitted only if the token is one this endpoint
+    issued, for this source address and connection id, less than its lifetime ago: a
+    forged token, one sealed by another key, an expired one and one issued to another
+    port are each counted as invalid, answered with nothing, and hold no handshake slot;
+    a valid token (the control) is admitted."""
+    from aioquic.quic.connection import QuicConnection as AioquicConnection
+    from aioquic.quic.retry import TOKEN_LIFETIME, QuicRetryTokenHandler
+
+    from switchy.transports.quic.tls import ALPN
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server_t = QuicTransport(key=KeyPair.generate())
+
+        async def handler(conn: Any) -> None:
+            pass
+
+        listener = await server_t.listen(LOOPBACK, handler)
+        endpoint = listener.endpoint  # type: ignore[attr-defined]
+        server = ("127.0.0.1", int(listener.addrs[0].value_for_protocol("udp")))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        source = sock.getsockname()
+        keys = endpoint._retry = QuicRetryTokenHandler()
+
+        def initial(make_token: Callable[[bytes], bytes]) -> bytes:
+            """A client's first datagram carrying ``make_token(its destination cid)``."""
+            client = AioquicConnection(
+                configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
+            )
+            client._peer_token = make_token(client._peer_cid.cid)
+            client.connect(server, now=loop.time())
+            (data, _), *_ = client.datagrams_to_send(now=loop.time())
+            return data
+
+        def token(
+            handler: QuicRetryTokenHandler, cid: bytes, *, addr: Any = source, age: float = 0
+        ) -> bytes:
+            return handler.create_token(
+                address=addr,
+                original_destination_connection_id=os.urandom(8),
+                retry_source_connection_id=cid,
+                now=loop.time() - age,
+            )
+
+        bad = [
+            initial(lambda cid: os.urandom(64)),  # forged
+            initial(lambda cid: token(QuicRetryTokenHandler(), cid)),  # another key
+            initial(lambda cid: token(keys, cid, age=TOKEN_LIFETIME + 5)),  # expired
+            initial(lambda cid: token(keys, cid, addr=(source[0], source[1] ^ 1))),  # port
+            initial(lambda cid: token(keys, os.urandom(8))),  # another connection id
+        ]
+        for data in bad:
+            sock.sendto(data, server)
+        sock.sendto(initial(lambda cid: token(keys, cid)), server)  # the control
+        # The server answers the control's Initial; the datagrams before it were handled.
+        await asyncio.wait_for(loop.sock_recv(sock, 65536), 20)
+        assert endpoint.counters.invalid_tokens == len(bad)
+        assert endpoint.counters.retries == 0
+        assert len(endpoint._handshakes) == 1  # the control's only
+        sock.close()
+        server_t.close()
 
     run(main)

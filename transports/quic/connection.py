@@ -55,6 +55,7 @@ from switchy.transports.quic.io import SockAddr
 if TYPE_CHECKING:
     from multiaddr import Multiaddr
 
+    from switchy.stack.limits import ConnectionScope
     from switchy.transports.quic.endpoint import QuicEndpoint
 
 __all__ = [
@@ -377,6 +378,7 @@ class QuicConnection(MuxedConnection):
         self.datagrams_dropped = 0
         self._local_addr: Multiaddr | None = None
         self._remote_addr: Multiaddr | None = None
+        self._resource_scope: ConnectionScope | None = None
 
     # --- identity and addresses ---------------------------------------------------------
 
@@ -623,12 +625,17 @@ class QuicConnection(MuxedConnection):
     def _over_budget(self, st: QuicStream, n: int) -> None:
         """Data for ``st`` does not fit the memory its scopes allow: reset the stream."""
         log.debug("QUIC: stream %d over its memory budget (%d bytes more); resetting", st._id, n)
-        # Discarded, never read: the chunk and everything the stream held give their
+        self._drop_stream(st, "over its memory budget", discarded=n)
+
+    def _drop_stream(self, st: QuicStream, why: str, *, discarded: int = 0) -> None:
+        """Reset both directions of ``st`` and forget it; ``discarded`` bytes that arrived
+        for it were never buffered."""
+        # Discarded, never read: those bytes and everything the stream held give their
         # connection-level credit back (else each such reset shrinks the window for good).
         held = st._buf.clear()
         st._release(held)
-        self._credit(st._id, n + held)
-        st._error = st._error or StreamReset(f"QUIC stream {st._id} reset: over its memory budget")
+        self._credit(st._id, discarded + held)
+        st._error = st._error or StreamReset(f"QUIC stream {st._id} reset: {why}")
         st._read_closed = True
         st._write_closed = True
         st._drop_pending()
@@ -639,6 +646,39 @@ class QuicConnection(MuxedConnection):
         st._wake_writer()
         self._forget(st._id)
         self._schedule_transmit()
+
+    @property
+    def resource_scope(self) -> ConnectionScope | None:
+        """The resource manager's scope of this connection (set by the node when it keeps
+        the connection).  Streams the peer opened before it was set (QUIC streams can
+        arrive as soon as the handshake completes, before the node's admission) are
+        charged to it when it is set; those it refuses are reset and leave the accept
+        queue."""
+        return self._resource_scope
+
+    @resource_scope.setter
+    def resource_scope(self, scope: ConnectionScope | None) -> None:
+        self._resource_scope = scope
+        if scope is not None:
+            for st in [st for st in self._streams.values() if st._scope is None]:
+                self._charge_early_stream(scope, st)
+
+    def _charge_early_stream(self, scope: ConnectionScope, st: QuicStream) -> None:
+        """Charge ``st`` (and what it buffers) to ``scope``, or reset it if refused."""
+        sid = st._id
+        inbound = (sid & 1) == (1 if self.is_initiator else 0)
+        try:
+            st._scope = scope.open_stream("inbound" if inbound else "outbound")
+        except ResourceLimitExceeded as exc:
+            refusal = str(exc)
+        else:
+            if st._reserve(len(st._buf)):
+                return
+            refusal = "its buffered data is over its memory budget"
+        log.debug("QUIC: refusing stream %d opened before admission: %s", sid, refusal)
+        with contextlib.suppress(ValueError):
+            self._accept_queue.remove(st)  # not accepted yet: the application never sees it
+        self._drop_stream(st, f"refused by the resource manager: {refusal}")
 
     def _terminate(self, reason: ConnectionClosed, *, release: bool) -> None:
         """End local state; ``release`` also stops the core (no more packets to handle)."""
