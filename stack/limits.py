@@ -804,9 +804,10 @@ class ResourceManager:
     def _charge(self, chain: list[Scope], keys: tuple[str, ...], n: int, allow: bool) -> None:
         if not allow:
             for s in chain:
+                limits = s.limits
                 for key in keys:
                     used = s._used[key]
-                    limit = s.limits.get(key)
+                    limit: int = getattr(limits, key)  # Limits.get, inline: every stream
                     if used + n > limit:
                         self._refused(s.kind, s.name, key, limit, used, n)
         for s in chain:

@@ -665,16 +665,40 @@ async def handle_protocol(
     :class:`ConnectionClosed` or :class:`P2PTimeout`; the caller closes or
     resets the stream on failure.
     """
-    return await _with_timeout(
-        _listen(stream, ListenerNegotiation(supported, list_protocols)),
-        timeout,
-        "multistream-select (listener)",
-    )
+    core = ListenerNegotiation(supported, list_protocols)
+    if _listen_nowait(stream, core):  # the proposal came with the stream: no waiting
+        agreed = core.agreed
+        assert agreed is not None
+        await _with_timeout(
+            stream.write_soon(core.data_to_send()), timeout, "multistream-select (listener)"
+        )
+        return agreed
+    return await _with_timeout(_listen(stream, core), timeout, "multistream-select (listener)")
+
+
+def _listen_nowait(stream: Stream, core: ListenerNegotiation) -> bool:
+    """Feed ``core`` the bytes ``stream`` already holds; whether that finished it.
+
+    An end or reset of the stream is left for :func:`_listen`'s read to report."""
+    read_nowait = stream.read_nowait
+    while not core.done:
+        try:
+            data = read_nowait(core.max_read())
+        except ConnectionClosed:
+            return False
+        if not data:
+            return False
+        core.receive_data(data)
+    return True
 
 
 async def _listen(stream: Stream, core: ListenerNegotiation) -> str:
     read = stream.read
     while True:
+        if not core.mid_message:  # the dialer may be waiting for these answers
+            out = core.data_to_send()
+            if out:
+                await stream.write(out)
         try:
             data = await read(core.max_read())
             if not data:
@@ -693,10 +717,6 @@ async def _listen(stream: Stream, core: ListenerNegotiation) -> str:
             await stream.write_soon(core.data_to_send())
             assert core.agreed is not None
             return core.agreed
-        if not core.mid_message:  # the dialer may be waiting for these answers
-            out = core.data_to_send()
-            if out:
-                await stream.write(out)
 
 
 # --- optimistic proposals, checked by the first read ---------------------------------------
@@ -735,8 +755,16 @@ class _Pending:
             if busy is not None:
                 await asyncio.shield(busy)
                 continue
+            failure: P2PError | None = None
+            try:
+                if self._check_nowait(stream):  # the answer was all here: no waiting
+                    continue
+            except P2PError as exc:
+                failure = exc
             mine = self.busy = asyncio.get_running_loop().create_future()
             try:
+                if failure is not None:
+                    raise failure
                 await self._check_first(stream)
             except P2PError as exc:
                 # The answer is lost (a reset discarded it): ask again on a fresh stream.
@@ -747,6 +775,22 @@ class _Pending:
             finally:
                 self.busy = None
                 mine.set_result(None)
+
+    def _check_nowait(self, stream: Stream) -> bool:
+        """Check the first pending answer from bytes already received; whether it was all
+        there (an end or reset of the stream is left for :meth:`_check_first`)."""
+        core = self.cores[0]
+        cls_read_nowait = type(stream).read_nowait
+        while not core.done:
+            try:
+                data = cls_read_nowait(stream, core.max_read())
+            except ConnectionClosed:
+                return False
+            if not data:
+                return False
+            core.receive_data(data)
+        self.cores.popleft()
+        return True
 
     async def _check_first(self, stream: Stream) -> None:
         core = self.cores[0]
@@ -794,7 +838,14 @@ def _patch(stream: Stream, core: DialerNegotiation) -> None:
         await pending.settle(s)
         return await cls.read(s, max_bytes)
 
-    patched: dict[str, Any] = {"read": read, "write": _explaining(pending, alive, cls.write)}
+    def read_nowait(max_bytes: int = -1) -> bytes | None:
+        return None  # the answer must be read first (by read)
+
+    patched: dict[str, Any] = {
+        "read": read,
+        "read_nowait": read_nowait,
+        "write": _explaining(pending, alive, cls.write),
+    }
     for name in _READ_METHODS:
         method = getattr(cls, name)
         if method is not getattr(Stream, name):

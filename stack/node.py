@@ -837,7 +837,10 @@ class Node:
         self._connections.setdefault(peer, []).append(conn)
         if conn.is_initiator:
             self.peerstore.add_addrs(peer, [conn.remote_addr])
-        self._spawn(self._accept_loop(conn), f"switchy-accept-{peer.fmt_short()}")
+        # Inbound streams start their handler task straight from the muxer's reader
+        # (no accept-loop task in between) where the muxer offers it.
+        if not conn.serve_streams(self._on_stream, lambda: self._remove_connection(conn)):
+            self._spawn(self._accept_loop(conn), f"switchy-accept-{peer.fmt_short()}")
         log.info(
             "connected to %s (%s %s%s)",
             peer,
@@ -868,14 +871,17 @@ class Node:
     async def _accept_loop(self, conn: MuxedConnection) -> None:
         try:
             while True:
-                stream = await conn.accept_stream()
-                self._spawn(self._serve_stream(stream), "switchy-handler")
+                self._on_stream(await conn.accept_stream())
         except ConnectionClosed:
             pass
         except P2PError as exc:
             log.debug("connection to %s ended: %s", conn.remote_peer, exc)
         finally:
             self._remove_connection(conn)
+
+    def _on_stream(self, stream: MuxedStream) -> None:
+        """An inbound stream arrived (called by the muxer): serve it in a task of its own."""
+        self._spawn(self._serve_stream(stream), "switchy-handler")
 
     async def _serve_stream(self, stream: MuxedStream) -> None:
         try:

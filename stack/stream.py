@@ -130,6 +130,15 @@ class Stream(abc.ABC):
         """
         return False
 
+    def read_nowait(self, max_bytes: int = -1) -> bytes | None:
+        """What :meth:`read` would return now without waiting, or ``None`` if it would wait.
+
+        Only bytes already received (or the end of stream, ``b""``) are returned;
+        ``None`` also when the stream cannot tell (the default).  Used by
+        negotiation to take data that arrived with a new stream without a task switch.
+        """
+        return None
+
     def _unread(self, data: bytes) -> bool:
         """Put ``data`` back at the front of the receive buffer; return whether it could.
 

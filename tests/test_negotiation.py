@@ -763,3 +763,86 @@ def test_lazy_stream_through_nodes() -> None:
             await refused.reset()
 
     run(main)
+
+
+class Buffered(Connection):
+    """A stream whose bytes are all received already: ``read_nowait`` gives them and
+    ``read`` (waiting) fails the test, so a listener that waits is caught."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+        self.writes: list[bytes] = []
+        self.ended = False
+
+    def read_nowait(self, max_bytes: int = -1) -> bytes | None:
+        if not self.data:
+            return b"" if self.ended else None
+        n = len(self.data) if max_bytes < 0 else max_bytes
+        out = bytes(self.data[:n])
+        del self.data[:n]
+        return out
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        out = self.read_nowait(max_bytes)
+        if out is None:
+            raise AssertionError("the listener waited for bytes it did not need")
+        return out
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    async def close_write(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def test_listener_negotiates_from_buffered_bytes_without_waiting() -> None:
+    async def main() -> None:
+        s = Buffered(HEADER + encode_line("/x/1") + b"app data")
+        assert await handle_protocol(s, {"/x/1"}) == "/x/1"
+        assert s.writes == [HEADER + encode_line("/x/1")]  # header and echo in one write
+        assert bytes(s.data) == b"app data"  # nothing after the proposal was taken
+
+    run(main)
+
+
+def test_listener_goes_on_waiting_when_the_buffered_bytes_do_not_finish() -> None:
+    async def main() -> None:
+        a, b = memory_pipe()
+        await a.write(HEADER + encode_line("/no/1"))  # refused: the dialer must hear na
+        server = asyncio.ensure_future(handle_protocol(b, {"/x/1"}))
+        assert await a.read_exactly(len(HEADER) + len(NA)) == HEADER + NA
+        await a.write(encode_line("/x/1"))
+        assert await a.read_exactly(len(encode_line("/x/1"))) == encode_line("/x/1")
+        assert await server == "/x/1"
+
+    run(main)
+
+
+def test_a_buffered_end_is_reported_by_the_waiting_path() -> None:
+    async def main() -> None:
+        s = Buffered(HEADER)
+        s.ended = True
+        with pytest.raises(ConnectionClosed, match="multistream-select"):
+            await handle_protocol(s, {"/x/1"})
+        assert s.writes == [HEADER]  # the dialer was told our header before the end
+
+    run(main)
+
+
+def test_lazy_proposal_hides_read_nowait_until_the_answer_is_read() -> None:
+    async def main() -> None:
+        a, b = memory_pipe()
+        await select_protocol(a, ["/x/1"])
+        assert await handle_protocol(b, {"/x/1"}) == "/x/1"
+        assert a.read_nowait() is None  # the answer is unread: read() must check it
+        await b.write(b"data")
+        assert await a.read() == b"data"
+        assert "read_nowait" not in vars(a)
+
+    run(main)

@@ -32,6 +32,7 @@ from switchy.stack.mux.yamux_core import (
     StreamReset as ResetEvent,
 )
 from switchy.stack.pipe import memory_pipe
+from switchy.stack.stream import MuxedStream
 
 
 def frame(type_: int, flags: int, sid: int, length: int, body: bytes = b"") -> bytes:
@@ -435,9 +436,9 @@ def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
             r = await mb.accept_stream()
             assert await r.read_exactly(1) == b"x"
             below.clear()
-            await s.write_last(b"request")  # data frame and FIN: one write below
-            assert len(below) == 1
+            await s.write_last(b"request")
             assert await r.read_all() == b"request"  # then end of stream
+            assert len(below) == 1  # data frame and FIN: one write below
             with pytest.raises(ConnectionClosed):
                 await s.write(b"after write_last")
             with pytest.raises(ConnectionClosed):
@@ -446,8 +447,8 @@ def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
             below_b.clear()
             await r.write_soon(b"answer ")
             await r.write_last(b"and end")
-            assert len(below_b) == 1  # the held bytes went out with the last write
             assert await s.read_all() == b"answer and end"
+            assert len(below_b) == 1  # the held bytes went out with the last write
             s2 = await ma.open_stream()
             await s2.write_soon(b"alone")
             r2 = await mb.accept_stream()
@@ -538,5 +539,81 @@ def test_ping_measures_rtt() -> None:
             rtt = await ma.ping(timeout=5)
             assert rtt >= 0
             assert ma.stats.latency_samples == 1
+
+    asyncio.run(main())
+
+
+def test_serve_streams_hands_inbound_streams_to_the_callback() -> None:
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+            early = await ma.open_stream()
+            await early.write(b"queued")
+            await ma.ping()  # mb answered it after the SYN: the stream waits in its queue
+            assert len(mb._accept_queue) == 1
+            got: list[MuxedStream] = []
+            arrived = asyncio.Event()
+            closed = asyncio.Event()
+
+            def on_stream(stream: MuxedStream) -> None:
+                got.append(stream)
+                arrived.set()
+
+            assert mb.serve_streams(on_stream, closed.set)
+            assert [s.stream_id for s in got] == [early.stream_id]  # handed over at once
+            assert await got[0].read_exactly(6) == b"queued"
+            arrived.clear()
+            later = await ma.open_stream()
+            await later.write(b"direct")
+            await arrived.wait()
+            assert [s.stream_id for s in got] == [early.stream_id, later.stream_id]
+            assert await got[1].read_exactly(6) == b"direct"
+            await got[1].write(b"answer")  # accepted: the opener gets its ACK and data
+            assert await later.read_exactly(6) == b"answer"
+            assert not mb._accept_queue
+            assert not closed.is_set()
+            await ma.close()
+            await closed.wait()  # called once the connection ended
+            assert mb.is_closed
+
+    asyncio.run(main())
+
+
+def test_serve_streams_on_a_closed_connection_reports_the_end() -> None:
+    async def main() -> None:
+        async with muxed() as (_, mb):
+            await mb.abort()
+            closed = asyncio.Event()
+            assert mb.serve_streams(lambda s: None, closed.set)
+            await closed.wait()
+
+    asyncio.run(main())
+
+
+def test_frames_of_one_turn_leave_in_one_write_below() -> None:
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+            sizes: list[int] = []
+            inner = ma._conn.try_write_nowait
+
+            def counting(data: bytes | bytearray | memoryview) -> bool:
+                taken = inner(data)
+                if taken:
+                    sizes.append(len(data))
+                return taken
+
+            ma._conn.try_write_nowait = counting  # type: ignore[method-assign]
+            first = await ma.open_stream()
+            await first.write(b"a")  # the turn's first send goes at once
+            assert len(sizes) == 1
+            streams = [await ma.open_stream() for _ in range(5)]
+            for s in streams:
+                await s.write(b"b")
+                await s.close_write()
+            assert len(sizes) == 1  # held for the turn's flush
+            for _ in range(6):
+                r = await mb.accept_stream()
+                if r.stream_id != first.stream_id:
+                    assert await r.read_all() == b"b"
+            assert len(sizes) == 2  # all ten frames went in one write
 
     asyncio.run(main())

@@ -76,11 +76,25 @@ def _host_port_cached(packed: bytes) -> tuple[str, int, int] | None:
     return str(host), int(port), family
 
 
+#: Multiaddr codes (one-byte varints) of ip4, ip6 and tcp, for the packed form.
+_IP4_CODE: Final = b"\x04"
+_IP6_CODE: Final = b"\x29"
+_TCP_CODE: Final = b"\x06"
+
+
 def _sockaddr_to_multiaddr(sockaddr: tuple[object, ...]) -> Multiaddr:
     host = str(sockaddr[0])
     port = int(str(sockaddr[1]))
-    proto = "ip6" if ":" in host else "ip4"
-    return Multiaddr(f"/{proto}/{host}/tcp/{port}")
+    # Built packed: parsing the text form costs more than the rest of an accept.
+    try:
+        if ":" in host:
+            packed = _IP6_CODE + socket.inet_pton(socket.AF_INET6, host)
+        else:
+            packed = _IP4_CODE + socket.inet_pton(socket.AF_INET, host)
+    except OSError:  # e.g. a zoned IPv6 address: the text form knows those
+        proto = "ip6" if ":" in host else "ip4"
+        return Multiaddr(f"/{proto}/{host}/tcp/{port}")
+    return Multiaddr(packed + _TCP_CODE + port.to_bytes(2, "big"))
 
 
 class TcpConnection(Connection, asyncio.Protocol):
@@ -161,7 +175,7 @@ class TcpConnection(Connection, asyncio.Protocol):
             if not d.done():
                 d.set_result(None)
 
-    # Multiaddrs are built on first use: parsing one costs more than the rest of an accept.
+    # Multiaddrs are built on first use.
     @property
     def local_addr(self) -> Multiaddr:
         if self._local_addr is None:

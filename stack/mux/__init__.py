@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from switchy.stack.buffer import ChunkBuffer, shared_waiter
@@ -55,6 +56,20 @@ class MuxedConnection(abc.ABC):
     @abc.abstractmethod
     async def accept_stream(self) -> MuxedStream:
         """Wait for the next inbound stream; raise ConnectionClosed once the connection ends."""
+
+    def serve_streams(
+        self, on_stream: Callable[[MuxedStream], None], on_closed: Callable[[], None]
+    ) -> bool:
+        """Hand each inbound stream to ``on_stream`` as the muxer accepts it, and call
+        ``on_closed`` (a loop turn after the end, never inside a caller's task) once the
+        connection ended; return whether this muxer does (default: ``False``, use
+        :meth:`accept_stream`).
+
+        ``on_stream`` runs in the muxer's own reader, synchronously: it must not block
+        (start a task for the work).  After a ``True`` answer :meth:`accept_stream`
+        is not used; streams it had queued go to ``on_stream`` at once.
+        """
+        return False
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -230,7 +245,18 @@ class BufferedMuxedStream(MuxedStream, Generic[C]):
             waiter = asyncio.get_running_loop().create_future()
             self._read_waiter = waiter
             await waiter
-        data = buf.take(max_bytes)
+        return self._take(max_bytes)
+
+    def read_nowait(self, max_bytes: int = -1) -> bytes | None:
+        if not self._buf:
+            if self._error is not None:
+                raise fresh(self._error)
+            return b"" if self._eof or self._read_closed else None
+        return self._take(max_bytes)
+
+    def _take(self, max_bytes: int) -> bytes:
+        """Take up to ``max_bytes`` of the (non-empty) buffer and account for them."""
+        data = self._buf.take(max_bytes)
         if self._scope is not None:
             self._scope.release_memory(len(data))
         self._consumed(len(data))

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from switchy.stack.config import NetworkConfig
@@ -241,6 +241,9 @@ class YamuxConnection(MuxedConnection):
         self._streams: dict[int, YamuxStream] = {}
         self._accept_queue: deque[YamuxStream] = deque()
         self._accept_waiter: asyncio.Future[None] | None = None
+        # Set by serve_streams: inbound streams go to it instead of the accept queue.
+        self._on_stream: Callable[[MuxedStream], None] | None = None
+        self._on_closed: Callable[[], None] | None = None
         self._ack_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         # Streams whose committed data waits for room in the output (not for window).
@@ -316,6 +319,20 @@ class YamuxConnection(MuxedConnection):
                 self._pump(st)  # re-queued at the end if still blocked
 
     def _kick(self) -> None:
+        """Send queued frames now, unless frames already left in this loop turn.
+
+        The first send of a turn goes at once (a lone request or ping waits for
+        nothing); it schedules a flush, and frames queued until that flush runs (other
+        streams opening, closing or answering in the same turn) leave with it, in one
+        write to the connection below instead of one each.
+        """
+        if self._flush_scheduled or self._writer is not None or self._closed:
+            return
+        if self._session.has_output():
+            self._send_queued()
+            self._schedule_flush()
+
+    def _send_queued(self) -> None:
         """Send queued frames: synchronously if the layer below takes them, else via the writer."""
         if self._writer is not None or self._closed:
             return
@@ -345,11 +362,11 @@ class YamuxConnection(MuxedConnection):
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if self._writer is task:
             self._writer = None
-            self._kick()  # frames queued while it was ending
+            self._send_queued()  # frames queued while it was ending
 
     async def _drain(self) -> None:
         """Send everything queued; wait until it went below (never cancels the writer)."""
-        self._kick()
+        self._send_queued()
         writer = self._writer
         if writer is not None:
             await asyncio.shield(writer)
@@ -369,7 +386,7 @@ class YamuxConnection(MuxedConnection):
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
-        self._kick()
+        self._send_queued()
 
     def _consume(self, stream_id: int, n: int) -> None:
         session = self._session
@@ -460,6 +477,12 @@ class YamuxConnection(MuxedConnection):
                 st = YamuxStream(self, sid)
                 st._scope = scope
                 streams[sid] = st
+                on_stream = self._on_stream
+                if on_stream is not None:
+                    # Accepted here: the ACK leaves with the first answer or this turn's flush.
+                    self._session.accept_stream(sid)
+                    on_stream(st)
+                    continue
                 self._accept_queue.append(st)
                 accept = self._accept_waiter
                 if accept is not None:
@@ -507,6 +530,8 @@ class YamuxConnection(MuxedConnection):
         self._pings.clear()
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._on_closed is not None:
+            self._loop.call_soon(self._on_closed)
 
     # --- MuxedConnection API --------------------------------------------------------
 
@@ -543,6 +568,25 @@ class YamuxConnection(MuxedConnection):
         # The ACK usually leaves with the handler's first answer; flush soon in any case.
         self._schedule_flush()
         return stream
+
+    def serve_streams(
+        self, on_stream: Callable[[MuxedStream], None], on_closed: Callable[[], None]
+    ) -> bool:
+        """Inbound streams go to ``on_stream`` from the reader, as their SYN is dispatched."""
+        self._on_stream = on_stream
+        self._on_closed = on_closed
+        queued = self._accept_queue
+        if self._closed:  # its streams were reset with it
+            queued.clear()
+            self._loop.call_soon(on_closed)
+            return True
+        while queued:
+            st = queued.popleft()
+            self._session.accept_stream(st.stream_id)
+            on_stream(st)
+        if self._session.has_output():
+            self._schedule_flush()
+        return True
 
     async def ping(self, timeout: float | None = None) -> float:
         """Measure one round trip with a yamux ping (also recorded in ``stats``)."""
