@@ -58,6 +58,14 @@ def ensure_interop_venv() -> Path:
         check=True,
         timeout=INSTALL_TIMEOUT,
     )
+    # Import py-libp2p once here, so the first test that starts a peer is not the one
+    # that pays for loading it into the page cache (over a minute on a loaded machine).
+    subprocess.run(
+        [str(_python()), str(PEER_SCRIPT), "--help"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=INSTALL_TIMEOUT,
+    )
     stamp.write_text(digest)
     return _python()
 
