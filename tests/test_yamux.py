@@ -547,14 +547,16 @@ def test_serve_streams_hands_inbound_streams_to_the_callback() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):
             early = await ma.open_stream()
+            assert isinstance(early, YamuxStream)
             await early.write(b"queued")
             await ma.ping()  # mb answered it after the SYN: the stream waits in its queue
             assert len(mb._accept_queue) == 1
-            got: list[MuxedStream] = []
+            got: list[YamuxStream] = []
             arrived = asyncio.Event()
             closed = asyncio.Event()
 
             def on_stream(stream: MuxedStream) -> None:
+                assert isinstance(stream, YamuxStream)
                 got.append(stream)
                 arrived.set()
 
@@ -563,6 +565,7 @@ def test_serve_streams_hands_inbound_streams_to_the_callback() -> None:
             assert await got[0].read_exactly(6) == b"queued"
             arrived.clear()
             later = await ma.open_stream()
+            assert isinstance(later, YamuxStream)
             await later.write(b"direct")
             await arrived.wait()
             assert [s.stream_id for s in got] == [early.stream_id, later.stream_id]
@@ -603,6 +606,7 @@ def test_frames_of_one_turn_leave_in_one_write_below() -> None:
 
             ma._conn.try_write_nowait = counting  # type: ignore[method-assign]
             first = await ma.open_stream()
+            assert isinstance(first, YamuxStream)
             await first.write(b"a")  # the turn's first send goes at once
             assert len(sizes) == 1
             streams = [await ma.open_stream() for _ in range(5)]
@@ -612,6 +616,7 @@ def test_frames_of_one_turn_leave_in_one_write_below() -> None:
             assert len(sizes) == 1  # held for the turn's flush
             for _ in range(6):
                 r = await mb.accept_stream()
+                assert isinstance(r, YamuxStream)
                 if r.stream_id != first.stream_id:
                     assert await r.read_all() == b"b"
             assert len(sizes) == 2  # all ten frames went in one write
