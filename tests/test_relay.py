@@ -840,7 +840,11 @@ def test_quic_legs_relay_queues_little_and_an_echo_does_not_wait_behind_bulk() -
     from switchy.transports.relay.pb import HOP_PROTOCOL, STOP_PROTOCOL
 
     slow = 1_000_000  # bytes/s of the relay -> b leg
-    streams, each = 8, 1024 * 1024
+    # 32 bulk streams of one window each: their windows (8 MiB) are the whole bulk, four
+    # times the buffers the relay path bounds, so an echo that waited behind the bulk's
+    # windows would show (with 8 streams the two were alike and the median a matter of
+    # sampling luck: 1.2-1.7 s against a 1.26 s bound with the same code)
+    streams, each = 32, 256 * 1024
 
     def node(sim: Simulation, host: str, *services: ProtocolService) -> Node:
         return default_node(
@@ -899,7 +903,7 @@ def test_quic_legs_relay_queues_little_and_an_echo_does_not_wait_behind_bulk() -
             queued: list[int] = []
             rtts: list[float] = []
             while not sending.done():
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.02)
                 queued.append(relay_queue())
                 rtts.append(await echo_rtt())
             await sending
