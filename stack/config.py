@@ -116,6 +116,8 @@ class NetworkConfig:
     limits_fds: int = attrs.field(default=0, validator=_not_negative)
     #: Most inbound connections from one IP address.
     max_inbound_per_ip: int = attrs.field(default=64, validator=_positive)
+    #: Most outbound connections to one IP address (relayed ones count for no IP).
+    max_outbound_per_ip: int = attrs.field(default=64, validator=_positive)
     #: New inbound connections per second allowed from one IP (0: no rate limit), and
     #: the burst allowed above that rate.
     inbound_rate_per_ip: float = attrs.field(default=16.0, validator=_not_negative)

@@ -688,7 +688,7 @@ class Node:
     async def _dial_upgrade(
         self, transport: Transport, addr: Multiaddr, peer: PeerId | None, *, initiator: bool
     ) -> MuxedConnection:
-        scope = self._admit_outbound(addr, peer)
+        scope = self._admit_outbound(addr, peer, limited=transport.limited)
         try:
             raw = await transport.dial(addr, remote_peer=peer)
             if isinstance(raw, MuxedConnection):
@@ -1006,15 +1006,19 @@ class Node:
             log.debug("refused inbound connection from %s: %s", addr, exc)
             return None
 
-    def _admit_outbound(self, addr: Multiaddr, peer: PeerId | None) -> ConnectionScope:
-        """The gater's checks and the resource manager's charge of a dial; raises
-        :class:`ConnectionFailed` or :class:`ResourceLimitExceeded` when refused."""
+    def _admit_outbound(
+        self, addr: Multiaddr, peer: PeerId | None, *, limited: bool = False
+    ) -> ConnectionScope:
+        """The gater's checks and the resource manager's charge of a dial (within
+        ``max_outbound_per_ip`` per IP; ``limited``: a relayed dial, whose address is the
+        relay's); raises :class:`ConnectionFailed` or :class:`ResourceLimitExceeded`
+        (naming the scope, ``ip:<address>`` for the per-IP cap) when refused."""
         reason = self.gater.check_addr("outbound", addr)
         if reason is None and peer is not None:
             reason = self.gater.check_peer("outbound", peer, addr)
         if reason is not None:
             raise ConnectionFailed(f"dial to {addr} refused by the connection gater: {reason}")
-        return self.limits.open_connection("outbound", self._limit_key(addr, False))
+        return self.limits.open_connection("outbound", self._limit_key(addr, limited))
 
     def _admit_peer(self, conn: MuxedConnection, scope: ConnectionScope, direction: str) -> bool:
         """After the handshake: the gater's peer check and the move of ``scope`` to the

@@ -12,7 +12,12 @@ import pytest
 from switchy.protocols.echo import EchoService, echo
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionClosed, ConnectionFailed, P2PError
+from switchy.stack.errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    P2PError,
+    ResourceLimitExceeded,
+)
 from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import KeyPair
 from switchy.stack.limits import MiB
@@ -179,6 +184,34 @@ def test_per_ip_limit_counts_loopback_unless_exempt() -> None:
     async def main() -> None:
         assert await attempt(False) == (2, 2)
         assert await attempt(True) == (4, 0)
+
+    run(main)
+
+
+def test_outbound_per_ip_cap_refuses_the_dial_naming_it() -> None:
+    """``max_outbound_per_ip=2``: a node dials two loopback peers, the third dial raises
+    ResourceLimitExceeded naming the IP scope and the setting (nothing is sent to that
+    peer); once a connection closes the dial goes through."""
+
+    async def main() -> None:
+        cfg = NetworkConfig(keepalive_interval=0, max_outbound_per_ip=2)
+        dialer = make(config=cfg)
+        servers = [make() for _ in range(3)]
+        async with started(dialer, *servers):
+            for s in servers[:2]:
+                assert await echo(dialer, s.full_addrs[0], b"hi") == b"hi"
+            with pytest.raises(ResourceLimitExceeded) as info:
+                await dialer.connect(servers[2].full_addrs[0])
+            err = info.value
+            assert (err.scope, err.resource, err.limit) == ("ip:127.0.0.1", "conns_outbound", 2)
+            assert "max_outbound_per_ip" in str(err)
+            assert not servers[2].connections()
+            assert dialer.limits.blocked[("ip", "conns_outbound")] == 1
+            gone = disconnections(dialer, 1)
+            for conn in dialer.connections(servers[0].peer_id):
+                await conn.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert await echo(dialer, servers[2].full_addrs[0], b"now") == b"now"
 
     run(main)
 
