@@ -451,6 +451,9 @@ def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
             await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
             circuit_addr = next(x for x in b.full_addrs if "/p2p-circuit/" in str(x))
             assert len(await ping(a, circuit_addr)) == 1
+            status = relay.metrics.get("libp2p_relaysvc_connection_request_response_status_total")
+            assert status is not None and status.value("ok") == 1
+            assert status.value("rejected") == 0
             usage = relay.limits.usage()[f"peer:{a.peer_id}"]
             assert usage["memory"] >= 2 * 64 * 1024
             gone = disconnections(relay, 1)
@@ -470,6 +473,15 @@ def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
                 await a.connect(circuit_addr)
             assert "RESOURCE_LIMIT_EXCEEDED" in str(info.value)
             assert len(await ping(a, relay.full_addrs[0])) == 1  # the relay serves on
+            # counted as a rejected circuit, like the relay's own refusals, never as ok
+            m = relay.metrics
+            status = m.get("libp2p_relaysvc_connection_request_response_status_total")
+            rejections = m.get("libp2p_relaysvc_connection_rejections_total")
+            assert status is not None and rejections is not None
+            assert status.value("rejected") == 1 and status.value("ok") == 0
+            assert rejections.value("resource_limit_exceeded") == 1
+            opened = m.get("libp2p_relaysvc_connections_total")
+            assert opened is not None and opened.value("opened") == 0
 
     run(refused)
 
