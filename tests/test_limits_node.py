@@ -9,14 +9,17 @@ from typing import Any
 
 import pytest
 
-from switchy.protocols.echo import EchoService, echo
+from switchy.protocols.echo import ECHO_PROTOCOL, EchoService, echo
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import (
     ConnectionClosed,
     ConnectionFailed,
+    NegotiationFailed,
     P2PError,
     ResourceLimitExceeded,
+    StreamRefused,
+    StreamReset,
 )
 from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import KeyPair
@@ -214,6 +217,52 @@ def test_outbound_per_ip_cap_refuses_the_dial_naming_it() -> None:
             assert await echo(dialer, servers[2].full_addrs[0], b"now") == b"now"
 
     run(main)
+
+
+REFUSED = 300
+
+
+def test_streams_refused_for_limits_are_counted_once_each() -> None:
+    """300 streams the server refuses for its limits count 300 refusals, not 600.
+
+    A peer over its stream limit resets each SYN before acknowledging it: the dialer gets
+    StreamRefused and asks nothing more (it used to open a probe stream to learn why,
+    refused and counted again).  A stream reset after negotiation by a protocol's limit
+    is still probed, with ``ls``, which no protocol's limit charges."""
+
+    async def refuse_all(limit: str, counted: tuple[str, str], error: type[Exception]) -> None:
+        key = KeyPair.generate()
+        limit = limit.format(client=key.peer_id)
+        server = make(config=NetworkConfig(keepalive_interval=0, limits=(limit,)))
+        client = make(key=key)
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            await client.connect(addr)
+            for _ in range(REFUSED):
+                stream = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
+                with pytest.raises(StreamReset) as info:
+                    await stream.write(b"hello")
+                    await stream.close_write()
+                    await stream.read_all()
+                assert isinstance(info.value, error), info.value
+                assert not isinstance(info.value, NegotiationFailed)
+            other = make()
+            async with started(other):
+                assert len(await ping(other, addr)) == 1  # the server serves on
+            assert server.limits.blocked[counted] == REFUSED
+            assert sum(server.limits.blocked.values()) == REFUSED
+
+    async def main() -> None:
+        await refuse_all(
+            "peer:{client}.streams_inbound=0", ("peer", "streams_inbound"), StreamRefused
+        )
+        await refuse_all(
+            f"protocol:{ECHO_PROTOCOL}.streams_inbound=0",
+            ("protocol", "streams_inbound"),
+            StreamReset,
+        )
+
+    run(main, timeout=120)
 
 
 def test_gater_denies_before_and_after_the_handshake() -> None:
