@@ -207,6 +207,9 @@ class IdentifyMetrics:
 class IdentifyService(ProtocolService):
     """Answers identify, identifies every new connection, and pushes protocol changes."""
 
+    service_name = "identify"
+    service_protocols = (IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL)
+
     def __init__(self, *, identify_on_connect: bool = True) -> None:
         self.identify_on_connect = identify_on_connect
         self.node: Node | None = None

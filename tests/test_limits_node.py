@@ -15,6 +15,7 @@ from switchy.stack.config import NetworkConfig
 from switchy.stack.errors import (
     ConnectionClosed,
     ConnectionFailed,
+    InvalidConfiguration,
     NegotiationFailed,
     P2PError,
     ResourceLimitExceeded,
@@ -23,8 +24,8 @@ from switchy.stack.errors import (
 )
 from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import KeyPair
-from switchy.stack.limits import MiB
-from switchy.stack.node import ConnectionEvent, Node
+from switchy.stack.limits import LimitEvent, MiB
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.stack.stream import MuxedStream
 from switchy.transports.tcp import TcpTransport
 
@@ -581,3 +582,128 @@ def test_registry_streams_charge_their_buffers() -> None:
             assert usage.get("memory", 0) == 0
 
     run(main)
+
+
+def test_streams_are_charged_to_their_services_scope_both_ways() -> None:
+    """A stream negotiated to a service's protocol is charged to ``service:<name>``:
+    inbound at the server (``service:echo.streams_inbound=2``: the third concurrent echo
+    stream is refused, naming the scope; other services serve on), outbound at the dialer
+    (``service:echo.streams_outbound=1`` refuses a second one at open_stream); the scope
+    shows in ``usage()`` while used and is gone after."""
+
+    async def main() -> None:
+        server = make(
+            config=NetworkConfig(keepalive_interval=0, limits=("service:echo.streams_inbound=2",))
+        )
+        events: list[LimitEvent] = []
+        server.limits.add_observer(events.append)
+        client = make()
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            held = []
+            for _ in range(2):
+                stream = await client.open_stream(addr, ECHO_PROTOCOL)
+                await stream.write(b"hi")
+                assert await stream.read_exactly(2) == b"hi"  # negotiated and charged
+                held.append(stream)
+            usage = server.limits.usage()
+            assert usage["service:echo"] == {"streams_inbound": 2, "streams": 2}
+            assert usage[f"protocol:{ECHO_PROTOCOL}"]["streams_inbound"] == 2
+            assert client.limits.usage()["service:echo"]["streams_outbound"] == 2
+            third = await client.open_stream(addr, ECHO_PROTOCOL)
+            with pytest.raises(StreamReset):
+                await third.write(b"hi")
+                await third.close_write()
+                await third.read_all()
+            assert [(e.scope, e.resource, e.limit) for e in events] == [
+                ("service:echo", "streams_inbound", 2)
+            ]
+            assert server.limits.blocked[("service", "streams_inbound")] == 1
+            assert len(await ping(client, addr)) == 1  # service:ping has room
+            for stream in held:
+                await stream.close_write()
+                assert await stream.read_all() == b""
+                await stream.close()
+            assert "service:echo" not in client.limits.usage()
+
+        dialer = make(
+            config=NetworkConfig(keepalive_interval=0, limits=("service:echo.streams_outbound=1",))
+        )
+        other = make()
+        async with started(dialer, other):
+            first = await dialer.open_stream(other.full_addrs[0], ECHO_PROTOCOL)
+            with pytest.raises(ResourceLimitExceeded) as info:
+                await dialer.open_stream(other.peer_id, ECHO_PROTOCOL)
+            err = info.value
+            assert (err.scope, err.resource, err.limit) == ("service:echo", "streams_outbound", 1)
+            assert len(await ping(dialer, other.peer_id)) == 1  # another service
+            await first.reset()
+            assert "service:echo" not in dialer.limits.usage()
+
+    run(main)
+
+
+def _builtin_services() -> list[ProtocolService]:
+    from switchy.chat import ChatService
+    from switchy.protocols.autonat import AutoNATService
+    from switchy.protocols.blobs import BlobService
+    from switchy.protocols.dcutr import DCUtRService
+    from switchy.protocols.discovery import RegistryService
+    from switchy.protocols.http.proxy import HttpProxyService
+    from switchy.protocols.http.server import HttpService
+    from switchy.protocols.http.tcp import TcpExposeService
+    from switchy.protocols.identify import IdentifyService
+    from switchy.protocols.kad.service import KadDHT
+    from switchy.protocols.perf import PerfService
+    from switchy.protocols.pubsub import PubSub
+    from switchy.protocols.router import Router
+    from switchy.transports.relay import RelayService, RelayTransport
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+    return [
+        PingService(),
+        EchoService(),
+        PerfService(),
+        IdentifyService(),
+        AutoNATService(),
+        DCUtRService(),
+        KadDHT(mode="server"),
+        PubSub(),
+        Router(),
+        HttpService(app),
+        HttpProxyService("http://127.0.0.1:1/"),
+        TcpExposeService("127.0.0.1", 1),
+        RelayService(),
+        RelayTransport(),
+        BlobService(),
+        ChatService("room", "nick"),
+        RegistryService(),
+    ]
+
+
+@pytest.mark.parametrize("service", _builtin_services(), ids=lambda s: type(s).__name__)
+def test_every_builtin_service_declares_its_name_and_protocols(service: ProtocolService) -> None:
+    """Each built-in service names its scope and declares every protocol it registers."""
+    node = Node(transports=[TcpTransport()], services=[service])
+    served = set(node.protocols)
+    assert service.service_name
+    assert served, "the service registers a handler when attached"
+    assert served <= set(service.service_protocols)
+    for protocol in service.service_protocols:
+        assert node.service_for(protocol) == service.service_name
+
+
+def test_two_services_declaring_one_protocol_under_two_names_is_refused() -> None:
+    class Mine(ProtocolService):
+        service_name = "mine"
+        service_protocols = ("/ipfs/ping/1.0.0",)
+
+        def attach(self, node: Node) -> None:
+            pass
+
+    with pytest.raises(InvalidConfiguration, match="'ping' and 'mine'"):
+        Node(transports=[TcpTransport()], services=[PingService(), Mine()])
+    bare = Node(transports=[TcpTransport()], services=[EchoService()])
+    assert bare.service_for("/nobody/1.0.0") is None

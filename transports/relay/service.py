@@ -103,6 +103,9 @@ def ip_key(addr: Multiaddr) -> Hashable:
 class RelayService(ProtocolService):
     """Serves the hop protocol: reservations and relayed connections, within limits."""
 
+    service_name = "relay"
+    service_protocols = (HOP_PROTOCOL,)
+
     def __init__(self, config: RelayConfig | None = None, *, tap: ForwardTap | None = None) -> None:
         self.config = config or RelayConfig()
         self.resources = RelayResources(self.config)
