@@ -56,7 +56,8 @@ def test_defaults_scale_with_memory_like_go_libp2p() -> None:
 def test_config_and_env_overrides() -> None:
     cfg = NetworkConfig.from_env(
         {
-            "SWITCHY_LIMITS": "system.conns=2000, peer.memory=32MiB,protocol:/x/1.streams=3",
+            "SWITCHY_LIMITS": "system.conns=2000, peer.memory=32MiB,protocol:/x/1.streams=3,"
+            "service:kad.streams=5",
             "SWITCHY_LIMITS_MEMORY": str(128 * MiB),
             "SWITCHY_MAX_INBOUND_PER_IP": "5",
             "SWITCHY_MAX_OUTBOUND_PER_IP": "7",
@@ -69,6 +70,9 @@ def test_config_and_env_overrides() -> None:
     assert lc.scopes["system"].streams == 2048  # scaled to the 128 MiB given
     assert lc.scopes["peer"].memory == 32 * MiB
     assert lc.protocols["/x/1"].streams == 3
+    assert lc.services["kad"].streams == 5
+    assert lc.services["kad"].memory == lc.scopes["service"].memory  # the rest: defaults
+    assert ResourceManager(lc).service_scope("kad").limits.streams == 5
     assert lc.max_inbound_per_ip == 5 and lc.exempt_loopback
     assert lc.max_outbound_per_ip == 7
     with pytest.raises(InvalidConfiguration, match="max_outbound_per_ip must be > 0"):
