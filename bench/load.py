@@ -74,6 +74,8 @@ def server_config(
             f"transient.streams={max(streams, limit_streams) * 2}",
             f"protocol.streams_inbound={max(streams, limit_streams) * 2}",
             f"protocol.streams={max(streams, limit_streams) * 2}",
+            f"service.streams_inbound={max(streams, limit_streams) * 2}",
+            f"service.streams={max(streams, limit_streams) * 2}",
         ),
         conn_low_water=conns * 2,
         conn_high_water=conns * 2,

@@ -26,6 +26,9 @@ async def handle_echo(stream: MuxedStream) -> None:
 class EchoService(ProtocolService):
     """Serves ``/echo/1.0.0``."""
 
+    service_name = "echo"
+    service_protocols = (ECHO_PROTOCOL,)
+
     def attach(self, node: Node) -> None:
         node.handle(ECHO_PROTOCOL, handle_echo)
 

@@ -10,7 +10,6 @@ change, we push a fresh record to connected peers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -27,6 +26,7 @@ from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
+    from switchy.stack.metrics import MetricsRegistry
     from switchy.stack.mux import MuxedConnection
     from switchy.stack.node import Target
     from switchy.stack.stream import MuxedStream
@@ -35,6 +35,7 @@ __all__ = [
     "IDENTIFY_PROTOCOL",
     "IDENTIFY_PUSH_PROTOCOL",
     "IdentifyInfo",
+    "IdentifyMetrics",
     "IdentifyService",
     "decode_identify",
     "encode_identify",
@@ -159,18 +160,68 @@ def decode_identify_stream(data: bytes) -> IdentifyInfo:
     return info
 
 
+class IdentifyMetrics:
+    """The identify service's ``libp2p_identify_*`` metrics on a node's registry, each
+    registered once (when the service is attached), under go-libp2p's names.
+
+    ``libp2p_identify_received_total{type}`` (identify answers and pushes received),
+    ``libp2p_identify_addrs_received`` and ``libp2p_identify_protocols_received``
+    (histograms per message), ``libp2p_identify_identify_push_total{dir}`` (pushes sent,
+    ``outbound``, and applied, ``inbound``) and ``libp2p_identify_push_failures_total``
+    (pushes we could not deliver: refused, reset, timed out).
+    """
+
+    def __init__(self, registry: MetricsRegistry) -> None:
+        from switchy.stack.metrics import COUNT_BUCKETS
+
+        ns = "libp2p_identify_"
+        self.received = registry.counter(
+            ns + "received_total", "Identify answers and pushes received", ("type",)
+        )
+        self.addrs = registry.histogram(
+            ns + "addrs_received",
+            "Addresses in each identify message received",
+            buckets=COUNT_BUCKETS,
+        )
+        self.protocols = registry.histogram(
+            ns + "protocols_received",
+            "Protocols in each identify message received",
+            buckets=COUNT_BUCKETS,
+        )
+        self.push = registry.counter(
+            ns + "identify_push_total",
+            "Identify pushes sent (outbound) and received (inbound)",
+            ("dir",),
+        )
+        self.push_failures = registry.counter(
+            ns + "push_failures_total", "Identify pushes that could not be delivered"
+        )
+
+    def record_received(self, info: IdentifyInfo, *, push: bool) -> None:
+        """Count an identify answer (or a push) received."""
+        self.received.labels("push" if push else "identify").inc()
+        self.addrs.observe(len(info.listen_addrs))
+        self.protocols.observe(len(info.protocols))
+
+
 class IdentifyService(ProtocolService):
     """Answers identify, identifies every new connection, and pushes protocol changes."""
+
+    service_name = "identify"
+    service_protocols = (IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL)
 
     def __init__(self, *, identify_on_connect: bool = True) -> None:
         self.identify_on_connect = identify_on_connect
         self.node: Node | None = None
+        #: The ``libp2p_identify_*`` metrics (made when the service is attached).
+        self.metrics: IdentifyMetrics | None = None
         self._identified: dict[PeerId, asyncio.Event] = {}
         self._record: tuple[tuple[bytes, ...], bytes] | None = None
         self._record_seq = 0
 
     def attach(self, node: Node) -> None:
         self.node = node
+        self.metrics = IdentifyMetrics(node.metrics)
         node.handle(IDENTIFY_PROTOCOL, self._handle_identify)
         node.handle(IDENTIFY_PUSH_PROTOCOL, self._handle_push)
         if self.identify_on_connect:
@@ -224,6 +275,8 @@ class IdentifyService(ProtocolService):
         data = await stream.read_all(limit=MAX_IDENTIFY_SIZE)
         info = decode_identify_stream(data)
         self._apply(stream.remote_peer, info, push=True)
+        if self.metrics is not None:
+            self.metrics.push.labels("inbound").inc()
 
     def _apply(
         self,
@@ -234,7 +287,8 @@ class IdentifyService(ProtocolService):
         conn: MuxedConnection | None = None,
     ) -> None:
         assert self.node is not None
-        _record_received(self.node, info, push=push)
+        if self.metrics is not None:
+            self.metrics.record_received(info, push=push)
         if info.public_key is not None and not peer.matches(info.public_key):
             raise AuthenticationFailed(f"identify from {peer} carries another peer's public key")
         store = self.node.peerstore
@@ -326,7 +380,7 @@ class IdentifyService(ProtocolService):
 
     async def _push_to(self, peer: PeerId, message: bytes) -> None:
         assert self.node is not None
-        with contextlib.suppress(P2PError):
+        try:
             stream = await self.node.open_stream(peer, IDENTIFY_PUSH_PROTOCOL)
             try:
                 await stream.send_message(message, max_size=MAX_IDENTIFY_SIZE)
@@ -337,6 +391,13 @@ class IdentifyService(ProtocolService):
             # after our data, and a plain close() would answer it with STOP_SENDING on
             # QUIC (js-libp2p then drops the push).
             await stream.finish()
+        except P2PError as exc:
+            log.debug("identify push to %s failed: %s", peer, exc)
+            if self.metrics is not None:
+                self.metrics.push_failures.inc()
+            return
+        if self.metrics is not None:
+            self.metrics.push.labels("outbound").inc()
 
 
 async def identify(node: Node, target: Target) -> IdentifyInfo:
@@ -373,23 +434,3 @@ async def _read_identify(node: Node, stream: MuxedStream) -> IdentifyInfo:
             f"identify from {stream.remote_peer} carries another peer's public key"
         )
     return info
-
-
-def _record_received(node: Node, info: IdentifyInfo, *, push: bool) -> None:
-    """Count an identify (or push) answer in the node's ``libp2p_identify_*`` metrics."""
-    from switchy.stack.metrics import COUNT_BUCKETS
-
-    metrics = node.metrics
-    metrics.counter(
-        "libp2p_identify_received_total", "Identify answers and pushes received", ("type",)
-    ).labels("push" if push else "identify").inc()
-    metrics.histogram(
-        "libp2p_identify_addrs_received",
-        "Addresses in each identify message received",
-        buckets=COUNT_BUCKETS,
-    ).observe(len(info.listen_addrs))
-    metrics.histogram(
-        "libp2p_identify_protocols_received",
-        "Protocols in each identify message received",
-        buckets=COUNT_BUCKETS,
-    ).observe(len(info.protocols))

@@ -76,6 +76,9 @@ async def handle_perf(stream: MuxedStream) -> None:
 class PerfService(ProtocolService):
     """Serves ``/perf/1.0.0``."""
 
+    service_name = "perf"
+    service_protocols = (PERF_PROTOCOL,)
+
     def attach(self, node: Node) -> None:
         node.handle(PERF_PROTOCOL, handle_perf)
 

@@ -37,6 +37,9 @@ async def handle_ping(stream: MuxedStream) -> None:
 class PingService(ProtocolService):
     """Serves ``/ipfs/ping/1.0.0``."""
 
+    service_name = "ping"
+    service_protocols = (PING_PROTOCOL,)
+
     def attach(self, node: Node) -> None:
         node.handle(PING_PROTOCOL, handle_ping)
 

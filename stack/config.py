@@ -1,22 +1,46 @@
-"""Configuration of a node: timeouts, sizes and limits, with defaults and env overrides."""
+"""Configuration of a node: timeouts, sizes and limits, with defaults and env overrides.
+
+:meth:`NetworkConfig.from_env` reads ``SWITCHY_<FIELD>`` variables; a ``SWITCHY_*``
+variable that is neither a field nor one of :data:`OTHER_ENV_VARIABLES` (read elsewhere)
+is most likely a typo: it is logged as a warning once, naming the closest known name.
+"""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
+import logging
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 from switchy.stack.addresses import normalized_ip
 from switchy.stack.errors import InvalidConfiguration
 
-__all__ = ["ENV_PREFIX", "NetworkConfig"]
+__all__ = ["ENV_PREFIX", "OTHER_ENV_VARIABLES", "NetworkConfig", "unknown_env_variables"]
+
+log = logging.getLogger(__name__)
 
 #: Environment variables read by :meth:`NetworkConfig.from_env` start with this prefix.
 ENV_PREFIX = "SWITCHY_"
+#: ``SWITCHY_*`` variables read elsewhere than :class:`NetworkConfig` (the command line's
+#: log level, the HTTP parser, the example's transport switch, the tests and benchmarks):
+#: known, so never warned about.
+OTHER_ENV_VARIABLES: Final = frozenset(
+    {
+        "SWITCHY_LOG_LEVEL",  # switchy.cli
+        "SWITCHY_HTTP_PARSER",  # switchy.protocols.http.core
+        "SWITCHY_TRANSPORT",  # examples/tunnel_migration
+        "SWITCHY_BENCH_LOOP",  # bench/common.py
+        "SWITCHY_SKIP_INTEROP",  # tests/interop
+        "SWITCHY_FUZZ_SECONDS",  # tests/test_fuzz.py
+    }
+)
+#: Unknown variables already warned about (each is warned about once per process).
+_warned: set[str] = set()
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -129,6 +153,8 @@ class NetworkConfig:
     limits_fds: int = attrs.field(default=0, validator=_not_negative)
     #: Most inbound connections from one IP address.
     max_inbound_per_ip: int = attrs.field(default=64, validator=_positive)
+    #: Most outbound connections to one IP address (relayed ones count for no IP).
+    max_outbound_per_ip: int = attrs.field(default=64, validator=_positive)
     #: New inbound connections per second allowed from one IP (0: no rate limit), and
     #: the burst allowed above that rate.
     inbound_rate_per_ip: float = attrs.field(default=16.0, validator=_not_negative)
@@ -172,9 +198,16 @@ class NetworkConfig:
         """Build a config from defaults, ``SWITCHY_<FIELD>`` variables, then ``overrides``.
 
         ``SWITCHY_MAX_MESSAGE_SIZE=2097152`` sets ``max_message_size``.  A value
-        that does not parse raises :class:`InvalidConfiguration` naming the variable.
+        that does not parse raises :class:`InvalidConfiguration` naming the variable; an
+        unknown ``SWITCHY_*`` variable is logged as a warning (once per name, see
+        :func:`unknown_env_variables`).
         """
         env = os.environ if environ is None else environ
+        for name, hint in unknown_env_variables(env).items():
+            if name not in _warned:
+                _warned.add(name)
+                suggestion = f" (did you mean {hint}?)" if hint else ""
+                log.warning("unknown environment variable %s ignored%s", name, suggestion)
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
             name = ENV_PREFIX + field.name.upper()
@@ -199,3 +232,19 @@ class NetworkConfig:
             return cls(**values)
         except TypeError as exc:  # an unknown field
             raise InvalidConfiguration(str(exc)) from None
+
+
+def unknown_env_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """The ``SWITCHY_*`` variables of ``environ`` that nothing reads, each with the closest
+    known name (a field of :class:`NetworkConfig` or one of :data:`OTHER_ENV_VARIABLES`),
+    or ``None`` when none is close."""
+    known = {ENV_PREFIX + f.name.upper() for f in attrs.fields(NetworkConfig)}
+    known |= OTHER_ENV_VARIABLES
+    # compared without the prefix they all share (it would make every name look close)
+    suffixes = {k[len(ENV_PREFIX) :]: k for k in known}
+    out: dict[str, str | None] = {}
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.7)
+            out[name] = suffixes[close[0]] if close else None
+    return out

@@ -32,6 +32,7 @@ __all__ = [
     "ResourceLimitExceeded",
     "SerializationError",
     "SimulationDeadlock",
+    "StreamRefused",
     "StreamReset",
     "UnsupportedAddress",
     "fresh",
@@ -98,6 +99,15 @@ class ConnectionClosed(NetworkError):
 
 class StreamReset(ConnectionClosed):
     """The stream was reset (abruptly aborted) by either side."""
+
+
+class StreamRefused(StreamReset):
+    """The peer refused a stream we opened: it reset it before acknowledging it (its
+    limits or its accept backlog were full), so nothing we sent on it reached a handler.
+
+    A :class:`StreamReset`, so code catching resets catches it too; unlike other resets
+    it is no reason to ask the peer why (a second stream would be refused the same way).
+    """
 
 
 class FeatureNotSupported(P2PError):

@@ -16,9 +16,10 @@ Every connection, stream and receive buffer a node keeps is charged to a chain o
 
 Each scope has :class:`Limits` on inbound, outbound and total connections and streams
 and on memory.  A refusal raises :class:`~switchy.stack.errors.ResourceLimitExceeded`
-naming the scope, the resource and the limit.  Besides the scopes: a per-IP limit of
-inbound connections, a per-IP rate of new inbound connections (a token bucket), and
-an allowlist (IP networks, peer ids) whose connections are counted but never refused.
+naming the scope, the resource and the limit.  Besides the scopes: per-IP limits of
+inbound and of outbound connections, a per-IP rate of new inbound connections (a token
+bucket), and an allowlist (IP networks, peer ids) whose connections are counted but
+never refused.
 
 Defaults scale with the machine the way go-libp2p's resource manager does (its model
 was learnt from, not copied): :data:`BASE_LIMITS` hold for a node given 128 MiB and
@@ -226,6 +227,9 @@ class LimitConfig:
     peers: Mapping[str, Limits] = attrs.field(factory=dict)
     #: Most inbound connections open from one IP address (before and after the handshake).
     max_inbound_per_ip: int = 64
+    #: Most outbound connections open to one IP address (many peers behind one address
+    #: are fine; a dial loop to one host is not).
+    max_outbound_per_ip: int = 64
     #: New inbound connections per second one IP may open (sustained), and the burst.
     inbound_rate_per_ip: float = 16.0
     inbound_burst_per_ip: int = 64
@@ -277,6 +281,7 @@ class LimitConfig:
         base = cls.scaled(config.limits_memory or None, config.limits_fds or None)
         return base.with_overrides(config.limits).evolve_ip(
             max_inbound_per_ip=config.max_inbound_per_ip,
+            max_outbound_per_ip=config.max_outbound_per_ip,
             inbound_rate_per_ip=config.inbound_rate_per_ip,
             inbound_burst_per_ip=config.inbound_burst_per_ip,
             exempt_loopback=config.limits_exempt_loopback,
@@ -619,12 +624,13 @@ class ResourceManager:
         self._services: dict[str, Scope] = {}
         self._ids = itertools.count(1)
         self._ip_conns: Counter[str] = Counter()
+        self._ip_out: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
         self._networks = self.config.allowed_networks
         self._allowed_peers = self.config.allowed_peers
         self._observers: list[Callable[[LimitEvent], object]] = []
         #: Refusals so far, per ``(scope kind, resource)``; per-IP refusals are counted
-        #: as ``("ip", "conns_inbound")`` and ``("ip", "rate")``.
+        #: as ``("ip", "conns_inbound")``, ``("ip", "conns_outbound")`` and ``("ip", "rate")``.
         self.blocked: Counter[tuple[str, str]] = Counter()
         # refusals per (scope name, resource), for the scopes metrics_usage() reports
         self._blocked_by_name: Counter[tuple[str, str]] = Counter()
@@ -726,13 +732,16 @@ class ResourceManager:
         :class:`ResourceLimitExceeded`."""
         allow = self.is_allowlisted_ip(ip) or (peer is not None and self.is_allowlisted_peer(peer))
         keys = ("conns_" + direction, "conns")
-        if direction == "inbound" and ip is not None and not allow:
-            self._check_ip(ip)
+        if ip is not None and not allow:
+            if direction == "inbound":
+                self._check_ip(ip)
+            else:
+                self._check_ip_outbound(ip)
         self._charge([self.transient, self.system], keys, 1, allow)
         own = Scope(f"conn:{next(self._ids)}", "connection", self.config.scopes["connection"])
         scope = ConnectionScope(self, own, direction, ip, allow)
-        if direction == "inbound" and ip is not None:
-            self._ip_conns[ip] += 1
+        if ip is not None:
+            (self._ip_conns if direction == "inbound" else self._ip_out)[ip] += 1
         self._conn_scopes.add(scope)
         if peer is not None:
             try:
@@ -774,6 +783,22 @@ class ResourceManager:
                 )
             bucket.tokens -= 1.0
 
+    def _check_ip_outbound(self, ip: str) -> None:
+        cfg = self.config
+        if cfg.exempt_loopback and (a := normalized_ip(ip)) is not None and a.is_loopback:
+            return
+        held = self._ip_out[ip]
+        if held >= cfg.max_outbound_per_ip:
+            self._refused(
+                "ip",
+                f"ip:{ip}",
+                "conns_outbound",
+                cfg.max_outbound_per_ip,
+                held,
+                1,
+                detail=" (max_outbound_per_ip)",
+            )
+
     def _prune_buckets(self, now: float) -> None:
         cfg = self.config
         full = float(cfg.inbound_burst_per_ip)
@@ -785,12 +810,13 @@ class ResourceManager:
 
     def _connection_done(self, scope: ConnectionScope) -> None:
         self._conn_scopes.discard(scope)
-        if scope.direction == "inbound" and scope.ip is not None:
-            left = self._ip_conns[scope.ip] - 1
+        if scope.ip is not None:
+            counts = self._ip_conns if scope.direction == "inbound" else self._ip_out
+            left = counts[scope.ip] - 1
             if left > 0:
-                self._ip_conns[scope.ip] = left
+                counts[scope.ip] = left
             else:
-                del self._ip_conns[scope.ip]
+                del counts[scope.ip]
 
     def _open_stream(self, conn: ConnectionScope, direction: Direction) -> StreamScope:
         own = Scope(f"stream:{next(self._ids)}", "stream", self.config.scopes["stream"])

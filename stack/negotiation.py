@@ -58,6 +58,7 @@ from switchy.stack.errors import (
     P2PTimeout,
     ProtocolError,
     SerializationError,
+    StreamRefused,
     fresh,
 )
 from switchy.stack.stream import MuxedStream, Stream
@@ -906,29 +907,47 @@ async def explain_failure(stream: Stream, protocol: str | None, exc: P2PError) -
     A listener that refuses the protocol may reset the stream right after its ``na``
     (it cannot parse the data that followed the proposal), and a reset may discard
     the ``na`` (yamux drops unread data, QUIC never sends data still queued).  For a
-    muxed stream, proposing again on a fresh stream, without data, tells a refusal
-    apart from any other end: that costs a round trip only on this failure path.
+    muxed stream, a probe on a fresh stream tells a refusal apart from any other end:
+    it asks ``ls`` first (a listed ``protocol`` is served, and no stream was charged to
+    that protocol's limits, which may be what reset the first one), and proposes
+    ``protocol`` again, without data, only when it is not listed (unsupported, or served
+    by a match function, which ``ls`` does not list) or ``ls`` is not answered.  That
+    costs one or two round trips, only on this failure path.
+    A :class:`~switchy.stack.errors.StreamRefused` (the peer refused the stream before
+    negotiating: its limits were full) is no refusal of the protocol: no probe is sent
+    for it, as a probe would be refused (and counted) the same way.
     Returns :class:`NegotiationFailed` naming ``protocol`` if it is refused, else ``exc``
     (also when ``exc`` is not an end of stream or ``stream`` is not a muxed stream).
     """
     if (
-        isinstance(exc, NegotiationFailed)
+        isinstance(exc, (NegotiationFailed, StreamRefused))
         or not isinstance(exc, ConnectionClosed)
         or protocol is None
         or not isinstance(stream, MuxedStream)
     ):
         return exc
+    refused = NegotiationFailed(
+        f"the listener refused the optimistically proposed protocol {protocol!r} "
+        f"(the stream failed first: {exc}; a second look found it unsupported)"
+    )
     try:
         probe = await stream.muxed_conn.open_stream()
     except P2PError:
         return exc
     try:
+        try:
+            listed = await list_protocols(probe, timeout=REFUSAL_CHECK_TIMEOUT)
+        except NegotiationFailed:  # the listener does not answer ls
+            listed = []
+        if protocol in listed:
+            return exc  # served: the stream ended for another reason (a limit, a reset)
+        # Unlisted: unsupported, or served by a match function (which ls does not list).
+        with contextlib.suppress(P2PError, OSError):
+            await probe.reset()
+        probe = await stream.muxed_conn.open_stream()
         await select_protocol(probe, [protocol], lazy=False, timeout=REFUSAL_CHECK_TIMEOUT)
     except NegotiationFailed:
-        return NegotiationFailed(
-            f"the listener refused the optimistically proposed protocol {protocol!r} "
-            f"(the stream failed first: {exc}; a second proposal was refused)"
-        )
+        return refused
     except P2PError:
         return exc
     finally:

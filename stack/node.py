@@ -115,7 +115,19 @@ AGENT_VERSION = f"switchy-p2p/{__version__}"
 
 
 class ProtocolService(abc.ABC):
-    """A protocol plugged into a node: registers its handlers and reacts to events."""
+    """A protocol plugged into a node: registers its handlers and reacts to events.
+
+    A service names itself and the protocols it serves or speaks: every stream, inbound
+    or outbound, negotiated to one of :attr:`service_protocols` is charged to the
+    resource scope ``service:<service_name>`` besides its protocol's (limits such as
+    ``service:kad.streams=64``; ``node.limits.usage()`` shows its use).  A service
+    without a name (the default) has no scope of its own.
+    """
+
+    #: The name of the service's resource scope (``service:<name>``); empty: none.
+    service_name: str = ""
+    #: The protocol ids whose streams belong to this service (in either direction).
+    service_protocols: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def attach(self, node: Node) -> None:
@@ -213,6 +225,7 @@ class Node:
         self.metrics = MetricsRegistry()
         self._swarm_metrics = SwarmMetrics(self.metrics)
         self.services = list(services)
+        self._service_of = _services_by_protocol(self.services)
         self._listen_on = [parse_multiaddr(a) for a in listen]
         self._listeners: list[Listener] = []
         self._connections: dict[PeerId, list[MuxedConnection]] = {}
@@ -694,7 +707,7 @@ class Node:
     async def _dial_upgrade(
         self, transport: Transport, addr: Multiaddr, peer: PeerId | None, *, initiator: bool
     ) -> MuxedConnection:
-        scope = self._admit_outbound(addr, peer)
+        scope = self._admit_outbound(addr, peer, limited=transport.limited)
         try:
             raw = await transport.dial(addr, remote_peer=peer)
             if isinstance(raw, MuxedConnection):
@@ -1020,15 +1033,19 @@ class Node:
             log.debug("refused inbound connection from %s: %s", addr, exc)
             return None
 
-    def _admit_outbound(self, addr: Multiaddr, peer: PeerId | None) -> ConnectionScope:
-        """The gater's checks and the resource manager's charge of a dial; raises
-        :class:`ConnectionFailed` or :class:`ResourceLimitExceeded` when refused."""
+    def _admit_outbound(
+        self, addr: Multiaddr, peer: PeerId | None, *, limited: bool = False
+    ) -> ConnectionScope:
+        """The gater's checks and the resource manager's charge of a dial (within
+        ``max_outbound_per_ip`` per IP; ``limited``: a relayed dial, whose address is the
+        relay's); raises :class:`ConnectionFailed` or :class:`ResourceLimitExceeded`
+        (naming the scope, ``ip:<address>`` for the per-IP cap) when refused."""
         reason = self.gater.check_addr("outbound", addr)
         if reason is None and peer is not None:
             reason = self.gater.check_peer("outbound", peer, addr)
         if reason is not None:
             raise ConnectionFailed(f"dial to {addr} refused by the connection gater: {reason}")
-        return self.limits.open_connection("outbound", self._limit_key(addr, False))
+        return self.limits.open_connection("outbound", self._limit_key(addr, limited))
 
     def _admit_peer(self, conn: MuxedConnection, scope: ConnectionScope, direction: str) -> bool:
         """After the handshake: the gater's peer check and the move of ``scope`` to the
@@ -1051,14 +1068,22 @@ class Node:
         conn.resource_scope = scope
         return True
 
+    def service_for(self, protocol: str) -> str | None:
+        """The name of the service whose :attr:`~ProtocolService.service_protocols` has
+        ``protocol`` (or the id a handler's match function serves it under), if any."""
+        name = self._service_of.get(protocol)
+        if name is None and (resolved := self.registry.resolve(protocol)) is not None:
+            name = self._service_of.get(resolved[0])
+        return name
+
     def _charge_protocol(self, stream: MuxedStream, protocol: str, *, raise_: bool = False) -> bool:
-        """Move ``stream`` into ``protocol``'s scope; ``False`` (or raises, with
-        ``raise_``) when the protocol's limits refuse it."""
+        """Move ``stream`` into ``protocol``'s scope and its service's; ``False`` (or
+        raises, with ``raise_``) when their limits refuse it."""
         scope = getattr(stream, "resource_scope", None)
         if scope is None:
             return True
         try:
-            scope.set_protocol(protocol)
+            scope.set_protocol(protocol, self.service_for(protocol))
         except ResourceLimitExceeded as exc:
             if raise_:
                 raise
@@ -1086,6 +1111,23 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.peer_id.fmt_short()}>"
+
+
+def _services_by_protocol(services: Iterable[ProtocolService]) -> dict[str, str]:
+    """Protocol id -> the name of the service that declares it; raises
+    :class:`InvalidConfiguration` when two services of other names declare one id."""
+    out: dict[str, str] = {}
+    for service in services:
+        name = service.service_name
+        if not name:
+            continue
+        for protocol in service.service_protocols:
+            other = out.setdefault(protocol, name)
+            if other != name:
+                raise InvalidConfiguration(
+                    f"protocol {protocol!r} is declared by two services: {other!r} and {name!r}"
+                )
+    return out
 
 
 def _forget_dial(

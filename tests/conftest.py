@@ -49,6 +49,17 @@ def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
             os.environ["XDG_CONFIG_HOME"] = saved
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_unknown_variable_warnings() -> Iterator[None]:
+    """The suite sets ``SWITCHY_*`` variables, never an unknown one: no test may make
+    ``NetworkConfig.from_env`` warn about a typo (tests that check the warning swap in
+    their own record of warned names)."""
+    from switchy.stack import config
+
+    yield
+    assert not config._warned, f"unknown SWITCHY_* variables were warned about: {config._warned}"
+
+
 #: Test modules of HTTP over switchy: each of their tests runs with both HTTP/1.1 parsers.
 _HTTP_TEST_MODULES = ("test_http_", "test_example_migration", "test_tunnel_baseline")
 

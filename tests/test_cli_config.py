@@ -71,6 +71,7 @@ def test_every_command_builds_its_node_with_the_environment_and_limit_options(
     (tmp_path / "f.txt").write_text("hello")
     argv = commands(tmp_path)[name]
     limits = ["--limit", "system.conns=3", "--max-inbound-per-ip", "5"]
+    limits += ["--max-outbound-per-ip", "6"]
     # the options right after the command name, or after everything (`dht serve --limit`)
     at_end = where == "at the end"
     assert main([*argv, *limits] if at_end else [argv[0], *limits, *argv[1:]]) == 2
@@ -80,6 +81,7 @@ def test_every_command_builds_its_node_with_the_environment_and_limit_options(
     assert config.dial_timeout == 7.5
     assert config.limits == ("system.streams=99", "system.conns=3")
     assert config.max_inbound_per_ip == 5
+    assert config.max_outbound_per_ip == 6
 
 
 def test_receive_honours_a_limit_that_refuses_its_connection(

@@ -199,3 +199,74 @@ def test_a_known_field_of_the_wrong_wire_type_is_refused_naming_it(field: int, n
     # the right wire type is read, unknown fields of any type are skipped
     info = decode_identify(pb_bytes(2, raw) + pb_fixed64(7, 1) + pb_varint(9, 1))
     assert info.listen_addrs == [Multiaddr("/ip4/1.2.3.4/tcp/80")]
+
+
+class SignallingPush(IdentifyService):
+    """Sets ``pushed`` once a push was handled (and counted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed = asyncio.Event()
+
+    async def _handle_push(self, stream: MuxedStream) -> None:
+        await super()._handle_push(stream)
+        self.pushed.set()
+
+
+class RefusingPush(IdentifyService):
+    """Reads a push and then resets the stream instead of applying it."""
+
+    async def _handle_push(self, stream: MuxedStream) -> None:
+        await stream.read_all(limit=MAX_IDENTIFY_SIZE)
+        raise SerializationError("this peer refuses every push")
+
+
+async def close_at_once(stream: MuxedStream) -> None:
+    await stream.close()
+
+
+def test_identify_push_metrics_count_pushes_sent_received_and_failed() -> None:
+    """``libp2p_identify_identify_push_total{dir}`` counts a delivered push on both sides
+    (outbound at the pusher, inbound at the receiver); a push the receiver resets counts in
+    ``libp2p_identify_push_failures_total`` and not as sent."""
+    push_total = "libp2p_identify_identify_push_total"
+    failures = "libp2p_identify_push_failures_total"
+
+    async def main(sim: Simulation) -> None:
+        sim.network.add_hosts(["a", "b", "c"])
+        for h in "bc":
+            sim.network.add_link("a", h, latency=LATENCY)
+        pusher, receiver, refuser = IdentifyService(), SignallingPush(), RefusingPush()
+        async with (
+            sim_node(sim, "a", "tcp", pusher) as a,
+            sim_node(sim, "b", "tcp", receiver) as b,
+            sim_node(sim, "c", "tcp", refuser) as c,
+        ):
+            await a.connect(b.full_addrs[0])
+            await pusher.wait_identified(b.peer_id, timeout=5)
+            metric = a.metrics.get(push_total)
+            failed = a.metrics.get(failures)
+            assert metric is not None and failed is not None  # registered once, at attach
+            assert metric.value("outbound") == 0 and failed.value() == 0
+            a.registry.register("/brand-new/1.0.0", close_at_once)
+            await pusher.push()
+            assert metric.value("outbound") == 1
+            got = b.metrics.get(push_total)
+            assert got is not None
+            await asyncio.wait_for(receiver.pushed.wait(), 5)
+            assert got.value("inbound") == 1
+            assert "/brand-new/1.0.0" in b.peerstore.protocols(a.peer_id)
+
+            await a.connect(c.full_addrs[0])
+            await pusher.wait_identified(c.peer_id, timeout=5)
+            b_conns = a.connections(b.peer_id)
+            for conn in b_conns:
+                await conn.close()
+            a.registry.register("/newer/1.0.0", close_at_once)
+            await pusher.push()
+            assert failed.value() == 1  # c reset it
+            assert metric.value("outbound") == 1  # not counted as sent
+            refused = c.metrics.get(push_total)
+            assert refused is not None and refused.value("inbound") == 0
+
+    run_simulation(main, seed=5, config=QUIET)

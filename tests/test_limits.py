@@ -56,9 +56,11 @@ def test_defaults_scale_with_memory_like_go_libp2p() -> None:
 def test_config_and_env_overrides() -> None:
     cfg = NetworkConfig.from_env(
         {
-            "SWITCHY_LIMITS": "system.conns=2000, peer.memory=32MiB,protocol:/x/1.streams=3",
+            "SWITCHY_LIMITS": "system.conns=2000, peer.memory=32MiB,protocol:/x/1.streams=3,"
+            "service:kad.streams=5",
             "SWITCHY_LIMITS_MEMORY": str(128 * MiB),
             "SWITCHY_MAX_INBOUND_PER_IP": "5",
+            "SWITCHY_MAX_OUTBOUND_PER_IP": "7",
             "SWITCHY_LIMITS_EXEMPT_LOOPBACK": "true",
             "SWITCHY_LIMITS_ALLOWLIST": "10.0.0.0/8",
         }
@@ -68,7 +70,13 @@ def test_config_and_env_overrides() -> None:
     assert lc.scopes["system"].streams == 2048  # scaled to the 128 MiB given
     assert lc.scopes["peer"].memory == 32 * MiB
     assert lc.protocols["/x/1"].streams == 3
+    assert lc.services["kad"].streams == 5
+    assert lc.services["kad"].memory == lc.scopes["service"].memory  # the rest: defaults
+    assert ResourceManager(lc).service_scope("kad").limits.streams == 5
     assert lc.max_inbound_per_ip == 5 and lc.exempt_loopback
+    assert lc.max_outbound_per_ip == 7
+    with pytest.raises(InvalidConfiguration, match="max_outbound_per_ip must be > 0"):
+        NetworkConfig.from_env({"SWITCHY_MAX_OUTBOUND_PER_IP": "0"})
     assert lc.allowlist == ("10.0.0.0/8",)
     with pytest.raises(InvalidConfiguration, match=r"scope\.resource=value"):
         LimitConfig().with_overrides(["system.bogus=1"])
@@ -236,6 +244,33 @@ def test_per_ip_limit_rate_loopback_and_allowlist() -> None:
     c.open_stream("inbound")
     with pytest.raises(InvalidConfiguration):
         LimitConfig(allowlist=("300.0.0.0/8",))
+
+
+def test_per_ip_outbound_cap() -> None:
+    """``max_outbound_per_ip``: dials to one IP are capped apart from inbound ones and from
+    other IPs; a closed connection frees its slot; loopback exemption and the allowlist
+    skip it; connections without an IP (relayed) are not counted."""
+    rm = manager(max_outbound_per_ip=2, max_inbound_per_ip=1)
+    out = [rm.open_connection("outbound", "10.0.0.1") for _ in range(2)]
+    rm.open_connection("inbound", "10.0.0.1")  # inbound is counted apart
+    rm.open_connection("outbound", "10.0.0.2")  # another IP
+    with pytest.raises(ResourceLimitExceeded) as info:
+        rm.open_connection("outbound", "10.0.0.1")
+    err = info.value
+    assert (err.scope, err.resource, err.limit) == ("ip:10.0.0.1", "conns_outbound", 2)
+    assert "max_outbound_per_ip" in str(err)
+    assert rm.blocked[("ip", "conns_outbound")] == 1
+    assert rm.system.used("conns_outbound") == 3  # the refused dial holds nothing
+    out[0].done()
+    rm.open_connection("outbound", "10.0.0.1")  # a slot came free
+    for _ in range(5):
+        rm.open_connection("outbound", None)  # no IP (a relayed dial): not capped per IP
+    exempt = manager(max_outbound_per_ip=1, exempt_loopback=True)
+    for _ in range(3):
+        exempt.open_connection("outbound", "127.0.0.1")
+    allowed = manager(max_outbound_per_ip=1, allowlist=("10.9.0.0/16",))
+    for _ in range(3):
+        allowed.open_connection("outbound", "10.9.1.1")
 
 
 def test_observer_sees_every_refusal() -> None:

@@ -9,14 +9,23 @@ from typing import Any
 
 import pytest
 
-from switchy.protocols.echo import EchoService, echo
+from switchy.protocols.echo import ECHO_PROTOCOL, EchoService, echo
 from switchy.protocols.ping import PingService, ping
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionClosed, ConnectionFailed, P2PError
+from switchy.stack.errors import (
+    ConnectionClosed,
+    ConnectionFailed,
+    InvalidConfiguration,
+    NegotiationFailed,
+    P2PError,
+    ResourceLimitExceeded,
+    StreamRefused,
+    StreamReset,
+)
 from switchy.stack.gater import ConnectionGater
 from switchy.stack.identity import KeyPair
-from switchy.stack.limits import MiB
-from switchy.stack.node import ConnectionEvent, Node
+from switchy.stack.limits import LimitEvent, MiB
+from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.stack.stream import MuxedStream
 from switchy.transports.tcp import TcpTransport
 
@@ -181,6 +190,80 @@ def test_per_ip_limit_counts_loopback_unless_exempt() -> None:
         assert await attempt(True) == (4, 0)
 
     run(main)
+
+
+def test_outbound_per_ip_cap_refuses_the_dial_naming_it() -> None:
+    """``max_outbound_per_ip=2``: a node dials two loopback peers, the third dial raises
+    ResourceLimitExceeded naming the IP scope and the setting (nothing is sent to that
+    peer); once a connection closes the dial goes through."""
+
+    async def main() -> None:
+        cfg = NetworkConfig(keepalive_interval=0, max_outbound_per_ip=2)
+        dialer = make(config=cfg)
+        servers = [make() for _ in range(3)]
+        async with started(dialer, *servers):
+            for s in servers[:2]:
+                assert await echo(dialer, s.full_addrs[0], b"hi") == b"hi"
+            with pytest.raises(ResourceLimitExceeded) as info:
+                await dialer.connect(servers[2].full_addrs[0])
+            err = info.value
+            assert (err.scope, err.resource, err.limit) == ("ip:127.0.0.1", "conns_outbound", 2)
+            assert "max_outbound_per_ip" in str(err)
+            assert not servers[2].connections()
+            assert dialer.limits.blocked[("ip", "conns_outbound")] == 1
+            gone = disconnections(dialer, 1)
+            for conn in dialer.connections(servers[0].peer_id):
+                await conn.close()
+            await asyncio.wait_for(gone.wait(), 20)
+            assert await echo(dialer, servers[2].full_addrs[0], b"now") == b"now"
+
+    run(main)
+
+
+REFUSED = 300
+
+
+def test_streams_refused_for_limits_are_counted_once_each() -> None:
+    """300 streams the server refuses for its limits count 300 refusals, not 600.
+
+    A peer over its stream limit resets each SYN before acknowledging it: the dialer gets
+    StreamRefused and asks nothing more (it used to open a probe stream to learn why,
+    refused and counted again).  A stream reset after negotiation by a protocol's limit
+    is still probed, with ``ls``, which no protocol's limit charges."""
+
+    async def refuse_all(limit: str, counted: tuple[str, str], error: type[Exception]) -> None:
+        key = KeyPair.generate()
+        limit = limit.format(client=key.peer_id)
+        server = make(config=NetworkConfig(keepalive_interval=0, limits=(limit,)))
+        client = make(key=key)
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            await client.connect(addr)
+            for _ in range(REFUSED):
+                stream = await client.open_stream(server.peer_id, ECHO_PROTOCOL)
+                with pytest.raises(StreamReset) as info:
+                    await stream.write(b"hello")
+                    await stream.close_write()
+                    await stream.read_all()
+                assert isinstance(info.value, error), info.value
+                assert not isinstance(info.value, NegotiationFailed)
+            other = make()
+            async with started(other):
+                assert len(await ping(other, addr)) == 1  # the server serves on
+            assert server.limits.blocked[counted] == REFUSED
+            assert sum(server.limits.blocked.values()) == REFUSED
+
+    async def main() -> None:
+        await refuse_all(
+            "peer:{client}.streams_inbound=0", ("peer", "streams_inbound"), StreamRefused
+        )
+        await refuse_all(
+            f"protocol:{ECHO_PROTOCOL}.streams_inbound=0",
+            ("protocol", "streams_inbound"),
+            StreamReset,
+        )
+
+    run(main, timeout=120)
 
 
 def test_gater_denies_before_and_after_the_handshake() -> None:
@@ -418,6 +501,9 @@ def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
             await b.listen(f"{relay.full_addrs[0]}/p2p-circuit")
             circuit_addr = next(x for x in b.full_addrs if "/p2p-circuit/" in str(x))
             assert len(await ping(a, circuit_addr)) == 1
+            status = relay.metrics.get("libp2p_relaysvc_connection_request_response_status_total")
+            assert status is not None and status.value("ok") == 1
+            assert status.value("rejected") == 0
             usage = relay.limits.usage()[f"peer:{a.peer_id}"]
             assert usage["memory"] >= 2 * 64 * 1024
             gone = disconnections(relay, 1)
@@ -437,6 +523,15 @@ def test_relay_circuit_buffers_are_charged_to_the_source_peer() -> None:
                 await a.connect(circuit_addr)
             assert "RESOURCE_LIMIT_EXCEEDED" in str(info.value)
             assert len(await ping(a, relay.full_addrs[0])) == 1  # the relay serves on
+            # counted as a rejected circuit, like the relay's own refusals, never as ok
+            m = relay.metrics
+            status = m.get("libp2p_relaysvc_connection_request_response_status_total")
+            rejections = m.get("libp2p_relaysvc_connection_rejections_total")
+            assert status is not None and rejections is not None
+            assert status.value("rejected") == 1 and status.value("ok") == 0
+            assert rejections.value("resource_limit_exceeded") == 1
+            opened = m.get("libp2p_relaysvc_connections_total")
+            assert opened is not None and opened.value("opened") == 0
 
     run(refused)
 
@@ -487,3 +582,128 @@ def test_registry_streams_charge_their_buffers() -> None:
             assert usage.get("memory", 0) == 0
 
     run(main)
+
+
+def test_streams_are_charged_to_their_services_scope_both_ways() -> None:
+    """A stream negotiated to a service's protocol is charged to ``service:<name>``:
+    inbound at the server (``service:echo.streams_inbound=2``: the third concurrent echo
+    stream is refused, naming the scope; other services serve on), outbound at the dialer
+    (``service:echo.streams_outbound=1`` refuses a second one at open_stream); the scope
+    shows in ``usage()`` while used and is gone after."""
+
+    async def main() -> None:
+        server = make(
+            config=NetworkConfig(keepalive_interval=0, limits=("service:echo.streams_inbound=2",))
+        )
+        events: list[LimitEvent] = []
+        server.limits.add_observer(events.append)
+        client = make()
+        async with started(server, client):
+            addr = server.full_addrs[0]
+            held = []
+            for _ in range(2):
+                stream = await client.open_stream(addr, ECHO_PROTOCOL)
+                await stream.write(b"hi")
+                assert await stream.read_exactly(2) == b"hi"  # negotiated and charged
+                held.append(stream)
+            usage = server.limits.usage()
+            assert usage["service:echo"] == {"streams_inbound": 2, "streams": 2}
+            assert usage[f"protocol:{ECHO_PROTOCOL}"]["streams_inbound"] == 2
+            assert client.limits.usage()["service:echo"]["streams_outbound"] == 2
+            third = await client.open_stream(addr, ECHO_PROTOCOL)
+            with pytest.raises(StreamReset):
+                await third.write(b"hi")
+                await third.close_write()
+                await third.read_all()
+            assert [(e.scope, e.resource, e.limit) for e in events] == [
+                ("service:echo", "streams_inbound", 2)
+            ]
+            assert server.limits.blocked[("service", "streams_inbound")] == 1
+            assert len(await ping(client, addr)) == 1  # service:ping has room
+            for stream in held:
+                await stream.close_write()
+                assert await stream.read_all() == b""
+                await stream.close()
+            assert "service:echo" not in client.limits.usage()
+
+        dialer = make(
+            config=NetworkConfig(keepalive_interval=0, limits=("service:echo.streams_outbound=1",))
+        )
+        other = make()
+        async with started(dialer, other):
+            first = await dialer.open_stream(other.full_addrs[0], ECHO_PROTOCOL)
+            with pytest.raises(ResourceLimitExceeded) as info:
+                await dialer.open_stream(other.peer_id, ECHO_PROTOCOL)
+            err = info.value
+            assert (err.scope, err.resource, err.limit) == ("service:echo", "streams_outbound", 1)
+            assert len(await ping(dialer, other.peer_id)) == 1  # another service
+            await first.reset()
+            assert "service:echo" not in dialer.limits.usage()
+
+    run(main)
+
+
+def _builtin_services() -> list[ProtocolService]:
+    from switchy.chat import ChatService
+    from switchy.protocols.autonat import AutoNATService
+    from switchy.protocols.blobs import BlobService
+    from switchy.protocols.dcutr import DCUtRService
+    from switchy.protocols.discovery import RegistryService
+    from switchy.protocols.http.proxy import HttpProxyService
+    from switchy.protocols.http.server import HttpService
+    from switchy.protocols.http.tcp import TcpExposeService
+    from switchy.protocols.identify import IdentifyService
+    from switchy.protocols.kad.service import KadDHT
+    from switchy.protocols.perf import PerfService
+    from switchy.protocols.pubsub import PubSub
+    from switchy.protocols.router import Router
+    from switchy.transports.relay import RelayService, RelayTransport
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+    return [
+        PingService(),
+        EchoService(),
+        PerfService(),
+        IdentifyService(),
+        AutoNATService(),
+        DCUtRService(),
+        KadDHT(mode="server"),
+        PubSub(),
+        Router(),
+        HttpService(app),
+        HttpProxyService("http://127.0.0.1:1/"),
+        TcpExposeService("127.0.0.1", 1),
+        RelayService(),
+        RelayTransport(),
+        BlobService(),
+        ChatService("room", "nick"),
+        RegistryService(),
+    ]
+
+
+@pytest.mark.parametrize("service", _builtin_services(), ids=lambda s: type(s).__name__)
+def test_every_builtin_service_declares_its_name_and_protocols(service: ProtocolService) -> None:
+    """Each built-in service names its scope and declares every protocol it registers."""
+    node = Node(transports=[TcpTransport()], services=[service])
+    served = set(node.protocols)
+    assert service.service_name
+    assert served, "the service registers a handler when attached"
+    assert served <= set(service.service_protocols)
+    for protocol in service.service_protocols:
+        assert node.service_for(protocol) == service.service_name
+
+
+def test_two_services_declaring_one_protocol_under_two_names_is_refused() -> None:
+    class Mine(ProtocolService):
+        service_name = "mine"
+        service_protocols = ("/ipfs/ping/1.0.0",)
+
+        def attach(self, node: Node) -> None:
+            pass
+
+    with pytest.raises(InvalidConfiguration, match="'ping' and 'mine'"):
+        Node(transports=[TcpTransport()], services=[PingService(), Mine()])
+    bare = Node(transports=[TcpTransport()], services=[EchoService()])
+    assert bare.service_for("/nobody/1.0.0") is None

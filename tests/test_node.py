@@ -471,3 +471,43 @@ def test_the_default_preset() -> None:
     node = default_node(config=config, listen=[LOOPBACK])
     assert node.config is config
     assert all(t.config is config for t in node.transports[:2])  # type: ignore[attr-defined]
+
+
+def test_explain_failure_asks_ls_first_and_sends_no_probe_for_a_refused_stream() -> None:
+    """Why an optimistic stream ended: a protocol ``ls`` lists is served (the end was
+    something else: one probe, no proposal); one ``ls`` does not list is proposed again
+    (a match function may serve it; else it is refused); a StreamRefused gets no probe."""
+    from switchy.stack.errors import StreamRefused
+    from switchy.stack.negotiation import explain_failure
+
+    async def main() -> None:
+        async with nodes() as (a, b):
+            b.registry.register(
+                "/app/1.0.0", lambda s: s.close(), match=lambda p: p.startswith("/app/1.")
+            )
+            conn = await a.connect(b.full_addrs[0])
+            stream = await conn.open_stream()
+            opened = 0
+            real_open = conn.open_stream
+
+            async def counting_open() -> MuxedStream:
+                nonlocal opened
+                opened += 1
+                return await real_open()
+
+            conn.open_stream = counting_open  # type: ignore[method-assign]
+            reset = StreamReset("the stream was reset")
+            assert await explain_failure(stream, PING_PROTOCOL, reset) is reset
+            assert opened == 1  # ls listed it: no second proposal
+            assert await explain_failure(stream, "/app/1.5.0", reset) is reset
+            assert opened == 3  # not listed, then served through the match function
+            refused = await explain_failure(stream, "/absent/1.0.0", reset)
+            assert isinstance(refused, NegotiationFailed)
+            assert "'/absent/1.0.0'" in str(refused)
+            assert opened == 5
+            no_room = StreamRefused("refused before it was acknowledged")
+            assert await explain_failure(stream, PING_PROTOCOL, no_room) is no_room
+            assert opened == 5  # no probe at all
+            await stream.reset()
+
+    run(main)

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from switchy.stack.config import NetworkConfig
-from switchy.stack.errors import ConnectionClosed, P2PError, ProtocolError, StreamReset
+from switchy.stack.errors import (
+    ConnectionClosed,
+    P2PError,
+    ProtocolError,
+    StreamRefused,
+    StreamReset,
+)
 from switchy.stack.identity import KeyPair
 from switchy.stack.mux.yamux import Yamux, YamuxConnection, YamuxStream
 from switchy.stack.mux.yamux_core import (
@@ -151,6 +157,29 @@ def test_ping_go_away_reset_and_limits() -> None:
     small = YamuxSession(False, max_streams=1)
     small.receive_data(frame(1, FLAG_SYN, 1, 0) + frame(1, FLAG_SYN, 3, 0))
     assert small.stream_ids() == [1]
+
+
+def test_a_reset_before_the_ack_is_a_refusal_and_after_it_is_not() -> None:
+    """The RST of a stream we opened that the peer never acknowledged means it refused
+    our SYN (``refused``); a RST after the ACK, or of the peer's own stream, does not."""
+    a, b = pair()
+    small = YamuxSession(False, max_streams=0)  # refuses every SYN
+    sid = a.open_stream()
+    assert small.receive_data(a.data_to_send()) == [ResetEvent(sid, by_us=True)]
+    assert a.receive_data(small.data_to_send()) == [ResetEvent(sid, refused=True)]
+    assert a.unacked_outbound == 0
+    accepted = a.open_stream()
+    pump(a, b)
+    b.accept_stream(accepted)
+    pump(a, b)  # the ACK arrived
+    b.reset_stream(accepted)
+    ea, _ = pump(a, b)
+    assert ea == [ResetEvent(accepted, refused=False)]
+    theirs = b.open_stream()
+    pump(a, b)
+    b.reset_stream(theirs)
+    ea, _ = pump(a, b)
+    assert ea == [ResetEvent(theirs, refused=False)]
 
 
 @given(st.lists(st.integers(1, 50), min_size=1, max_size=20))
@@ -329,9 +358,10 @@ def test_reset_and_half_close() -> None:
             await s2.write(b"x")
             r2 = await mb.accept_stream()
             await r2.reset()
-            with pytest.raises(StreamReset):
+            with pytest.raises(StreamReset) as info:
                 while True:
                     await s2.read()
+            assert not isinstance(info.value, StreamRefused)  # accepted, then reset
 
     asyncio.run(main())
 
@@ -365,7 +395,7 @@ def test_an_inbound_syn_over_the_resource_budget_is_reset_and_leaves_nothing(
             assert await accepted.read_exactly(3) == b"one"
             refused = await ma.open_stream()
             await refused.write(b"two")
-            with pytest.raises(StreamReset):
+            with pytest.raises(StreamRefused, match="refused by the peer"):
                 while await refused.read():
                     pass
             assert limits.blocked[("connection", "streams_inbound")] == 1

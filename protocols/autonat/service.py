@@ -257,6 +257,9 @@ class AutoNATService(ProtocolService):
     node's: ``addr is None``) and may return a coroutine.
     """
 
+    service_name = "autonat"
+    service_protocols = (DIAL_REQUEST_PROTOCOL, DIAL_BACK_PROTOCOL, V1_PROTOCOL)
+
     def __init__(
         self,
         *,

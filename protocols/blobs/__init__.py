@@ -314,6 +314,9 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
 class BlobService(ProtocolService):
     """Serves added files and directories by root hash on ``/switchy/blobs/1.0.0``."""
 
+    service_name = "blobs"
+    service_protocols = (BLOBS_PROTOCOL,)
+
     def __init__(self) -> None:
         self._files: dict[bytes, tuple[Path, Manifest]] = {}
         self._dirs: dict[bytes, bytes] = {}

@@ -184,6 +184,9 @@ class PunchEvent:
 class DCUtRService(ProtocolService):
     """Direct Connection Upgrade through Relay (see the module docstring)."""
 
+    service_name = "dcutr"
+    service_protocols = (DCUTR_PROTOCOL,)
+
     def __init__(
         self,
         config: DCUtRConfig | None = None,

@@ -28,7 +28,7 @@ from multiaddr import Multiaddr
 
 from switchy.protocols.discovery.claims import seal_name_claim
 from switchy.protocols.discovery.client import lookup, register, unregister
-from switchy.protocols.discovery.codec import validate_name
+from switchy.protocols.discovery.codec import DISCOVERY_PROTOCOL, validate_name
 from switchy.stack.addresses import parse_multiaddr, split_peer
 from switchy.stack.errors import (
     DiscoveryFailed,
@@ -197,6 +197,9 @@ class RegistryBackend(DiscoveryBackend):
     the registration alive (re-registering with fresh addresses at half the
     granted TTL) until the node closes, when it unregisters.
     """
+
+    service_name = "discovery"
+    service_protocols = (DISCOVERY_PROTOCOL,)
 
     can_register = True
 

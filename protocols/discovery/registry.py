@@ -310,6 +310,9 @@ class RegistryService(ProtocolService):
     closed.  Other streams and peers are unaffected.
     """
 
+    service_name = "discovery"
+    service_protocols = (DISCOVERY_PROTOCOL,)
+
     def __init__(self, limits: RegistryLimits | None = None) -> None:
         self.registry = NameRegistry(limits)
         self.node: Node | None = None

@@ -331,6 +331,9 @@ class HttpProxyService(ProtocolService):
     connections to the local server (:class:`~switchy.protocols.http.pool.UpstreamPool`).
     """
 
+    service_name = "http"
+    service_protocols = (HTTP_PROTOCOL,)
+
     def __init__(
         self,
         upstream: str,

@@ -92,6 +92,9 @@ class HttpService(ProtocolService):
     or ``"off"``.
     """
 
+    service_name = "http"
+    service_protocols = (HTTP_PROTOCOL,)
+
     def __init__(
         self,
         app: ASGIApp,

@@ -34,6 +34,9 @@ TCP_PROTOCOL: Final = "/switchy/tcp/1.0.0"
 class TcpExposeService(ProtocolService):
     """Serves the local TCP service at ``host:port`` to peers (``allow``: who may)."""
 
+    service_name = "tcp"
+    service_protocols = (TCP_PROTOCOL,)
+
     def __init__(self, host: str, port: int, *, allow: Iterable[PeerId] | None = None) -> None:
         self.host = host
         self.port = port

@@ -120,6 +120,9 @@ class KadDHT(ProtocolService, PeerRouter):
     (default: ``/pk/`` and signed name claims).
     """
 
+    service_name = "kad"
+    service_protocols = (PROTOCOL,)
+
     def __init__(
         self,
         *,

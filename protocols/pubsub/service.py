@@ -139,6 +139,9 @@ class PubSub(ProtocolService):
     to them.
     """
 
+    service_name = "pubsub"
+    service_protocols = (GOSSIPSUB_V12, GOSSIPSUB_V11, GOSSIPSUB_V10)
+
     def __init__(
         self,
         *,

@@ -192,6 +192,9 @@ class Router(ProtocolService):
     and the system's memory budgets; 503 naming the scope when one is full).
     """
 
+    service_name = "router"
+    service_protocols = (ROUTER_PROTOCOL,)
+
     def __init__(
         self,
         *,

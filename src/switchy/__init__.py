@@ -37,6 +37,7 @@ from switchy.stack.errors import (
     ResourceLimitExceeded,
     SerializationError,
     SimulationDeadlock,
+    StreamRefused,
     StreamReset,
     UnsupportedAddress,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "SerializationError",
     "SimulationDeadlock",
     "Stream",
+    "StreamRefused",
     "StreamReset",
     "UnsupportedAddress",
     "__version__",

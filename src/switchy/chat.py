@@ -136,6 +136,9 @@ def parse_chat(data: bytes, source: str) -> ChatMessage | None:
 class ChatService(ProtocolService):
     """Direct messages and history for one room (see the module docstring)."""
 
+    service_name = "chat"
+    service_protocols = (DM_PROTOCOL, HISTORY_PROTOCOL)
+
     def __init__(self, room: str, nick: str, show: Callable[[str], None] = print) -> None:
         self.room, self.nick, self.show = room, nick, show
         #: The last lines seen in the room (``ChatMessage``), oldest first.

@@ -782,6 +782,13 @@ def _add_limit_options(parser: argparse.ArgumentParser, default: Any) -> None:
         help="most inbound connections from one IP (default 64; SWITCHY_MAX_INBOUND_PER_IP)",
     )
     g.add_argument(
+        "--max-outbound-per-ip",
+        type=int,
+        default=default,
+        metavar="N",
+        help="most outbound connections to one IP (default 64; SWITCHY_MAX_OUTBOUND_PER_IP)",
+    )
+    g.add_argument(
         "--limits-allow",
         dest="limits_allow",
         action="append",
@@ -801,6 +808,8 @@ def _limit_overrides(args: argparse.Namespace, environ: Mapping[str, str]) -> di
         out["limits"] = (*(x for x in env.split(",") if x.strip()), *args.limit)
     if getattr(args, "max_inbound_per_ip", None) is not None:
         out["max_inbound_per_ip"] = args.max_inbound_per_ip
+    if getattr(args, "max_outbound_per_ip", None) is not None:
+        out["max_outbound_per_ip"] = args.max_outbound_per_ip
     if getattr(args, "limits_allow", None):
         env = environ.get(ENV_PREFIX + "LIMITS_ALLOWLIST", "")
         out["limits_allowlist"] = (*(x for x in env.split(",") if x.strip()), *args.limits_allow)
@@ -822,6 +831,7 @@ def _cmd_limits(args: argparse.Namespace) -> int:
     info = {
         "scopes": table,
         "max_inbound_per_ip": lc.max_inbound_per_ip,
+        "max_outbound_per_ip": lc.max_outbound_per_ip,
         "inbound_rate_per_ip": lc.inbound_rate_per_ip,
         "inbound_burst_per_ip": lc.inbound_burst_per_ip,
         "exempt_loopback": lc.exempt_loopback,
@@ -834,6 +844,7 @@ def _cmd_limits(args: argparse.Namespace) -> int:
         print(f"{kind:10} " + " ".join(f"{r}={v}" for r, v in row.items()))
     print(
         f"per IP: {lc.max_inbound_per_ip} inbound connections, "
+        f"{lc.max_outbound_per_ip} outbound, "
         f"{lc.inbound_rate_per_ip:g}/s (burst {lc.inbound_burst_per_ip})"
         + (", loopback exempt" if lc.exempt_loopback else "")
     )

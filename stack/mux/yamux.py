@@ -21,6 +21,7 @@ from switchy.stack.errors import (
     ConnectionClosed,
     P2PError,
     ResourceLimitExceeded,
+    StreamRefused,
     StreamReset,
     fresh,
 )
@@ -496,7 +497,14 @@ class YamuxConnection(MuxedConnection):
             elif isinstance(ev, StreamResetEvent):
                 st = streams.pop(ev.stream_id, None)
                 if st is not None:
-                    st._on_reset(StreamReset(f"yamux stream {ev.stream_id} was reset by the peer"))
+                    st._on_reset(
+                        StreamRefused(
+                            f"yamux stream {ev.stream_id} was refused by the peer "
+                            "(reset before it was acknowledged)"
+                        )
+                        if ev.refused
+                        else StreamReset(f"yamux stream {ev.stream_id} was reset by the peer")
+                    )
                     st._scope_done()
             elif isinstance(ev, PongReceived):
                 entry = self._pings.pop(ev.opaque, None)

@@ -96,10 +96,12 @@ class StreamEnded:
 
 @attrs.frozen
 class StreamReset:
-    """``stream_id`` was reset by the remote, or refused by us (``by_us``)."""
+    """``stream_id`` was reset by the remote, or refused by us (``by_us``); ``refused``:
+    the remote reset a stream we opened before acknowledging it (it refused our SYN)."""
 
     stream_id: int
     by_us: bool = False
+    refused: bool = False
 
 
 @attrs.frozen
@@ -442,9 +444,10 @@ class YamuxSession:
             self.unacked_outbound -= 1
             events.append(WindowUpdated(sid))
         if flags & FLAG_RST:
-            if self._streams.pop(sid, None) is not None and st.outbound and not st.acked:
+            refused = st.outbound and not st.acked
+            if self._streams.pop(sid, None) is not None and refused:
                 self.unacked_outbound -= 1
-            events.append(StreamReset(sid))
+            events.append(StreamReset(sid, refused=refused))
             return False
         return True
 

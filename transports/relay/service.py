@@ -103,6 +103,9 @@ def ip_key(addr: Multiaddr) -> Hashable:
 class RelayService(ProtocolService):
     """Serves the hop protocol: reservations and relayed connections, within limits."""
 
+    service_name = "relay"
+    service_protocols = (HOP_PROTOCOL,)
+
     def __init__(self, config: RelayConfig | None = None, *, tap: ForwardTap | None = None) -> None:
         self.config = config or RelayConfig()
         self.resources = RelayResources(self.config)
@@ -248,16 +251,18 @@ class RelayService(ProtocolService):
             self.resources.drop(dst)
         src_ip = ip_key(stream.muxed_conn.remote_addr)
         status = self.resources.open_circuit(src, dst, now, src_ip)
+        buffers: int | None = 0
+        if status == Status.OK:
+            buffers = self._reserve_circuit_buffers(stream, src, dst)
+            if buffers is None:  # the memory budget refused it: a rejection like the others
+                self.resources.close_circuit(src, dst, src_ip)
+                status = Status.RESOURCE_LIMIT_EXCEEDED
         if self.metrics is not None:
             self.metrics.circuit_request(status)
-        if status != Status.OK:
-            log.info("relay: refused a circuit %s -> %s: %s", src, dst, status.name)
+        if status != Status.OK or buffers is None:
+            if buffers is not None:  # a memory refusal was logged naming its scope
+                log.info("relay: refused a circuit %s -> %s: %s", src, dst, status.name)
             await self._reply(stream, status)
-            return
-        buffers = self._reserve_circuit_buffers(stream, src, dst)
-        if buffers is None:
-            self.resources.close_circuit(src, dst, src_ip)
-            await self._reply(stream, Status.RESOURCE_LIMIT_EXCEEDED)
             return
         try:
             dst_stream = await self._open_stop(targets[0], src)

@@ -426,6 +426,9 @@ class RelayTransport(Transport, ProtocolService):
     ``/p2p-circuit`` reserves on the first of them that accepts.
     """
 
+    service_name = "relay-client"
+    service_protocols = (STOP_PROTOCOL,)
+
     name = "relay"
     limited = True
 
