@@ -205,8 +205,9 @@ class Lookup:
             return
         cand.state = PeerState.SUCCEEDED
         fresh: dict[PeerId, tuple[Multiaddr, ...]] = {}
+        skip = {peer} if self.local is None else {peer, self.local}  # hashed, not compared
         for other, addrs in closer:
-            if other == peer or other == self.local:
+            if other in skip:
                 continue
             known = self._peers.get(other)
             if known is not None:

@@ -53,7 +53,11 @@ class _Clock:
 
 
 class KadModel:
-    """``n`` DHT servers (see the module docstring)."""
+    """``n`` DHT servers (see the module docstring).
+
+    ``refresh_buckets``: at most this many buckets, from the farthest, are refreshed when
+    a node joins (16, as ``KadDHT.refresh``: ``stale_buckets`` with ``max_depth`` 15).
+    """
 
     def __init__(
         self,
@@ -96,7 +100,8 @@ class KadModel:
         table = self.tables[self.index[asked]]
         if asker is not None:
             table.add(asker, (), now)
-        return [(e.peer_id, ()) for e in table.closest(key) if e.peer_id != asker]
+        skip = b"" if asker is None else asker.multihash
+        return [(e.peer_id, ()) for e in table.closest(key) if e.peer_id.multihash != skip]
 
     def _join(self, i: int, refresh: int) -> None:
         """Node ``i`` joins as ``KadDHT.bootstrap`` does: it asks node 0 (which notes it),
