@@ -254,3 +254,21 @@ def test_does_not_end_before_the_beta_closest_overall_answered() -> None:
     lookup.on_failure(last, now)
     assert lookup.finished(now)
     assert len(lookup.result()) == 5
+
+
+def test_a_query_that_dials_gets_more_time_before_it_stalls() -> None:
+    """allow_more moves one waiting query's stall time (the adapter's query must dial):
+    the others stall at the stall time, it later; it is ignored for peers not waiting."""
+    lookup = Lookup(777, _seeds(_NET, _NET.ids[0]), now=0.0, stall=1.0)
+    first = [p for p, _ in lookup.next_queries(0.0)]
+    dialing = first[0]
+    lookup.allow_more(dialing, 1.5)
+    lookup.allow_more(_NET.ids[299], 5.0)  # not asked: nothing happens
+    assert lookup.next_wakeup() == 1.0
+    assert len(lookup.next_queries(1.0)) == ALPHA - 1  # the other two stalled
+    assert lookup.in_flight() == ALPHA
+    assert lookup.next_wakeup() == 2.0  # the next ones, sent at 1.0
+    assert len(lookup.next_queries(2.0)) == ALPHA - 1  # those two stalled in turn
+    assert lookup.next_wakeup() == 2.5  # the dialing one is next: 0 + 1.5 + 1
+    assert len(lookup.next_queries(2.5)) == 1
+    assert lookup.state_of(dialing) is PeerState.WAITING  # its answer still counts

@@ -39,7 +39,10 @@ Parameters and why:
   frees its slot and no longer holds up termination: the lookup goes on with
   the next peers as if it had failed, and still takes its answer should it come
   before the query's own timeout.  So a dead peer among the k closest costs
-  about one stall time, not the full query timeout.
+  about one stall time, not the full query timeout.  A query that must dial first
+  gets more time (:meth:`Lookup.allow_more`): otherwise a live closest peer not yet
+  connected stalled while dialing, and the lookup ended without it (1 of 50 lookups on
+  60 full nodes in ``bench_kad --full``).
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ class _Candidate:
     hop: int
     state: PeerState = PeerState.HEARD
     sent: float = 0.0
+    #: Extra seconds this query has before it stalls (:meth:`Lookup.allow_more`).
+    grace: float = 0.0
 
 
 class Lookup:
@@ -228,6 +233,13 @@ class Lookup:
 
     # --- outputs -----------------------------------------------------------------------
 
+    def allow_more(self, peer: PeerId, seconds: float) -> None:
+        """Give the query in flight to ``peer`` ``seconds`` more before it stalls (the
+        adapter's query must first dial the peer: several round trips more)."""
+        cand = self._peers.get(peer)
+        if cand is not None and cand.state is PeerState.WAITING:
+            cand.grace += max(0.0, seconds)
+
     def state_of(self, peer: PeerId) -> PeerState | None:
         """The state of ``peer`` in this lookup, if it was heard of."""
         cand = self._peers.get(peer)
@@ -237,7 +249,7 @@ class Lookup:
         return (
             c.state is PeerState.WAITING
             and self.stall is not None
-            and self.now >= c.sent + self.stall
+            and self.now >= c.sent + c.grace + self.stall
         )
 
     def _live(self, path: int | None = None) -> list[_Candidate]:
@@ -253,7 +265,7 @@ class Lookup:
             for c in self._order
             if c.state is not failed
             and (path is None or c.path == path)
-            and not (c.state is waiting and now >= c.sent + stall)
+            and not (c.state is waiting and now >= c.sent + c.grace + stall)
         ]
 
     def next_wakeup(self) -> float | None:
@@ -262,7 +274,7 @@ class Lookup:
         if self.stall is None:
             return None
         times = [
-            c.sent + self.stall
+            c.sent + c.grace + self.stall
             for c in self._peers.values()
             if c.state is PeerState.WAITING and not self._stalled(c)
         ]
