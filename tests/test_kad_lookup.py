@@ -204,3 +204,71 @@ def test_rtt_estimator() -> None:
     assert 3.9 < est.srtt <= 4.0
     assert est.timeout(10.0) == 10.0  # the cap (3 RTOs > 10 s)
     assert 4.0 <= est.stall(10.0) < 5.0
+
+
+def test_final_phase_asks_the_k_closest_at_once() -> None:
+    """With beta = k: once every path has its 3 closest answered, the still unasked among
+    the k closest seen are asked all at once (beyond alpha), and the lookup ends only when
+    they have answered; the result is then the true k closest of the network."""
+    target = kad_key(b"final phase")
+    me = _NET.ids[3]
+    seeds = [(e.peer_id, list(e.addrs)) for e in _NET.tables[me].closest(target)]
+    lookup = Lookup(target, seeds, now=0.0, local=me, beta=K)
+    now = 0.0
+    burst = 0
+    while not lookup.finished(now):
+        asks = lookup.next_queries(now)
+        burst = max(burst, len(asks))
+        waiting = [p for p, c in lookup._peers.items() if c.state is PeerState.WAITING]
+        assert waiting, "a lookup that is not finished has a query in flight"
+        now += 0.01
+        for p in waiting:  # every query in flight answers: one round per step
+            lookup.on_response(p, _NET.answer(p, target), now)
+    assert burst > ALPHA
+    got = [p for p, _ in lookup.result()]
+    truth = [p for p in _NET.true_closest(target, K + 1) if p != me][:K]
+    assert got == truth
+
+
+def test_does_not_end_before_the_beta_closest_overall_answered() -> None:
+    """Three paths that each converged do not end a beta = k lookup while one of the k
+    closest peers seen is still waiting; its failure lets the lookup end."""
+    target = 5
+    seeds: list[tuple[PeerId, list[Multiaddr]]] = [(peer(n), []) for n in range(6)]
+    lookup = Lookup(target, seeds, now=0.0, beta=K)
+    now = 0.0
+    last: PeerId | None = None
+    while True:
+        asks = lookup.next_queries(now)
+        if not asks:
+            break
+        now += 0.01
+        for p, _ in asks:
+            if last is None:
+                last = p  # never answers
+                continue
+            lookup.on_response(p, [], now)
+    assert last is not None
+    assert lookup.state_of(last) is PeerState.WAITING
+    assert not lookup.finished(now)
+    lookup.on_failure(last, now)
+    assert lookup.finished(now)
+    assert len(lookup.result()) == 5
+
+
+def test_a_query_that_dials_gets_more_time_before_it_stalls() -> None:
+    """allow_more moves one waiting query's stall time (the adapter's query must dial):
+    the others stall at the stall time, it later; it is ignored for peers not waiting."""
+    lookup = Lookup(777, _seeds(_NET, _NET.ids[0]), now=0.0, stall=1.0)
+    first = [p for p, _ in lookup.next_queries(0.0)]
+    dialing = first[0]
+    lookup.allow_more(dialing, 1.5)
+    lookup.allow_more(_NET.ids[299], 5.0)  # not asked: nothing happens
+    assert lookup.next_wakeup() == 1.0
+    assert len(lookup.next_queries(1.0)) == ALPHA - 1  # the other two stalled
+    assert lookup.in_flight() == ALPHA
+    assert lookup.next_wakeup() == 2.0  # the next ones, sent at 1.0
+    assert len(lookup.next_queries(2.0)) == ALPHA - 1  # those two stalled in turn
+    assert lookup.next_wakeup() == 2.5  # the dialing one is next: 0 + 1.5 + 1
+    assert len(lookup.next_queries(2.5)) == 1
+    assert lookup.state_of(dialing) is PeerState.WAITING  # its answer still counts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from switchy.protocols.kad.model import KadModel, summarize
+from switchy.protocols.kad.model import KadModel, summarize, table_fill
 from switchy.protocols.kad.routing import kad_key
 
 
@@ -67,3 +67,13 @@ def test_records_survive_churn_when_republished() -> None:
     assert min(e.found_ratio for e in lost) < 1.0
     assert [e.epoch for e in kept] == list(range(1, 8))
     assert 35 <= kept[-1].live <= 45  # joins replace the nodes that left
+
+
+def test_nodes_join_as_bootstrap_does() -> None:
+    """Each node asks node 0, looks itself up and refreshes the buckets its table names
+    (as KadDHT.bootstrap): at 200 nodes the tables then hold nearly every peer their
+    buckets could hold; the bootstrap node knows peers, and no table names its owner."""
+    model = KadModel(200, seed=5)
+    assert table_fill(model.tables, model.ids) >= 0.99
+    assert len(model.tables[0]) >= 60  # k per bucket: about 20 + 20 + 20 + 12 + 6 + ...
+    assert all(t.local not in t for t in model.tables)

@@ -110,6 +110,26 @@ def test_closest_is_sorted_and_correct(ns: list[int], target: int) -> None:
     assert got == expected
 
 
+@settings(max_examples=60)
+@given(
+    st.lists(st.integers(1, 3000), max_size=400),
+    st.integers(0, 256),
+    st.integers(0, 2**256 - 1),
+    st.integers(0, 70),
+)
+def test_closest_near_our_own_key(ns: list[int], bits: int, noise: int, count: int) -> None:
+    """closest() walks the buckets in order of distance: for targets at any distance from
+    our own key (our key itself included) and any count it gives what sorting every
+    entry gives."""
+    table = RoutingTable(peer(0))
+    for n in ns:
+        table.add(peer(n), [addr(n)], 0.0)
+    target = table.local_key ^ (noise >> (256 - bits) if bits else 0)
+    got = [e.peer_id for e in table.closest(target, count)]
+    expected = sorted(table.peers(), key=lambda p: kad_key(p.multihash) ^ target)[:count]
+    assert got == expected
+
+
 def test_refresh_buckets_and_keys() -> None:
     """Stale buckets are named down to one past the deepest non-empty one; a key for a
     bucket lands in it; touching a bucket makes it fresh."""

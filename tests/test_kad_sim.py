@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -11,8 +12,10 @@ from switchy.protocols.discovery import connect_by_name, register_name
 from switchy.protocols.discovery.claims import open_name_claim, seal_name_claim
 from switchy.protocols.identify import IdentifyService
 from switchy.protocols.kad.backend import DhtBackend
+from switchy.protocols.kad.model import KadModel, table_fill
 from switchy.protocols.kad.pb import MAX_MESSAGE_SIZE, PROTOCOL, KadMessage, MessageType, Record
 from switchy.protocols.kad.records import InvalidRecord, name_key, pk_key
+from switchy.protocols.kad.routing import K, kad_key
 from switchy.protocols.kad.service import PUT_BURST, KadDHT
 from switchy.stack.addrbook import Reachability
 from switchy.stack.codec import encode_uvarint
@@ -335,3 +338,41 @@ def test_dead_peers_cost_a_put_little() -> None:
             await close_all([n for i, n in enumerate(nodes) if i not in (4, 7, 9)])
 
     run_simulation(main, seed=8, config=QUIET)
+
+
+def test_full_stack_agrees_with_the_model() -> None:
+    """The whole stack over the simulator and the message-level model give the same
+    figures on a small network: after sequential joins through one bootstrap node every
+    table holds every peer its buckets can (fill 1.0 in both), and closest-peer lookups
+    (beta = k) from random nodes for random keys find the true closest peers, in order,
+    in both.  (bench_kad --full N compares the two at 200 nodes.)"""
+    count = 14
+
+    async def main(sim: Simulation) -> tuple[float, list[bool]]:
+        nodes, dhts, _, _ = await network(sim, count)
+        try:
+            ids = [n.peer_id for n in nodes]
+            fill = table_fill([d.table for d in dhts if d.table is not None], ids)
+            rng = random.Random(3)
+            agree = []
+            for _ in range(6):
+                source = rng.randrange(count)
+                key = rng.randbytes(32)
+                got = await dhts[source].get_closest_peers(key)
+                others = [p for p in ids if p != ids[source]]
+                truth = sorted(others, key=lambda p: kad_key(p.multihash) ^ kad_key(key))
+                agree.append(got == truth[:K])
+            return fill, agree
+        finally:
+            await close_all(nodes)
+
+    fill, agree = run_simulation(main, seed=22, config=QUIET)
+    model = KadModel(count, seed=22)
+    rng = random.Random(3)
+    found = [
+        model.closest(rng.choice(model.ids), kad_key(rng.randbytes(32))).found for _ in range(6)
+    ]
+    assert table_fill(model.tables, model.ids) == 1.0
+    assert fill == 1.0
+    assert agree == [True] * 6
+    assert found == [True] * 6

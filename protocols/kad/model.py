@@ -4,9 +4,11 @@ Every node has the real :class:`~switchy.protocols.kad.routing.RoutingTable`
 and runs the real :class:`~switchy.protocols.kad.lookup.Lookup`; only the
 transport is modelled: a query to a live node is answered after a round trip
 drawn per pair of nodes (seeded), a query to a crashed node fails after the
-query timeout.  Nodes join one after another through node 0, each looking
-itself up and refreshing its farthest buckets, and servers learn the peers
-that query them, as :class:`~switchy.protocols.kad.service.KadDHT` does.
+query timeout.  Nodes join one after another through node 0 as
+:meth:`~switchy.protocols.kad.service.KadDHT.bootstrap` does (ask node 0, look
+itself up, refresh the buckets the table names, every lookup with beta = k), and
+servers learn the peers that query them, as
+:class:`~switchy.protocols.kad.service.KadDHT` does.
 
 This is for simulating thousands of nodes quickly (bench/bench_kad.py and
 tests); the full stack over the simulator is exercised by the service's tests.
@@ -19,17 +21,17 @@ import heapq
 import math
 import random
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
 
 from switchy.protocols.kad.lookup import Lookup
-from switchy.protocols.kad.routing import K, RoutingTable, kad_key
+from switchy.protocols.kad.routing import KEY_BITS, K, RoutingTable, bucket_index, kad_key
 from switchy.protocols.kad.service import QUERY_TIMEOUT
 from switchy.stack.identity import PeerId
 
-__all__ = ["ChurnEpoch", "KadModel", "LookupOutcome", "summarize"]
+__all__ = ["ChurnEpoch", "KadModel", "LookupOutcome", "summarize", "table_fill"]
 
 
 @attrs.frozen
@@ -51,7 +53,11 @@ class _Clock:
 
 
 class KadModel:
-    """``n`` DHT servers (see the module docstring)."""
+    """``n`` DHT servers (see the module docstring).
+
+    ``refresh_buckets``: at most this many buckets, from the farthest, are refreshed when
+    a node joins (16, as ``KadDHT.refresh``: ``stale_buckets`` with ``max_depth`` 15).
+    """
 
     def __init__(
         self,
@@ -61,7 +67,7 @@ class KadModel:
         min_rtt: float = 0.02,
         max_rtt: float = 0.2,
         query_timeout: float = QUERY_TIMEOUT,
-        refresh_buckets: int = 8,
+        refresh_buckets: int = 16,
         stall: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
@@ -94,27 +100,32 @@ class KadModel:
         table = self.tables[self.index[asked]]
         if asker is not None:
             table.add(asker, (), now)
-        return [(e.peer_id, ()) for e in table.closest(key) if e.peer_id != asker]
+        skip = b"" if asker is None else asker.multihash
+        return [(e.peer_id, ()) for e in table.closest(key) if e.peer_id.multihash != skip]
 
     def _join(self, i: int, refresh: int) -> None:
+        """Node ``i`` joins as ``KadDHT.bootstrap`` does: it asks node 0 (which notes it),
+        looks itself up, then refreshes every bucket :meth:`RoutingTable.stale_buckets`
+        names (at most ``refresh``, from the farthest), each lookup with beta = k."""
         me = self.ids[i]
         table = self.tables[i]
+        self.answer(self.ids[0], me, kad_key(b"\0"), 0.0)
         table.add(self.ids[0], (), 0.0)
-        targets = [kad_key(me.multihash)]
-        for _ in range(refresh):
-            targets.append(self._key_in_bucket(table, len(targets)))
-        for target in targets:
-            lookup = Lookup(
-                target, [(e.peer_id, ()) for e in table.closest(target)], now=0.0, local=me
-            )
-            while True:
-                asks = lookup.next_queries(0.0)
-                if not asks:
-                    break
-                for peer, _ in asks:
-                    closer = self.answer(peer, me, target, 0.0)
-                    table.add(peer, (), 0.0)
-                    lookup.on_response(peer, closer, 0.0)
+        self._join_lookup(me, table, kad_key(me.multihash))
+        for index in table.stale_buckets(0.0, 1.0, max_depth=refresh - 1):
+            self._join_lookup(me, table, self._key_in_bucket(table, KEY_BITS - index))
+
+    def _join_lookup(self, me: PeerId, table: RoutingTable, target: int) -> None:
+        seeds = [(e.peer_id, ()) for e in table.closest(target)]
+        lookup = Lookup(target, seeds, now=0.0, local=me, beta=K)
+        while True:
+            asks = lookup.next_queries(0.0)
+            if not asks:
+                break
+            for peer, _ in asks:
+                closer = self.answer(peer, me, target, 0.0)
+                table.add(peer, (), 0.0)
+                lookup.on_response(peer, closer, 0.0)
 
     def _key_in_bucket(self, table: RoutingTable, depth: int) -> int:
         """A key sharing exactly ``depth - 1`` leading bits with the table's owner."""
@@ -310,6 +321,28 @@ class ChurnEpoch:
     left: int
     found_ratio: float
     latency_s_p50: float
+
+
+def table_fill(
+    tables: Sequence[RoutingTable], ids: Sequence[PeerId], *, sample: int = 200, seed: int = 0
+) -> float:
+    """How full the routing tables are: over (a seeded ``sample`` of) ``tables``, the peers
+    they hold divided by what they could hold, each bucket at most k of the peers of
+    ``ids`` that fall in it (1.0: every bucket as full as the network allows)."""
+    chosen = list(tables)
+    if len(chosen) > sample:
+        chosen = random.Random(seed).sample(chosen, sample)
+    keys = [kad_key(p.multihash) for p in ids]
+    held = possible = 0
+    for table in chosen:
+        per_bucket: dict[int, int] = {}
+        for key in keys:
+            i = bucket_index(table.local_key, key)
+            if i >= 0:
+                per_bucket[i] = per_bucket.get(i, 0) + 1
+        possible += sum(min(table.k, c) for c in per_bucket.values())
+        held += len(table)
+    return held / possible if possible else 1.0
 
 
 def summarize(outcomes: list[LookupOutcome], n: int) -> dict[str, Any]:

@@ -17,7 +17,9 @@ place.  The table does no I/O and reads no clock: times are arguments.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+import heapq
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
@@ -29,6 +31,7 @@ from switchy.stack.identity import PeerId
 
 __all__ = [
     "KEY_BITS",
+    "KEY_CACHE_SIZE",
     "MAX_PER_GROUP",
     "AddOutcome",
     "AddResult",
@@ -48,8 +51,15 @@ KEY_BITS: Final = 256
 MAX_PER_GROUP: Final = 2
 
 
+#: Keyspace positions remembered by :func:`kad_key` (the most recently used).
+KEY_CACHE_SIZE: Final = 1 << 16
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
 def kad_key(data: bytes) -> int:
-    """The keyspace position of a peer id's bytes or a record key: SHA-256 as an integer."""
+    """The keyspace position of a peer id's bytes or a record key: SHA-256 as an integer
+    (the last :data:`KEY_CACHE_SIZE` are remembered: lookups and tables ask for the same
+    peers' positions again and again)."""
     return int.from_bytes(hashlib.sha256(data).digest(), "big")
 
 
@@ -231,10 +241,41 @@ class RoutingTable:
         return None
 
     def closest(self, key: int, count: int | None = None) -> list[Entry]:
-        """The ``count`` (default k) entries closest to ``key``, closest first."""
-        entries = [e for b in self._buckets.values() for e in b.values()]
-        entries.sort(key=lambda e: e.key ^ key)
-        return entries[: self.k if count is None else count]
+        """The ``count`` (default k) entries closest to ``key``, closest first.
+
+        Walks the buckets in order of distance instead of sorting every entry: seen from
+        ``key``, the entries of bucket ``j`` (the one ``key`` falls in) are closer than
+        those of all buckets below ``j`` together, which are closer than those of bucket
+        ``j + 1``, then ``j + 2``, and so on; only the groups that reach ``count`` are
+        sorted.
+        """
+        want = self.k if count is None else count
+        if want <= 0:
+            return []
+        j = bucket_index(self.local_key, key)
+        out: list[Entry] = []
+        buckets = self._buckets
+
+        def take(group: list[Entry]) -> bool:
+            need = want - len(out)
+            if len(group) > need:
+                out.extend(heapq.nsmallest(need, group, key=lambda e: e.key ^ key))
+            else:
+                group.sort(key=lambda e: e.key ^ key)
+                out.extend(group)
+            return len(out) >= want
+
+        if j >= 0:
+            own = buckets.get(j)
+            if own and take(list(own.values())):
+                return out
+            below = [e for i, b in buckets.items() if i < j for e in b.values()]
+            if below and take(below):
+                return out
+        for i in sorted(i for i in buckets if i > j):
+            if buckets[i] and take(list(buckets[i].values())):
+                return out
+        return out
 
     def touch_bucket(self, index: int, now: float) -> None:
         """A lookup went into bucket ``index`` at ``now``."""

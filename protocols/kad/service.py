@@ -80,6 +80,7 @@ from switchy.stack.stream import MuxedStream
 from switchy.stack.tasks import cancel_and_wait
 
 __all__ = [
+    "DIAL_STALL_FACTOR",
     "MAX_REQUESTS_PER_STREAM",
     "PUT_BURST",
     "PUT_RATE",
@@ -105,6 +106,9 @@ PUT_BURST: Final = 20
 _MAX_TRACKED: Final = 1024
 #: Providers named in one GET_PROVIDERS answer.
 _MAX_PROVIDERS_ANSWERED: Final = MAX_PEERS_PER_MESSAGE - K
+#: A query that must dial first stalls after this many times the lookup's stall time
+#: (a dial costs several round trips: connect, security and muxer negotiation).
+DIAL_STALL_FACTOR: Final = 3
 #: Distinct values a GET_VALUE lookup collects before it stops.
 GET_QUORUM: Final = 4
 
@@ -412,6 +416,8 @@ class KadDHT(ProtocolService, PeerRouter):
         try:
             while True:
                 for peer, addrs in lookup.next_queries(self._now()):
+                    if lookup.stall is not None and not self._n.connections(peer):
+                        lookup.allow_more(peer, (DIAL_STALL_FACTOR - 1) * lookup.stall)
                     task = asyncio.ensure_future(self._rpc(peer, addrs, request))
                     tasks[task] = peer
                 if not tasks or (lookup.finished(self._now()) and not lookup.in_flight()):
