@@ -538,8 +538,9 @@ class YamuxConnection(MuxedConnection):
         self._pings.clear()
         if self._keepalive is not None:
             self._keepalive.cancel()
-        if self._on_closed is not None:
-            self._loop.call_soon(self._on_closed)
+        on_closed, self._on_closed, self._on_stream = self._on_closed, None, None
+        if on_closed is not None:  # (dropped here: the node's callback refers to us)
+            self._loop.call_soon(on_closed)
 
     # --- MuxedConnection API --------------------------------------------------------
 
@@ -586,6 +587,7 @@ class YamuxConnection(MuxedConnection):
         queued = self._accept_queue
         if self._closed:  # its streams were reset with it
             queued.clear()
+            self._on_stream = self._on_closed = None
             self._loop.call_soon(on_closed)
             return True
         while queued:
