@@ -440,3 +440,29 @@ def test_a_process_exiting_with_an_open_endpoint_and_connection_exits_cleanly() 
     )
     assert done.returncode == 0, done.stderr
     assert "connected" in done.stdout
+
+
+def test_a_failed_bind_names_the_address_and_keeps_iroh_error_as_its_cause() -> None:
+    """Binding an endpoint on a UDP port another endpoint holds fails with our error,
+    naming the address, and the bindings' error stays its ``__cause__``."""
+
+    async def main() -> None:
+        first = IrohTransport(_config(), key=KeyPair.generate())
+        listener = await first.listen(Multiaddr("/ip4/127.0.0.1/udp/0/iroh"), _no_connection)
+        try:
+            port = listener.addrs[0].value_for_protocol("udp")
+            second = IrohTransport(_config(), key=KeyPair.generate())
+            with pytest.raises(P2PError, match="binding an iroh endpoint on") as err:
+                await second.listen(Multiaddr(f"/ip4/127.0.0.1/udp/{port}/iroh"), _no_connection)
+            assert isinstance(err.value.__cause__, Exception)
+            assert not isinstance(err.value.__cause__, P2PError)
+            await second.shutdown()
+        finally:
+            await listener.close()
+            await first.shutdown()
+
+    _run(main)
+
+
+async def _no_connection(conn: MuxedConnection) -> None:
+    raise AssertionError("no connection expected")

@@ -451,3 +451,19 @@ def test_routes_between_the_leaves_of_a_star_search_only_from_the_hub() -> None:
         net.crash("hub")
         assert net.find_path("h0", "h1") is None
         assert net.find_path("h0", "hub") == ["h0", "hub"]
+
+
+@given(st.integers(0, 10_000), st.integers(0, 65_535))
+def test_sim_host_number_reads_the_host_of_any_sim_address(host: int, port: int) -> None:
+    from switchy.transports.sim.network import sim_host_number, sim_multiaddr
+
+    value = sim_multiaddr(host, port).value_for_protocol("memory")
+    assert sim_host_number(value) == host
+    assert sim_host_number(int(value)) == host
+
+
+@pytest.mark.parametrize("value", ["", "x", "-1", "1.5"])
+def test_sim_host_number_refuses_what_is_not_a_sim_address(value: str) -> None:
+    from switchy.transports.sim.network import sim_host_number
+
+    assert sim_host_number(value) is None

@@ -43,12 +43,10 @@ def addr_host(addr: Multiaddr) -> str | None:
         return None if ip is None else f"ip{ip.version}:{ip}"
     if name == "memory":
         # imported here: only simulated addresses need it (the simulator is not small)
-        from switchy.transports.sim.network import SIM_PORT_SPAN
+        from switchy.transports.sim.network import sim_host_number
 
-        try:
-            return f"memory:{int(value) // SIM_PORT_SPAN}"
-        except ValueError:
-            return None
+        host = sim_host_number(value)
+        return None if host is None else f"memory:{host}"
     return None
 
 

@@ -120,10 +120,12 @@ def source_keys(addr: Multiaddr) -> tuple[str, str]:
         net = ipaddress.ip_network((ip, 24 if ip.version == 4 else 48), strict=False)
         return key, f"{proto.name}/{net}"
     if proto.name == "memory":  # simulated hosts: one port range per host
-        from switchy.transports.sim.network import SIM_PORT_SPAN
+        from switchy.transports.sim.network import sim_host_number
 
-        host = f"memory/{int(value) // SIM_PORT_SPAN}"
-        return host, host
+        number = sim_host_number(value)
+        if number is not None:
+            host = f"memory/{number}"
+            return host, host
     return key, key
 
 

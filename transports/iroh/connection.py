@@ -393,7 +393,7 @@ class IrohConnection(MuxedConnection):
             except P2PError:
                 raise
             except Exception as exc:
-                raise ffi.map_error(exc, "iroh open_bi") from None
+                raise ffi.map_error(exc, "iroh open_bi") from exc
             if self._closing:
                 raise self._close_error or ConnectionClosed("iroh connection is closed")
         except BaseException:

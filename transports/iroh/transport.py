@@ -132,7 +132,7 @@ class IrohTransport(Transport):
             try:
                 ep = await iroh.Endpoint.bind(options)
             except Exception as exc:
-                raise ffi.map_error(exc, f"binding an iroh endpoint on {bind_addr}") from None
+                raise ffi.map_error(exc, f"binding an iroh endpoint on {bind_addr}") from exc
             ffi.track(ep)
             if ep.id().to_bytes() != self._key.public_bytes:
                 await ep.close()
@@ -215,7 +215,7 @@ class IrohTransport(Transport):
         except P2PError:
             raise
         except Exception as exc:
-            raise ffi.map_error(exc, f"iroh dial of {addr}") from None
+            raise ffi.map_error(exc, f"iroh dial of {addr}") from exc
         remote = iroh_multiaddr(parsed.direct or _selected_path(conn), relay_url=parsed.relay_url)
         return self._wrap(conn, is_initiator=True, remote_addr=remote, doing=f"iroh dial of {addr}")
 

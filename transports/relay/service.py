@@ -94,9 +94,11 @@ def ip_key(addr: Multiaddr) -> Hashable:
         if proto.name in ("ip4", "ip6", "dns", "dns4", "dns6"):
             return f"{proto.name}/{value}"
         if proto.name == "memory":
-            from switchy.transports.sim.network import SIM_PORT_SPAN
+            from switchy.transports.sim.network import sim_host_number
 
-            return f"memory/{int(value) // SIM_PORT_SPAN}"
+            host = sim_host_number(value)
+            if host is not None:
+                return f"memory/{host}"
     return str(addr)
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "Link",
     "Network",
     "Partition",
+    "sim_host_number",
     "sim_multiaddr",
 ]
 
@@ -116,6 +117,16 @@ PORT_UNREACHABLE: Final = "port_unreachable"
 #: Distinct (host, port) addresses remembered by :func:`sim_multiaddr` (each connection
 #: names both of its ends; parsing the text form of a multiaddr is slow).
 _ADDRESS_CACHE_SIZE: Final = 16384
+
+
+def sim_host_number(value: str | int) -> int | None:
+    """The number of the simulated host a ``/memory/<value>`` address belongs to (the
+    key per-host limits use for simulated peers), or ``None`` when ``value`` is not one."""
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number // SIM_PORT_SPAN if number >= 0 else None
 
 
 @functools.lru_cache(maxsize=_ADDRESS_CACHE_SIZE)
