@@ -40,7 +40,7 @@ from switchy.stack.errors import (  # noqa: E402
 from switchy.stack.identity import KeyPair  # noqa: E402
 from switchy.stack.mux import MuxedConnection  # noqa: E402
 from switchy.stack.node import Node  # noqa: E402
-from switchy.stack.stream import MuxedStream  # noqa: E402
+from switchy.stack.stream import Connection, MuxedStream  # noqa: E402
 from switchy.transports.iroh import ALPN, IrohTransport, endpoint_id_of, ffi, peer_id_of  # noqa: E402
 
 pytest_plugins = ["pytester"]
@@ -464,5 +464,5 @@ def test_a_failed_bind_names_the_address_and_keeps_iroh_error_as_its_cause() -> 
     _run(main)
 
 
-async def _no_connection(conn: MuxedConnection) -> None:
+async def _no_connection(conn: Connection | MuxedConnection) -> None:
     raise AssertionError("no connection expected")
