@@ -22,7 +22,6 @@ from switchy.stack.addresses import multiaddr_from_bytes, split_peer
 from switchy.stack.codec import decode_uvarint, pb_bytes, pb_fields_typed, pb_want_bytes
 from switchy.stack.errors import AuthenticationFailed, InvalidPeerId, P2PError, SerializationError
 from switchy.stack.identity import PeerId, PublicKey
-from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -411,12 +410,7 @@ async def identify_connection(node: Node, conn: MuxedConnection) -> IdentifyInfo
     """Ask the peer of ``conn`` who it is, on that connection (its observed address is
     then about this connection's local side)."""
     async with asyncio.timeout(node.config.request_timeout):
-        stream = await conn.open_stream()
-        try:
-            stream = await select_protocol_lazy(stream, IDENTIFY_PROTOCOL)
-        except BaseException:
-            await stream.reset()
-            raise
+        stream = await node.open_protocol_stream(conn, IDENTIFY_PROTOCOL)
     return await _read_identify(node, stream)
 
 

@@ -955,11 +955,26 @@ class Node:
         if not protocol_ids:
             raise InvalidConfiguration("open_stream needs at least one protocol id")
         conn = await self.connect(target)
+        return await self.open_protocol_stream(conn, *protocol_ids, confirm=confirm)
+
+    async def open_protocol_stream(
+        self, conn: MuxedConnection, *protocol_ids: str, confirm: bool = False
+    ) -> MuxedStream:
+        """Open a stream on ``conn`` and negotiate the first of ``protocol_ids`` it
+        supports, as :meth:`open_stream` does (optimistic with one id unless ``confirm``).
+
+        For protocols that open streams on a connection they already hold (identify,
+        DCUtR, the relay, AutoNAT's dial-back): the stream is charged to its protocol's
+        scope and its service's like every stream the node negotiates; a refusal resets
+        the stream and raises :class:`ResourceLimitExceeded` naming the scope.
+        """
+        if not protocol_ids:
+            raise InvalidConfiguration("open_protocol_stream needs at least one protocol id")
         stream = await conn.open_stream()
         try:
             if len(protocol_ids) == 1:
                 # Optimistic: the proposal travels with the first data; checked on first read.
-                self._charge_protocol(stream, protocol_ids[0], raise_=True)
+                self.charge_stream(stream, protocol_ids[0])
                 await select_protocol_lazy(stream, protocol_ids[0])
                 stream.traffic = self._swarm_metrics.stream_opened("outbound", protocol_ids[0])
                 if confirm:
@@ -968,7 +983,7 @@ class Node:
             protocol = await select_protocol(
                 stream, protocol_ids, timeout=self.config.negotiation_timeout
             )
-            self._charge_protocol(stream, protocol, raise_=True)
+            self.charge_stream(stream, protocol)
         except BaseException:
             await stream.reset()
             raise
@@ -1076,17 +1091,23 @@ class Node:
             name = self._service_of.get(resolved[0])
         return name
 
-    def _charge_protocol(self, stream: MuxedStream, protocol: str, *, raise_: bool = False) -> bool:
-        """Move ``stream`` into ``protocol``'s scope and its service's; ``False`` (or
-        raises, with ``raise_``) when their limits refuse it."""
+    def charge_stream(self, stream: MuxedStream, protocol: str) -> None:
+        """Charge ``stream`` to ``protocol``'s scope and its service's (as the node does
+        for the streams it negotiates), for a stream negotiated outside
+        :meth:`open_stream` / :meth:`open_protocol_stream` (call it once the protocol is
+        chosen, before sending on the stream).
+        Raises :class:`ResourceLimitExceeded` naming the scope when a limit refuses it
+        (the caller resets the stream); a stream without a scope is not charged."""
         scope = getattr(stream, "resource_scope", None)
-        if scope is None:
-            return True
-        try:
+        if scope is not None:
             scope.set_protocol(protocol, self.service_for(protocol))
+
+    def _charge_protocol(self, stream: MuxedStream, protocol: str) -> bool:
+        """:meth:`charge_stream` for an inbound stream: ``False`` (logged at debug
+        level) when a limit refuses it."""
+        try:
+            self.charge_stream(stream, protocol)
         except ResourceLimitExceeded as exc:
-            if raise_:
-                raise
             log.debug("refused a %s stream from %s: %s", protocol, stream.remote_peer, exc)
             return False
         return True

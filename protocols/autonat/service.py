@@ -71,7 +71,6 @@ from switchy.stack.errors import (
     SerializationError,
 )
 from switchy.stack.mux import MuxedConnection
-from switchy.stack.negotiation import select_protocol
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -465,8 +464,7 @@ class AutoNATService(ProtocolService):
             return DialStatus.E_DIAL_ERROR
         try:
             async with asyncio.timeout(DIAL_BACK_STREAM_TIMEOUT):
-                stream = await conn.open_stream()
-                await select_protocol(stream, [DIAL_BACK_PROTOCOL])
+                stream = await self.dialer.node.open_protocol_stream(conn, DIAL_BACK_PROTOCOL)
                 await stream.send_message(
                     encode_dial_back(DialBack(nonce)), max_size=MAX_DIAL_BACK_MESSAGE
                 )

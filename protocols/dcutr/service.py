@@ -64,7 +64,6 @@ from switchy.protocols.identify import IdentifyService
 from switchy.stack.errors import P2PError, P2PTimeout, ProtocolError, RequestRefused
 from switchy.stack.identity import PeerId
 from switchy.stack.metrics import loop_time
-from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 
 if TYPE_CHECKING:
@@ -415,7 +414,7 @@ class DCUtRService(ProtocolService):
     ) -> tuple[MuxedConnection | None, float | None]:
         """One CONNECT/CONNECT/SYNC exchange and the punch after it."""
         machine = PunchInitiator(self._our_addrs())
-        stream = await select_protocol_lazy(await conn.open_stream(), DCUTR_PROTOCOL)
+        stream = await self._node().open_protocol_stream(conn, DCUTR_PROTOCOL)
         try:
             async with _timeout(self.config.exchange_timeout, f"DCUtR exchange with {peer}"):
                 await _send(stream, machine.start(loop_time()))

@@ -32,7 +32,6 @@ from switchy.stack.errors import (
     RequestRefused,
 )
 from switchy.stack.identity import PeerId
-from switchy.stack.negotiation import select_protocol_lazy
 
 if TYPE_CHECKING:
     from switchy.stack.node import Node, Target
@@ -93,8 +92,7 @@ async def _open_stream(node: Node, registry: Target) -> MuxedStream:
     conns = node.connections(peer) if peer is not None else []
     if not conns:
         raise ConnectionClosed(f"the node is closed and has no connection to {registry}")
-    stream = await conns[0].open_stream()
-    return await select_protocol_lazy(stream, DISCOVERY_PROTOCOL)
+    return await node.open_protocol_stream(conns[0], DISCOVERY_PROTOCOL)
 
 
 def _refused(registry: Target, request: Request, response: Response) -> RequestRefused:

@@ -96,6 +96,7 @@ async def request(
     try:
         async with asyncio.timeout(deadline):
             s = await (await node.connect(target)).open_stream()
+            node.charge_stream(s, ROUTER_PROTOCOL)
             # The optimistic proposal, the head (and a small body) leave in one write; the
             # answer is checked by the first reads (see MessageStream).
             negotiation = DialerNegotiation([ROUTER_PROTOCOL], lazy=True)

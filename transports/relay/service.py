@@ -26,7 +26,6 @@ from multiaddr import Multiaddr
 
 from switchy.stack.errors import P2PError, ProtocolError, ResourceLimitExceeded
 from switchy.stack.identity import PeerId
-from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.transports.relay.config import RelayConfig
 from switchy.transports.relay.metrics import RelayMetrics
@@ -268,8 +267,8 @@ class RelayService(ProtocolService):
             return
         try:
             dst_stream = await self._open_stop(targets[0], src)
-            if dst_stream is None:
-                await self._reply(stream, Status.CONNECTION_FAILED)
+            if isinstance(dst_stream, Status):
+                await self._reply(stream, dst_stream)
                 return
             try:
                 await self._reply(stream, Status.OK, limit=self.limit)
@@ -302,26 +301,33 @@ class RelayService(ProtocolService):
             return None
         return need
 
-    async def _open_stop(self, conn: object, src: PeerId) -> MuxedStream | None:
+    async def _open_stop(self, conn: object, src: PeerId) -> MuxedStream | Status:
+        """The stop stream to the target, accepted; else the status to answer the source
+        (``RESOURCE_LIMIT_EXCEEDED`` when our limits refuse the stream, logged naming the
+        scope; ``CONNECTION_FAILED`` when the target fails or declines)."""
         from switchy.stack.mux import MuxedConnection
 
-        assert isinstance(conn, MuxedConnection)
+        assert isinstance(conn, MuxedConnection) and self.node is not None
         stream: MuxedStream | None = None
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
-                stream = await select_protocol_lazy(await conn.open_stream(), STOP_PROTOCOL)
+                stream = await self.node.open_protocol_stream(conn, STOP_PROTOCOL)
                 request = StopMessage(StopType.CONNECT, peer=Peer(src), limit=self.limit)
                 await stream.send_message(encode_stop(request), max_size=MAX_MESSAGE_SIZE)
                 reply = decode_stop(await stream.recv_message(max_size=MAX_MESSAGE_SIZE))
         except (P2PError, TimeoutError, OSError) as exc:
+            if stream is None and isinstance(exc, ResourceLimitExceeded):
+                # Our limits refused the stop stream (open_protocol_stream reset it).
+                log.info("relay: refused a circuit %s -> %s: %s", src, conn.remote_peer, exc)
+                return Status.RESOURCE_LIMIT_EXCEEDED
             log.debug("relay: stop request to %s failed: %s", conn.remote_peer, exc or "timeout")
             if stream is not None:
                 await stream.reset()
-            return None
+            return Status.CONNECTION_FAILED
         if reply.type != StopType.STATUS or reply.status != Status.OK:
             log.debug("relay: %s declined the circuit: %s", conn.remote_peer, reply.status)
             await stream.reset()
-            return None
+            return Status.CONNECTION_FAILED
         return stream
 
     # --- forwarding -----------------------------------------------------------------------

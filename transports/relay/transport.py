@@ -44,7 +44,6 @@ from switchy.stack.errors import (
     UnsupportedAddress,
 )
 from switchy.stack.identity import KeyPair, PeerId
-from switchy.stack.negotiation import select_protocol_lazy
 from switchy.stack.node import ConnectionEvent, Node, ProtocolService
 from switchy.stack.stream import Connection
 from switchy.stack.transport import ConnectionHandler, Listener, Transport
@@ -542,10 +541,9 @@ class RelayTransport(Transport, ProtocolService):
     async def _hop(
         self, conn: MuxedConnection, request: HopMessage
     ) -> tuple[MuxedStream, HopMessage]:
-        stream = await conn.open_stream()
+        stream = await self._node().open_protocol_stream(conn, HOP_PROTOCOL)
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
-                stream = await select_protocol_lazy(stream, HOP_PROTOCOL)
                 await stream.send_message(encode_hop(request), max_size=MAX_MESSAGE_SIZE)
                 reply = decode_hop(await stream.recv_message(max_size=MAX_MESSAGE_SIZE))
         except TimeoutError:
