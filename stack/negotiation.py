@@ -769,9 +769,9 @@ async def handle_protocol(
     if _listen_nowait(stream, core):  # the proposal came with the stream: no waiting
         agreed = core.agreed
         assert agreed is not None
-        await _with_timeout(
-            stream.write_soon(core.data_to_send()), timeout, "multistream-select (listener)"
-        )
+        out = core.data_to_send()
+        if not stream.try_write_soon_nowait(out):  # (no timer to arm in the common case)
+            await _with_timeout(stream.write_soon(out), timeout, "multistream-select (listener)")
         return agreed
     return await _with_timeout(_listen(stream, core), timeout, "multistream-select (listener)")
 
