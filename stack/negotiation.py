@@ -915,6 +915,31 @@ def _supports_lazy(stream: Stream) -> bool:
     return cls.__dictoffset__ != 0 and cls.__weakrefoffset__ != 0
 
 
+_Methods = tuple[tuple[str, Callable[..., Awaitable[Any]]], ...]
+#: Per stream class, its own reading and writing methods (see :func:`_overrides`); one
+#: entry per stream class the program defines, so it stays small.
+_class_overrides: dict[type, tuple[_Methods, _Methods]] = {}
+
+
+def _overrides(cls: type[Stream]) -> tuple[_Methods, _Methods]:
+    """The methods of :data:`_READ_METHODS` and :data:`_WRITE_METHODS` that ``cls``
+    overrides (those do not go through ``read``/``write``), looked up once per class."""
+    found = _class_overrides.get(cls)
+    if found is None:
+        reads = tuple(
+            (name, getattr(cls, name))
+            for name in _READ_METHODS
+            if getattr(cls, name) is not getattr(Stream, name)
+        )
+        writes = tuple(
+            (name, getattr(cls, name))
+            for name in _WRITE_METHODS
+            if getattr(cls, name) is not getattr(Stream, name)
+        )
+        found = _class_overrides[cls] = (reads, writes)
+    return found
+
+
 def _patch(stream: Stream, core: DialerNegotiation) -> None:
     # setattr/delattr rather than vars(): materialising the instance __dict__ would
     # slow every later attribute access of the stream (CPython inline values).
@@ -946,14 +971,11 @@ def _patch(stream: Stream, core: DialerNegotiation) -> None:
         "read_nowait": read_nowait,
         "write": _explaining(pending, alive, cls.write),
     }
-    for name in _READ_METHODS:
-        method = getattr(cls, name)
-        if method is not getattr(Stream, name):
-            patched[name] = _settling(pending, alive, method)
-    for name in _WRITE_METHODS:
-        method = getattr(cls, name)
-        if method is not getattr(Stream, name):
-            patched[name] = _explaining(pending, alive, method)
+    reads, writes = _overrides(cls)
+    for name, method in reads:
+        patched[name] = _settling(pending, alive, method)
+    for name, method in writes:
+        patched[name] = _explaining(pending, alive, method)
     pending.patched = tuple(patched)
     for name, fn in patched.items():
         setattr(stream, name, fn)
