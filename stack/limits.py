@@ -108,6 +108,8 @@ _METRIC_RESOURCE: Final = {
 _REPORTED_KINDS: Final = frozenset({"system", "transient", "service", "protocol"})
 
 Direction = Literal["inbound", "outbound"]
+#: The count of streams of each direction.
+_STREAM_KEY: Final[dict[str, str]] = {"inbound": "streams_inbound", "outbound": "streams_outbound"}
 #: Scope kinds created on first use and dropped when they hold nothing.
 _DROPPABLE: Final = frozenset({"peer", "protocol", "service"})
 
@@ -550,17 +552,24 @@ class StreamScope(_Span):
         self.conn = conn
         self.direction: Direction = direction
         self.protocol: str | None = None
+        self._key = _STREAM_KEY[direction]
         self._middle: list[Scope] = [manager.transient]
         # The peer (if the connection has one yet) is fixed when the stream opens, so a
         # stream is always released from the scopes it was charged to.
         self._peer: list[Scope] = [conn._peer_scope] if conn._peer_scope is not None else []
+        #: The scopes its stream count is charged to: ``_chain()``, kept with ``_path``.
+        self._counted: list[Scope] = []
         self._rechain()
 
     def _keys(self) -> tuple[str, str]:
-        return ("streams_" + self.direction, "streams")
+        return (self._key, "streams")
 
     def _chain(self) -> list[Scope]:
         return [self.conn.scope, *self._peer, *self._middle, self._manager.system]
+
+    def _rechain(self) -> None:
+        self._counted = counted = self._chain()
+        self._path = [self.scope, *counted]
 
     def set_protocol(self, protocol: str, service: str | None = None) -> None:
         """The stream was negotiated for ``protocol`` (served by ``service``): move it
@@ -571,14 +580,14 @@ class StreamScope(_Span):
         target = [m.protocol_scope(protocol)]
         if service is not None:
             target.append(m.service_scope(service))
-        m._charge(target, self._keys(), 1, self.allowlisted)
+        m._add_stream(target, self._key, self.allowlisted)
         if self._memory:
             try:
                 m._charge(target, ("memory",), self._memory, self.allowlisted)
             except ResourceLimitExceeded:
-                m._release(target, self._keys(), 1)
+                m._remove_stream(target, self._key)
                 raise
-        m._release(self._middle, self._keys(), 1)
+        m._remove_stream(self._middle, self._key)
         if self._memory:
             m._release(self._middle, ("memory",), self._memory)
         self._middle = target
@@ -590,11 +599,10 @@ class StreamScope(_Span):
         if self._closed:
             return
         m = self._manager
-        chain = self._chain()
         if self._memory:
-            m._release([self.scope, *chain], ("memory",), self._memory)
+            m._release(self._path, ("memory",), self._memory)
             self._memory = 0
-        m._release(chain, self._keys(), 1)
+        m._remove_stream(self._counted, self._key)
         self._closed = True
         self.conn.streams.discard(self)
 
@@ -821,7 +829,7 @@ class ResourceManager:
     def _open_stream(self, conn: ConnectionScope, direction: Direction) -> StreamScope:
         own = Scope(f"stream:{next(self._ids)}", "stream", self.config.scopes["stream"])
         st = StreamScope(self, own, conn, direction)
-        self._charge(st._chain(), st._keys(), 1, st.allowlisted)
+        self._add_stream(st._counted, st._key, st.allowlisted)
         conn.streams.add(st)
         return st
 
@@ -839,6 +847,36 @@ class ResourceManager:
         for s in chain:
             for key in keys:
                 s._used[key] += n
+
+    def _add_stream(self, chain: list[Scope], key: str, allow: bool) -> None:
+        """:meth:`_charge` of one stream (``key``: its direction's count, and ``streams``)."""
+        if not allow:
+            for s in chain:
+                used = s._used
+                limits = s.limits
+                limit: int = getattr(limits, key)
+                if used[key] >= limit:
+                    self._refused(s.kind, s.name, key, limit, used[key], 1)
+                if used["streams"] >= limits.streams:
+                    self._refused(s.kind, s.name, "streams", limits.streams, used["streams"], 1)
+        for s in chain:
+            used = s._used
+            used[key] += 1
+            used["streams"] += 1
+
+    def _remove_stream(self, chain: list[Scope], key: str) -> None:
+        """:meth:`_release` of one stream (what :meth:`_add_stream` charged)."""
+        for s in chain:
+            used = s._used
+            if used[key] > 0:
+                used[key] -= 1
+            left = used["streams"] - 1
+            if left > 0:
+                used["streams"] = left
+            else:
+                used["streams"] = 0
+                if s.kind in _DROPPABLE and s.is_empty:
+                    self._drop(s)
 
     def _charge_memory(self, chain: list[Scope], n: int, allow: bool) -> None:
         """:meth:`_charge` of memory alone (the hot path: every received chunk)."""

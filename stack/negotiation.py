@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from switchy.stack.stream import Connection
 
 __all__ = [
+    "MAX_CACHED_PROPOSALS",
     "MAX_LINE_LENGTH",
     "MAX_LS_SIZE",
     "MAX_PROPOSALS",
@@ -138,6 +139,27 @@ def _frame(raw: bytes) -> bytes:
     return encode_uvarint(len(raw) + 1) + raw + b"\n"
 
 
+#: Most protocol ids whose encoded proposal :func:`_proposal` keeps.
+MAX_CACHED_PROPOSALS: Final = 256
+_proposals: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _proposal(protocol: str) -> tuple[bytes, bytes]:
+    """``protocol`` checked and encoded: (its message payload, the header and its message).
+
+    The second is also what a listener that agrees answers.  Kept for the first
+    :data:`MAX_CACHED_PROPOSALS` ids (a node proposes a handful of ids, over and over).
+    """
+    cached = _proposals.get(protocol) if isinstance(protocol, str) else None
+    if cached is not None:
+        return cached
+    payload = validate_protocol_id(protocol) + b"\n"
+    result = payload, MULTISTREAM_HEADER + encode_uvarint(len(payload)) + payload
+    if len(_proposals) < MAX_CACHED_PROPOSALS:
+        _proposals[protocol] = result
+    return result
+
+
 def encode_line(text: str) -> bytes:
     """One negotiation message: varint length, ``text`` as UTF-8, newline."""
     return _frame(text.encode())
@@ -147,6 +169,8 @@ def encode_line(text: str) -> bytes:
 MULTISTREAM_HEADER: Final = encode_line(MULTISTREAM_PROTOCOL)
 _HEADER_PAYLOAD: Final = MULTISTREAM_PROTOCOL.encode() + b"\n"
 _NA_LINE: Final = encode_line(_NA)
+#: The header and a one-byte length: what a listener reads first.
+_HEADER_AND_LENGTH: Final = len(MULTISTREAM_HEADER) + 1
 _NA_PAYLOAD: Final = b"na\n"
 
 
@@ -418,7 +442,7 @@ class DialerNegotiation(_Core):
                 raise InvalidConfiguration(
                     f"an optimistic proposal needs exactly one protocol, got {len(protocols)}"
                 )
-            payloads = [validate_protocol_id(p) + b"\n" for p in protocols]
+            payloads = [_proposal(p)[0] for p in protocols]
         # An accepting listener echoes the proposal's payload.
         self._echoes = payloads
         self._lines = [encode_uvarint(len(p)) + p for p in payloads]
@@ -427,8 +451,16 @@ class DialerNegotiation(_Core):
         self._list_only = list_only
         self._index = 0
         super().__init__(MAX_LS_SIZE if list_only else MAX_LINE_LENGTH)
-        self._out += MULTISTREAM_HEADER
-        self._out += self._lines[0]
+        #: With one proposal: header and proposal, which is also the whole answer of a
+        #: listener that agrees (its header and the echo), compared in one go.
+        self._expected = (
+            _proposal(protocols[0])[1] if len(protocols) == 1 and not list_only else None
+        )
+        if self._expected is not None:
+            self._out += self._expected
+        else:
+            self._out += MULTISTREAM_HEADER
+            self._out += self._lines[0]
 
     @property
     def proposed(self) -> str | None:
@@ -445,6 +477,11 @@ class DialerNegotiation(_Core):
         """
         if self.done or self._error is not None:
             return 0
+        expected = self._expected
+        if expected is not None and not self._header_seen and not self._messages.partial:
+            # The agreeing answer whole; a refusal (header and ``na``) is no longer, and
+            # with one proposal nothing but negotiation follows a refusal.
+            return len(expected)
         if self._list_only:
             answer = _MIN_MESSAGE
         else:
@@ -454,6 +491,24 @@ class DialerNegotiation(_Core):
         return self._messages.need(answer)
 
     _peer = "listener"
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        """Feed bytes from the listener (any chunking); return what they meant.
+
+        The common answer (all of it at once, agreeing to the one proposal) is
+        recognised by one comparison; anything else goes through the message parser.
+        """
+        if (
+            data == self._expected
+            and not self._header_seen
+            and not self._messages.partial
+            and not self.done
+            and self._error is None
+        ):
+            self._header_seen = self.done = True
+            protocol = self.agreed = self._protocols[0]
+            return [ProtocolAgreed(protocol)]
+        return super().receive_data(data)
 
     def _on_message(self, payload: bytes, events: list[NegotiationEvent]) -> None:
         if self._list_only:
@@ -515,6 +570,48 @@ class ListenerNegotiation(_Core):
         self._proposals = 0
         #: Protocol ids answered with ``na`` so far (at most :data:`MAX_PROPOSALS`).
         self.rejected: list[str] = []
+        #: The length of the first proposal while only the header and that length
+        #: (one byte) came: its message is then taken whole, past the parser.
+        self._first_length = 0
+
+    @property
+    def mid_message(self) -> bool:
+        """True while part of a message is buffered (its sender is not waiting for us)."""
+        return self._first_length > 0 or self._messages.partial
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NegotiationEvent]:
+        """Feed bytes from the dialer (any chunking); return what they meant.
+
+        Read by :meth:`max_read`, a first proposal arrives as the header with its
+        length, then its message: those two chunks skip the message parser (the
+        message is still checked, by the code that checks every message).
+        """
+        length = self._first_length
+        if length:
+            self._first_length = 0
+            if len(data) == length and data[-1] == 0x0A:
+                events: list[NegotiationEvent] = []
+                try:
+                    self._on_message(bytes(data), events)
+                except P2PError as exc:
+                    self._error = fresh(exc)
+                    raise
+                return events
+            self._messages.feed(bytes((length,)))  # anything else: the parser's turn
+        elif (
+            len(data) == _HEADER_AND_LENGTH
+            and not self._header_seen
+            and not self._messages.partial
+            and _MIN_MESSAGE <= data[-1] < 0x80
+            and data[:-1] == MULTISTREAM_HEADER
+            and not self.done
+            and self._error is None
+        ):
+            self._header_seen = True
+            self._on_header()
+            self._first_length = data[-1]
+            return []
+        return super().receive_data(data)
 
     def max_read(self) -> int:
         """Most bytes that may be read next without consuming data after the negotiation.
@@ -525,8 +622,10 @@ class ListenerNegotiation(_Core):
         """
         if self.done or self._error is not None:
             return 0
+        if self._first_length:
+            return self._first_length
         if not self._header_seen:
-            return self._messages.need(len(MULTISTREAM_HEADER) + _MIN_MESSAGE)
+            return self._messages.need(_HEADER_AND_LENGTH)
         return self._messages.need(_MIN_MESSAGE)
 
     _peer = "dialer"
@@ -670,9 +769,9 @@ async def handle_protocol(
     if _listen_nowait(stream, core):  # the proposal came with the stream: no waiting
         agreed = core.agreed
         assert agreed is not None
-        await _with_timeout(
-            stream.write_soon(core.data_to_send()), timeout, "multistream-select (listener)"
-        )
+        out = core.data_to_send()
+        if not stream.try_write_soon_nowait(out):  # (no timer to arm in the common case)
+            await _with_timeout(stream.write_soon(out), timeout, "multistream-select (listener)")
         return agreed
     return await _with_timeout(_listen(stream, core), timeout, "multistream-select (listener)")
 
@@ -816,6 +915,31 @@ def _supports_lazy(stream: Stream) -> bool:
     return cls.__dictoffset__ != 0 and cls.__weakrefoffset__ != 0
 
 
+_Methods = tuple[tuple[str, Callable[..., Awaitable[Any]]], ...]
+#: Per stream class, its own reading and writing methods (see :func:`_overrides`); one
+#: entry per stream class the program defines, so it stays small.
+_class_overrides: dict[type, tuple[_Methods, _Methods]] = {}
+
+
+def _overrides(cls: type[Stream]) -> tuple[_Methods, _Methods]:
+    """The methods of :data:`_READ_METHODS` and :data:`_WRITE_METHODS` that ``cls``
+    overrides (those do not go through ``read``/``write``), looked up once per class."""
+    found = _class_overrides.get(cls)
+    if found is None:
+        reads = tuple(
+            (name, getattr(cls, name))
+            for name in _READ_METHODS
+            if getattr(cls, name) is not getattr(Stream, name)
+        )
+        writes = tuple(
+            (name, getattr(cls, name))
+            for name in _WRITE_METHODS
+            if getattr(cls, name) is not getattr(Stream, name)
+        )
+        found = _class_overrides[cls] = (reads, writes)
+    return found
+
+
 def _patch(stream: Stream, core: DialerNegotiation) -> None:
     # setattr/delattr rather than vars(): materialising the instance __dict__ would
     # slow every later attribute access of the stream (CPython inline values).
@@ -847,14 +971,11 @@ def _patch(stream: Stream, core: DialerNegotiation) -> None:
         "read_nowait": read_nowait,
         "write": _explaining(pending, alive, cls.write),
     }
-    for name in _READ_METHODS:
-        method = getattr(cls, name)
-        if method is not getattr(Stream, name):
-            patched[name] = _settling(pending, alive, method)
-    for name in _WRITE_METHODS:
-        method = getattr(cls, name)
-        if method is not getattr(Stream, name):
-            patched[name] = _explaining(pending, alive, method)
+    reads, writes = _overrides(cls)
+    for name, method in reads:
+        patched[name] = _settling(pending, alive, method)
+    for name, method in writes:
+        patched[name] = _explaining(pending, alive, method)
     pending.patched = tuple(patched)
     for name, fn in patched.items():
         setattr(stream, name, fn)

@@ -130,6 +130,14 @@ class Stream(abc.ABC):
         """
         return False
 
+    def try_write_soon_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """:meth:`try_write_nowait` for :meth:`write_soon`: commit all of ``data`` now, to
+        leave as :meth:`write_soon` lets it, if that needs no waiting; return whether it did.
+
+        Default: ``False`` (call :meth:`write_soon`).
+        """
+        return False
+
     def read_nowait(self, max_bytes: int = -1) -> bytes | None:
         """What :meth:`read` would return now without waiting, or ``None`` if it would wait.
 

@@ -490,6 +490,43 @@ def test_write_last_and_write_soon_coalesce_and_keep_the_contract() -> None:
     asyncio.run(main())
 
 
+def test_try_write_soon_nowait_commits_whole_or_nothing_and_coalesces() -> None:
+    async def main() -> None:
+        async with muxed() as (ma, mb):
+            s = await ma.open_stream()
+            await s.write(b"x")
+            r = await mb.accept_stream()
+            assert await r.read_exactly(1) == b"x"
+            sizes: list[int] = []
+            inner = mb._conn.try_write_nowait
+
+            def counting(data: bytes | bytearray | memoryview) -> bool:
+                taken = inner(data)
+                if taken:
+                    sizes.append(len(data))
+                return taken
+
+            mb._conn.try_write_nowait = counting  # type: ignore[method-assign]
+            assert r.try_write_soon_nowait(b"answer ")  # committed, held for this turn
+            assert sizes == []
+            await r.write_last(b"and end")
+            assert await s.read_all() == b"answer and end"
+            assert len(sizes) == 1  # the held bytes went out with the last write
+            # More than the peer's window: nothing is committed, write_soon must be used.
+            s2 = await ma.open_stream()
+            await s2.write(b"y")
+            r2 = await mb.accept_stream()
+            assert await r2.read_exactly(1) == b"y"
+            assert not r2.try_write_soon_nowait(b"z" * (INITIAL_WINDOW + 1))
+            assert r2.try_write_soon_nowait(b"alone")  # flushed by itself
+            assert await s2.read_exactly(5) == b"alone"
+            await r2.close_write()
+            assert not r2.try_write_soon_nowait(b"after close")  # closed: refused, not lost
+            assert await s2.read() == b""
+
+    asyncio.run(main())
+
+
 def test_clogged_reader_stops_writer_with_bounded_memory() -> None:
     async def main() -> None:
         async with muxed() as (ma, mb):

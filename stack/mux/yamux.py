@@ -127,18 +127,30 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         await self._send(data, last=False, soon=True)
 
     def try_write_nowait(self, data: bytes | bytearray | memoryview) -> bool:
-        conn = self._conn
-        if (
-            self._write_closed
-            or self._pending is not None
-            or len(data) > conn._session.send_window(self._id)
-            or conn._session.output_size >= OUTPUT_HIGH_WATER
-        ):
+        if not self._writable_now(len(data)):
             return False
         if data:
             self._commit(data, last=False)
-            conn._kick()
+            self._conn._kick()
         return True
+
+    def try_write_soon_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if not self._writable_now(len(data)):
+            return False
+        if data:
+            self._commit(data, last=False)
+            self._conn._schedule_flush()
+        return True
+
+    def _writable_now(self, n: int) -> bool:
+        """Whether ``n`` bytes can be committed and framed whole without waiting."""
+        session = self._conn._session
+        return not (
+            self._write_closed
+            or self._pending is not None
+            or n > session.send_window(self._id)
+            or session.output_size >= OUTPUT_HIGH_WATER
+        )
 
     def _commit(self, data: bytes | bytearray | memoryview, *, last: bool) -> None:
         """Take all of ``data`` (the caller checked it is our turn) and frame what fits."""
