@@ -30,6 +30,7 @@ from switchy.stack.errors import (
 )
 from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node
+from switchy.stack.stream import MuxedStream
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0, default_latency_ms=5)
@@ -389,9 +390,10 @@ def test_full_stack_agrees_with_the_model() -> None:
 def test_a_closed_connection_or_a_failed_dial_keeps_the_peer_in_the_table() -> None:
     """A table entry needs no open connection: when our side closes the connection (as
     the connection manager trims) the peer stays and the next lookup dials it again and
-    hears it.  A peer we cannot dial (crashed, connection gone) stays for
-    MAX_DIAL_FAILURES - 1 failed checks and leaves at the last; before, any failed
-    query removed it at once, a timeout while dialing included."""
+    hears it; so when the peer closes it in the middle of a query.  A peer we cannot
+    dial (crashed, connection gone) stays for MAX_DIAL_FAILURES - 1 failed checks and
+    leaves at the last; before, any failed query removed it at once, a timeout while
+    dialing included."""
 
     async def main(sim: Simulation) -> None:
         nodes, dhts, _, _ = await network(sim, 5)
@@ -406,12 +408,22 @@ def test_a_closed_connection_or_a_failed_dial_keeps_the_peer_in_the_table() -> N
             assert trimmed in found and me.connections(trimmed)
             assert dht.counters.get("queries_dialing", 0) >= 1
             assert not any(k.startswith("removed_") for k in dht.counters)
+
+            async def hang_up(stream: MuxedStream) -> None:  # trims us mid-query
+                for conn in nodes[2].connections(stream.remote_peer):
+                    await conn.close()
+
+            nodes[2].unhandle(PROTOCOL)
+            nodes[2].handle(PROTOCOL, hang_up)
+            await dht._check_alive(trimmed)
+            assert dht.counters["failed_unreachable"] == 1
+            assert trimmed in dht._t and not me.connections(trimmed)
             for conn in me.connections(dead):
                 await conn.close()
             sim.network.crash("s3")
             for attempt in range(1, MAX_DIAL_FAILURES + 1):
                 await dht._check_alive(dead)
-                assert dht.counters["failed_unreachable"] == attempt
+                assert dht.counters["failed_unreachable"] == 1 + attempt
                 assert (dead in dht._t) is (attempt < MAX_DIAL_FAILURES)
             assert dht.counters["removed_unreachable"] == 1
         finally:

@@ -14,10 +14,11 @@ peer, which the caller pings.  A peer that does not answer is removed with
 place.  The table does no I/O and reads no clock: times are arguments.
 
 A failed query alone does not drop a peer (:meth:`RoutingTable.failed`): a peer that
-failed on an established connection is unresponsive and goes; one we could not reach
-(the dial failed or timed out) goes only when a replacement waits for its bucket or
-after :data:`MAX_DIAL_FAILURES` such failures in a row (an answer clears the count);
-a failure of our own limits says nothing about the peer.  A table entry needs no open
+failed on a connection still open is unresponsive and goes; one we could not reach
+(the dial failed or timed out, or the connection was lost meanwhile) goes only when
+a replacement waits for its bucket or after :data:`MAX_DIAL_FAILURES` such failures
+in a row (an answer clears the count); a failure of our own limits says nothing
+about the peer.  A table entry needs no open
 connection: the connection manager may close it, a query dials again.
 """
 
@@ -126,9 +127,10 @@ class Entry:
 class Failure(enum.Enum):
     """Why a query to a peer failed, for :meth:`RoutingTable.failed`."""
 
-    #: It failed on an established connection (no answer, reset, broken protocol).
+    #: It failed on a connection still open (no answer, reset, broken protocol).
     UNRESPONSIVE = "unresponsive"
-    #: No connection could be made (the dial failed or timed out).
+    #: There is no connection: the dial failed or timed out, or the connection was
+    #: lost meanwhile (closed by either side: trimmed, or the peer went away).
     UNREACHABLE = "unreachable"
     #: A limit refused it: ours (dials, connections, memory), or the peer refused the
     #: stream (it is alive, only busy).  Nothing is learned about the peer.

@@ -408,7 +408,10 @@ class KadDHT(ProtocolService, PeerRouter):
             if reply.type != msg.type:
                 raise ProtocolError(f"{peer} answered a {msg.type} request with type {reply.type}")
         except (P2PError, OSError, TimeoutError) as exc:
-            raise _QueryFailed(_failure_of(exc, connected=connected), exc) from exc
+            # a connection lost meanwhile (trimmed by either side, or the peer gone) is
+            # no proof: a dial tells next time
+            still = connected and bool(node.connections(peer))
+            raise _QueryFailed(_failure_of(exc, connected=still), exc) from exc
         self.rtt.observe(self._now() - started)
         return reply
 
@@ -703,8 +706,8 @@ class _QueryFailed(P2PError):
 
 def _failure_of(error: BaseException, *, connected: bool) -> Failure:
     """What a failed query says about the peer: a limit (ours, or the peer refusing a
-    stream) nothing; otherwise unresponsive if it failed on an established connection
-    (or one the query opened), unreachable if no connection was made."""
+    stream) nothing; otherwise unresponsive if it failed on a connection that is still
+    open, unreachable if there is none (no dial succeeded, or the connection was lost)."""
     if isinstance(error, StreamRefused) or (
         isinstance(error, ResourceLimitExceeded) and not isinstance(error, MessageTooLarge)
     ):
