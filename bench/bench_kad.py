@@ -193,6 +193,8 @@ async def _full_stack(sim: Any, count: int, lookups: int) -> dict[str, Any]:
         return {
             "failures": dict(sorted(failures.items())),
             "trimmed": sum(n.connmgr.trimmed for n in nodes),
+            "connections_max": max(len(n.connections()) for n in nodes),
+            "table_size_max": max(len(d._t) for d in dhts),
             "entries_without_connection": sum(
                 1
                 for n, d in zip(nodes, dhts, strict=True)
