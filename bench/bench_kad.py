@@ -185,7 +185,22 @@ async def _full_stack(sim: Any, count: int, lookups: int) -> dict[str, Any]:
             result = lookup.result()
             found = bool(result) and result[0][0] == best
             outcomes.append(LookupOutcome(found, lookup.rounds(), sent, took))
+        failures: dict[str, int] = {}
+        for d in dhts:
+            for name, n in d.counters.items():
+                if name.startswith(("failed_", "removed_", "queries_dialing")):
+                    failures[name] = failures.get(name, 0) + n
         return {
+            "failures": dict(sorted(failures.items())),
+            "trimmed": sum(n.connmgr.trimmed for n in nodes),
+            "connections_max": max(len(n.connections()) for n in nodes),
+            "table_size_max": max(len(d._t) for d in dhts),
+            "entries_without_connection": sum(
+                1
+                for n, d in zip(nodes, dhts, strict=True)
+                for p in d._t.peers()
+                if not n.connections(p)
+            ),
             "join_virtual_s": round(joined, 1),
             "table_fill": round(fill, 4),
             "closest": summarize(outcomes, count),

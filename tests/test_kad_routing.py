@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from multiaddr import Multiaddr
 
 from switchy.protocols.kad.routing import (
+    MAX_DIAL_FAILURES,
     AddOutcome,
+    Failure,
     K,
     RoutingTable,
     bucket_index,
@@ -144,3 +146,65 @@ def test_refresh_buckets_and_keys() -> None:
     table.touch_key(kad_key(key), 10.0)
     assert 250 not in table.stale_buckets(12.0, 5.0)
     assert 250 in table.stale_buckets(16.0, 5.0)
+
+
+def _full_bucket(table: RoutingTable, extra: int = 0) -> list[int]:
+    ns = _same_bucket(table, 255, K + extra, start=1)
+    for t, n in enumerate(ns[:K]):
+        table.add(peer(n), [addr(n)], float(t))
+    return ns
+
+
+def test_a_failed_query_drops_a_peer_only_when_it_is_really_unresponsive() -> None:
+    """Unresponsive (failed on a connection): removed at once.  Unreachable (a dial
+    failed or timed out): kept until MAX_DIAL_FAILURES in a row, an answer in between
+    clears the count.  Limited (our own limits, or the peer refusing a stream): kept."""
+    table = RoutingTable(peer(0))
+    ns = _full_bucket(table)
+    a, b, c = (peer(n) for n in ns[:3])
+    assert not table.failed(a, Failure.LIMITED)
+    for _ in range(MAX_DIAL_FAILURES - 1):
+        assert not table.failed(b, Failure.UNREACHABLE)
+    table.seen(b, 50.0)  # it answered: the count starts again
+    for _ in range(MAX_DIAL_FAILURES - 1):
+        assert not table.failed(b, Failure.UNREACHABLE)
+    assert b in table
+    assert table.failed(b, Failure.UNREACHABLE)
+    assert b not in table
+    assert table.failed(c, Failure.UNRESPONSIVE)
+    assert c not in table
+    assert a in table and len(table) == K - 2
+    assert not table.failed(c, Failure.UNRESPONSIVE)  # not in the table (any more)
+
+
+def test_an_unreachable_peer_is_replaced_when_a_newcomer_waits() -> None:
+    """A full bucket with a replacement waiting swaps an unreachable peer at its first
+    failed dial: the bucket stays full and the newer candidate gets its chance."""
+    table = RoutingTable(peer(0))
+    ns = _full_bucket(table, extra=1)
+    assert table.add(peer(ns[K]), [addr(ns[K])], 100.0).outcome is AddOutcome.PENDING
+    assert table.failed(peer(ns[5]), Failure.UNREACHABLE)
+    assert peer(ns[5]) not in table and peer(ns[K]) in table
+    assert len(table.bucket(255)) == K
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([*Failure, None]), max_size=12))
+def test_failure_sequences_follow_the_rule(events: list[Failure | None]) -> None:
+    """Property: for any sequence of failures and answers (None) of one peer without
+    replacements waiting, it leaves exactly at its first unresponsive failure or at its
+    MAX_DIAL_FAILURES-th unreachable one since it last answered, and never otherwise."""
+    table = RoutingTable(peer(0))
+    table.add(peer(1), [addr(1)], 0.0)
+    streak = 0
+    for t, event in enumerate(events):
+        if peer(1) not in table:
+            break
+        if event is None:
+            table.seen(peer(1), float(t))
+            streak = 0
+            continue
+        streak += event is Failure.UNREACHABLE
+        expect = event is Failure.UNRESPONSIVE or streak >= MAX_DIAL_FAILURES
+        assert table.failed(peer(1), event) is expect
+        assert (peer(1) in table) is not expect

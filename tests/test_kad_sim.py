@@ -15,13 +15,22 @@ from switchy.protocols.kad.backend import DhtBackend
 from switchy.protocols.kad.model import KadModel, table_fill
 from switchy.protocols.kad.pb import MAX_MESSAGE_SIZE, PROTOCOL, KadMessage, MessageType, Record
 from switchy.protocols.kad.records import InvalidRecord, name_key, pk_key
-from switchy.protocols.kad.routing import K, kad_key
-from switchy.protocols.kad.service import PUT_BURST, KadDHT
+from switchy.protocols.kad.routing import MAX_DIAL_FAILURES, Failure, K, kad_key
+from switchy.protocols.kad.service import PUT_BURST, KadDHT, _failure_of
 from switchy.stack.addrbook import Reachability
 from switchy.stack.codec import encode_uvarint
-from switchy.stack.errors import DiscoveryFailed, P2PError, PeerNotFound
+from switchy.stack.errors import (
+    ConnectionFailed,
+    DiscoveryFailed,
+    MessageTooLarge,
+    P2PError,
+    PeerNotFound,
+    ResourceLimitExceeded,
+    StreamRefused,
+)
 from switchy.stack.identity import KeyPair
 from switchy.stack.node import Node
+from switchy.stack.stream import MuxedStream
 from switchy.transports.sim import SimConfig, SimTransport, Simulation, run_simulation
 
 QUIET = SimConfig(default_packet_loss=0.0, default_latency_ms=5)
@@ -376,3 +385,59 @@ def test_full_stack_agrees_with_the_model() -> None:
     assert fill == 1.0
     assert agree == [True] * 6
     assert found == [True] * 6
+
+
+def test_a_closed_connection_or_a_failed_dial_keeps_the_peer_in_the_table() -> None:
+    """A table entry needs no open connection: when our side closes the connection (as
+    the connection manager trims) the peer stays and the next lookup dials it again and
+    hears it; so when the peer closes it in the middle of a query.  A peer we cannot
+    dial (crashed, connection gone) stays for MAX_DIAL_FAILURES - 1 failed checks and
+    leaves at the last; before, any failed query removed it at once, a timeout while
+    dialing included."""
+
+    async def main(sim: Simulation) -> None:
+        nodes, dhts, _, _ = await network(sim, 5)
+        try:
+            me, dht = nodes[0], dhts[0]
+            trimmed, dead = nodes[2].peer_id, nodes[3].peer_id
+            assert trimmed in dht._t and dead in dht._t
+            for conn in me.connections(trimmed):
+                await conn.close()
+            assert not me.connections(trimmed) and trimmed in dht._t
+            found = await dht.get_closest_peers(b"any key")
+            assert trimmed in found and me.connections(trimmed)
+            assert dht.counters.get("queries_dialing", 0) >= 1
+            assert not any(k.startswith("removed_") for k in dht.counters)
+
+            async def hang_up(stream: MuxedStream) -> None:  # trims us mid-query
+                for conn in nodes[2].connections(stream.remote_peer):
+                    await conn.close()
+
+            nodes[2].unhandle(PROTOCOL)
+            nodes[2].handle(PROTOCOL, hang_up)
+            await dht._check_alive(trimmed)
+            assert dht.counters["failed_unreachable"] == 1
+            assert trimmed in dht._t and not me.connections(trimmed)
+            for conn in me.connections(dead):
+                await conn.close()
+            sim.network.crash("s3")
+            for attempt in range(1, MAX_DIAL_FAILURES + 1):
+                await dht._check_alive(dead)
+                assert dht.counters["failed_unreachable"] == 1 + attempt
+                assert (dead in dht._t) is (attempt < MAX_DIAL_FAILURES)
+            assert dht.counters["removed_unreachable"] == 1
+        finally:
+            await close_all([n for i, n in enumerate(nodes) if i != 3])
+
+    run_simulation(main, seed=5, config=QUIET)
+
+
+def test_what_a_failed_query_says_about_the_peer() -> None:
+    """Limits (ours, or the peer refusing the stream) say nothing; a failure on a
+    connection means unresponsive, one without a connection unreachable."""
+    assert _failure_of(StreamRefused("refused"), connected=True) is Failure.LIMITED
+    assert _failure_of(ResourceLimitExceeded("dials"), connected=False) is Failure.LIMITED
+    assert _failure_of(MessageTooLarge("big"), connected=True) is Failure.UNRESPONSIVE
+    assert _failure_of(TimeoutError(), connected=True) is Failure.UNRESPONSIVE
+    assert _failure_of(TimeoutError(), connected=False) is Failure.UNREACHABLE
+    assert _failure_of(ConnectionFailed("no route"), connected=False) is Failure.UNREACHABLE

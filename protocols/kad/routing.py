@@ -12,6 +12,14 @@ replacement cache and :meth:`RoutingTable.add` names the least recently seen
 peer, which the caller pings.  A peer that does not answer is removed with
 :meth:`RoutingTable.remove` and the freshest replacement that fits takes its
 place.  The table does no I/O and reads no clock: times are arguments.
+
+A failed query alone does not drop a peer (:meth:`RoutingTable.failed`): a peer that
+failed on a connection still open is unresponsive and goes; one we could not reach
+(the dial failed or timed out, or the connection was lost meanwhile) goes only when
+a replacement waits for its bucket or after :data:`MAX_DIAL_FAILURES` such failures
+in a row (an answer clears the count); a failure of our own limits says nothing
+about the peer.  A table entry needs no open
+connection: the connection manager may close it, a query dials again.
 """
 
 from __future__ import annotations
@@ -32,10 +40,12 @@ from switchy.stack.identity import PeerId
 __all__ = [
     "KEY_BITS",
     "KEY_CACHE_SIZE",
+    "MAX_DIAL_FAILURES",
     "MAX_PER_GROUP",
     "AddOutcome",
     "AddResult",
     "Entry",
+    "Failure",
     "K",
     "RoutingTable",
     "bucket_index",
@@ -49,6 +59,8 @@ K: Final = 20
 KEY_BITS: Final = 256
 #: At most this many peers of one network group (IPv4 /24, IPv6 /48) per bucket.
 MAX_PER_GROUP: Final = 2
+#: Failed dials in a row after which a peer leaves the table even with no replacement.
+MAX_DIAL_FAILURES: Final = 3
 
 
 #: Keyspace positions remembered by :func:`kad_key` (the most recently used).
@@ -108,6 +120,21 @@ class Entry:
     addrs: tuple[Multiaddr, ...]
     group: str | None
     last_seen: float
+    #: Failed dials since it last answered (see :meth:`RoutingTable.failed`).
+    dial_failures: int = 0
+
+
+class Failure(enum.Enum):
+    """Why a query to a peer failed, for :meth:`RoutingTable.failed`."""
+
+    #: It failed on a connection still open (no answer, reset, broken protocol).
+    UNRESPONSIVE = "unresponsive"
+    #: There is no connection: the dial failed or timed out, or the connection was
+    #: lost meanwhile (closed by either side: trimmed, or the peer went away).
+    UNREACHABLE = "unreachable"
+    #: A limit refused it: ours (dials, connections, memory), or the peer refused the
+    #: stream (it is alive, only busy).  Nothing is learned about the peer.
+    LIMITED = "limited"
 
 
 class AddOutcome(enum.Enum):
@@ -198,6 +225,7 @@ class RoutingTable:
         addrs_t = tuple(addrs)
         if entry is not None:
             entry.last_seen = now
+            entry.dial_failures = 0
             if addrs_t:
                 entry.addrs = addrs_t
                 entry.group = self._group_of(addrs_t)
@@ -223,6 +251,22 @@ class RoutingTable:
         entry = self.get(peer)
         if entry is not None:
             entry.last_seen = now
+            entry.dial_failures = 0
+
+    def failed(self, peer: PeerId, why: Failure) -> bool:
+        """A query to ``peer`` failed for ``why``; returns whether ``peer`` left the table
+        (see the module docstring: an unresponsive peer goes, an unreachable one when a
+        replacement waits or after :data:`MAX_DIAL_FAILURES` in a row, a limit keeps it)."""
+        entry = self.get(peer)
+        if entry is None or why is Failure.LIMITED:
+            return False
+        if why is Failure.UNREACHABLE:
+            entry.dial_failures += 1
+            waiting = bool(self._replacements.get(self.index_of(peer)))
+            if not waiting and entry.dial_failures < MAX_DIAL_FAILURES:
+                return False
+        self.remove(peer)
+        return True
 
     def remove(self, peer: PeerId) -> PeerId | None:
         """Drop ``peer`` (unresponsive, or no longer a server); returns the replacement

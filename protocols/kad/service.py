@@ -63,16 +63,19 @@ from switchy.protocols.kad.records import (
     pk_key,
     validate_record,
 )
-from switchy.protocols.kad.routing import AddOutcome, K, RoutingTable, kad_key
+from switchy.protocols.kad.routing import AddOutcome, Failure, K, RoutingTable, kad_key
 from switchy.stack.addrbook import Reachability
 from switchy.stack.addresses import parse_multiaddr, split_peer
 from switchy.stack.errors import (
     ConnectionClosed,
     InvalidConfiguration,
+    MessageTooLarge,
     P2PError,
     PeerNotFound,
     ProtocolError,
     RequestRefused,
+    ResourceLimitExceeded,
+    StreamRefused,
 )
 from switchy.stack.identity import PeerId
 from switchy.stack.node import ConnectionEvent, Node, PeerRouter, ProtocolService
@@ -170,7 +173,9 @@ class KadDHT(ProtocolService, PeerRouter):
         self._own_records: dict[bytes, tuple[bytes, float]] = {}
         self._provided: dict[bytes, float] = {}
         self._pinging: set[PeerId] = set()
-        #: Counters: requests served by type name, refused requests, lookups run.
+        #: Counters: requests served by type name, refused requests, lookups run, queries
+        #: that had to dial (``queries_dialing``), failed queries and removals by
+        #: :class:`Failure` (``failed_<why>``, ``removed_<why>``).
         self.counters: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -277,11 +282,11 @@ class KadDHT(ProtocolService, PeerRouter):
 
     async def _check_alive(self, peer: PeerId) -> None:
         try:
-            await self._rpc(
+            await self._ask(
                 peer, (), KadMessage(MessageType.FIND_NODE, key=self._n.peer_id.multihash)
             )
-        except (P2PError, OSError, TimeoutError):
-            self._t.remove(peer)
+        except _QueryFailed as exc:
+            self._failed(peer, exc.why)
         else:
             self._t.seen(peer, self._now())
         finally:
@@ -361,29 +366,52 @@ class KadDHT(ProtocolService, PeerRouter):
 
     # --- requests ----------------------------------------------------------------------
 
+    def _failed(self, peer: PeerId, why: Failure) -> None:
+        """A query to ``peer`` failed for ``why``: the table decides whether it stays."""
+        self._count(f"failed_{why.value}")
+        if self._t.failed(peer, why):
+            self._count(f"removed_{why.value}")
+
     async def _rpc(self, peer: PeerId, addrs: Sequence[Multiaddr], msg: KadMessage) -> KadMessage:
+        try:
+            return await self._ask(peer, addrs, msg)
+        except _QueryFailed as exc:
+            raise exc.error from None
+
+    async def _ask(self, peer: PeerId, addrs: Sequence[Multiaddr], msg: KadMessage) -> KadMessage:
+        """Send ``msg`` to ``peer`` and read its answer; a failure raises :class:`_QueryFailed`
+        saying why (for the routing table) with the error itself."""
         node = self._n
         if addrs:
             node.peerstore.add_addrs(peer, list(addrs))
         elif not node.peerstore.addrs(peer) and not node.connections(peer):
-            raise PeerNotFound(f"no addresses of {peer} to ask it")  # never route recursively
+            error = PeerNotFound(f"no addresses of {peer} to ask it")  # never route recursively
+            raise _QueryFailed(Failure.UNREACHABLE, error)
         data = encode_message(msg)
         started = self._now()
-        async with asyncio.timeout(self.rtt.timeout(self.query_timeout)):
-            stream = await node.open_stream(peer, PROTOCOL)
-            try:
-                await stream.send_message(data, max_size=MAX_MESSAGE_SIZE)
-                if msg.type == MessageType.ADD_PROVIDER:
-                    await stream.finish(timeout=1.0)
-                    return msg
-                answer = await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
-            except BaseException:
-                await stream.reset()
-                raise
-            await stream.close()
-        reply = decode_message(answer)
-        if reply.type != msg.type:
-            raise ProtocolError(f"{peer} answered a {msg.type} request with type {reply.type}")
+        connected = bool(node.connections(peer))
+        try:
+            async with asyncio.timeout(self.rtt.timeout(self.query_timeout)):
+                stream = await node.open_stream(peer, PROTOCOL)
+                connected = True
+                try:
+                    await stream.send_message(data, max_size=MAX_MESSAGE_SIZE)
+                    if msg.type == MessageType.ADD_PROVIDER:
+                        await stream.finish(timeout=1.0)
+                        return msg
+                    answer = await stream.recv_message(max_size=MAX_MESSAGE_SIZE)
+                except BaseException:
+                    await stream.reset()
+                    raise
+                await stream.close()
+            reply = decode_message(answer)
+            if reply.type != msg.type:
+                raise ProtocolError(f"{peer} answered a {msg.type} request with type {reply.type}")
+        except (P2PError, OSError, TimeoutError) as exc:
+            # a connection lost meanwhile (trimmed by either side, or the peer gone) is
+            # no proof: a dial tells next time
+            still = connected and bool(node.connections(peer))
+            raise _QueryFailed(_failure_of(exc, connected=still), exc) from exc
         self.rtt.observe(self._now() - started)
         return reply
 
@@ -416,9 +444,11 @@ class KadDHT(ProtocolService, PeerRouter):
         try:
             while True:
                 for peer, addrs in lookup.next_queries(self._now()):
-                    if lookup.stall is not None and not self._n.connections(peer):
-                        lookup.allow_more(peer, (DIAL_STALL_FACTOR - 1) * lookup.stall)
-                    task = asyncio.ensure_future(self._rpc(peer, addrs, request))
+                    if not self._n.connections(peer):
+                        self._count("queries_dialing")
+                        if lookup.stall is not None:
+                            lookup.allow_more(peer, (DIAL_STALL_FACTOR - 1) * lookup.stall)
+                    task = asyncio.ensure_future(self._ask(peer, addrs, request))
                     tasks[task] = peer
                 if not tasks or (lookup.finished(self._now()) and not lookup.in_flight()):
                     break  # done, or only stalled queries are left
@@ -439,8 +469,8 @@ class KadDHT(ProtocolService, PeerRouter):
                     exc = task.exception()
                     if exc is not None:
                         lookup.on_failure(peer, self._now())
-                        if peer in self._t:
-                            self._t.remove(peer)
+                        if isinstance(exc, _QueryFailed):
+                            self._failed(peer, exc.why)
                         continue
                     reply = task.result()
                     self._learned(peer, lookup.addrs_of(peer))
@@ -663,6 +693,26 @@ class KadDHT(ProtocolService, PeerRouter):
             provider_peers=peers_of(providers),
             closer_peers=self._closer(msg.key, peer),
         )
+
+
+class _QueryFailed(P2PError):
+    """A query failed: ``error`` is what failed, ``why`` what it says about the peer."""
+
+    def __init__(self, why: Failure, error: BaseException) -> None:
+        super().__init__(f"query failed ({why.value}): {error}")
+        self.why = why
+        self.error = error
+
+
+def _failure_of(error: BaseException, *, connected: bool) -> Failure:
+    """What a failed query says about the peer: a limit (ours, or the peer refusing a
+    stream) nothing; otherwise unresponsive if it failed on a connection that is still
+    open, unreachable if there is none (no dial succeeded, or the connection was lost)."""
+    if isinstance(error, StreamRefused) or (
+        isinstance(error, ResourceLimitExceeded) and not isinstance(error, MessageTooLarge)
+    ):
+        return Failure.LIMITED
+    return Failure.UNRESPONSIVE if connected else Failure.UNREACHABLE
 
 
 def _check_provider_key(key: bytes) -> None:
