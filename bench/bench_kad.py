@@ -133,6 +133,23 @@ def full(nodes: int, lookups: int, seed: int) -> dict[str, object]:
     }
 
 
+def _bootstrap_config(count: int) -> Any:
+    """The bootstrap node's configuration: room for ``count`` peers connecting at once."""
+    from switchy.stack.config import NetworkConfig
+
+    room = 2 * count
+    return NetworkConfig(
+        limits=(
+            f"system.conns={2 * room}",
+            f"system.conns_inbound={room}",
+            f"transient.conns={room}",
+            f"transient.conns_inbound={room}",
+        ),
+        conn_low_water=room,
+        conn_high_water=2 * room,
+    )
+
+
 async def _full_stack(sim: Any, count: int, lookups: int) -> dict[str, Any]:
     import asyncio
 
@@ -158,6 +175,10 @@ async def _full_stack(sim: Any, count: int, lookups: int) -> dict[str, Any]:
                 services=[IdentifyService(), dht],
                 entropy=sim.entropy_source(h),
                 listen=["/memory/4001"],
+                # every node joins through the first: sized for all of them, as one
+                # configures a bootstrap node (by default it refuses inbound connections
+                # past the resource manager's 192, and the late joiners' tables stay poor)
+                config=None if boot else _bootstrap_config(count),
             )
             await node.start()
             await dht.bootstrap()
