@@ -159,11 +159,7 @@ class YamuxStream(BufferedMuxedStream["YamuxConnection"]):
         if last:
             self._write_closed = True
             self._pending_fin = True
-        stats = self._conn.stats
-        stats.bytes_sent += len(data)
-        stats.messages_sent += 1
-        if self.traffic is not None:
-            self.traffic.sent.inc(len(data))
+        self._count_sent(len(data))
         self._conn._pump(self)
 
     async def _send(self, data: bytes | bytearray | memoryview, *, last: bool, soon: bool) -> None:

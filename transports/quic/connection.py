@@ -212,11 +212,7 @@ class QuicStream(BufferedMuxedStream["QuicConnection"]):
         """Take all of ``data`` (our turn) and hand aioquic what the backlog allows."""
         # A mutable buffer could change after a cancelled write returns: keep a copy.
         self._pending = memoryview(data if isinstance(data, bytes) else bytes(data))
-        stats = self._conn.stats
-        stats.bytes_sent += len(data)
-        stats.messages_sent += 1
-        if self.traffic is not None:
-            self.traffic.sent.inc(len(data))
+        self._count_sent(len(data))
         self._pump()
 
     def _pump(self) -> None:
