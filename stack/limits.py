@@ -759,9 +759,16 @@ class ResourceManager:
                 raise
         return scope
 
+    def _exempt(self, ip: str) -> bool:
+        """Whether per-IP limits leave ``ip`` alone (loopback, when so configured)."""
+        if not self.config.exempt_loopback:
+            return False
+        a = normalized_ip(ip)
+        return a is not None and a.is_loopback
+
     def _check_ip(self, ip: str) -> None:
         cfg = self.config
-        if cfg.exempt_loopback and (a := normalized_ip(ip)) is not None and a.is_loopback:
+        if self._exempt(ip):
             return
         held = self._ip_conns[ip]
         if held >= cfg.max_inbound_per_ip:
@@ -793,7 +800,7 @@ class ResourceManager:
 
     def _check_ip_outbound(self, ip: str) -> None:
         cfg = self.config
-        if cfg.exempt_loopback and (a := normalized_ip(ip)) is not None and a.is_loopback:
+        if self._exempt(ip):
             return
         held = self._ip_out[ip]
         if held >= cfg.max_outbound_per_ip:
