@@ -68,6 +68,40 @@ class Tmux:
             lines.pop()
         return lines
 
+    def history(self, name: str) -> list[str]:
+        """Every line ``name``'s terminal has shown, scrolled-off ones included."""
+        out = self.run("capture-pane", "-p", "-S", "-", "-t", name)
+        return [line.rstrip() for line in out.split("\n")]
+
+    def wait_for_peers(self, name: str, count: int, what: str) -> None:
+        """Ask ``name``'s chat for its room's peers (``/peers``) until it counts ``count``.
+
+        A chat prints its listening address before the peers it was given have joined its
+        view of the room (the connection and the subscription exchange follow), so the
+        question is asked again after each answer, within the deadline.
+        """
+        deadline = time.monotonic() + DEADLINE
+        wanted = f"* {count} peers in "
+        while True:
+            asked = sum("peers in " in ln for ln in self.history(name))
+            self.type(name, "/peers", enter=True)
+            while True:
+                answers = [ln for ln in self.history(name) if "peers in " in ln]
+                if len(answers) > asked:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{name}: no answer to /peers; screen:\n" + "\n".join(self.screen(name))
+                    )
+                time.sleep(0.1)
+            if any(wanted in ln for ln in answers[asked:]):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{name}: {what} not seen; screen:\n" + "\n".join(self.screen(name))
+                )
+            time.sleep(0.2)
+
     def type(self, name: str, text: str, *, enter: bool = False) -> None:
         """Type ``text`` (literally) into ``name``, then Enter if asked."""
         self.run("send-keys", "-t", name, "-l", text)
@@ -119,10 +153,8 @@ def test_an_incoming_message_leaves_the_line_being_typed_intact(tmux: Tmux, tmp_
     tmux.start("bob", chat("bob", "--peer", address_of(lines)), tmp_path / "bob.err")
     tmux.wait_for("bob", has("bob>"), "bob's prompt")
     # both are in each other's view of the room before anyone speaks
-    tmux.type("bob", "/peers", enter=True)
-    tmux.wait_for("bob", has("* 1 peers in lobby"), "alice in bob's room")
-    tmux.type("alice", "/peers", enter=True)
-    tmux.wait_for("alice", has("* 1 peers in lobby"), "bob in alice's room")
+    tmux.wait_for_peers("bob", 1, "alice in bob's room")
+    tmux.wait_for_peers("alice", 1, "bob in alice's room")
 
     tmux.type("alice", "hello wor")  # half a line, no Enter
     tmux.wait_for("alice", lambda ls: ls[-1] == "alice> hello wor", "the half-typed line")
@@ -160,10 +192,8 @@ def test_on_a_terminal_without_prompt_toolkit_the_chat_reads_plain_lines(
     plain = chat("carol", "--peer", address_of(lines), program=SWITCHY_WITHOUT_EDITOR)
     tmux.start("carol", plain, tmp_path / "carol.err")
     tmux.wait_for("carol", has("* listening on"), "carol's start")
-    tmux.type("carol", "/peers", enter=True)
-    tmux.wait_for("carol", has("* 1 peers in lobby"), "alice in carol's room")
-    tmux.type("alice", "/peers", enter=True)
-    tmux.wait_for("alice", has("* 1 peers in lobby"), "carol in alice's room")
+    tmux.wait_for_peers("carol", 1, "alice in carol's room")
+    tmux.wait_for_peers("alice", 1, "carol in alice's room")
     screen = tmux.screen("carol")
     assert not any(ln.startswith("carol>") for ln in screen), screen  # no line editor
     tmux.type("carol", "plain hello", enter=True)
