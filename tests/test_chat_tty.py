@@ -78,29 +78,33 @@ class Tmux:
 
         A chat prints its listening address before the peers it was given have joined its
         view of the room (the connection and the subscription exchange follow), so the
-        question is asked again after each answer, within the deadline.
+        question is asked again after each answer, all within one deadline.  Answers are
+        counted in the whole history, so a scrolled screen cannot hide a new one.
         """
         deadline = time.monotonic() + DEADLINE
-        wanted = f"* {count} peers in "
+
+        def answers(lines: list[str]) -> list[str]:
+            return [ln for ln in lines if "peers in " in ln]
+
         while True:
-            asked = sum("peers in " in ln for ln in self.history(name))
+            asked = len(answers(self.history(name)))
+
+            def answered(lines: list[str], asked: int = asked) -> bool:
+                return len(answers(lines)) > asked
+
             self.type(name, "/peers", enter=True)
-            while True:
-                answers = [ln for ln in self.history(name) if "peers in " in ln]
-                if len(answers) > asked:
-                    break
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{name}: no answer to /peers; screen:\n" + "\n".join(self.screen(name))
-                    )
-                time.sleep(0.1)
-            if any(wanted in ln for ln in answers[asked:]):
+            lines = self.wait_for(
+                name,
+                answered,
+                f"an answer to /peers ({what})",
+                whole_history=True,
+                deadline=deadline,
+            )
+            if any(ln.startswith(f"* {count} peers in ") for ln in answers(lines)[asked:]):
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{name}: {what} not seen; screen:\n" + "\n".join(self.screen(name))
-                )
-            time.sleep(0.2)
+                raise AssertionError(f"{name}: {what} not seen; screen:\n" + "\n".join(lines))
+            time.sleep(0.2)  # paces the questions; the loop waits for the answer's state
 
     def type(self, name: str, text: str, *, enter: bool = False) -> None:
         """Type ``text`` (literally) into ``name``, then Enter if asked."""
@@ -108,11 +112,25 @@ class Tmux:
         if enter:
             self.run("send-keys", "-t", name, "Enter")
 
-    def wait_for(self, name: str, cond: Callable[[list[str]], bool], what: str) -> list[str]:
-        """Re-read ``name``'s screen until ``cond`` holds on it (see the module docstring)."""
-        deadline = time.monotonic() + DEADLINE
+    def wait_for(
+        self,
+        name: str,
+        cond: Callable[[list[str]], bool],
+        what: str,
+        *,
+        whole_history: bool = False,
+        deadline: float | None = None,
+    ) -> list[str]:
+        """Re-read ``name``'s screen (or its whole history) until ``cond`` holds on it.
+
+        See the module docstring; ``deadline`` (a ``time.monotonic()`` value) defaults to
+        :data:`DEADLINE` seconds from now.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + DEADLINE
+        read = self.history if whole_history else self.screen
         while True:
-            lines = self.screen(name)
+            lines = read(name)
             if cond(lines):
                 return lines
             if time.monotonic() > deadline:
@@ -200,6 +218,43 @@ def test_on_a_terminal_without_prompt_toolkit_the_chat_reads_plain_lines(
     tmux.wait_for("alice", has("> plain hello"), "carol's line")
     tmux.run("send-keys", "-t", "carol", "C-d")  # end of input on the terminal
     tmux.wait_for("carol", has("EXITED 0"), "a clean exit")
+
+
+class ScriptedChat(Tmux):
+    """A stand-in terminal: a chat whose ``/peers`` answers are scripted (no tmux)."""
+
+    def __init__(self, where: Path, counts: list[int]) -> None:
+        super().__init__(where)
+        self.counts = counts
+        self.lines: list[str] = []
+
+    def history(self, name: str) -> list[str]:
+        return list(self.lines)
+
+    def screen(self, name: str) -> list[str]:
+        return self.lines[-40:]
+
+    def type(self, name: str, text: str, *, enter: bool = False) -> None:
+        self.lines.append(text)
+        count = self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+        self.lines.append(f"* {count} peers in lobby")
+
+
+def test_wait_for_peers_asks_again_until_the_peer_has_joined(tmp_path: Path) -> None:
+    chat = ScriptedChat(tmp_path, [0, 0, 1])
+    chat.wait_for_peers("carol", 1, "alice in carol's room")
+    assert chat.lines.count("/peers") == 3  # two answers of 0, then the one wanted
+
+
+def test_wait_for_peers_fails_naming_what_was_not_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "DEADLINE", 0.5)
+    chat = ScriptedChat(tmp_path, [0])
+    with pytest.raises(AssertionError, match="alice in carol's room not seen"):
+        chat.wait_for_peers("carol", 1, "alice in carol's room")
+    assert chat.lines[-1] == "* 0 peers in lobby"
+    assert not any(ln.startswith("* 1 ") for ln in chat.lines)
 
 
 def test_the_line_editor_needs_two_terminals_and_prompt_toolkit(
